@@ -1,0 +1,1 @@
+"""Triton kernels, one concern a file, each with its PyTorch reference."""

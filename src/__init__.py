@@ -1,0 +1,23 @@
+"""lmdeploy: compress, deploy and serve large language models."""
+
+from .application.configs import (
+    ChatTemplateConfig,
+    GenerationConfig,
+    PytorchEngineConfig,
+    Response,
+    TurbomindEngineConfig,
+)
+from .infrastructure.factory import pipeline
+
+__version__ = "0.1.0"
+version_info = (0, 1, 0)
+
+__all__ = [
+    "ChatTemplateConfig",
+    "GenerationConfig",
+    "PytorchEngineConfig",
+    "Response",
+    "TurbomindEngineConfig",
+    "pipeline",
+    "__version__",
+]

@@ -1,0 +1,1 @@
+"""Adapters: one sub-package per outside thing (engines, loaders, tokenizers, HTTP, CLI)."""

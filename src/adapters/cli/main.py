@@ -1,0 +1,40 @@
+"""The `lmdeploy` command."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ...domain.errors import LMDeployError
+from . import chat
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lmdeploy", description="Deploy and serve large language models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    chat.add_parser(sub)
+    try:
+        from . import serve
+    except ImportError:  # the HTTP extras are not installed
+        serve = None
+    if serve is not None:
+        serve.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (LMDeployError, ValueError, FileNotFoundError) as exc:
+        print(f"lmdeploy {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

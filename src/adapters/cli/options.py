@@ -1,0 +1,109 @@
+"""CLI flags derived from the config dataclasses, so each option is written once."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from typing import Any
+
+from ...application.configs import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
+
+ENGINE_FIELDS = (
+    "dtype",
+    "tp",
+    "session_len",
+    "max_batch_size",
+    "cache_max_entry_count",
+    "cache_block_seq_len",
+    "enable_prefix_caching",
+    "quant_policy",
+    "max_prefill_token_num",
+    "model_format",
+    "download_dir",
+    "revision",
+    "device_type",
+    "eager_mode",
+    "load_format",
+    "num_gpu_blocks",
+)
+SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_p")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _base_type(annotation: Any) -> type:
+    hint = eval(annotation, vars(typing)) if isinstance(annotation, str) else annotation  # noqa: S307
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) in (typing.Union, types.UnionType) and args:
+        hint = args[0]
+    if typing.get_origin(hint) is typing.Literal:
+        return type(typing.get_args(hint)[0])
+    return hint if isinstance(hint, type) else str
+
+
+def _add_fields(
+    parser: argparse.ArgumentParser, cls: type, names: tuple[str, ...], seen: set[str]
+) -> None:
+    for field in dataclasses.fields(cls):
+        if field.name not in names or field.name in seen:
+            continue
+        seen.add(field.name)
+        kind = _base_type(field.type)
+        if kind is bool:
+            parser.add_argument(
+                _flag(field.name),
+                action="store_true",
+                default=None,
+                help=f"{cls.__name__}.{field.name}",
+            )
+        else:
+            parser.add_argument(
+                _flag(field.name),
+                type=kind,
+                default=None,
+                help=f"{cls.__name__}.{field.name} (default {field.default})",
+            )
+
+
+def add_engine_options(parser: argparse.ArgumentParser) -> None:
+    seen: set[str] = set()
+    _add_fields(parser, PytorchEngineConfig, ENGINE_FIELDS, seen)
+    _add_fields(parser, TurbomindEngineConfig, ENGINE_FIELDS, seen)
+    parser.add_argument("--backend", choices=["pytorch", "turbomind"], default=None)
+    parser.add_argument("--chat-template", default=None, help="name of a built-in chat template")
+    parser.add_argument(
+        "--log-level", default="WARNING", choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+    )
+
+
+def add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    _add_fields(parser, GenerationConfig, SAMPLING_FIELDS, set())
+
+
+def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    aliases = {"cache_block_seq_len": "block_size"} if cls is PytorchEngineConfig else {}
+    out = {}
+    for key, value in vars(args).items():
+        if value is None:
+            continue
+        target = aliases.get(key, key)
+        if target in names and (key in ENGINE_FIELDS or key in SAMPLING_FIELDS):
+            out[target] = value
+    return out
+
+
+def engine_config_from(args: argparse.Namespace) -> PytorchEngineConfig | TurbomindEngineConfig:
+    if args.backend == "turbomind":
+        return TurbomindEngineConfig(**_given(args, TurbomindEngineConfig))
+    return PytorchEngineConfig(**_given(args, PytorchEngineConfig))
+
+
+def gen_config_from(args: argparse.Namespace, **overrides: Any) -> GenerationConfig:
+    values = _given(args, GenerationConfig)
+    sampling = any(k in values for k in ("temperature", "top_p", "top_k", "min_p"))
+    return GenerationConfig(do_sample=sampling, **{**values, **overrides})

@@ -1,0 +1,103 @@
+"""Build a ready ModelRunner: pick device and dtype, load weights, size and allocate the cache."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+
+from ....application.configs import PytorchEngineConfig
+from ...loaders import dummy, gguf_file, safetensors_dir
+from ...loaders.model_source import ModelSource
+from .llama import LlamaForCausalLM
+from .model_config import LlamaConfig
+from .runner import PytorchModelRunner
+
+logger = logging.getLogger(__name__)
+
+_CPU_CACHE_CAP = 4 << 30  # bytes: a sane ceiling for the KV cache in host memory
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    runner: PytorchModelRunner
+    config: LlamaConfig
+
+
+def pick_device(config: PytorchEngineConfig) -> torch.device:
+    if config.device_type == "cuda" and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(
+    config: PytorchEngineConfig, model_cfg: LlamaConfig, device: torch.device
+) -> torch.dtype:
+    if config.dtype != "auto":
+        return getattr(torch, config.dtype)
+    if device.type == "cpu":
+        return torch.float32
+    return torch.bfloat16 if "bfloat16" in model_cfg.torch_dtype else torch.float16
+
+
+def open_checkpoint(source: ModelSource) -> tuple[LlamaConfig, Callable[[], Iterator] | None]:
+    """The model's shape, and a function yielding its HF-named weights (None: random weights)."""
+    if source.path is None:
+        return dummy.shipped_config(source.name), None
+    if source.path.suffix == ".gguf":
+        checkpoint = gguf_file.GGUFCheckpoint(source.path)
+        config, weights = checkpoint.config, checkpoint.weights
+    else:
+        config = safetensors_dir.read_config(source.path)
+        weights = partial(safetensors_dir.iter_weights, source.path)
+    return config, (None if source.kind == "dummy" else weights)
+
+
+def _load(
+    model: LlamaForCausalLM, source: ModelSource, weights: Callable[[], Iterator] | None
+) -> None:
+    if weights is None:
+        dummy.randomize(model)
+        return
+    loaded = model.load_weights(weights())
+    missing = model.expected_weights() - loaded
+    if missing:
+        raise ValueError(
+            f"{source.name}: weights missing from the checkpoint: {sorted(missing)[:5]}"
+        )
+
+
+def _num_blocks(
+    config: PytorchEngineConfig, model_cfg: LlamaConfig, device: torch.device, dtype: torch.dtype
+) -> int:
+    if config.num_gpu_blocks > 0:
+        return config.num_gpu_blocks
+    block_bytes = model_cfg.kv_bytes_per_token(torch.finfo(dtype).bits // 8) * config.block_size
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+    else:
+        free = _CPU_CACHE_CAP
+    return max(1, int(free * config.cache_max_entry_count) // block_bytes)
+
+
+def build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
+    model_cfg, weights = open_checkpoint(source)
+    device = pick_device(config)
+    dtype = pick_dtype(config, model_cfg, device)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(model_cfg)
+    model = model.to(dtype).to_empty(device=device)
+    _load(model, source, weights)
+    model.eval()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    num_blocks = _num_blocks(config, model_cfg, device, dtype)
+    logger.info(
+        "kv cache: %d blocks of %d tokens on %s (%s)", num_blocks, config.block_size, device, dtype
+    )
+    return BuiltModel(
+        PytorchModelRunner(model, num_blocks, config.block_size, device, dtype), model_cfg
+    )

@@ -1,0 +1,114 @@
+"""The ModelRunner port on PyTorch: flatten a step plan, run the model, sample on the device."""
+
+from __future__ import annotations
+
+import torch
+
+from ....application.ports import CacheGeometry, StepOutput
+from ....domain.scheduler import StepPlan
+from .attention import AttentionMetadata
+from .llama import LlamaForCausalLM
+from .rotary import rotary_cos_sin
+from .sampling import SamplingBatch, sample, top_logprobs
+
+
+class PytorchModelRunner:
+    def __init__(
+        self,
+        model: LlamaForCausalLM,
+        num_blocks: int,
+        block_size: int,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> None:
+        cfg = model.config
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self._cache = CacheGeometry(num_blocks=num_blocks, block_size=block_size)
+        shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
+        self.kv_caches = [
+            (
+                torch.zeros(shape, dtype=dtype, device=device),
+                torch.zeros(shape, dtype=dtype, device=device),
+            )
+            for _ in range(cfg.num_hidden_layers)
+        ]
+        self.cos, self.sin = rotary_cos_sin(
+            cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, device
+        )
+
+    @property
+    def cache(self) -> CacheGeometry:
+        return self._cache
+
+    def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        block_size = self._cache.block_size
+        input_ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        query_lens, context_lens, cached = [], [], []
+        for seq in plan.seqs:
+            start, end = seq.num_cached_tokens, seq.num_tokens
+            input_ids.extend(seq.token_ids[start:end])
+            positions.extend(range(start, end))
+            table = seq.block_table
+            slots.extend(
+                table[p // block_size] * block_size + p % block_size for p in range(start, end)
+            )
+            query_lens.append(end - start)
+            context_lens.append(end)
+            cached.append(start)
+        max_blocks = max(len(seq.block_table) for seq in plan.seqs)
+        tables = [seq.block_table + [0] * (max_blocks - len(seq.block_table)) for seq in plan.seqs]
+
+        def tensor(values):
+            return torch.tensor(values, dtype=torch.int64, device=self.device)
+
+        meta = AttentionMetadata(
+            slot_mapping=tensor(slots),
+            block_tables=tensor(tables),
+            context_lens=tensor(context_lens),
+            query_lens=query_lens,
+            context_lens_list=context_lens,
+            is_decode=all(q == 1 for q in query_lens),
+            num_cached_list=cached,
+        )
+        return tensor(input_ids), tensor(positions), meta
+
+    @torch.inference_mode()
+    def step(self, plan: StepPlan) -> StepOutput:
+        input_ids, positions, meta = self._prepare(plan)
+        hidden = self.model(
+            input_ids, self.cos[positions], self.sin[positions], self.kv_caches, meta
+        )
+        last = torch.tensor(meta.query_lens, device=self.device).cumsum(0) - 1
+        logits = self.model.compute_logits(hidden[last])
+        batch = SamplingBatch.from_seqs(plan.seqs, self.device)
+        token_ids = sample(logits, batch)
+        want = [s.sampling.logprobs for s in plan.seqs]
+        if all(w is None for w in want):
+            return StepOutput(token_ids=token_ids.tolist())
+        return StepOutput(
+            token_ids=token_ids.tolist(), logprobs=self._logprobs(logits, token_ids, want)
+        )
+
+    @staticmethod
+    def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor, want: list[int | None]) -> list:
+        k = max(w or 0 for w in want)
+        chosen, ids, values = top_logprobs(logits, token_ids, k)
+        chosen, ids, values, tokens = (
+            chosen.tolist(),
+            ids.tolist(),
+            values.tolist(),
+            token_ids.tolist(),
+        )
+        out = []
+        for row, n in enumerate(want):
+            if n is None:
+                out.append(None)
+                continue
+            entry = {tokens[row]: chosen[row]}
+            entry.update(zip(ids[row][:n], values[row][:n], strict=True))
+            out.append(entry)
+        return out

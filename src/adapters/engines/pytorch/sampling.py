@@ -1,0 +1,111 @@
+"""Batched sampling on the device: penalties, temperature, top-k, top-p, min-p, seeded noise.
+
+Greedy rows take the argmax; the others sample with the exponential-race trick
+(argmax of p / Exp(1)), which needs no host sync and lets a seeded row draw its own noise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ....domain.sequence import Sequence
+
+
+@dataclass
+class SamplingBatch:
+    temperature: torch.Tensor  # [B]
+    top_k: torch.Tensor  # [B] 0 = off
+    top_p: torch.Tensor  # [B]
+    min_p: torch.Tensor  # [B]
+    repetition_penalty: torch.Tensor | None  # [B] or None when all 1
+    all_greedy: bool
+    seqs: list[Sequence]
+
+    @classmethod
+    def from_seqs(cls, seqs: list[Sequence], device: torch.device) -> SamplingBatch:
+        params = [s.sampling for s in seqs]
+
+        def col(values, dtype=torch.float32):
+            return torch.tensor(values, dtype=dtype, device=device)
+
+        penalties = [p.repetition_penalty for p in params]
+        return cls(
+            temperature=col([p.temperature for p in params]),
+            top_k=col([p.top_k for p in params], torch.int64),
+            top_p=col([p.top_p for p in params]),
+            min_p=col([p.min_p for p in params]),
+            repetition_penalty=None if all(x == 1.0 for x in penalties) else col(penalties),
+            all_greedy=all(p.is_greedy for p in params),
+            seqs=seqs,
+        )
+
+
+def _apply_token_rules(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    for row, seq in enumerate(batch.seqs):
+        sampling = seq.sampling
+        if sampling.bad_token_ids:
+            logits[row, list(sampling.bad_token_ids)] = -float("inf")
+        if seq.num_output_tokens < sampling.min_new_tokens:
+            banned = list(seq.eos_token_ids | set(sampling.stop_token_ids))
+            if banned:
+                logits[row, banned] = -float("inf")
+    if batch.repetition_penalty is not None:
+        for row, seq in enumerate(batch.seqs):
+            penalty = float(batch.repetition_penalty[row])
+            if penalty == 1.0:
+                continue
+            seen = torch.tensor(sorted(set(seq.token_ids)), device=logits.device)
+            scores = logits[row, seen]
+            logits[row, seen] = torch.where(scores > 0, scores / penalty, scores * penalty)
+    return logits
+
+
+def _filter(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Mask tokens outside top-k, top-p and min-p with -inf (rows whose filter is off keep all)."""
+    vocab = logits.shape[-1]
+    sorted_logits, order = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(vocab, device=logits.device)[None, :]
+    k = torch.where(batch.top_k > 0, batch.top_k, vocab)[:, None]
+    drop = ranks >= k
+    probs = sorted_logits.softmax(dim=-1)
+    drop |= (probs.cumsum(dim=-1) - probs) > batch.top_p[:, None]
+    drop |= probs < batch.min_p[:, None] * probs[:, :1]
+    drop[:, 0] = False  # the best token always survives
+    sorted_logits = sorted_logits.masked_fill(drop, -float("inf"))
+    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+
+
+def _noise(batch: SamplingBatch, shape: torch.Size, device: torch.device) -> torch.Tensor:
+    noise = torch.empty(shape, device=device).exponential_()
+    for row, seq in enumerate(batch.seqs):
+        seed = seq.sampling.random_seed
+        if seed is not None:
+            # Seed by position so the draw does not depend on who shares the batch.
+            gen = torch.Generator(device=device).manual_seed(
+                seed * 1_000_003 + seq.num_output_tokens
+            )
+            noise[row] = torch.empty(shape[1], device=device).exponential_(generator=gen)
+    return noise
+
+
+def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """logits: [B, vocab] float32 -> token ids [B] (on the device)."""
+    logits = _apply_token_rules(logits, batch)
+    greedy = logits.argmax(dim=-1)
+    if batch.all_greedy:
+        return greedy
+    temperature = batch.temperature.clamp_min(1e-5)[:, None]
+    probs = _filter(logits / temperature, batch).softmax(dim=-1)
+    sampled = (probs / _noise(batch, probs.shape, probs.device)).argmax(dim=-1)
+    return torch.where(batch.temperature == 0, greedy, sampled)
+
+
+def top_logprobs(
+    logits: torch.Tensor, chosen: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Log-probabilities of the chosen tokens [B] and the top-k alternatives [B, k] (ids, values)."""
+    logprobs = logits.log_softmax(dim=-1)
+    values, ids = logprobs.topk(max(k, 1), dim=-1)
+    return logprobs.gather(1, chosen[:, None]).squeeze(1), ids, values

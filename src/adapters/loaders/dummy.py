@@ -1,0 +1,33 @@
+"""Random weights of a known shape: how real model sizes are benchmarked without a download."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+import torch
+from torch import nn
+
+from ..engines.pytorch.model_config import LlamaConfig
+
+SHIPPED_CONFIGS = {"llama-3-8b": "llama-3-8b.json", "meta-llama/Meta-Llama-3-8B": "llama-3-8b.json"}
+
+
+def shipped_config(name: str) -> LlamaConfig | None:
+    file = SHIPPED_CONFIGS.get(name)
+    if file is None:
+        return None
+    text = resources.files("lmdeploy.configs").joinpath(file).read_text()
+    return LlamaConfig.from_hf(json.loads(text), name=name)
+
+
+@torch.no_grad()
+def randomize(model: nn.Module, seed: int = 0) -> None:
+    """Small normal weights keep activations finite through every layer; norms stay at one."""
+    generators: dict[torch.device, torch.Generator] = {}
+    for name, param in model.named_parameters():
+        if "norm" in name:
+            param.fill_(1.0)
+            continue
+        gen = generators.setdefault(param.device, torch.Generator(param.device).manual_seed(seed))
+        param.normal_(0.0, 0.02, generator=gen)

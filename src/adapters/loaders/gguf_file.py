@@ -1,0 +1,139 @@
+"""Weights and model shape from a GGUF file, dequantized to float32 with the `gguf` package.
+
+llama.cpp's converter permutes Q and K rows for its interleaved rotary layout; we undo that
+so the tensors match the HF (rotate-half) layout our model and transformers use.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..engines.pytorch.model_config import LlamaConfig
+
+SUPPORTED_TYPES = {
+    "F32",
+    "F16",
+    "BF16",
+    "Q8_0",
+    "Q4_0",
+    "Q4_1",
+    "Q5_0",
+    "Q5_1",
+    "Q2_K",
+    "Q3_K",
+    "Q4_K",
+    "Q5_K",
+    "Q6_K",
+}
+
+_LAYER_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+_GLOBAL_NAMES = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
+
+
+def _reader(path: Path):
+    import gguf  # imported lazily: only GGUF users pay for it
+
+    return gguf.GGUFReader(str(path))
+
+
+def _field(reader, key: str, default=None):
+    field = reader.fields.get(key)
+    if field is None:
+        return default
+    return field.contents()
+
+
+class GGUFCheckpoint:
+    """One GGUF file, parsed once (parsing the metadata of a 49k-token vocabulary takes seconds)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.reader = _reader(path)
+        self.config = read_config(self.reader, path)
+
+    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return iter_weights(self.reader, self.config)
+
+
+def read_config(reader, path: Path) -> LlamaConfig:
+    arch = _field(reader, "general.architecture")
+    if arch != "llama":
+        raise ValueError(f"{path.name}: GGUF architecture {arch!r} is not supported; only llama is")
+    heads = _field(reader, "llama.attention.head_count")
+    hidden = _field(reader, "llama.embedding_length")
+    names = {t.name for t in reader.tensors}
+    vocab = _field(reader, "llama.vocab_size") or len(_field(reader, "tokenizer.ggml.tokens"))
+    eos = _field(reader, "tokenizer.ggml.eos_token_id")
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=_field(reader, "llama.feed_forward_length"),
+        num_hidden_layers=_field(reader, "llama.block_count"),
+        num_attention_heads=heads,
+        num_key_value_heads=_field(reader, "llama.attention.head_count_kv", heads),
+        head_dim=_field(reader, "llama.rope.dimension_count", hidden // heads),
+        rms_norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
+        max_position_embeddings=_field(reader, "llama.context_length", 4096),
+        tie_word_embeddings="output.weight" not in names,
+        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
+        eos_token_ids=() if eos is None else (eos,),
+        name=str(_field(reader, "general.name", path.stem)),
+    )
+
+
+def hf_name(gguf_name: str) -> str:
+    match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
+    if match:
+        layer, part, kind = match.groups()
+        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"
+    stem, kind = gguf_name.rsplit(".", 1)
+    prefix = "" if stem == "output" else "model."
+    return f"{prefix}{_GLOBAL_NAMES[stem]}.{kind}"
+
+
+def _unpermute(w: np.ndarray, num_heads: int) -> np.ndarray:
+    rows = w.shape[0]
+    return (
+        w.reshape(num_heads, rows // num_heads // 2, 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def dequantize(tensor) -> np.ndarray:
+    """One GGUF tensor as float32 in PyTorch's (row-major, reversed GGML) shape."""
+    import gguf
+
+    kind = tensor.tensor_type.name
+    if kind not in SUPPORTED_TYPES:
+        raise ValueError(f"GGUF tensor {tensor.name} has type {kind}, which is not supported")
+    shape = tuple(int(d) for d in reversed(tensor.shape))
+    values = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+    return np.array(values, dtype=np.float32, copy=True).reshape(shape)
+
+
+def iter_weights(reader, config: LlamaConfig) -> Iterator[tuple[str, torch.Tensor]]:
+    for tensor in reader.tensors:
+        name = hf_name(tensor.name)
+        array = dequantize(tensor)
+        if name.endswith("q_proj.weight"):
+            array = _unpermute(array, config.num_attention_heads)
+        elif name.endswith("k_proj.weight"):
+            array = _unpermute(array, config.num_key_value_heads)
+        yield name, torch.from_numpy(array)

@@ -1,0 +1,1 @@
+"""Use cases over the domain; the outside world only through `ports`."""

@@ -1,0 +1,235 @@
+"""The documented configuration objects: GenerationConfig, engine configs, ChatTemplateConfig."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
+
+from ..domain.errors import InvalidArgument
+from ..domain.sampling_params import SamplingParams
+
+
+@dataclass
+class GenerationConfig:
+    n: int = 1
+    max_new_tokens: int = 512
+    do_sample: bool = False
+    top_p: float = 1.0
+    top_k: int = 50
+    min_p: float = 0.0
+    temperature: float = 0.8
+    repetition_penalty: float = 1.0
+    ignore_eos: bool = False
+    random_seed: int | None = None
+    stop_words: list[str] | None = None
+    bad_words: list[str] | None = None
+    stop_token_ids: list[int] | None = None
+    bad_token_ids: list[int] | None = None
+    min_new_tokens: int | None = None
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    logprobs: int | None = None
+    response_format: dict | None = None
+    logits_processors: list[Callable] | None = None
+    output_logits: Literal["all", "generation"] | None = None
+    output_last_hidden_state: Literal["all", "generation"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.n != 1:
+            raise InvalidArgument("n", f"only n=1 is supported, got {self.n}")
+        if self.temperature < 0:
+            raise InvalidArgument("temperature", f"must be >= 0, got {self.temperature}")
+        # Build once so that a bad value fails here, naming the argument.
+        self.to_sampling_params()
+
+    def to_sampling_params(
+        self, stop_token_ids: list[int] | None = None, bad_token_ids: list[int] | None = None
+    ) -> SamplingParams:
+        """Greedy unless `do_sample` is set; `top_k=1` or `temperature=0` is greedy too."""
+        greedy = not self.do_sample or self.top_k == 1 or self.temperature == 0
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=0.0 if greedy else self.temperature,
+            top_k=self.top_k,
+            top_p=self.top_p,
+            min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty,
+            ignore_eos=self.ignore_eos,
+            min_new_tokens=self.min_new_tokens or 0,
+            stop_token_ids=tuple(self.stop_token_ids or ()) + tuple(stop_token_ids or ()),
+            bad_token_ids=tuple(self.bad_token_ids or ()) + tuple(bad_token_ids or ()),
+            random_seed=self.random_seed,
+            logprobs=self.logprobs,
+        )
+
+
+def _reject_unsupported(config: Any, supported: dict[str, Any]) -> None:
+    """A documented field we cannot honour yet fails loudly instead of being ignored."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if f.name in supported and value not in (f.default, supported[f.name]):
+            raise InvalidArgument(
+                f.name,
+                f"{type(config).__name__}.{f.name}={value!r} is not supported by this "
+                f"build yet; leave it at its default ({f.default!r})",
+            )
+
+
+def _check_common(config: Any) -> None:
+    if config.dtype not in ("auto", "float16", "bfloat16", "float32"):
+        raise InvalidArgument(
+            "dtype", f"must be auto, float16, bfloat16 or float32, got {config.dtype!r}"
+        )
+    if not 0 < config.cache_max_entry_count <= 1:
+        raise InvalidArgument(
+            "cache_max_entry_count",
+            f"must be a fraction of free memory in (0, 1], got {config.cache_max_entry_count}",
+        )
+    if config.tp < 1:
+        raise InvalidArgument("tp", f"must be >= 1, got {config.tp}")
+    if config.session_len is not None and config.session_len < 2:
+        raise InvalidArgument("session_len", f"must be >= 2, got {config.session_len}")
+    if config.max_batch_size is not None and config.max_batch_size < 1:
+        raise InvalidArgument("max_batch_size", f"must be >= 1, got {config.max_batch_size}")
+    if config.max_prefill_token_num < 1:
+        raise InvalidArgument(
+            "max_prefill_token_num", f"must be >= 1, got {config.max_prefill_token_num}"
+        )
+
+
+@dataclass
+class PytorchEngineConfig:
+    dtype: str = "auto"
+    tp: int = 1
+    session_len: int | None = None
+    max_batch_size: int | None = None
+    cache_max_entry_count: float = 0.8
+    prefill_interval: int = 16
+    block_size: int = 64
+    num_cpu_blocks: int = 0
+    num_gpu_blocks: int = 0
+    adapters: dict[str, str] | None = None
+    max_prefill_token_num: int = 4096
+    thread_safe: bool = False
+    enable_prefix_caching: bool = False
+    device_type: str = "cuda"
+    eager_mode: bool = False
+    custom_module_map: dict[str, str] | None = None
+    download_dir: str | None = None
+    revision: str | None = None
+    quant_policy: Literal[0, 4, 8] = 0
+    load_format: str = "auto"
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if self.block_size < 1:
+            raise InvalidArgument("block_size", f"must be >= 1, got {self.block_size}")
+        if self.device_type not in ("cuda", "cpu", "ascend"):
+            raise InvalidArgument(
+                "device_type", f"must be cuda, cpu or ascend, got {self.device_type!r}"
+            )
+        if self.load_format not in ("auto", "dummy"):
+            raise InvalidArgument(
+                "load_format", f"must be 'auto' or 'dummy', got {self.load_format!r}"
+            )
+        _reject_unsupported(
+            self,
+            {
+                "tp": 1,
+                "adapters": None,
+                "enable_prefix_caching": False,
+                "quant_policy": 0,
+                "custom_module_map": None,
+                "num_cpu_blocks": 0,
+            },
+        )
+
+
+@dataclass
+class TurbomindEngineConfig:
+    dtype: str = "auto"
+    model_format: str | None = None
+    tp: int = 1
+    session_len: int | None = None
+    max_batch_size: int | None = None
+    cache_max_entry_count: float = 0.8
+    cache_chunk_size: int = -1
+    cache_block_seq_len: int = 64
+    enable_prefix_caching: bool = False
+    quant_policy: int = 0
+    rope_scaling_factor: float = 0.0
+    use_logn_attn: bool = False
+    download_dir: str | None = None
+    revision: str | None = None
+    max_prefill_token_num: int = 8192
+    num_tokens_per_iter: int = 0
+    max_prefill_iters: int = 1
+
+    def __post_init__(self) -> None:
+        _check_common(self)
+        if self.model_format not in (None, "hf", "meta_llama", "awq", "gptq"):
+            raise InvalidArgument(
+                "model_format", f"must be hf, meta_llama, awq or gptq, got {self.model_format!r}"
+            )
+        if self.cache_block_seq_len < 1:
+            raise InvalidArgument(
+                "cache_block_seq_len", f"must be >= 1, got {self.cache_block_seq_len}"
+            )
+
+    def to_pytorch(self) -> PytorchEngineConfig:
+        """The PyTorch engine runs a TurboMind config when CUDA or TurboMind is missing."""
+        _reject_unsupported(
+            self,
+            {
+                "tp": 1,
+                "enable_prefix_caching": False,
+                "quant_policy": 0,
+                "model_format": "hf",
+                "rope_scaling_factor": 0.0,
+                "use_logn_attn": False,
+            },
+        )
+        return PytorchEngineConfig(
+            dtype=self.dtype,
+            session_len=self.session_len,
+            max_batch_size=self.max_batch_size,
+            cache_max_entry_count=self.cache_max_entry_count,
+            block_size=self.cache_block_seq_len,
+            max_prefill_token_num=self.max_prefill_token_num,
+            download_dir=self.download_dir,
+            revision=self.revision,
+        )
+
+
+@dataclass
+class ChatTemplateConfig:
+    model_name: str
+    system: str | None = None
+    meta_instruction: str | None = None
+    eosys: str | None = None
+    user: str | None = None
+    eoh: str | None = None
+    assistant: str | None = None
+    eoa: str | None = None
+    tool: str | None = None
+    eotool: str | None = None
+    separator: str | None = None
+    capability: Literal["completion", "infilling", "chat", "python"] | None = None
+    stop_words: list[str] | None = None
+
+
+@dataclass
+class Response:
+    """One prompt's result, as `pipe()` returns it and `stream_infer()` yields it."""
+
+    text: str
+    generate_token_len: int
+    input_token_len: int
+    finish_reason: Literal["stop", "length", "abort"] | None = None
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] | None = None
+    logits: Any = None
+    last_hidden_state: Any = None
+    index: int = 0
+    session_id: int | None = None

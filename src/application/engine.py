@@ -1,0 +1,142 @@
+"""The engine loop: one thread that schedules, runs a step and reports tokens, forever.
+
+Callers never touch the scheduler: they post commands to an inbox and receive `TokenEvent`s
+through the sink they passed in. One forward pass per iteration; the runner returns the
+sampled ids, which is the step's one device-to-host sync.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..domain.scheduler import Scheduler
+from ..domain.sequence import FinishReason, Sequence
+from .ports import ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A token appended to `seq`, or the end of `seq` (token_id None when it ended without one)."""
+
+    seq: Sequence
+    token_id: int | None
+    logprobs: dict[int, float] | None = None
+    finished: bool = False
+    error: str | None = None
+
+
+Sink = Callable[[TokenEvent], None]
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    num_blocks: int
+    num_free_blocks: int
+    num_running: int
+    num_waiting: int
+    num_preemptions: int
+
+
+class EngineLoop:
+    def __init__(self, runner: ModelRunner, scheduler: Scheduler) -> None:
+        self.runner = runner
+        self.scheduler = scheduler
+        self._inbox: queue.SimpleQueue[tuple[str, Sequence, Sink | None]] = queue.SimpleQueue()
+        self._sinks: dict[int, Sink] = {}
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- called from any thread ---------------------------------------------------------------
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="lmdeploy-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._inbox.put(("wake", None, None))  # type: ignore[arg-type]
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def submit(self, seq: Sequence, sink: Sink) -> None:
+        if self._stopping.is_set():
+            raise RuntimeError("the engine is closed; create a new pipeline")
+        self._inbox.put(("add", seq, sink))
+
+    def abort(self, seq: Sequence) -> None:
+        self._inbox.put(("abort", seq, None))
+
+    def stats(self) -> EngineStats:
+        s = self.scheduler
+        return EngineStats(
+            num_blocks=s.allocator.num_blocks,
+            num_free_blocks=s.allocator.num_free_blocks,
+            num_running=len(s.running),
+            num_waiting=len(s.waiting),
+            num_preemptions=s.num_preemptions,
+        )
+
+    # -- the engine thread --------------------------------------------------------------------
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._drain_inbox(block=not self.scheduler.has_work)
+            if self.scheduler.has_work:
+                self._step()
+        self._abort_everything("the engine was closed")
+
+    def _drain_inbox(self, block: bool) -> None:
+        try:
+            command = self._inbox.get(block=block)
+            while True:
+                self._handle(*command)
+                command = self._inbox.get_nowait()
+        except queue.Empty:
+            pass
+
+    def _handle(self, kind: str, seq: Sequence, sink: Sink | None) -> None:
+        if kind == "add":
+            assert sink is not None
+            try:
+                self.scheduler.add(seq)
+            except Exception as exc:  # a request the cache can never hold
+                seq.finish(FinishReason.LENGTH)
+                sink(TokenEvent(seq, None, finished=True, error=str(exc)))
+                return
+            self._sinks[seq.seq_id] = sink
+        elif kind == "abort" and seq.seq_id in self._sinks:
+            self.scheduler.abort(seq)
+            self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True))
+
+    def _step(self) -> None:
+        plan = self.scheduler.schedule()
+        if not plan:
+            if self.scheduler.running or self.scheduler.waiting:
+                logger.debug("nothing schedulable this step; waiting for blocks")
+            return
+        try:
+            output = self.runner.step(plan)
+        except Exception as exc:
+            logger.exception("forward pass failed; aborting its %d sequences", len(plan.seqs))
+            for seq in plan.seqs:
+                self.scheduler.abort(seq)
+                self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=repr(exc)))
+            return
+        self.scheduler.postprocess(plan, output.token_ids)
+        logprobs = output.logprobs or [None] * len(plan.seqs)
+        for seq, token_id, lp in zip(plan.seqs, output.token_ids, logprobs, strict=True):
+            sink = self._sinks[seq.seq_id] if not seq.is_finished else self._sinks.pop(seq.seq_id)
+            sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished))
+
+    def _abort_everything(self, reason: str) -> None:
+        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+            self.scheduler.abort(seq)
+            sink = self._sinks.pop(seq.seq_id, None)
+            if sink:
+                sink(TokenEvent(seq, None, finished=True, error=reason))

@@ -1,0 +1,237 @@
+"""Generation as a use case: a prompt in, a stream of text deltas out.
+
+`GenerationService.submit` turns a prompt (text, messages or token ids) into a `Sequence`,
+hands it to the engine loop and returns a `RequestStream`; the stream detokenizes, applies
+stop words and can be read synchronously (pipeline, CLI) or asynchronously (HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import queue
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..domain.errors import InvalidArgument, PromptTooLong
+from ..domain.sampling_params import SamplingParams
+from ..domain.sequence import FinishReason, Sequence
+from .chat_template import ChatTemplate
+from .configs import GenerationConfig
+from .detokenizer import IncrementalDetokenizer
+from .engine import EngineLoop, TokenEvent
+from .ports import Tokenizer
+
+Prompt = str | list[dict[str, Any]] | list[int]
+
+
+@dataclass
+class GenOut:
+    """What one read of a stream returns: the new text and tokens since the last read."""
+
+    text: str
+    token_ids: list[int]
+    input_token_len: int
+    generate_token_len: int
+    finish_reason: str | None = None
+    logprobs: list[dict[int, float]] | None = None
+    error: str | None = None
+
+
+@dataclass
+class PreparedRequest:
+    input_ids: list[int]
+    sampling: SamplingParams
+    stop_words: list[str] = field(default_factory=list)
+    skip_special_tokens: bool = True
+
+
+class RequestStream:
+    """One request's outputs. The engine thread pushes events; the reader turns them into text."""
+
+    def __init__(
+        self, engine: EngineLoop, tokenizer: Tokenizer, seq: Sequence, request: PreparedRequest
+    ) -> None:
+        self._engine = engine
+        self.seq = seq
+        self.request = request
+        self._detok = IncrementalDetokenizer(tokenizer, request.skip_special_tokens)
+        self._text = ""
+        self._emitted = 0
+        self._num_tokens = 0
+        self._stop_ids = set(request.sampling.stop_token_ids) | (
+            set() if request.sampling.ignore_eos else set(seq.eos_token_ids)
+        )
+        self._hold = max((len(w) for w in request.stop_words), default=1) - 1
+        self._sync_queue: queue.SimpleQueue[TokenEvent] | None = None
+        self._async_queue: asyncio.Queue[TokenEvent] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.finished = False
+
+    # -- wiring -----------------------------------------------------------------------------
+    def bind_sync(self) -> None:
+        self._sync_queue = queue.SimpleQueue()
+
+    def bind_async(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._async_queue = asyncio.Queue()
+
+    def sink(self, event: TokenEvent) -> None:
+        """Called on the engine thread."""
+        if self._async_queue is not None:
+            self._loop.call_soon_threadsafe(self._async_queue.put_nowait, event)
+        else:
+            self._sync_queue.put(event)
+
+    def cancel(self) -> None:
+        if not self.finished:
+            self._engine.abort(self.seq)
+
+    # -- reading ----------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[GenOut]:
+        while not self.finished:
+            out = self._consume([self._sync_queue.get()] + self._drain_sync())
+            if out is not None:
+                yield out
+
+    async def __aiter__(self) -> AsyncIterator[GenOut]:
+        try:
+            while not self.finished:
+                events = [await self._async_queue.get()]
+                while not self._async_queue.empty():
+                    events.append(self._async_queue.get_nowait())
+                out = self._consume(events)
+                if out is not None:
+                    yield out
+        finally:
+            self.cancel()
+
+    def _drain_sync(self) -> list[TokenEvent]:
+        events = []
+        while not self._sync_queue.empty():
+            events.append(self._sync_queue.get_nowait())
+        return events
+
+    def _consume(self, events: list[TokenEvent]) -> GenOut | None:
+        new_ids: list[int] = []
+        logprobs: list[dict[int, float]] = []
+        finish: str | None = None
+        error = None
+        for event in events:
+            if self.finished:
+                break
+            is_stop_token = (
+                event.finished
+                and event.token_id in self._stop_ids
+                and self.seq.finish_reason is FinishReason.STOP
+            )
+            if event.token_id is not None and not is_stop_token:
+                new_ids.append(event.token_id)
+                if event.logprobs is not None:
+                    logprobs.append(event.logprobs)
+                self._text += self._detok.push(event.token_id)
+                if self._hit_stop_word():
+                    finish = FinishReason.STOP.value
+            if event.finished and finish is None:
+                finish = (self.seq.finish_reason or FinishReason.ABORT).value
+                error = event.error
+            if finish is not None:
+                self.finished = True
+        self._num_tokens += len(new_ids)
+        if not self.finished and not new_ids:
+            return None
+        end = len(self._text) if self.finished else max(self._emitted, len(self._text) - self._hold)
+        delta, self._emitted = self._text[self._emitted : end], end
+        return GenOut(
+            text=delta,
+            token_ids=new_ids,
+            input_token_len=self.seq.num_prompt_tokens,
+            generate_token_len=self._num_tokens,
+            finish_reason=finish,
+            logprobs=logprobs if self.request.sampling.logprobs is not None else None,
+            error=error,
+        )
+
+    def _hit_stop_word(self) -> bool:
+        for word in self.request.stop_words:
+            at = self._text.find(word, max(0, self._emitted - len(word)))
+            if at >= 0:
+                self._text = self._text[:at]
+                self._engine.abort(self.seq)
+                return True
+        return False
+
+
+class GenerationService:
+    def __init__(
+        self,
+        engine: EngineLoop,
+        tokenizer: Tokenizer,
+        chat_template: ChatTemplate,
+        session_len: int,
+    ) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template
+        self.session_len = session_len
+
+    def prepare(
+        self, prompt: Prompt, gen_config: GenerationConfig | None = None, do_preprocess: bool = True
+    ) -> PreparedRequest:
+        gen_config = gen_config or GenerationConfig()
+        input_ids = self.tokenize(prompt, do_preprocess)
+        if not input_ids:
+            raise InvalidArgument("prompt", "the prompt is empty; pass some text or messages")
+        if len(input_ids) >= self.session_len:
+            raise PromptTooLong(len(input_ids), self.session_len)
+        stop_words = list(gen_config.stop_words or []) + list(self.chat_template.stop_words)
+        single, multi = self._split_stop_words(stop_words)
+        return PreparedRequest(
+            input_ids=input_ids,
+            sampling=gen_config.to_sampling_params(stop_token_ids=single),
+            stop_words=[w for w in multi if w in (gen_config.stop_words or [])],
+            skip_special_tokens=gen_config.skip_special_tokens,
+        )
+
+    def tokenize(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
+            return list(prompt)
+        if isinstance(prompt, str) and not do_preprocess:
+            return self.tokenizer.encode(prompt, add_special_tokens=True)
+        if isinstance(prompt, str) or (
+            isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)
+        ):
+            if isinstance(prompt, list) and not prompt:
+                return []
+            text = self.chat_template.messages2prompt(prompt)
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        raise InvalidArgument(
+            "prompts",
+            f"expected a str, a list of message dicts or a list of token ids, got {type(prompt).__name__}",
+        )
+
+    def _split_stop_words(self, words: list[str]) -> tuple[list[int], list[str]]:
+        """Stop words that are one token become stop token ids; the rest are matched in text."""
+        single, multi = [], []
+        for word in words:
+            ids = self.tokenizer.encode(word, add_special_tokens=False)
+            if len(ids) == 1:
+                single.append(ids[0])
+            else:
+                multi.append(word)
+        return single, multi
+
+    def submit(self, request: PreparedRequest, asynchronous: bool = False) -> RequestStream:
+        seq = Sequence(
+            prompt_token_ids=request.input_ids,
+            sampling=request.sampling,
+            max_len=self.session_len,
+            eos_token_ids=self.tokenizer.eos_token_ids,
+        )
+        stream = RequestStream(self.engine, self.tokenizer, seq, request)
+        if asynchronous:
+            stream.bind_async()
+        else:
+            stream.bind_sync()
+        self.engine.submit(seq, stream.sink)
+        return stream

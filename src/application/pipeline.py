@@ -1,0 +1,230 @@
+"""`pipeline()`'s object: batch, streaming and async inference over the generation service."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from ..domain.errors import InvalidArgument, PromptTooLong
+from .configs import GenerationConfig, Response
+from .generation import GenerationService, GenOut, Prompt, RequestStream
+
+logger = logging.getLogger(__name__)
+
+Prompts = Prompt | list[Prompt]
+
+
+def _normalize(prompts: Prompts) -> tuple[list[Prompt], bool]:
+    """A list of prompts, and whether the caller passed a single one."""
+    if isinstance(prompts, str):
+        return [prompts], True
+    if isinstance(prompts, list) and prompts and all(isinstance(m, dict) for m in prompts):
+        return [prompts], True
+    if isinstance(prompts, list) and prompts and all(isinstance(t, int) for t in prompts):
+        return [prompts], True
+    if isinstance(prompts, (list, tuple)):
+        if not prompts:
+            raise InvalidArgument("prompts", "the prompt list is empty; pass at least one prompt")
+        return list(prompts), False
+    raise InvalidArgument("prompts", f"expected a str or a list, got {type(prompts).__name__}")
+
+
+def _configs(
+    gen_config: GenerationConfig | list[GenerationConfig] | None, n: int
+) -> list[GenerationConfig]:
+    if isinstance(gen_config, list):
+        if len(gen_config) != n:
+            raise InvalidArgument("gen_config", f"got {len(gen_config)} configs for {n} prompts")
+        return gen_config
+    return [gen_config or GenerationConfig()] * n
+
+
+class Pipeline:
+    def __init__(
+        self, service: GenerationService, model_name: str, on_close: Callable[[], None]
+    ) -> None:
+        self.service = service
+        self.model_name = model_name
+        self._on_close = on_close
+        self._closed = False
+
+    # -- batch ------------------------------------------------------------------------------
+    def __call__(
+        self,
+        prompts: Prompts,
+        gen_config: GenerationConfig | list[GenerationConfig] | None = None,
+        do_preprocess: bool = True,
+        adapter_name: str | None = None,
+        use_tqdm: bool = False,
+        **kwargs: Any,
+    ) -> Response | list[Response]:
+        return self.batch_infer(
+            prompts, gen_config, do_preprocess, adapter_name, use_tqdm, **kwargs
+        )
+
+    def batch_infer(
+        self,
+        prompts: Prompts,
+        gen_config: GenerationConfig | list[GenerationConfig] | None = None,
+        do_preprocess: bool = True,
+        adapter_name: str | None = None,
+        use_tqdm: bool = False,
+        **kwargs: Any,
+    ) -> Response | list[Response]:
+        self._check_open(adapter_name)
+        items, single = _normalize(prompts)
+        configs = _configs(gen_config, len(items))
+        # Every prompt is prepared before any is submitted, so one bad prompt submits nothing.
+        requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
+        streams = [self.service.submit(r) if not isinstance(r, Response) else r for r in requests]
+        responses = [self._collect(s, i) for i, s in enumerate(streams)]
+        return responses[0] if single else responses
+
+    def _prepare(self, prompt: Prompt, config: GenerationConfig, do_preprocess: bool):
+        try:
+            return self.service.prepare(prompt, config, do_preprocess)
+        except PromptTooLong as exc:
+            # As documented for the pipeline: an over-long prompt ends at once with 'length'.
+            logger.error("%s", exc)
+            return Response(
+                text="",
+                generate_token_len=0,
+                input_token_len=exc.num_tokens,
+                finish_reason="length",
+            )
+
+    @staticmethod
+    def _collect(stream: RequestStream | Response, index: int) -> Response:
+        if isinstance(stream, Response):
+            stream.index = index
+            return stream
+        response = Response(text="", generate_token_len=0, input_token_len=0, index=index)
+        for out in stream:
+            _accumulate(response, out)
+        return response
+
+    # -- streaming --------------------------------------------------------------------------
+    def stream_infer(
+        self,
+        prompts: Prompts,
+        gen_config: GenerationConfig | list[GenerationConfig] | None = None,
+        do_preprocess: bool = True,
+        adapter_name: str | None = None,
+        **kwargs: Any,
+    ) -> Iterator[Response]:
+        """Yields a Response per text delta, tagged with its prompt's `index`."""
+        self._check_open(adapter_name)
+        items, _ = _normalize(prompts)
+        configs = _configs(gen_config, len(items))
+        requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
+        import queue
+        import threading
+
+        merged: queue.SimpleQueue = queue.SimpleQueue()
+
+        def pump(index: int, request) -> None:
+            if isinstance(request, Response):
+                request.index = index
+                merged.put(request)
+            else:
+                for out in self.service.submit(request):
+                    merged.put(_delta_response(out, index))
+            merged.put(None)
+
+        for i, r in enumerate(requests):
+            threading.Thread(target=pump, args=(i, r), daemon=True).start()
+        remaining = len(requests)
+        while remaining:
+            item = merged.get()
+            if item is None:
+                remaining -= 1
+            else:
+                yield item
+
+    # -- async ------------------------------------------------------------------------------
+    async def async_batch_infer(
+        self,
+        prompts: Prompts,
+        gen_config: GenerationConfig | None = None,
+        do_preprocess: bool = True,
+        **kwargs: Any,
+    ) -> Response | list[Response]:
+        items, single = _normalize(prompts)
+        configs = _configs(gen_config, len(items))
+        results = await asyncio.gather(
+            *(
+                self._async_one(p, c, do_preprocess, i)
+                for i, (p, c) in enumerate(zip(items, configs, strict=True))
+            )
+        )
+        return results[0] if single else list(results)
+
+    async def _async_one(
+        self, prompt: Prompt, config: GenerationConfig, do_preprocess: bool, index: int
+    ) -> Response:
+        request = self._prepare(prompt, config, do_preprocess)
+        if isinstance(request, Response):
+            request.index = index
+            return request
+        response = Response(text="", generate_token_len=0, input_token_len=0, index=index)
+        async for out in self.generate(request):
+            _accumulate(response, out)
+        return response
+
+    async def generate(self, request) -> AsyncIterator[GenOut]:
+        """The async stream of one prepared request (the HTTP server's entry point)."""
+        self._check_open(None)
+        async for out in self.service.submit(request, asynchronous=True):
+            yield out
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def _check_open(self, adapter_name: str | None) -> None:
+        if self._closed:
+            raise RuntimeError("this pipeline is closed; create a new one with lmdeploy.pipeline()")
+        if adapter_name is not None:
+            raise InvalidArgument(
+                "adapter_name", "LoRA adapters are not supported by this build yet"
+            )
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._on_close()
+
+    def __enter__(self) -> Pipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _accumulate(response: Response, out: GenOut) -> None:
+    response.text += out.text
+    response.token_ids.extend(out.token_ids)
+    response.generate_token_len = out.generate_token_len
+    response.input_token_len = out.input_token_len
+    response.finish_reason = out.finish_reason or response.finish_reason
+    if out.logprobs is not None:
+        response.logprobs = (response.logprobs or []) + out.logprobs
+    if out.error:
+        logger.error("request %d failed: %s", response.index, out.error)
+
+
+def _delta_response(out: GenOut, index: int) -> Response:
+    return Response(
+        text=out.text,
+        generate_token_len=out.generate_token_len,
+        input_token_len=out.input_token_len,
+        finish_reason=out.finish_reason,
+        token_ids=out.token_ids,
+        logprobs=out.logprobs,
+        index=index,
+    )

@@ -1,0 +1,60 @@
+"""The outside world as the application sees it: small Protocols that adapters satisfy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence as Seq
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from ..domain.scheduler import StepPlan
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know of a loaded model."""
+
+    name: str
+    max_position_embeddings: int
+    vocab_size: int
+    eos_token_ids: frozenset[int]
+
+
+@dataclass(frozen=True)
+class CacheGeometry:
+    num_blocks: int
+    block_size: int
+
+
+@dataclass
+class StepOutput:
+    """One sampled token per planned sequence, plus optional per-token extras."""
+
+    token_ids: list[int]
+    logprobs: list[dict[int, float] | None] | None = None
+
+
+class ModelRunner(Protocol):
+    """Runs one forward pass over the paged KV cache and samples the next tokens."""
+
+    @property
+    def cache(self) -> CacheGeometry: ...
+
+    def step(self, plan: StepPlan) -> StepOutput: ...
+
+
+class Tokenizer(Protocol):
+    @property
+    def eos_token_ids(self) -> frozenset[int]: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]: ...
+
+    def decode(self, token_ids: Seq[int], skip_special_tokens: bool = True) -> str: ...
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], add_generation_prompt: bool = True
+    ) -> str: ...
+
+    def convert_ids_to_tokens(self, token_ids: Seq[int]) -> list[str]: ...

@@ -1,0 +1,1 @@
+"""The domain: sequences, sessions, KV blocks and the scheduler. Standard library only."""

@@ -1,0 +1,30 @@
+"""Errors the domain raises; entry points map them to HTTP codes, CLI messages and exceptions."""
+
+
+class LMDeployError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class InvalidArgument(LMDeployError, ValueError):
+    """A caller passed a value outside what an argument accepts."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        super().__init__(f"{argument}: {message}")
+        self.argument = argument
+
+
+class PromptTooLong(InvalidArgument):
+    """The prompt does not fit the session length."""
+
+    def __init__(self, num_tokens: int, session_len: int) -> None:
+        super().__init__(
+            "prompt",
+            f"the prompt has {num_tokens} tokens, which leaves no room in session_len="
+            f"{session_len}; shorten the prompt or raise session_len",
+        )
+        self.num_tokens = num_tokens
+        self.session_len = session_len
+
+
+class OutOfBlocks(LMDeployError):
+    """A sequence needs more KV blocks than the whole cache holds."""

@@ -1,0 +1,96 @@
+"""A request's token sequence as the scheduler and the engine see it."""
+
+from __future__ import annotations
+
+import enum
+import itertools
+from dataclasses import dataclass, field
+
+from .sampling_params import SamplingParams
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+_seq_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Sequence:
+    """Prompt plus generated tokens, with the KV blocks that hold them.
+
+    `num_cached_tokens` counts the leading tokens whose K/V already sit in the cache; the
+    next step computes `token_ids[num_cached_tokens:]`.
+    """
+
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    max_len: int
+    eos_token_ids: frozenset[int] = frozenset()
+    seq_id: int = field(default_factory=lambda: next(_seq_ids))
+    status: SequenceStatus = SequenceStatus.WAITING
+    finish_reason: FinishReason | None = None
+    token_ids: list[int] = field(init=False)
+    block_table: list[int] = field(default_factory=list)
+    num_cached_tokens: int = 0
+
+    def __post_init__(self) -> None:
+        self.token_ids = list(self.prompt_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def output_token_ids(self) -> list[int]:
+        return self.token_ids[self.num_prompt_tokens :]
+
+    @property
+    def num_output_tokens(self) -> int:
+        return self.num_tokens - self.num_prompt_tokens
+
+    @property
+    def num_new_tokens(self) -> int:
+        """Tokens the next forward pass must compute for this sequence."""
+        return self.num_tokens - self.num_cached_tokens
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
+
+    def append_token(self, token_id: int) -> None:
+        """Record a sampled token and finish the sequence if it hits a stop condition."""
+        assert self.status is SequenceStatus.RUNNING, self.status
+        self.num_cached_tokens = self.num_tokens
+        self.token_ids.append(token_id)
+        sampling = self.sampling
+        past_min = self.num_output_tokens > sampling.min_new_tokens
+        if past_min and token_id in sampling.stop_token_ids:
+            self.finish(FinishReason.STOP)
+        elif past_min and not sampling.ignore_eos and token_id in self.eos_token_ids:
+            self.finish(FinishReason.STOP)
+        elif self.num_output_tokens >= sampling.max_new_tokens or self.num_tokens >= self.max_len:
+            self.finish(FinishReason.LENGTH)
+
+    def finish(self, reason: FinishReason) -> None:
+        self.status = SequenceStatus.FINISHED
+        self.finish_reason = reason
+
+    def reset_for_recompute(self) -> None:
+        """Forget the cache after preemption: the next admission recomputes every token."""
+        self.status = SequenceStatus.WAITING
+        self.block_table = []
+        self.num_cached_tokens = 0

@@ -1,0 +1,1 @@
+"""The composition root: the DI container, logging set-up, device discovery."""

@@ -1,0 +1,110 @@
+"""The one place that chooses and wires adapters: config -> loader -> tokenizer -> runner ->
+engine -> services. Entry points build a container and ask it for what they serve."""
+
+from __future__ import annotations
+
+import logging
+
+from dependency_injector import containers, providers
+
+from ..adapters.engines.pytorch import builder
+from ..adapters.loaders import model_source
+from ..adapters.tokenizers.hf_tokenizer import HFTokenizer
+from ..application.chat_template import ModelChatTemplate, builtin_template
+from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
+from ..application.engine import EngineLoop
+from ..application.generation import GenerationService
+from ..domain.block_allocator import BlockAllocator
+from ..domain.scheduler import Scheduler, SchedulerConfig
+
+logger = logging.getLogger("lmdeploy.container")
+
+
+def engine_config(
+    backend: str | None, backend_config: PytorchEngineConfig | TurbomindEngineConfig | None
+) -> PytorchEngineConfig:
+    """The documented backend choice; this build runs everything on the PyTorch engine."""
+    if backend not in (None, "pytorch", "turbomind"):
+        raise ValueError(f"backend must be 'pytorch' or 'turbomind', got {backend!r}")
+    if isinstance(backend_config, TurbomindEngineConfig) or backend == "turbomind":
+        logger.warning(
+            "the TurboMind engine is not available here (it needs CUDA and its library); "
+            "using the PyTorch engine"
+        )
+        return (
+            backend_config.to_pytorch()
+            if isinstance(backend_config, TurbomindEngineConfig)
+            else PytorchEngineConfig()
+        )
+    return backend_config or PytorchEngineConfig()
+
+
+def _session_len(config: PytorchEngineConfig, built: builder.BuiltModel) -> int:
+    return config.session_len or built.config.max_position_embeddings
+
+
+def _max_batch_size(config: PytorchEngineConfig, built: builder.BuiltModel) -> int:
+    if config.max_batch_size:
+        return config.max_batch_size
+    return 256 if built.runner.device.type == "cuda" else 32
+
+
+def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Scheduler:
+    cache = built.runner.cache
+    return Scheduler(
+        SchedulerConfig(
+            max_batch_size=_max_batch_size(config, built),
+            max_num_batched_tokens=config.max_prefill_token_num,
+            max_model_len=_session_len(config, built),
+        ),
+        BlockAllocator(cache.num_blocks, cache.block_size),
+    )
+
+
+def _tokenizer(source: model_source.ModelSource, built: builder.BuiltModel) -> HFTokenizer:
+    tokenizer_source = source
+    if (
+        source.path is None
+    ):  # dummy weights of a shipped shape: borrow the default model's vocabulary
+        tokenizer_source = model_source.resolve(None)
+    return HFTokenizer.from_source(tokenizer_source, built.config.eos_token_ids)
+
+
+def _chat_template(tokenizer: HFTokenizer, config: ChatTemplateConfig | None):
+    if config is not None:
+        return builtin_template(config)
+    if tokenizer.has_chat_template:
+        return ModelChatTemplate(tokenizer)
+    return builtin_template(ChatTemplateConfig(model_name="base"))
+
+
+def _engine_loop(runner, scheduler) -> EngineLoop:
+    engine = EngineLoop(runner, scheduler)
+    engine.start()
+    yield engine
+    engine.stop()
+
+
+class Container(containers.DeclarativeContainer):
+    config = providers.Configuration()
+
+    engine_config = providers.Singleton(engine_config, config.backend, config.backend_config)
+    source = providers.Singleton(
+        lambda path, cfg: model_source.resolve(
+            path, cfg.load_format, cfg.download_dir, cfg.revision
+        ),
+        config.model_path,
+        engine_config,
+    )
+    built_model = providers.Singleton(builder.build, source, engine_config)
+    tokenizer = providers.Singleton(_tokenizer, source, built_model)
+    chat_template = providers.Singleton(_chat_template, tokenizer, config.chat_template_config)
+    scheduler = providers.Singleton(_scheduler, engine_config, built_model)
+    engine = providers.Resource(
+        _engine_loop, providers.Callable(lambda b: b.runner, built_model), scheduler
+    )
+    session_len = providers.Callable(_session_len, engine_config, built_model)
+    generation = providers.Singleton(
+        GenerationService, engine, tokenizer, chat_template, session_len
+    )
+    model_name = providers.Callable(lambda name, src: name or src.name, config.model_name, source)

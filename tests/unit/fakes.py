@@ -1,0 +1,49 @@
+"""In-memory fakes of the ports, for unit tests of the domain and the application."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from lmdeploy.application.ports import CacheGeometry, StepOutput
+from lmdeploy.domain.scheduler import StepPlan
+
+
+class CountingRunner:
+    """A 'model' whose next token is the previous one plus one (mod vocab)."""
+
+    def __init__(self, num_blocks: int = 64, block_size: int = 4, vocab_size: int = 100) -> None:
+        self._cache = CacheGeometry(num_blocks, block_size)
+        self.vocab_size = vocab_size
+        self.plans: list[list[tuple[int, int]]] = []  # (seq_id, num_new_tokens) per step
+
+    @property
+    def cache(self) -> CacheGeometry:
+        return self._cache
+
+    def step(self, plan: StepPlan) -> StepOutput:
+        for seq in plan.seqs:
+            needed = -(-seq.num_tokens // self._cache.block_size)
+            assert len(seq.block_table) >= needed, "ran a sequence without enough KV blocks"
+        self.plans.append([(s.seq_id, s.num_new_tokens) for s in plan.seqs])
+        return StepOutput([(s.token_ids[-1] + 1) % self.vocab_size for s in plan.seqs])
+
+
+class CharTokenizer:
+    """Token id i is the character chr(ord('a') + i % 26); id 0 is EOS and decodes to ''."""
+
+    eos_token_ids = frozenset({0})
+    vocab_size = 100
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [ord(c) - ord("a") for c in text]
+
+    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+        return "".join(
+            chr(ord("a") + t % 26) for t in token_ids if t != 0 or not skip_special_tokens
+        )
+
+    def convert_ids_to_tokens(self, token_ids: Sequence[int]) -> list[str]:
+        return [self.decode([t]) for t in token_ids]
+
+    def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
+        return "".join(m["content"] for m in messages)

@@ -1,0 +1,65 @@
+import pytest
+from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
+from lmdeploy.domain.errors import InvalidArgument
+
+
+@pytest.mark.parametrize(
+    "kwargs, argument",
+    [
+        ({"temperature": -0.1}, "temperature"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"top_p": 1.5}, "top_p"),
+        ({"top_k": -1}, "top_k"),
+        ({"max_new_tokens": -1}, "max_new_tokens"),
+        ({"min_p": 2.0}, "min_p"),
+        ({"repetition_penalty": 0.0}, "repetition_penalty"),
+        ({"n": 2}, "n"),
+    ],
+)
+def test_invalid_generation_config_names_the_argument(kwargs, argument):
+    with pytest.raises(InvalidArgument) as info:
+        GenerationConfig(**kwargs)
+    assert info.value.argument == argument
+    assert argument in str(info.value)
+
+
+def test_greedy_unless_do_sample_and_greedy_when_top_k_1_or_temperature_0():
+    assert GenerationConfig().to_sampling_params().is_greedy
+    assert not GenerationConfig(do_sample=True).to_sampling_params().is_greedy
+    assert GenerationConfig(do_sample=True, top_k=1).to_sampling_params().is_greedy
+    assert GenerationConfig(do_sample=True, temperature=0.0).to_sampling_params().is_greedy
+
+
+def test_engine_configs_keep_documented_defaults():
+    pt = PytorchEngineConfig()
+    assert (pt.cache_max_entry_count, pt.block_size, pt.max_prefill_token_num, pt.session_len) == (
+        0.8,
+        64,
+        4096,
+        None,
+    )
+    tm = TurbomindEngineConfig()
+    assert (tm.cache_block_seq_len, tm.max_prefill_token_num, tm.quant_policy) == (64, 8192, 0)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("tp", 2), ("enable_prefix_caching", True), ("adapters", {"a": "b"})]
+)
+def test_unsupported_engine_fields_fail_loudly(field, value):
+    with pytest.raises(InvalidArgument, match=field):
+        PytorchEngineConfig(**{field: value})
+
+
+def test_turbomind_config_translates_to_pytorch():
+    pt = TurbomindEngineConfig(
+        session_len=512, cache_block_seq_len=32, max_batch_size=4
+    ).to_pytorch()
+    assert (pt.session_len, pt.block_size, pt.max_batch_size) == (512, 32, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"cache_max_entry_count": 0}, {"cache_max_entry_count": 1.5}, {"block_size": 0}]
+)
+def test_invalid_engine_values(kwargs):
+    with pytest.raises(InvalidArgument):
+        PytorchEngineConfig(**kwargs)

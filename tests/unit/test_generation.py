@@ -1,0 +1,104 @@
+"""The engine loop and the generation service, run for real over fakes of the ports."""
+
+import asyncio
+
+import pytest
+from lmdeploy import GenerationConfig
+from lmdeploy.application.chat_template import builtin_template
+from lmdeploy.application.configs import ChatTemplateConfig
+from lmdeploy.application.detokenizer import IncrementalDetokenizer
+from lmdeploy.application.engine import EngineLoop
+from lmdeploy.application.generation import GenerationService
+from lmdeploy.application.pipeline import Pipeline
+from lmdeploy.domain.block_allocator import BlockAllocator
+from lmdeploy.domain.errors import InvalidArgument
+from lmdeploy.domain.scheduler import Scheduler, SchedulerConfig
+
+from .fakes import CharTokenizer, CountingRunner
+
+
+@pytest.fixture
+def pipe():
+    runner = CountingRunner(num_blocks=32, block_size=4)
+    scheduler = Scheduler(SchedulerConfig(4, 64, 64), BlockAllocator(32, 4))
+    engine = EngineLoop(runner, scheduler)
+    engine.start()
+    service = GenerationService(
+        engine, CharTokenizer(), builtin_template(ChatTemplateConfig("base")), session_len=64
+    )
+    p = Pipeline(service, "fake", engine.stop)
+    p.runner, p.engine = runner, engine
+    yield p
+    p.close()
+
+
+def test_counts_up_and_stops_at_max_new_tokens(pipe):
+    out = pipe("abc", gen_config=GenerationConfig(max_new_tokens=4))
+    assert out.text == "defg" and out.finish_reason == "length"
+    assert (
+        out.token_ids == [3, 4, 5, 6] and out.input_token_len == 3 and out.generate_token_len == 4
+    )
+
+
+def test_eos_stops_and_is_not_returned(pipe):
+    out = pipe("x", gen_config=GenerationConfig(max_new_tokens=10, stop_token_ids=[26]))
+    assert out.token_ids == [24, 25] and out.finish_reason == "stop"
+
+
+def test_ignore_eos_runs_past_eos(pipe):
+    out = pipe([[98]], gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True))
+    assert out[0].token_ids == [99, 0, 1, 2]
+
+
+def test_stop_word_truncates_text(pipe):
+    out = pipe("a", gen_config=GenerationConfig(max_new_tokens=20, stop_words=["efg"]))
+    assert out.text == "bcd" and out.finish_reason == "stop"
+
+
+def test_many_requests_queue_past_max_batch_size_and_all_blocks_come_back(pipe):
+    prompts = ["abcdefghij"[: i + 1] for i in range(10)]
+    outs = pipe(prompts, gen_config=GenerationConfig(max_new_tokens=5))
+    assert [o.index for o in outs] == list(range(10))
+    assert all(len(o.token_ids) == 5 for o in outs)
+    assert max(len(step) for step in pipe.runner.plans) <= 4
+    stats = pipe.engine.stats()
+    assert stats.num_free_blocks == stats.num_blocks and stats.num_running == 0
+
+
+def test_stream_infer_yields_deltas_that_add_up(pipe):
+    deltas = {}
+    for r in pipe.stream_infer(["ab", "cd"], gen_config=GenerationConfig(max_new_tokens=3)):
+        deltas.setdefault(r.index, []).append(r.text)
+    assert "".join(deltas[0]) == "cde" and "".join(deltas[1]) == "efg"
+
+
+def test_async_batch_infer(pipe):
+    out = asyncio.run(
+        pipe.async_batch_infer(["a", "b"], gen_config=GenerationConfig(max_new_tokens=2))
+    )
+    assert [o.text for o in out] == ["bc", "cd"]
+
+
+def test_bad_inputs_are_clear_errors(pipe):
+    with pytest.raises(InvalidArgument, match="prompts"):
+        pipe([])
+    with pytest.raises(InvalidArgument, match="prompt"):
+        pipe("")
+    with pytest.raises(InvalidArgument, match="prompts"):
+        pipe(42)
+
+
+def test_prompt_longer_than_session_len_finishes_with_length(pipe):
+    out = pipe("a" * 100)
+    assert out.finish_reason == "length" and out.text == "" and out.input_token_len == 100
+
+
+def test_detokenizer_waits_for_complete_characters():
+    class ByteTokenizer(CharTokenizer):
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    detok = IncrementalDetokenizer(ByteTokenizer())
+    euro = "€".encode()
+    pieces = [detok.push(b) for b in b"a" + euro + b"b"]
+    assert pieces == ["a", "", "", "€", "b"]

@@ -1,0 +1,107 @@
+import pytest
+from lmdeploy.domain.block_allocator import BlockAllocator
+from lmdeploy.domain.errors import OutOfBlocks
+from lmdeploy.domain.sampling_params import SamplingParams
+from lmdeploy.domain.scheduler import Scheduler, SchedulerConfig
+from lmdeploy.domain.sequence import FinishReason, Sequence, SequenceStatus
+
+
+def make_scheduler(num_blocks=16, block_size=4, max_batch_size=8, max_tokens=64):
+    return Scheduler(
+        SchedulerConfig(
+            max_batch_size=max_batch_size, max_num_batched_tokens=max_tokens, max_model_len=1000
+        ),
+        BlockAllocator(num_blocks, block_size),
+    )
+
+
+def make_seq(n, max_new_tokens=3):
+    return Sequence(
+        list(range(1, n + 1)), SamplingParams(max_new_tokens=max_new_tokens), max_len=1000
+    )
+
+
+def run_step(sched):
+    plan = sched.schedule()
+    plan.num_new = [s.num_new_tokens for s in plan.seqs]
+    finished = sched.postprocess(plan, [5] * len(plan.seqs))
+    return plan, finished
+
+
+def test_admits_in_arrival_order_under_max_batch_size():
+    sched = make_scheduler(max_batch_size=2)
+    seqs = [make_seq(3) for _ in range(3)]
+    for s in seqs:
+        sched.add(s)
+    plan = sched.schedule()
+    assert plan.seqs == seqs[:2]
+    assert seqs[2].status is SequenceStatus.WAITING
+
+
+def test_token_budget_limits_prefills_but_a_long_prompt_runs_alone():
+    sched = make_scheduler(max_tokens=10, num_blocks=32)
+    long, short = make_seq(20), make_seq(3)
+    sched.add(long)
+    sched.add(short)
+    plan = sched.schedule()
+    assert plan.seqs == [long] and plan.num_tokens == 20
+    sched.postprocess(plan, [5])
+    # next step: long decodes one token and short fits the remaining budget
+    plan = sched.schedule()
+    assert plan.seqs == [long, short] and plan.num_tokens == 1 + 3
+
+
+def test_sequences_join_and_leave_every_step():
+    sched = make_scheduler()
+    a, b = make_seq(2, max_new_tokens=1), make_seq(2, max_new_tokens=3)
+    sched.add(a)
+    sched.add(b)
+    plan, finished = run_step(sched)
+    assert finished == [a] and a.finish_reason is FinishReason.LENGTH
+    c = make_seq(2)
+    sched.add(c)
+    plan, _ = run_step(sched)
+    assert plan.seqs == [b, c]
+    assert plan.num_new == [1, 2]  # b decodes while c prefills, in one forward pass
+
+
+def test_waits_for_blocks_then_admits_when_freed():
+    sched = make_scheduler(num_blocks=2, block_size=4)
+    a, b = make_seq(4, max_new_tokens=1), make_seq(4)
+    sched.add(a)
+    sched.add(b)
+    plan = sched.schedule()
+    assert plan.seqs == [a, b]
+    sched.postprocess(plan, [5, 5])  # a finishes and frees its block
+    assert sched.allocator.num_free_blocks == 1
+
+
+def test_preempts_newest_when_decode_runs_out_of_blocks_and_frees_everything_at_the_end():
+    sched = make_scheduler(num_blocks=3, block_size=2)
+    old, new = make_seq(2, max_new_tokens=4), make_seq(2, max_new_tokens=4)
+    sched.add(old)
+    sched.add(new)
+    steps = 0
+    while sched.has_work:
+        run_step(sched)
+        steps += 1
+        assert steps < 50
+    assert sched.num_preemptions >= 1
+    assert old.num_output_tokens == 4 and new.num_output_tokens == 4
+    assert sched.allocator.num_free_blocks == 3
+
+
+def test_prompt_larger_than_the_whole_cache_is_refused():
+    sched = make_scheduler(num_blocks=2, block_size=4)
+    with pytest.raises(OutOfBlocks):
+        sched.add(make_seq(9))
+
+
+def test_abort_frees_blocks():
+    sched = make_scheduler()
+    seq = make_seq(5)
+    sched.add(seq)
+    sched.schedule()
+    sched.abort(seq)
+    assert seq.finish_reason is FinishReason.ABORT
+    assert sched.allocator.num_free_blocks == 16 and not sched.has_work
