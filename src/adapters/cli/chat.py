@@ -24,11 +24,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ...infrastructure.factory import pipeline
-
     template = ChatTemplateConfig(model_name=args.chat_template) if args.chat_template else None
     gen_config = gen_config_from(args)
-    pipe = pipeline(
+    pipe = args.factories.pipeline(
         args.model_path,
         backend_config=engine_config_from(args),
         chat_template_config=template,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from ...domain.errors import LMDeployError
 from . import chat
@@ -24,9 +25,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(factories: Any, argv: list[str] | None = None) -> int:
+    """Parse and run one command; `factories` (from the composition root) builds what it needs."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.factories = factories
     try:
         return args.func(args) or 0
     except (LMDeployError, ValueError, FileNotFoundError) as exc:
@@ -35,6 +38,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
