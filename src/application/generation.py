@@ -8,6 +8,7 @@ stop words and can be read synchronously (pipeline, CLI) or asynchronously (HTTP
 from __future__ import annotations
 
 import asyncio
+import logging
 import queue
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ from .configs import GenerationConfig
 from .detokenizer import IncrementalDetokenizer
 from .engine import EngineLoop, TokenEvent
 from .ports import Tokenizer
+
+logger = logging.getLogger(__name__)
 
 Prompt = str | list[dict[str, Any]] | list[int]
 
@@ -234,4 +237,6 @@ class GenerationService:
         else:
             stream.bind_sync()
         self.engine.submit(seq, stream.sink)
+        logger.info("request %d: input_tokens=%d max_new_tokens=%d", seq.seq_id, seq.num_prompt_tokens,
+                    request.sampling.max_new_tokens)
         return stream

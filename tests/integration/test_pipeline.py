@@ -1,0 +1,109 @@
+"""pipeline() on the embedded model: the documented call shapes, options and bad input."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+from lmdeploy import GenerationConfig, TurbomindEngineConfig, pipeline
+from lmdeploy.adapters.loaders.model_source import ModelNotFound
+from lmdeploy.domain.errors import InvalidArgument
+
+SHORT = GenerationConfig(max_new_tokens=16)
+
+
+def test_single_prompt_returns_one_response_and_a_list_returns_a_list(default_pipe):
+    one = default_pipe("Hello", gen_config=SHORT)
+    many = default_pipe(["Hello", "Bye"], gen_config=SHORT)
+    assert one.text and isinstance(many, list) and [r.index for r in many] == [0, 1]
+    assert one.text == many[0].text  # batching does not change greedy output
+
+
+def test_list_of_message_lists(default_pipe):
+    prompts = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "Shanghai is"}]]
+    out = default_pipe(prompts, gen_config=SHORT)
+    assert len(out) == 2 and all(r.text for r in out)
+
+
+def test_stream_infer_concatenates_to_the_batch_text(default_pipe):
+    full = default_pipe("Tell me a fact about cats.", gen_config=SHORT)
+    pieces = [r for r in default_pipe.stream_infer(["Tell me a fact about cats."], gen_config=SHORT)]
+    assert "".join(p.text for p in pieces) == full.text
+    assert pieces[-1].finish_reason == full.finish_reason
+
+
+def test_stop_words_and_stop_token_ids(default_pipe):
+    base = default_pipe("Count from one to ten in words.", gen_config=GenerationConfig(max_new_tokens=40))
+    word = base.text.split()[2]
+    cut = default_pipe(
+        "Count from one to ten in words.", gen_config=GenerationConfig(max_new_tokens=40, stop_words=[word])
+    )
+    assert cut.finish_reason == "stop" and word not in cut.text and base.text.startswith(cut.text)
+    stop_id = base.token_ids[3]
+    by_id = default_pipe(
+        "Count from one to ten in words.", gen_config=GenerationConfig(max_new_tokens=40, stop_token_ids=[stop_id])
+    )
+    assert by_id.token_ids == base.token_ids[: base.token_ids.index(stop_id)]
+
+
+def test_sampling_with_a_seed_is_reproducible_and_differs_across_seeds(default_pipe):
+    def run(seed):
+        config = GenerationConfig(do_sample=True, temperature=1.0, top_p=0.95, top_k=40, random_seed=seed, max_new_tokens=24)
+        return default_pipe("Write a short poem.", gen_config=config).token_ids
+
+    assert run(1) == run(1)
+    assert run(1) != run(2)
+
+
+def test_eos_stops_generation_with_reason_stop(default_pipe):
+    out = default_pipe("Say just 'ok'.", gen_config=GenerationConfig(max_new_tokens=200))
+    assert out.finish_reason == "stop" and out.generate_token_len < 200
+
+
+def test_prompt_longer_than_session_len_ends_with_length(default_pipe):
+    out = default_pipe("word " * 3000, gen_config=SHORT)
+    assert out.finish_reason == "length" and out.generate_token_len == 0 and out.input_token_len > 2048
+
+
+def test_bad_inputs_raise_clear_errors(default_pipe):
+    with pytest.raises(InvalidArgument, match="prompts"):
+        default_pipe([])
+    with pytest.raises(InvalidArgument, match="top_p"):
+        default_pipe("hi", gen_config=GenerationConfig(top_p=1.5))
+    with pytest.raises(ModelNotFound, match="/nonexistent/model"):
+        pipeline("/nonexistent/model")
+
+
+def test_turbomind_config_falls_back_to_pytorch_with_a_log_line(caplog):
+    with caplog.at_level("WARNING", logger="lmdeploy"):
+        pipe = pipeline(None, backend_config=TurbomindEngineConfig(session_len=256, cache_max_entry_count=0.05))
+    try:
+        assert pipe("Hi", gen_config=GenerationConfig(max_new_tokens=4)).generate_token_len == 4
+    finally:
+        pipe.close()
+
+
+def test_chat_cli_keeps_the_conversation_and_exits_on_exit():
+    script = "My name is Alice.\nWhat is my name?\nexit\nnever read\n"
+    result = subprocess.run(
+        [sys.executable, "-m", "lmdeploy.infrastructure.entrypoint", "chat", "--max-new-tokens", "24",
+         "--session-len", "1024", "--log-level", "INFO"],
+        input=script, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    first, second = (int(n) for n in re.findall(r"input_tokens=(\d+)", result.stderr))
+    replies = [line for line in result.stdout.splitlines() if line.strip()]
+    assert len(replies) == 2, "exit must end the chat before the next line"
+    # The second turn carries the first question and answer: the conversation is kept.
+    assert second > first + 5
+
+
+def test_chat_cli_reports_bad_arguments_with_nonzero_exit():
+    result = subprocess.run(
+        [sys.executable, "-m", "lmdeploy.infrastructure.entrypoint", "chat", "--top-p", "3"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 2 and "top_p" in result.stderr
