@@ -46,7 +46,9 @@ def same_text(runs):
 
 @when(parsers.parse('I send the messages of a user asking "{question}"'), target_fixture="response")
 def send_messages(pipe, question):
-    return pipe([{"role": "user", "content": question}], gen_config=GenerationConfig(max_new_tokens=40))
+    return pipe(
+        [{"role": "user", "content": question}], gen_config=GenerationConfig(max_new_tokens=40)
+    )
 
 
 @then(parsers.parse('the response mentions "{word}"'))

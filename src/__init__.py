@@ -8,6 +8,7 @@ from .application.configs import (
     TurbomindEngineConfig,
 )
 from .infrastructure.factory import pipeline
+from .infrastructure.launcher import client, serve
 
 __version__ = "0.1.0"
 version_info = (0, 1, 0)
@@ -18,6 +19,8 @@ __all__ = [
     "PytorchEngineConfig",
     "Response",
     "TurbomindEngineConfig",
+    "client",
     "pipeline",
+    "serve",
     "__version__",
 ]

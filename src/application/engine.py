@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..domain.sampling_params import SamplingParams
 from ..domain.scheduler import Scheduler
 from ..domain.sequence import FinishReason, Sequence
 from .ports import ModelRunner
@@ -47,7 +48,9 @@ class EngineLoop:
     def __init__(self, runner: ModelRunner, scheduler: Scheduler) -> None:
         self.runner = runner
         self.scheduler = scheduler
-        self._inbox: queue.SimpleQueue[tuple[str, Sequence, Sink | None]] = queue.SimpleQueue()
+        self._inbox: queue.SimpleQueue[tuple[str, Sequence | None, Sink | None, object]] = (
+            queue.SimpleQueue()
+        )
         self._sinks: dict[int, Sink] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -60,7 +63,7 @@ class EngineLoop:
 
     def stop(self) -> None:
         self._stopping.set()
-        self._inbox.put(("wake", None, None))  # type: ignore[arg-type]
+        self._inbox.put(("wake", None, None, None))
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
@@ -68,10 +71,22 @@ class EngineLoop:
     def submit(self, seq: Sequence, sink: Sink) -> None:
         if self._stopping.is_set():
             raise RuntimeError("the engine is closed; create a new pipeline")
-        self._inbox.put(("add", seq, sink))
+        self._inbox.put(("add", seq, sink, None))
+
+    def resume(
+        self, seq: Sequence, token_ids: list[int], sampling: SamplingParams, sink: Sink
+    ) -> None:
+        """Run a new turn of a parked session over `token_ids`, reusing its cached prefix."""
+        if self._stopping.is_set():
+            raise RuntimeError("the engine is closed; create a new pipeline")
+        self._inbox.put(("resume", seq, sink, (token_ids, sampling)))
 
     def abort(self, seq: Sequence) -> None:
-        self._inbox.put(("abort", seq, None))
+        self._inbox.put(("abort", seq, None, None))
+
+    def release(self, seq: Sequence) -> None:
+        """End a session: free the blocks it parked."""
+        self._inbox.put(("release", seq, None, None))
 
     def stats(self) -> EngineStats:
         s = self.scheduler
@@ -100,7 +115,11 @@ class EngineLoop:
         except queue.Empty:
             pass
 
-    def _handle(self, kind: str, seq: Sequence, sink: Sink | None) -> None:
+    def _handle(self, kind: str, seq: Sequence | None, sink: Sink | None, payload: object) -> None:
+        if kind == "resume":
+            token_ids, sampling = payload
+            seq.continue_with(token_ids, sampling)  # on this thread: eviction may touch seq
+            kind = "add"
         if kind == "add":
             assert sink is not None
             try:
@@ -110,6 +129,8 @@ class EngineLoop:
                 sink(TokenEvent(seq, None, finished=True, error=str(exc)))
                 return
             self._sinks[seq.seq_id] = sink
+        elif kind == "release":
+            self.scheduler.drop(seq)
         elif kind == "abort" and seq.seq_id in self._sinks:
             self.scheduler.abort(seq)
             self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True))

@@ -224,19 +224,33 @@ class GenerationService:
                 multi.append(word)
         return single, multi
 
-    def submit(self, request: PreparedRequest, asynchronous: bool = False) -> RequestStream:
-        seq = Sequence(
+    def new_sequence(self, request: PreparedRequest, keep_cache: bool = False) -> Sequence:
+        return Sequence(
             prompt_token_ids=request.input_ids,
             sampling=request.sampling,
             max_len=self.session_len,
             eos_token_ids=self.tokenizer.eos_token_ids,
+            keep_cache=keep_cache,
         )
+
+    def submit(
+        self, request: PreparedRequest, asynchronous: bool = False, resume: Sequence | None = None
+    ) -> RequestStream:
+        """Start generating; `resume` runs the request as the next turn of a session's sequence."""
+        seq = resume or self.new_sequence(request)
         stream = RequestStream(self.engine, self.tokenizer, seq, request)
         if asynchronous:
             stream.bind_async()
         else:
             stream.bind_sync()
-        self.engine.submit(seq, stream.sink)
-        logger.info("request %d: input_tokens=%d max_new_tokens=%d", seq.seq_id, seq.num_prompt_tokens,
-                    request.sampling.max_new_tokens)
+        if resume is None:
+            self.engine.submit(seq, stream.sink)
+        else:
+            self.engine.resume(seq, request.input_ids, request.sampling, stream.sink)
+        logger.info(
+            "request %d: input_tokens=%d max_new_tokens=%d",
+            seq.seq_id,
+            seq.num_prompt_tokens,
+            request.sampling.max_new_tokens,
+        )
         return stream

@@ -45,6 +45,7 @@ class Scheduler:
         self.allocator = allocator
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.parked: dict[int, Sequence] = {}  # finished turns of live sessions, oldest first
         self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
@@ -57,6 +58,7 @@ class Scheduler:
                 f"({self.allocator.num_blocks} of {self.allocator.block_size} tokens); raise "
                 "cache_max_entry_count or shorten the prompt"
             )
+        self.parked.pop(seq.seq_id, None)
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
@@ -75,6 +77,8 @@ class Scheduler:
         queue = deque(self.running)
         while queue:
             seq = queue.popleft()
+            while not self.allocator.can_append(seq) and self._evict_parked():
+                pass
             while not self.allocator.can_append(seq):
                 victim = queue.pop() if queue else seq
                 self._preempt(victim, plan)
@@ -92,6 +96,8 @@ class Scheduler:
             seq = self.waiting[0]
             # A prompt longer than the whole budget still runs, alone in its step.
             too_big = seq.num_new_tokens > budget and plan.seqs
+            while not too_big and not self.allocator.can_allocate(seq) and self._evict_parked():
+                pass
             if too_big or not self.allocator.can_allocate(seq):
                 break
             self.waiting.popleft()
@@ -100,6 +106,19 @@ class Scheduler:
             self.running.append(seq)
             plan.seqs.append(seq)
             budget -= seq.num_new_tokens
+
+    def _evict_parked(self) -> bool:
+        """Free the oldest parked session's cache; its next turn recomputes. False if none."""
+        if not self.parked:
+            return False
+        seq = self.parked.pop(next(iter(self.parked)))
+        self.allocator.free(seq)
+        return True
+
+    def drop(self, seq: Sequence) -> None:
+        """End a session: its parked blocks go back to the pool."""
+        if self.parked.pop(seq.seq_id, None) is not None:
+            self.allocator.free(seq)
 
     def _preempt(self, seq: Sequence, plan: StepPlan) -> None:
         self.allocator.free(seq)
@@ -132,4 +151,7 @@ class Scheduler:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
-        self.allocator.free(seq)
+        if seq.keep_cache and seq.finish_reason is not FinishReason.ABORT and seq.block_table:
+            self.parked[seq.seq_id] = seq
+        else:
+            self.allocator.free(seq)

@@ -42,6 +42,7 @@ class Sequence:
     token_ids: list[int] = field(init=False)
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
+    keep_cache: bool = False  # an interactive session: park the KV blocks when it finishes
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -88,6 +89,21 @@ class Sequence:
     def finish(self, reason: FinishReason) -> None:
         self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
+
+    def continue_with(self, token_ids: list[int], sampling: SamplingParams) -> None:
+        """Start a new turn over `token_ids`, reusing the cached K/V of the common prefix."""
+        common = 0
+        for old, new in zip(self.token_ids, token_ids):
+            if old != new:
+                break
+            common += 1
+        # At least one token must be computed to produce the next logits.
+        self.num_cached_tokens = min(self.num_cached_tokens, common, len(token_ids) - 1)
+        self.prompt_token_ids = list(token_ids)
+        self.token_ids = list(token_ids)
+        self.sampling = sampling
+        self.status = SequenceStatus.WAITING
+        self.finish_reason = None
 
     def reset_for_recompute(self) -> None:
         """Forget the cache after preemption: the next admission recomputes every token."""

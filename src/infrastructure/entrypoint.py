@@ -6,11 +6,16 @@ import sys
 from types import SimpleNamespace
 
 from ..adapters.cli.main import run
-from . import factory
+from . import factory, server
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(SimpleNamespace(pipeline=factory.pipeline, build_container=factory.build_container), argv)
+    factories = SimpleNamespace(
+        pipeline=factory.pipeline,
+        build_container=factory.build_container,
+        run_api_server=server.run_api_server,
+    )
+    return run(factories, argv)
 
 
 if __name__ == "__main__":

@@ -30,28 +30,41 @@ def test_list_of_message_lists(default_pipe):
 
 def test_stream_infer_concatenates_to_the_batch_text(default_pipe):
     full = default_pipe("Tell me a fact about cats.", gen_config=SHORT)
-    pieces = [r for r in default_pipe.stream_infer(["Tell me a fact about cats."], gen_config=SHORT)]
+    pieces = [
+        r for r in default_pipe.stream_infer(["Tell me a fact about cats."], gen_config=SHORT)
+    ]
     assert "".join(p.text for p in pieces) == full.text
     assert pieces[-1].finish_reason == full.finish_reason
 
 
 def test_stop_words_and_stop_token_ids(default_pipe):
-    base = default_pipe("Count from one to ten in words.", gen_config=GenerationConfig(max_new_tokens=40))
+    base = default_pipe(
+        "Count from one to ten in words.", gen_config=GenerationConfig(max_new_tokens=40)
+    )
     word = base.text.split()[2]
     cut = default_pipe(
-        "Count from one to ten in words.", gen_config=GenerationConfig(max_new_tokens=40, stop_words=[word])
+        "Count from one to ten in words.",
+        gen_config=GenerationConfig(max_new_tokens=40, stop_words=[word]),
     )
     assert cut.finish_reason == "stop" and word not in cut.text and base.text.startswith(cut.text)
     stop_id = base.token_ids[3]
     by_id = default_pipe(
-        "Count from one to ten in words.", gen_config=GenerationConfig(max_new_tokens=40, stop_token_ids=[stop_id])
+        "Count from one to ten in words.",
+        gen_config=GenerationConfig(max_new_tokens=40, stop_token_ids=[stop_id]),
     )
     assert by_id.token_ids == base.token_ids[: base.token_ids.index(stop_id)]
 
 
 def test_sampling_with_a_seed_is_reproducible_and_differs_across_seeds(default_pipe):
     def run(seed):
-        config = GenerationConfig(do_sample=True, temperature=1.0, top_p=0.95, top_k=40, random_seed=seed, max_new_tokens=24)
+        config = GenerationConfig(
+            do_sample=True,
+            temperature=1.0,
+            top_p=0.95,
+            top_k=40,
+            random_seed=seed,
+            max_new_tokens=24,
+        )
         return default_pipe("Write a short poem.", gen_config=config).token_ids
 
     assert run(1) == run(1)
@@ -65,7 +78,9 @@ def test_eos_stops_generation_with_reason_stop(default_pipe):
 
 def test_prompt_longer_than_session_len_ends_with_length(default_pipe):
     out = default_pipe("word " * 3000, gen_config=SHORT)
-    assert out.finish_reason == "length" and out.generate_token_len == 0 and out.input_token_len > 2048
+    assert (
+        out.finish_reason == "length" and out.generate_token_len == 0 and out.input_token_len > 2048
+    )
 
 
 def test_bad_inputs_raise_clear_errors(default_pipe):
@@ -79,7 +94,9 @@ def test_bad_inputs_raise_clear_errors(default_pipe):
 
 def test_turbomind_config_falls_back_to_pytorch_with_a_log_line(caplog):
     with caplog.at_level("WARNING", logger="lmdeploy"):
-        pipe = pipeline(None, backend_config=TurbomindEngineConfig(session_len=256, cache_max_entry_count=0.05))
+        pipe = pipeline(
+            None, backend_config=TurbomindEngineConfig(session_len=256, cache_max_entry_count=0.05)
+        )
     try:
         assert pipe("Hi", gen_config=GenerationConfig(max_new_tokens=4)).generate_token_len == 4
     finally:
@@ -89,9 +106,22 @@ def test_turbomind_config_falls_back_to_pytorch_with_a_log_line(caplog):
 def test_chat_cli_keeps_the_conversation_and_exits_on_exit():
     script = "My name is Alice.\nWhat is my name?\nexit\nnever read\n"
     result = subprocess.run(
-        [sys.executable, "-m", "lmdeploy.infrastructure.entrypoint", "chat", "--max-new-tokens", "24",
-         "--session-len", "1024", "--log-level", "INFO"],
-        input=script, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "lmdeploy.infrastructure.entrypoint",
+            "chat",
+            "--max-new-tokens",
+            "24",
+            "--session-len",
+            "1024",
+            "--log-level",
+            "INFO",
+        ],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr
     first, second = (int(n) for n in re.findall(r"input_tokens=(\d+)", result.stderr))
@@ -104,6 +134,8 @@ def test_chat_cli_keeps_the_conversation_and_exits_on_exit():
 def test_chat_cli_reports_bad_arguments_with_nonzero_exit():
     result = subprocess.run(
         [sys.executable, "-m", "lmdeploy.infrastructure.entrypoint", "chat", "--top-p", "3"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 2 and "top_p" in result.stderr

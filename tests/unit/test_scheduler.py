@@ -105,3 +105,34 @@ def test_abort_frees_blocks():
     sched.abort(seq)
     assert seq.finish_reason is FinishReason.ABORT
     assert sched.allocator.num_free_blocks == 16 and not sched.has_work
+
+
+def test_a_session_parks_its_blocks_and_the_next_turn_reuses_the_common_prefix():
+    sched = make_scheduler(num_blocks=8, block_size=4)
+    seq = make_seq(6, max_new_tokens=2)
+    seq.keep_cache = True
+    sched.add(seq)
+    while sched.has_work:
+        run_step(sched)
+    assert seq.seq_id in sched.parked and seq.block_table  # blocks kept between turns
+    history = list(seq.token_ids)
+    seq.continue_with(history + [9, 9], seq.sampling)
+    assert seq.num_cached_tokens == len(history) - 1  # the last sampled token was never computed
+    sched.add(seq)
+    plan = sched.schedule()
+    assert plan.seqs == [seq] and plan.num_tokens == 3
+    sched.abort(seq)
+    assert sched.allocator.num_free_blocks == 8
+
+
+def test_parked_sessions_are_evicted_before_new_requests_wait():
+    sched = make_scheduler(num_blocks=3, block_size=4)
+    parked = make_seq(7, max_new_tokens=1)
+    parked.keep_cache = True
+    sched.add(parked)
+    run_step(sched)
+    assert sched.allocator.num_free_blocks == 1
+    newcomer = make_seq(8)
+    sched.add(newcomer)
+    assert sched.schedule().seqs == [newcomer]
+    assert not sched.parked and parked.num_cached_tokens == 0

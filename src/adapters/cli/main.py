@@ -37,4 +37,3 @@ def run(factories: Any, argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-

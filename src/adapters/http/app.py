@@ -1,0 +1,64 @@
+"""The api_server FastAPI app: OpenAI routes, the interactive route, health, stats and docs."""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+
+from ...domain.errors import PromptTooLong
+from . import routes_interactive, routes_openai
+from .errors import error_response, install_error_handlers
+from .protocol import ModelCard, ModelList
+from .services import ServerServices
+
+UNAUTHENTICATED = {"/health"}
+
+
+def create_app(svc: ServerServices) -> FastAPI:
+    app = FastAPI(title="lmdeploy api_server", version="0.1.0", docs_url="/docs")
+    app.dependency_overrides[routes_openai.services] = lambda: svc
+    install_error_handlers(app)
+
+    @app.exception_handler(PromptTooLong)
+    async def _too_long(_: Request, exc: PromptTooLong):
+        return error_response(400, str(exc), "messages", "context_length_exceeded")
+
+    if svc.api_keys:
+
+        @app.middleware("http")
+        async def _auth(request: Request, call_next):
+            if request.url.path not in UNAUTHENTICATED:
+                scheme, _, token = request.headers.get("authorization", "").partition(" ")
+                if scheme.lower() != "bearer" or not any(
+                    secrets.compare_digest(token, k) for k in svc.api_keys
+                ):
+                    return error_response(
+                        401,
+                        "invalid or missing API key; send 'Authorization: Bearer <key>'",
+                        code="invalid_api_key",
+                    )
+            return await call_next(request)
+
+    @app.get("/", include_in_schema=False)
+    async def _root() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=svc.model_name, root=svc.model_name)])
+
+    @app.get("/stats")
+    async def stats() -> dict[str, int]:
+        """Engine counters: KV blocks free and total, running and waiting sequences."""
+        return dataclasses.asdict(svc.stats())
+
+    app.include_router(routes_openai.router)
+    app.include_router(routes_interactive.router)
+    return app

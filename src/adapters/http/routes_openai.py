@@ -1,0 +1,262 @@
+"""POST /v1/chat/completions and /v1/completions, streamed (SSE) or not."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ...application.configs import GenerationConfig
+from ...application.generation import GenOut, RequestStream
+from . import openai_format as fmt
+from .errors import error_response
+from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id
+from .services import ServerServices
+
+router = APIRouter()
+
+
+def services() -> ServerServices:  # replaced by create_app through dependency_overrides
+    raise RuntimeError("the API router was mounted without services")
+
+
+def gen_config_of(
+    body: SamplingFields, max_tokens: int | None, logprobs: int | None, session_len: int
+) -> GenerationConfig:
+    """OpenAI semantics: sampling by default; temperature 0 (or top_k 1) is greedy."""
+    return GenerationConfig(
+        do_sample=True,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        top_k=body.top_k,
+        min_p=body.min_p,
+        max_new_tokens=max_tokens or session_len,
+        stop_words=body.stop_words,
+        random_seed=body.seed,
+        repetition_penalty=body.repetition_penalty,
+        ignore_eos=body.ignore_eos,
+        skip_special_tokens=body.skip_special_tokens,
+        min_new_tokens=body.min_new_tokens,
+        logprobs=logprobs,
+    )
+
+
+def _unknown_model(svc: ServerServices, model: str | None) -> JSONResponse | None:
+    if model is not None and model != svc.model_name:
+        return error_response(
+            404,
+            f"the model {model!r} does not exist; this server serves {svc.model_name!r}",
+            "model",
+            "model_not_found",
+        )
+    return None
+
+
+async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, GenOut]]:
+    """Interleave several request streams, tagging each output with its index."""
+    queue: asyncio.Queue[tuple[int, GenOut | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: RequestStream) -> None:
+        try:
+            async for out in stream:
+                await queue.put((index, out))
+        finally:
+            await queue.put((index, None))
+
+    tasks = [asyncio.create_task(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            index, out = await queue.get()
+            if out is None:
+                remaining -= 1
+            else:
+                yield index, out
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            stream.cancel()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(
+    body: ChatCompletionRequest, svc: ServerServices = Depends(services)
+) -> Any:
+    if (bad := _unknown_model(svc, body.model)) is not None:
+        return bad
+    generation = svc.generation
+    top = body.top_logprobs or 0
+    config = gen_config_of(
+        body,
+        body.max_completion_tokens or body.max_tokens,
+        top if body.logprobs else None,
+        generation.session_len,
+    )
+    messages = (
+        body.messages
+        if isinstance(body.messages, str)
+        else [m.model_dump(exclude_none=True) for m in body.messages]
+    )
+    request = generation.prepare(messages, config)
+    stream = generation.submit(request, asynchronous=True)
+    request_id, model = new_id("chatcmpl"), svc.model_name
+    tokenizer = generation.tokenizer
+
+    def choice_logprobs(out: GenOut) -> dict | None:
+        return (
+            fmt.chat_logprobs(tokenizer, out.token_ids, out.logprobs or [], top)
+            if body.logprobs
+            else None
+        )
+
+    if body.stream:
+
+        async def events() -> AsyncIterator[str]:
+            first, last = True, None
+            async for out in stream:
+                delta = (
+                    {"role": "assistant", "content": out.text} if first else {"content": out.text}
+                )
+                first, last = False, out
+                choice = {
+                    "index": 0,
+                    "delta": delta,
+                    "logprobs": choice_logprobs(out),
+                    "finish_reason": out.finish_reason,
+                }
+                yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [choice]))
+            if body.stream_options and body.stream_options.include_usage and last is not None:
+                yield fmt.sse(
+                    fmt.envelope(
+                        "chat.completion.chunk",
+                        request_id,
+                        model,
+                        [],
+                        usage=fmt.usage(last.input_token_len, last.generate_token_len),
+                    )
+                )
+            yield fmt.sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    text, token_ids, logprobs, last = [], [], [], None
+    async for out in stream:
+        text.append(out.text)
+        token_ids += out.token_ids
+        logprobs += out.logprobs or []
+        last = out
+    joined = GenOut(
+        "".join(text),
+        token_ids,
+        last.input_token_len,
+        last.generate_token_len,
+        last.finish_reason,
+        logprobs,
+    )
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": joined.text},
+        "logprobs": choice_logprobs(joined),
+        "finish_reason": last.finish_reason,
+    }
+    return fmt.envelope(
+        "chat.completion",
+        request_id,
+        model,
+        [choice],
+        usage=fmt.usage(last.input_token_len, last.generate_token_len),
+    )
+
+
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, svc: ServerServices = Depends(services)) -> Any:
+    if (bad := _unknown_model(svc, body.model)) is not None:
+        return bad
+    generation = svc.generation
+    top = body.logprobs
+    config = gen_config_of(body, body.max_tokens, top, generation.session_len)
+    prompts: list[Any] = (
+        [body.prompt]
+        if isinstance(body.prompt, str) or isinstance(body.prompt[0], int)
+        else body.prompt
+    )
+    requests = [generation.prepare(p, config, do_preprocess=False) for p in prompts]
+    streams = [generation.submit(r, asynchronous=True) for r in requests]
+    request_id, model = new_id("cmpl"), svc.model_name
+    tokenizer = generation.tokenizer
+    echoes = [
+        (p if isinstance(p, str) else tokenizer.decode(p)) if body.echo else "" for p in prompts
+    ]
+
+    def choice(index: int, text: str, out: GenOut, offset: int) -> dict:
+        lp = (
+            fmt.completion_logprobs(tokenizer, out.token_ids, out.logprobs or [], top or 0, offset)
+            if top is not None
+            else None
+        )
+        return {"index": index, "text": text, "logprobs": lp, "finish_reason": out.finish_reason}
+
+    if body.stream:
+
+        async def events() -> AsyncIterator[str]:
+            totals: dict[int, GenOut] = {}
+            for index, echo in enumerate(echoes):
+                if echo:
+                    yield fmt.sse(
+                        fmt.envelope(
+                            "text_completion",
+                            request_id,
+                            model,
+                            [
+                                {
+                                    "index": index,
+                                    "text": echo,
+                                    "logprobs": None,
+                                    "finish_reason": None,
+                                }
+                            ],
+                        )
+                    )
+            async for index, out in _merge(streams):
+                totals[index] = out
+                yield fmt.sse(
+                    fmt.envelope(
+                        "text_completion", request_id, model, [choice(index, out.text, out, 0)]
+                    )
+                )
+            if body.stream_options and body.stream_options.include_usage:
+                yield fmt.sse(
+                    fmt.envelope(
+                        "text_completion", request_id, model, [], usage=_sum_usage(totals.values())
+                    )
+                )
+            yield fmt.sse("[DONE]")
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    results: dict[int, list[GenOut]] = {i: [] for i in range(len(streams))}
+    async for index, out in _merge(streams):
+        results[index].append(out)
+    choices, lasts = [], []
+    for index, outs in results.items():
+        last = outs[-1]
+        lasts.append(last)
+        joined = GenOut(
+            "".join(o.text for o in outs),
+            [t for o in outs for t in o.token_ids],
+            last.input_token_len,
+            last.generate_token_len,
+            last.finish_reason,
+            [lp for o in outs for lp in (o.logprobs or [])],
+        )
+        choices.append(choice(index, echoes[index] + joined.text, joined, len(echoes[index])))
+    return fmt.envelope("text_completion", request_id, model, choices, usage=_sum_usage(lasts))
+
+
+def _sum_usage(outs) -> dict[str, int]:
+    outs = list(outs)
+    return fmt.usage(sum(o.input_token_len for o in outs), sum(o.generate_token_len for o in outs))

@@ -1,0 +1,19 @@
+"""What the HTTP routes need from the application, bundled for dependency injection."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...application.engine import EngineStats
+from ...application.generation import GenerationService
+from ...application.sessions import SessionManager
+
+
+@dataclass
+class ServerServices:
+    generation: GenerationService
+    sessions: SessionManager
+    stats: Callable[[], EngineStats]
+    model_name: str
+    api_keys: tuple[str, ...] = ()

@@ -1,0 +1,74 @@
+"""Interactive sessions: the server keeps a conversation, and its KV cache, between requests."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..domain.errors import InvalidArgument
+from ..domain.sequence import Sequence
+from .configs import GenerationConfig
+from .generation import GenerationService, GenOut
+
+
+class SessionBusy(InvalidArgument):
+    def __init__(self, session_id: int) -> None:
+        super().__init__(
+            "session_id",
+            f"session {session_id} is still generating; wait for it to finish or cancel it first",
+        )
+
+
+@dataclass
+class LiveSession:
+    session_id: int
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    seq: Sequence | None = None
+    busy: bool = False
+
+    @property
+    def history_tokens(self) -> int:
+        return self.seq.num_tokens if self.seq is not None else 0
+
+
+class SessionManager:
+    def __init__(self, service: GenerationService) -> None:
+        self.service = service
+        self._sessions: dict[int, LiveSession] = {}
+
+    def get(self, session_id: int) -> LiveSession | None:
+        return self._sessions.get(session_id)
+
+    def end(self, session_id: int) -> None:
+        live = self._sessions.pop(session_id, None)
+        if live is not None and live.seq is not None:
+            if live.busy:
+                self.service.engine.abort(live.seq)
+            self.service.engine.release(live.seq)
+
+    def cancel(self, session_id: int) -> None:
+        live = self._sessions.get(session_id)
+        if live is not None and live.busy and live.seq is not None:
+            self.service.engine.abort(live.seq)
+
+    async def chat(
+        self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
+    ) -> AsyncIterator[GenOut]:
+        """One turn of session `session_id`; its history and cache stay for the next turn."""
+        live = self._sessions.setdefault(session_id, LiveSession(session_id))
+        if live.busy:
+            raise SessionBusy(session_id)
+        turn = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        request = self.service.prepare(live.messages + turn, gen_config)
+        live.busy = True
+        try:
+            if live.seq is None:
+                live.seq = self.service.new_sequence(request, keep_cache=True)
+            reply = []
+            async for out in self.service.submit(request, asynchronous=True, resume=live.seq):
+                reply.append(out.text)
+                yield out
+            live.messages += turn + [{"role": "assistant", "content": "".join(reply)}]
+        finally:
+            live.busy = False

@@ -1,0 +1,85 @@
+"""Run the api_server: wire a container, build the app, register with a proxy, serve."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from ..adapters.http.app import create_app
+from ..adapters.http.services import ServerServices
+from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
+from ..application.sessions import SessionManager
+from .factory import build_container
+from .logging import setup_logging
+
+logger = logging.getLogger("lmdeploy.server")
+
+
+def build_services(container, api_keys: list[str] | None) -> ServerServices:
+    generation = container.generation()
+    return ServerServices(
+        generation=generation,
+        sessions=SessionManager(generation),
+        stats=generation.engine.stats,
+        model_name=container.model_name(),
+        api_keys=tuple(api_keys or ()),
+    )
+
+
+def _proxy(proxy_url: str | None, action: str, node_url: str) -> None:
+    if not proxy_url:
+        return
+    import httpx
+
+    try:
+        if action == "add":
+            httpx.post(f"{proxy_url.rstrip('/')}/nodes/add", json={"url": node_url}, timeout=10)
+        else:
+            httpx.post(
+                f"{proxy_url.rstrip('/')}/nodes/remove", params={"node_url": node_url}, timeout=10
+            )
+    except httpx.HTTPError as exc:
+        logger.warning("could not %s this server at the proxy %s: %s", action, proxy_url, exc)
+
+
+def run_api_server(
+    model_path: str | None,
+    backend: str | None = None,
+    backend_config: PytorchEngineConfig | TurbomindEngineConfig | None = None,
+    chat_template_config: ChatTemplateConfig | None = None,
+    server_name: str = "0.0.0.0",
+    server_port: int = 23333,
+    api_keys: list[str] | str | None = None,
+    ssl: bool = False,
+    model_name: str | None = None,
+    log_level: str = "ERROR",
+    proxy_url: str | None = None,
+    **_: Any,
+) -> None:
+    import uvicorn
+
+    setup_logging(log_level)
+    ssl_kwargs = {}
+    if ssl:
+        keyfile, certfile = os.environ.get("SSL_KEYFILE"), os.environ.get("SSL_CERTFILE")
+        if not keyfile or not certfile:
+            raise ValueError("--ssl needs the environment variables SSL_KEYFILE and SSL_CERTFILE")
+        ssl_kwargs = {"ssl_keyfile": keyfile, "ssl_certfile": certfile}
+    if isinstance(api_keys, str):
+        api_keys = [api_keys]
+    container = build_container(
+        model_path, backend_config, chat_template_config, backend, model_name
+    )
+    container.init_resources()
+    app = create_app(build_services(container, api_keys))
+    node_url = f"{'https' if ssl else 'http'}://{server_name}:{server_port}"
+    _proxy(proxy_url, "add", node_url)
+    print(f"lmdeploy api_server: serving {container.model_name()} on {node_url}", flush=True)
+    try:
+        uvicorn.run(
+            app, host=server_name, port=server_port, log_level=log_level.lower(), **ssl_kwargs
+        )
+    finally:
+        _proxy(proxy_url, "remove", node_url)
+        container.shutdown_resources()
