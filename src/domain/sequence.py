@@ -93,7 +93,7 @@ class Sequence:
     def continue_with(self, token_ids: list[int], sampling: SamplingParams) -> None:
         """Start a new turn over `token_ids`, reusing the cached K/V of the common prefix."""
         common = 0
-        for old, new in zip(self.token_ids, token_ids):
+        for old, new in zip(self.token_ids, token_ids, strict=False):
             if old != new:
                 break
             common += 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from lmdeploy import GenerationConfig
 
 MODEL = "SmolLM2-135M-Instruct"

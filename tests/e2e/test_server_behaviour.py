@@ -7,6 +7,7 @@ import threading
 
 import httpx
 import pytest
+
 from lmdeploy import GenerationConfig
 from lmdeploy.serve.openai.api_client import APIClient
 

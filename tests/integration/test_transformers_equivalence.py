@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
 # Different budgets make the batched prompts finish at different steps.

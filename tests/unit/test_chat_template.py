@@ -1,4 +1,5 @@
 import pytest
+
 from lmdeploy import ChatTemplateConfig
 from lmdeploy.application.chat_template import builtin_template
 from lmdeploy.domain.errors import InvalidArgument

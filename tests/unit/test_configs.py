@@ -1,4 +1,5 @@
 import pytest
+
 from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
 from lmdeploy.domain.errors import InvalidArgument
 

@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+
 from lmdeploy import GenerationConfig
 from lmdeploy.application.chat_template import builtin_template
 from lmdeploy.application.configs import ChatTemplateConfig

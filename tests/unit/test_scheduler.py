@@ -1,4 +1,5 @@
 import pytest
+
 from lmdeploy.domain.block_allocator import BlockAllocator
 from lmdeploy.domain.errors import OutOfBlocks
 from lmdeploy.domain.sampling_params import SamplingParams
