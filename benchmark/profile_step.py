@@ -1,6 +1,6 @@
 """Time and profile `runner.step` directly (no engine thread): prefill and decode at batch B.
 
-    python benchmark/profile_step.py --batch 16 --context 128 --steps 20 [--profile] [--threads N]
+    python benchmark/profile_step.py --batch 16 --context 128 --steps 20 [--profile decode|prefill] [--threads N]
 
 Builds the runner through the container, admits B sequences through the real scheduler, then
 times decode steps (median) and, with --profile, prints torch.profiler's op table.
@@ -42,16 +42,28 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=128)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--profile", action="store_true")
+    ap.add_argument("--profile", choices=["decode", "prefill"], default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     sched, runner = _scheduler_and_runner(args.batch)
+    warm = _seqs(args.batch, args.context, 2)  # first touches of fresh memory stay out
+    for seq in warm:
+        sched.add(seq)
+    plan = sched.schedule()
+    runner.step(plan)
+    for seq in warm:
+        sched.abort(seq)
     for seq in _seqs(args.batch, args.context, args.steps + 10):
         sched.add(seq)
-    t = time.perf_counter()
     plan = sched.schedule()
-    sched.postprocess(plan, runner.step(plan).token_ids)
+    t = time.perf_counter()
+    if args.profile == "prefill":
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            sched.postprocess(plan, runner.step(plan).token_ids)
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
+    else:
+        sched.postprocess(plan, runner.step(plan).token_ids)
     prefill = time.perf_counter() - t
     times = []
     for _ in range(args.steps):
@@ -67,7 +79,7 @@ def main() -> None:
         f"decode median {med * 1e3:.1f} ms/step (min {min(times) * 1e3:.1f}), "
         f"{args.batch / med:.0f} tok/s"
     )
-    if args.profile:
+    if args.profile == "decode":
         with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
             for _ in range(5):
                 plan = sched.schedule()

@@ -138,7 +138,6 @@ class PytorchEngineConfig:
             {
                 "tp": 1,
                 "adapters": None,
-                "enable_prefix_caching": False,
                 "quant_policy": 0,
                 "custom_module_map": None,
                 "num_cpu_blocks": 0,
@@ -183,7 +182,6 @@ class TurbomindEngineConfig:
             self,
             {
                 "tp": 1,
-                "enable_prefix_caching": False,
                 "quant_policy": 0,
                 "model_format": "hf",
                 "rope_scaling_factor": 0.0,
@@ -199,6 +197,7 @@ class TurbomindEngineConfig:
             max_prefill_token_num=self.max_prefill_token_num,
             download_dir=self.download_dir,
             revision=self.revision,
+            enable_prefix_caching=self.enable_prefix_caching,
         )
 
 
@@ -217,6 +216,27 @@ class ChatTemplateConfig:
     separator: str | None = None
     capability: Literal["completion", "infilling", "chat", "python"] | None = None
     stop_words: list[str] | None = None
+
+    @classmethod
+    def from_json(cls, file_or_string: str) -> ChatTemplateConfig:
+        """A config from a JSON file (or JSON text) holding `model_name` and any fields."""
+        import json
+        import os
+
+        text = file_or_string
+        if os.path.isfile(file_or_string):
+            with open(file_or_string, encoding="utf-8") as f:
+                text = f.read()
+        elif not file_or_string.lstrip().startswith("{"):
+            raise FileNotFoundError(f"chat template file {file_or_string!r} does not exist")
+        data = json.loads(text)
+        unknown = set(data) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(
+                f"unknown chat template fields {sorted(unknown)}; "
+                f"use {[f.name for f in fields(cls)]}"
+            )
+        return cls(**data)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -42,6 +43,11 @@ class EngineStats:
     num_running: int
     num_waiting: int
     num_preemptions: int
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    num_prefix_hit_tokens: int
+    num_session_evictions: int
+    num_steps: int
 
 
 class EngineLoop:
@@ -95,7 +101,12 @@ class EngineLoop:
             num_free_blocks=s.allocator.num_free_blocks,
             num_running=len(s.running),
             num_waiting=len(s.waiting),
-            num_preemptions=s.num_preemptions,
+            num_preemptions=s.counters.preemptions,
+            num_prefill_tokens=s.counters.prefill_tokens,
+            num_decode_tokens=s.counters.decode_tokens,
+            num_prefix_hit_tokens=s.allocator.counters.prefix_hit_tokens,
+            num_session_evictions=s.counters.session_evictions,
+            num_steps=s.counters.steps,
         )
 
     # -- the engine thread --------------------------------------------------------------------
@@ -116,14 +127,13 @@ class EngineLoop:
             pass
 
     def _handle(self, kind: str, seq: Sequence | None, sink: Sink | None, payload: object) -> None:
-        if kind == "resume":
-            token_ids, sampling = payload
-            seq.continue_with(token_ids, sampling)  # on this thread: eviction may touch seq
-            kind = "add"
-        if kind == "add":
+        if kind in ("add", "resume"):
             assert sink is not None
             try:
-                self.scheduler.add(seq)
+                if kind == "resume":  # on this thread: eviction may touch seq
+                    self.scheduler.resume(seq, *payload)
+                else:
+                    self.scheduler.add(seq)
             except Exception as exc:  # a request the cache can never hold
                 seq.finish(FinishReason.LENGTH)
                 sink(TokenEvent(seq, None, finished=True, error=str(exc)))
@@ -138,8 +148,8 @@ class EngineLoop:
     def _step(self) -> None:
         plan = self.scheduler.schedule()
         if not plan:
-            if self.scheduler.running or self.scheduler.waiting:
-                logger.debug("nothing schedulable this step; waiting for blocks")
+            logger.debug("nothing schedulable this step; waiting for blocks")
+            time.sleep(0.001)  # never spin hot while waiting for an abort or release
             return
         try:
             output = self.runner.step(plan)
@@ -149,9 +159,13 @@ class EngineLoop:
                 self.scheduler.abort(seq)
                 self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=repr(exc)))
             return
+        # A prefill chunk that stops short of the prompt's end samples nothing worth reporting.
+        completes = [s.num_cached_tokens + n >= s.num_tokens for s, n in zip(plan.seqs, plan.num_scheduled, strict=True)]
         self.scheduler.postprocess(plan, output.token_ids)
         logprobs = output.logprobs or [None] * len(plan.seqs)
-        for seq, token_id, lp in zip(plan.seqs, output.token_ids, logprobs, strict=True):
+        for seq, token_id, lp, done in zip(plan.seqs, output.token_ids, logprobs, completes, strict=True):
+            if not done:
+                continue
             sink = self._sinks[seq.seq_id] if not seq.is_finished else self._sinks.pop(seq.seq_id)
             sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished))
 

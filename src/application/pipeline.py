@@ -3,17 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import queue
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 from ..domain.errors import InvalidArgument, PromptTooLong
 from .configs import GenerationConfig, Response
 from .generation import GenerationService, GenOut, Prompt, RequestStream
+from .sessions import SessionManager
 
 logger = logging.getLogger(__name__)
 
 Prompts = Prompt | list[Prompt]
+_chat_ids = itertools.count(1)
+
+
+class ChatSession:
+    """A conversation held by the engine: `history` is [(prompt, reply), ...]."""
+
+    def __init__(self, session_id: int, pipe: Pipeline) -> None:
+        self.session_id = session_id
+        self._pipe = pipe
+        self.history: list[tuple[Any, str]] = []
+        self.response: Response | None = None
+
+    def _stream(self, prompt: Any, outputs: Iterator[GenOut]) -> Iterator[Response]:
+        self.response = Response(text="", generate_token_len=0, input_token_len=0, session_id=self.session_id)
+        for out in outputs:
+            _accumulate(self.response, out)
+            yield _delta_response(out, 0)
+        self.history.append((prompt, self.response.text))
+
+    def close(self) -> None:
+        """End the conversation and free its KV cache."""
+        self._pipe._sessions.end(self.session_id)
+
+    def __repr__(self) -> str:
+        return f"ChatSession(id={self.session_id}, turns={len(self.history)}, response={self.response!r})"
 
 
 def _normalize(prompts: Prompts) -> tuple[list[Prompt], bool]:
@@ -47,6 +76,7 @@ class Pipeline:
     ) -> None:
         self.service = service
         self.model_name = model_name
+        self._sessions = SessionManager(service)
         self._on_close = on_close
         self._closed = False
 
@@ -119,9 +149,6 @@ class Pipeline:
         items, _ = _normalize(prompts)
         configs = _configs(gen_config, len(items))
         requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
-        import queue
-        import threading
-
         merged: queue.SimpleQueue = queue.SimpleQueue()
 
         def pump(index: int, request) -> None:
@@ -178,6 +205,27 @@ class Pipeline:
         self._check_open(None)
         async for out in self.service.submit(request, asynchronous=True):
             yield out
+
+    # -- multi-turn chat ---------------------------------------------------------------------
+    def chat(
+        self,
+        prompt: str | list[dict[str, Any]],
+        session: ChatSession | None = None,
+        gen_config: GenerationConfig | None = None,
+        stream_response: bool = False,
+        **kwargs: Any,
+    ) -> ChatSession | Iterator[Response]:
+        """One turn of a conversation whose history (and its KV cache) the engine keeps, so the
+        next turn prefills only its new tokens. Returns the session (its `response` holds this
+        turn), or with `stream_response` an iterator of deltas that fills the session in."""
+        self._check_open(None)
+        session = session or ChatSession(next(_chat_ids), self)
+        outputs = self._sessions.chat_sync(session.session_id, prompt, gen_config or GenerationConfig())
+        if stream_response:
+            return session._stream(prompt, outputs)
+        for _ in session._stream(prompt, outputs):
+            pass
+        return session
 
     # -- lifetime ---------------------------------------------------------------------------
     def _check_open(self, adapter_name: str | None) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,23 +52,45 @@ class SessionManager:
         if live is not None and live.busy and live.seq is not None:
             self.service.engine.abort(live.seq)
 
-    async def chat(
-        self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
-    ) -> AsyncIterator[GenOut]:
-        """One turn of session `session_id`; its history and cache stay for the next turn."""
+    def _begin(self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig):
         live = self._sessions.setdefault(session_id, LiveSession(session_id))
         if live.busy:
             raise SessionBusy(session_id)
         turn = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         request = self.service.prepare(live.messages + turn, gen_config)
+        if live.seq is None:
+            live.seq = self.service.new_sequence(request, keep_cache=True)
         live.busy = True
+        return live, turn, request
+
+    @staticmethod
+    def _end(live: LiveSession, turn: list[dict[str, Any]], reply: list[str]) -> None:
+        live.messages += turn + [{"role": "assistant", "content": "".join(reply)}]
+
+    async def chat(
+        self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
+    ) -> AsyncIterator[GenOut]:
+        """One turn of session `session_id`; its history and cache stay for the next turn."""
+        live, turn, request = self._begin(session_id, prompt, gen_config)
         try:
-            if live.seq is None:
-                live.seq = self.service.new_sequence(request, keep_cache=True)
             reply = []
             async for out in self.service.submit(request, asynchronous=True, resume=live.seq):
                 reply.append(out.text)
                 yield out
-            live.messages += turn + [{"role": "assistant", "content": "".join(reply)}]
+            self._end(live, turn, reply)
+        finally:
+            live.busy = False
+
+    def chat_sync(
+        self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
+    ) -> Iterator[GenOut]:
+        """`chat` for synchronous callers (the pipeline, the CLI)."""
+        live, turn, request = self._begin(session_id, prompt, gen_config)
+        try:
+            reply = []
+            for out in self.service.submit(request, resume=live.seq):
+                reply.append(out.text)
+                yield out
+            self._end(live, turn, reply)
         finally:
             live.busy = False

@@ -1,8 +1,15 @@
-"""The paged KV cache's bookkeeping: which blocks are free and which sequence owns which."""
+"""The paged KV cache's bookkeeping: which blocks are free, which sequence owns which, and
+(with prefix caching) which full blocks hold which token prefix.
+
+A block is identified by the hash of its tokens chained with its prefix's hash, so equal
+prefixes map to equal hashes. Blocks are reference counted; a block nobody references stays
+findable by its hash until it is needed for something else, oldest first (LRU).
+"""
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
+from dataclasses import dataclass
 
 from .sequence import Sequence
 
@@ -11,38 +18,101 @@ def num_blocks_for(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
+def chain_hash(prefix_hash: int | None, tokens: list[int]) -> int:
+    return hash((prefix_hash, tuple(tokens)))
+
+
+@dataclass
+class CacheCounters:
+    prefix_hit_tokens: int = 0
+    evicted_cached_blocks: int = 0
+
+
 class BlockAllocator:
-    """Hands out fixed-size KV blocks; a sequence's `block_table` lists its blocks in order.
+    """Methods come in check/act pairs (`can_allocate`/`allocate`) so the scheduler decides
+    before anything changes. A sequence's `block_table` lists its blocks in order."""
 
-    Methods come in check/act pairs (`can_allocate`/`allocate`, `can_append`/`append_slot`)
-    so that the scheduler decides before anything changes.
-    """
-
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
         if num_blocks <= 0 or block_size <= 0:
-            raise ValueError(
-                f"num_blocks and block_size must be positive: {num_blocks}, {block_size}"
-            )
+            raise ValueError(f"num_blocks and block_size must be positive: {num_blocks}, {block_size}")
         self.num_blocks = num_blocks
         self.block_size = block_size
-        self._free: deque[int] = deque(range(num_blocks))
+        self.enable_prefix_caching = enable_prefix_caching
+        self.counters = CacheCounters()
+        self._ref = [0] * num_blocks
+        self._hash_of: list[int | None] = [None] * num_blocks
+        self._by_hash: dict[int, int] = {}
+        self._free_plain: deque[int] = deque(range(num_blocks))
+        self._free_cached: OrderedDict[int, None] = OrderedDict()  # unreferenced, still findable
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free)
+        return len(self._free_plain) + len(self._free_cached)
+
+    def ref_count(self, block: int) -> int:
+        return self._ref[block]
+
+    def is_private(self, block: int) -> bool:
+        """Referenced by one sequence and not findable through the prefix index."""
+        return self._ref[block] == 1 and self._hash_of[block] is None
+
+    # -- prefix matching ----------------------------------------------------------------------
+    def _matched_blocks(self, seq: Sequence) -> list[int]:
+        """Cached blocks equal to seq's leading full blocks; never the block of its last token,
+        which must be computed to produce the next logits."""
+        if not self.enable_prefix_caching or seq.block_table:
+            return []
+        matched, prefix = [], None
+        for i in range((seq.num_tokens - 1) // self.block_size):
+            prefix = chain_hash(prefix, seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            block = self._by_hash.get(prefix)
+            if block is None:
+                break
+            matched.append(block)
+        return matched
+
+    # -- allocation ---------------------------------------------------------------------------
+    def _needed(self, seq: Sequence, num_tokens: int | None, matched: list[int]) -> int:
+        """Blocks that must come out of the free pool to cover `num_tokens` tokens."""
+        total = num_blocks_for(seq.num_tokens if num_tokens is None else num_tokens, self.block_size)
+        fresh = max(0, total - len(seq.block_table) - len(matched))
+        revived = sum(1 for b in matched if self._ref[b] == 0)
+        return fresh + revived
 
     def blocks_needed(self, seq: Sequence, num_tokens: int | None = None) -> int:
-        """Blocks to add so that the table covers `num_tokens` (default: all of seq's tokens)."""
-        total = seq.num_tokens if num_tokens is None else num_tokens
-        return max(0, num_blocks_for(total, self.block_size) - len(seq.block_table))
+        return self._needed(seq, num_tokens, self._matched_blocks(seq))
 
     def can_allocate(self, seq: Sequence, num_tokens: int | None = None) -> bool:
         return self.blocks_needed(seq, num_tokens) <= self.num_free_blocks
 
     def allocate(self, seq: Sequence, num_tokens: int | None = None) -> None:
-        needed = self.blocks_needed(seq, num_tokens)
-        assert needed <= self.num_free_blocks, "allocate() without can_allocate()"
-        seq.block_table.extend(self._free.popleft() for _ in range(needed))
+        """Cover `num_tokens` (default: all) of seq's tokens; reuse cached prefix blocks first."""
+        matched = self._matched_blocks(seq)
+        assert self._needed(seq, num_tokens, matched) <= self.num_free_blocks, "allocate() without can_allocate()"
+        for block in matched:
+            if self._ref[block] == 0:
+                del self._free_cached[block]
+            self._ref[block] += 1
+            seq.block_table.append(block)
+        if matched:
+            seq.num_cached_tokens = len(matched) * self.block_size
+            seq.block_hashes = [self._hash_of[b] for b in matched]
+            self.counters.prefix_hit_tokens += seq.num_cached_tokens
+        total = num_blocks_for(seq.num_tokens if num_tokens is None else num_tokens, self.block_size)
+        while len(seq.block_table) < total:
+            seq.block_table.append(self._take_free())
+
+    def _take_free(self) -> int:
+        if self._free_plain:
+            block = self._free_plain.popleft()
+        else:
+            block, _ = self._free_cached.popitem(last=False)
+            del self._by_hash[self._hash_of[block]]
+            self._hash_of[block] = None
+            self.counters.evicted_cached_blocks += 1
+        assert self._ref[block] == 0, f"block {block} handed out while referenced"
+        self._ref[block] = 1
+        return block
 
     def can_append(self, seq: Sequence) -> bool:
         """Room for the one token a decode step writes (seq.num_tokens already counts it)."""
@@ -51,9 +121,53 @@ class BlockAllocator:
     def append_slot(self, seq: Sequence) -> None:
         self.allocate(seq)
 
+    # -- release ------------------------------------------------------------------------------
     def free(self, seq: Sequence) -> None:
-        # Newest blocks go back first so that a recomputed sequence finds warm memory.
-        self._free.extendleft(reversed(seq.block_table))
-        seq.block_table = []
+        self.truncate(seq, 0)
         seq.num_cached_tokens = 0
-        assert self.num_free_blocks <= self.num_blocks, "a block was freed twice"
+
+    def truncate(self, seq: Sequence, num_blocks: int) -> None:
+        """Give back every block of seq after its first `num_blocks`, newest first."""
+        for block in reversed(seq.block_table[num_blocks:]):
+            self._ref[block] -= 1
+            assert self._ref[block] >= 0, f"block {block} was freed twice"
+            if self._ref[block] == 0:
+                if self._hash_of[block] is None:
+                    self._free_plain.appendleft(block)
+                else:
+                    self._free_cached[block] = None
+        del seq.block_table[num_blocks:]
+        del seq.block_hashes[num_blocks:]
+        seq.num_cached_tokens = min(seq.num_cached_tokens, num_blocks * self.block_size)
+
+    # -- indexing computed blocks ---------------------------------------------------------------
+    def register_computed(self, seq: Sequence) -> None:
+        """Index seq's full blocks whose K/V are now computed, so later prompts can reuse them."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        num_full = min(seq.num_cached_tokens // bs, len(seq.block_table))
+        for i in range(len(seq.block_hashes), num_full):
+            prefix = seq.block_hashes[-1] if seq.block_hashes else None
+            digest = chain_hash(prefix, seq.token_ids[i * bs : (i + 1) * bs])
+            seq.block_hashes.append(digest)
+            block = seq.block_table[i]
+            if digest not in self._by_hash and self._hash_of[block] is None:
+                self._by_hash[digest] = block
+                self._hash_of[block] = digest
+
+    def check_invariants(self, live: list[Sequence]) -> None:
+        """Every reference is owned by a live sequence; free blocks are unreferenced; no block
+        is in two places. For tests and debugging."""
+        owned = [0] * self.num_blocks
+        for seq in live:
+            assert len(set(seq.block_table)) == len(seq.block_table), "a sequence holds a block twice"
+            for block in seq.block_table:
+                owned[block] += 1
+        assert owned == self._ref, "reference counts differ from ownership"
+        free = list(self._free_plain) + list(self._free_cached)
+        assert len(free) == len(set(free)), "a block is free twice"
+        assert all(self._ref[b] == 0 for b in free), "a referenced block is on the free list"
+        assert len(free) + sum(1 for r in self._ref if r) == self.num_blocks, "a block went missing"
+        for digest, block in self._by_hash.items():
+            assert self._hash_of[block] == digest

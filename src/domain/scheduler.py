@@ -1,10 +1,11 @@
-"""Continuous batching: which sequences run in the next forward pass.
+"""Continuous batching with split-and-fuse prefill: which tokens run in the next forward pass.
 
-Every step, running sequences decode one token each and waiting sequences join, in arrival
-order, while the batch has room (`max_batch_size`), the step has token budget
-(`max_num_batched_tokens`) and the cache has blocks. When a decode cannot get a block the
-newest running sequence is preempted (its blocks freed, recomputed later) so that the oldest
-requests always make progress and nothing is lost.
+Every step, running sequences that decode take one token each; prefills (new or unfinished)
+share what is left of the step's token budget (`max_num_batched_tokens`) in chunks, so a very
+long prompt never stalls the decoding batch. Sequences join in arrival order while the batch
+has room (`max_batch_size`) and the cache has blocks. When blocks run out, parked sessions are
+evicted first (least recently used), then the newest running sequence is preempted (its blocks
+freed, recomputed later), so the oldest requests always progress and nothing is lost.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from dataclasses import dataclass, field
 
 from .block_allocator import BlockAllocator, num_blocks_for
 from .errors import OutOfBlocks
+from .sampling_params import SamplingParams
 from .sequence import FinishReason, Sequence, SequenceStatus
 
 
@@ -25,18 +27,42 @@ class SchedulerConfig:
 
 
 @dataclass
+class SchedulerCounters:
+    prefill_tokens: int = 0  # prompt tokens computed (prefix-cache hits excluded)
+    decode_tokens: int = 0
+    steps: int = 0
+    preemptions: int = 0
+    session_evictions: int = 0
+
+
+@dataclass
 class StepPlan:
-    """The sequences of one forward pass; each computes `seq.num_new_tokens` tokens."""
+    """The work of one forward pass: `seqs[i]` computes `num_scheduled[i]` tokens from its
+    `num_cached_tokens` on. A sequence whose chunk does not reach its last token is still
+    prefilling: its sampled token is discarded."""
 
     seqs: list[Sequence]
+    num_scheduled: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.num_scheduled:
+            self.num_scheduled = [seq.num_new_tokens for seq in self.seqs]
 
     @property
     def num_tokens(self) -> int:
-        return sum(seq.num_new_tokens for seq in self.seqs)
+        return sum(self.num_scheduled)
+
+    def add(self, seq: Sequence, num_tokens: int) -> None:
+        self.seqs.append(seq)
+        self.num_scheduled.append(num_tokens)
 
     def __bool__(self) -> bool:
         return bool(self.seqs)
+
+
+def _is_decoding(seq: Sequence) -> bool:
+    return seq.num_output_tokens > 0 and seq.num_new_tokens == 1
 
 
 class Scheduler:
@@ -46,13 +72,14 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.parked: dict[int, Sequence] = {}  # finished turns of live sessions, oldest first
-        self.num_preemptions = 0
+        self.counters = SchedulerCounters()
+
+    @property
+    def num_preemptions(self) -> int:
+        return self.counters.preemptions
 
     def add(self, seq: Sequence) -> None:
-        if (
-            num_blocks_for(seq.num_tokens + 1, self.allocator.block_size)
-            > self.allocator.num_blocks
-        ):
+        if num_blocks_for(seq.num_tokens + 1, self.allocator.block_size) > self.allocator.num_blocks:
             raise OutOfBlocks(
                 f"a sequence of {seq.num_tokens} tokens needs more KV blocks than the cache has "
                 f"({self.allocator.num_blocks} of {self.allocator.block_size} tokens); raise "
@@ -62,50 +89,79 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
+    def resume(self, seq: Sequence, token_ids: list[int], sampling: SamplingParams) -> None:
+        """The next turn of a session: keep the cached blocks of the common prefix, queue it."""
+        seq.continue_with(token_ids, sampling)
+        block_size = self.allocator.block_size
+        keep = num_blocks_for(seq.num_cached_tokens, block_size)
+        # The new turn overwrites the block where the common prefix ends: keep it only if no
+        # one else can see it (shared through the prefix cache, it goes back instead).
+        if keep and seq.num_cached_tokens % block_size and not self.allocator.is_private(seq.block_table[keep - 1]):
+            keep -= 1
+        self.allocator.truncate(seq, keep)
+        del seq.block_hashes[seq.num_cached_tokens // block_size :]
+        self.add(seq)
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
+    # -- planning -------------------------------------------------------------------------------
     def schedule(self) -> StepPlan:
         plan = StepPlan(seqs=[])
-        self._schedule_decodes(plan)
-        self._schedule_prefills(plan)
+        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running(plan, budget)
+        self._schedule_waiting(plan, budget)
+        self.counters.steps += bool(plan)
         return plan
 
-    def _schedule_decodes(self, plan: StepPlan) -> None:
+    def _schedule_running(self, plan: StepPlan, budget: int) -> int:
+        """Decodes first (one token each, whatever the budget), then unfinished prefills."""
+        queue = deque(sorted(self.running, key=lambda s: not _is_decoding(s)))
         kept: list[Sequence] = []
-        queue = deque(self.running)
         while queue:
             seq = queue.popleft()
-            while not self.allocator.can_append(seq) and self._evict_parked():
-                pass
-            while not self.allocator.can_append(seq):
-                victim = queue.pop() if queue else seq
-                self._preempt(victim, plan)
-                if victim is seq:
-                    break
-            else:
-                self.allocator.append_slot(seq)
-                kept.append(seq)
-        self.running = kept
-        plan.seqs.extend(kept)
+            decoding = _is_decoding(seq)
+            chunk = 1 if decoding else min(seq.num_new_tokens, budget)
+            if chunk <= 0:
+                kept.append(seq)  # a prefill that waits for budget keeps its blocks
+                continue
+            if not self._make_room(seq, seq.num_cached_tokens + chunk, queue, plan):
+                continue  # seq itself was preempted
+            kept.append(seq)
+            plan.add(seq, chunk)
+            budget -= 0 if decoding else chunk
+        self.running = [s for s in self.running if s in kept]
+        return budget
 
-    def _schedule_prefills(self, plan: StepPlan) -> None:
-        budget = self.config.max_num_batched_tokens - plan.num_tokens
-        while self.waiting and len(self.running) < self.config.max_batch_size:
+    def _make_room(self, seq: Sequence, num_tokens: int, queue: deque[Sequence], plan: StepPlan) -> bool:
+        """Allocate blocks for seq, evicting parked sessions, then preempting the newest
+        running sequences. False when seq itself had to be preempted."""
+        while not self.allocator.can_allocate(seq, num_tokens):
+            if self._evict_parked():
+                continue
+            victim = queue.pop() if queue else seq
+            self._preempt(victim, plan)
+            if victim is seq:
+                return False
+        self.allocator.allocate(seq, num_tokens)
+        return True
+
+    def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
+        while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
             seq = self.waiting[0]
-            # A prompt longer than the whole budget still runs, alone in its step.
-            too_big = seq.num_new_tokens > budget and plan.seqs
-            while not too_big and not self.allocator.can_allocate(seq) and self._evict_parked():
+            while not self.allocator.can_allocate(seq) and self._evict_parked():
                 pass
-            if too_big or not self.allocator.can_allocate(seq):
+            if not self.allocator.can_allocate(seq):
                 break
             self.waiting.popleft()
+            # Allocating reuses cached prefix blocks, which shortens what is left to compute.
             self.allocator.allocate(seq)
+            chunk = min(seq.num_new_tokens, budget)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            plan.seqs.append(seq)
-            budget -= seq.num_new_tokens
+            plan.add(seq, chunk)
+            budget -= chunk
 
     def _evict_parked(self) -> bool:
         """Free the oldest parked session's cache; its next turn recomputes. False if none."""
@@ -113,38 +169,57 @@ class Scheduler:
             return False
         seq = self.parked.pop(next(iter(self.parked)))
         self.allocator.free(seq)
+        self.counters.session_evictions += 1
         return True
 
-    def drop(self, seq: Sequence) -> None:
-        """End a session: its parked blocks go back to the pool."""
-        if self.parked.pop(seq.seq_id, None) is not None:
-            self.allocator.free(seq)
-
     def _preempt(self, seq: Sequence, plan: StepPlan) -> None:
+        if seq in plan.seqs:
+            index = plan.seqs.index(seq)
+            del plan.seqs[index], plan.num_scheduled[index]
+        if seq in self.running:
+            self.running.remove(seq)
         self.allocator.free(seq)
         seq.reset_for_recompute()
         self.waiting.appendleft(seq)
         plan.preempted.append(seq)
-        self.num_preemptions += 1
+        self.counters.preemptions += 1
 
+    # -- after the forward pass -----------------------------------------------------------------
     def postprocess(self, plan: StepPlan, token_ids: list[int]) -> list[Sequence]:
-        """Append each sampled token; free and return the sequences that finished."""
+        """Advance each sequence; append sampled tokens; free and return those that finished."""
         finished = []
-        for seq, token_id in zip(plan.seqs, token_ids, strict=True):
+        for seq, num, token_id in zip(plan.seqs, plan.num_scheduled, token_ids, strict=True):
             if seq.is_finished:  # aborted while the step ran
                 continue
-            seq.append_token(token_id)
+            if seq.num_cached_tokens + num < seq.num_tokens:  # a prefill chunk, more to come
+                seq.num_cached_tokens += num
+                self.counters.prefill_tokens += num
+            else:
+                self._count_final(seq, num)
+                seq.append_token(token_id)
+            self.allocator.register_computed(seq)
             if seq.is_finished:
                 finished.append(seq)
         for seq in finished:
             self._release(seq)
         return finished
 
+    def _count_final(self, seq: Sequence, num: int) -> None:
+        if seq.num_output_tokens == 0:
+            self.counters.prefill_tokens += num
+        else:
+            self.counters.decode_tokens += num
+
     def abort(self, seq: Sequence) -> None:
         if seq.is_finished:
             return
         seq.finish(FinishReason.ABORT)
         self._release(seq)
+
+    def drop(self, seq: Sequence) -> None:
+        """End a session: its parked blocks go back to the pool."""
+        if self.parked.pop(seq.seq_id, None) is not None:
+            self.allocator.free(seq)
 
     def _release(self, seq: Sequence) -> None:
         if seq in self.running:

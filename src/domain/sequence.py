@@ -43,6 +43,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     keep_cache: bool = False  # an interactive session: park the KV blocks when it finishes
+    block_hashes: list[int] = field(default_factory=list)  # prefix-chain hashes of computed full blocks
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -109,4 +110,5 @@ class Sequence:
         """Forget the cache after preemption: the next admission recomputes every token."""
         self.status = SequenceStatus.WAITING
         self.block_table = []
+        self.block_hashes = []
         self.num_cached_tokens = 0

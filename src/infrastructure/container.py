@@ -57,7 +57,7 @@ def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Schedu
             max_num_batched_tokens=config.max_prefill_token_num,
             max_model_len=_session_len(config, built),
         ),
-        BlockAllocator(cache.num_blocks, cache.block_size),
+        BlockAllocator(cache.num_blocks, cache.block_size, config.enable_prefix_caching),
     )
 
 

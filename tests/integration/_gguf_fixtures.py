@@ -93,6 +93,8 @@ def _encode(
 ) -> np.ndarray:
     if array.ndim == 1:  # norms stay float32, as llama.cpp keeps them
         return array
+    if qtype == gguf.GGMLQuantizationType.F64:  # valid GGUF, but no llama.cpp model uses it
+        return array.astype(np.float64)
     if qtype in (gguf.GGMLQuantizationType.Q4_K, gguf.GGMLQuantizationType.Q6_K):
         return random_k_quant_blocks(qtype, array.shape, rng)
     return gguf.quants.quantize(array, qtype)
@@ -117,12 +119,18 @@ def write_tiny_llama(
     path: Path,
     qtype: gguf.GGMLQuantizationType,
     shape: TinyLlamaShape | None = None,
+    with_output: bool = True,
     seed: int = 0,
 ) -> dict[str, np.ndarray]:
-    """Write the GGUF file; return the float32 originals keyed by GGUF name (HF row order)."""
+    """Write the GGUF file; return the float32 originals keyed by GGUF name (HF row order).
+
+    Without `output.weight` the model ties its LM head to the token embedding, as llama.cpp reads it.
+    """
     shape = shape or TinyLlamaShape()
     rng = np.random.default_rng(seed)
     originals = _hf_tensors(shape, rng)
+    if not with_output:
+        del originals["output.weight"]
     writer = gguf.GGUFWriter(str(path), "llama")
     _add_metadata(writer, shape)
     for name, array in originals.items():
@@ -131,7 +139,7 @@ def write_tiny_llama(
         elif ".attn_k." in name:
             array = llama_cpp_permute(array, shape.num_kv_heads)
         data = _encode(array, qtype, rng)
-        raw_dtype = None if data.dtype in (np.float32, np.float16) else qtype
+        raw_dtype = None if data.dtype in (np.float32, np.float16, np.float64) else qtype
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

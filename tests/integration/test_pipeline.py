@@ -139,3 +139,25 @@ def test_chat_cli_reports_bad_arguments_with_nonzero_exit():
         timeout=300,
     )
     assert result.returncode == 2 and "top_p" in result.stderr
+
+
+def test_chat_turn_two_prefills_only_new_tokens_and_matches_a_fresh_run(default_pipe):
+    engine = default_pipe.service.engine
+    gen = GenerationConfig(max_new_tokens=12)
+    session = default_pipe.chat("Hi, my name is Bob.", gen_config=gen)
+    first_input = session.response.input_token_len
+    before = engine.stats().num_prefill_tokens
+    session = default_pipe.chat("What is my name?", session=session, gen_config=gen)
+    prefilled = engine.stats().num_prefill_tokens - before
+    history = [
+        {"role": "user", "content": "Hi, my name is Bob."},
+        {"role": "assistant", "content": session.history[0][1]},
+        {"role": "user", "content": "What is my name?"},
+    ]
+    fresh = default_pipe(history, gen_config=gen)
+    assert session.response.text == fresh.text
+    assert session.response.input_token_len == fresh.input_token_len
+    assert prefilled <= fresh.input_token_len - first_input  # turn 1's tokens were not recomputed
+    session.close()
+    deltas = list(default_pipe.chat("Hello", gen_config=gen, stream_response=True))
+    assert "".join(d.text for d in deltas)

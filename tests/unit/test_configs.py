@@ -44,7 +44,7 @@ def test_engine_configs_keep_documented_defaults():
 
 
 @pytest.mark.parametrize(
-    "field, value", [("tp", 2), ("enable_prefix_caching", True), ("adapters", {"a": "b"})]
+    "field, value", [("tp", 2), ("quant_policy", 8), ("adapters", {"a": "b"})]
 )
 def test_unsupported_engine_fields_fail_loudly(field, value):
     with pytest.raises(InvalidArgument, match=field):

@@ -39,17 +39,19 @@ def test_admits_in_arrival_order_under_max_batch_size():
     assert seqs[2].status is SequenceStatus.WAITING
 
 
-def test_token_budget_limits_prefills_but_a_long_prompt_runs_alone():
+def test_long_prompts_are_prefilled_in_chunks_of_the_token_budget():
     sched = make_scheduler(max_tokens=10, num_blocks=32)
     long, short = make_seq(20), make_seq(3)
     sched.add(long)
     sched.add(short)
-    plan = sched.schedule()
-    assert plan.seqs == [long] and plan.num_tokens == 20
-    sched.postprocess(plan, [5])
-    # next step: long decodes one token and short fits the remaining budget
-    plan = sched.schedule()
-    assert plan.seqs == [long, short] and plan.num_tokens == 1 + 3
+    plan, _ = run_step(sched)
+    assert plan.seqs == [long] and plan.num_new == [20] and plan.num_scheduled == [10]
+    assert long.num_cached_tokens == 10 and long.num_output_tokens == 0  # mid-prefill: no token yet
+    plan, _ = run_step(sched)
+    assert plan.seqs == [long] and plan.num_scheduled == [10] and long.num_output_tokens == 1
+    # long decodes one token outside the budget; short prefills in the same pass
+    plan, _ = run_step(sched)
+    assert plan.seqs == [long, short] and plan.num_scheduled == [1, 3]
 
 
 def test_sequences_join_and_leave_every_step():

@@ -92,17 +92,48 @@ def _download(repo_id: str, download_dir: str | None, revision: str | None) -> P
             f"model path {repo_id!r} does not exist and is not a hub id like 'org/name'"
         )
     try:
-        from huggingface_hub import snapshot_download
-
-        folder = snapshot_download(
-            repo_id,
-            revision=revision,
-            cache_dir=download_dir,
-            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
-        )
+        folder = _snapshot(repo_id, download_dir, revision)
     except Exception as exc:
         raise ModelNotFound(
             f"model {repo_id!r} is not a local path and could not be fetched from the hub "
             f"({type(exc).__name__}: {str(exc)[:200]}); download it and pass its local directory"
         ) from exc
     return Path(folder)
+
+
+def _hub_revision(repo_id: str, revision: str | None) -> tuple[str | None, Exception | None]:
+    """The revision's commit hash, asked under the hub's metadata timeout; or the network error."""
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import HfHubHTTPError
+
+    try:
+        info = HfApi().repo_info(repo_id, revision=revision, timeout=constants.HF_HUB_ETAG_TIMEOUT)
+    except HfHubHTTPError:
+        raise  # the hub answered: no such repo, gated, ...
+    except Exception as exc:
+        return revision, exc
+    return info.sha, None
+
+
+def _snapshot(repo_id: str, download_dir: str | None, revision: str | None) -> str:
+    """The repo's files from the hub or, when the hub cannot be reached, from the local cache."""
+    from huggingface_hub import snapshot_download
+
+    # snapshot_download's own revision lookup has no timeout and hangs on a silent network;
+    # given a commit hash it skips that lookup.
+    revision, network_error = _hub_revision(repo_id, revision)
+    try:
+        return snapshot_download(
+            repo_id,
+            revision=revision,
+            cache_dir=download_dir,
+            allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+            local_files_only=network_error is not None,
+        )
+    except Exception as exc:
+        if network_error is None:
+            raise
+        raise ConnectionError(
+            f"the hub is unreachable ({type(network_error).__name__}: {network_error}) "
+            "and the local cache has no copy"
+        ) from exc

@@ -7,6 +7,7 @@ the torch paths (CPU, and any GPU without the Triton kernels); they are the kern
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +25,22 @@ class AttentionMetadata:
     context_lens_list: list[int]
     is_decode: bool  # every sequence computes exactly one token
     num_cached_list: list[int]
+    # Built once per step for every layer, for the sequences that compute one token (see
+    # `decode_context`); `decode_rows` are their rows in a step that also has longer queries.
+    context_slots: torch.Tensor | None = None
+    context_mask: torch.Tensor | None = None
+    decode_rows: torch.Tensor | None = None
+
+
+def decode_context(
+    block_tables: torch.Tensor, context_lens: torch.Tensor, max_len: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The flat cache slot of every context position `[num_seqs, max_len]` (0 past a
+    sequence's end) and the mask of the real ones."""
+    pos = torch.arange(max_len, device=block_tables.device)
+    valid = pos[None, :] < context_lens[:, None]
+    slots = block_tables[:, pos // block_size] * block_size + pos % block_size
+    return slots.masked_fill_(~valid, 0), valid
 
 
 def write_kv(
@@ -38,25 +55,23 @@ def write_kv(
     v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slot_mapping, v)
 
 
-def _gather_context(cache: torch.Tensor, block_table: torch.Tensor, length: int) -> torch.Tensor:
-    """The first `length` cached tokens of one sequence: [length, kv_heads, head_dim]."""
-    return cache[block_table].flatten(0, 1)[:length]
+def _gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """Cached tokens by flat slot: `[*slots.shape, kv_heads, head_dim]`. A row copy of exactly
+    those tokens, several times faster than indexing whole blocks with the block table."""
+    rows = cache.flatten(0, 1).index_select(0, slots.flatten())
+    return rows.view(*slots.shape, *cache.shape[2:])
 
 
 def _decode_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    meta: AttentionMetadata,
+    slots: torch.Tensor,
+    valid: torch.Tensor,
     scale: float,
 ) -> torch.Tensor:
-    num_seqs, num_heads, head_dim = q.shape
-    max_len = max(meta.context_lens_list)
-    num_blocks = -(-max_len // k_cache.shape[1])
-    tables = meta.block_tables[:, :num_blocks]
-    k = k_cache[tables].flatten(1, 2)[:, :max_len]  # [seqs, len, kv_heads, dim]
-    v = v_cache[tables].flatten(1, 2)[:, :max_len]
-    valid = torch.arange(max_len, device=q.device)[None, :] < meta.context_lens[:, None]
+    """One query token per sequence: q [seqs, heads, dim] against its padded context."""
+    k, v = _gather(k_cache, slots), _gather(v_cache, slots)  # [seqs, len, kv_heads, dim]
     out = F.scaled_dot_product_attention(
         q.unsqueeze(2),  # [seqs, heads, 1, dim]
         k.transpose(1, 2),
@@ -65,10 +80,26 @@ def _decode_attention(
         scale=scale,
         enable_gqa=True,
     )
-    return out.reshape(num_seqs, num_heads, head_dim)
+    return out.reshape(q.shape)
+
+
+def _one_sequence(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """[tokens, heads, dim] each. Batched to 4-D: the CPU flash kernel takes nothing else (3-D
+    inputs fall back to the math path, which also copies K/V per query head)."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None],
+        k.transpose(0, 1)[None],
+        v.transpose(0, 1)[None],
+        attn_mask=mask,
+        is_causal=mask is None,
+        scale=scale,
+        enable_gqa=True,
+    )
+    return out[0].transpose(0, 1)
 
 
 def _prefill_attention(
+    out: torch.Tensor,
     q: torch.Tensor,
     k_new: torch.Tensor,
     v_new: torch.Tensor,
@@ -76,29 +107,25 @@ def _prefill_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
-) -> torch.Tensor:
-    out = torch.empty_like(q)
-    start = 0
-    for i, q_len in enumerate(meta.query_lens):
-        end = start + q_len
-        ctx_len = meta.context_lens_list[i]
+) -> None:
+    """Sequence by sequence, skipping the one-token rows already done in `decode_rows`."""
+    block_size = k_cache.shape[1]
+    starts = itertools.accumulate(meta.query_lens, initial=0)
+    for i, (start, q_len) in enumerate(zip(starts, meta.query_lens, strict=False)):
+        if q_len == 1 and meta.decode_rows is not None:
+            continue
+        end, ctx_len = start + q_len, meta.context_lens_list[i]
         if ctx_len == q_len:  # nothing cached before: the fresh K/V are the whole context
             k, v = k_new[start:end], v_new[start:end]
+            out[start:end] = _one_sequence(q[start:end], k, v, None, scale)
         else:
-            k = _gather_context(k_cache, meta.block_tables[i], ctx_len)
-            v = _gather_context(v_cache, meta.block_tables[i], ctx_len)
-        # Query t sees keys 0 .. (ctx_len - q_len + t).
-        mask = torch.ones(q_len, ctx_len, dtype=torch.bool, device=q.device).tril(ctx_len - q_len)
-        out[start:end] = F.scaled_dot_product_attention(
-            q[start:end].transpose(0, 1),
-            k.transpose(0, 1),
-            v.transpose(0, 1),
-            attn_mask=mask,
-            scale=scale,
-            enable_gqa=True,
-        ).transpose(0, 1)
-        start = end
-    return out
+            slots, _ = decode_context(
+                meta.block_tables[i : i + 1], meta.context_lens[i : i + 1], ctx_len, block_size
+            )
+            k, v = _gather(k_cache, slots[0]), _gather(v_cache, slots[0])
+            # Query t sees keys 0 .. (ctx_len - q_len + t).
+            mask = torch.ones(q_len, ctx_len, dtype=torch.bool, device=q.device)
+            out[start:end] = _one_sequence(q[start:end], k, v, mask.tril(ctx_len - q_len), scale)
 
 
 def paged_attention(
@@ -112,6 +139,17 @@ def paged_attention(
 ) -> torch.Tensor:
     """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim]."""
     write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    slots, valid = meta.context_slots, meta.context_mask
     if meta.is_decode:
-        return _decode_attention(q, k_cache, v_cache, meta, scale)
-    return _prefill_attention(q, k, v, k_cache, v_cache, meta, scale)
+        if slots is None or valid is None:  # metadata built by hand
+            slots, valid = decode_context(
+                meta.block_tables, meta.context_lens, max(meta.context_lens_list), k_cache.shape[1]
+            )
+        return _decode_attention(q, k_cache, v_cache, slots, valid, scale)
+    out = torch.empty_like(q)
+    if meta.decode_rows is not None:
+        assert slots is not None and valid is not None, "decode_rows come with their context"
+        rows = meta.decode_rows
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, slots, valid, scale)
+    _prefill_attention(out, q, k, v, k_cache, v_cache, meta, scale)
+    return out

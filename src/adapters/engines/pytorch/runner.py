@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from ....application.ports import CacheGeometry, StepOutput
 from ....domain.scheduler import StepPlan
-from .attention import AttentionMetadata
+from .attention import AttentionMetadata, decode_context
 from .llama import LlamaForCausalLM
 from .rotary import rotary_cos_sin
 from .sampling import SamplingBatch, sample, top_logprobs
@@ -48,8 +50,8 @@ class PytorchModelRunner:
         positions: list[int] = []
         slots: list[int] = []
         query_lens, context_lens, cached = [], [], []
-        for seq in plan.seqs:
-            start, end = seq.num_cached_tokens, seq.num_tokens
+        for seq, num in zip(plan.seqs, plan.num_scheduled, strict=True):
+            start, end = seq.num_cached_tokens, seq.num_cached_tokens + num
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             table = seq.block_table
@@ -74,7 +76,24 @@ class PytorchModelRunner:
             is_decode=all(q == 1 for q in query_lens),
             num_cached_list=cached,
         )
+        self._add_decode_context(meta, tensor)
         return tensor(input_ids), tensor(positions), meta
+
+    def _add_decode_context(self, meta: AttentionMetadata, tensor) -> None:
+        """Batch the one-token sequences' attention, in decode and in mixed steps alike."""
+        single = [i for i, n in enumerate(meta.query_lens) if n == 1]
+        if not single:
+            return
+        tables, lens = meta.block_tables, meta.context_lens
+        if not meta.is_decode:
+            rows = tensor(single)
+            tables, lens = tables[rows], lens[rows]
+            starts = list(itertools.accumulate(meta.query_lens, initial=0))
+            meta.decode_rows = tensor([starts[i] for i in single])
+        max_len = max(meta.context_lens_list[i] for i in single)
+        meta.context_slots, meta.context_mask = decode_context(
+            tables, lens, max_len, self._cache.block_size
+        )
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:

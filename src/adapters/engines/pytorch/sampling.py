@@ -22,6 +22,10 @@ class SamplingBatch:
     repetition_penalty: torch.Tensor | None  # [B] or None when all 1
     all_greedy: bool
     seqs: list[Sequence]
+    # Over the sampling rows (temperature > 0): whether any filter is on, and the largest top-k
+    # when every one of them sets a top-k (0 otherwise).
+    any_filter: bool = True
+    max_top_k: int = 0
 
     @classmethod
     def from_seqs(cls, seqs: list[Sequence], device: torch.device) -> SamplingBatch:
@@ -31,6 +35,7 @@ class SamplingBatch:
             return torch.tensor(values, dtype=dtype, device=device)
 
         penalties = [p.repetition_penalty for p in params]
+        sampling = [p for p in params if p.temperature > 0]
         return cls(
             temperature=col([p.temperature for p in params]),
             top_k=col([p.top_k for p in params], torch.int64),
@@ -39,6 +44,10 @@ class SamplingBatch:
             repetition_penalty=None if all(x == 1.0 for x in penalties) else col(penalties),
             all_greedy=all(p.is_greedy for p in params),
             seqs=seqs,
+            any_filter=any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in sampling),
+            max_top_k=max((p.top_k for p in sampling), default=0)
+            if all(p.top_k > 0 for p in sampling)
+            else 0,
         )
 
 
@@ -62,31 +71,44 @@ def _apply_token_rules(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tens
     return logits
 
 
-def _filter(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Mask tokens outside top-k, top-p and min-p with -inf (rows whose filter is off keep all)."""
+def _candidates(
+    logits: torch.Tensor, batch: SamplingBatch
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The tokens each row may draw, best first: their ids [B, n] and logits [B, n], -inf where
+    top-k, top-p or min-p drop them (ids None: every token, in id order, none dropped).
+
+    When every sampling row sets a top-k, n is the largest: a `topk` instead of sorting the
+    vocabulary, which cost ~30 ms a step at batch 16 on the CPU, and noise for n tokens only.
+    """
     vocab = logits.shape[-1]
-    sorted_logits, order = logits.sort(dim=-1, descending=True)
-    ranks = torch.arange(vocab, device=logits.device)[None, :]
-    k = torch.where(batch.top_k > 0, batch.top_k, vocab)[:, None]
-    drop = ranks >= k
-    probs = sorted_logits.softmax(dim=-1)
+    if not batch.any_filter:
+        return None, logits
+    if batch.max_top_k:
+        values, ids = logits.topk(min(batch.max_top_k, vocab), dim=-1)
+    else:
+        values, ids = logits.sort(dim=-1, descending=True)
+    ranks = torch.arange(values.shape[-1], device=logits.device)[None, :]
+    drop = ranks >= torch.where(batch.top_k > 0, batch.top_k, vocab)[:, None]
+    # Top-p and min-p on the probabilities over the whole vocabulary.
+    probs = (values - logits.logsumexp(dim=-1, keepdim=True)).exp()
     drop |= (probs.cumsum(dim=-1) - probs) > batch.top_p[:, None]
     drop |= probs < batch.min_p[:, None] * probs[:, :1]
     drop[:, 0] = False  # the best token always survives
-    sorted_logits = sorted_logits.masked_fill(drop, -float("inf"))
-    return torch.empty_like(logits).scatter_(1, order, sorted_logits)
+    return ids, values.masked_fill(drop, -float("inf"))
 
 
 def _noise(batch: SamplingBatch, shape: torch.Size, device: torch.device) -> torch.Tensor:
     noise = torch.empty(shape, device=device).exponential_()
     for row, seq in enumerate(batch.seqs):
         seed = seq.sampling.random_seed
-        if seed is not None:
-            # Seed by position so the draw does not depend on who shares the batch.
+        if seed is not None and seq.sampling.temperature > 0:
+            # Seed by position, and draw for the row's own candidates only (its top-k, or the
+            # vocabulary), so that the draw does not depend on who shares the batch.
+            n = min(seq.sampling.top_k, shape[1]) if batch.max_top_k else shape[1]
             gen = torch.Generator(device=device).manual_seed(
                 seed * 1_000_003 + seq.num_output_tokens
             )
-            noise[row] = torch.empty(shape[1], device=device).exponential_(generator=gen)
+            noise[row, :n] = torch.empty(n, device=device).exponential_(generator=gen)
     return noise
 
 
@@ -97,8 +119,10 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     if batch.all_greedy:
         return greedy
     temperature = batch.temperature.clamp_min(1e-5)[:, None]
-    probs = _filter(logits / temperature, batch).softmax(dim=-1)
-    sampled = (probs / _noise(batch, probs.shape, probs.device)).argmax(dim=-1)
+    ids, candidates = _candidates(logits / temperature, batch)
+    probs = candidates.softmax(dim=-1)
+    pick = (probs / _noise(batch, probs.shape, probs.device)).argmax(dim=-1)
+    sampled = pick if ids is None else ids.gather(1, pick[:, None]).squeeze(1)
     return torch.where(batch.temperature == 0, greedy, sampled)
 
 

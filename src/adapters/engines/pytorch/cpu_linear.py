@@ -1,0 +1,54 @@
+"""Float32 linears with oneDNN-prepacked weights, for inference on the CPU.
+
+`nn.Linear` on the CPU calls MKL sgemm on the plain `[out, in]` weight. At the row counts of
+decoding (1 to 64 tokens) that streams the weights at 6 to 12 GB/s; oneDNN, given the weight
+once reordered into its blocked layout, gets 1.3x (1 row) to 2x (16 rows) more from the same
+bytes and stays ahead at prefill sizes (benchmark/NOTES.md). Same precision: float32 in,
+float32 accumulate, float32 out; only the summation order differs, as between any two GEMMs.
+
+Applied to a loaded model, as a transformation: the packed weight replaces the parameter, so
+the model keeps one copy of each matrix (plus one for a tied LM head).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .llama import LlamaForCausalLM
+
+
+def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+    )
+
+
+class PackedLinear(nn.Module):
+    """`y = x W^T + b` with W held in oneDNN's blocked layout (an opaque `torch._mkldnn` tensor)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.out_features, self.in_features = weight.shape
+        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach())
+        self.bias = None if bias is None else bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed_weight, self.bias, "none", [], "")
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, packed"
+
+
+def pack_linears(model: LlamaForCausalLM) -> LlamaForCausalLM:
+    """Swap every `nn.Linear` (and a tied LM head) for a `PackedLinear`, in place."""
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:
+                setattr(parent, name, PackedLinear(child.weight, child.bias))
+    if model.lm_head is None:
+        model.lm_head = PackedLinear(model.embed_tokens.weight, None)
+    return model
