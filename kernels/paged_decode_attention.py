@@ -1,0 +1,305 @@
+"""Decode attention over the paged KV cache: one query token per sequence, split-K.
+
+The cache is `[num_blocks, block_size, kv_heads, head_dim]`; sequence `s` owns the blocks listed
+in `block_tables[s]` and its first `context_lens[s]` slots hold its keys and values.
+
+Flash-decoding in two launches. Stage 1, grid `(num_seqs, kv_heads, num_splits)`: each program
+takes the query heads that share one kv head (GQA: K/V are read once for the whole group),
+walks its chunk of the context in `BLOCK_N`-token tiles (each token's page looked up in the
+block table), and keeps an online softmax (running max, sum, output) in fp32. It writes the
+chunk's normalised output and log-sum-exp. Stage 2, grid `(num_seqs, heads)`: weights the
+chunks by `exp(lse - max lse)` and sums. With one split, stage 1 writes the output directly.
+
+Cost per step, for C = sum(context_lens), H heads, KV kv heads, D head_dim, e bytes/element:
+bytes ~= 2 * C * KV * D * e (K and V read once) + 2 * num_seqs * H * D * e (q in, out back)
++ num_seqs * H * num_splits * (D + 1) * 4 * 2 (fp32 partials written and read back);
+FLOPs = 4 * C * H * D (q.k and p.v). Arithmetic intensity ~ H / KV FLOPs per byte (at e=2):
+far under the H100's ridge point, so the kernel is bandwidth-bound and the target is
+bytes / ~3 TB/s. Split-K exists to fill 132 SMs when num_seqs * kv_heads is small.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _paged_decode_kernel(
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    context_lens_ptr,
+    out_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    qk_scale,
+    num_heads,
+    head_dim,
+    stride_qs,
+    stride_qh,
+    stride_qd,
+    stride_kb,
+    stride_kt,
+    stride_kh,
+    stride_kd,
+    stride_vb,
+    stride_vt,
+    stride_vh,
+    stride_vd,
+    stride_bts,
+    stride_btb,
+    stride_os,
+    stride_oh,
+    stride_od,
+    GROUP: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+
+    offs_h = kv_head * GROUP + tl.arange(0, BLOCK_H)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    h_mask = tl.arange(0, BLOCK_H) < GROUP
+    d_mask = offs_d < head_dim
+
+    ctx_len = tl.load(context_lens_ptr + seq).to(tl.int32)
+    # Each split owns a whole number of tiles; late splits of short sequences get none.
+    chunk = tl.cdiv(tl.cdiv(ctx_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * chunk
+    end = tl.minimum(start + chunk, ctx_len)
+
+    q_ptrs = q_ptr + seq * stride_qs + offs_h[:, None] * stride_qh + offs_d[None, :] * stride_qd
+    q = tl.load(q_ptrs, mask=h_mask[:, None] & d_mask[None, :], other=0.0)
+
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bts
+    for tile in range(start, end, BLOCK_N):
+        pos = tile + offs_n
+        n_mask = pos < end
+        block = tl.load(bt_row + (pos // BLOCK_SIZE) * stride_btb, mask=n_mask, other=0)
+        block = block.to(tl.int64)
+        slot_in_block = pos % BLOCK_SIZE
+        kv_mask = n_mask[:, None] & d_mask[None, :]
+        k_ptrs = (
+            k_cache_ptr
+            + block[:, None] * stride_kb
+            + slot_in_block[:, None] * stride_kt
+            + kv_head * stride_kh
+            + offs_d[None, :] * stride_kd
+        )
+        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
+        qk = tl.where(n_mask[None, :], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(qk - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v_ptrs = (
+            v_cache_ptr
+            + block[:, None] * stride_vb
+            + slot_in_block[:, None] * stride_vt
+            + kv_head * stride_vh
+            + offs_d[None, :] * stride_vd
+        )
+        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    # An empty chunk keeps l_i == 0: write zeros and lse = -inf so stage 2 gives it no weight.
+    has_keys = l_i > 0
+    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
+    store_mask = h_mask[:, None] & d_mask[None, :]
+    if NUM_SPLITS == 1:
+        o_ptrs = (
+            out_ptr + seq * stride_os + offs_h[:, None] * stride_oh + offs_d[None, :] * stride_od
+        )
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_mask)
+    else:
+        # Partials are contiguous [num_seqs, num_heads, NUM_SPLITS, BLOCK_D] and [.., NUM_SPLITS].
+        row = (seq * num_heads + offs_h) * NUM_SPLITS + split
+        tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], out, mask=store_mask)
+        lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        tl.store(part_lse_ptr + row, lse, mask=h_mask)
+
+
+@triton.jit
+def _paged_decode_reduce_kernel(
+    part_out_ptr,
+    part_lse_ptr,
+    out_ptr,
+    num_heads,
+    head_dim,
+    stride_os,
+    stride_oh,
+    stride_od,
+    NUM_SPLITS: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < NUM_SPLITS
+    row = (seq * num_heads + head) * NUM_SPLITS + offs_s
+
+    lse = tl.load(part_lse_ptr + row, mask=s_mask, other=float("-inf"))
+    lse_max = tl.max(lse, axis=0)
+    # A zero-length context leaves every lse at -inf: weight nothing and write zeros.
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    w = tl.exp2(lse - lse_max)
+    parts = tl.load(
+        part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], mask=s_mask[:, None], other=0.0
+    )
+    total = tl.sum(w, axis=0)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    o_ptrs = out_ptr + seq * stride_os + head * stride_oh + offs_d * stride_od
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_d < head_dim)
+
+
+@functools.lru_cache
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _default_num_splits(num_seqs: int, kv_heads: int, max_context: int, device: torch.device):
+    """One split once (seq, kv head) programs fill the SMs; below that, about 8 programs per SM
+    with chunks of at least 256 tokens (from a sweep on the H100). Uses only shapes, no host
+    sync on context_lens, so it is CUDA-graph friendly."""
+    if device.type != "cuda":
+        return 1 if max_context <= 256 else 2
+    num_sms = _num_sms(device)
+    programs = max(num_seqs * kv_heads, 1)
+    if programs >= num_sms:
+        return 1
+    return max(1, min(triton.cdiv(8 * num_sms, programs), triton.cdiv(max_context, 256), 64))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+    num_splits: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """q: [num_seqs, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
+    block_tables: [num_seqs, max_blocks] int32/int64; context_lens: [num_seqs].
+    Returns [num_seqs, heads, dim] in q's dtype."""
+    num_seqs, num_heads, head_dim = q.shape
+    num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
+    assert v_cache.shape == k_cache.shape, "k_cache and v_cache must have the same shape"
+    assert cache_dim == head_dim, f"q head_dim {head_dim} != cache head_dim {cache_dim}"
+    assert num_heads % kv_heads == 0, f"heads {num_heads} must be a multiple of {kv_heads=}"
+    assert block_tables.dim() == 2 and block_tables.shape[0] == num_seqs, "one table row a seq"
+    assert context_lens.shape == (num_seqs,), "context_lens must be [num_seqs]"
+    assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
+    assert not block_tables.is_floating_point(), "block_tables must be int32 or int64"
+    group = num_heads // kv_heads
+    out = torch.empty_like(q)
+    if num_seqs == 0:
+        return out
+    max_context = block_tables.shape[1] * block_size
+    if num_splits is None:
+        num_splits = _default_num_splits(num_seqs, kv_heads, max_context, q.device)
+    assert num_splits >= 1, "num_splits must be positive"
+    block_d = max(16, triton.next_power_of_2(head_dim))
+    block_h = max(16, triton.next_power_of_2(group))  # tl.dot needs M >= 16
+    if block_n is None:
+        block_n = 64 if block_d <= 64 or q.dtype.itemsize == 2 else 32
+    if num_splits > 1:
+        part_out = torch.empty(
+            num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device
+        )
+        part_lse = torch.empty(
+            num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device
+        )
+    else:
+        part_out = part_lse = out  # unused
+    precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    _paged_decode_kernel[(num_seqs, kv_heads, num_splits)](
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        out,
+        part_out,
+        part_lse,
+        scale * _LOG2E,
+        num_heads,
+        head_dim,
+        *q.stride(),
+        *k_cache.stride(),
+        *v_cache.stride(),
+        *block_tables.stride(),
+        *out.stride(),
+        GROUP=group,
+        BLOCK_SIZE=block_size,
+        NUM_SPLITS=num_splits,
+        BLOCK_H=block_h,
+        BLOCK_N=block_n,
+        BLOCK_D=block_d,
+        DOT_PRECISION=precision,
+        num_warps=4,
+        num_stages=2,
+    )
+    if num_splits > 1:
+        _paged_decode_reduce_kernel[(num_seqs, num_heads)](
+            part_out,
+            part_lse,
+            out,
+            num_heads,
+            head_dim,
+            *out.stride(),
+            NUM_SPLITS=num_splits,
+            BLOCK_S=triton.next_power_of_2(num_splits),
+            BLOCK_D=block_d,
+            num_warps=4,
+        )
+    return out
+
+
+def paged_decode_attention_ref(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Plain torch, sequence by sequence, fp32 math."""
+    num_seqs, num_heads, head_dim = q.shape
+    block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
+    out = torch.zeros_like(q)
+    for s in range(num_seqs):
+        n = int(context_lens[s])
+        if n == 0:
+            continue
+        pos = torch.arange(n, device=q.device)
+        blocks = block_tables[s, pos // block_size].long()
+        k = k_cache[blocks, pos % block_size].float()  # [n, kv_heads, dim]
+        v = v_cache[blocks, pos % block_size].float()
+        k = k.repeat_interleave(num_heads // kv_heads, dim=1)
+        v = v.repeat_interleave(num_heads // kv_heads, dim=1)
+        scores = torch.einsum("hd,nhd->hn", q[s].float(), k) * scale
+        out[s] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v).to(q.dtype)
+    return out

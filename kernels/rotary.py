@@ -1,0 +1,161 @@
+"""Rotary position embedding on q and k in one launch (rotate-half convention, as HF Llama).
+
+`out = x * cos + rotate_half(x) * sin`, `rotate_half(x) = cat(-x[half:], x[:half])`, with
+`cos`/`sin` tables `[max_positions, head_dim]` indexed by each token's position (or, with
+`positions=None`, rows already gathered per token). q `[tokens, heads, dim]` and k
+`[tokens, kv_heads, dim]` may be strided views (e.g. slices of a fused qkv output).
+
+Grid `(tokens,)`: each program loads its position's cos/sin row once and rotates every head of
+q and of k. Bytes = 2 * tokens * (heads + kv_heads) * dim * e + tokens * dim * 8 (cos/sin,
+fp32); FLOPs ~= 3 * tokens * (heads + kv_heads) * dim. Bandwidth-bound.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rotate_heads(x_ptr, out_ptr, row, num_heads, stride_t, stride_h, stride_ot, stride_oh,
+                  offs_h, offs_d, half, c1, c2, s1, s2):  # fmt: skip
+    """Rotate all heads of one token: x1 = x[:half], x2 = x[half:] (unit stride on dim)."""
+    mask = (offs_h[:, None] < num_heads) & (offs_d[None, :] < half)
+    base = x_ptr + row * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
+    x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
+    x2 = tl.load(base + half, mask=mask, other=0.0).to(tl.float32)
+    out1 = x1 * c1[None, :] - x2 * s1[None, :]
+    out2 = x2 * c2[None, :] + x1 * s2[None, :]
+    obase = out_ptr + row * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :]
+    tl.store(obase, out1.to(out_ptr.dtype.element_ty), mask=mask)
+    tl.store(obase + half, out2.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _rotary_kernel(
+    q_ptr,
+    k_ptr,
+    q_out_ptr,
+    k_out_ptr,
+    cos_ptr,
+    sin_ptr,
+    positions_ptr,
+    num_heads,
+    num_kv_heads,
+    half,
+    stride_qt,
+    stride_qh,
+    stride_kt,
+    stride_kh,
+    stride_qot,
+    stride_qoh,
+    stride_kot,
+    stride_koh,
+    stride_cos,
+    stride_sin,
+    HAS_POSITIONS: tl.constexpr,
+    BLOCK_HQ: tl.constexpr,
+    BLOCK_HK: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    row = tl.program_id(0).to(tl.int64)
+    if HAS_POSITIONS:
+        pos = tl.load(positions_ptr + row).to(tl.int64)
+    else:
+        pos = row
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = offs_d < half
+    c1 = tl.load(cos_ptr + pos * stride_cos + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    c2 = tl.load(cos_ptr + pos * stride_cos + half + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    s1 = tl.load(sin_ptr + pos * stride_sin + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    s2 = tl.load(sin_ptr + pos * stride_sin + half + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+    _rotate_heads(q_ptr, q_out_ptr, row, num_heads, stride_qt, stride_qh, stride_qot, stride_qoh,
+                  tl.arange(0, BLOCK_HQ), offs_d, half, c1, c2, s1, s2)  # fmt: skip
+    _rotate_heads(k_ptr, k_out_ptr, row, num_kv_heads, stride_kt, stride_kh, stride_kot,
+                  stride_koh, tl.arange(0, BLOCK_HK), offs_d, half, c1, c2, s1, s2)  # fmt: skip
+
+
+def _unit_dim(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def rotary(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor | None = None,
+    inplace: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """q: [tokens, heads, dim]; k: [tokens, kv_heads, dim]; cos/sin: [max_positions, dim]
+    (fp32 usually) indexed by `positions` [tokens], or [tokens, dim] when positions is None.
+    Returns rotated (q, k); with inplace=True they are q and k themselves."""
+    num_tokens, num_heads, head_dim = q.shape
+    assert k.dim() == 3 and k.shape[0] == num_tokens and k.shape[2] == head_dim, (
+        f"k {tuple(k.shape)} must be [{num_tokens}, kv_heads, {head_dim}]"
+    )
+    assert head_dim % 2 == 0, f"head_dim {head_dim} must be even"
+    assert cos.shape == sin.shape and cos.shape[-1] == head_dim, "cos/sin must be [*, head_dim]"
+    if positions is None:
+        assert cos.shape[0] == num_tokens, "without positions, cos/sin need one row per token"
+    else:
+        assert positions.shape == (num_tokens,), "positions must be [num_tokens]"
+    if inplace:
+        assert q.stride(-1) == 1 and k.stride(-1) == 1, "in place needs unit stride on dim"
+    else:
+        q, k = _unit_dim(q), _unit_dim(k)
+    cos, sin = _unit_dim(cos), _unit_dim(sin)
+    q_out = q if inplace else torch.empty_like(q, memory_format=torch.contiguous_format)
+    k_out = k if inplace else torch.empty_like(k, memory_format=torch.contiguous_format)
+    if num_tokens == 0:
+        return q_out, k_out
+    half = head_dim // 2
+    _rotary_kernel[(num_tokens,)](
+        q,
+        k,
+        q_out,
+        k_out,
+        cos,
+        sin,
+        positions if positions is not None else cos,
+        num_heads,
+        k.shape[1],
+        half,
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        q_out.stride(0),
+        q_out.stride(1),
+        k_out.stride(0),
+        k_out.stride(1),
+        cos.stride(0),
+        sin.stride(0),
+        HAS_POSITIONS=positions is not None,
+        BLOCK_HQ=triton.next_power_of_2(num_heads),
+        BLOCK_HK=triton.next_power_of_2(k.shape[1]),
+        BLOCK_D=triton.next_power_of_2(half),
+        num_warps=4,
+    )
+    return q_out, k_out
+
+
+def rotary_ref(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain torch, fp32 math, out of place."""
+    if positions is not None:
+        cos, sin = cos[positions.long()], sin[positions.long()]
+    cos, sin = cos.float()[:, None, :], sin.float()[:, None, :]
+
+    def rot(x: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1).float()
+        return (x.float() * cos + rotated * sin).to(x.dtype)
+
+    return rot(q), rot(k)

@@ -1,0 +1,102 @@
+"""Split-K paged decode attention against its torch reference and the engine's torch path."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmdeploy.kernels.paged_decode_attention import (
+    paged_decode_attention,
+    paged_decode_attention_ref,
+)
+
+from ._util import DEVICE, DTYPES, TOL, gpu_cases, random_paged_cache, slots_of
+
+# heads, kv_heads, head_dim, block_size, context_lens, num_splits
+CASES = [
+    (4, 4, 16, 16, [1, 16, 17, 33], None),  # MHA, exact block boundary, one-token context
+    (8, 2, 64, 16, [1, 32, 100, 47], 3),  # GQA 4
+    (8, 1, 128, 64, [64, 1, 130], 2),  # GQA 8, dim 128, 64-token blocks
+    (12, 3, 32, 64, [5, 200, 64], 1),  # heads not a power of two, no split
+    (6, 3, 64, 16, [3, 2, 40], 8),  # more splits than tiles: empty chunks
+    *gpu_cases(
+        (32, 8, 128, 16, [1, 4096, 777, 2048, 16, 3000, 129, 4000], None),
+        (32, 8, 128, 64, [4096, 1, 1024, 2500], 16),
+        (28, 4, 128, 16, [513] * 24, None),
+        (14, 2, 64, 64, [1000, 64, 3], None),
+    ),
+]
+
+
+def _inputs(heads, kv_heads, head_dim, block_size, context_lens, dtype, table_dtype):
+    k_cache, v_cache, block_tables, lens = random_paged_cache(
+        context_lens, kv_heads, head_dim, block_size, dtype, table_dtype
+    )
+    q = torch.randn(len(context_lens), heads, head_dim, dtype=dtype, device=DEVICE)
+    return q, k_cache, v_cache, block_tables, lens
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size", "lens", "splits"), CASES)
+def test_matches_reference(heads, kv_heads, head_dim, block_size, lens, splits, dtype):
+    torch.manual_seed(0)
+    table_dtype = torch.int64 if heads % 3 == 0 else torch.int32
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        heads, kv_heads, head_dim, block_size, lens, dtype, table_dtype
+    )
+    scale = head_dim**-0.5
+    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, scale, splits)
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, tables, context_lens, scale)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("splits", [1, 2, 5])
+def test_splits_agree(splits):
+    torch.manual_seed(1)
+    q, k_cache, v_cache, tables, lens = _inputs(
+        8, 2, 32, 16, [1, 90, 48], torch.float32, torch.int32
+    )
+    one = paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.3, num_splits=1)
+    many = paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.3, num_splits=splits)
+    torch.testing.assert_close(many, one, **TOL[torch.float32])
+
+
+def test_strided_query():
+    """q as a slice of a fused qkv projection output."""
+    torch.manual_seed(2)
+    k_cache, v_cache, tables, lens = random_paged_cache([7, 33], 2, 32, 16, torch.float32)
+    qkv = torch.randn(2, (8 + 4) * 32, device=DEVICE)
+    q = qkv[:, : 8 * 32].view(2, 8, 32)
+    out = paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.2, num_splits=2)
+    ref = paged_decode_attention_ref(q.contiguous(), k_cache, v_cache, tables, lens, 0.2)
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize(("heads", "kv_heads", "block_size"), [(4, 4, 16), (8, 2, 16), (8, 1, 64)])
+def test_reference_matches_engine(heads, kv_heads, block_size):
+    """Our reference and the engine's torch decode path compute the same attention."""
+    from lmdeploy.adapters.engines.pytorch.attention import AttentionMetadata, paged_attention
+
+    torch.manual_seed(3)
+    lens = [1, block_size, 2 * block_size + 3]
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        heads, kv_heads, 64, block_size, lens, torch.float32, torch.int64
+    )
+    # The engine writes the new token first: hand it the token already in the cache.
+    slots = torch.cat([slots_of(tables, block_size, i, [n - 1]) for i, n in enumerate(lens)])
+    k_new = k_cache.flatten(0, 1)[slots].clone()
+    v_new = v_cache.flatten(0, 1)[slots].clone()
+    meta = AttentionMetadata(
+        slot_mapping=slots,
+        block_tables=tables,
+        context_lens=context_lens.long(),
+        query_lens=[1] * len(lens),
+        context_lens_list=lens,
+        is_decode=True,
+        num_cached_list=[n - 1 for n in lens],
+    )
+    engine = paged_attention(q, k_new, v_new, k_cache, v_cache, meta, 0.125)
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, tables, context_lens, 0.125)
+    torch.testing.assert_close(ref, engine, **TOL[torch.float32])
+    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, 0.125)
+    torch.testing.assert_close(out, engine, **TOL[torch.float32])
