@@ -1,4 +1,11 @@
 """Documented import path `lmdeploy.model`: re-exports only."""
 
-from .application.chat_template import BUILTIN_TEMPLATES, builtin_template  # noqa: F401
+from .application.chat_templates import (  # noqa: F401
+    BUILTIN_TEMPLATES,
+    MODELS,
+    BaseChatTemplate,
+    ModelChatTemplate,
+    best_match_model,
+    builtin_template,
+)
 from .application.configs import ChatTemplateConfig  # noqa: F401

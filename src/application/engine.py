@@ -160,10 +160,15 @@ class EngineLoop:
                 self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=repr(exc)))
             return
         # A prefill chunk that stops short of the prompt's end samples nothing worth reporting.
-        completes = [s.num_cached_tokens + n >= s.num_tokens for s, n in zip(plan.seqs, plan.num_scheduled, strict=True)]
+        completes = [
+            s.num_cached_tokens + n >= s.num_tokens
+            for s, n in zip(plan.seqs, plan.num_scheduled, strict=True)
+        ]
         self.scheduler.postprocess(plan, output.token_ids)
         logprobs = output.logprobs or [None] * len(plan.seqs)
-        for seq, token_id, lp, done in zip(plan.seqs, output.token_ids, logprobs, completes, strict=True):
+        for seq, token_id, lp, done in zip(
+            plan.seqs, output.token_ids, logprobs, completes, strict=True
+        ):
             if not done:
                 continue
             sink = self._sinks[seq.seq_id] if not seq.is_finished else self._sinks.pop(seq.seq_id)

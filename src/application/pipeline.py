@@ -31,7 +31,9 @@ class ChatSession:
         self.response: Response | None = None
 
     def _stream(self, prompt: Any, outputs: Iterator[GenOut]) -> Iterator[Response]:
-        self.response = Response(text="", generate_token_len=0, input_token_len=0, session_id=self.session_id)
+        self.response = Response(
+            text="", generate_token_len=0, input_token_len=0, session_id=self.session_id
+        )
         for out in outputs:
             _accumulate(self.response, out)
             yield _delta_response(out, 0)
@@ -220,7 +222,9 @@ class Pipeline:
         turn), or with `stream_response` an iterator of deltas that fills the session in."""
         self._check_open(None)
         session = session or ChatSession(next(_chat_ids), self)
-        outputs = self._sessions.chat_sync(session.session_id, prompt, gen_config or GenerationConfig())
+        outputs = self._sessions.chat_sync(
+            session.session_id, prompt, gen_config or GenerationConfig()
+        )
         if stream_response:
             return session._stream(prompt, outputs)
         for _ in session._stream(prompt, outputs):

@@ -52,7 +52,9 @@ class SessionManager:
         if live is not None and live.busy and live.seq is not None:
             self.service.engine.abort(live.seq)
 
-    def _begin(self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig):
+    def _begin(
+        self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
+    ):
         live = self._sessions.setdefault(session_id, LiveSession(session_id))
         if live.busy:
             raise SessionBusy(session_id)

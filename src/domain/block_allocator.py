@@ -32,9 +32,13 @@ class BlockAllocator:
     """Methods come in check/act pairs (`can_allocate`/`allocate`) so the scheduler decides
     before anything changes. A sequence's `block_table` lists its blocks in order."""
 
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False) -> None:
+    def __init__(
+        self, num_blocks: int, block_size: int, enable_prefix_caching: bool = False
+    ) -> None:
         if num_blocks <= 0 or block_size <= 0:
-            raise ValueError(f"num_blocks and block_size must be positive: {num_blocks}, {block_size}")
+            raise ValueError(
+                f"num_blocks and block_size must be positive: {num_blocks}, {block_size}"
+            )
         self.num_blocks = num_blocks
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
@@ -64,7 +68,9 @@ class BlockAllocator:
             return []
         matched, prefix = [], None
         for i in range((seq.num_tokens - 1) // self.block_size):
-            prefix = chain_hash(prefix, seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            prefix = chain_hash(
+                prefix, seq.token_ids[i * self.block_size : (i + 1) * self.block_size]
+            )
             block = self._by_hash.get(prefix)
             if block is None:
                 break
@@ -74,7 +80,9 @@ class BlockAllocator:
     # -- allocation ---------------------------------------------------------------------------
     def _needed(self, seq: Sequence, num_tokens: int | None, matched: list[int]) -> int:
         """Blocks that must come out of the free pool to cover `num_tokens` tokens."""
-        total = num_blocks_for(seq.num_tokens if num_tokens is None else num_tokens, self.block_size)
+        total = num_blocks_for(
+            seq.num_tokens if num_tokens is None else num_tokens, self.block_size
+        )
         fresh = max(0, total - len(seq.block_table) - len(matched))
         revived = sum(1 for b in matched if self._ref[b] == 0)
         return fresh + revived
@@ -88,7 +96,9 @@ class BlockAllocator:
     def allocate(self, seq: Sequence, num_tokens: int | None = None) -> None:
         """Cover `num_tokens` (default: all) of seq's tokens; reuse cached prefix blocks first."""
         matched = self._matched_blocks(seq)
-        assert self._needed(seq, num_tokens, matched) <= self.num_free_blocks, "allocate() without can_allocate()"
+        assert self._needed(seq, num_tokens, matched) <= self.num_free_blocks, (
+            "allocate() without can_allocate()"
+        )
         for block in matched:
             if self._ref[block] == 0:
                 del self._free_cached[block]
@@ -98,7 +108,9 @@ class BlockAllocator:
             seq.num_cached_tokens = len(matched) * self.block_size
             seq.block_hashes = [self._hash_of[b] for b in matched]
             self.counters.prefix_hit_tokens += seq.num_cached_tokens
-        total = num_blocks_for(seq.num_tokens if num_tokens is None else num_tokens, self.block_size)
+        total = num_blocks_for(
+            seq.num_tokens if num_tokens is None else num_tokens, self.block_size
+        )
         while len(seq.block_table) < total:
             seq.block_table.append(self._take_free())
 
@@ -161,7 +173,9 @@ class BlockAllocator:
         is in two places. For tests and debugging."""
         owned = [0] * self.num_blocks
         for seq in live:
-            assert len(set(seq.block_table)) == len(seq.block_table), "a sequence holds a block twice"
+            assert len(set(seq.block_table)) == len(seq.block_table), (
+                "a sequence holds a block twice"
+            )
             for block in seq.block_table:
                 owned[block] += 1
         assert owned == self._ref, "reference counts differ from ownership"

@@ -79,7 +79,10 @@ class Scheduler:
         return self.counters.preemptions
 
     def add(self, seq: Sequence) -> None:
-        if num_blocks_for(seq.num_tokens + 1, self.allocator.block_size) > self.allocator.num_blocks:
+        if (
+            num_blocks_for(seq.num_tokens + 1, self.allocator.block_size)
+            > self.allocator.num_blocks
+        ):
             raise OutOfBlocks(
                 f"a sequence of {seq.num_tokens} tokens needs more KV blocks than the cache has "
                 f"({self.allocator.num_blocks} of {self.allocator.block_size} tokens); raise "
@@ -96,7 +99,11 @@ class Scheduler:
         keep = num_blocks_for(seq.num_cached_tokens, block_size)
         # The new turn overwrites the block where the common prefix ends: keep it only if no
         # one else can see it (shared through the prefix cache, it goes back instead).
-        if keep and seq.num_cached_tokens % block_size and not self.allocator.is_private(seq.block_table[keep - 1]):
+        if (
+            keep
+            and seq.num_cached_tokens % block_size
+            and not self.allocator.is_private(seq.block_table[keep - 1])
+        ):
             keep -= 1
         self.allocator.truncate(seq, keep)
         del seq.block_hashes[seq.num_cached_tokens // block_size :]
@@ -134,7 +141,9 @@ class Scheduler:
         self.running = [s for s in self.running if s in kept]
         return budget
 
-    def _make_room(self, seq: Sequence, num_tokens: int, queue: deque[Sequence], plan: StepPlan) -> bool:
+    def _make_room(
+        self, seq: Sequence, num_tokens: int, queue: deque[Sequence], plan: StepPlan
+    ) -> bool:
         """Allocate blocks for seq, evicting parked sessions, then preempting the newest
         running sequences. False when seq itself had to be preempted."""
         while not self.allocator.can_allocate(seq, num_tokens):

@@ -43,7 +43,9 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
     keep_cache: bool = False  # an interactive session: park the KV blocks when it finishes
-    block_hashes: list[int] = field(default_factory=list)  # prefix-chain hashes of computed full blocks
+    block_hashes: list[int] = field(
+        default_factory=list
+    )  # prefix-chain hashes of computed full blocks
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -10,7 +10,8 @@ from dependency_injector import containers, providers
 from ..adapters.engines.pytorch import builder
 from ..adapters.loaders import model_source
 from ..adapters.tokenizers.hf_tokenizer import HFTokenizer
-from ..application.chat_template import ModelChatTemplate, builtin_template
+from ..adapters.tokenizers.id_tokenizer import IdTokenizer
+from ..application.chat_template import ModelChatTemplate, best_match_model, builtin_template
 from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
 from ..application.engine import EngineLoop
 from ..application.generation import GenerationService
@@ -44,9 +45,7 @@ def _session_len(config: PytorchEngineConfig, built: builder.BuiltModel) -> int:
 
 
 def _max_batch_size(config: PytorchEngineConfig, built: builder.BuiltModel) -> int:
-    if config.max_batch_size:
-        return config.max_batch_size
-    return 256 if built.runner.device.type == "cuda" else 32
+    return built.runner.max_batch_size
 
 
 def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Scheduler:
@@ -61,18 +60,32 @@ def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Schedu
     )
 
 
-def _tokenizer(source: model_source.ModelSource, built: builder.BuiltModel) -> HFTokenizer:
+def _tokenizer(
+    source: model_source.ModelSource, built: builder.BuiltModel
+) -> HFTokenizer | IdTokenizer:
     tokenizer_source = source
-    if (
-        source.path is None
-    ):  # dummy weights of a shipped shape: borrow the default model's vocabulary
-        tokenizer_source = model_source.resolve(None)
+    if source.path is None:  # dummy weights of a shipped shape: borrow the default vocabulary
+        try:
+            tokenizer_source = model_source.resolve(None)
+        except model_source.ModelNotFound:
+            logger.warning("no tokenizer for %s: prompts must be token ids", source.name)
+            return IdTokenizer(built.config.vocab_size, built.config.eos_token_ids)
     return HFTokenizer.from_source(tokenizer_source, built.config.eos_token_ids)
 
 
-def _chat_template(tokenizer: HFTokenizer, config: ChatTemplateConfig | None):
+def _chat_template(
+    tokenizer: HFTokenizer,
+    config: ChatTemplateConfig | None,
+    source: model_source.ModelSource | None = None,
+):
+    """The configured template; else the built-in matching the model's name; else the
+    model's own jinja template; else `base`. Dummy weights borrow the default vocabulary,
+    so their shape's name says nothing of the prompt format."""
     if config is not None:
         return builtin_template(config)
+    matched = best_match_model(source.name) if source and source.kind != "dummy" else None
+    if matched is not None:
+        return builtin_template(ChatTemplateConfig(model_name=matched))
     if tokenizer.has_chat_template:
         return ModelChatTemplate(tokenizer)
     return builtin_template(ChatTemplateConfig(model_name="base"))
@@ -98,7 +111,9 @@ class Container(containers.DeclarativeContainer):
     )
     built_model = providers.Singleton(builder.build, source, engine_config)
     tokenizer = providers.Singleton(_tokenizer, source, built_model)
-    chat_template = providers.Singleton(_chat_template, tokenizer, config.chat_template_config)
+    chat_template = providers.Singleton(
+        _chat_template, tokenizer, config.chat_template_config, source
+    )
     scheduler = providers.Singleton(_scheduler, engine_config, built_model)
     engine = providers.Resource(
         _engine_loop, providers.Callable(lambda b: b.runner, built_model), scheduler

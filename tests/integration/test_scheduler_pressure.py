@@ -26,7 +26,9 @@ def alone(default_pipe, prompts):
 
 def test_200_requests_over_a_cache_for_about_10_complete_unchanged(prompts, alone):
     # 30 blocks of 16 tokens: each request needs 2-5 blocks, so about 10 fit at once.
-    pipe = pipeline(None, backend_config=PytorchEngineConfig(block_size=16, num_gpu_blocks=30, session_len=1024))
+    pipe = pipeline(
+        None, backend_config=PytorchEngineConfig(block_size=16, num_gpu_blocks=30, session_len=1024)
+    )
     try:
         outs = pipe([prompts[i % 20] for i in range(200)], gen_config=GEN)
         stats = pipe.service.engine.stats()
@@ -59,12 +61,16 @@ def test_prefix_caching_computes_a_shared_system_prompt_once(prompt_ids):
     assert stats_on.num_prefill_tokens < stats_off.num_prefill_tokens / 10
 
 
-def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(prompt_ids, prompts, default_pipe):
+def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(
+    prompt_ids, prompts, default_pipe
+):
     long_prompt = (prompt_ids[-1] * 7)[:3000]
     short = prompts[:8]
     config = GenerationConfig(max_new_tokens=24, ignore_eos=True)
     expected_short = [default_pipe([p], gen_config=config)[0].token_ids for p in short]
-    pipe = pipeline(None, backend_config=PytorchEngineConfig(session_len=4096, max_prefill_token_num=512))
+    pipe = pipeline(
+        None, backend_config=PytorchEngineConfig(session_len=4096, max_prefill_token_num=512)
+    )
     try:
         runner = pipe.service.engine.runner
         trace = []
@@ -78,7 +84,9 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(prompt_ids, pr
         streams = [pipe.service.submit(pipe.service.prepare(p, config)) for p in short]
         while pipe.service.engine.stats().num_decode_tokens < 8:  # the short ones are decoding
             time.sleep(0.01)
-        long_out = pipe([long_prompt], gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True))[0]
+        long_out = pipe(
+            [long_prompt], gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True)
+        )[0]
         outs = [pipe._collect(s, i) for i, s in enumerate(streams)]
     finally:
         pipe.close()
@@ -87,7 +95,9 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(prompt_ids, pr
     assert len(long_steps) >= 3000 // 512  # the long prompt came in chunks ...
     assert all(sum(n for _, n in step if n > 1) <= 512 for step in long_steps)  # ... within budget
     for stream in streams:  # ... and no short sequence ever skipped a step until it finished
-        steps = [i for i, step in enumerate(trace) if any(sid == stream.seq.seq_id for sid, _ in step)]
+        steps = [
+            i for i, step in enumerate(trace) if any(sid == stream.seq.seq_id for sid, _ in step)
+        ]
         assert steps == list(range(steps[0], steps[0] + len(steps)))
     assert long_out.generate_token_len == 4
 
@@ -123,7 +133,9 @@ def test_20_sessions_over_a_cache_for_5_give_the_turns_they_would_without_evicti
     finally:
         roomy.close()
     # A turn-2 history is about 60 tokens (4 blocks): 20 blocks hold about 5 sessions.
-    tight = pipeline(None, backend_config=PytorchEngineConfig(block_size=16, num_gpu_blocks=20, session_len=1024))
+    tight = pipeline(
+        None, backend_config=PytorchEngineConfig(block_size=16, num_gpu_blocks=20, session_len=1024)
+    )
     try:
         got = _two_turns(tight, questions)
         stats = tight.service.engine.stats()

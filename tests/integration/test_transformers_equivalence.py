@@ -33,7 +33,9 @@ def reference(hf_model, prompt_ids):
         PytorchEngineConfig(block_size=16, session_len=1024),
         PytorchEngineConfig(block_size=64, session_len=1024),
         PytorchEngineConfig(block_size=64, session_len=1024, max_batch_size=2),
-        PytorchEngineConfig(block_size=16, session_len=1024, max_prefill_token_num=48, enable_prefix_caching=True),
+        PytorchEngineConfig(
+            block_size=16, session_len=1024, max_prefill_token_num=48, enable_prefix_caching=True
+        ),
     ],
     ids=["block16", "block64", "max_batch_size2", "chunked_prefill_prefix_cache"],
 )

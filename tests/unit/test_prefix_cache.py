@@ -79,18 +79,34 @@ actions = st.lists(
 
 
 @settings(max_examples=150, deadline=None)
-@given(actions=actions, caching=st.booleans(), budget=st.integers(4, 32), num_blocks=st.integers(12, 30))
-def test_random_admit_grow_finish_preempt_keeps_every_invariant(actions, caching, budget, num_blocks):
+@given(
+    actions=actions,
+    caching=st.booleans(),
+    budget=st.integers(4, 32),
+    num_blocks=st.integers(12, 30),
+)
+def test_random_admit_grow_finish_preempt_keeps_every_invariant(
+    actions, caching, budget, num_blocks
+):
     alloc = BlockAllocator(num_blocks=num_blocks, block_size=4, enable_prefix_caching=caching)
-    sched = Scheduler(SchedulerConfig(max_batch_size=4, max_num_batched_tokens=budget, max_model_len=10_000), alloc)
+    sched = Scheduler(
+        SchedulerConfig(max_batch_size=4, max_num_batched_tokens=budget, max_model_len=10_000),
+        alloc,
+    )
     seqs: list[Sequence] = []
 
     def step():
         plan = sched.schedule()
         for seq, num in zip(plan.seqs, plan.num_scheduled, strict=True):
             assert num >= 1 and seq.num_cached_tokens + num <= seq.num_tokens
-            assert len(seq.block_table) * 4 >= seq.num_cached_tokens + num, "computing without blocks"
-        prefill = [n for s, n in zip(plan.seqs, plan.num_scheduled, strict=True) if s.num_output_tokens == 0]
+            assert len(seq.block_table) * 4 >= seq.num_cached_tokens + num, (
+                "computing without blocks"
+            )
+        prefill = [
+            n
+            for s, n in zip(plan.seqs, plan.num_scheduled, strict=True)
+            if s.num_output_tokens == 0
+        ]
         assert sum(prefill) <= budget, "prefill chunks overran the token budget"
         sched.postprocess(plan, [1] * len(plan.seqs))
         alloc.check_invariants(sched.running + list(sched.waiting) + list(sched.parked.values()))
@@ -118,6 +134,10 @@ def test_random_admit_grow_finish_preempt_keeps_every_invariant(actions, caching
     for seq in list(sched.parked.values()):
         sched.drop(seq)
     assert all(s.is_finished for s in seqs)
-    assert all(s.num_output_tokens == s.sampling.max_new_tokens for s in seqs if s.finish_reason.value == "length")
+    assert all(
+        s.num_output_tokens == s.sampling.max_new_tokens
+        for s in seqs
+        if s.finish_reason.value == "length"
+    )
     assert alloc.num_free_blocks == num_blocks
     alloc.check_invariants([])

@@ -5,8 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ...application.configs import ChatTemplateConfig
-from .options import add_engine_options, add_sampling_options, engine_config_from, gen_config_from
+from .options import (
+    add_engine_options,
+    add_sampling_options,
+    chat_template_from,
+    engine_config_from,
+    gen_config_from,
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -24,7 +29,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    template = ChatTemplateConfig(model_name=args.chat_template) if args.chat_template else None
+    template = chat_template_from(args)
     gen_config = gen_config_from(args)
     pipe = args.factories.pipeline(
         args.model_path,

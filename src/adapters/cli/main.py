@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ...domain.errors import LMDeployError
-from . import chat
+from . import chat, listing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     chat.add_parser(sub)
+    listing.add_parser(sub)
     try:
         from . import serve
     except ImportError:  # the HTTP extras are not installed

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import types
 import typing
 from typing import Any
 
-from ...application.configs import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
+from ...application.configs import (
+    ChatTemplateConfig,
+    GenerationConfig,
+    PytorchEngineConfig,
+    TurbomindEngineConfig,
+)
 
 ENGINE_FIELDS = (
     "dtype",
@@ -74,7 +80,12 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     _add_fields(parser, PytorchEngineConfig, ENGINE_FIELDS, seen)
     _add_fields(parser, TurbomindEngineConfig, ENGINE_FIELDS, seen)
     parser.add_argument("--backend", choices=["pytorch", "turbomind"], default=None)
-    parser.add_argument("--chat-template", default=None, help="name of a built-in chat template")
+    parser.add_argument(
+        "--chat-template",
+        default=None,
+        help="a built-in chat template's name (`lmdeploy list`) or a JSON file of "
+        "ChatTemplateConfig fields",
+    )
     parser.add_argument(
         "--log-level", default="WARNING", choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
     )
@@ -107,3 +118,13 @@ def gen_config_from(args: argparse.Namespace, **overrides: Any) -> GenerationCon
     values = _given(args, GenerationConfig)
     sampling = any(k in values for k in ("temperature", "top_p", "top_k", "min_p"))
     return GenerationConfig(do_sample=sampling, **{**values, **overrides})
+
+
+def chat_template_from(args: argparse.Namespace) -> ChatTemplateConfig | None:
+    """`--chat-template`: a JSON file (ending in .json, or any existing file) or a name."""
+    value = args.chat_template
+    if not value:
+        return None
+    if value.endswith(".json") or os.path.isfile(value):
+        return ChatTemplateConfig.from_json(value)
+    return ChatTemplateConfig(model_name=value)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ...application.configs import ChatTemplateConfig
-from .options import add_engine_options, engine_config_from
+from .options import add_engine_options, chat_template_from, engine_config_from
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -41,7 +40,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_api_server(args: argparse.Namespace) -> int:
-    template = ChatTemplateConfig(model_name=args.chat_template) if args.chat_template else None
+    template = chat_template_from(args)
     args.factories.run_api_server(
         args.model_path,
         backend=args.backend,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, Depends
@@ -11,9 +11,17 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ...application.configs import GenerationConfig
 from ...application.generation import GenOut, RequestStream
+from ...application.tools import ToolCallStream, ToolParser, prepare_chat
+from ..tool_parsers import get_tool_parser
 from . import openai_format as fmt
 from .errors import error_response
-from .protocol import ChatCompletionRequest, CompletionRequest, SamplingFields, new_id
+from .protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    NamedToolChoice,
+    SamplingFields,
+    new_id,
+)
 from .services import ServerServices
 
 router = APIRouter()
@@ -101,7 +109,12 @@ async def chat_completions(
         if isinstance(body.messages, str)
         else [m.model_dump(exclude_none=True) for m in body.messages]
     )
-    request = generation.prepare(messages, config)
+    tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
+    choice = body.tool_choice
+    tool_choice = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
+    request, parser = prepare_chat(
+        generation, messages, config, tools, tool_choice, get_tool_parser
+    )
     stream = generation.submit(request, asynchronous=True)
     request_id, model = new_id("chatcmpl"), svc.model_name
     tokenizer = generation.tokenizer
@@ -114,34 +127,8 @@ async def chat_completions(
         )
 
     if body.stream:
-
-        async def events() -> AsyncIterator[str]:
-            first, last = True, None
-            async for out in stream:
-                delta = (
-                    {"role": "assistant", "content": out.text} if first else {"content": out.text}
-                )
-                first, last = False, out
-                choice = {
-                    "index": 0,
-                    "delta": delta,
-                    "logprobs": choice_logprobs(out),
-                    "finish_reason": out.finish_reason,
-                }
-                yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [choice]))
-            if body.stream_options and body.stream_options.include_usage and last is not None:
-                yield fmt.sse(
-                    fmt.envelope(
-                        "chat.completion.chunk",
-                        request_id,
-                        model,
-                        [],
-                        usage=fmt.usage(last.input_token_len, last.generate_token_len),
-                    )
-                )
-            yield fmt.sse("[DONE]")
-
-        return StreamingResponse(events(), media_type="text/event-stream")
+        events = _chat_events(body, stream, parser, request_id, model, choice_logprobs)
+        return StreamingResponse(events, media_type="text/event-stream")
 
     text, token_ids, logprobs, last = [], [], [], None
     async for out in stream:
@@ -157,11 +144,18 @@ async def chat_completions(
         last.finish_reason,
         logprobs,
     )
+    message, finish = {"role": "assistant", "content": joined.text}, last.finish_reason
+    if parser is not None:
+        parsed = parser.parse(joined.text, final=True)
+        if parsed.tool_calls:
+            message["content"] = parsed.content.strip()
+            message["tool_calls"] = [call.to_openai() for call in parsed.tool_calls]
+            finish = _tool_finish(finish, True)
     choice = {
         "index": 0,
-        "message": {"role": "assistant", "content": joined.text},
+        "message": message,
         "logprobs": choice_logprobs(joined),
-        "finish_reason": last.finish_reason,
+        "finish_reason": finish,
     }
     return fmt.envelope(
         "chat.completion",
@@ -170,6 +164,55 @@ async def chat_completions(
         [choice],
         usage=fmt.usage(last.input_token_len, last.generate_token_len),
     )
+
+
+def _tool_finish(finish: str | None, called: bool) -> str | None:
+    """OpenAI reports a reply that called tools as 'tool_calls' (unless it ran out of room)."""
+    return "tool_calls" if called and finish == "stop" else finish
+
+
+async def _chat_events(
+    body: ChatCompletionRequest,
+    stream: RequestStream,
+    parser: ToolParser | None,
+    request_id: str,
+    model: str,
+    choice_logprobs: Callable[[GenOut], dict | None],
+) -> AsyncIterator[str]:
+    first, last, num_calls = True, None, 0
+    calls = ToolCallStream(parser) if parser is not None else None
+    async for out in stream:
+        content, new_calls = calls.feed(out.text) if calls else (out.text, [])
+        if calls and out.finish_reason is not None:
+            more, more_calls = calls.finish()
+            content, new_calls = content + more, new_calls + more_calls
+        delta: dict[str, Any] = (
+            {"role": "assistant", "content": content} if first else {"content": content}
+        )
+        if new_calls:
+            delta["tool_calls"] = [
+                {"index": num_calls + i, **call.to_openai()} for i, call in enumerate(new_calls)
+            ]
+            num_calls += len(new_calls)
+        first, last = False, out
+        choice = {
+            "index": 0,
+            "delta": delta,
+            "logprobs": choice_logprobs(out),
+            "finish_reason": _tool_finish(out.finish_reason, num_calls > 0),
+        }
+        yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [choice]))
+    if body.stream_options and body.stream_options.include_usage and last is not None:
+        yield fmt.sse(
+            fmt.envelope(
+                "chat.completion.chunk",
+                request_id,
+                model,
+                [],
+                usage=fmt.usage(last.input_token_len, last.generate_token_len),
+            )
+        )
+    yield fmt.sse("[DONE]")
 
 
 @router.post("/v1/completions")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +36,9 @@ class ModelSource:
 
 def embedded_model_file() -> Path:
     """The default model's GGUF file, found without importing its package."""
+    override = os.environ.get("LMDEPLOY_EMBEDDED_GGUF")  # where the package cannot be installed
+    if override:
+        return Path(override)
     spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFound(

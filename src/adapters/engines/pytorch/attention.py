@@ -30,6 +30,9 @@ class AttentionMetadata:
     context_slots: torch.Tensor | None = None
     context_mask: torch.Tensor | None = None
     decode_rows: torch.Tensor | None = None
+    # For the CUDA kernels: query offsets [num_seqs + 1] and the longest query of the step.
+    cu_seqlens_q: torch.Tensor | None = None
+    max_query_len: int = 1
 
 
 def decode_context(
@@ -138,6 +141,10 @@ def paged_attention(
     scale: float,
 ) -> torch.Tensor:
     """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim]."""
+    if q.is_cuda:
+        from .cuda_attention import paged_attention_cuda  # Triton: imported only where it runs
+
+        return paged_attention_cuda(q, k, v, k_cache, v_cache, meta, scale)
     write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
     slots, valid = meta.context_slots, meta.context_mask
     if meta.is_decode:

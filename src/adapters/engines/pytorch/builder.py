@@ -109,8 +109,26 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         torch.cuda.empty_cache()
     num_blocks = _num_blocks(config, model_cfg, device, dtype)
     logger.info(
-        "kv cache: %d blocks of %d tokens on %s (%s)", num_blocks, config.block_size, device, dtype
+        "kv cache: %d blocks of %d tokens (%d tokens at most in flight) on %s (%s)",
+        num_blocks,
+        config.block_size,
+        num_blocks * config.block_size,
+        device,
+        dtype,
     )
-    return BuiltModel(
-        PytorchModelRunner(model, num_blocks, config.block_size, device, dtype), model_cfg
+    runner = PytorchModelRunner(
+        model,
+        num_blocks,
+        config.block_size,
+        device,
+        dtype,
+        max_batch_size=config.max_batch_size or default_max_batch_size(device),
+        max_model_len=config.session_len or model_cfg.max_position_embeddings,
+        use_cuda_graphs=not config.eager_mode,
     )
+    return BuiltModel(runner, model_cfg)
+
+
+def default_max_batch_size(device: torch.device) -> int:
+    """As documented, 'set according to the device' when not given."""
+    return 256 if device.type == "cuda" else 32

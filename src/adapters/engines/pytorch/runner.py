@@ -9,6 +9,7 @@ import torch
 from ....application.ports import CacheGeometry, StepOutput
 from ....domain.scheduler import StepPlan
 from .attention import AttentionMetadata, decode_context
+from .cuda_graph import DecodeGraphs
 from .llama import LlamaForCausalLM
 from .rotary import rotary_cos_sin
 from .sampling import SamplingBatch, sample, top_logprobs
@@ -22,8 +23,12 @@ class PytorchModelRunner:
         block_size: int,
         device: torch.device,
         dtype: torch.dtype,
+        max_batch_size: int = 32,
+        max_model_len: int | None = None,
+        use_cuda_graphs: bool = False,
     ) -> None:
         cfg = model.config
+        self.max_batch_size = max_batch_size
         self.model = model
         self.device = device
         self.dtype = dtype
@@ -39,6 +44,13 @@ class PytorchModelRunner:
         self.cos, self.sin = rotary_cos_sin(
             cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, device
         )
+        self.graphs: DecodeGraphs | None = None
+        if use_cuda_graphs and device.type == "cuda":
+            max_len = max_model_len or cfg.max_position_embeddings
+            self.graphs = DecodeGraphs(
+                model, self.kv_caches, self.cos, self.sin, max_batch_size, -(-max_len // block_size)
+            )
+            self.graphs.capture()
 
     @property
     def cache(self) -> CacheGeometry:
@@ -76,7 +88,11 @@ class PytorchModelRunner:
             is_decode=all(q == 1 for q in query_lens),
             num_cached_list=cached,
         )
-        self._add_decode_context(meta, tensor)
+        if self.device.type == "cuda":
+            meta.cu_seqlens_q = tensor(list(itertools.accumulate(query_lens, initial=0)))
+            meta.max_query_len = max(query_lens)
+        else:
+            self._add_decode_context(meta, tensor)
         return tensor(input_ids), tensor(positions), meta
 
     def _add_decode_context(self, meta: AttentionMetadata, tensor) -> None:
@@ -98,11 +114,19 @@ class PytorchModelRunner:
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
         input_ids, positions, meta = self._prepare(plan)
-        hidden = self.model(
-            input_ids, self.cos[positions], self.sin[positions], self.kv_caches, meta
-        )
-        last = torch.tensor(meta.query_lens, device=self.device).cumsum(0) - 1
-        logits = self.model.compute_logits(hidden[last])
+        graphs = self.graphs
+        if (
+            graphs is not None
+            and meta.is_decode
+            and graphs.can_run(len(plan.seqs), meta.block_tables.shape[1])
+        ):
+            logits = graphs.run(input_ids, positions, meta)
+        else:
+            hidden = self.model(
+                input_ids, self.cos[positions], self.sin[positions], self.kv_caches, meta
+            )
+            last = torch.tensor(meta.query_lens, device=self.device).cumsum(0) - 1
+            logits = self.model.compute_logits(hidden[last])
         batch = SamplingBatch.from_seqs(plan.seqs, self.device)
         token_ids = sample(logits, batch)
         want = [s.sampling.logprobs for s in plan.seqs]

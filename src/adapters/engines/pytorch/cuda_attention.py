@@ -1,0 +1,41 @@
+"""Paged attention on CUDA through the Triton kernels of `lmdeploy.kernels`.
+
+Same contract as `attention.paged_attention`: new K/V go to their slots first, then every
+query attends to its whole cached context. Only tensors are read (no host lists), so the
+decode path can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ....kernels.kv_cache_write import kv_cache_write
+from ....kernels.paged_decode_attention import paged_decode_attention
+from ....kernels.paged_prefill_attention import paged_prefill_attention
+from .attention import AttentionMetadata
+
+
+def paged_attention_cuda(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
+    if meta.is_decode:
+        return paged_decode_attention(
+            q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale
+        )
+    return paged_prefill_attention(
+        q,
+        k_cache,
+        v_cache,
+        meta.block_tables,
+        meta.cu_seqlens_q,
+        meta.context_lens,
+        meta.max_query_len,
+        scale,
+    )

@@ -1,0 +1,10 @@
+"""Hermes / Qwen2.5 format: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`."""
+
+from __future__ import annotations
+
+from ._common import BlockParser
+
+
+class HermesToolParser(BlockParser):
+    begin = "<tool_call>"
+    end = "</tool_call>"

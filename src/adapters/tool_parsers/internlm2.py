@@ -1,0 +1,13 @@
+"""InternLM2 / 2.5 format: `<|action_start|><|plugin|>\n{"name": ..., "parameters": {...}}<|action_end|>`.
+
+The markers are special tokens, so the reply must be decoded with them kept."""
+
+from __future__ import annotations
+
+from ._common import BlockParser
+
+
+class InternLM2ToolParser(BlockParser):
+    begin = "<|action_start|><|plugin|>"
+    end = "<|action_end|>"
+    skip_special_tokens = False

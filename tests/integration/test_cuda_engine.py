@@ -1,0 +1,116 @@
+"""On a GPU: the engine (Triton kernels, CUDA graphs) gives the greedy output of the CPU
+engine and of transformers on CUDA. Skipped where there is no CUDA."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+GEN = GenerationConfig(max_new_tokens=16, ignore_eos=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A random GQA Llama saved as an HF directory, with its transformers twin on CUDA."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=1000,
+        hidden_size=256,
+        intermediate_size=512,
+        num_hidden_layers=4,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    path = tmp_path_factory.mktemp("tiny_llama")
+    model.save_pretrained(path)
+    _word_level_tokenizer(cfg.vocab_size).save_pretrained(path)
+    return path, model.cuda()
+
+
+def _word_level_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {f"w{i}": i for i in range(vocab_size)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="w0"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="w0", eos_token="w1")
+
+
+def _ids(n: int, seed: int) -> list[int]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(5, 1000, (n,), generator=gen).tolist()
+
+
+def _run(path, device_type: str, eager: bool, prompts):
+    config = PytorchEngineConfig(
+        device_type=device_type,
+        dtype="float32",
+        eager_mode=eager,
+        block_size=16,
+        session_len=1024,
+        max_batch_size=8,
+        cache_max_entry_count=0.2,
+    )
+    pipe = pipeline(str(path), backend_config=config)
+    try:
+        return [o.token_ids for o in pipe(prompts, gen_config=GEN)]
+    finally:
+        pipe.close()
+
+
+@pytest.mark.parametrize("eager", [True, False], ids=["eager", "cuda_graphs"])
+def test_tiny_model_matches_cpu_and_transformers(tiny_llama, eager):
+    path, hf = tiny_llama
+    prompts = [_ids(n, seed) for seed, n in enumerate([1, 15, 16, 17, 100, 300])]
+    ours_gpu = _run(path, "cuda", eager, prompts)
+    ours_cpu = _run(path, "cpu", True, prompts)
+    with torch.no_grad():
+        theirs = [
+            hf.generate(
+                torch.tensor([p], device="cuda"),
+                max_new_tokens=16,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )[0, len(p) :].tolist()
+            for p in prompts
+        ]
+    assert ours_gpu == theirs
+    assert ours_gpu == ours_cpu
+
+
+def test_default_model_on_cuda_matches_the_cpu_engine():
+    from lmdeploy.adapters.loaders.model_source import ModelNotFound, embedded_model_file
+
+    try:
+        embedded_model_file()
+    except ModelNotFound:
+        pytest.skip("the embedded model is not installed here")
+    prompts = ["Hi, pls intro yourself", "Shanghai is", "Write a haiku about the sea."]
+
+    def run(device_type: str):
+        config = PytorchEngineConfig(
+            device_type=device_type,
+            dtype="float32",
+            session_len=1024,
+            max_batch_size=8,
+            cache_max_entry_count=0.2,
+        )
+        pipe = pipeline(None, backend_config=config)
+        try:
+            return [
+                o.token_ids for o in pipe(prompts, gen_config=GenerationConfig(max_new_tokens=24))
+            ]
+        finally:
+            pipe.close()
+
+    assert run("cuda") == run("cpu")
