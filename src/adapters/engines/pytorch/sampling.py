@@ -15,10 +15,10 @@ from ....domain.sequence import Sequence
 
 @dataclass
 class SamplingBatch:
-    temperature: torch.Tensor  # [B]
-    top_k: torch.Tensor  # [B] 0 = off
-    top_p: torch.Tensor  # [B]
-    min_p: torch.Tensor  # [B]
+    temperature: torch.Tensor | None  # [B]; the four columns are None when all rows are greedy
+    top_k: torch.Tensor | None  # [B] 0 = off
+    top_p: torch.Tensor | None  # [B]
+    min_p: torch.Tensor | None  # [B]
     repetition_penalty: torch.Tensor | None  # [B] or None when all 1
     all_greedy: bool
     seqs: list[Sequence]
@@ -36,13 +36,17 @@ class SamplingBatch:
 
         penalties = [p.repetition_penalty for p in params]
         sampling = [p for p in params if p.temperature > 0]
+        all_greedy = all(p.is_greedy for p in params)
+        # An all-greedy step (the common decode case) needs none of the per-row columns: each
+        # would be a host-to-device copy per step for nothing.
+        maybe = (lambda values, dtype=torch.float32: None) if all_greedy else col
         return cls(
-            temperature=col([p.temperature for p in params]),
-            top_k=col([p.top_k for p in params], torch.int64),
-            top_p=col([p.top_p for p in params]),
-            min_p=col([p.min_p for p in params]),
+            temperature=maybe([p.temperature for p in params]),
+            top_k=maybe([p.top_k for p in params], torch.int64),
+            top_p=maybe([p.top_p for p in params]),
+            min_p=maybe([p.min_p for p in params]),
             repetition_penalty=None if all(x == 1.0 for x in penalties) else col(penalties),
-            all_greedy=all(p.is_greedy for p in params),
+            all_greedy=all_greedy,
             seqs=seqs,
             any_filter=any(p.top_k > 0 or p.top_p < 1 or p.min_p > 0 for p in sampling),
             max_top_k=max((p.top_k for p in sampling), default=0)

@@ -1,0 +1,20 @@
+"""The model's elementwise work on CUDA as fused Triton kernels (fewer, larger launches).
+
+Torch spells RMSNorm, rotary and SiLU-and-mul as chains of small kernels; in a decode step of
+an 8B model those chains were most of the kernel count. Imported only where CUDA runs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ....kernels.rms_norm import fused_add_rms_norm, rms_norm
+from ....kernels.rotary import rotary
+from ....kernels.silu_and_mul import silu_and_mul
+
+__all__ = ["fused_add_rms_norm", "rms_norm", "rotary_qk", "silu_and_mul"]
+
+
+def rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """Rotate q [tokens, heads, dim] and k [tokens, kv_heads, dim] in place (cos/sin per token)."""
+    rotary(q, k, cos, sin, positions=None, inplace=True)
