@@ -6,10 +6,21 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..domain.errors import InvalidArgument
+from ..domain.errors import InvalidArgument, PromptTooLong
 from ..domain.sequence import Sequence
 from .configs import GenerationConfig
 from .generation import GenerationService, GenOut
+
+
+def _too_long(exc: PromptTooLong) -> GenOut:
+    return GenOut(
+        text="",
+        token_ids=[],
+        input_token_len=exc.num_tokens,
+        generate_token_len=0,
+        finish_reason="length",
+        error=str(exc),
+    )
 
 
 class SessionBusy(InvalidArgument):
@@ -72,8 +83,13 @@ class SessionManager:
     async def chat(
         self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
     ) -> AsyncIterator[GenOut]:
-        """One turn of session `session_id`; its history and cache stay for the next turn."""
-        live, turn, request = self._begin(session_id, prompt, gen_config)
+        """One turn of session `session_id`; its history and cache stay for the next turn.
+        A turn that would pass session_len ends at once with finish_reason 'length'."""
+        try:
+            live, turn, request = self._begin(session_id, prompt, gen_config)
+        except PromptTooLong as exc:
+            yield _too_long(exc)
+            return
         try:
             reply = []
             async for out in self.service.submit(request, asynchronous=True, resume=live.seq):
@@ -87,7 +103,11 @@ class SessionManager:
         self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
     ) -> Iterator[GenOut]:
         """`chat` for synchronous callers (the pipeline, the CLI)."""
-        live, turn, request = self._begin(session_id, prompt, gen_config)
+        try:
+            live, turn, request = self._begin(session_id, prompt, gen_config)
+        except PromptTooLong as exc:
+            yield _too_long(exc)
+            return
         try:
             reply = []
             for out in self.service.submit(request, resume=live.seq):

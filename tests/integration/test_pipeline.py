@@ -161,3 +161,10 @@ def test_chat_turn_two_prefills_only_new_tokens_and_matches_a_fresh_run(default_
     session.close()
     deltas = list(default_pipe.chat("Hello", gen_config=gen, stream_response=True))
     assert "".join(d.text for d in deltas)
+
+
+def test_a_chat_turn_past_session_len_finishes_with_length(default_pipe):
+    session = default_pipe.chat("word " * 1500, gen_config=GenerationConfig(max_new_tokens=4))
+    session = default_pipe.chat("word " * 1500, session=session, gen_config=GenerationConfig(max_new_tokens=4))
+    assert session.response.finish_reason == "length" and session.response.generate_token_len == 0
+    session.close()
