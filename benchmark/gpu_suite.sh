@@ -18,7 +18,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 for part in "$@"; do
   case "$part" in
     tests) python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda_engine.py 2>&1 | tee "$OUT/cuda_tests.log" ;;
-    generation) python3 benchmark/gpu_generation.py --output "$OUT/profile_generation_cuda.json" 2>&1 | tee "$OUT/profile_generation_cuda.log" ;;
+    generation) python3 benchmark/profile_generation.py --device cuda --load-format dummy --model-config llama-3-8b --output "$OUT/profile_generation_cuda.json" 2>&1 | tee "$OUT/profile_generation_cuda.log" ;;
     throughput) python3 benchmark/profile_throughput.py --device cuda --load-format dummy --model llama-3-8b \
         --hf-requests 64 --output "$OUT/profile_throughput_cuda.json" 2>&1 | tee "$OUT/profile_throughput_cuda.log" ;;
   esac
