@@ -191,7 +191,9 @@ class GenerationService:
         single, multi = self._split_stop_words(stop_words)
         return PreparedRequest(
             input_ids=input_ids,
-            sampling=gen_config.to_sampling_params(stop_token_ids=single),
+            sampling=gen_config.to_sampling_params(
+                stop_token_ids=single, bad_token_ids=self._bad_word_ids(gen_config.bad_words or [])
+            ),
             stop_words=[w for w in multi if w in (gen_config.stop_words or [])],
             skip_special_tokens=gen_config.skip_special_tokens,
         )
@@ -212,6 +214,24 @@ class GenerationService:
             "prompts",
             f"expected a str, a list of message dicts or a list of token ids, got {type(prompt).__name__}",
         )
+
+    def _bad_word_ids(self, words: list[str]) -> list[int]:
+        """Each bad word, bare and after a space, as the single token the model would emit."""
+        banned = []
+        for word in words:
+            forms = [
+                self.tokenizer.encode(w, add_special_tokens=False)
+                for w in (word, " " + word.lstrip())
+            ]
+            singles = [ids[0] for ids in forms if len(ids) == 1]
+            if not singles:
+                raise InvalidArgument(
+                    "bad_words",
+                    f"{word!r} is several tokens; only words that are one token can be banned "
+                    "(pass its token ids as bad_token_ids to ban pieces)",
+                )
+            banned += singles
+        return banned
 
     def _split_stop_words(self, words: list[str]) -> tuple[list[int], list[str]]:
         """Stop words that are one token become stop token ids; the rest are matched in text."""

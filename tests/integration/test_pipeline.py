@@ -165,6 +165,33 @@ def test_chat_turn_two_prefills_only_new_tokens_and_matches_a_fresh_run(default_
 
 def test_a_chat_turn_past_session_len_finishes_with_length(default_pipe):
     session = default_pipe.chat("word " * 1500, gen_config=GenerationConfig(max_new_tokens=4))
-    session = default_pipe.chat("word " * 1500, session=session, gen_config=GenerationConfig(max_new_tokens=4))
+    session = default_pipe.chat(
+        "word " * 1500, session=session, gen_config=GenerationConfig(max_new_tokens=4)
+    )
     assert session.response.finish_reason == "length" and session.response.generate_token_len == 0
     session.close()
+
+
+def test_bad_words_are_never_generated(default_pipe):
+    prompt = "Name three colors."
+    base = default_pipe(prompt, gen_config=GenerationConfig(max_new_tokens=30))
+    word = next(w for w in base.text.split() if w.isalpha() and len(w) > 2)  # e.g. "Red"
+    banned = default_pipe(prompt, gen_config=GenerationConfig(max_new_tokens=30, bad_words=[word]))
+    assert word not in banned.text.split() and banned.text != base.text
+    with pytest.raises(InvalidArgument, match="bad_words"):
+        default_pipe(
+            prompt, gen_config=GenerationConfig(bad_words=["antidisestablishmentarianism"])
+        )
+
+
+def test_cjk_and_emoji_stream_without_replacement_characters(default_pipe):
+    # A repeated pattern as a raw completion: the model continues it with CJK and emoji, whose
+    # UTF-8 bytes span several byte-level tokens.
+    prompt = "你好，世界！😀 你好，世界！😀 你好，世界！😀 你好，世界！"
+    gen = GenerationConfig(max_new_tokens=40)
+    deltas = list(default_pipe.stream_infer([prompt], gen_config=gen, do_preprocess=False))
+    text = "".join(d.text for d in deltas)
+    assert all("\ufffd" not in d.text for d in deltas)
+    assert any(ord(c) > 0x2E80 for c in text), "the model was meant to emit CJK or emoji"
+    assert "😀" in text
+    assert text == default_pipe(prompt, gen_config=gen, do_preprocess=False).text
