@@ -43,8 +43,16 @@ def rotary_cos_sin(
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [tokens, heads, head_dim]; cos/sin: [tokens, head_dim] already indexed by position."""
+    """x: [tokens, heads, head_dim]; cos/sin: [tokens, head_dim] already indexed by position.
+
+    `x * cos + rotate_half(x) * sin`, as HF writes it, with the rotate-half term added per half
+    in place: bit for bit the same numbers (negating a product and adding is subtracting it),
+    without the concatenated copy and its temporaries (about 2% of a CPU prefill).
+    """
     half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-    return (x.float() * cos + rotated.float() * sin).to(x.dtype)
+    x32 = x.float()
+    out = x32 * cos.unsqueeze(1)
+    sin = sin.unsqueeze(1)
+    out[..., :half] -= x32[..., half:] * sin[..., :half]
+    out[..., half:] += x32[..., :half] * sin[..., half:]
+    return out.to(x.dtype)
