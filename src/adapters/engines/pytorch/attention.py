@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .cpu_attention import paged_decode_attention_cpu
+
 
 @dataclass
 class AttentionMetadata:
@@ -25,8 +27,11 @@ class AttentionMetadata:
     context_lens_list: list[int]
     is_decode: bool  # every sequence computes exactly one token
     num_cached_list: list[int]
-    # Built once per step for every layer, for the sequences that compute one token (see
-    # `decode_context`); `decode_rows` are their rows in a step that also has longer queries.
+    # Built once per step for every layer, for the sequences that compute one token: their
+    # block tables and context lengths, and (for the torch path, see `decode_context`) their
+    # context slots and mask; `decode_rows` are their rows in a step that also has longer queries.
+    decode_tables: torch.Tensor | None = None
+    decode_lens: torch.Tensor | None = None
     context_slots: torch.Tensor | None = None
     context_mask: torch.Tensor | None = None
     decode_rows: torch.Tensor | None = None
@@ -66,6 +71,27 @@ def _gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
 
 
 def _decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence, q [seqs, heads, dim]: the C kernel where it runs, else
+    the torch path over a padded copy of the contexts."""
+    tables, lens = meta.decode_tables, meta.decode_lens
+    if tables is None or lens is None:  # metadata built by hand: an all-decode step
+        tables, lens = meta.block_tables, meta.context_lens
+    out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, lens, scale)
+    if out is not None:
+        return out
+    slots, valid = meta.context_slots, meta.context_mask
+    if slots is None or valid is None:
+        slots, valid = decode_context(tables, lens, int(lens.max()), k_cache.shape[1])
+    return decode_attention_torch(q, k_cache, v_cache, slots, valid, scale)
+
+
+def decode_attention_torch(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
@@ -146,17 +172,12 @@ def paged_attention(
 
         return paged_attention_cuda(q, k, v, k_cache, v_cache, meta, scale)
     write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
-    slots, valid = meta.context_slots, meta.context_mask
     if meta.is_decode:
-        if slots is None or valid is None:  # metadata built by hand
-            slots, valid = decode_context(
-                meta.block_tables, meta.context_lens, max(meta.context_lens_list), k_cache.shape[1]
-            )
-        return _decode_attention(q, k_cache, v_cache, slots, valid, scale)
+        return _decode_attention(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)
     if meta.decode_rows is not None:
-        assert slots is not None and valid is not None, "decode_rows come with their context"
+        assert meta.decode_tables is not None, "decode_rows come with their tables"
         rows = meta.decode_rows
-        out[rows] = _decode_attention(q[rows], k_cache, v_cache, slots, valid, scale)
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, meta, scale)
     _prefill_attention(out, q, k, v, k_cache, v_cache, meta, scale)
     return out

@@ -9,6 +9,7 @@ import torch
 from ....application.ports import CacheGeometry, StepOutput
 from ....domain.scheduler import StepPlan
 from .attention import AttentionMetadata, decode_context
+from .cpu_attention import cpu_decode_kernel_available
 from .cuda_graph import DecodeGraphs
 from .llama import LlamaForCausalLM
 from .rotary import rotary_cos_sin
@@ -106,10 +107,12 @@ class PytorchModelRunner:
             tables, lens = tables[rows], lens[rows]
             starts = list(itertools.accumulate(meta.query_lens, initial=0))
             meta.decode_rows = tensor([starts[i] for i in single])
-        max_len = max(meta.context_lens_list[i] for i in single)
-        meta.context_slots, meta.context_mask = decode_context(
-            tables, lens, max_len, self._cache.block_size
-        )
+        meta.decode_tables, meta.decode_lens = tables, lens
+        if not cpu_decode_kernel_available():  # the torch path reads a padded copy
+            max_len = max(meta.context_lens_list[i] for i in single)
+            meta.context_slots, meta.context_mask = decode_context(
+                tables, lens, max_len, self._cache.block_size
+            )
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:

@@ -1,0 +1,86 @@
+"""Decode attention on the CPU through the C kernel `csrc/paged_decode_attention.c`.
+
+`paged_decode_attention_cpu` returns None when the kernel does not apply (no compiler, not
+float32, layouts it does not take); the caller then runs the torch path, which is also this
+kernel's reference in the tests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import torch
+
+from . import cpu_kernels
+
+_i64, _f32p, _i64p = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int64)
+
+
+@functools.cache
+def _kernel():
+    lib = cpu_kernels.load("paged_decode_attention")
+    if lib is None:
+        return None
+    fn = lib.paged_decode_attention_f32
+    fn.restype = ctypes.c_int
+    fn.argtypes = [_f32p, _i64, _f32p, _f32p, _i64p, _i64p, _f32p]
+    fn.argtypes += [_i64] * 6 + [ctypes.c_float, ctypes.c_int]
+    return fn
+
+
+def _ptr(t: torch.Tensor, kind):
+    return ctypes.cast(t.data_ptr(), kind)
+
+
+def paged_decode_attention_cpu(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    context_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor | None:
+    """q: [seqs, heads, dim] (tokens may be strided, heads and dims contiguous); caches
+    `[num_blocks, block_size, kv_heads, dim]`; block_tables [seqs, max_blocks] and
+    context_lens [seqs] int64. Returns [seqs, heads, dim], or None if the kernel can't run."""
+    fn = _kernel()
+    if (
+        fn is None
+        or q.dtype != torch.float32
+        or k_cache.dtype != torch.float32
+        or q.device.type != "cpu"
+        or q.stride(2) != 1
+        or q.stride(1) != q.shape[2]
+        or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+    ):
+        return None
+    num_seqs, num_heads, head_dim = q.shape
+    _, block_size, num_kv_heads, _ = k_cache.shape
+    block_tables = block_tables.contiguous()
+    context_lens = context_lens.contiguous()
+    out = torch.empty(num_seqs, num_heads, head_dim, dtype=q.dtype)
+    status = fn(
+        _ptr(q, _f32p),
+        q.stride(0),
+        _ptr(k_cache, _f32p),
+        _ptr(v_cache, _f32p),
+        _ptr(block_tables, _i64p),
+        _ptr(context_lens, _i64p),
+        _ptr(out, _f32p),
+        num_seqs,
+        num_heads,
+        num_kv_heads,
+        head_dim,
+        block_size,
+        block_tables.shape[1],
+        scale,
+        torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError("paged_decode_attention_f32: out of memory for its score buffers")
+    return out
+
+
+def cpu_decode_kernel_available() -> bool:
+    return _kernel() is not None
