@@ -59,7 +59,11 @@ def _union(intervals: list[tuple[float, float]]) -> float:
 def analyze(trace: dict) -> list[dict]:
     """Per decode step: wall, GPU busy, GPU span, busy share and the gap before it (us)."""
     events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
-    steps = sorted((e["ts"], e["ts"] + e["dur"]) for e in events if e.get("name") == "decode_step")
+    steps = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("name") == "decode_step" and e.get("cat") == "user_annotation"
+    )
     starts = [s for s, _ in steps]
     launch_ts = {
         e["args"]["correlation"]: e["ts"]
