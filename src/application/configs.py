@@ -120,6 +120,9 @@ class PytorchEngineConfig:
     revision: str | None = None
     quant_policy: Literal[0, 4, 8] = 0
     load_format: str = "auto"
+    # Not a documented argument: TurbomindEngineConfig.rope_scaling_factor arrives here through
+    # `to_pytorch` (an HF-style rope_scaling dict that overrides the model's own).
+    rope_scaling: dict[str, Any] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         _check_common(self)
@@ -175,20 +178,26 @@ class TurbomindEngineConfig:
             raise InvalidArgument(
                 "cache_block_seq_len", f"must be >= 1, got {self.cache_block_seq_len}"
             )
+        if self.rope_scaling_factor != 0 and not self.rope_scaling_factor >= 1.0:
+            raise InvalidArgument(
+                "rope_scaling_factor",
+                f"must be 0 (off) or >= 1.0 (dynamic NTK), got {self.rope_scaling_factor}",
+            )
 
     def to_pytorch(self) -> PytorchEngineConfig:
-        """The PyTorch engine runs a TurboMind config when CUDA or TurboMind is missing."""
+        """The PyTorch engine runs a TurboMind config when CUDA or TurboMind is missing.
+        `rope_scaling_factor` turns on dynamic NTK rope with that factor, as transformers'
+        `rope_scaling={"rope_type": "dynamic", "factor": f}` does."""
         _reject_unsupported(
             self,
             {
                 "tp": 1,
                 "quant_policy": 0,
                 "model_format": "hf",
-                "rope_scaling_factor": 0.0,
                 "use_logn_attn": False,
             },
         )
-        return PytorchEngineConfig(
+        config = PytorchEngineConfig(
             dtype=self.dtype,
             session_len=self.session_len,
             max_batch_size=self.max_batch_size,
@@ -199,6 +208,12 @@ class TurbomindEngineConfig:
             revision=self.revision,
             enable_prefix_caching=self.enable_prefix_caching,
         )
+        if self.rope_scaling_factor:
+            config.rope_scaling = {
+                "rope_type": "dynamic",
+                "factor": float(self.rope_scaling_factor),
+            }
+        return config
 
 
 @dataclass

@@ -33,6 +33,7 @@ ENGINE_FIELDS = (
     "eager_mode",
     "load_format",
     "num_gpu_blocks",
+    "rope_scaling_factor",
 )
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_p")
 

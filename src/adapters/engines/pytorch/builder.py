@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import torch
@@ -96,6 +96,8 @@ def build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
 
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     model_cfg, weights = open_checkpoint(source)
+    if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
+        model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
     device = pick_device(config)
     dtype = pick_dtype(config, model_cfg, device)
     with torch.device("meta"):

@@ -2,9 +2,9 @@
 
 A decode step of an 8B model launches hundreds of small kernels; replaying a graph removes
 the CPU's launch cost between them. Inputs live in static buffers sized for the largest
-bucket; a step of B sequences copies its inputs in, pads to the next bucket (padding rows
-write to no slot and attend to one cached token) and replays. Logits stay inside the graph;
-sampling runs after it, per step.
+bucket (`DecodeInputs`: one pinned host buffer, one copy a step); a step of B sequences
+writes its rows, pads to the next bucket (padding rows write to no slot and attend to one
+cached token) and replays. Logits stay inside the graph; sampling runs after it, per step.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ import logging
 
 import torch
 
+from ....domain.sequence import Sequence
 from .attention import AttentionMetadata
+from .decode_inputs import DecodeInputs
 from .llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
@@ -34,36 +36,31 @@ class DecodeGraphs:
         sin: torch.Tensor,
         max_batch_size: int,
         max_blocks_per_seq: int,
+        block_size: int,
     ) -> None:
         self.model = model
         self.kv_caches = kv_caches
         self.cos, self.sin = cos, sin
         self.sizes = bucket_sizes(max_batch_size)
-        device = cos.device
-        n = self.sizes[-1]
-        self.input_ids = torch.zeros(n, dtype=torch.int64, device=device)
-        self.positions = torch.zeros(n, dtype=torch.int64, device=device)
-        self.slot_mapping = torch.full((n,), -1, dtype=torch.int64, device=device)
-        self.block_tables = torch.zeros(n, max_blocks_per_seq, dtype=torch.int64, device=device)
-        self.context_lens = torch.ones(n, dtype=torch.int64, device=device)
-        self.max_blocks_per_seq = max_blocks_per_seq
+        self.inputs = DecodeInputs(self.sizes[-1], max_blocks_per_seq, block_size, cos.device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.logits: dict[int, torch.Tensor] = {}
         self.pool = None
 
     def _forward(self, size: int) -> torch.Tensor:
+        inputs = self.inputs
         meta = AttentionMetadata(
-            slot_mapping=self.slot_mapping[:size],
-            block_tables=self.block_tables[:size],
-            context_lens=self.context_lens[:size],
+            slot_mapping=inputs.slot_mapping[:size],
+            block_tables=inputs.block_tables[:size],
+            context_lens=inputs.context_lens[:size],
             query_lens=[1] * size,
             context_lens_list=[],
             is_decode=True,
             num_cached_list=[],
         )
-        positions = self.positions[:size]
+        positions = inputs.positions[:size]
         hidden = self.model(
-            self.input_ids[:size], self.cos[positions], self.sin[positions], self.kv_caches, meta
+            inputs.input_ids[:size], self.cos[positions], self.sin[positions], self.kv_caches, meta
         )
         return self.model.compute_logits(hidden)
 
@@ -84,22 +81,12 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.sizes)
 
-    def can_run(self, num_seqs: int, max_blocks: int) -> bool:
-        return num_seqs <= self.sizes[-1] and max_blocks <= self.max_blocks_per_seq
+    def can_run(self, seqs: list[Sequence]) -> bool:
+        return self.inputs.fits(seqs)
 
-    def run(
-        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata
-    ) -> torch.Tensor:
-        """Logits [num_seqs, vocab] of one decode step."""
-        num_seqs = input_ids.shape[0]
-        size = self.sizes[bisect.bisect_left(self.sizes, num_seqs)]
-        width = meta.block_tables.shape[1]
-        self.input_ids[:num_seqs].copy_(input_ids)
-        self.positions[:num_seqs].copy_(positions)
-        self.slot_mapping[:num_seqs].copy_(meta.slot_mapping)
-        self.slot_mapping[num_seqs:size].fill_(-1)
-        self.block_tables[:num_seqs, :width].copy_(meta.block_tables)
-        self.context_lens[:num_seqs].copy_(meta.context_lens)
-        self.context_lens[num_seqs:size].fill_(1)
+    def run(self, seqs: list[Sequence]) -> torch.Tensor:
+        """Logits [num_seqs, vocab] of one decode step of `seqs` (one new token each)."""
+        size = self.sizes[bisect.bisect_left(self.sizes, len(seqs))]
+        self.inputs.load(seqs)
         self.graphs[size].replay()
-        return self.logits[size][:num_seqs]
+        return self.logits[size][: len(seqs)]

@@ -102,15 +102,26 @@ class DecoderLayer(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x, cos, sin, kv_cache, meta) -> torch.Tensor:
-        h = self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
-        if h.is_cuda:  # the residual add and the norm in one pass
-            from .cuda_ops import fused_add_rms_norm
-
-            norm = self.post_attention_layernorm
-            normed, x = fused_add_rms_norm(h, x, norm.weight, norm.eps)
-            return x + self.mlp(normed)
-        x = x + h
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+    def forward_cuda(
+        self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, kv_cache, meta
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each residual add fused into the norm that follows it: `h` is the previous layer's
+        MLP output (the embeddings for the first layer, with residual None). Returns this
+        layer's MLP output and the residual stream before it (same numbers as `forward`)."""
+        from .cuda_ops import fused_add_rms_norm, rms_norm
+
+        norm = self.input_layernorm
+        if residual is None:
+            normed, residual = rms_norm(h, norm.weight, norm.eps), h
+        else:
+            normed, residual = fused_add_rms_norm(h, residual, norm.weight, norm.eps)
+        h = self.self_attn(normed, cos, sin, kv_cache, meta)
+        norm = self.post_attention_layernorm
+        normed, residual = fused_add_rms_norm(h, residual, norm.weight, norm.eps)
+        return self.mlp(normed), residual
 
 
 # HF name fragment -> (our fused parameter, shard index); shard order fixes the slice.
@@ -146,6 +157,13 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states of every new token: [num_tokens, hidden_size]."""
         x = self.embed_tokens(input_ids)
+        if x.is_cuda:
+            from .cuda_ops import fused_add_rms_norm
+
+            residual = None
+            for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+                x, residual = layer.forward_cuda(x, residual, cos, sin, kv_cache, meta)
+            return fused_add_rms_norm(x, residual, self.norm.weight, self.norm.eps)[0]
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x = layer(x, cos, sin, kv_cache, meta)
         return self.norm(x)

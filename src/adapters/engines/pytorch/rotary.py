@@ -1,4 +1,22 @@
-"""Rotary position embedding (rotate-half convention, as HF Llama), with Llama 3 scaling."""
+"""Rotary position embedding (rotate-half convention, as HF Llama): Llama 3, linear and
+dynamic NTK scaling.
+
+Dynamic NTK (HF `rope_type: dynamic`, or TurboMind's `rope_scaling_factor`) raises the base
+once a sequence outgrows `max_position_embeddings` (M): at length L > M the base is
+`theta * (factor * L / M - (factor - 1)) ** (dim / (dim - 2))`. transformers recomputes it in
+every forward from `max(position_ids) + 1`, i.e. from the longest sequence of its batch; the
+keys already in its KV cache keep the rotation of the step that computed them. Our paged
+engine takes L per sequence, at each step: the sequence's length once this step's tokens are
+in (a whole prompt at prefill, `position + 1` at decode). At batch 1 that is exactly what
+transformers does; in a batch, a sequence's numbers do not depend on who shares its step
+(transformers' do). A chunked prefill uses the length at the end of each chunk, as
+transformers would if fed the same chunks, and a reused prefix keeps the rotation it was
+cached with.
+
+Since a decode token's length is its position + 1, the decode table is still indexed by
+position alone (row p rotated with the base of length max(p + 1, M)), so CUDA graphs read it
+as before; only a prefill step past M builds its own cos/sin per token (`RotaryTables.at`).
+"""
 
 from __future__ import annotations
 
@@ -21,25 +39,97 @@ def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.T
     return torch.where(is_mid, mid, scaled)
 
 
+def _rope_kind(scaling: dict[str, Any] | None) -> str | None:
+    return (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+
+
+def _inv_freq(head_dim: int, theta: float) -> torch.Tensor:
+    return 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
+
+
+def dynamic_ntk_inv_freq(
+    head_dim: int, theta: float, factor: float, max_trained: int, seq_lens: torch.Tensor
+) -> torch.Tensor:
+    """Inverse frequencies [n, head_dim / 2] (float64) for sequences of lengths `seq_lens` [n]:
+    transformers' `_compute_dynamic_ntk_parameters`, the base unchanged up to `max_trained`."""
+    lens = seq_lens.to(torch.float64).clamp_min(max_trained)
+    base = theta * (factor * lens / max_trained - (factor - 1)) ** (head_dim / (head_dim - 2))
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.float64, device=lens.device) / head_dim
+    return 1.0 / base[:, None] ** exponent[None, :]
+
+
+def _cos_sin(freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    emb = torch.cat([freqs, freqs], dim=-1)
+    return emb.cos().float(), emb.sin().float()
+
+
 def rotary_cos_sin(
     head_dim: int,
     max_positions: int,
     theta: float,
     scaling: dict[str, Any] | None,
     device: torch.device,
+    max_trained: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin tables of shape [max_positions, head_dim], float32."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)
-    kind = (scaling or {}).get("rope_type", (scaling or {}).get("type"))
+    """cos and sin tables of shape [max_positions, head_dim], float32. With dynamic NTK, row
+    p is rotated with the base of a sequence of p + 1 tokens (the decode step that computes
+    position p), `max_trained` being the model's `max_position_embeddings`."""
+    kind = _rope_kind(scaling)
+    positions = torch.arange(max_positions, dtype=torch.float64)
+    if kind == "dynamic":
+        assert max_trained is not None, "dynamic NTK needs max_position_embeddings"
+        inv_freq = dynamic_ntk_inv_freq(
+            head_dim, theta, scaling["factor"], max_trained, positions + 1
+        )
+        cos, sin = _cos_sin(positions[:, None] * inv_freq)
+        return cos.to(device), sin.to(device)
+    inv_freq = _inv_freq(head_dim, theta)
     if kind == "llama3":
         inv_freq = _llama3_inv_freq(inv_freq, scaling)
     elif kind == "linear":
         inv_freq = inv_freq / scaling["factor"]
     elif kind is not None:
         raise NotImplementedError(f"rope_scaling type {kind!r} is not supported yet")
-    freqs = torch.outer(torch.arange(max_positions, dtype=torch.float64), inv_freq)
-    emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().float().to(device), emb.sin().float().to(device)
+    cos, sin = _cos_sin(torch.outer(positions, inv_freq))
+    return cos.to(device), sin.to(device)
+
+
+class RotaryTables:
+    """The model's cos/sin by position, and per token where the rotation depends on length."""
+
+    def __init__(
+        self,
+        head_dim: int,
+        max_positions: int,
+        theta: float,
+        scaling: dict[str, Any] | None,
+        max_trained: int,
+        device: torch.device,
+    ) -> None:
+        self.head_dim, self.theta, self.max_trained = head_dim, theta, max_trained
+        self.dynamic_factor = scaling["factor"] if _rope_kind(scaling) == "dynamic" else None
+        self.cos, self.sin = rotary_cos_sin(
+            head_dim, max_positions, theta, scaling, device, max_trained
+        )
+
+    def needs_lengths(self, context_lens: list[int], is_decode: bool) -> bool:
+        """Whether this step's cos/sin differ from the table: a prefill past M under dynamic NTK."""
+        return (
+            self.dynamic_factor is not None
+            and not is_decode
+            and max(context_lens) > self.max_trained
+        )
+
+    def at(
+        self, positions: torch.Tensor, seq_lens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [tokens, head_dim] of tokens at `positions` in sequences of `seq_lens`."""
+        if self.dynamic_factor is None:
+            return self.cos[positions], self.sin[positions]
+        inv_freq = dynamic_ntk_inv_freq(
+            self.head_dim, self.theta, self.dynamic_factor, self.max_trained, seq_lens
+        )
+        return _cos_sin(positions.to(torch.float64)[:, None] * inv_freq)
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

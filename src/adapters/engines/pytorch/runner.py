@@ -12,7 +12,7 @@ from .attention import AttentionMetadata, decode_context
 from .cpu_attention import cpu_decode_kernel_available
 from .cuda_graph import DecodeGraphs
 from .llama import LlamaForCausalLM
-from .rotary import rotary_cos_sin
+from .rotary import RotaryTables
 from .sampling import SamplingBatch, sample, top_logprobs
 
 
@@ -42,14 +42,25 @@ class PytorchModelRunner:
             )
             for _ in range(cfg.num_hidden_layers)
         ]
-        self.cos, self.sin = rotary_cos_sin(
-            cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling, device
+        max_len = max_model_len or cfg.max_position_embeddings
+        self.rope = RotaryTables(
+            cfg.head_dim,
+            max(max_len, cfg.max_position_embeddings),
+            cfg.rope_theta,
+            cfg.rope_scaling,
+            cfg.max_position_embeddings,
+            device,
         )
         self.graphs: DecodeGraphs | None = None
         if use_cuda_graphs and device.type == "cuda":
-            max_len = max_model_len or cfg.max_position_embeddings
             self.graphs = DecodeGraphs(
-                model, self.kv_caches, self.cos, self.sin, max_batch_size, -(-max_len // block_size)
+                model,
+                self.kv_caches,
+                self.rope.cos,
+                self.rope.sin,
+                max_batch_size,
+                -(-max_len // block_size),
+                block_size,
             )
             self.graphs.capture()
 
@@ -114,22 +125,34 @@ class PytorchModelRunner:
                 tables, lens, max_len, self._cache.block_size
             )
 
+    def _cos_sin(
+        self, positions: torch.Tensor, meta: AttentionMetadata
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        rope = self.rope
+        if rope.needs_lengths(meta.context_lens_list, meta.is_decode):
+            query_lens = torch.tensor(meta.query_lens, device=self.device)
+            return rope.at(positions, meta.context_lens.repeat_interleave(query_lens))
+        return rope.cos[positions], rope.sin[positions]
+
+    def _forward(self, plan: StepPlan) -> torch.Tensor:
+        """Logits [num_seqs, vocab] of the step's last tokens: a graph replay for a decode step
+        (inputs staged in one copy), else the eager model over the flattened plan."""
+        graphs = self.graphs
+        if graphs is not None and all(n == 1 for n in plan.num_scheduled):
+            if graphs.can_run(plan.seqs):
+                return graphs.run(plan.seqs)
+        input_ids, positions, meta = self._prepare(plan)
+        cos, sin = self._cos_sin(positions, meta)
+        hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
+        if meta.cu_seqlens_q is not None:
+            last = meta.cu_seqlens_q[1:] - 1
+        else:
+            last = torch.tensor(meta.query_lens, device=self.device).cumsum(0) - 1
+        return self.model.compute_logits(hidden[last])
+
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
-        input_ids, positions, meta = self._prepare(plan)
-        graphs = self.graphs
-        if (
-            graphs is not None
-            and meta.is_decode
-            and graphs.can_run(len(plan.seqs), meta.block_tables.shape[1])
-        ):
-            logits = graphs.run(input_ids, positions, meta)
-        else:
-            hidden = self.model(
-                input_ids, self.cos[positions], self.sin[positions], self.kv_caches, meta
-            )
-            last = torch.tensor(meta.query_lens, device=self.device).cumsum(0) - 1
-            logits = self.model.compute_logits(hidden[last])
+        logits = self._forward(plan)
         batch = SamplingBatch.from_seqs(plan.seqs, self.device)
         token_ids = sample(logits, batch)
         want = [s.sampling.logprobs for s in plan.seqs]

@@ -122,6 +122,11 @@ def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:
         return greedy
+    if logits.is_cuda:  # the fused Triton kernel, where it is faster (CUDA only)
+        from . import fused_sampling
+
+        if fused_sampling.applies(logits, batch):
+            return fused_sampling.sample(logits, batch)
     temperature = batch.temperature.clamp_min(1e-5)[:, None]
     ids, candidates = _candidates(logits / temperature, batch)
     probs = candidates.softmax(dim=-1)

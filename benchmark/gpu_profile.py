@@ -1,0 +1,161 @@
+"""Where a batch-1 decode step's time goes on the GPU: torch.profiler over ~20 decode steps.
+
+Drives the scheduler and the runner in this thread (no engine thread, so every launch and
+each step's `decode_step` range land in one trace), over the Llama-3-8B shape with dummy
+weights. From the chrome trace: each GPU event (kernel, copy, memset) is assigned to the step
+whose range launched it (by correlation id); per step, GPU busy time over the step's wall
+time, over the span of its own GPU work, and the idle gap from the previous step's last GPU
+event to this step's first. Prints the table; writes the trace and the numbers to --out-dir.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
+
+
+def _scheduler_and_runner(model: str, max_batch: int):
+    from lmdeploy import PytorchEngineConfig
+    from lmdeploy.infrastructure.factory import build_container
+
+    config = PytorchEngineConfig(
+        load_format="dummy", max_batch_size=max_batch, session_len=4096, cache_max_entry_count=0.5
+    )
+    c = build_container(model, config)
+    return c.scheduler(), c.built_model().runner
+
+
+def _seq(prompt_len: int, max_new: int):
+    from lmdeploy import GenerationConfig
+    from lmdeploy.domain.sequence import Sequence
+
+    params = GenerationConfig(max_new_tokens=max_new, ignore_eos=True).to_sampling_params()
+    g = torch.Generator().manual_seed(prompt_len)
+    return Sequence(torch.randint(100, 40000, (prompt_len,), generator=g).tolist(), params, 4096)
+
+
+def _step(sched, runner) -> None:
+    plan = sched.schedule()
+    sched.postprocess(plan, runner.step(plan).token_ids)
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, -float("inf")
+    for a, b in sorted(intervals):
+        if b > end:
+            total += b - max(a, end)
+            end = b
+    return total
+
+
+def analyze(trace: dict) -> list[dict]:
+    """Per decode step: wall, GPU busy, GPU span, busy share and the gap before it (us)."""
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    steps = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("name") == "decode_step" and e.get("cat") == "user_annotation"
+    )
+    starts = [s for s, _ in steps]
+    launch_ts = {
+        e["args"]["correlation"]: e["ts"]
+        for e in events
+        if e.get("cat") == "cuda_runtime" and "correlation" in e.get("args", {})
+    }
+    per_step: list[list[tuple[float, float]]] = [[] for _ in steps]
+    for e in events:
+        if e.get("cat") not in GPU_CATS:
+            continue
+        ts = launch_ts.get(e.get("args", {}).get("correlation"))
+        i = bisect.bisect_right(starts, ts) - 1 if ts is not None else -1
+        if 0 <= i < len(steps) and ts <= steps[i][1]:
+            per_step[i].append((e["ts"], e["ts"] + e["dur"]))
+    rows, last_end = [], None
+    for (s, e), gpu in zip(steps, per_step, strict=True):
+        if not gpu:
+            continue
+        first, last = min(a for a, _ in gpu), max(b for _, b in gpu)
+        busy = _union(gpu)
+        rows.append(
+            {
+                "wall_us": e - s,
+                "gpu_busy_us": busy,
+                "gpu_span_us": last - first,
+                "busy_of_span": busy / (last - first),
+                "busy_of_wall": busy / (e - s),
+                "gap_before_us": None if last_end is None else first - last_end,
+                "gpu_events": len(gpu),
+            }
+        )
+        last_end = last
+    return rows
+
+
+def summarize(rows: list[dict]) -> dict:
+    def med(key):
+        values = [r[key] for r in rows if r[key] is not None]
+        return statistics.median(values) if values else None
+
+    return {
+        k: med(k)
+        for k in (
+            "wall_us",
+            "gpu_busy_us",
+            "gpu_span_us",
+            "busy_of_span",
+            "busy_of_wall",
+            "gap_before_us",
+        )
+    } | {"gap_max_us": max((r["gap_before_us"] or 0) for r in rows), "steps": len(rows)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model-config", default="llama-3-8b")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--out-dir", type=Path, default=Path("benchmark/results"))
+    ap.add_argument("--tag", default="", help="suffix of the output files (e.g. a baseline)")
+    args = ap.parse_args()
+    sched, runner = _scheduler_and_runner(args.model_config, max_batch=8)
+    sched.add(_seq(128, args.steps + 40))
+    for _ in range(10):  # prefill, then warm decode steps (compiles, first touches)
+        _step(sched, runner)
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    walls = []
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            with torch.profiler.record_function("decode_step"):
+                _step(sched, runner)
+            walls.append(time.perf_counter() - start)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    trace_path = args.out_dir / f"decode_trace{args.tag}.json"
+    prof.export_chrome_trace(str(trace_path))
+    rows = analyze(json.loads(trace_path.read_text()))
+    summary = summarize(rows)
+    summary["profiled_step_wall_ms_median"] = statistics.median(walls) * 1e3
+    print(
+        f"{'step':>4} {'wall us':>8} {'GPU busy us':>11} {'busy/span':>9} {'busy/wall':>9} {'gap us':>7}"
+    )
+    for i, r in enumerate(rows):
+        gap = "" if r["gap_before_us"] is None else f"{r['gap_before_us']:.0f}"
+        print(
+            f"{i:>4} {r['wall_us']:>8.0f} {r['gpu_busy_us']:>11.0f} {r['busy_of_span']:>9.3f} "
+            f"{r['busy_of_wall']:>9.3f} {gap:>7}"
+        )
+    print("median:", json.dumps(summary))
+    report = {"device": torch.cuda.get_device_name(), "steps": rows, "summary": summary}
+    (args.out_dir / f"decode_profile{args.tag}.json").write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""The staged decode inputs (one pinned buffer, one copy) hold what the runner's general step
+preparation builds from the same plan, padding rows included, across steps that shrink."""
+
+from __future__ import annotations
+
+import random
+
+import torch
+
+from lmdeploy.adapters.engines.pytorch.decode_inputs import DecodeInputs
+from lmdeploy.domain.sampling_params import SamplingParams
+from lmdeploy.domain.scheduler import StepPlan
+from lmdeploy.domain.sequence import Sequence
+
+BLOCK_SIZE, MAX_BLOCKS, MAX_SEQS = 4, 6, 8
+
+
+def _decoding_seqs(rng: random.Random, num: int) -> list[Sequence]:
+    seqs = []
+    blocks = rng.sample(range(100), num * MAX_BLOCKS)
+    for i in range(num):
+        length = rng.randrange(1, MAX_BLOCKS * BLOCK_SIZE)
+        seq = Sequence([rng.randrange(1000) for _ in range(length)], SamplingParams(), 64)
+        seq.num_cached_tokens = length - 1
+        seq.block_table = blocks[i * MAX_BLOCKS : i * MAX_BLOCKS + -(-length // BLOCK_SIZE)]
+        seqs.append(seq)
+    return seqs
+
+
+def _general(seqs: list[Sequence]):
+    """The runner's own (eager) preparation of the same step: the reference."""
+    from lmdeploy.adapters.engines.pytorch.runner import PytorchModelRunner
+
+    runner = PytorchModelRunner.__new__(PytorchModelRunner)
+    runner.device = torch.device("cpu")
+    runner._cache = type("Cache", (), {"block_size": BLOCK_SIZE})()
+    return runner._prepare(StepPlan(seqs, [1] * len(seqs)))
+
+
+def test_staged_rows_equal_the_general_preparation():
+    rng = random.Random(0)
+    inputs = DecodeInputs(MAX_SEQS, MAX_BLOCKS, BLOCK_SIZE, torch.device("cpu"))
+    for num in (8, 3, 5, 1):  # shrinking batches leave rows that must be padded again
+        seqs = _decoding_seqs(rng, num)
+        assert inputs.fits(seqs)
+        inputs.load(seqs)
+        input_ids, positions, meta = _general(seqs)
+        assert torch.equal(inputs.input_ids[:num], input_ids)
+        assert torch.equal(inputs.positions[:num], positions)
+        assert torch.equal(inputs.slot_mapping[:num], meta.slot_mapping)
+        assert torch.equal(inputs.context_lens[:num], meta.context_lens)
+        width = meta.block_tables.shape[1]
+        for row, seq in enumerate(seqs):
+            n = len(seq.block_table)
+            assert inputs.block_tables[row, :n].tolist() == seq.block_table
+            assert width >= n
+        # Padding rows: no slot written, one token of context.
+        assert (inputs.slot_mapping[num:] == -1).all()
+        assert (inputs.context_lens[num:] == 1).all()
+
+
+def test_fits_checks_batch_and_table_width():
+    rng = random.Random(1)
+    inputs = DecodeInputs(2, MAX_BLOCKS, BLOCK_SIZE, torch.device("cpu"))
+    seqs = _decoding_seqs(rng, 3)
+    assert not inputs.fits(seqs)
+    assert inputs.fits(seqs[:2])
+    seqs[0].block_table = list(range(MAX_BLOCKS + 1))
+    assert not inputs.fits(seqs[:2])
