@@ -81,16 +81,18 @@ def test_reference_matches_engine(heads, kv_heads, block_size):
     )
     k_new = k_cache.flatten(0, 1)[slots].clone()
     v_new = v_cache.flatten(0, 1)[slots].clone()
+    # The torch path is the CPU engine's (on CUDA the engine takes the kernels): run it there.
     meta = AttentionMetadata(
-        slot_mapping=slots,
-        block_tables=tables,
-        context_lens=lens.long(),
+        slot_mapping=slots.cpu(),
+        block_tables=tables.cpu(),
+        context_lens=lens.long().cpu(),
         query_lens=[n for n, _ in seqs],
         context_lens_list=[c for _, c in seqs],
         is_decode=False,
         num_cached_list=[c - n for n, c in seqs],
     )
-    engine = paged_attention(q, k_new, v_new, k_cache, v_cache, meta, 0.125)
+    cpu = [t.cpu() for t in (q, k_new, v_new, k_cache, v_cache)]
+    engine = paged_attention(*cpu, meta, 0.125).to(q.device)
     ref = paged_prefill_attention_ref(q, k_cache, v_cache, tables, cu, lens, max_q, 0.125)
     torch.testing.assert_close(ref, engine, **TOL[torch.float32])
     out = paged_prefill_attention(q, k_cache, v_cache, tables, cu, lens, max_q, 0.125)
