@@ -48,6 +48,17 @@ class EngineStats:
     num_prefix_hit_tokens: int
     num_session_evictions: int
     num_steps: int
+    num_cpu_blocks: int = 0
+    num_free_cpu_blocks: int = 0
+    num_swapped: int = 0
+    num_recompute_preemptions: int = 0
+    num_swapped_out_seqs: int = 0
+    num_swapped_in_seqs: int = 0
+    num_swapped_out_blocks: int = 0
+    num_swapped_in_blocks: int = 0
+    num_finished_stop: int = 0
+    num_finished_length: int = 0
+    num_finished_abort: int = 0
 
 
 class EngineLoop:
@@ -95,7 +106,7 @@ class EngineLoop:
         self._inbox.put(("release", seq, None, None))
 
     def stats(self) -> EngineStats:
-        s = self.scheduler
+        s, c = self.scheduler, self.scheduler.counters
         return EngineStats(
             num_blocks=s.allocator.num_blocks,
             num_free_blocks=s.allocator.num_free_blocks,
@@ -107,6 +118,17 @@ class EngineLoop:
             num_prefix_hit_tokens=s.allocator.counters.prefix_hit_tokens,
             num_session_evictions=s.counters.session_evictions,
             num_steps=s.counters.steps,
+            num_cpu_blocks=s.host.num_blocks if s.host else 0,
+            num_free_cpu_blocks=s.host.num_free_blocks if s.host else 0,
+            num_swapped=len(s.swapped),
+            num_recompute_preemptions=c.recompute_preemptions,
+            num_swapped_out_seqs=c.swapped_out_seqs,
+            num_swapped_in_seqs=c.swapped_in_seqs,
+            num_swapped_out_blocks=c.swapped_out_blocks,
+            num_swapped_in_blocks=c.swapped_in_blocks,
+            num_finished_stop=c.finished.get(FinishReason.STOP.value, 0),
+            num_finished_length=c.finished.get(FinishReason.LENGTH.value, 0),
+            num_finished_abort=c.finished.get(FinishReason.ABORT.value, 0),
         )
 
     # -- the engine thread --------------------------------------------------------------------
@@ -175,7 +197,8 @@ class EngineLoop:
             sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished))
 
     def _abort_everything(self, reason: str) -> None:
-        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+        s = self.scheduler
+        for seq in [*s.running, *s.waiting, *s.swapped]:
             self.scheduler.abort(seq)
             sink = self._sinks.pop(seq.seq_id, None)
             if sink:

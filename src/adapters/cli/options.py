@@ -33,6 +33,7 @@ ENGINE_FIELDS = (
     "eager_mode",
     "load_format",
     "num_gpu_blocks",
+    "num_cpu_blocks",
 )
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_p")
 
