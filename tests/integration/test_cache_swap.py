@@ -1,5 +1,6 @@
-"""The runner's block copies on CPU tensors: swapping out then in lands the same K/V bytes at
-the new block ids, for every layer, and touches nothing else."""
+"""The runner's block copies: swapping out then in lands the same K/V bytes at the new block
+ids, for every layer, and touches nothing else. On CPU tensors, and on CUDA where there is one
+(pinned staging, non-blocking copies)."""
 
 from __future__ import annotations
 
@@ -11,21 +12,23 @@ import torch
 from lmdeploy.adapters.engines.pytorch.cache_swap import CacheSwapper
 
 NUM_LAYERS, NUM_BLOCKS, NUM_CPU_BLOCKS, BLOCK = 3, 11, 7, (5, 2, 3)  # irregular on purpose
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
-def random_caches(dtype: torch.dtype) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def random_caches(dtype: torch.dtype, device: str = "cpu") -> list[tuple[torch.Tensor, ...]]:
     g = torch.Generator().manual_seed(0)
     return [
-        tuple(torch.randn((NUM_BLOCKS, *BLOCK), generator=g).to(dtype) for _ in range(2))
+        tuple(torch.randn((NUM_BLOCKS, *BLOCK), generator=g).to(device, dtype) for _ in range(2))
         for _ in range(NUM_LAYERS)
     ]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("seed", range(4))
-def test_swap_out_then_in_restores_the_bytes_at_the_new_block_ids(dtype, seed):
+def test_swap_out_then_in_restores_the_bytes_at_the_new_block_ids(dtype, seed, device):
     rng = random.Random(seed)
-    caches = random_caches(dtype)
+    caches = random_caches(dtype, device)
     before = [(k.clone(), v.clone()) for k, v in caches]
     swapper = CacheSwapper(caches, NUM_CPU_BLOCKS)
     n = rng.randint(1, NUM_CPU_BLOCKS)
@@ -44,8 +47,9 @@ def test_swap_out_then_in_restores_the_bytes_at_the_new_block_ids(dtype, seed):
         assert torch.equal(k[untouched], k1[untouched]) and torch.equal(v[untouched], v1[untouched])
 
 
-def test_one_step_swaps_out_before_it_swaps_in_to_the_freed_blocks():
-    caches = random_caches(torch.float32)
+@pytest.mark.parametrize("device", DEVICES)
+def test_one_step_swaps_out_before_it_swaps_in_to_the_freed_blocks(device):
+    caches = random_caches(torch.float32, device)
     before = [(k.clone(), v.clone()) for k, v in caches]
     swapper = CacheSwapper(caches, NUM_CPU_BLOCKS)
     swapper.apply([(4, 0), (9, 1)], [])
