@@ -62,7 +62,7 @@ def test_one_step_swaps_out_before_it_swaps_in_to_the_freed_blocks(device):
 def test_the_host_pool_has_the_device_geometry():
     caches = random_caches(torch.float16)
     swapper = CacheSwapper(caches, NUM_CPU_BLOCKS)
-    assert swapper.host_cache.shape == (2 * NUM_LAYERS, NUM_CPU_BLOCKS, *BLOCK)
+    assert swapper.host_cache.shape == (NUM_CPU_BLOCKS, 2 * NUM_LAYERS, *BLOCK)
     assert swapper.host_cache.dtype == torch.float16 and swapper.num_cpu_blocks == NUM_CPU_BLOCKS
     with pytest.raises(ValueError, match="num_cpu_blocks"):
         CacheSwapper(caches, 0)

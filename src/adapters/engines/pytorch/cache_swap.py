@@ -1,15 +1,13 @@
 """The host-memory K/V pool and the block copies of preemption by swap.
 
-The pool is one tensor, `[2 * num_layers, num_cpu_blocks, block_size, kv_heads, head_dim]`
-(K and V of every layer), so one index_copy_/index_select moves a step's blocks for all layers
-at once on the host side. The device cache stays a list of per-layer tensors (the model and the
-CUDA graphs hold them), gathered or scattered with one index op per tensor.
-
-On CUDA the pool itself is pageable: a swap-in gathers the blocks into a pinned staging buffer
-and copies that to the device with non_blocking=True (PyTorch's pinned allocator keeps the
-buffer alive until the copy is done), and a swap-out gathers on the device and makes one
-device-to-host copy. Pinning the whole pool would lock host memory for no gain on this path.
-Bytes moved per swapped block: 2 * num_layers * block_size * kv_heads * head_dim * itemsize.
+The pool is block-major, `[num_cpu_blocks, 2 * num_layers, block_size, kv_heads, head_dim]`, so
+one host block (K and V of every layer) is one contiguous slab, and pinned when the device is
+CUDA. A swap-out gathers the step's blocks of every layer on the device into one staging tensor
+(an index_select per layer tensor), then copies each block's slab to its host block with
+non_blocking=True; a swap-in copies the slabs up into a device staging tensor and scatters it
+with one index_copy_ per layer tensor. Every copy is ordered on the current stream, so the
+forward pass that follows sees the swapped-in blocks and the host never waits: no sync at all.
+Bytes per swapped block: 2 * num_layers * block_size * kv_heads * head_dim * itemsize.
 """
 
 from __future__ import annotations
@@ -27,19 +25,22 @@ class CacheSwapper:
         self.device_caches = [t for layer in device_caches for t in layer]  # K0, V0, K1, V1 ...
         first = self.device_caches[0]
         self.device = first.device
-        shape = (len(self.device_caches), num_cpu_blocks, *first.shape[1:])
+        self.block_shape = (len(self.device_caches), *first.shape[1:])
+        pin = self.device.type == "cuda"  # DMA straight from/to the pool, asynchronously
         try:
-            self.host_cache = torch.zeros(shape, dtype=first.dtype, device="cpu")
+            self.host_cache = torch.empty(
+                (num_cpu_blocks, *self.block_shape), dtype=first.dtype, pin_memory=pin
+            )
         except RuntimeError as exc:
-            gib = first[0].numel() * first.element_size() * shape[0] * num_cpu_blocks / 2**30
+            gib = first[0].numel() * first.element_size() * len(self.device_caches)
             raise RuntimeError(
-                f"could not allocate {gib:.1f} GiB of host memory for num_cpu_blocks="
-                f"{num_cpu_blocks}; lower num_cpu_blocks"
+                f"could not allocate {gib * num_cpu_blocks / 2**30:.1f} GiB of host memory "
+                f"for num_cpu_blocks={num_cpu_blocks}; lower num_cpu_blocks"
             ) from exc
 
     @property
     def num_cpu_blocks(self) -> int:
-        return self.host_cache.shape[1]
+        return self.host_cache.shape[0]
 
     def apply(self, blocks_to_swap_out: BlockPairs, blocks_to_swap_in: BlockPairs) -> None:
         """Swap-outs first: this step's swap-ins and new blocks may reuse what they freed."""
@@ -48,21 +49,23 @@ class CacheSwapper:
         if blocks_to_swap_in:
             self.swap_in(blocks_to_swap_in)
 
+    def _ids(self, ids: list[int]) -> torch.Tensor:
+        return torch.tensor(ids, dtype=torch.int64, device=self.device)
+
     def swap_out(self, pairs: BlockPairs) -> None:
         """Copy device blocks to host blocks, (device id, host id) per pair."""
-        src = torch.tensor([s for s, _ in pairs], dtype=torch.int64, device=self.device)
-        dst = torch.tensor([d for _, d in pairs], dtype=torch.int64)
-        staged = torch.stack([cache.index_select(0, src) for cache in self.device_caches])
-        self.host_cache.index_copy_(1, dst, staged.cpu())  # .cpu(): the one sync, before reuse
+        src = self._ids([s for s, _ in pairs])
+        staged = torch.stack([cache.index_select(0, src) for cache in self.device_caches], 1)
+        for row, (_, host) in zip(staged, pairs, strict=True):
+            self.host_cache[host].copy_(row, non_blocking=True)
 
     def swap_in(self, pairs: BlockPairs) -> None:
         """Copy host blocks to device blocks, (host id, device id) per pair."""
-        src = torch.tensor([s for s, _ in pairs], dtype=torch.int64)
-        dst = torch.tensor([d for _, d in pairs], dtype=torch.int64, device=self.device)
-        pin = self.device.type == "cuda"
-        shape = (self.host_cache.shape[0], len(pairs), *self.host_cache.shape[2:])
-        staged = torch.empty(shape, dtype=self.host_cache.dtype, pin_memory=pin)
-        torch.index_select(self.host_cache, 1, src, out=staged)
-        staged = staged.to(self.device, non_blocking=pin)
-        for cache, blocks in zip(self.device_caches, staged, strict=True):
-            cache.index_copy_(0, dst, blocks)
+        staged = torch.empty(
+            (len(pairs), *self.block_shape), dtype=self.host_cache.dtype, device=self.device
+        )
+        for row, (host, _) in zip(staged, pairs, strict=True):
+            row.copy_(self.host_cache[host], non_blocking=True)
+        dst = self._ids([d for _, d in pairs])
+        for i, cache in enumerate(self.device_caches):
+            cache.index_copy_(0, dst, staged[:, i])
