@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..domain.sampling_params import SamplingParams
 from ..domain.scheduler import Scheduler
 from ..domain.sequence import FinishReason, Sequence
+from .latency import LatencyHistogram
 from .ports import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class EngineLoop:
             queue.SimpleQueue()
         )
         self._sinks: dict[int, Sink] = {}
+        self.ttft = LatencyHistogram()  # seconds from admission to a turn's first token
+        self._admitted_at: dict[int, float] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -161,9 +164,11 @@ class EngineLoop:
                 sink(TokenEvent(seq, None, finished=True, error=str(exc)))
                 return
             self._sinks[seq.seq_id] = sink
+            self._admitted_at[seq.seq_id] = time.monotonic()
         elif kind == "release":
             self.scheduler.drop(seq)
         elif kind == "abort" and seq.seq_id in self._sinks:
+            self._admitted_at.pop(seq.seq_id, None)
             self.scheduler.abort(seq)
             self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True))
 
@@ -178,6 +183,7 @@ class EngineLoop:
         except Exception as exc:
             logger.exception("forward pass failed; aborting its %d sequences", len(plan.seqs))
             for seq in plan.seqs:
+                self._admitted_at.pop(seq.seq_id, None)
                 self.scheduler.abort(seq)
                 self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=repr(exc)))
             return
@@ -193,6 +199,8 @@ class EngineLoop:
         ):
             if not done:
                 continue
+            if seq.num_output_tokens == 1 and seq.seq_id in self._admitted_at:
+                self.ttft.observe(time.monotonic() - self._admitted_at.pop(seq.seq_id))
             sink = self._sinks[seq.seq_id] if not seq.is_finished else self._sinks.pop(seq.seq_id)
             sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished))
 

@@ -45,6 +45,8 @@ def test_metrics_parse_and_count_a_request(server, openai_client):
     assert after[free] == stats["num_free_blocks"]
     assert after[("lmdeploy_sequences", (("state", "running"),))] == 0
     assert ("lmdeploy_preemptions_total", (("mode", "swap"),)) in after
+    assert moved("lmdeploy_time_to_first_token_seconds_count") == 1
+    assert 0 < moved("lmdeploy_time_to_first_token_seconds_sum") < 60
 
 
 def test_metrics_need_the_api_key(server):

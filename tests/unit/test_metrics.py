@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from lmdeploy.adapters.http.app import create_app
 from lmdeploy.adapters.http.services import ServerServices
 from lmdeploy.application.engine import EngineStats
+from lmdeploy.application.latency import LatencyHistogram
 
 
 def stats(**overrides) -> EngineStats:
@@ -29,8 +30,8 @@ def stats(**overrides) -> EngineStats:
     return EngineStats(**{**values, **overrides})
 
 
-def app_over(engine_stats: EngineStats, api_keys: tuple[str, ...] = ()) -> TestClient:
-    svc = ServerServices(None, None, lambda: engine_stats, "m", api_keys)
+def app_over(engine_stats: EngineStats, api_keys: tuple[str, ...] = (), ttft=None) -> TestClient:
+    svc = ServerServices(None, None, lambda: engine_stats, "m", api_keys, ttft)
     return TestClient(create_app(svc))
 
 
@@ -59,3 +60,15 @@ def test_metrics_sit_behind_the_api_key_and_health_does_not():
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer k"}).status_code == 200
     assert client.get("/health").status_code == 200
+
+
+def test_time_to_first_token_is_a_histogram_with_cumulative_buckets():
+    hist = LatencyHistogram(buckets=(0.1, 1.0))
+    for seconds in (0.05, 0.1, 0.5, 3.0):
+        hist.observe(seconds)
+    got = samples(app_over(stats(), ttft=hist.snapshot).get("/metrics").text)
+    name = "lmdeploy_time_to_first_token_seconds"
+    assert got[(f"{name}_bucket", (("le", "0.1"),))] == 2  # a bound counts as inside
+    assert got[(f"{name}_bucket", (("le", "1.0"),))] == 3
+    assert got[(f"{name}_bucket", (("le", "+Inf"),))] == 4
+    assert got[(f"{name}_count", ())] == 4 and abs(got[(f"{name}_sum", ())] - 3.65) < 1e-9

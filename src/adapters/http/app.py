@@ -60,7 +60,7 @@ def create_app(svc: ServerServices) -> FastAPI:
         """Engine counters: KV blocks free and total, running and waiting sequences."""
         return dataclasses.asdict(svc.stats())
 
-    app.state.metrics = metrics.registry_for(svc.stats)  # per app: no global registry
+    app.state.metrics = metrics.registry_for(svc.stats, svc.ttft)  # per app: no global registry
     app.include_router(metrics.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_interactive.router)

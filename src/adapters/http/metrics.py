@@ -12,9 +12,15 @@ from collections.abc import Callable, Iterator
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from ...application.engine import EngineStats
+from ...application.latency import HistogramSnapshot
 
 router = APIRouter()
 
@@ -29,8 +35,13 @@ def _family(kind: type, name: str, doc: str, label: str | None, values: dict) ->
 class EngineCollector:
     """Gauges for what the cache and queues hold now; counters for what happened so far."""
 
-    def __init__(self, stats: Callable[[], EngineStats]) -> None:
+    def __init__(
+        self,
+        stats: Callable[[], EngineStats],
+        ttft: Callable[[], HistogramSnapshot] | None = None,
+    ) -> None:
         self._stats = stats
+        self._ttft = ttft
 
     def collect(self) -> Iterator[Metric]:
         s = self._stats()
@@ -93,11 +104,26 @@ class EngineCollector:
                 "abort": s.num_finished_abort,
             },
         )
+        if self._ttft is not None:
+            yield _histogram(
+                "lmdeploy_time_to_first_token_seconds",
+                "Seconds from a request's admission to the engine to its first token",
+                self._ttft(),
+            )
 
 
-def registry_for(stats: Callable[[], EngineStats]) -> CollectorRegistry:
+def _histogram(name: str, doc: str, snap: HistogramSnapshot) -> Metric:
+    bounds = [*(str(b) for b in snap.buckets), "+Inf"]
+    return HistogramMetricFamily(
+        name, doc, buckets=list(zip(bounds, snap.counts, strict=True)), sum_value=snap.total
+    )
+
+
+def registry_for(
+    stats: Callable[[], EngineStats], ttft: Callable[[], HistogramSnapshot] | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry()
-    registry.register(EngineCollector(stats))
+    registry.register(EngineCollector(stats, ttft))
     return registry
 
 
