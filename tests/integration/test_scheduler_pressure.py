@@ -45,12 +45,12 @@ def test_with_a_host_pool_preempted_requests_swap_out_and_back_unchanged(prompts
     )
     pipe = pipeline(None, backend_config=config)
     try:
-        outs = pipe([prompts[i % 20] for i in range(80)], gen_config=GEN)
+        outs = pipe([prompts[i % 20] for i in range(60)], gen_config=GEN)
         stats = pipe.service.engine.stats()
     finally:
         pipe.close()
     print(f"swap: {stats}")
-    assert [o.token_ids for o in outs] == [alone[i % 20] for i in range(80)]
+    assert [o.token_ids for o in outs] == [alone[i % 20] for i in range(60)]
     assert (
         stats.num_swapped_out_seqs > 0 and stats.num_swapped_in_seqs == stats.num_swapped_out_seqs
     )
@@ -58,7 +58,7 @@ def test_with_a_host_pool_preempted_requests_swap_out_and_back_unchanged(prompts
     assert stats.num_recompute_preemptions == 0
     assert stats.num_free_blocks == stats.num_blocks
     assert stats.num_free_cpu_blocks == stats.num_cpu_blocks == 256
-    assert stats.num_swapped == 0 and stats.num_finished_length == 80
+    assert stats.num_swapped == 0 and stats.num_finished_length == 60
 
 
 def test_a_host_pool_too_small_for_some_victims_falls_back_to_recompute(prompts, alone):
@@ -68,12 +68,12 @@ def test_a_host_pool_too_small_for_some_victims_falls_back_to_recompute(prompts,
     )
     pipe = pipeline(None, backend_config=config)
     try:
-        outs = pipe([prompts[i % 20] for i in range(80)], gen_config=GEN)
+        outs = pipe([prompts[i % 20] for i in range(60)], gen_config=GEN)
         stats = pipe.service.engine.stats()
     finally:
         pipe.close()
     print(f"small host pool: {stats}")
-    assert [o.token_ids for o in outs] == [alone[i % 20] for i in range(80)]
+    assert [o.token_ids for o in outs] == [alone[i % 20] for i in range(60)]
     assert stats.num_recompute_preemptions > 0
     assert stats.num_free_blocks == stats.num_blocks
     assert stats.num_free_cpu_blocks == stats.num_cpu_blocks == 3
