@@ -128,6 +128,12 @@ class PytorchEngineConfig:
         _check_common(self)
         if self.block_size < 1:
             raise InvalidArgument("block_size", f"must be >= 1, got {self.block_size}")
+        if not isinstance(self.num_cpu_blocks, int) or self.num_cpu_blocks < 0:
+            raise InvalidArgument(
+                "num_cpu_blocks",
+                f"must be an int >= 0 (host-memory KV blocks that preemption swaps to; 0 "
+                f"recomputes instead), got {self.num_cpu_blocks!r}",
+            )
         if self.device_type not in ("cuda", "cpu", "ascend"):
             raise InvalidArgument(
                 "device_type", f"must be cuda, cpu or ascend, got {self.device_type!r}"
@@ -143,7 +149,6 @@ class PytorchEngineConfig:
                 "adapters": None,
                 "quant_policy": 0,
                 "custom_module_map": None,
-                "num_cpu_blocks": 0,
             },
         )
 

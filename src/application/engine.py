@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..domain.sampling_params import SamplingParams
 from ..domain.scheduler import Scheduler
 from ..domain.sequence import FinishReason, Sequence
+from .latency import LatencyHistogram
 from .ports import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,17 @@ class EngineStats:
     num_prefix_hit_tokens: int
     num_session_evictions: int
     num_steps: int
+    num_cpu_blocks: int = 0
+    num_free_cpu_blocks: int = 0
+    num_swapped: int = 0
+    num_recompute_preemptions: int = 0
+    num_swapped_out_seqs: int = 0
+    num_swapped_in_seqs: int = 0
+    num_swapped_out_blocks: int = 0
+    num_swapped_in_blocks: int = 0
+    num_finished_stop: int = 0
+    num_finished_length: int = 0
+    num_finished_abort: int = 0
 
 
 class EngineLoop:
@@ -58,6 +70,8 @@ class EngineLoop:
             queue.SimpleQueue()
         )
         self._sinks: dict[int, Sink] = {}
+        self.ttft = LatencyHistogram()  # seconds from admission to a turn's first token
+        self._admitted_at: dict[int, float] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -95,7 +109,7 @@ class EngineLoop:
         self._inbox.put(("release", seq, None, None))
 
     def stats(self) -> EngineStats:
-        s = self.scheduler
+        s, c = self.scheduler, self.scheduler.counters
         return EngineStats(
             num_blocks=s.allocator.num_blocks,
             num_free_blocks=s.allocator.num_free_blocks,
@@ -107,6 +121,17 @@ class EngineLoop:
             num_prefix_hit_tokens=s.allocator.counters.prefix_hit_tokens,
             num_session_evictions=s.counters.session_evictions,
             num_steps=s.counters.steps,
+            num_cpu_blocks=s.host.num_blocks if s.host else 0,
+            num_free_cpu_blocks=s.host.num_free_blocks if s.host else 0,
+            num_swapped=len(s.swapped),
+            num_recompute_preemptions=c.recompute_preemptions,
+            num_swapped_out_seqs=c.swapped_out_seqs,
+            num_swapped_in_seqs=c.swapped_in_seqs,
+            num_swapped_out_blocks=c.swapped_out_blocks,
+            num_swapped_in_blocks=c.swapped_in_blocks,
+            num_finished_stop=c.finished.get(FinishReason.STOP.value, 0),
+            num_finished_length=c.finished.get(FinishReason.LENGTH.value, 0),
+            num_finished_abort=c.finished.get(FinishReason.ABORT.value, 0),
         )
 
     # -- the engine thread --------------------------------------------------------------------
@@ -139,9 +164,11 @@ class EngineLoop:
                 sink(TokenEvent(seq, None, finished=True, error=str(exc)))
                 return
             self._sinks[seq.seq_id] = sink
+            self._admitted_at[seq.seq_id] = time.monotonic()
         elif kind == "release":
             self.scheduler.drop(seq)
         elif kind == "abort" and seq.seq_id in self._sinks:
+            self._admitted_at.pop(seq.seq_id, None)
             self.scheduler.abort(seq)
             self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True))
 
@@ -156,6 +183,7 @@ class EngineLoop:
         except Exception as exc:
             logger.exception("forward pass failed; aborting its %d sequences", len(plan.seqs))
             for seq in plan.seqs:
+                self._admitted_at.pop(seq.seq_id, None)
                 self.scheduler.abort(seq)
                 self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=repr(exc)))
             return
@@ -171,11 +199,14 @@ class EngineLoop:
         ):
             if not done:
                 continue
+            if seq.num_output_tokens == 1 and seq.seq_id in self._admitted_at:
+                self.ttft.observe(time.monotonic() - self._admitted_at.pop(seq.seq_id))
             sink = self._sinks[seq.seq_id] if not seq.is_finished else self._sinks.pop(seq.seq_id)
             sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished))
 
     def _abort_everything(self, reason: str) -> None:
-        for seq in list(self.scheduler.running) + list(self.scheduler.waiting):
+        s = self.scheduler
+        for seq in [*s.running, *s.waiting, *s.swapped]:
             self.scheduler.abort(seq)
             sink = self._sinks.pop(seq.seq_id, None)
             if sink:

@@ -23,6 +23,7 @@ class ModelInfo:
 class CacheGeometry:
     num_blocks: int
     block_size: int
+    num_cpu_blocks: int = 0  # the host pool that preemption swaps to (0: recompute only)
 
 
 @dataclass

@@ -114,6 +114,12 @@ class BlockAllocator:
         while len(seq.block_table) < total:
             seq.block_table.append(self._take_free())
 
+    def allocate_fresh(self, seq: Sequence, num_blocks: int) -> None:
+        """Append `num_blocks` unshared blocks to seq, past the prefix index: a swap-in copies
+        its own K/V into them, which must not land in blocks others read."""
+        assert num_blocks <= self.num_free_blocks, "allocate_fresh() beyond the free blocks"
+        seq.block_table.extend(self._take_free() for _ in range(num_blocks))
+
     def _take_free(self) -> int:
         if self._free_plain:
             block = self._free_plain.popleft()

@@ -4,8 +4,10 @@ Every step, running sequences that decode take one token each; prefills (new or 
 share what is left of the step's token budget (`max_num_batched_tokens`) in chunks, so a very
 long prompt never stalls the decoding batch. Sequences join in arrival order while the batch
 has room (`max_batch_size`) and the cache has blocks. When blocks run out, parked sessions are
-evicted first (least recently used), then the newest running sequence is preempted (its blocks
-freed, recomputed later), so the oldest requests always progress and nothing is lost.
+evicted first (least recently used), then the newest running sequence is preempted, so the
+oldest requests always progress and nothing is lost. A preempted sequence is swapped out to the
+host pool when there is one with room (its K/V copied, swapped back in ahead of new admissions,
+nothing recomputed), else its blocks are freed and it is recomputed later.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 
 from .block_allocator import BlockAllocator, num_blocks_for
 from .errors import OutOfBlocks
+from .host_blocks import BlockPairs, HostBlockAllocator
 from .sampling_params import SamplingParams
 from .sequence import FinishReason, Sequence, SequenceStatus
 
@@ -31,19 +34,32 @@ class SchedulerCounters:
     prefill_tokens: int = 0  # prompt tokens computed (prefix-cache hits excluded)
     decode_tokens: int = 0
     steps: int = 0
-    preemptions: int = 0
+    preemptions: int = 0  # by either means; those not swapped out are recomputed
     session_evictions: int = 0
+    swapped_out_seqs: int = 0
+    swapped_in_seqs: int = 0
+    swapped_out_blocks: int = 0
+    swapped_in_blocks: int = 0
+    finished: dict[str, int] = field(default_factory=dict)  # sequences by finish reason
+
+    @property
+    def recompute_preemptions(self) -> int:
+        return self.preemptions - self.swapped_out_seqs
 
 
 @dataclass
 class StepPlan:
     """The work of one forward pass: `seqs[i]` computes `num_scheduled[i]` tokens from its
     `num_cached_tokens` on. A sequence whose chunk does not reach its last token is still
-    prefilling: its sampled token is discarded."""
+    prefilling: its sampled token is discarded. The runner copies `blocks_to_swap_out`
+    (device -> host), then `blocks_to_swap_in` (host -> device), before the forward pass:
+    this step may already reuse the device blocks a swap-out gave back."""
 
     seqs: list[Sequence]
     num_scheduled: list[int] = field(default_factory=list)
     preempted: list[Sequence] = field(default_factory=list)
+    blocks_to_swap_out: BlockPairs = field(default_factory=list)
+    blocks_to_swap_in: BlockPairs = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.num_scheduled:
@@ -58,7 +74,8 @@ class StepPlan:
         self.num_scheduled.append(num_tokens)
 
     def __bool__(self) -> bool:
-        return bool(self.seqs)
+        """Worth running: something to compute, or K/V to copy before blocks change hands."""
+        return bool(self.seqs or self.blocks_to_swap_out or self.blocks_to_swap_in)
 
 
 def _is_decoding(seq: Sequence) -> bool:
@@ -66,11 +83,18 @@ def _is_decoding(seq: Sequence) -> bool:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, allocator: BlockAllocator) -> None:
+    def __init__(
+        self,
+        config: SchedulerConfig,
+        allocator: BlockAllocator,
+        host: HostBlockAllocator | None = None,
+    ) -> None:
         self.config = config
         self.allocator = allocator
+        self.host = host  # None: preemption always recomputes
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.swapped: deque[Sequence] = deque()  # swapped-out sequences, oldest request first
         self.parked: dict[int, Sequence] = {}  # finished turns of live sessions, oldest first
         self.counters = SchedulerCounters()
 
@@ -111,14 +135,19 @@ class Scheduler:
 
     @property
     def has_work(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.swapped)
 
     # -- planning -------------------------------------------------------------------------------
     def schedule(self) -> StepPlan:
         plan = StepPlan(seqs=[])
         budget = self.config.max_num_batched_tokens
         budget = self._schedule_running(plan, budget)
-        self._schedule_waiting(plan, budget)
+        # A step that had to preempt has no blocks to spare; swapped-out sequences come back
+        # before anything new is admitted, so they cannot starve.
+        if not plan.preempted:
+            budget = self._schedule_swapped(plan, budget)
+        if not self.swapped:
+            self._schedule_waiting(plan, budget)
         self.counters.steps += bool(plan)
         return plan
 
@@ -156,6 +185,30 @@ class Scheduler:
         self.allocator.allocate(seq, num_tokens)
         return True
 
+    def _schedule_swapped(self, plan: StepPlan, budget: int) -> int:
+        """Swap sequences back in, oldest preempted first, while blocks and the batch allow;
+        each continues from its `num_cached_tokens` in this very step."""
+        while self.swapped and len(self.running) < self.config.max_batch_size:
+            seq = self.swapped[0]
+            decoding = _is_decoding(seq)
+            chunk = 1 if decoding else min(seq.num_new_tokens, budget)
+            num_tokens = seq.num_cached_tokens + chunk
+            while not self.host.can_swap_in(seq, self.allocator, num_tokens):
+                if not self._evict_parked():
+                    return budget
+            self.swapped.popleft()
+            pairs = self.host.swap_in(seq, self.allocator)
+            self.allocator.allocate(seq, num_tokens)
+            plan.blocks_to_swap_in.extend(pairs)
+            self.counters.swapped_in_seqs += 1
+            self.counters.swapped_in_blocks += len(pairs)
+            seq.status = SequenceStatus.RUNNING
+            self.running.append(seq)
+            if chunk > 0:  # a prefill with no budget left keeps its blocks for the next step
+                plan.add(seq, chunk)
+                budget -= 0 if decoding else chunk
+        return budget
+
     def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
         while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
             seq = self.waiting[0]
@@ -187,9 +240,18 @@ class Scheduler:
             del plan.seqs[index], plan.num_scheduled[index]
         if seq in self.running:
             self.running.remove(seq)
-        self.allocator.free(seq)
-        seq.reset_for_recompute()
-        self.waiting.appendleft(seq)
+        if self.host is not None and self.host.can_swap_out(seq, self.allocator):
+            pairs = self.host.swap_out(seq, self.allocator)
+            plan.blocks_to_swap_out.extend(pairs)
+            seq.status = SequenceStatus.SWAPPED
+            later = (i for i, s in enumerate(self.swapped) if s.seq_id > seq.seq_id)
+            self.swapped.insert(next(later, len(self.swapped)), seq)
+            self.counters.swapped_out_seqs += 1
+            self.counters.swapped_out_blocks += len(pairs)
+        else:
+            self.allocator.free(seq)
+            seq.reset_for_recompute()
+            self.waiting.appendleft(seq)
         plan.preempted.append(seq)
         self.counters.preemptions += 1
 
@@ -231,10 +293,15 @@ class Scheduler:
             self.allocator.free(seq)
 
     def _release(self, seq: Sequence) -> None:
+        reason = seq.finish_reason.value if seq.finish_reason else "none"
+        self.counters.finished[reason] = self.counters.finished.get(reason, 0) + 1
         if seq in self.running:
             self.running.remove(seq)
         if seq in self.waiting:
             self.waiting.remove(seq)
+        if seq in self.swapped:
+            self.swapped.remove(seq)
+            self.host.free(seq)
         if seq.keep_cache and seq.finish_reason is not FinishReason.ABORT and seq.block_table:
             self.parked[seq.seq_id] = seq
         else:

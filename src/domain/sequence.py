@@ -12,6 +12,7 @@ from .sampling_params import SamplingParams
 class SequenceStatus(enum.Enum):
     WAITING = "waiting"
     RUNNING = "running"
+    SWAPPED = "swapped"  # preempted, its K/V in host memory until device blocks free up
     FINISHED = "finished"
 
 

@@ -16,6 +16,7 @@ from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, Turbo
 from ..application.engine import EngineLoop
 from ..application.generation import GenerationService
 from ..domain.block_allocator import BlockAllocator
+from ..domain.host_blocks import HostBlockAllocator
 from ..domain.scheduler import Scheduler, SchedulerConfig
 
 logger = logging.getLogger("lmdeploy.container")
@@ -57,6 +58,7 @@ def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Schedu
             max_model_len=_session_len(config, built),
         ),
         BlockAllocator(cache.num_blocks, cache.block_size, config.enable_prefix_caching),
+        HostBlockAllocator(cache.num_cpu_blocks) if cache.num_cpu_blocks else None,
     )
 
 

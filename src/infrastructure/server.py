@@ -24,6 +24,7 @@ def build_services(container, api_keys: list[str] | None) -> ServerServices:
         stats=generation.engine.stats,
         model_name=container.model_name(),
         api_keys=tuple(api_keys or ()),
+        ttft=generation.engine.ttft.snapshot,
     )
 
 

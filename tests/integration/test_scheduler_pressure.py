@@ -39,6 +39,46 @@ def test_200_requests_over_a_cache_for_about_10_complete_unchanged(prompts, alon
     assert stats.num_preemptions > 0, "the cache was meant to run short"
 
 
+def test_with_a_host_pool_preempted_requests_swap_out_and_back_unchanged(prompts, alone):
+    config = PytorchEngineConfig(
+        block_size=16, num_gpu_blocks=30, num_cpu_blocks=256, session_len=1024
+    )
+    pipe = pipeline(None, backend_config=config)
+    try:
+        outs = pipe([prompts[i % 20] for i in range(60)], gen_config=GEN)
+        stats = pipe.service.engine.stats()
+    finally:
+        pipe.close()
+    print(f"swap: {stats}")
+    assert [o.token_ids for o in outs] == [alone[i % 20] for i in range(60)]
+    assert (
+        stats.num_swapped_out_seqs > 0 and stats.num_swapped_in_seqs == stats.num_swapped_out_seqs
+    )
+    assert stats.num_swapped_in_blocks == stats.num_swapped_out_blocks
+    assert stats.num_recompute_preemptions == 0
+    assert stats.num_free_blocks == stats.num_blocks
+    assert stats.num_free_cpu_blocks == stats.num_cpu_blocks == 256
+    assert stats.num_swapped == 0 and stats.num_finished_length == 60
+
+
+def test_a_host_pool_too_small_for_some_victims_falls_back_to_recompute(prompts, alone):
+    # 3 host blocks hold a victim of up to 48 computed tokens; bigger ones are recomputed.
+    config = PytorchEngineConfig(
+        block_size=16, num_gpu_blocks=30, num_cpu_blocks=3, session_len=1024
+    )
+    pipe = pipeline(None, backend_config=config)
+    try:
+        outs = pipe([prompts[i % 20] for i in range(60)], gen_config=GEN)
+        stats = pipe.service.engine.stats()
+    finally:
+        pipe.close()
+    print(f"small host pool: {stats}")
+    assert [o.token_ids for o in outs] == [alone[i % 20] for i in range(60)]
+    assert stats.num_recompute_preemptions > 0
+    assert stats.num_free_blocks == stats.num_blocks
+    assert stats.num_free_cpu_blocks == stats.num_cpu_blocks == 3
+
+
 def test_prefix_caching_computes_a_shared_system_prompt_once(prompt_ids):
     system = prompt_ids[-1][:400]
     requests = [system + prompt_ids[-1][400 + i : 403 + i] for i in range(50)]

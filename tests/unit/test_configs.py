@@ -62,3 +62,10 @@ def test_turbomind_config_translates_to_pytorch():
 def test_invalid_engine_values(kwargs):
     with pytest.raises(InvalidArgument):
         PytorchEngineConfig(**kwargs)
+
+
+def test_num_cpu_blocks_sizes_the_host_pool_and_rejects_bad_values():
+    assert PytorchEngineConfig(num_cpu_blocks=128).num_cpu_blocks == 128
+    for bad in (-1, 2.5, "8"):
+        with pytest.raises(InvalidArgument, match="num_cpu_blocks"):
+            PytorchEngineConfig(num_cpu_blocks=bad)

@@ -34,6 +34,7 @@ ENGINE_FIELDS = (
     "load_format",
     "num_gpu_blocks",
     "rope_scaling_factor",
+    "num_cpu_blocks",
 )
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_p")
 

@@ -1,4 +1,5 @@
-"""The api_server FastAPI app: OpenAI routes, the interactive route, health, stats and docs."""
+"""The api_server FastAPI app: OpenAI routes, the interactive route, health, stats, metrics
+and docs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 
 from ...domain.errors import PromptTooLong
-from . import routes_interactive, routes_openai
+from . import metrics, routes_interactive, routes_openai
 from .errors import error_response, install_error_handlers
 from .protocol import ModelCard, ModelList
 from .services import ServerServices
@@ -59,6 +60,8 @@ def create_app(svc: ServerServices) -> FastAPI:
         """Engine counters: KV blocks free and total, running and waiting sequences."""
         return dataclasses.asdict(svc.stats())
 
+    app.state.metrics = metrics.registry_for(svc.stats, svc.ttft)  # per app: no global registry
+    app.include_router(metrics.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_interactive.router)
     return app

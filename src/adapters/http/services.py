@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ...application.engine import EngineStats
 from ...application.generation import GenerationService
+from ...application.latency import HistogramSnapshot
 from ...application.sessions import SessionManager
 
 
@@ -17,3 +18,4 @@ class ServerServices:
     stats: Callable[[], EngineStats]
     model_name: str
     api_keys: tuple[str, ...] = ()
+    ttft: Callable[[], HistogramSnapshot] | None = None  # time to first token, for /metrics

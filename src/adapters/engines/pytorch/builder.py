@@ -127,6 +127,7 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         max_batch_size=config.max_batch_size or default_max_batch_size(device),
         max_model_len=config.session_len or model_cfg.max_position_embeddings,
         use_cuda_graphs=not config.eager_mode,
+        num_cpu_blocks=config.num_cpu_blocks,
     )
     return BuiltModel(runner, model_cfg)
 

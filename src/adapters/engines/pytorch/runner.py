@@ -9,6 +9,7 @@ import torch
 from ....application.ports import CacheGeometry, StepOutput
 from ....domain.scheduler import StepPlan
 from .attention import AttentionMetadata, decode_context
+from .cache_swap import CacheSwapper
 from .cpu_attention import cpu_decode_kernel_available
 from .cuda_graph import DecodeGraphs
 from .llama import LlamaForCausalLM
@@ -27,13 +28,14 @@ class PytorchModelRunner:
         max_batch_size: int = 32,
         max_model_len: int | None = None,
         use_cuda_graphs: bool = False,
+        num_cpu_blocks: int = 0,
     ) -> None:
         cfg = model.config
         self.max_batch_size = max_batch_size
         self.model = model
         self.device = device
         self.dtype = dtype
-        self._cache = CacheGeometry(num_blocks=num_blocks, block_size=block_size)
+        self._cache = CacheGeometry(num_blocks, block_size, num_cpu_blocks)
         shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.kv_caches = [
             (
@@ -42,6 +44,7 @@ class PytorchModelRunner:
             )
             for _ in range(cfg.num_hidden_layers)
         ]
+        self.swapper = CacheSwapper(self.kv_caches, num_cpu_blocks) if num_cpu_blocks else None
         max_len = max_model_len or cfg.max_position_embeddings
         self.rope = RotaryTables(
             cfg.head_dim,
@@ -152,6 +155,10 @@ class PytorchModelRunner:
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
+        if self.swapper is not None:  # before the forward pass, which may reuse swapped blocks
+            self.swapper.apply(plan.blocks_to_swap_out, plan.blocks_to_swap_in)
+        if not plan.seqs:
+            return StepOutput(token_ids=[])
         logits = self._forward(plan)
         batch = SamplingBatch.from_seqs(plan.seqs, self.device)
         token_ids = sample(logits, batch)
