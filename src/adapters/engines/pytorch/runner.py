@@ -11,8 +11,10 @@ from ....domain.scheduler import StepPlan
 from .attention import AttentionMetadata, decode_context
 from .cuda_graph import DecodeGraphs
 from .llama import LlamaForCausalLM
+from .logits_processing import LogitsProcessorHook, wants_processors
 from .rotary import rotary_cos_sin
 from .sampling import SamplingBatch, sample, top_logprobs
+from .step_extras import collect_extras, wants_extras
 
 
 class PytorchModelRunner:
@@ -114,11 +116,12 @@ class PytorchModelRunner:
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
         input_ids, positions, meta = self._prepare(plan)
-        graphs = self.graphs
+        graphs, extras = self.graphs, None
         if (
             graphs is not None
             and meta.is_decode
             and graphs.can_run(len(plan.seqs), meta.block_tables.shape[1])
+            and not wants_extras(plan)
         ):
             logits = graphs.run(input_ids, positions, meta)
         else:
@@ -127,14 +130,20 @@ class PytorchModelRunner:
             )
             last = torch.tensor(meta.query_lens, device=self.device).cumsum(0) - 1
             logits = self.model.compute_logits(hidden[last])
+            if wants_extras(plan):
+                extras = collect_extras(self.model, hidden, plan)
         batch = SamplingBatch.from_seqs(plan.seqs, self.device)
-        token_ids = sample(logits, batch)
-        want = [s.sampling.logprobs for s in plan.seqs]
-        if all(w is None for w in want):
-            return StepOutput(token_ids=token_ids.tolist())
-        return StepOutput(
-            token_ids=token_ids.tolist(), logprobs=self._logprobs(logits, token_ids, want)
+        hook = LogitsProcessorHook(plan) if wants_processors(plan) else None
+        token_ids = sample(logits, batch, hook)
+        output = StepOutput(
+            token_ids=token_ids.tolist(),
+            extras=extras,
+            errors=hook.errors if hook is not None else None,
         )
+        want = [s.sampling.logprobs for s in plan.seqs]
+        if any(w is not None for w in want):
+            output.logprobs = self._logprobs(logits, token_ids, want)
+        return output
 
     @staticmethod
     def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor, want: list[int | None]) -> list:
