@@ -93,3 +93,17 @@ def test_choice_seeds_differ_and_choice_zero_keeps_the_seed():
     assert seeds[0] == 11 and len(set(seeds)) == 4
     assert seeds == [params.for_choice(i).random_seed for i in range(4)]
     assert SamplingParams().for_choice(3).random_seed is None
+
+
+def test_choices_under_cache_pressure_all_finish_and_every_block_comes_back():
+    sched = Scheduler(
+        SchedulerConfig(max_batch_size=8, max_num_batched_tokens=16, max_model_len=1000),
+        BlockAllocator(9, 4),  # too few for 4 choices of 10 + 12 tokens at once
+    )
+    seqs = _choices(4, prompt_len=10, max_new_tokens=12)
+    for s in seqs:
+        sched.add(s)
+    _run(sched, seqs)
+    assert sched.counters.preemptions > 0
+    assert all(s.num_output_tokens == 12 for s in seqs)
+    assert sched.allocator.num_free_blocks == 9
