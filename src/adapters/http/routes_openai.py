@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ...application.configs import GenerationConfig
 from ...application.generation import GenOut, RequestStream
+from ...application.ports import Tokenizer
 from ...application.tools import ToolCallStream, ToolParser, prepare_chat
 from ..tool_parsers import get_tool_parser
 from . import openai_format as fmt
@@ -37,10 +38,10 @@ def gen_config_of(
     max_tokens: int | None,
     logprobs: int | None,
     session_len: int,
-    vocab_size: int | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> GenerationConfig:
     """OpenAI semantics: sampling by default; temperature 0 (or top_k 1) is greedy."""
-    bias = LogitBias(body.logit_bias, vocab_size or 0) if body.logit_bias else None
+    bias = LogitBias(body.logit_bias, tokenizer.vocab_size) if body.logit_bias else None
     return GenerationConfig(
         n=body.n,
         do_sample=True,
@@ -112,7 +113,7 @@ async def chat_completions(
         body.max_completion_tokens or body.max_tokens,
         top if body.logprobs else None,
         generation.session_len,
-        generation.tokenizer.vocab_size,
+        generation.tokenizer,
     )
     messages = (
         body.messages
@@ -246,9 +247,7 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
         return bad
     generation = svc.generation
     top = body.logprobs
-    config = gen_config_of(
-        body, body.max_tokens, top, generation.session_len, generation.tokenizer.vocab_size
-    )
+    config = gen_config_of(body, body.max_tokens, top, generation.session_len, generation.tokenizer)
     prompts: list[Any] = (
         [body.prompt]
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], int)
