@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..domain.sampling_params import SamplingParams
-from ..domain.scheduler import Scheduler
+from ..domain.scheduler import Scheduler, StepPlan
 from ..domain.sequence import FinishReason, Sequence
 from .ports import ModelRunner
 
@@ -181,7 +181,7 @@ class EngineLoop:
             sink = self._sinks[seq.seq_id] if not seq.is_finished else self._sinks.pop(seq.seq_id)
             sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished, extras=extra))
 
-    def _abort_failed(self, plan, errors: list[str | None] | None) -> None:
+    def _abort_failed(self, plan: StepPlan, errors: list[str | None] | None) -> None:
         """A sequence whose own options failed ends alone; the rest of the step goes on."""
         for seq, error in zip(plan.seqs, errors or (), strict=False):
             if error is not None and seq.seq_id in self._sinks:
