@@ -12,6 +12,31 @@ from ..domain.sampling_params import SamplingParams
 
 @dataclass
 class GenerationConfig:
+    """Generation parameters, as documented; beyond the documentation's text:
+
+    - `n`: choices per prompt. `pipe(prompts, GenerationConfig(n=k))` returns a flat list of
+      len(prompts) * k Responses, prompt-major (all choices of prompt 0, then prompt 1, ...),
+      each with `index` = its prompt's index; `stream_infer` tags each delta the same way. The
+      choices share the prompt's KV blocks (computed once). With `random_seed`, choice 0 uses
+      the seed and choice i a seed derived from (seed, i): the choices differ, and the whole
+      result reproduces. Greedy decoding gives k equal choices.
+    - `logits_processors`: callables `fn(input_ids, scores) -> scores`, input_ids the
+      sequence's ids so far (prompt + generated, 1-D LongTensor on the logits' device), scores
+      that row's logits [vocab] float32; applied in order after bad words, min_new_tokens and
+      repetition penalty, before temperature and top-k/top-p/min-p. One that raises or returns
+      another shape aborts its own request (finish_reason 'abort', the error logged).
+    - `output_logits` / `output_last_hidden_state`: `Response.logits` [rows, vocab] and
+      `Response.last_hidden_state` [rows, hidden], host tensors of the raw model outputs. Row i
+      of 'all' is position i of prompt + token_ids (it predicts token i + 1): P + G - 1 rows for
+      P prompt and G returned tokens. 'generation' is the G rows from position P - 1 on, row j
+      the one that produced token_ids[j]. 'all' computes the whole prompt (no prefix-cache
+      reuse). stream_infer deltas carry the rows that arrived with them.
+    - `spaces_between_special_tokens`: with skip_special_tokens=False, the text is decoded in
+      runs between added (special) tokens, and runs and special tokens are joined by one
+      space, as transformers' slow tokenizers do ("a<|im_end|>b" -> "a <|im_end|> b"). It
+      changes nothing when special tokens are skipped.
+    """
+
     n: int = 1
     max_new_tokens: int = 512
     do_sample: bool = False
@@ -36,8 +61,12 @@ class GenerationConfig:
     output_last_hidden_state: Literal["all", "generation"] | None = None
 
     def __post_init__(self) -> None:
-        if self.n != 1:
-            raise InvalidArgument("n", f"only n=1 is supported, got {self.n}")
+        if not isinstance(self.n, int) or self.n < 1:
+            raise InvalidArgument("n", f"must be an int >= 1, got {self.n!r}")
+        if self.logits_processors is not None and not isinstance(
+            self.logits_processors, (list, tuple)
+        ):
+            raise InvalidArgument("logits_processors", "must be a list of callables")
         if self.temperature < 0:
             raise InvalidArgument("temperature", f"must be >= 0, got {self.temperature}")
         # Build once so that a bad value fails here, naming the argument.
@@ -61,6 +90,9 @@ class GenerationConfig:
             bad_token_ids=tuple(self.bad_token_ids or ()) + tuple(bad_token_ids or ()),
             random_seed=self.random_seed,
             logprobs=self.logprobs,
+            logits_processors=tuple(self.logits_processors or ()),
+            output_logits=self.output_logits,
+            output_last_hidden_state=self.output_last_hidden_state,
         )
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..domain.sampling_params import SamplingParams
-from ..domain.scheduler import Scheduler
+from ..domain.scheduler import Scheduler, StepPlan
 from ..domain.sequence import FinishReason, Sequence
 from .latency import LatencyHistogram
 from .ports import ModelRunner
@@ -32,6 +32,7 @@ class TokenEvent:
     logprobs: dict[int, float] | None = None
     finished: bool = False
     error: str | None = None
+    extras: dict | None = None  # see StepOutput.extras; also sent for prefill chunks
 
 
 Sink = Callable[[TokenEvent], None]
@@ -187,6 +188,7 @@ class EngineLoop:
                 self.scheduler.abort(seq)
                 self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=repr(exc)))
             return
+        self._abort_failed(plan, output.errors)
         # A prefill chunk that stops short of the prompt's end samples nothing worth reporting.
         completes = [
             s.num_cached_tokens + n >= s.num_tokens
@@ -194,15 +196,28 @@ class EngineLoop:
         ]
         self.scheduler.postprocess(plan, output.token_ids)
         logprobs = output.logprobs or [None] * len(plan.seqs)
-        for seq, token_id, lp, done in zip(
-            plan.seqs, output.token_ids, logprobs, completes, strict=True
+        extras = output.extras or [None] * len(plan.seqs)
+        for seq, token_id, lp, extra, done in zip(
+            plan.seqs, output.token_ids, logprobs, extras, completes, strict=True
         ):
+            if seq.seq_id not in self._sinks:  # aborted: its sink already had the end
+                continue
             if not done:
+                if extra is not None:  # rows of a prefill chunk (output_logits='all', ...)
+                    self._sinks[seq.seq_id](TokenEvent(seq, None, extras=extra))
                 continue
             if seq.num_output_tokens == 1 and seq.seq_id in self._admitted_at:
                 self.ttft.observe(time.monotonic() - self._admitted_at.pop(seq.seq_id))
             sink = self._sinks[seq.seq_id] if not seq.is_finished else self._sinks.pop(seq.seq_id)
-            sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished))
+            sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished, extras=extra))
+
+    def _abort_failed(self, plan: StepPlan, errors: list[str | None] | None) -> None:
+        """A sequence whose own options failed ends alone; the rest of the step goes on."""
+        for seq, error in zip(plan.seqs, errors or (), strict=False):
+            if error is not None and seq.seq_id in self._sinks:
+                logger.error("request %d aborted: %s", seq.seq_id, error)
+                self.scheduler.abort(seq)
+                self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=error))
 
     def _abort_everything(self, reason: str) -> None:
         s = self.scheduler

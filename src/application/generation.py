@@ -21,7 +21,8 @@ from .chat_template import ChatTemplate
 from .configs import GenerationConfig
 from .detokenizer import IncrementalDetokenizer
 from .engine import EngineLoop, TokenEvent
-from .ports import Tokenizer
+from .output_rows import OutputRows
+from .ports import JoinRows, Tokenizer
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +40,9 @@ class GenOut:
     finish_reason: str | None = None
     logprobs: list[dict[int, float]] | None = None
     error: str | None = None
+    logits: Any = None  # rows that arrived with this output (see GenerationConfig)
+    last_hidden_state: Any = None
+    prompt_loss: tuple[float, int] | None = None  # (sum, count), on the final output
 
 
 @dataclass
@@ -47,18 +51,28 @@ class PreparedRequest:
     sampling: SamplingParams
     stop_words: list[str] = field(default_factory=list)
     skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    n: int = 1
 
 
 class RequestStream:
     """One request's outputs. The engine thread pushes events; the reader turns them into text."""
 
     def __init__(
-        self, engine: EngineLoop, tokenizer: Tokenizer, seq: Sequence, request: PreparedRequest
+        self,
+        engine: EngineLoop,
+        tokenizer: Tokenizer,
+        seq: Sequence,
+        request: PreparedRequest,
+        join_rows: JoinRows | None = None,
     ) -> None:
         self._engine = engine
         self.seq = seq
         self.request = request
-        self._detok = IncrementalDetokenizer(tokenizer, request.skip_special_tokens)
+        self._detok = IncrementalDetokenizer(
+            tokenizer, request.skip_special_tokens, request.spaces_between_special_tokens
+        )
+        self._rows = OutputRows(join_rows)
         self._text = ""
         self._emitted = 0
         self._num_tokens = 0
@@ -128,6 +142,8 @@ class RequestStream:
                 and event.token_id in self._stop_ids
                 and self.seq.finish_reason is FinishReason.STOP
             )
+            if event.extras:
+                self._rows.add(event.extras, drop_last=is_stop_token)
             if event.token_id is not None and not is_stop_token:
                 new_ids.append(event.token_id)
                 if event.logprobs is not None:
@@ -145,14 +161,23 @@ class RequestStream:
             return None
         end = len(self._text) if self.finished else max(self._emitted, len(self._text) - self._hold)
         delta, self._emitted = self._text[self._emitted : end], end
+        sampling = self.request.sampling
+        rows = self._rows
         return GenOut(
             text=delta,
             token_ids=new_ids,
             input_token_len=self.seq.num_prompt_tokens,
             generate_token_len=self._num_tokens,
             finish_reason=finish,
-            logprobs=logprobs if self.request.sampling.logprobs is not None else None,
+            logprobs=logprobs if sampling.logprobs is not None else None,
             error=error,
+            logits=rows.take("logits") if sampling.output_logits else None,
+            last_hidden_state=rows.take("last_hidden_state")
+            if sampling.output_last_hidden_state
+            else None,
+            prompt_loss=(rows.loss_sum, rows.loss_count)
+            if sampling.prompt_loss and self.finished
+            else None,
         )
 
     def _hit_stop_word(self) -> bool:
@@ -172,11 +197,13 @@ class GenerationService:
         tokenizer: Tokenizer,
         chat_template: ChatTemplate,
         session_len: int,
+        join_rows: JoinRows | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.session_len = session_len
+        self.join_rows = join_rows
 
     def prepare(
         self, prompt: Prompt, gen_config: GenerationConfig | None = None, do_preprocess: bool = True
@@ -196,6 +223,8 @@ class GenerationService:
             ),
             stop_words=[w for w in multi if w in (gen_config.stop_words or [])],
             skip_special_tokens=gen_config.skip_special_tokens,
+            spaces_between_special_tokens=gen_config.spaces_between_special_tokens,
+            n=gen_config.n,
         )
 
     def tokenize(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
@@ -244,10 +273,12 @@ class GenerationService:
                 multi.append(word)
         return single, multi
 
-    def new_sequence(self, request: PreparedRequest, keep_cache: bool = False) -> Sequence:
+    def new_sequence(
+        self, request: PreparedRequest, keep_cache: bool = False, choice: int = 0
+    ) -> Sequence:
         return Sequence(
             prompt_token_ids=request.input_ids,
-            sampling=request.sampling,
+            sampling=request.sampling.for_choice(choice),
             max_len=self.session_len,
             eos_token_ids=self.tokenizer.eos_token_ids,
             keep_cache=keep_cache,
@@ -257,8 +288,31 @@ class GenerationService:
         self, request: PreparedRequest, asynchronous: bool = False, resume: Sequence | None = None
     ) -> RequestStream:
         """Start generating; `resume` runs the request as the next turn of a session's sequence."""
-        seq = resume or self.new_sequence(request)
-        stream = RequestStream(self.engine, self.tokenizer, seq, request)
+        return self._start(resume or self.new_sequence(request), request, asynchronous, resume)
+
+    def submit_choices(
+        self, request: PreparedRequest, asynchronous: bool = False
+    ) -> list[RequestStream]:
+        """The request's n choices, one stream each. Choices after the first wait for it to
+        compute the prompt and reference its KV blocks (unless every prompt position's output
+        is wanted, which needs each choice to compute them)."""
+        parent = self.new_sequence(request)
+        streams = [self._start(parent, request, asynchronous)]
+        for i in range(1, request.n):
+            seq = self.new_sequence(request, choice=i)
+            if not request.sampling.needs_prompt_outputs:
+                seq.fork_parent = parent
+            streams.append(self._start(seq, request, asynchronous))
+        return streams
+
+    def _start(
+        self,
+        seq: Sequence,
+        request: PreparedRequest,
+        asynchronous: bool,
+        resume: Sequence | None = None,
+    ) -> RequestStream:
+        stream = RequestStream(self.engine, self.tokenizer, seq, request, self.join_rows)
         if asynchronous:
             stream.bind_async()
         else:

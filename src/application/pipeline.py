@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import queue
@@ -12,7 +13,9 @@ from typing import Any
 
 from ..domain.errors import InvalidArgument, PromptTooLong
 from .configs import GenerationConfig, Response
-from .generation import GenerationService, GenOut, Prompt, RequestStream
+from .generation import GenerationService, GenOut, PreparedRequest, Prompt, RequestStream
+from .output_rows import ROW_OUTPUTS
+from .scoring import prompt_losses, token_batches
 from .sessions import SessionManager
 
 logger = logging.getLogger(__name__)
@@ -31,12 +34,15 @@ class ChatSession:
         self.response: Response | None = None
 
     def _stream(self, prompt: Any, outputs: Iterator[GenOut]) -> Iterator[Response]:
-        self.response = Response(
-            text="", generate_token_len=0, input_token_len=0, session_id=self.session_id
+        collector = _Collector(
+            Response(text="", generate_token_len=0, input_token_len=0, session_id=self.session_id),
+            self._pipe.service,
         )
+        self.response = collector.response
         for out in outputs:
-            _accumulate(self.response, out)
+            collector.add(out)
             yield _delta_response(out, 0)
+        collector.finish()
         self.history.append((prompt, self.response.text))
 
     def close(self) -> None:
@@ -110,9 +116,17 @@ class Pipeline:
         configs = _configs(gen_config, len(items))
         # Every prompt is prepared before any is submitted, so one bad prompt submits nothing.
         requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
-        streams = [self.service.submit(r) if not isinstance(r, Response) else r for r in requests]
-        responses = [self._collect(s, i) for i, s in enumerate(streams)]
-        return responses[0] if single else responses
+        streams = [self._submit(r, c.n) for r, c in zip(requests, configs, strict=True)]
+        responses = [self._collect(s, i) for i, choices in enumerate(streams) for s in choices]
+        return responses[0] if single and len(responses) == 1 else responses
+
+    def _submit(
+        self, request: PreparedRequest | Response, n: int, asynchronous: bool = False
+    ) -> list[RequestStream | Response]:
+        """One stream per choice; a request that ended at once answers n times."""
+        if isinstance(request, Response):
+            return [dataclasses.replace(request) for _ in range(n)]
+        return self.service.submit_choices(request, asynchronous)
 
     def _prepare(self, prompt: Prompt, config: GenerationConfig, do_preprocess: bool):
         try:
@@ -127,15 +141,16 @@ class Pipeline:
                 finish_reason="length",
             )
 
-    @staticmethod
-    def _collect(stream: RequestStream | Response, index: int) -> Response:
+    def _collect(self, stream: RequestStream | Response, index: int) -> Response:
         if isinstance(stream, Response):
             stream.index = index
             return stream
-        response = Response(text="", generate_token_len=0, input_token_len=0, index=index)
+        collector = _Collector(
+            Response(text="", generate_token_len=0, input_token_len=0, index=index), self.service
+        )
         for out in stream:
-            _accumulate(response, out)
-        return response
+            collector.add(out)
+        return collector.finish()
 
     # -- streaming --------------------------------------------------------------------------
     def stream_infer(
@@ -153,18 +168,23 @@ class Pipeline:
         requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
         merged: queue.SimpleQueue = queue.SimpleQueue()
 
-        def pump(index: int, request) -> None:
-            if isinstance(request, Response):
-                request.index = index
-                merged.put(request)
+        def pump(index: int, stream: RequestStream | Response) -> None:
+            if isinstance(stream, Response):
+                stream.index = index
+                merged.put(stream)
             else:
-                for out in self.service.submit(request):
+                for out in stream:
                     merged.put(_delta_response(out, index))
             merged.put(None)
 
-        for i, r in enumerate(requests):
-            threading.Thread(target=pump, args=(i, r), daemon=True).start()
-        remaining = len(requests)
+        streams = [
+            (i, s)
+            for i, (r, c) in enumerate(zip(requests, configs, strict=True))
+            for s in self._submit(r, c.n)
+        ]
+        for i, s in streams:
+            threading.Thread(target=pump, args=(i, s), daemon=True).start()
+        remaining = len(streams)
         while remaining:
             item = merged.get()
             if item is None:
@@ -180,27 +200,29 @@ class Pipeline:
         do_preprocess: bool = True,
         **kwargs: Any,
     ) -> Response | list[Response]:
+        self._check_open(None)
         items, single = _normalize(prompts)
         configs = _configs(gen_config, len(items))
+        requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
         results = await asyncio.gather(
             *(
-                self._async_one(p, c, do_preprocess, i)
-                for i, (p, c) in enumerate(zip(items, configs, strict=True))
+                self._async_one(stream, i)
+                for i, (r, c) in enumerate(zip(requests, configs, strict=True))
+                for stream in self._submit(r, c.n, asynchronous=True)
             )
         )
-        return results[0] if single else list(results)
+        return results[0] if single and len(results) == 1 else list(results)
 
-    async def _async_one(
-        self, prompt: Prompt, config: GenerationConfig, do_preprocess: bool, index: int
-    ) -> Response:
-        request = self._prepare(prompt, config, do_preprocess)
-        if isinstance(request, Response):
-            request.index = index
-            return request
-        response = Response(text="", generate_token_len=0, input_token_len=0, index=index)
-        async for out in self.generate(request):
-            _accumulate(response, out)
-        return response
+    async def _async_one(self, stream: RequestStream | Response, index: int) -> Response:
+        if isinstance(stream, Response):
+            stream.index = index
+            return stream
+        collector = _Collector(
+            Response(text="", generate_token_len=0, input_token_len=0, index=index), self.service
+        )
+        async for out in stream:
+            collector.add(out)
+        return collector.finish()
 
     async def generate(self, request) -> AsyncIterator[GenOut]:
         """The async stream of one prepared request (the HTTP server's entry point)."""
@@ -221,6 +243,8 @@ class Pipeline:
         next turn prefills only its new tokens. Returns the session (its `response` holds this
         turn), or with `stream_response` an iterator of deltas that fills the session in."""
         self._check_open(None)
+        if gen_config is not None and gen_config.n != 1:
+            raise InvalidArgument("n", "a chat session holds one reply per turn; use n=1")
         session = session or ChatSession(next(_chat_ids), self)
         outputs = self._sessions.chat_sync(
             session.session_id, prompt, gen_config or GenerationConfig()
@@ -230,6 +254,16 @@ class Pipeline:
         for _ in session._stream(prompt, outputs):
             pass
         return session
+
+    # -- scoring ----------------------------------------------------------------------------
+    def get_ppl(self, input_ids: list[int] | list[list[int]]) -> list[float]:
+        """The mean next-token cross-entropy of each sequence (the loss, not its exp), one float
+        per sequence. Long inputs are scored chunk by chunk (max_prefill_token_num tokens a
+        step), so memory stays bounded; each must fit session_len."""
+        self._check_open(None)
+        return prompt_losses(
+            self.service, token_batches(input_ids, self.service.tokenizer.vocab_size)
+        )
 
     # -- lifetime ---------------------------------------------------------------------------
     def _check_open(self, adapter_name: str | None) -> None:
@@ -258,6 +292,28 @@ class Pipeline:
             pass
 
 
+class _Collector:
+    """Builds one Response from a stream's outputs; the row outputs are joined once at the end
+    (joining per step would copy the growing tensor every token)."""
+
+    def __init__(self, response: Response, service: GenerationService) -> None:
+        self.response = response
+        self._join = service.join_rows
+        self._rows: dict[str, list[Any]] = {name: [] for name in ROW_OUTPUTS}
+
+    def add(self, out: GenOut) -> None:
+        _accumulate(self.response, out)
+        for name in ROW_OUTPUTS:
+            if getattr(out, name) is not None:
+                self._rows[name].append(getattr(out, name))
+
+    def finish(self) -> Response:
+        for name, chunks in self._rows.items():
+            if chunks:
+                setattr(self.response, name, self._join(chunks))
+        return self.response
+
+
 def _accumulate(response: Response, out: GenOut) -> None:
     response.text += out.text
     response.token_ids.extend(out.token_ids)
@@ -278,5 +334,7 @@ def _delta_response(out: GenOut, index: int) -> Response:
         finish_reason=out.finish_reason,
         token_ids=out.token_ids,
         logprobs=out.logprobs,
+        logits=out.logits,
+        last_hidden_state=out.last_hidden_state,
         index=index,
     )

@@ -115,7 +115,8 @@ def prepare_chat(
     parser = parser_for(getattr(template, "tool_parser", None) or "hermes")
     text = render_prompt(template, messages, tools, tool_choice)
     if not parser.skip_special_tokens:
-        config = replace(config, skip_special_tokens=False)
+        # The parser reads the markers as the model wrote them, without added spaces.
+        config = replace(config, skip_special_tokens=False, spaces_between_special_tokens=False)
     input_ids = generation.tokenizer.encode(text, add_special_tokens=False)
     return generation.prepare(input_ids, config), parser
 

@@ -26,6 +26,7 @@ def chain_hash(prefix_hash: int | None, tokens: list[int]) -> int:
 class CacheCounters:
     prefix_hit_tokens: int = 0
     evicted_cached_blocks: int = 0
+    forked_tokens: int = 0  # prompt tokens a sibling choice referenced instead of computing
 
 
 class BlockAllocator:
@@ -64,7 +65,7 @@ class BlockAllocator:
     def _matched_blocks(self, seq: Sequence) -> list[int]:
         """Cached blocks equal to seq's leading full blocks; never the block of its last token,
         which must be computed to produce the next logits."""
-        if not self.enable_prefix_caching or seq.block_table:
+        if not self.enable_prefix_caching or seq.block_table or seq.sampling.needs_prompt_outputs:
             return []
         matched, prefix = [], None
         for i in range((seq.num_tokens - 1) // self.block_size):
@@ -131,6 +132,25 @@ class BlockAllocator:
         assert self._ref[block] == 0, f"block {block} handed out while referenced"
         self._ref[block] = 1
         return block
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Let `child` (same prompt, no blocks yet) reference the parent's computed full prompt
+        blocks; never the block of the prompt's last token, which the child must compute to
+        produce its own first logits. Those blocks are never written again: the parent's new
+        tokens land after the prompt."""
+        assert not child.block_table, "fork() into a sequence that holds blocks"
+        assert child.prompt_token_ids == parent.prompt_token_ids, "fork() across prompts"
+        num_full = min(
+            (child.num_tokens - 1) // self.block_size,
+            parent.num_cached_tokens // self.block_size,
+            len(parent.block_table),
+        )
+        for block in parent.block_table[:num_full]:
+            self._ref[block] += 1
+            child.block_table.append(block)
+        child.block_hashes = list(parent.block_hashes[:num_full])
+        child.num_cached_tokens = num_full * self.block_size
+        self.counters.forked_tokens += child.num_cached_tokens
 
     def can_append(self, seq: Sequence) -> bool:
         """Room for the one token a decode step writes (seq.num_tokens already counts it)."""

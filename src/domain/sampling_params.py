@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 
 from .errors import InvalidArgument
+
+OUTPUT_MODES = (None, "all", "generation")
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,11 @@ class SamplingParams:
     bad_token_ids: tuple[int, ...] = ()
     random_seed: int | None = None
     logprobs: int | None = None
+    # Opaque to the domain: fn(input_ids, scores) -> scores, applied by the runner in order.
+    logits_processors: tuple[Callable, ...] = field(default=(), compare=False)
+    output_logits: str | None = None  # 'all' | 'generation'
+    output_last_hidden_state: str | None = None  # 'all' | 'generation'
+    prompt_loss: bool = False  # report the prompt's summed next-token cross-entropy (get_ppl)
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
@@ -42,7 +50,35 @@ class SamplingParams:
             raise InvalidArgument("min_new_tokens", f"must be >= 0, got {self.min_new_tokens}")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise InvalidArgument("logprobs", f"must be in [0, 20], got {self.logprobs}")
+        for name in ("output_logits", "output_last_hidden_state"):
+            if getattr(self, name) not in OUTPUT_MODES:
+                raise InvalidArgument(
+                    name, f"must be None, 'all' or 'generation', got {getattr(self, name)!r}"
+                )
+        for i, fn in enumerate(self.logits_processors):
+            if not callable(fn):
+                raise InvalidArgument(
+                    "logits_processors", f"item {i} is a {type(fn).__name__}, not a callable"
+                )
 
     @property
     def is_greedy(self) -> bool:
         return self.temperature == 0 or self.top_k == 1
+
+    @property
+    def needs_prompt_outputs(self) -> bool:
+        """Rows of every prompt position are wanted: no prompt token may be skipped through a
+        cached prefix or a shared fork."""
+        return "all" in (self.output_logits, self.output_last_hidden_state) or self.prompt_loss
+
+    @property
+    def needs_hidden_rows(self) -> bool:
+        return bool(self.output_logits or self.output_last_hidden_state or self.prompt_loss)
+
+    def for_choice(self, index: int) -> SamplingParams:
+        """The params of choice `index` of n: choice 0 keeps the seed (so n=1 and the first of
+        n agree); the others get a seed derived from (seed, index), so choices differ and the
+        whole result still reproduces. Tuple-of-int hashes do not depend on PYTHONHASHSEED."""
+        if index == 0 or self.random_seed is None:
+            return self
+        return replace(self, random_seed=hash((self.random_seed, index)) % (1 << 31))

@@ -212,6 +212,10 @@ class Scheduler:
     def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
         while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
             seq = self.waiting[0]
+            if seq.fork_parent is not None:
+                if not seq.fork_parent.is_finished:
+                    break  # a sibling choice waits for the shared prompt to be computed
+                seq.fork_parent = None  # the parent ended before its prompt: compute alone
             while not self.allocator.can_allocate(seq) and self._evict_parked():
                 pass
             if not self.allocator.can_allocate(seq):
@@ -262,18 +266,30 @@ class Scheduler:
         for seq, num, token_id in zip(plan.seqs, plan.num_scheduled, token_ids, strict=True):
             if seq.is_finished:  # aborted while the step ran
                 continue
+            prompt_done = False
             if seq.num_cached_tokens + num < seq.num_tokens:  # a prefill chunk, more to come
                 seq.num_cached_tokens += num
                 self.counters.prefill_tokens += num
             else:
+                prompt_done = seq.num_output_tokens == 0
                 self._count_final(seq, num)
                 seq.append_token(token_id)
             self.allocator.register_computed(seq)
+            if prompt_done:
+                self._fork_siblings(seq)
             if seq.is_finished:
                 finished.append(seq)
         for seq in finished:
             self._release(seq)
         return finished
+
+    def _fork_siblings(self, parent: Sequence) -> None:
+        """The parent's prompt is computed: its waiting siblings reference its blocks now."""
+        for child in self.waiting:
+            if child.fork_parent is parent:
+                child.fork_parent = None
+                if not child.block_table:  # not yet forked (or preempted and reset)
+                    self.allocator.fork(parent, child)
 
     def _count_final(self, seq: Sequence, num: int) -> None:
         if seq.num_output_tokens == 0:

@@ -47,6 +47,9 @@ class Sequence:
     block_hashes: list[int] = field(
         default_factory=list
     )  # prefix-chain hashes of computed full blocks
+    # A sibling choice (n > 1) waits for this sequence to compute the shared prompt, then
+    # references its full prompt blocks instead of computing them again.
+    fork_parent: Sequence | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)

@@ -8,6 +8,7 @@ import logging
 from dependency_injector import containers, providers
 
 from ..adapters.engines.pytorch import builder
+from ..adapters.engines.pytorch.step_extras import join_rows
 from ..adapters.loaders import model_source
 from ..adapters.tokenizers.hf_tokenizer import HFTokenizer
 from ..adapters.tokenizers.id_tokenizer import IdTokenizer
@@ -122,6 +123,6 @@ class Container(containers.DeclarativeContainer):
     )
     session_len = providers.Callable(_session_len, engine_config, built_model)
     generation = providers.Singleton(
-        GenerationService, engine, tokenizer, chat_template, session_len
+        GenerationService, engine, tokenizer, chat_template, session_len, join_rows
     )
     model_name = providers.Callable(lambda name, src: name or src.name, config.model_name, source)

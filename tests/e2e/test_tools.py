@@ -185,6 +185,22 @@ class ScriptedGeneration:
 
         return stream()
 
+    def submit_choices(self, request, asynchronous: bool = True):
+        return [ScriptedStream(self.submit(request))]
+
+
+class ScriptedStream:
+    """A request stream: async iteration plus cancel()."""
+
+    def __init__(self, outputs) -> None:
+        self._outputs = outputs
+
+    def __aiter__(self):
+        return self._outputs.__aiter__()
+
+    def cancel(self) -> None:
+        pass
+
 
 CALLS = (
     'Let me see.\n<tool_call>\n{"name": "add", "arguments": {"a": 3, "b": 5}}\n</tool_call>\n'

@@ -14,7 +14,11 @@ from lmdeploy.domain.errors import InvalidArgument
         ({"max_new_tokens": -1}, "max_new_tokens"),
         ({"min_p": 2.0}, "min_p"),
         ({"repetition_penalty": 0.0}, "repetition_penalty"),
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"output_logits": "last"}, "output_logits"),
+        ({"output_last_hidden_state": "every"}, "output_last_hidden_state"),
+        ({"logits_processors": [1]}, "logits_processors"),
+        ({"logits_processors": print}, "logits_processors"),
     ],
 )
 def test_invalid_generation_config_names_the_argument(kwargs, argument):

@@ -13,6 +13,9 @@ def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
+MAX_N = 64  # choices per prompt; each is a sequence in the batch
+
+
 class StreamOptions(BaseModel):
     include_usage: bool = False
 
@@ -25,7 +28,7 @@ class SamplingFields(BaseModel):
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     top_k: int = Field(40, ge=0)
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=1)
+    n: int = Field(1, ge=1, le=MAX_N)
     max_tokens: int | None = Field(None, ge=1)
     stop: str | list[str] | None = None
     stream: bool = False
@@ -37,8 +40,18 @@ class SamplingFields(BaseModel):
     ignore_eos: bool = False
     skip_special_tokens: bool = True
     min_new_tokens: int | None = Field(None, ge=0)
+    min_tokens: int | None = Field(None, ge=0)  # vLLM's name for min_new_tokens
+    spaces_between_special_tokens: bool = True
+    logit_bias: dict[int, float] | None = None
     user: str | None = None
     session_id: int | str | None = -1
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _bias_in_range(cls, v):
+        if v and not all(-100 <= b <= 100 for b in v.values()):
+            raise ValueError("biases must be in [-100, 100]")
+        return v
 
     @property
     def stop_words(self) -> list[str] | None:

@@ -11,10 +11,12 @@ from fastapi.responses import JSONResponse, StreamingResponse
 
 from ...application.configs import GenerationConfig
 from ...application.generation import GenOut, RequestStream
+from ...application.ports import Tokenizer
 from ...application.tools import ToolCallStream, ToolParser, prepare_chat
 from ..tool_parsers import get_tool_parser
 from . import openai_format as fmt
 from .errors import error_response
+from .logit_bias import LogitBias
 from .protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -32,10 +34,16 @@ def services() -> ServerServices:  # replaced by create_app through dependency_o
 
 
 def gen_config_of(
-    body: SamplingFields, max_tokens: int | None, logprobs: int | None, session_len: int
+    body: SamplingFields,
+    max_tokens: int | None,
+    logprobs: int | None,
+    session_len: int,
+    tokenizer: Tokenizer | None = None,
 ) -> GenerationConfig:
     """OpenAI semantics: sampling by default; temperature 0 (or top_k 1) is greedy."""
+    bias = LogitBias(body.logit_bias, tokenizer.vocab_size) if body.logit_bias else None
     return GenerationConfig(
+        n=body.n,
         do_sample=True,
         temperature=body.temperature,
         top_p=body.top_p,
@@ -47,8 +55,10 @@ def gen_config_of(
         repetition_penalty=body.repetition_penalty,
         ignore_eos=body.ignore_eos,
         skip_special_tokens=body.skip_special_tokens,
-        min_new_tokens=body.min_new_tokens,
+        min_new_tokens=body.min_tokens if body.min_new_tokens is None else body.min_new_tokens,
+        spaces_between_special_tokens=body.spaces_between_special_tokens,
         logprobs=logprobs,
+        logits_processors=[bias] if bias else None,
     )
 
 
@@ -103,6 +113,7 @@ async def chat_completions(
         body.max_completion_tokens or body.max_tokens,
         top if body.logprobs else None,
         generation.session_len,
+        generation.tokenizer,
     )
     messages = (
         body.messages
@@ -115,7 +126,7 @@ async def chat_completions(
     request, parser = prepare_chat(
         generation, messages, config, tools, tool_choice, get_tool_parser
     )
-    stream = generation.submit(request, asynchronous=True)
+    streams = generation.submit_choices(request, asynchronous=True)
     request_id, model = new_id("chatcmpl"), svc.model_name
     tokenizer = generation.tokenizer
 
@@ -127,43 +138,51 @@ async def chat_completions(
         )
 
     if body.stream:
-        events = _chat_events(body, stream, parser, request_id, model, choice_logprobs)
+        events = _chat_events(body, streams, parser, request_id, model, choice_logprobs)
         return StreamingResponse(events, media_type="text/event-stream")
 
-    text, token_ids, logprobs, last = [], [], [], None
-    async for out in stream:
-        text.append(out.text)
-        token_ids += out.token_ids
-        logprobs += out.logprobs or []
-        last = out
-    joined = GenOut(
-        "".join(text),
-        token_ids,
+    results: dict[int, list[GenOut]] = {i: [] for i in range(len(streams))}
+    async for index, out in _merge(streams):
+        results[index].append(out)
+    joined = {i: _join(outs) for i, outs in results.items()}
+    choices = [_chat_choice(i, out, parser, choice_logprobs) for i, out in joined.items()]
+    return fmt.envelope(
+        "chat.completion", request_id, model, choices, usage=_sum_usage(joined.values(), body.n)
+    )
+
+
+def _join(outs: list[GenOut]) -> GenOut:
+    """One choice's stream of outputs as one."""
+    last = outs[-1]
+    return GenOut(
+        "".join(o.text for o in outs),
+        [t for o in outs for t in o.token_ids],
         last.input_token_len,
         last.generate_token_len,
         last.finish_reason,
-        logprobs,
+        [lp for o in outs for lp in (o.logprobs or [])],
     )
-    message, finish = {"role": "assistant", "content": joined.text}, last.finish_reason
+
+
+def _chat_choice(
+    index: int,
+    out: GenOut,
+    parser: ToolParser | None,
+    choice_logprobs: Callable[[GenOut], dict | None],
+) -> dict:
+    message, finish = {"role": "assistant", "content": out.text}, out.finish_reason
     if parser is not None:
-        parsed = parser.parse(joined.text, final=True)
+        parsed = parser.parse(out.text, final=True)
         if parsed.tool_calls:
             message["content"] = parsed.content.strip()
             message["tool_calls"] = [call.to_openai() for call in parsed.tool_calls]
             finish = _tool_finish(finish, True)
-    choice = {
-        "index": 0,
+    return {
+        "index": index,
         "message": message,
-        "logprobs": choice_logprobs(joined),
+        "logprobs": choice_logprobs(out),
         "finish_reason": finish,
     }
-    return fmt.envelope(
-        "chat.completion",
-        request_id,
-        model,
-        [choice],
-        usage=fmt.usage(last.input_token_len, last.generate_token_len),
-    )
 
 
 def _tool_finish(finish: str | None, called: bool) -> str | None:
@@ -171,47 +190,54 @@ def _tool_finish(finish: str | None, called: bool) -> str | None:
     return "tool_calls" if called and finish == "stop" else finish
 
 
-async def _chat_events(
-    body: ChatCompletionRequest,
-    stream: RequestStream,
-    parser: ToolParser | None,
-    request_id: str,
-    model: str,
-    choice_logprobs: Callable[[GenOut], dict | None],
-) -> AsyncIterator[str]:
-    first, last, num_calls = True, None, 0
-    calls = ToolCallStream(parser) if parser is not None else None
-    async for out in stream:
+class _ChoiceState:
+    """Per choice of a streamed chat reply: whether the role was sent, its tool calls so far."""
+
+    def __init__(self, parser: ToolParser | None) -> None:
+        self.first, self.last, self.num_calls = True, None, 0
+        self.calls = ToolCallStream(parser) if parser is not None else None
+
+    def delta(self, out: GenOut) -> dict[str, Any]:
+        calls = self.calls
         content, new_calls = calls.feed(out.text) if calls else (out.text, [])
         if calls and out.finish_reason is not None:
             more, more_calls = calls.finish()
             content, new_calls = content + more, new_calls + more_calls
         delta: dict[str, Any] = (
-            {"role": "assistant", "content": content} if first else {"content": content}
+            {"role": "assistant", "content": content} if self.first else {"content": content}
         )
         if new_calls:
             delta["tool_calls"] = [
-                {"index": num_calls + i, **call.to_openai()} for i, call in enumerate(new_calls)
+                {"index": self.num_calls + i, **call.to_openai()}
+                for i, call in enumerate(new_calls)
             ]
-            num_calls += len(new_calls)
-        first, last = False, out
+            self.num_calls += len(new_calls)
+        self.first, self.last = False, out
+        return delta
+
+
+async def _chat_events(
+    body: ChatCompletionRequest,
+    streams: list[RequestStream],
+    parser: ToolParser | None,
+    request_id: str,
+    model: str,
+    choice_logprobs: Callable[[GenOut], dict | None],
+) -> AsyncIterator[str]:
+    states = [_ChoiceState(parser) for _ in streams]
+    async for index, out in _merge(streams):
+        state = states[index]
         choice = {
-            "index": 0,
-            "delta": delta,
+            "index": index,
+            "delta": state.delta(out),
             "logprobs": choice_logprobs(out),
-            "finish_reason": _tool_finish(out.finish_reason, num_calls > 0),
+            "finish_reason": _tool_finish(out.finish_reason, state.num_calls > 0),
         }
         yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [choice]))
-    if body.stream_options and body.stream_options.include_usage and last is not None:
-        yield fmt.sse(
-            fmt.envelope(
-                "chat.completion.chunk",
-                request_id,
-                model,
-                [],
-                usage=fmt.usage(last.input_token_len, last.generate_token_len),
-            )
-        )
+    lasts = [s.last for s in states if s.last is not None]
+    if body.stream_options and body.stream_options.include_usage and lasts:
+        usage = _sum_usage(lasts, len(lasts))
+        yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [], usage=usage))
     yield fmt.sse("[DONE]")
 
 
@@ -221,18 +247,21 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
         return bad
     generation = svc.generation
     top = body.logprobs
-    config = gen_config_of(body, body.max_tokens, top, generation.session_len)
+    config = gen_config_of(body, body.max_tokens, top, generation.session_len, generation.tokenizer)
     prompts: list[Any] = (
         [body.prompt]
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], int)
         else body.prompt
     )
     requests = [generation.prepare(p, config, do_preprocess=False) for p in prompts]
-    streams = [generation.submit(r, asynchronous=True) for r in requests]
+    # Choice index = prompt index * n + choice, as OpenAI numbers them.
+    streams = [s for r in requests for s in generation.submit_choices(r, asynchronous=True)]
     request_id, model = new_id("cmpl"), svc.model_name
     tokenizer = generation.tokenizer
     echoes = [
-        (p if isinstance(p, str) else tokenizer.decode(p)) if body.echo else "" for p in prompts
+        (p if isinstance(p, str) else tokenizer.decode(p)) if body.echo else ""
+        for p in prompts
+        for _ in range(body.n)
     ]
 
     def choice(index: int, text: str, out: GenOut, offset: int) -> dict:
@@ -274,7 +303,11 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
             if body.stream_options and body.stream_options.include_usage:
                 yield fmt.sse(
                     fmt.envelope(
-                        "text_completion", request_id, model, [], usage=_sum_usage(totals.values())
+                        "text_completion",
+                        request_id,
+                        model,
+                        [],
+                        usage=_sum_usage(totals.values(), body.n),
                     )
                 )
             yield fmt.sse("[DONE]")
@@ -286,20 +319,17 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
         results[index].append(out)
     choices, lasts = [], []
     for index, outs in results.items():
-        last = outs[-1]
-        lasts.append(last)
-        joined = GenOut(
-            "".join(o.text for o in outs),
-            [t for o in outs for t in o.token_ids],
-            last.input_token_len,
-            last.generate_token_len,
-            last.finish_reason,
-            [lp for o in outs for lp in (o.logprobs or [])],
-        )
+        joined = _join(outs)
+        lasts.append(joined)
         choices.append(choice(index, echoes[index] + joined.text, joined, len(echoes[index])))
-    return fmt.envelope("text_completion", request_id, model, choices, usage=_sum_usage(lasts))
+    return fmt.envelope(
+        "text_completion", request_id, model, choices, usage=_sum_usage(lasts, body.n)
+    )
 
 
-def _sum_usage(outs) -> dict[str, int]:
+def _sum_usage(outs, n: int) -> dict[str, int]:
+    """Every choice's generated tokens; each prompt's tokens once (its n choices share it)."""
     outs = list(outs)
-    return fmt.usage(sum(o.input_token_len for o in outs), sum(o.generate_token_len for o in outs))
+    return fmt.usage(
+        sum(o.input_token_len for o in outs) // max(1, n), sum(o.generate_token_len for o in outs)
+    )

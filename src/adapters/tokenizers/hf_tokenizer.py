@@ -41,6 +41,7 @@ class HFTokenizer:
         eos = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
         self._eos = frozenset(eos | set(extra_eos_ids))
         self._vocab_size = len(tokenizer)
+        self._added_ids = frozenset(getattr(tokenizer, "added_tokens_decoder", {}) or ())
 
     @classmethod
     def from_source(cls, source: ModelSource, extra_eos_ids: Sequence[int] = ()) -> HFTokenizer:
@@ -67,9 +68,30 @@ class HFTokenizer:
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         return list(self._tok.encode(text, add_special_tokens=add_special_tokens))
 
-    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    def decode(
+        self,
+        token_ids: Sequence[int],
+        skip_special_tokens: bool = True,
+        spaces_between_special_tokens: bool = False,
+    ) -> str:
+        """`spaces_between_special_tokens` (with special tokens kept): decode the runs between
+        added tokens separately and join runs and added tokens with one space, as slow
+        tokenizers do; fast tokenizers ignore the flag, so it is done here."""
         ids = [t for t in token_ids if 0 <= t < self._vocab_size]
-        return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        if skip_special_tokens or not spaces_between_special_tokens:
+            return self._tok.decode(ids, skip_special_tokens=skip_special_tokens)
+        parts: list[str] = []
+        run: list[int] = []
+        for t in ids + [None]:
+            if t is None or t in self._added_ids:
+                if run:
+                    parts.append(self._tok.decode(run))
+                    run = []
+                if t is not None:
+                    parts.append(self._tok.decode([t]))
+            else:
+                run.append(t)
+        return " ".join(parts)
 
     def convert_ids_to_tokens(self, token_ids: Sequence[int]) -> list[str]:
         return list(self._tok.convert_ids_to_tokens(list(token_ids)))

@@ -28,7 +28,12 @@ class IdTokenizer:
             "prompt", "this model has no tokenizer; pass prompts as lists of token ids"
         )
 
-    def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
+    def decode(
+        self,
+        token_ids: Sequence[int],
+        skip_special_tokens: bool = True,
+        spaces_between_special_tokens: bool = False,
+    ) -> str:
         return "".join(f"<{t}>" for t in token_ids)
 
     def convert_ids_to_tokens(self, token_ids: Sequence[int]) -> list[str]:

@@ -23,12 +23,14 @@ MIN_ROWS = 128
 
 def applies(logits: torch.Tensor, batch: SamplingBatch) -> bool:
     """Only where torch would sort the whole vocabulary: with a top-k on every sampling row,
-    torch's `topk` path (0.4-0.95 ms) beats the kernel at every batch size."""
+    torch's `topk` path (0.4-0.95 ms) beats the kernel at every batch size. And only when no
+    sampling row sets a top-k: the torch path applies top-p and min-p to the distribution
+    renormalised after top-k (as transformers does), the kernel to the whole vocabulary's."""
     return (
         logits.is_cuda
         and not batch.all_greedy
-        and not batch.max_top_k
         and logits.shape[0] >= MIN_ROWS
+        and not any(s.sampling.top_k > 0 for s in batch.seqs if s.sampling.temperature > 0)
     )
 
 

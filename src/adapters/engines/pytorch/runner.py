@@ -13,8 +13,10 @@ from .cache_swap import CacheSwapper
 from .cpu_attention import cpu_decode_kernel_available
 from .cuda_graph import DecodeGraphs
 from .llama import LlamaForCausalLM
+from .logits_processing import LogitsProcessorHook, wants_processors
 from .rotary import RotaryTables
 from .sampling import SamplingBatch, sample, top_logprobs
+from .step_extras import collect_extras, wants_extras
 
 
 class PytorchModelRunner:
@@ -137,13 +139,14 @@ class PytorchModelRunner:
             return rope.at(positions, meta.context_lens.repeat_interleave(query_lens))
         return rope.cos[positions], rope.sin[positions]
 
-    def _forward(self, plan: StepPlan) -> torch.Tensor:
-        """Logits [num_seqs, vocab] of the step's last tokens: a graph replay for a decode step
-        (inputs staged in one copy), else the eager model over the flattened plan."""
-        graphs = self.graphs
-        if graphs is not None and all(n == 1 for n in plan.num_scheduled):
+    def _forward(self, plan: StepPlan) -> tuple[torch.Tensor, list | None]:
+        """Logits [num_seqs, vocab] of the step's last tokens, and the per-sequence rows asked
+        for by output_logits / output_last_hidden_state / get_ppl (None when none asks): a graph
+        replay for a decode step (inputs staged in one copy), else the eager model."""
+        graphs, extras_wanted = self.graphs, wants_extras(plan)
+        if graphs is not None and not extras_wanted and all(n == 1 for n in plan.num_scheduled):
             if graphs.can_run(plan.seqs):
-                return graphs.run(plan.seqs)
+                return graphs.run(plan.seqs), None
         input_ids, positions, meta = self._prepare(plan)
         cos, sin = self._cos_sin(positions, meta)
         hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
@@ -151,7 +154,8 @@ class PytorchModelRunner:
             last = meta.cu_seqlens_q[1:] - 1
         else:
             last = torch.tensor(meta.query_lens, device=self.device).cumsum(0) - 1
-        return self.model.compute_logits(hidden[last])
+        logits = self.model.compute_logits(hidden[last])
+        return logits, collect_extras(self.model, hidden, plan) if extras_wanted else None
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
@@ -159,15 +163,19 @@ class PytorchModelRunner:
             self.swapper.apply(plan.blocks_to_swap_out, plan.blocks_to_swap_in)
         if not plan.seqs:
             return StepOutput(token_ids=[])
-        logits = self._forward(plan)
+        logits, extras = self._forward(plan)
         batch = SamplingBatch.from_seqs(plan.seqs, self.device)
-        token_ids = sample(logits, batch)
-        want = [s.sampling.logprobs for s in plan.seqs]
-        if all(w is None for w in want):
-            return StepOutput(token_ids=token_ids.tolist())
-        return StepOutput(
-            token_ids=token_ids.tolist(), logprobs=self._logprobs(logits, token_ids, want)
+        hook = LogitsProcessorHook(plan) if wants_processors(plan) else None
+        token_ids = sample(logits, batch, hook)
+        output = StepOutput(
+            token_ids=token_ids.tolist(),
+            extras=extras,
+            errors=hook.errors if hook is not None else None,
         )
+        want = [s.sampling.logprobs for s in plan.seqs]
+        if any(w is not None for w in want):
+            output.logprobs = self._logprobs(logits, token_ids, want)
+        return output
 
     @staticmethod
     def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor, want: list[int | None]) -> list:

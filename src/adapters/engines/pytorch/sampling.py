@@ -6,6 +6,7 @@ Greedy rows take the argmax; the others sample with the exponential-race trick
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -93,8 +94,10 @@ def _candidates(
         values, ids = logits.sort(dim=-1, descending=True)
     ranks = torch.arange(values.shape[-1], device=logits.device)[None, :]
     drop = ranks >= torch.where(batch.top_k > 0, batch.top_k, vocab)[:, None]
-    # Top-p and min-p on the probabilities over the whole vocabulary.
-    probs = (values - logits.logsumexp(dim=-1, keepdim=True)).exp()
+    # Top-p and min-p on the distribution renormalised over what top-k keeps, as transformers'
+    # warpers, vLLM and lmdeploy chain them.
+    kept = values.masked_fill(drop, -float("inf"))
+    probs = (kept - kept.logsumexp(dim=-1, keepdim=True)).exp()
     drop |= (probs.cumsum(dim=-1) - probs) > batch.top_p[:, None]
     drop |= probs < batch.min_p[:, None] * probs[:, :1]
     drop[:, 0] = False  # the best token always survives
@@ -116,9 +119,16 @@ def _noise(batch: SamplingBatch, shape: torch.Size, device: torch.device) -> tor
     return noise
 
 
-def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """logits: [B, vocab] float32 -> token ids [B] (on the device)."""
+def sample(
+    logits: torch.Tensor,
+    batch: SamplingBatch,
+    process: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """logits: [B, vocab] float32 -> token ids [B] (on the device). `process` edits the logits
+    in place after the built-in token rules, before temperature and filters (user processors)."""
     logits = _apply_token_rules(logits, batch)
+    if process is not None:
+        process(logits)
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:
         return greedy
