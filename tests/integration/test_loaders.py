@@ -104,7 +104,7 @@ def last_logits(runner: PytorchModelRunner, token_ids: list[int]) -> torch.Tenso
         is_decode=False,
         num_cached_list=[0],
     )
-    cos, sin = runner.cos[:num_tokens], runner.sin[:num_tokens]
+    cos, sin = runner.rope.cos[:num_tokens], runner.rope.sin[:num_tokens]
     with torch.inference_mode():
         hidden = runner.model(torch.tensor(token_ids), cos, sin, runner.kv_caches, meta)
         return runner.model.compute_logits(hidden[-1:])

@@ -70,7 +70,11 @@ def test_prefill_logits_match_transformers(default_pipe, hf_model, prompt_ids):
     input_ids, positions, meta = runner._prepare(StepPlan([seq]))
     with torch.inference_mode():
         hidden = runner.model(
-            input_ids, runner.cos[positions], runner.sin[positions], runner.kv_caches, meta
+            input_ids,
+            runner.rope.cos[positions],
+            runner.rope.sin[positions],
+            runner.kv_caches,
+            meta,
         )
         ours = runner.model.compute_logits(hidden[-1:])
         theirs = hf_model(torch.tensor([ids])).logits[0, -1:]
