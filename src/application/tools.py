@@ -2,8 +2,9 @@
 
 The prompt format is the chat template's; reading the calls back is a `ToolParser`'s
 (one adapter per format, named by the template's `tool_parser`). `tool_choice` 'required' or
-a named function adds an instruction to the last user turn: nothing enforces it until a
-grammar backend constrains decoding to the tool-call format.
+a named function adds an instruction to the last user turn, and a grammar built from the
+tools' JSON schemas in the parser's format (`tool_grammar`) makes the reply tool calls whose
+arguments follow those schemas.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..domain.errors import InvalidArgument
 from .chat_templates import ChatTemplate
 from .configs import GenerationConfig
 from .generation import GenerationService, PreparedRequest
+from .tool_grammar import ToolCallFormat, tool_call_spec
 
 REQUIRED_INSTRUCTION = "You must answer by calling one or more of the functions provided."
 
@@ -41,6 +43,7 @@ class ParsedOutput:
 class ToolParser(Protocol):
     markers: tuple[str, ...]  # text that opens a tool call
     skip_special_tokens: bool  # False when the markers are special tokens
+    call_format: ToolCallFormat  # how to write calls it reads back, for an enforcing grammar
 
     def tool_start(self, text: str) -> int | None:
         """Where the first tool call begins in `text`, or None."""
@@ -117,7 +120,16 @@ def prepare_chat(
     if not parser.skip_special_tokens:
         config = replace(config, skip_special_tokens=False)
     input_ids = generation.tokenizer.encode(text, add_special_tokens=False)
-    return generation.prepare(input_ids, config), parser
+    if tool_choice in (None, "auto"):
+        return generation.prepare(input_ids, config), parser
+    if config.response_format is not None:
+        raise InvalidArgument(
+            "response_format",
+            "a tool_choice that forces a call fixes the reply's format; drop response_format",
+        )
+    shown, _ = tools_for_prompt(tools, tool_choice)
+    spec = tool_call_spec(parser.call_format, shown)
+    return generation.prepare(input_ids, config, grammar=spec), parser
 
 
 class ToolCallStream:

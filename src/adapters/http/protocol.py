@@ -39,6 +39,8 @@ class SamplingFields(BaseModel):
     min_new_tokens: int | None = Field(None, ge=0)
     user: str | None = None
     session_id: int | str | None = -1
+    # Checked by the application (400 naming response_format), not by pydantic.
+    response_format: dict[str, Any] | None = None
 
     @property
     def stop_words(self) -> list[str] | None:

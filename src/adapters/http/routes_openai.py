@@ -49,6 +49,7 @@ def gen_config_of(
         skip_special_tokens=body.skip_special_tokens,
         min_new_tokens=body.min_new_tokens,
         logprobs=logprobs,
+        response_format=body.response_format,
     )
 
 

@@ -10,6 +10,7 @@ from ....application.ports import CacheGeometry, StepOutput
 from ....domain.scheduler import StepPlan
 from .attention import AttentionMetadata, decode_context
 from .cuda_graph import DecodeGraphs
+from .grammar_mask import GrammarMask
 from .llama import LlamaForCausalLM
 from .rotary import rotary_cos_sin
 from .sampling import SamplingBatch, sample, top_logprobs
@@ -128,13 +129,15 @@ class PytorchModelRunner:
             last = torch.tensor(meta.query_lens, device=self.device).cumsum(0) - 1
             logits = self.model.compute_logits(hidden[last])
         batch = SamplingBatch.from_seqs(plan.seqs, self.device)
-        token_ids = sample(logits, batch)
+        grammar = GrammarMask.from_plan(plan)
+        token_ids = sample(logits, batch, grammar.apply if grammar else None)
+        ids = token_ids.tolist()
+        if grammar is not None:
+            grammar.accept(ids)
         want = [s.sampling.logprobs for s in plan.seqs]
         if all(w is None for w in want):
-            return StepOutput(token_ids=token_ids.tolist())
-        return StepOutput(
-            token_ids=token_ids.tolist(), logprobs=self._logprobs(logits, token_ids, want)
-        )
+            return StepOutput(token_ids=ids)
+        return StepOutput(token_ids=ids, logprobs=self._logprobs(logits, token_ids, want))
 
     @staticmethod
     def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor, want: list[int | None]) -> list:

@@ -6,6 +6,7 @@ Greedy rows take the argmax; the others sample with the exponential-race trick
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -116,9 +117,16 @@ def _noise(batch: SamplingBatch, shape: torch.Size, device: torch.device) -> tor
     return noise
 
 
-def sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """logits: [B, vocab] float32 -> token ids [B] (on the device)."""
+def sample(
+    logits: torch.Tensor,
+    batch: SamplingBatch,
+    token_mask: Callable[[torch.Tensor], None] | None = None,
+) -> torch.Tensor:
+    """logits: [B, vocab] float32 -> token ids [B] (on the device). `token_mask` masks the
+    logits in place after the token rules (a grammar's allowed tokens)."""
     logits = _apply_token_rules(logits, batch)
+    if token_mask is not None:
+        token_mask(logits)
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:
         return greedy
