@@ -48,7 +48,7 @@ def parse_response_format(response_format: dict[str, Any] | None) -> GrammarSpec
             "type 'json_schema' needs 'json_schema': {'name': ..., 'schema': {...}} "
             "with the JSON schema as a dict"
         )
-    return GrammarSpec("json_schema", json.dumps(schema, sort_keys=True))
+    return GrammarSpec("json_schema", json.dumps(schema))
 
 
 def constrain(
