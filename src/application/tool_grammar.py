@@ -56,8 +56,7 @@ def parameters_schema(tool: dict[str, Any]) -> dict[str, Any]:
 def tool_call_spec(call_format: ToolCallFormat, tools: list[dict[str, Any]]) -> GrammarSpec:
     """One or more calls of `tools`, written in `call_format`."""
     functions = tuple(
-        (tool["function"]["name"], json.dumps(parameters_schema(tool)))
-        for tool in tools
+        (tool["function"]["name"], json.dumps(parameters_schema(tool))) for tool in tools
     )
     return GrammarSpec(
         "tool_calls",
