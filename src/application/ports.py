@@ -62,8 +62,8 @@ class Tokenizer(Protocol):
 
 @dataclass(frozen=True)
 class ToolCallGrammar:
-    """Tool calls as text: `prefix`, then one or more `begin {"name": NAME, KEY: ARGS} end`
-    joined by `separator`, where ARGS follows the function's JSON schema."""
+    """Tool calls as text: `prefix`, then one (or with `parallel` more) `begin {"name": NAME,
+    KEY: ARGS} end` joined by `separator`, where ARGS follows the function's JSON schema."""
 
     prefix: str
     begin: str
@@ -71,6 +71,7 @@ class ToolCallGrammar:
     separator: str
     arguments_key: str
     functions: tuple[tuple[str, str], ...]  # (name, parameters as JSON schema text)
+    parallel: bool = True  # False: exactly one call
 
 
 @dataclass(frozen=True)

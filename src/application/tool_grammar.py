@@ -53,8 +53,10 @@ def parameters_schema(tool: dict[str, Any]) -> dict[str, Any]:
     return normalize_schema(parameters) if parameters else {"type": "object"}
 
 
-def tool_call_spec(call_format: ToolCallFormat, tools: list[dict[str, Any]]) -> GrammarSpec:
-    """One or more calls of `tools`, written in `call_format`."""
+def tool_call_spec(
+    call_format: ToolCallFormat, tools: list[dict[str, Any]], parallel: bool = False
+) -> GrammarSpec:
+    """A call of one of `tools` (several with `parallel`), written in `call_format`."""
     functions = tuple(
         (tool["function"]["name"], json.dumps(parameters_schema(tool))) for tool in tools
     )
@@ -67,5 +69,6 @@ def tool_call_spec(call_format: ToolCallFormat, tools: list[dict[str, Any]]) -> 
             separator=call_format.separator,
             arguments_key=call_format.arguments_key,
             functions=functions,
+            parallel=parallel,
         ),
     )

@@ -110,8 +110,12 @@ def prepare_chat(
     tools: list[dict[str, Any]] | None,
     tool_choice: str | dict[str, Any] | None,
     parser_for: Callable[[str], ToolParser],
+    parallel_tool_calls: bool | None = None,
 ) -> tuple[PreparedRequest, ToolParser | None]:
-    """The request to submit, and the parser of its reply when the model may call tools."""
+    """The request to submit, and the parser of its reply when the model may call tools.
+
+    A forced call (tool_choice 'required' or named) is one call unless `parallel_tool_calls`
+    is true: small models otherwise tend to repeat the call until the length limit."""
     if not tools or tool_choice == "none":
         return generation.prepare(messages, config), None
     template = generation.chat_template
@@ -128,7 +132,7 @@ def prepare_chat(
             "a tool_choice that forces a call fixes the reply's format; drop response_format",
         )
     shown, _ = tools_for_prompt(tools, tool_choice)
-    spec = tool_call_spec(parser.call_format, shown)
+    spec = tool_call_spec(parser.call_format, shown, parallel=bool(parallel_tool_calls))
     return generation.prepare(input_ids, config, grammar=spec), parser
 
 

@@ -83,7 +83,7 @@ def test_tool_call_grammars_take_well_formed_calls_and_refuse_bad_arguments(back
         {"type": "function", "function": {"name": n, "parameters": numbers}} for n in ("add", "mul")
     ]
     call_format = get_tool_parser(parser).call_format
-    spec = tool_call_spec(call_format, tools)
+    one, several = tool_call_spec(call_format, tools), tool_call_spec(call_format, tools, True)
 
     def call(name: str, arguments: str) -> str:
         key = json.dumps(call_format.arguments_key)
@@ -91,11 +91,12 @@ def test_tool_call_grammars_take_well_formed_calls_and_refuse_bad_arguments(back
 
     good = call_format.prefix + call("add", '{"a": 3, "b": 5}')
     two = good + call_format.separator + call("mul", '{"a": 8, "b": 2}')
-    for text, ok in [
-        (good, True),
-        (two, True),
-        (call_format.prefix + call("add", '{"a": "3", "b": 5}'), False),
-        (call_format.prefix + call("div", '{"a": 3, "b": 5}'), False),
+    for spec, text, ok in [
+        (one, good, True),
+        (several, two, True),
+        (one, two, False),
+        (several, call_format.prefix + call("add", '{"a": "3", "b": 5}'), False),
+        (several, call_format.prefix + call("div", '{"a": 3, "b": 5}'), False),
     ]:
         constraint = backend.constraint(spec, frozenset({2}))
         assert constraint._matcher.accept_string(text) is ok, text

@@ -145,11 +145,10 @@ class Parser:
     call_format = ToolCallFormat(begin="<tool_call>\n", end="\n</tool_call>")
 
 
-def prepared(tool_choice, grammar, **config):
+def prepared(tool_choice, grammar, parallel=None, **config):
     svc = service(grammar, template="smollm2")
-    return prepare_chat(
-        svc, "hi", GenerationConfig(**config), TOOLS, tool_choice, lambda _: Parser()
-    )
+    config = GenerationConfig(**config)
+    return prepare_chat(svc, "hi", config, TOOLS, tool_choice, lambda _: Parser(), parallel)
 
 
 def test_aliased_type_names_become_json_schema_types():
@@ -169,6 +168,7 @@ def test_a_required_tool_choice_compiles_every_tool_in_the_parsers_format():
         "arguments",
     )
     assert [name for name, _ in calls.functions] == ["add", "now"]
+    assert not calls.parallel  # one call: a small model would repeat it to the length limit
     assert json.loads(calls.functions[0][1]) == normalize_schema(NUMBERS)
     assert json.loads(calls.functions[1][1]) == {"type": "object"}  # no parameters: any object
 
@@ -179,6 +179,11 @@ def test_a_named_tool_choice_compiles_that_tool_only():
     request, _ = prepared(named, grammar)
     spec = request.sampling.extra[CONSTRAINT].spec
     assert spec == tool_call_spec(Parser.call_format, [tool("now")])
+
+
+def test_parallel_tool_calls_allows_several_forced_calls():
+    request, _ = prepared("required", FakeGrammar(), parallel=True)
+    assert request.sampling.extra[CONSTRAINT].spec.tool_calls.parallel
 
 
 @pytest.mark.parametrize("tool_choice", [None, "auto", "none"])

@@ -148,7 +148,8 @@ def _sequence(elements: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def tool_calls_structural_tag(grammar: ToolCallGrammar, special: set[str]) -> dict[str, Any]:
-    """prefix call (separator call)* , each call one of the functions with its schema."""
+    """prefix call (separator call)*, each call one of the functions with its schema (one call
+    only unless `parallel`)."""
     calls = []
     for name, schema in grammar.functions:
         head = f'{{"name": {json.dumps(name)}, {json.dumps(grammar.arguments_key)}: '
@@ -167,8 +168,8 @@ def tool_calls_structural_tag(grammar: ToolCallGrammar, special: set[str]) -> di
             )
         )
     call = calls[0] if len(calls) == 1 else {"type": "or", "elements": calls}
-    more = {"type": "star", "content": _sequence([*_literal(grammar.separator, special), call])}
-    return {
-        "type": "structural_tag",
-        "format": _sequence([*_literal(grammar.prefix, special), call, more]),
-    }
+    elements = [*_literal(grammar.prefix, special), call]
+    if grammar.parallel:
+        more = _sequence([*_literal(grammar.separator, special), call])
+        elements.append({"type": "star", "content": more})
+    return {"type": "structural_tag", "format": _sequence(elements)}

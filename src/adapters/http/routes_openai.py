@@ -114,7 +114,7 @@ async def chat_completions(
     choice = body.tool_choice
     tool_choice = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
     request, parser = prepare_chat(
-        generation, messages, config, tools, tool_choice, get_tool_parser
+        generation, messages, config, tools, tool_choice, get_tool_parser, body.parallel_tool_calls
     )
     stream = generation.submit(request, asynchronous=True)
     request_id, model = new_id("chatcmpl"), svc.model_name
