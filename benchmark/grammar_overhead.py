@@ -3,8 +3,8 @@
     python benchmark/grammar_overhead.py [--batch 16] [--tokens 48] [--repeats 3]
 
 Both batches run the default model greedy, the same prompts, every request generating exactly
-`--tokens` tokens: the free ones with ignore_eos, the constrained ones under a regex no reply
-can complete in that many tokens (so none stops early). Reported per decode step (the median
+`--tokens` tokens: the free ones with their stop tokens banned, the constrained ones under a
+regex no reply can complete in that many tokens (so none stops early). Reported per decode step (the median
 over `--repeats` runs): the runner's whole step, and within it the grammar's share (filling
 the bitmask on the host, applying it to the logits, feeding the matchers the sampled tokens).
 The machine may be shared: compare the two rows of one run, not runs of different days.
@@ -50,7 +50,10 @@ def main() -> None:
     pipe = pipeline(None, backend_config=PytorchEngineConfig(session_len=1024))
     prompts = [PROMPT.format(i=i) for i in range(args.batch)]
     configs = {
-        "free": GenerationConfig(max_new_tokens=args.tokens, ignore_eos=True),
+        # The template's stop words stop even with ignore_eos: ban every stop token instead.
+        "free": GenerationConfig(
+            max_new_tokens=args.tokens, bad_token_ids=sorted(pipe.service.tokenizer.eos_token_ids)
+        ),
         "constrained": GenerationConfig(
             max_new_tokens=args.tokens,
             response_format={"type": "regex_schema", "regex_schema": REGEX},

@@ -217,3 +217,13 @@ def test_info_logs_show_the_prompt_cut_to_max_log_len(caplog, max_log_len):
     ids = list(range(26)) if max_log_len is None else list(range(max_log_len))
     assert f"prompt={shown!r}" in line and f"prompt_token_ids={ids}" in line
     assert "input_tokens=26" in line
+
+
+def test_max_log_len_reaches_the_generation_service_and_must_not_be_negative():
+    from lmdeploy import pipeline
+    from lmdeploy.infrastructure.factory import build_container
+
+    container = build_container(None, max_log_len=7)
+    assert container.config.max_log_len() == 7
+    with pytest.raises(InvalidArgument, match="max_log_len"):
+        pipeline(None, max_log_len=-1)
