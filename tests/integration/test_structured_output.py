@@ -141,11 +141,11 @@ def test_a_mixed_batch_keeps_each_requests_behaviour(default_pipe):
 
 
 def test_preempted_and_chunked_requests_keep_their_grammar(default_pipe):
-    """Prompts of ~100 tokens prefilled in 64-token chunks, over a cache too small for the
+    """Prompts of ~150 tokens prefilled in 64-token chunks, over a cache too small for the
     batch: sequences are preempted and recomputed mid-output, and still follow the grammar
     and generate what they do in a roomy cache."""
-    cases = schemas(8, seed=11)
-    filler = "Think of a person, a town and some colours, then answer in JSON. " * 6
+    cases = schemas(12, seed=11)
+    filler = "Think of a person, a town and some colours, then answer in JSON. " * 10
     prompts = [filler + prompt_for(s) for s in cases]
     configs = [
         GenerationConfig(max_new_tokens=MAX_NEW_TOKENS, response_format=json_format(s))
@@ -153,7 +153,7 @@ def test_preempted_and_chunked_requests_keep_their_grammar(default_pipe):
     ]
     roomy = default_pipe(prompts, gen_config=configs)
     config = PytorchEngineConfig(
-        block_size=16, num_gpu_blocks=24, max_prefill_token_num=64, session_len=1024
+        block_size=16, num_gpu_blocks=40, max_prefill_token_num=64, session_len=1024
     )
     tight = pipeline(None, backend_config=config)
     try:
