@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from ..domain.errors import InvalidArgument
 from ..domain.sampling_params import SamplingParams
+from .response_format import parse_response_format
 
 
 @dataclass
@@ -71,6 +72,7 @@ class GenerationConfig:
             raise InvalidArgument("temperature", f"must be >= 0, got {self.temperature}")
         # Build once so that a bad value fails here, naming the argument.
         self.to_sampling_params()
+        parse_response_format(self.response_format)
 
     def to_sampling_params(
         self, stop_token_ids: list[int] | None = None, bad_token_ids: list[int] | None = None

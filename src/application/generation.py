@@ -22,7 +22,9 @@ from .configs import GenerationConfig
 from .detokenizer import IncrementalDetokenizer
 from .engine import EngineLoop, TokenEvent
 from .output_rows import OutputRows
-from .ports import JoinRows, Tokenizer
+from .ports import GrammarBackend, GrammarSpec, JoinRows, Tokenizer
+from .prompt_log import log_prompt
+from .response_format import constrain, parse_response_format
 
 logger = logging.getLogger(__name__)
 
@@ -198,17 +200,27 @@ class GenerationService:
         chat_template: ChatTemplate,
         session_len: int,
         join_rows: JoinRows | None = None,
+        grammar: GrammarBackend | None = None,
+        max_log_len: int | None = None,
     ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.chat_template = chat_template
         self.session_len = session_len
         self.join_rows = join_rows
+        self.grammar = grammar
+        self.max_log_len = max_log_len
 
     def prepare(
-        self, prompt: Prompt, gen_config: GenerationConfig | None = None, do_preprocess: bool = True
+        self,
+        prompt: Prompt,
+        gen_config: GenerationConfig | None = None,
+        do_preprocess: bool = True,
+        grammar: GrammarSpec | None = None,
     ) -> PreparedRequest:
+        """`grammar` (a tool-call format) takes the place of `gen_config.response_format`."""
         gen_config = gen_config or GenerationConfig()
+        spec = grammar or parse_response_format(gen_config.response_format)
         input_ids = self.tokenize(prompt, do_preprocess)
         if not input_ids:
             raise InvalidArgument("prompt", "the prompt is empty; pass some text or messages")
@@ -216,11 +228,13 @@ class GenerationService:
             raise PromptTooLong(len(input_ids), self.session_len)
         stop_words = list(gen_config.stop_words or []) + list(self.chat_template.stop_words)
         single, multi = self._split_stop_words(stop_words)
+        sampling = gen_config.to_sampling_params(
+            stop_token_ids=single, bad_token_ids=self._bad_word_ids(gen_config.bad_words or [])
+        )
+        log_prompt(logger, prompt, input_ids, self.max_log_len)
         return PreparedRequest(
             input_ids=input_ids,
-            sampling=gen_config.to_sampling_params(
-                stop_token_ids=single, bad_token_ids=self._bad_word_ids(gen_config.bad_words or [])
-            ),
+            sampling=constrain(sampling, spec, self.grammar, self.tokenizer.eos_token_ids),
             stop_words=[w for w in multi if w in (gen_config.stop_words or [])],
             skip_special_tokens=gen_config.skip_special_tokens,
             spaces_between_special_tokens=gen_config.spaces_between_special_tokens,

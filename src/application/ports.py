@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 from ..domain.scheduler import StepPlan
 
@@ -79,3 +79,53 @@ class Tokenizer(Protocol):
     ) -> str: ...
 
     def convert_ids_to_tokens(self, token_ids: Seq[int]) -> list[str]: ...
+
+
+@dataclass(frozen=True)
+class ToolCallGrammar:
+    """Tool calls as text: `prefix`, then one (or with `parallel` more) `begin {"name": NAME,
+    KEY: ARGS} end` joined by `separator`, where ARGS follows the function's JSON schema."""
+
+    prefix: str
+    begin: str
+    end: str
+    separator: str
+    arguments_key: str
+    functions: tuple[tuple[str, str], ...]  # (name, parameters as JSON schema text)
+    parallel: bool = True  # False: exactly one call
+
+
+@dataclass(frozen=True)
+class GrammarSpec:
+    """What a request's output must match. Hashable: the backend caches compiled grammars by it."""
+
+    kind: Literal["json_schema", "json_object", "regex", "tool_calls"]
+    source: str = ""  # the JSON schema as JSON text, or the regex
+    tool_calls: ToolCallGrammar | None = None
+
+
+class TokenConstraint(Protocol):
+    """One request's grammar state: which tokens may come next, and the tokens taken so far.
+
+    Created per request; the model runner fills bitmask rows and feeds back sampled tokens."""
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def num_accepted(self) -> int: ...
+
+    def fill_bitmask(self, bitmask: Any, row: int) -> None:
+        """Write the allowed next tokens into row `row` of an int32 bitmask [rows, ceil(V/32)]."""
+        ...
+
+    def accept(self, token_id: int) -> bool: ...
+
+    def is_terminated(self) -> bool: ...
+
+
+class GrammarBackend(Protocol):
+    def constraint(self, spec: GrammarSpec, stop_token_ids: frozenset[int]) -> TokenConstraint:
+        """A fresh constraint for one request; InvalidArgument('response_format') when `spec`
+        cannot compile. The stop tokens are the only ones allowed once the grammar is complete."""
+        ...

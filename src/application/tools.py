@@ -2,8 +2,9 @@
 
 The prompt format is the chat template's; reading the calls back is a `ToolParser`'s
 (one adapter per format, named by the template's `tool_parser`). `tool_choice` 'required' or
-a named function adds an instruction to the last user turn: nothing enforces it until a
-grammar backend constrains decoding to the tool-call format.
+a named function adds an instruction to the last user turn, and a grammar built from the
+tools' JSON schemas in the parser's format (`tool_grammar`) makes the reply tool calls whose
+arguments follow those schemas.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from ..domain.errors import InvalidArgument
 from .chat_templates import ChatTemplate
 from .configs import GenerationConfig
 from .generation import GenerationService, PreparedRequest
+from .tool_grammar import ToolCallFormat, tool_call_spec
 
 REQUIRED_INSTRUCTION = "You must answer by calling one or more of the functions provided."
 
@@ -41,6 +43,7 @@ class ParsedOutput:
 class ToolParser(Protocol):
     markers: tuple[str, ...]  # text that opens a tool call
     skip_special_tokens: bool  # False when the markers are special tokens
+    call_format: ToolCallFormat  # how to write calls it reads back, for an enforcing grammar
 
     def tool_start(self, text: str) -> int | None:
         """Where the first tool call begins in `text`, or None."""
@@ -107,8 +110,12 @@ def prepare_chat(
     tools: list[dict[str, Any]] | None,
     tool_choice: str | dict[str, Any] | None,
     parser_for: Callable[[str], ToolParser],
+    parallel_tool_calls: bool | None = None,
 ) -> tuple[PreparedRequest, ToolParser | None]:
-    """The request to submit, and the parser of its reply when the model may call tools."""
+    """The request to submit, and the parser of its reply when the model may call tools.
+
+    A forced call (tool_choice 'required' or named) is one call unless `parallel_tool_calls`
+    is true: small models otherwise tend to repeat the call until the length limit."""
     if not tools or tool_choice == "none":
         return generation.prepare(messages, config), None
     template = generation.chat_template
@@ -118,7 +125,16 @@ def prepare_chat(
         # The parser reads the markers as the model wrote them, without added spaces.
         config = replace(config, skip_special_tokens=False, spaces_between_special_tokens=False)
     input_ids = generation.tokenizer.encode(text, add_special_tokens=False)
-    return generation.prepare(input_ids, config), parser
+    if tool_choice in (None, "auto"):
+        return generation.prepare(input_ids, config), parser
+    if config.response_format is not None:
+        raise InvalidArgument(
+            "response_format",
+            "a tool_choice that forces a call fixes the reply's format; drop response_format",
+        )
+    shown, _ = tools_for_prompt(tools, tool_choice)
+    spec = tool_call_spec(parser.call_format, shown, parallel=bool(parallel_tool_calls))
+    return generation.prepare(input_ids, config, grammar=spec), parser
 
 
 class ToolCallStream:

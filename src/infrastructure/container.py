@@ -9,6 +9,7 @@ from dependency_injector import containers, providers
 
 from ..adapters.engines.pytorch import builder
 from ..adapters.engines.pytorch.step_extras import join_rows
+from ..adapters.grammar.xgrammar_backend import XGrammarBackend
 from ..adapters.loaders import model_source
 from ..adapters.tokenizers.hf_tokenizer import HFTokenizer
 from ..adapters.tokenizers.id_tokenizer import IdTokenizer
@@ -76,6 +77,13 @@ def _tokenizer(
     return HFTokenizer.from_source(tokenizer_source, built.config.eos_token_ids)
 
 
+def _grammar(tokenizer: HFTokenizer | IdTokenizer, built: builder.BuiltModel):
+    """Constrained decoding compiles against the vocabulary's text: token-id-only models have none."""
+    if not isinstance(tokenizer, HFTokenizer):
+        return None
+    return XGrammarBackend(tokenizer.hf_tokenizer, built.config.vocab_size)
+
+
 def _chat_template(
     tokenizer: HFTokenizer,
     config: ChatTemplateConfig | None,
@@ -122,7 +130,15 @@ class Container(containers.DeclarativeContainer):
         _engine_loop, providers.Callable(lambda b: b.runner, built_model), scheduler
     )
     session_len = providers.Callable(_session_len, engine_config, built_model)
+    grammar = providers.Singleton(_grammar, tokenizer, built_model)
     generation = providers.Singleton(
-        GenerationService, engine, tokenizer, chat_template, session_len, join_rows
+        GenerationService,
+        engine,
+        tokenizer,
+        chat_template,
+        session_len,
+        join_rows,
+        grammar,
+        config.max_log_len,
     )
     model_name = providers.Callable(lambda name, src: name or src.name, config.model_name, source)

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
 from ..application.pipeline import Pipeline
+from ..domain.errors import InvalidArgument
 from .container import Container
 from .logging import setup_logging
 
@@ -16,6 +17,7 @@ def build_container(
     chat_template_config: ChatTemplateConfig | None = None,
     backend: str | None = None,
     model_name: str | None = None,
+    max_log_len: int | None = None,
 ) -> Container:
     container = Container()
     container.config.from_dict(
@@ -25,6 +27,7 @@ def build_container(
             "backend_config": backend_config,
             "chat_template_config": chat_template_config,
             "model_name": model_name,
+            "max_log_len": max_log_len,
         }
     )
     return container
@@ -43,8 +46,10 @@ def pipeline(
     setup_logging(log_level)
     if kwargs.get("backend") is None and isinstance(backend_config, PytorchEngineConfig):
         kwargs["backend"] = "pytorch"
+    if max_log_len is not None and max_log_len < 0:
+        raise InvalidArgument("max_log_len", f"must be >= 0 or None, got {max_log_len}")
     container = build_container(
-        model_path, backend_config, chat_template_config, kwargs.get("backend")
+        model_path, backend_config, chat_template_config, kwargs.get("backend"), None, max_log_len
     )
     container.init_resources()
     return Pipeline(container.generation(), container.model_name(), container.shutdown_resources)

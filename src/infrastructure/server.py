@@ -56,6 +56,7 @@ def run_api_server(
     model_name: str | None = None,
     log_level: str = "ERROR",
     proxy_url: str | None = None,
+    max_log_len: int | None = None,
     **_: Any,
 ) -> None:
     import uvicorn
@@ -70,7 +71,7 @@ def run_api_server(
     if isinstance(api_keys, str):
         api_keys = [api_keys]
     container = build_container(
-        model_path, backend_config, chat_template_config, backend, model_name
+        model_path, backend_config, chat_template_config, backend, model_name, max_log_len
     )
     container.init_resources()
     app = create_app(build_services(container, api_keys))

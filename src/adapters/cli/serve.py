@@ -27,7 +27,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--ssl", action="store_true", help="serve HTTPS with SSL_KEYFILE and SSL_CERTFILE"
     )
     api.add_argument("--model-name", default=None, help="the name /v1/models reports")
-    api.add_argument("--max-log-len", type=int, default=None)
+    api.add_argument(
+        "--max-log-len",
+        type=int,
+        default=None,
+        help="log at most this many prompt characters and token ids (INFO)",
+    )
     api.add_argument("--proxy-url", default=None, help="register with this proxy at start-up")
     add_engine_options(api)
     api.set_defaults(func=run_api_server, log_level="ERROR")
@@ -53,6 +58,7 @@ def run_api_server(args: argparse.Namespace) -> int:
         model_name=args.model_name,
         log_level=args.log_level,
         proxy_url=args.proxy_url,
+        max_log_len=args.max_log_len,
     )
     return 0
 

@@ -45,6 +45,8 @@ class SamplingFields(BaseModel):
     logit_bias: dict[int, float] | None = None
     user: str | None = None
     session_id: int | str | None = -1
+    # Checked by the application (400 naming response_format), not by pydantic.
+    response_format: dict[str, Any] | None = None
 
     @field_validator("logit_bias")
     @classmethod
@@ -92,7 +94,9 @@ class ChatCompletionRequest(SamplingFields):
     messages: str | list[ChatMessage] = Field(..., min_length=1)
     tools: list[Tool] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
-    parallel_tool_calls: bool | None = None  # accepted; every format here allows several
+    # Every format here allows several calls; a forced call (tool_choice 'required' or named)
+    # is one call unless this is true.
+    parallel_tool_calls: bool | None = None
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0, le=20)

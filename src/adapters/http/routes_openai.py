@@ -59,6 +59,7 @@ def gen_config_of(
         spaces_between_special_tokens=body.spaces_between_special_tokens,
         logprobs=logprobs,
         logits_processors=[bias] if bias else None,
+        response_format=body.response_format,
     )
 
 
@@ -124,7 +125,7 @@ async def chat_completions(
     choice = body.tool_choice
     tool_choice = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
     request, parser = prepare_chat(
-        generation, messages, config, tools, tool_choice, get_tool_parser
+        generation, messages, config, tools, tool_choice, get_tool_parser, body.parallel_tool_calls
     )
     streams = generation.submit_choices(request, asynchronous=True)
     request_id, model = new_id("chatcmpl"), svc.model_name

@@ -54,6 +54,11 @@ class HFTokenizer:
         return cls(tok, extra_eos_ids)
 
     @property
+    def hf_tokenizer(self) -> Any:
+        """The transformers tokenizer itself (a grammar backend compiles against its vocabulary)."""
+        return self._tok
+
+    @property
     def eos_token_ids(self) -> frozenset[int]:
         return self._eos
 

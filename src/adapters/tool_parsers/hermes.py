@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from ...application.tool_grammar import ToolCallFormat
 from ._common import BlockParser
 
 
 class HermesToolParser(BlockParser):
     begin = "<tool_call>"
     end = "</tool_call>"
+    call_format = ToolCallFormat(begin="<tool_call>\n", end="\n</tool_call>")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 
+from ...application.tool_grammar import ToolCallFormat
 from ...application.tools import ParsedOutput, ToolCall
 from ._common import call_from_json, first_marker, loads
 
@@ -34,6 +35,9 @@ def _json_calls(body: str) -> list[ToolCall] | None:
 class Llama3ToolParser:
     markers = (PYTHON_TAG, "<function=")
     skip_special_tokens = False
+    call_format = ToolCallFormat(
+        begin="", end="", separator="; ", prefix=PYTHON_TAG, arguments_key="parameters"
+    )
 
     def tool_start(self, text: str) -> int | None:
         start = first_marker(text, self.markers)

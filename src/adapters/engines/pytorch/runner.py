@@ -12,6 +12,7 @@ from .attention import AttentionMetadata, decode_context
 from .cache_swap import CacheSwapper
 from .cpu_attention import cpu_decode_kernel_available
 from .cuda_graph import DecodeGraphs
+from .grammar_mask import GrammarMask
 from .llama import LlamaForCausalLM
 from .logits_processing import LogitsProcessorHook, wants_processors
 from .rotary import RotaryTables
@@ -166,11 +167,13 @@ class PytorchModelRunner:
         logits, extras = self._forward(plan)
         batch = SamplingBatch.from_seqs(plan.seqs, self.device)
         hook = LogitsProcessorHook(plan) if wants_processors(plan) else None
-        token_ids = sample(logits, batch, hook)
+        grammar = GrammarMask.from_plan(plan)
+        token_ids = sample(logits, batch, hook, grammar.apply if grammar else None)
+        ids = token_ids.tolist()
+        if grammar is not None:
+            grammar.accept(ids)
         output = StepOutput(
-            token_ids=token_ids.tolist(),
-            extras=extras,
-            errors=hook.errors if hook is not None else None,
+            token_ids=ids, extras=extras, errors=hook.errors if hook is not None else None
         )
         want = [s.sampling.logprobs for s in plan.seqs]
         if any(w is not None for w in want):

@@ -123,12 +123,17 @@ def sample(
     logits: torch.Tensor,
     batch: SamplingBatch,
     process: Callable[[torch.Tensor], None] | None = None,
+    token_mask: Callable[[torch.Tensor], None] | None = None,
 ) -> torch.Tensor:
     """logits: [B, vocab] float32 -> token ids [B] (on the device). `process` edits the logits
-    in place after the built-in token rules, before temperature and filters (user processors)."""
+    in place after the built-in token rules, before temperature and filters (user processors);
+    `token_mask` then masks them in place (a grammar's allowed tokens), so that it has the last
+    word over what may be drawn."""
     logits = _apply_token_rules(logits, batch)
     if process is not None:
         process(logits)
+    if token_mask is not None:
+        token_mask(logits)
     greedy = logits.argmax(dim=-1)
     if batch.all_greedy:
         return greedy

@@ -1,0 +1,1 @@
+"""Grammar backends: constrained decoding (response_format, enforced tool calls)."""
