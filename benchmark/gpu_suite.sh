@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|sampling|profile|throughput ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|profile|throughput ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
 #   BATCHES="1 16 64"  batch sizes of `generation` (default 1 16 64 256).
+#   GRAMMAR_MODEL=DIR  a local HF Llama directory with a tokenizer for `grammar` (random weights do).
 set -uo pipefail
 OUT=${OUT:-benchmark/results}
 TAG=${TAG:-}
@@ -27,6 +28,7 @@ for part in "$@"; do
     kernels) python3 -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel_tests$TAG.log" ;;
     generation) python3 benchmark/profile_generation.py --device cuda --load-format dummy --model-config llama-3-8b \
         --batch-sizes ${BATCHES:-1 16 64 256} --output "$OUT/profile_generation_cuda$TAG.json" ;;
+    grammar) python3 benchmark/gpu_grammar_check.py "${GRAMMAR_MODEL:-.gpucheck/tiny}" --output "$OUT/grammar_cuda$TAG.json" ;;
     sampling) python3 benchmark/gpu_sampling.py --output "$OUT/sampling_cuda$TAG.json" ;;
     profile) python3 benchmark/gpu_profile.py --out-dir "$OUT" --tag "$TAG" ;;
     throughput) python3 benchmark/profile_throughput.py --device cuda --load-format dummy --model llama-3-8b \

@@ -128,3 +128,28 @@ def test_a_spec_compiles_once_and_each_request_gets_its_own_matcher(backend):
     one, two = backend.constraint(spec, frozenset({2})), backend.constraint(spec, frozenset({2}))
     assert one.accept(backend._tokenizer.encode("yes", add_special_tokens=False)[0])
     assert one.num_accepted == 1 and two.num_accepted == 0
+
+
+def test_bounded_strings_admit_no_raw_control_characters():
+    """xgrammar 0.2's maxLength rule lets a raw tab into a string, which is not JSON; the
+    backend rewrites bounded strings into a pattern with the same bounds and no controls."""
+    import json
+
+    import xgrammar as xgr
+    from xgrammar.testing import _is_grammar_accept_string as accepts
+
+    from lmdeploy.adapters.grammar.xgrammar_backend import bounded_strings_without_controls
+
+    schema = {
+        "type": "object",
+        "properties": {"tag": {"type": "string", "minLength": 1, "maxLength": 4}},
+        "required": ["tag"],
+    }
+    fixed = bounded_strings_without_controls(schema)
+    grammar = xgr.Grammar.from_json_schema(json.dumps(fixed), any_whitespace=False)
+    assert accepts(grammar, '{"tag": "abcd"}')
+    assert not accepts(grammar, '{"tag": "ab\tc"}')
+    assert not accepts(grammar, '{"tag": "abcde"}')
+    assert not accepts(grammar, '{"tag": ""}')
+    raw = xgr.Grammar.from_json_schema(json.dumps(schema), any_whitespace=False)
+    assert accepts(raw, '{"tag": "ab\tc"}'), "xgrammar fixed its rule: drop the rewrite"

@@ -105,7 +105,8 @@ class XGrammarBackend:
     def _compile(self, compiler: Any, spec: GrammarSpec) -> Any:
         # Compact JSON: free whitespace lets a small model pad its way to the length limit.
         if spec.kind == "json_schema":
-            return compiler.compile_json_schema(spec.source, any_whitespace=False)
+            schema = json.dumps(bounded_strings_without_controls(json.loads(spec.source)))
+            return compiler.compile_json_schema(schema, any_whitespace=False)
         if spec.kind == "json_object":
             return compiler.compile_json_schema(
                 spec.source, any_whitespace=False, strict_mode=False
@@ -122,6 +123,29 @@ class XGrammarBackend:
         return set(getattr(tok, "all_special_tokens", [])) | {
             t.content for t in getattr(tok, "added_tokens_decoder", {}).values() if t.special
         }
+
+
+def bounded_strings_without_controls(schema: Any) -> Any:
+    """The schema with each length-bounded string given an equivalent pattern that also keeps
+    out control characters and escapes: xgrammar 0.2 compiles `maxLength`/`minLength` strings
+    to a rule that excludes only quote, backslash, CR and LF, so a raw tab could be generated,
+    which is not JSON. A pattern replaces the length rule in xgrammar, hence the bounds in it."""
+    if isinstance(schema, list):
+        return [bounded_strings_without_controls(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: bounded_strings_without_controls(value) for key, value in schema.items()}
+    bounded = "maxLength" in out or "minLength" in out
+    if (
+        out.get("type") == "string"
+        and bounded
+        and not {"pattern", "format", "enum", "const"} & set(out)
+    ):
+        low, high = out.get("minLength", 0), out.get("maxLength", "")
+        out["pattern"] = f'^[^\\x00-\\x1f"\\\\]{{{low},{high}}}$'
+        out.pop("maxLength", None)
+        out.pop("minLength", None)
+    return out
 
 
 def _first_line(exc: Exception) -> str:
@@ -160,7 +184,7 @@ def tool_calls_structural_tag(grammar: ToolCallGrammar, special: set[str]) -> di
                     # One space at most between tokens, as in compact JSON.
                     {
                         "type": "json_schema",
-                        "json_schema": json.loads(schema),
+                        "json_schema": bounded_strings_without_controls(json.loads(schema)),
                         "max_whitespace_cnt": 1,
                     },
                     *_literal("}" + grammar.end, special),
