@@ -124,7 +124,7 @@ def test_chat_cli_keeps_the_conversation_and_exits_on_exit():
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    first, second = (int(n) for n in re.findall(r"input_tokens=(\d+)", result.stderr))
+    first, second = (int(n) for n in re.findall(r"request \d+: input_tokens=(\d+)", result.stderr))
     replies = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(replies) == 2, "exit must end the chat before the next line"
     # The second turn carries the first question and answer: the conversation is kept.
