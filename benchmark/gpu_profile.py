@@ -5,7 +5,11 @@ each step's `decode_step` range land in one trace), over the Llama-3-8B shape wi
 weights. From the chrome trace: each GPU event (kernel, copy, memset) is assigned to the step
 whose range launched it (by correlation id); per step, GPU busy time over the step's wall
 time, over the span of its own GPU work, and the idle gap from the previous step's last GPU
-event to this step's first. Prints the table; writes the trace and the numbers to --out-dir.
+event to this step's first. With decode steps started ahead (the default under CUDA graphs) a
+step's range launches the next step's work, so the timeline over the whole window says more:
+GPU busy share, idle time per step, and the largest idle gaps between kernels. Run it with
+LMDEPLOY_DECODE_AHEAD=0 for the step-by-step engine. Prints the tables; writes the trace and
+the numbers to --out-dir.
 """
 
 from __future__ import annotations
@@ -99,6 +103,42 @@ def analyze(trace: dict) -> list[dict]:
     return rows
 
 
+def timeline(trace: dict) -> dict:
+    """The GPU over the profiled window (second to last `decode_step`: the first pays for the
+    profiler's start, a ~0.5 ms first graph launch): busy share, idle microseconds per step,
+    idle gaps longer than 20 us, and the five largest gaps."""
+    events = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
+    steps = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("name") == "decode_step" and e.get("cat") == "user_annotation"
+    )
+    steps = steps[1:]
+    begin, end = steps[0][0], steps[-1][1]
+    gpu = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") in GPU_CATS and begin <= e["ts"] <= end
+    )
+    merged: list[list[float]] = []
+    for a, b in gpu:
+        if merged and a <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], b)
+        else:
+            merged.append([a, b])
+    gaps = sorted((b[0] - a[1] for a, b in zip(merged, merged[1:], strict=False)), reverse=True)
+    window = merged[-1][1] - merged[0][0]
+    busy = sum(b - a for a, b in merged)
+    return {
+        "window_us": window,
+        "busy_share": busy / window,
+        "idle_us_per_step": (window - busy) / len(steps),
+        "gaps_over_20us": sum(g > 20 for g in gaps),
+        "largest_gaps_us": [round(g, 1) for g in gaps[:5]],
+        "steps": len(steps),
+    }
+
+
 def summarize(rows: list[dict]) -> dict:
     def med(key):
         values = [r[key] for r in rows if r[key] is not None]
@@ -125,10 +165,14 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="suffix of the output files (e.g. a baseline)")
     args = ap.parse_args()
     sched, runner = _scheduler_and_runner(args.model_config, max_batch=8)
-    sched.add(_seq(128, args.steps + 40))
+    sched.add(_seq(128, args.steps + 100))
     for _ in range(10):  # prefill, then warm decode steps (compiles, first touches)
         _step(sched, runner)
     torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(50):  # unprofiled: the profiler slows the host's launches down
+        _step(sched, runner)
+    unprofiled_ms = (time.perf_counter() - start) / 50 * 1e3
     activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
     walls = []
     with torch.profiler.profile(activities=activities) as prof:
@@ -143,6 +187,7 @@ def main() -> None:
     rows = analyze(json.loads(trace_path.read_text()))
     summary = summarize(rows)
     summary["profiled_step_wall_ms_median"] = statistics.median(walls) * 1e3
+    summary["unprofiled_step_ms_mean"] = unprofiled_ms
     print(
         f"{'step':>4} {'wall us':>8} {'GPU busy us':>11} {'busy/span':>9} {'busy/wall':>9} {'gap us':>7}"
     )
@@ -153,7 +198,17 @@ def main() -> None:
             f"{r['busy_of_wall']:>9.3f} {gap:>7}"
         )
     print("median:", json.dumps(summary))
-    report = {"device": torch.cuda.get_device_name(), "steps": rows, "summary": summary}
+    window = timeline(json.loads(trace_path.read_text()))
+    window["decodes_ahead"] = runner.decodes_ahead
+    window["ahead_started"] = runner.ahead_counters.started
+    window["ahead_used"] = runner.ahead_counters.used
+    print("timeline:", json.dumps(window))
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "steps": rows,
+        "summary": summary,
+        "timeline": window,
+    }
     (args.out_dir / f"decode_profile{args.tag}.json").write_text(json.dumps(report, indent=2))
 
 

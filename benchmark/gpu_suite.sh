@@ -5,6 +5,8 @@
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
 #   BATCHES="1 16 64"  batch sizes of `generation` (default 1 16 64 256).
+#   HF_REQUESTS=N      requests transformers runs in `throughput` (default 64; 0 for ours only).
+#   LMDEPLOY_DECODE_AHEAD=0  the engine without decode steps started ahead (A/B runs).
 #   GRAMMAR_MODEL=DIR  a local HF Llama directory with a tokenizer for `grammar` (random weights do).
 set -uo pipefail
 OUT=${OUT:-benchmark/results}
@@ -32,6 +34,6 @@ for part in "$@"; do
     sampling) python3 benchmark/gpu_sampling.py --output "$OUT/sampling_cuda$TAG.json" ;;
     profile) python3 benchmark/gpu_profile.py --out-dir "$OUT" --tag "$TAG" ;;
     throughput) python3 benchmark/profile_throughput.py --device cuda --load-format dummy --model llama-3-8b \
-        --hf-requests 64 --output "$OUT/profile_throughput_cuda$TAG.json" 2>&1 | tee "$OUT/profile_throughput_cuda$TAG.log" ;;
+        --hf-requests ${HF_REQUESTS:-64} --output "$OUT/profile_throughput_cuda$TAG.json" 2>&1 | tee "$OUT/profile_throughput_cuda$TAG.log" ;;
   esac
 done

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from step_trace import StepTrace  # noqa: E402
 from workloads import random_prompt, sharegpt_like  # noqa: E402
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
@@ -44,10 +45,21 @@ def run_ours(args, requests, vocab):
         prompts = [random_prompt(n_in, vocab, rng) for n_in, _ in requests]
         configs = [GenerationConfig(max_new_tokens=n_out, ignore_eos=True) for _, n_out in requests]
         pipe(prompts[:4], gen_config=configs[:4])  # warm-up (kernel compilation, graphs)
+        runner = pipe.service.engine.runner
+        trace = StepTrace()
+        trace.install(runner)
+        ahead_before = (runner.ahead_counters.started, runner.ahead_counters.used)
         start = time.perf_counter()
         outs = pipe(prompts, gen_config=configs)
         elapsed = time.perf_counter() - start
         stats = pipe.service.engine.stats()
+        steps = {
+            "steps": len(trace.steps),
+            "decode_only_steps": sum(s[4] for s in trace.steps),
+            "ahead_started": runner.ahead_counters.started - ahead_before[0],
+            "ahead_used": runner.ahead_counters.used - ahead_before[1],
+        }
+        print("steps:", json.dumps(steps))
     finally:
         pipe.close()
         del pipe  # free the weights and the KV cache before transformers loads its copy
@@ -61,6 +73,7 @@ def run_ours(args, requests, vocab):
         "output_tokens_per_s": tokens / elapsed,
         "output_tokens": tokens,
         "preemptions": stats.num_preemptions,
+        **steps,
     }, prompts
 
 

@@ -29,7 +29,17 @@ class StepTrace:
         runner.step = traced
 
     def decode_latencies(self) -> list[float]:
-        return [end - start for start, end, _, _, decode in self.steps if decode]
+        """Per decode step, the time from the previous step's end to its own: the inter-token
+        latency, with the engine's host work between steps in it. (A step's own call is not
+        the measure: with the next decode step started ahead, the host work between calls
+        overlaps the GPU and a call only waits for the rest.)"""
+        return [
+            end - prev_end
+            for (_, prev_end, *_), (_, end, _, _, decode) in zip(
+                self.steps, self.steps[1:], strict=False
+            )
+            if decode
+        ]
 
     def clear(self) -> None:
         self.steps.clear()

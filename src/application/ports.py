@@ -50,6 +50,10 @@ class ModelRunner(Protocol):
     @property
     def cache(self) -> CacheGeometry: ...
 
+    # Whether the runner starts a plan's forecast decode step (`StepPlan.forecast`) before the
+    # plan's own tokens are returned; the scheduler forecasts only for such a runner.
+    decodes_ahead: bool
+
     def step(self, plan: StepPlan) -> StepOutput: ...
 
 

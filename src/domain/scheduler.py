@@ -27,6 +27,9 @@ class SchedulerConfig:
     max_batch_size: int
     max_num_batched_tokens: int
     max_model_len: int
+    # Plan each all-decode step's successor too (`StepPlan.forecast`), for a runner that starts
+    # it before this step's tokens reach the host.
+    forecast_decodes: bool = False
 
 
 @dataclass
@@ -60,6 +63,11 @@ class StepPlan:
     preempted: list[Sequence] = field(default_factory=list)
     blocks_to_swap_out: BlockPairs = field(default_factory=list)
     blocks_to_swap_in: BlockPairs = field(default_factory=list)
+    # The next step's decode batch if no sequence stops on the token this step samples and no
+    # request arrives meanwhile (empty when the next step is known to differ). Each of these
+    # sequences already holds the block of its next token, so a runner may start that step
+    # before this one's tokens are on the host, and drop it if the real next plan differs.
+    forecast: list[Sequence] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.num_scheduled:
@@ -149,7 +157,32 @@ class Scheduler:
         if not self.swapped:
             self._schedule_waiting(plan, budget)
         self.counters.steps += bool(plan)
+        if self.config.forecast_decodes:
+            plan.forecast = self._forecast(plan)
         return plan
+
+    def _forecast(self, plan: StepPlan) -> list[Sequence]:
+        """The sequences of this all-decode step that do not reach a length limit with its
+        token, when the next step will run exactly them unless one stops on that token: no
+        prefill, no swap, nothing waiting that the next step could admit. Allocates the block
+        of each one's next token now, and forecasts nothing when the free blocks do not cover
+        them all (the next step may have to preempt)."""
+        if plan.blocks_to_swap_out or plan.blocks_to_swap_in or plan.preempted or self.swapped:
+            return []
+        if len(plan.seqs) != len(self.running) or not all(
+            num == 1 and _is_decoding(seq)
+            for seq, num in zip(plan.seqs, plan.num_scheduled, strict=True)
+        ):
+            return []
+        nexts = [seq for seq in plan.seqs if not seq.ends_by_length_within(1)]
+        if self.waiting and len(nexts) < self.config.max_batch_size:
+            return []  # the next step admits a waiting request
+        needed = sum(self.allocator.blocks_needed(seq, seq.num_tokens + 1) for seq in nexts)
+        if needed > self.allocator.num_free_blocks:
+            return []
+        for seq in nexts:
+            self.allocator.allocate(seq, seq.num_tokens + 1)
+        return nexts
 
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         """Decodes first (one token each, whatever the budget), then unfinished prefills."""

@@ -79,6 +79,14 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
+    def ends_by_length_within(self, num_tokens: int) -> bool:
+        """Whether appending `num_tokens` more tokens reaches max_new_tokens or max_len,
+        whatever the tokens are."""
+        return (
+            self.num_output_tokens + num_tokens >= self.sampling.max_new_tokens
+            or self.num_tokens + num_tokens >= self.max_len
+        )
+
     def append_token(self, token_id: int) -> None:
         """Record a sampled token and finish the sequence if it hits a stop condition."""
         assert self.status is SequenceStatus.RUNNING, self.status
@@ -90,7 +98,7 @@ class Sequence:
             self.finish(FinishReason.STOP)
         elif past_min and not sampling.ignore_eos and token_id in self.eos_token_ids:
             self.finish(FinishReason.STOP)
-        elif self.num_output_tokens >= sampling.max_new_tokens or self.num_tokens >= self.max_len:
+        elif self.ends_by_length_within(0):
             self.finish(FinishReason.LENGTH)
 
     def finish(self, reason: FinishReason) -> None:

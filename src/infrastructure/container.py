@@ -58,6 +58,7 @@ def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Schedu
             max_batch_size=_max_batch_size(config, built),
             max_num_batched_tokens=config.max_prefill_token_num,
             max_model_len=_session_len(config, built),
+            forecast_decodes=built.runner.decodes_ahead,
         ),
         BlockAllocator(cache.num_blocks, cache.block_size, config.enable_prefix_caching),
         HostBlockAllocator(cache.num_cpu_blocks) if cache.num_cpu_blocks else None,

@@ -50,17 +50,20 @@ def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(5, 1000, (n,), generator=gen).tolist()
 
 
-def _run(path, device_type: str, eager: bool, prompts, gen: GenerationConfig = GEN):
-    config = PytorchEngineConfig(
+def _config(device_type: str = "cuda", eager: bool = False, max_batch_size: int = 8):
+    return PytorchEngineConfig(
         device_type=device_type,
         dtype="float32",
         eager_mode=eager,
         block_size=16,
         session_len=1024,
-        max_batch_size=8,
+        max_batch_size=max_batch_size,
         cache_max_entry_count=0.2,
     )
-    pipe = pipeline(str(path), backend_config=config)
+
+
+def _run(path, device_type: str, eager: bool, prompts, gen: GenerationConfig = GEN):
+    pipe = pipeline(str(path), backend_config=_config(device_type, eager))
     try:
         return [o.token_ids for o in pipe(prompts, gen_config=gen)]
     finally:
@@ -137,3 +140,42 @@ def test_default_model_on_cuda_matches_the_cpu_engine():
             pipe.close()
 
     assert run("cuda") == run("cpu")
+
+
+def test_decoding_ahead_under_cuda_graphs_changes_no_output(tiny_llama, monkeypatch):
+    """Each decode step is started before the previous step's tokens reach the host
+    (decode_ahead.py): the outputs equal those of the same requests run step by step, across
+    queued requests, stops on a sampled token, seeded sampling and min_new_tokens."""
+    path, _ = tiny_llama
+    prompts = [_ids(n, seed) for seed, n in enumerate([3, 20, 50, 90, 130, 17])]
+
+    def run(ahead: str, gens):
+        monkeypatch.setenv("LMDEPLOY_DECODE_AHEAD", ahead)
+        pipe = pipeline(str(path), backend_config=_config(max_batch_size=3))
+        try:
+            outs = pipe(prompts, gen_config=gens)
+            return [(o.token_ids, o.finish_reason) for o in outs], pipe.service.engine.runner
+        finally:
+            pipe.close()
+
+    greedy = GenerationConfig(max_new_tokens=8, ignore_eos=True)
+    probe, _ = run("0", [greedy] * len(prompts))
+    stop_id = probe[1][0][3]  # the second request stops on it within 4 tokens
+    gens = [
+        GenerationConfig(max_new_tokens=40, ignore_eos=True),
+        GenerationConfig(max_new_tokens=40, stop_token_ids=[stop_id]),
+        GenerationConfig(
+            max_new_tokens=30, do_sample=True, top_k=30, temperature=0.9, random_seed=5
+        ),
+        GenerationConfig(
+            max_new_tokens=25, do_sample=True, top_p=0.8, temperature=1.2, random_seed=9
+        ),
+        GenerationConfig(max_new_tokens=20, min_new_tokens=12, stop_token_ids=[stop_id]),
+        GenerationConfig(max_new_tokens=33, ignore_eos=True),
+    ]
+    on, runner = run("1", gens)
+    off, _ = run("0", gens)
+    assert on == off
+    assert on[1][1] == "stop" and len(on[1][0]) <= 4
+    counters = runner.ahead_counters
+    assert counters.used >= 40 and counters.used >= 0.7 * counters.started, counters

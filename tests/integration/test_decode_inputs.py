@@ -27,14 +27,14 @@ def _decoding_seqs(rng: random.Random, num: int) -> list[Sequence]:
     return seqs
 
 
-def _general(seqs: list[Sequence]):
+def _general(seqs: list[Sequence], lag: int = 0):
     """The runner's own (eager) preparation of the same step: the reference."""
     from lmdeploy.adapters.engines.pytorch.runner import PytorchModelRunner
 
     runner = PytorchModelRunner.__new__(PytorchModelRunner)
     runner.device = torch.device("cpu")
     runner._cache = type("Cache", (), {"block_size": BLOCK_SIZE})()
-    return runner._prepare(StepPlan(seqs, [1] * len(seqs)))
+    return runner._prepare(StepPlan(seqs, [1] * len(seqs)), lag)
 
 
 def test_staged_rows_equal_the_general_preparation():
@@ -67,3 +67,28 @@ def test_fits_checks_batch_and_table_width():
     assert inputs.fits(seqs[:2])
     seqs[0].block_table = list(range(MAX_BLOCKS + 1))
     assert not inputs.fits(seqs[:2])
+
+
+def test_a_step_started_ahead_takes_the_next_position_and_device_tokens():
+    rng = random.Random(2)
+    inputs = DecodeInputs(MAX_SEQS, MAX_BLOCKS, BLOCK_SIZE, torch.device("cpu"))
+    seqs = _decoding_seqs(rng, 5)
+    spare = iter(range(200, 300))
+    for seq in seqs:  # the scheduler's forecast holds the block of each one's next token
+        while len(seq.block_table) * BLOCK_SIZE < seq.num_tokens + 1:
+            seq.block_table.append(next(spare))
+    assert inputs.fits(seqs, lag=1)
+    tokens = torch.tensor([900 + i for i in range(7)])  # the previous step's samples
+    rows = [6, 0, 3, 2, 5]
+    for _ in range(2):  # both host buffers
+        inputs.load(seqs, lag=1, ids_from=(tokens, rows))
+        _, positions, meta = _general(seqs, lag=1)
+        assert inputs.input_ids[:5].tolist() == [900 + r for r in rows]
+        assert torch.equal(inputs.positions[:5], positions)
+        assert positions.tolist() == [s.num_tokens for s in seqs]
+        assert torch.equal(inputs.slot_mapping[:5], meta.slot_mapping)
+        assert torch.equal(inputs.context_lens[:5], meta.context_lens)
+    full = _decoding_seqs(random.Random(3), 1)[0]
+    full.token_ids.extend([1] * (len(full.block_table) * BLOCK_SIZE - full.num_tokens))
+    full.num_cached_tokens = full.num_tokens - 1  # its last block is full: no room ahead
+    assert inputs.fits([full]) and not inputs.fits([full], lag=1)

@@ -11,6 +11,8 @@ from lmdeploy.domain.scheduler import StepPlan
 class CountingRunner:
     """A 'model' whose next token is the previous one plus one (mod vocab)."""
 
+    decodes_ahead = False
+
     def __init__(self, num_blocks: int = 64, block_size: int = 4, vocab_size: int = 100) -> None:
         self._cache = CacheGeometry(num_blocks, block_size)
         self.vocab_size = vocab_size

@@ -81,12 +81,18 @@ class DecodeGraphs:
         torch.cuda.synchronize()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.sizes)
 
-    def can_run(self, seqs: list[Sequence]) -> bool:
-        return self.inputs.fits(seqs)
+    def can_run(self, seqs: list[Sequence], lag: int = 0) -> bool:
+        return self.inputs.fits(seqs, lag)
 
-    def run(self, seqs: list[Sequence]) -> torch.Tensor:
-        """Logits [num_seqs, vocab] of one decode step of `seqs` (one new token each)."""
+    def run(
+        self,
+        seqs: list[Sequence],
+        lag: int = 0,
+        ids_from: tuple[torch.Tensor, list[int]] | None = None,
+    ) -> torch.Tensor:
+        """Logits [num_seqs, vocab] of one decode step of `seqs` (one new token each; `lag` and
+        `ids_from` as in `DecodeInputs.load`, for a step started ahead)."""
         size = self.sizes[bisect.bisect_left(self.sizes, len(seqs))]
-        self.inputs.load(seqs)
+        self.inputs.load(seqs, lag, ids_from)
         self.graphs[size].replay()
         return self.logits[size][: len(seqs)]

@@ -7,11 +7,14 @@ the graph's static inputs. Here every input lives in one int64 buffer, laid out 
 
     [input_ids: n | positions: n | slot_mapping: n | context_lens: n | block_tables: n x W]
 
-(n the largest batch, W the most blocks a sequence may hold), once in pinned host memory and
-once on the device, where the graphs read it directly. A step of B sequences writes its rows
-through a numpy view of the host buffer and sends the header and its B table rows in one
-asynchronous copy. The step's only sync (the sampled ids) comes after the replay, and the next
-step writes the host buffer only after that sync, so the copy never reads a half-written row.
+(n the largest batch, W the most blocks a sequence may hold), in pinned host memory and once
+on the device, where the graphs read it directly. A step of B sequences writes its rows
+through a numpy view of a host buffer and sends the header and its B table rows in one
+asynchronous copy. A step started ahead (before the previous step's tokens reach the host)
+writes, in place of its input ids, the rows of the previous step's device tokens to take them
+from, and gathers them on the device after the copy. Two host buffers take turns, each
+written only once the copy that last read it has run (an event), so a step can be staged
+while the previous one's copy still waits in the GPU queue.
 """
 
 from __future__ import annotations
@@ -27,47 +30,85 @@ class DecodeInputs:
     ) -> None:
         n, width = max_seqs, max_blocks_per_seq
         self.max_seqs, self.max_blocks_per_seq, self.block_size = n, width, block_size
-        size = 4 * n + n * width
-        self._host = torch.zeros(size, dtype=torch.int64, pin_memory=device.type == "cuda")
-        self._np = self._host.numpy()
-        self._tables_np = self._np[4 * n :].reshape(n, width)
-        self._np[3 * n : 4 * n] = 1  # a padding row attends to one token ...
-        self._np[2 * n : 3 * n] = -1  # ... and writes none
-        self._device = self._host.to(device)
+        self._hosts = [_HostBuffer(n, width, device) for _ in range(2)]
+        self._turn = 0
+        self._device = self._hosts[0].tensor.to(device)
         self.input_ids = self._device[:n]
         self.positions = self._device[n : 2 * n]
         self.slot_mapping = self._device[2 * n : 3 * n]
         self.context_lens = self._device[3 * n : 4 * n]
         self.block_tables = self._device[4 * n :].view(n, width)
-        self._num_filled = 0  # rows written by the last step: what the next must pad again
 
-    def fits(self, seqs: list[Sequence]) -> bool:
+    def fits(self, seqs: list[Sequence], lag: int = 0) -> bool:
+        bs = self.block_size
         return len(seqs) <= self.max_seqs and all(
-            len(s.block_table) <= self.max_blocks_per_seq for s in seqs
+            len(s.block_table) <= self.max_blocks_per_seq
+            and (s.num_cached_tokens + lag) // bs < len(s.block_table)
+            for s in seqs
         )
 
-    def load(self, seqs: list[Sequence]) -> None:
-        """Write the rows of `seqs` (one new token each) and send them to the device; the rows
-        past them (the padding of a graph's bucket) are reset to slot -1, one token of context."""
+    def load(
+        self,
+        seqs: list[Sequence],
+        lag: int = 0,
+        ids_from: tuple[torch.Tensor, list[int]] | None = None,
+    ) -> None:
+        """Write the rows of `seqs` (one new token each, at position num_cached_tokens + lag)
+        and send them to the device; the rows past them (the padding of a graph's bucket) are
+        reset to slot -1, one token of context. The input ids are the sequences' tokens at
+        those positions, or with `ids_from=(tokens, rows)` the device tokens `tokens[rows]`."""
+        host = self._hosts[self._turn]
+        self._turn ^= 1
+        host.wait_for_copy()
         n, bs, num = self.max_seqs, self.block_size, len(seqs)
         ids, positions, slots = [], [], []
-        tables = self._tables_np
+        tables = host.tables
         for row, seq in enumerate(seqs):
-            pos = seq.num_cached_tokens
+            pos = seq.num_cached_tokens + lag
             table = seq.block_table
-            ids.append(seq.token_ids[pos])
+            if ids_from is None:
+                ids.append(seq.token_ids[pos])
             positions.append(pos)
             slots.append(table[pos // bs] * bs + pos % bs)
             tables[row, : len(table)] = table
-        host = self._np
-        host[:num] = ids
-        host[n : n + num] = positions
-        host[2 * n : 2 * n + num] = slots
-        host[3 * n : 3 * n + num] = positions
-        host[3 * n : 3 * n + num] += 1
-        if self._num_filled > num:
-            host[2 * n + num : 2 * n + self._num_filled] = -1
-            host[3 * n + num : 3 * n + self._num_filled] = 1
-        self._num_filled = num
+        values = host.values
+        values[:num] = ids if ids_from is None else ids_from[1]
+        values[n : n + num] = positions
+        values[2 * n : 2 * n + num] = slots
+        values[3 * n : 3 * n + num] = positions
+        values[3 * n : 3 * n + num] += 1
+        if host.num_filled > num:
+            values[2 * n + num : 2 * n + host.num_filled] = -1
+            values[3 * n + num : 3 * n + host.num_filled] = 1
+        host.num_filled = num
         end = 4 * n + num * self.max_blocks_per_seq
-        self._device[:end].copy_(self._host[:end], non_blocking=True)
+        self._device[:end].copy_(host.tensor[:end], non_blocking=True)
+        host.record_copy()
+        if ids_from is not None:
+            tokens, _ = ids_from
+            self.input_ids[:num] = tokens.index_select(0, self.input_ids[:num])
+
+
+class _HostBuffer:
+    """One pinned staging buffer and the event of the last copy that read it."""
+
+    def __init__(self, n: int, width: int, device: torch.device) -> None:
+        self.tensor = torch.zeros(
+            4 * n + n * width, dtype=torch.int64, pin_memory=device.type == "cuda"
+        )
+        self.values = self.tensor.numpy()
+        self.tables = self.values[4 * n :].reshape(n, width)
+        self.values[3 * n : 4 * n] = 1  # a padding row attends to one token ...
+        self.values[2 * n : 3 * n] = -1  # ... and writes none
+        self.num_filled = 0  # rows written by its last step: what the next must pad again
+        self._copied: torch.cuda.Event | None = None
+        self._on_cuda = device.type == "cuda"
+
+    def wait_for_copy(self) -> None:
+        if self._copied is not None:
+            self._copied.synchronize()
+
+    def record_copy(self) -> None:
+        if self._on_cuda:
+            self._copied = torch.cuda.Event()
+            self._copied.record()

@@ -39,7 +39,7 @@ def _seeds(batch: SamplingBatch, device: torch.device) -> torch.Tensor:
     for row, seq in enumerate(batch.seqs):
         seed = seq.sampling.random_seed
         if seed is not None:
-            seeds[row] = (seed * 1_000_003 + seq.num_output_tokens) % 2**62
+            seeds[row] = (seed * 1_000_003 + seq.num_output_tokens + batch.lag) % 2**62
     return torch.tensor(seeds, dtype=torch.int64).to(device, non_blocking=True)
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import itertools
+import os
 
 import torch
 
 from ....application.ports import CacheGeometry, StepOutput
 from ....domain.scheduler import StepPlan
+from ....domain.sequence import Sequence
 from .attention import AttentionMetadata, decode_context
 from .cache_swap import CacheSwapper
 from .cpu_attention import cpu_decode_kernel_available
 from .cuda_graph import DecodeGraphs
+from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
 from .grammar_mask import GrammarMask
 from .llama import LlamaForCausalLM
 from .logits_processing import LogitsProcessorHook, wants_processors
@@ -69,19 +72,32 @@ class PytorchModelRunner:
                 block_size,
             )
             self.graphs.capture()
+        # Start each forecast decode step before the current step's tokens reach the host
+        # (decode_ahead.py): on by default where it overlaps anything, i.e. under CUDA graphs;
+        # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
+        forced = os.environ.get("LMDEPLOY_DECODE_AHEAD")
+        self.decodes_ahead = self.graphs is not None if forced is None else forced == "1"
+        self._ahead: AheadStep | None = None
+        self.ahead_counters = AheadCounters()
 
     @property
     def cache(self) -> CacheGeometry:
         return self._cache
 
-    def _prepare(self, plan: StepPlan) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+    def _prepare(
+        self, plan: StepPlan, lag: int = 0
+    ) -> tuple[torch.Tensor | None, torch.Tensor, AttentionMetadata]:
+        """The step's flat inputs; with `lag` 1 (a decode step started ahead) each sequence
+        computes the position after its last known token, and the input ids are left to the
+        caller (None)."""
         block_size = self._cache.block_size
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         query_lens, context_lens, cached = [], [], []
         for seq, num in zip(plan.seqs, plan.num_scheduled, strict=True):
-            start, end = seq.num_cached_tokens, seq.num_cached_tokens + num
+            start = seq.num_cached_tokens + lag
+            end = start + num
             input_ids.extend(seq.token_ids[start:end])
             positions.extend(range(start, end))
             table = seq.block_table
@@ -111,7 +127,7 @@ class PytorchModelRunner:
             meta.max_query_len = max(query_lens)
         else:
             self._add_decode_context(meta, tensor)
-        return tensor(input_ids), tensor(positions), meta
+        return (tensor(input_ids) if not lag else None), tensor(positions), meta
 
     def _add_decode_context(self, meta: AttentionMetadata, tensor) -> None:
         """Batch the one-token sequences' attention, in decode and in mixed steps alike."""
@@ -140,6 +156,36 @@ class PytorchModelRunner:
             return rope.at(positions, meta.context_lens.repeat_interleave(query_lens))
         return rope.cos[positions], rope.sin[positions]
 
+    def _decode_logits_ahead(
+        self, seqs: list[Sequence], tokens: torch.Tensor, rows: list[int]
+    ) -> torch.Tensor:
+        """Logits of the decode step after the current one for `seqs`, whose new input ids
+        are `tokens[rows]` on the device (the current step's samples, not yet on the host)."""
+        graphs = self.graphs
+        if graphs is not None and graphs.can_run(seqs, lag=1):
+            return graphs.run(seqs, lag=1, ids_from=(tokens, rows))
+        _, positions, meta = self._prepare(StepPlan(seqs=seqs, num_scheduled=[1] * len(seqs)), 1)
+        input_ids = tokens[torch.tensor(rows, device=tokens.device)]
+        cos, sin = self._cos_sin(positions, meta)
+        hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
+        return self.model.compute_logits(hidden)
+
+    def _start_ahead(
+        self, seqs: list[Sequence], tokens: torch.Tensor, rows_of: dict[int, int]
+    ) -> None:
+        """Queue the forecast step of `seqs` behind the current one (see decode_ahead.py)."""
+        rows = [rows_of[seq.seq_id] for seq in seqs]
+        logits = self._decode_logits_ahead(seqs, tokens, rows)
+        sampled = sample(logits, SamplingBatch.from_seqs(seqs, self.device, lag=1))
+        block_size = self._cache.block_size
+        self.ahead_counters.started += 1
+        self._ahead = AheadStep(
+            rows={seq.seq_id: row for row, seq in enumerate(seqs)},
+            slots=[AheadStep.slot_of(seq, 1, block_size) for seq in seqs],
+            tokens=sampled,
+            host=HostTokens(sampled),
+        )
+
     def _forward(self, plan: StepPlan) -> tuple[torch.Tensor, list | None]:
         """Logits [num_seqs, vocab] of the step's last tokens, and the per-sequence rows asked
         for by output_logits / output_last_hidden_state / get_ppl (None when none asks): a graph
@@ -160,15 +206,29 @@ class PytorchModelRunner:
 
     @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
+        ahead, self._ahead = self._ahead, None
         if self.swapper is not None:  # before the forward pass, which may reuse swapped blocks
             self.swapper.apply(plan.blocks_to_swap_out, plan.blocks_to_swap_in)
         if not plan.seqs:
             return StepOutput(token_ids=[])
+        rows = ahead.rows_for(plan, self._cache.block_size) if ahead is not None else None
+        if rows is not None:  # this step already runs: start the next, then wait for this one
+            self.ahead_counters.used += 1
+            if self._can_start_ahead(plan):
+                self._start_ahead(plan.forecast, ahead.tokens, ahead.rows)
+            ids = ahead.host.wait()
+            return StepOutput(token_ids=[ids[row] for row in rows])
         logits, extras = self._forward(plan)
         batch = SamplingBatch.from_seqs(plan.seqs, self.device)
         hook = LogitsProcessorHook(plan) if wants_processors(plan) else None
         grammar = GrammarMask.from_plan(plan)
         token_ids = sample(logits, batch, hook, grammar.apply if grammar else None)
+        if self._can_start_ahead(plan):
+            host = HostTokens(token_ids)  # queued before the next step, so it need not wait
+            self._start_ahead(
+                plan.forecast, token_ids, {s.seq_id: i for i, s in enumerate(plan.seqs)}
+            )
+            return StepOutput(token_ids=host.wait())
         ids = token_ids.tolist()
         if grammar is not None:
             grammar.accept(ids)
@@ -177,19 +237,21 @@ class PytorchModelRunner:
         )
         want = [s.sampling.logprobs for s in plan.seqs]
         if any(w is not None for w in want):
-            output.logprobs = self._logprobs(logits, token_ids, want)
+            output.logprobs = self._logprobs(logits, token_ids, ids, want)
         return output
 
+    def _can_start_ahead(self, plan: StepPlan) -> bool:
+        """A forecast to start, and nothing in this step that reads its own outputs on the
+        host before the next step may overwrite them (logits, grammar state, ...)."""
+        return bool(plan.forecast) and self.decodes_ahead and all(is_plain(s) for s in plan.seqs)
+
     @staticmethod
-    def _logprobs(logits: torch.Tensor, token_ids: torch.Tensor, want: list[int | None]) -> list:
+    def _logprobs(
+        logits: torch.Tensor, token_ids: torch.Tensor, tokens: list[int], want: list[int | None]
+    ) -> list:
         k = max(w or 0 for w in want)
         chosen, ids, values = top_logprobs(logits, token_ids, k)
-        chosen, ids, values, tokens = (
-            chosen.tolist(),
-            ids.tolist(),
-            values.tolist(),
-            token_ids.tolist(),
-        )
+        chosen, ids, values = chosen.tolist(), ids.tolist(), values.tolist()
         out = []
         for row, n in enumerate(want):
             if n is None:

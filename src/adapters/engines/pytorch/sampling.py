@@ -27,13 +27,19 @@ class SamplingBatch:
     # when every one of them sets a top-k (0 otherwise).
     any_filter: bool = True
     max_top_k: int = 0
+    # Tokens each sequence is behind the step being sampled: 1 for a decode step started before
+    # the previous step's tokens were appended (seeds and min_new_tokens count them).
+    lag: int = 0
 
     @classmethod
-    def from_seqs(cls, seqs: list[Sequence], device: torch.device) -> SamplingBatch:
+    def from_seqs(cls, seqs: list[Sequence], device: torch.device, lag: int = 0) -> SamplingBatch:
         params = [s.sampling for s in seqs]
 
         def col(values, dtype=torch.float32):
-            return torch.tensor(values, dtype=dtype, device=device)
+            # Pinned and asynchronous: a blocking copy would wait for the whole GPU queue,
+            # which may hold a step started ahead.
+            host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
+            return host.to(device, non_blocking=True)
 
         penalties = [p.repetition_penalty for p in params]
         sampling = [p for p in params if p.temperature > 0]
@@ -53,6 +59,7 @@ class SamplingBatch:
             max_top_k=max((p.top_k for p in sampling), default=0)
             if all(p.top_k > 0 for p in sampling)
             else 0,
+            lag=lag,
         )
 
 
@@ -61,7 +68,7 @@ def _apply_token_rules(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tens
         sampling = seq.sampling
         if sampling.bad_token_ids:
             logits[row, list(sampling.bad_token_ids)] = -float("inf")
-        if seq.num_output_tokens < sampling.min_new_tokens:
+        if seq.num_output_tokens + batch.lag < sampling.min_new_tokens:
             banned = list(seq.eos_token_ids | set(sampling.stop_token_ids))
             if banned:
                 logits[row, banned] = -float("inf")
@@ -113,7 +120,7 @@ def _noise(batch: SamplingBatch, shape: torch.Size, device: torch.device) -> tor
             # vocabulary), so that the draw does not depend on who shares the batch.
             n = min(seq.sampling.top_k, shape[1]) if batch.max_top_k else shape[1]
             gen = torch.Generator(device=device).manual_seed(
-                seed * 1_000_003 + seq.num_output_tokens
+                seed * 1_000_003 + seq.num_output_tokens + batch.lag
             )
             noise[row, :n] = torch.empty(n, device=device).exponential_(generator=gen)
     return noise
