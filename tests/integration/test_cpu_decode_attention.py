@@ -41,6 +41,9 @@ def _case(seed, lens, heads, kv_heads, head_dim, block_size):
         ([5, 129, 1000], 8, 8, 128, 64),  # no GQA, head_dim 128
         ([33, 2, 77, 250, 16, 9, 120], 32, 8, 64, 32),  # GQA 4
         ([7], 4, 1, 80, 5),  # MQA, odd head_dim and block size
+        # A batch of 16: one work item per sequence (the cases above with fewer sequences than
+        # twice the threads take one item per (sequence, KV head)).
+        ([3 + 19 * i for i in range(16)], 9, 3, 64, 64),
     ],
 )
 def test_equals_torch_path_and_reference(lens, heads, kv_heads, head_dim, block_size):

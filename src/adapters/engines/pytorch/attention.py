@@ -165,13 +165,16 @@ def paged_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    kv_written: bool = False,
 ) -> torch.Tensor:
-    """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim]."""
+    """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim].
+    `kv_written`: k and v are already in their cache slots (cpu_ops.rotary_write_kv)."""
     if q.is_cuda:
         from .cuda_attention import paged_attention_cuda  # Triton: imported only where it runs
 
         return paged_attention_cuda(q, k, v, k_cache, v_cache, meta, scale)
-    write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    if not kv_written:
+        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
     if meta.is_decode:
         return _decode_attention(q, k_cache, v_cache, meta, scale)
     out = torch.empty_like(q)

@@ -1,10 +1,11 @@
 """C kernels for the CPU path, compiled on first use and called through ctypes.
 
 The sources live in `csrc/`. Each is built once per machine with the system C compiler
-(`-O3 -march=native -fopenmp`) into a cache directory keyed by the source, the flags and the
-CPU's feature flags, then loaded with ctypes (calls release the GIL). `-fopenmp` links
-`libgomp.so.1`, which resolves to the copy torch already loaded, so the kernels share torch's
-OpenMP runtime and thread pools instead of starting a second one.
+(`-O3 -march=native -fopenmp`, plus a source's own `LMDEPLOY_CFLAGS:` line) into a cache
+directory keyed by the source, the flags and the CPU's feature flags, then loaded with ctypes
+(calls release the GIL). `-fopenmp` links `libgomp.so.1`, which resolves to the copy torch
+already loaded, so the kernels share torch's OpenMP runtime and thread pools instead of
+starting a second one.
 
 When no compiler is found or the build fails, `load()` returns None once with a warning and
 callers keep their torch path; `LMDEPLOY_CPU_KERNELS=0` disables the kernels (for A/B runs).
@@ -44,9 +45,19 @@ def _cache_dir() -> Path:
     return Path(root) / "lmdeploy" / "cpu_kernels"
 
 
+def _source_flags(text: str) -> list[str]:
+    """A source's own extra flags, from its line `LMDEPLOY_CFLAGS: ...` (none without one)."""
+    for line in text.splitlines():
+        if "LMDEPLOY_CFLAGS:" in line:
+            return line.split("LMDEPLOY_CFLAGS:", 1)[1].split()
+    return []
+
+
 def _build(source: Path, compiler: str) -> Path:
+    text = source.read_text()
+    flags = _FLAGS + _source_flags(text)
     digest = hashlib.sha256(
-        source.read_bytes() + " ".join(_FLAGS).encode() + _cpu_signature().encode()
+        text.encode() + " ".join(flags).encode() + _cpu_signature().encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{digest}.so"
     if target.exists():
@@ -56,7 +67,7 @@ def _build(source: Path, compiler: str) -> Path:
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         built = Path(tmp) / target.name
         subprocess.run(
-            [compiler, *_FLAGS, str(source), "-o", str(built), "-lm"],
+            [compiler, *flags, str(source), "-o", str(built), "-lm"],
             check=True,
             capture_output=True,
             text=True,

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_ops
 from .attention import AttentionMetadata, paged_attention
 from .model_config import LlamaConfig
 from .rotary import apply_rotary
@@ -56,6 +57,7 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         qkv = self.qkv_proj(x)
+        kv_written = False
         if qkv.is_cuda:
             from .cuda_ops import rotary_qk
 
@@ -63,6 +65,13 @@ class Attention(nn.Module):
             q = q.view(-1, self.num_heads, self.head_dim)
             k = k.view(-1, self.num_kv_heads, self.head_dim)
             rotary_qk(q, k, cos, sin)
+        elif cpu_ops.available(qkv) and cpu_ops.rotary_write_kv(
+            qkv, cos, sin, *kv_cache, meta.slot_mapping, *self._heads()
+        ):
+            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+            q = q.view(-1, self.num_heads, self.head_dim)
+            k = k.view(-1, self.num_kv_heads, self.head_dim)
+            kv_written = True
         else:
             qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
             # One rotary pass over the query and key heads together.
@@ -71,8 +80,11 @@ class Attention(nn.Module):
             )
             q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, kv_written)
         return self.o_proj(out.flatten(1))
+
+    def _heads(self) -> tuple[int, int, int]:
+        return self.num_heads, self.num_kv_heads, self.head_dim
 
 
 class MLP(nn.Module):
@@ -87,10 +99,9 @@ class MLP(nn.Module):
             from .cuda_ops import silu_and_mul
 
             return self.down_proj(silu_and_mul(gate_up))
-        gate, up = gate_up.chunk(2, dim=-1)
-        # In place: the projection's output is ours to overwrite, and a fresh [tokens, 2 x
-        # intermediate] buffer per op was a tenth of a CPU prefill.
-        return self.down_proj(F.silu(gate, inplace=True).mul_(up))
+        # In place (cpu_ops.silu_and_mul): the projection's output is ours to overwrite, and a
+        # fresh [tokens, 2 x intermediate] buffer per op was a tenth of a CPU prefill.
+        return self.down_proj(cpu_ops.silu_and_mul(gate_up))
 
 
 class DecoderLayer(nn.Module):
@@ -105,23 +116,32 @@ class DecoderLayer(nn.Module):
         x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, meta)
         return x + self.mlp(self.post_attention_layernorm(x))
 
-    def forward_cuda(
-        self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, kv_cache, meta
+    def forward_fused(
+        self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, kv_cache, meta, ops
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each residual add fused into the norm that follows it: `h` is the previous layer's
-        MLP output (the embeddings for the first layer, with residual None). Returns this
-        layer's MLP output and the residual stream before it (same numbers as `forward`)."""
-        from .cuda_ops import fused_add_rms_norm, rms_norm
-
+        """Each residual add fused into the norm that follows it (`ops`: cuda_ops or cpu_ops):
+        `h` is the previous layer's MLP output (the embeddings for the first layer, with
+        residual None). Returns this layer's MLP output and the residual stream before it
+        (the numbers of `forward`)."""
         norm = self.input_layernorm
         if residual is None:
-            normed, residual = rms_norm(h, norm.weight, norm.eps), h
+            normed, residual = ops.rms_norm(h, norm.weight, norm.eps), h
         else:
-            normed, residual = fused_add_rms_norm(h, residual, norm.weight, norm.eps)
+            normed, residual = ops.fused_add_rms_norm(h, residual, norm.weight, norm.eps)
         h = self.self_attn(normed, cos, sin, kv_cache, meta)
         norm = self.post_attention_layernorm
-        normed, residual = fused_add_rms_norm(h, residual, norm.weight, norm.eps)
+        normed, residual = ops.fused_add_rms_norm(h, residual, norm.weight, norm.eps)
         return self.mlp(normed), residual
+
+
+def _fused_ops(x: torch.Tensor):
+    """The fused elementwise kernels for x's device (Triton on CUDA, C on a CPU in float32),
+    or None: the layers then run their torch ops."""
+    if x.is_cuda:
+        from . import cuda_ops
+
+        return cuda_ops
+    return cpu_ops if cpu_ops.available(x) else None
 
 
 # HF name fragment -> (our fused parameter, shard index); shard order fixes the slice.
@@ -157,13 +177,12 @@ class LlamaForCausalLM(nn.Module):
     ) -> torch.Tensor:
         """Hidden states of every new token: [num_tokens, hidden_size]."""
         x = self.embed_tokens(input_ids)
-        if x.is_cuda:
-            from .cuda_ops import fused_add_rms_norm
-
+        ops = _fused_ops(x)
+        if ops is not None:
             residual = None
             for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-                x, residual = layer.forward_cuda(x, residual, cos, sin, kv_cache, meta)
-            return fused_add_rms_norm(x, residual, self.norm.weight, self.norm.eps)[0]
+                x, residual = layer.forward_fused(x, residual, cos, sin, kv_cache, meta, ops)
+            return ops.fused_add_rms_norm(x, residual, self.norm.weight, self.norm.eps)[0]
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             x = layer(x, cos, sin, kv_cache, meta)
         return self.norm(x)

@@ -3,8 +3,9 @@
  * One query token per sequence attends to its whole cached context, read in place through
  * the block table: no padded copy of K/V is made (the torch path gathers every context row
  * into a [seqs, max_len, kv_heads, dim] tensor first, which cost ~40% of a batch-16 decode
- * step at uneven lengths). Work items are (sequence, KV head) pairs; the query heads of a
- * KV group are done together, so each cached K and V row is read once per step and layer.
+ * step at uneven lengths). Work items are sequences (or, for fewer sequences than twice the
+ * threads, (sequence, KV head) pairs); the query heads of a KV group are done together, so
+ * each cached K and V row is read once per step and layer.
  * Two passes per item: scores of every context token (K read once), then the softmax-weighted
  * sum of V rows (V read once). Float32 throughout, max-subtracted softmax.
  *
@@ -23,40 +24,51 @@ static inline float dot(const float *a, const float *b, int64_t n) {
     return sum;
 }
 
-static void attend_one(const float *q, int64_t q_head_stride, const float *k_cache,
-                       const float *v_cache, const int64_t *table, int64_t len, int64_t kv_head,
-                       int64_t group, int64_t head_dim, int64_t block_size, int64_t token_stride,
-                       float scale, float *scores, float *out) {
+/* Query heads of KV heads [h0, h1) of one sequence against its context. Each pass walks the
+ * context token by token and, within a token, the KV heads in memory order: with every KV
+ * head of a sequence in one item, a block's rows are read front to back (one sequential
+ * stream the hardware prefetcher follows), where one item per KV head read 1/kv_heads of
+ * each row at a stride and ran at a fraction of the memory bandwidth once K/V left the cache. */
+static void attend(const float *q, const float *k_cache, const float *v_cache,
+                   const int64_t *table, int64_t len, int64_t h0, int64_t h1, int64_t group,
+                   int64_t head_dim, int64_t block_size, int64_t token_stride, float scale,
+                   float *scores, float *out) {
     const int64_t block_stride = block_size * token_stride;
+    const int64_t rows = (h1 - h0) * group; /* query heads of this item, in order */
     for (int64_t t = 0; t < len; ++t) {
-        const int64_t at = table[t / block_size] * block_stride + (t % block_size) * token_stride +
-                           kv_head * head_dim;
-        for (int64_t g = 0; g < group; ++g)
-            scores[g * len + t] = dot(q + g * q_head_stride, k_cache + at, head_dim) * scale;
+        const float *row = k_cache + table[t / block_size] * block_stride +
+                           (t % block_size) * token_stride;
+        for (int64_t h = h0; h < h1; ++h)
+            for (int64_t g = 0; g < group; ++g) {
+                const int64_t r = (h - h0) * group + g;
+                scores[r * len + t] = dot(q + r * head_dim, row + h * head_dim, head_dim) * scale;
+            }
     }
-    float inv_sum[group];
-    for (int64_t g = 0; g < group; ++g) {
-        float *s = scores + g * len, max = -INFINITY, sum = 0.f;
+    float inv_sum[rows];
+    for (int64_t r = 0; r < rows; ++r) {
+        float *s = scores + r * len, max = -INFINITY, sum = 0.f;
         for (int64_t t = 0; t < len; ++t) max = s[t] > max ? s[t] : max;
         for (int64_t t = 0; t < len; ++t) {
             s[t] = expf(s[t] - max);
             sum += s[t];
         }
-        inv_sum[g] = 1.f / sum;
+        inv_sum[r] = 1.f / sum;
     }
-    memset(out, 0, sizeof(float) * group * head_dim);
+    memset(out, 0, sizeof(float) * rows * head_dim);
     for (int64_t t = 0; t < len; ++t) {
-        const float *v = v_cache + table[t / block_size] * block_stride +
-                         (t % block_size) * token_stride + kv_head * head_dim;
-        for (int64_t g = 0; g < group; ++g) {
-            const float p = scores[g * len + t];
-            float *o = out + g * head_dim;
+        const float *row = v_cache + table[t / block_size] * block_stride +
+                           (t % block_size) * token_stride;
+        for (int64_t h = h0; h < h1; ++h)
+            for (int64_t g = 0; g < group; ++g) {
+                const int64_t r = (h - h0) * group + g;
+                const float p = scores[r * len + t], *v = row + h * head_dim;
+                float *o = out + r * head_dim;
 #pragma omp simd
-            for (int64_t d = 0; d < head_dim; ++d) o[d] += p * v[d];
-        }
+                for (int64_t d = 0; d < head_dim; ++d) o[d] += p * v[d];
+            }
     }
-    for (int64_t g = 0; g < group; ++g)
-        for (int64_t d = 0; d < head_dim; ++d) out[g * head_dim + d] *= inv_sum[g];
+    for (int64_t r = 0; r < rows; ++r)
+        for (int64_t d = 0; d < head_dim; ++d) out[r * head_dim + d] *= inv_sum[r];
 }
 
 /* q: [num_seqs, num_heads, head_dim] with token stride q_token_stride (heads contiguous);
@@ -73,19 +85,24 @@ int paged_decode_attention_f32(const float *q, int64_t q_token_stride, const flo
     const int64_t token_stride = num_kv_heads * head_dim;
     int64_t max_len = 0;
     for (int64_t s = 0; s < num_seqs; ++s) max_len = context_lens[s] > max_len ? context_lens[s] : max_len;
+    /* Items: whole sequences when there are enough to keep every thread busy, else one per
+     * (sequence, KV head) so that a short batch still spreads over the threads. */
+    const int64_t split = num_seqs >= 2 * (int64_t)num_threads ? 1 : num_kv_heads;
+    const int64_t heads_per_item = num_kv_heads / split;
     int failed = 0;
 #pragma omp parallel num_threads(num_threads) reduction(| : failed)
     {
-        float *scores = malloc(sizeof(float) * group * max_len);
+        float *scores = malloc(sizeof(float) * heads_per_item * group * max_len);
         if (scores == NULL) failed = 1;
 #pragma omp for schedule(dynamic, 1) collapse(2)
         for (int64_t s = 0; s < num_seqs; ++s)
-            for (int64_t h = 0; h < num_kv_heads; ++h) {
+            for (int64_t part = 0; part < split; ++part) {
                 if (scores == NULL) continue;
-                attend_one(q + s * q_token_stride + h * group * head_dim, head_dim, k_cache,
-                           v_cache, block_tables + s * max_blocks, context_lens[s], h, group,
-                           head_dim, block_size, token_stride, scale, scores,
-                           out + (s * num_heads + h * group) * head_dim);
+                const int64_t h0 = part * heads_per_item;
+                attend(q + s * q_token_stride + h0 * group * head_dim, k_cache, v_cache,
+                       block_tables + s * max_blocks, context_lens[s], h0, h0 + heads_per_item,
+                       group, head_dim, block_size, token_stride, scale, scores,
+                       out + (s * num_heads + h0 * group) * head_dim);
             }
         free(scores);
     }
