@@ -1,6 +1,6 @@
 """The model's elementwise work on the CPU through the C kernels of `csrc/cpu_ops.c`.
 
-The same functions as `cuda_ops` (residual add + RMSNorm in one pass), so that the model runs
+The same functions as `cuda_ops` (residual add + RMSNorm, SiLU-and-mul), so that the model runs
 one fused layer loop on both; plus rotary fused with the K/V cache write, which the CPU
 attention path takes instead of rotating and then indexing into the cache. `available()` says
 whether the kernels can run (a C compiler, `LMDEPLOY_CPU_KERNELS` not 0); without them the
@@ -29,6 +29,8 @@ def _lib():
         return None
     lib.add_rms_norm_f32.restype = None
     lib.add_rms_norm_f32.argtypes = [_ptr] * 4 + [_i64, _i64, ctypes.c_float, ctypes.c_int]
+    lib.silu_and_mul_f32.restype = None
+    lib.silu_and_mul_f32.argtypes = [_ptr, _ptr, _i64, _i64, ctypes.c_int]
     lib.rotary_write_kv_f32.restype = None
     lib.rotary_write_kv_f32.argtypes = [_ptr, _i64, _ptr, _ptr, _i64, _ptr, _ptr, _ptr]
     lib.rotary_write_kv_f32.argtypes += [_i64] * 4 + [ctypes.c_int]
@@ -73,7 +75,15 @@ def fused_add_rms_norm(
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up of [tokens, 2 x inter], computed in place in the gate half."""
+    """silu(gate) * up of [tokens, 2 x inter]: the C kernel for contiguous float32 rows on the
+    CPU, else torch ops in place in the gate half (any dtype or device but CUDA's)."""
+    if gate_up.is_contiguous() and available(gate_up):
+        rows, width = gate_up.shape
+        out = torch.empty(rows, width // 2)
+        _lib().silu_and_mul_f32(
+            gate_up.data_ptr(), out.data_ptr(), rows, width // 2, torch.get_num_threads()
+        )
+        return out
     gate, up = gate_up.chunk(2, dim=-1)
     return F.silu(gate, inplace=True).mul_(up)
 
