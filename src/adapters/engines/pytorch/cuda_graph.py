@@ -10,6 +10,7 @@ cached token) and replays. Logits stay inside the graph; sampling runs after it,
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 
 import torch
@@ -66,19 +67,31 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def capture(self) -> None:
-        """Largest bucket first, so smaller graphs reuse its memory pool."""
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for size in reversed(self.sizes):
-                self._forward(size)  # warm-up: Triton compiles and autotunes outside the graph
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=self.pool, stream=stream):
-                    self.logits[size] = self._forward(size)
-                self.pool = graph.pool() if self.pool is None else self.pool
-                self.graphs[size] = graph
-        torch.cuda.current_stream().wait_stream(stream)
+        """Largest bucket first, so smaller graphs reuse its memory pool.
+
+        No garbage collection during capture: an engine closed earlier in this process may
+        leave pinned host buffers in reference cycles, and freeing pinned memory queries CUDA
+        events, which invalidates a capture in progress. They are collected first instead."""
+        gc.collect()
         torch.cuda.synchronize()
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for size in reversed(self.sizes):
+                    self._forward(size)  # warm-up: Triton compiles and autotunes outside the graph
+                    graph = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(graph, pool=self.pool, stream=stream):
+                        self.logits[size] = self._forward(size)
+                    self.pool = graph.pool() if self.pool is None else self.pool
+                    self.graphs[size] = graph
+            torch.cuda.current_stream().wait_stream(stream)
+            torch.cuda.synchronize()
+        finally:
+            if collecting:
+                gc.enable()
         logger.info("captured decode CUDA graphs for batch sizes %s", self.sizes)
 
     def can_run(self, seqs: list[Sequence], lag: int = 0) -> bool:
