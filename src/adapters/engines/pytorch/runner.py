@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import itertools
+import math
 import os
 
+import numpy as np
 import torch
 
 from ....application.ports import CacheGeometry, StepOutput
@@ -21,6 +23,17 @@ from .logits_processing import LogitsProcessorHook, wants_processors
 from .rotary import RotaryTables
 from .sampling import SamplingBatch, sample, top_logprobs
 from .step_extras import collect_extras, wants_extras
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A zeroed cache tensor. On the CPU through numpy's calloc: the pages stay unmapped until a
+    block is first written, so a cache sized for the worst case (3.2 GB by default) costs
+    resident memory only for the blocks in use; `torch.zeros` writes every page up front."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(math.prod(shape) * itemsize, dtype=np.uint8)
+    return torch.from_numpy(raw).view(dtype).view(shape)
 
 
 class PytorchModelRunner:
@@ -44,10 +57,7 @@ class PytorchModelRunner:
         self._cache = CacheGeometry(num_blocks, block_size, num_cpu_blocks)
         shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
         self.kv_caches = [
-            (
-                torch.zeros(shape, dtype=dtype, device=device),
-                torch.zeros(shape, dtype=dtype, device=device),
-            )
+            (_zeros(shape, dtype, device), _zeros(shape, dtype, device))
             for _ in range(cfg.num_hidden_layers)
         ]
         self.swapper = CacheSwapper(self.kv_caches, num_cpu_blocks) if num_cpu_blocks else None
