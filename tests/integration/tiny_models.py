@@ -1,0 +1,92 @@
+"""Tiny random checkpoints of any transformers family, and the check every family must pass:
+our engine's greedy ids equal `transformers.generate` on the same weights (fp32, CPU).
+
+A family's test builds a config from transformers' own class, saves the model with
+`save_tiny_checkpoint` and calls `assert_greedy_ids_match`; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+
+# The embedded model's vocabulary: a real tokenizer saved beside the random weights.
+VOCAB_SIZE = 49152
+
+# Prompt lengths cross block boundaries (16 and 64) and the chunk size below.
+PROMPT_LENGTHS = [1, 9, 17, 40, 65, 130]
+MAX_NEW_TOKENS = [12, 20, 8, 16, 24, 10]
+
+ENGINE_CONFIGS = {
+    "block16": dict(block_size=16),
+    "block64": dict(block_size=64),
+    "block16_prefix_cache": dict(block_size=16, enable_prefix_caching=True),
+    "chunked_prefill_prefix_cache": dict(
+        block_size=16, max_prefill_token_num=48, enable_prefix_caching=True
+    ),
+}
+
+
+def save_tiny_checkpoint(
+    config: PretrainedConfig, directory: Path, hf_tokenizer, seed: int = 0
+) -> PreTrainedModel:
+    """A random model of `config` saved as safetensors with the embedded tokenizer. Norm
+    weights are perturbed from one so that a norm applied wrongly shows in the ids."""
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(float(param.mean()), 0.1)
+    model.save_pretrained(directory, safe_serialization=True)
+    hf_tokenizer.save_pretrained(directory)
+    return model
+
+
+def prompts(hf_tokenizer, text: str) -> list[list[int]]:
+    ids = hf_tokenizer.encode(text, add_special_tokens=False)
+    assert len(ids) >= max(PROMPT_LENGTHS) + 10
+    return [ids[i : i + n] for i, n in enumerate(PROMPT_LENGTHS)]
+
+
+def reference_greedy(model: PreTrainedModel, prompt_ids: list[list[int]]) -> list[list[int]]:
+    outputs = []
+    with torch.no_grad():
+        for ids, n in zip(prompt_ids, MAX_NEW_TOKENS, strict=True):
+            generated = model.generate(
+                torch.tensor([ids]),
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                pad_token_id=0,
+            )
+            outputs.append(generated[0, len(ids) :].tolist())
+    return outputs
+
+
+def engine_greedy(
+    directory: Path, prompt_ids: list[list[int]], **engine_options
+) -> list[list[int]]:
+    config = PytorchEngineConfig(session_len=512, **engine_options)
+    pipe = pipeline(str(directory), backend_config=config)
+    try:
+        gen = [GenerationConfig(max_new_tokens=n, ignore_eos=True) for n in MAX_NEW_TOKENS]
+        responses = pipe(prompt_ids, gen_config=gen)
+        stats = pipe.service.engine.stats()
+    finally:
+        pipe.close()
+    assert stats.num_free_blocks == stats.num_blocks, "KV blocks leaked"
+    return [r.token_ids for r in responses]
+
+
+def assert_greedy_ids_match(
+    directory: Path, reference: list[list[int]], prompt_ids: list[list[int]], **engine_options
+) -> None:
+    ours = engine_greedy(directory, prompt_ids, **engine_options)
+    for i, (got, expected) in enumerate(zip(ours, reference, strict=True)):
+        assert got == expected, f"prompt {i} ({len(prompt_ids[i])} tokens) diverged"
