@@ -19,9 +19,9 @@ each row by its routing weight, and scatters to `C[pair]`. `fused_moe` calls it 
 
 Cost, for T tokens, U experts picked by at least one token, e bytes an element:
 bytes ~= U * 3 * H * I * e (each picked expert's weights once; the bandwidth floor at decode)
-+ T * H * e (x) + T * k * (2 * I + I + I + H) * e * 2 (intermediates written and read)
-+ T * k * H * e (out); FLOPs = 6 * T * k * H * I (three GEMMs of the SwiGLU) plus the padding
-rows' share, up to `BLOCK_M` per expert. Decode is bandwidth-bound (target bytes / ~4.8 TB/s
++ 2 * T * H * e (x, out) + T * k * (6 * I + 2 * H) * e (gate/up, activation and the per-slot
+outputs, each written and read once); FLOPs = 6 * T * k * H * I (the SwiGLU's three products)
+plus the padding rows' share, up to `BLOCK_M - 1` rows an expert. Decode is bandwidth-bound (target bytes / ~4.8 TB/s
 on the H200); long prefills are compute-bound.
 """
 
@@ -80,12 +80,13 @@ def moe_align(
 
 
 def _moe_config(num_pairs: int, num_experts: int, dtype: torch.dtype) -> dict:
-    """Tiles by the rows an expert gets on average. Decode (a few rows an expert) is a stream
-    over the weights: one 16-row block, wide K tiles, deep pipelining. Prefill reuses each
-    weight tile over many rows: 64-row blocks, wider N. fp32 tiles keep to fit shared memory.
+    """Tiles by the rows an expert gets on average. Up to 16 (decode, small batches) the
+    kernel streams the weights: 16-row blocks (one an expert, mostly), wide K tiles, deep
+    pipelining; taller blocks would only add padding rows. Past that (prefill) each weight
+    tile serves many rows: 64-row blocks, wider N. fp32 tiles keep to fit shared memory.
     Not tuned on hardware yet: benchmark/gpu_fused_moe.py measures them."""
     half = dtype.itemsize == 2
-    if num_pairs <= 2 * num_experts:
+    if num_pairs <= 16 * num_experts:
         cfg = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128 if half else 64, num_warps=4)
         return cfg | dict(num_stages=4 if half else 2)
     cfg = dict(BLOCK_M=64, BLOCK_N=128 if half else 64, BLOCK_K=64 if half else 32, num_warps=8)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmdeploy.kernels.fused_moe import fused_moe, fused_moe_ref, moe_align, route
+from lmdeploy.kernels.fused_moe import _moe_config, fused_moe, fused_moe_ref, moe_align, route
 
 from ._util import DEVICE, TOL, gpu_cases
 
@@ -33,7 +33,7 @@ def _routing(num_tokens, num_experts, top_k, experts=None):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_experts, top_k", [(4, 1), (8, 2)])
-@pytest.mark.parametrize("num_tokens", [1, 3, 17, 33])
+@pytest.mark.parametrize("num_tokens", [1, 3, 17, 33, 70])  # 70: the prefill tiles
 def test_matches_reference(num_tokens, num_experts, top_k, dtype):
     torch.manual_seed(num_tokens)
     hidden, inter = 72, 40  # K tails on both GEMMs, N tails (80 and 72 columns)
@@ -43,6 +43,12 @@ def test_matches_reference(num_tokens, num_experts, top_k, dtype):
     got = fused_moe(x, w13, w2, weights, ids)
     assert got.dtype == dtype and got.shape == x.shape
     torch.testing.assert_close(got, fused_moe_ref(x, w13, w2, weights, ids), **MOE_TOL[dtype])
+
+
+def test_cases_above_cover_decode_and_prefill_tiles():
+    assert {
+        _moe_config(t * k, e, torch.float32)["BLOCK_M"] for t, e, k in [(33, 8, 2), (70, 4, 1)]
+    } == {16, 64}
 
 
 @pytest.mark.parametrize("num_tokens", [1, 33])
