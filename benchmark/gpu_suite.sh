@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|profile|throughput ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
@@ -32,6 +32,7 @@ for part in "$@"; do
         --batch-sizes ${BATCHES:-1 16 64 256} --output "$OUT/profile_generation_cuda$TAG.json" ;;
     grammar) python3 benchmark/gpu_grammar_check.py "${GRAMMAR_MODEL:-.gpucheck/tiny}" --output "$OUT/grammar_cuda$TAG.json" ;;
     sampling) python3 benchmark/gpu_sampling.py --output "$OUT/sampling_cuda$TAG.json" ;;
+    moe) python3 benchmark/gpu_fused_moe.py --out "$OUT/fused_moe_cuda$TAG.json" ;;
     profile) python3 benchmark/gpu_profile.py --out-dir "$OUT" --tag "$TAG" ;;
     throughput) python3 benchmark/profile_throughput.py --device cuda --load-format dummy --model llama-3-8b \
         --hf-requests ${HF_REQUESTS:-64} --output "$OUT/profile_throughput_cuda$TAG.json" 2>&1 | tee "$OUT/profile_throughput_cuda$TAG.log" ;;
