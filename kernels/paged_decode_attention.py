@@ -16,6 +16,12 @@ bytes ~= 2 * C * KV * D * e (K and V read once) + 2 * num_seqs * H * D * e (q in
 FLOPs = 4 * C * H * D (q.k and p.v). Arithmetic intensity ~ H / KV FLOPs per byte (at e=2):
 far under the H100's ridge point, so the kernel is bandwidth-bound and the target is
 bytes / ~3 TB/s. Split-K exists to fill 132 SMs when num_seqs * kv_heads is small.
+
+Two options for Mistral and Gemma 2, each a constexpr branch that costs nothing when off:
+`sliding_window` W lets the query (at position context_len - 1) see only the last W keys,
+transformers' `kv_idx > q_idx - W`; the splits then share just those keys, so the blocks
+before the window are never read (C above becomes sum(min(context_lens, W))).
+`logit_softcap` caps the scaled scores at +-softcap through a tanh (see attention_scores.py).
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+from .attention_scores import check_window, score_scales, soft_cap
 
 
 @triton.jit
@@ -40,6 +46,8 @@ def _paged_decode_kernel(
     part_out_ptr,
     part_lse_ptr,
     qk_scale,
+    softcap_log2,
+    window,
     num_heads,
     head_dim,
     stride_qs,
@@ -65,6 +73,8 @@ def _paged_decode_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SLIDING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -77,9 +87,13 @@ def _paged_decode_kernel(
     d_mask = offs_d < head_dim
 
     ctx_len = tl.load(context_lens_ptr + seq).to(tl.int32)
+    first = 0
+    if SLIDING:
+        # Keys before the window are skipped, not masked: the splits divide the window alone.
+        first = tl.maximum(ctx_len - window, 0)
     # Each split owns a whole number of tiles; late splits of short sequences get none.
-    chunk = tl.cdiv(tl.cdiv(ctx_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
-    start = split * chunk
+    chunk = tl.cdiv(tl.cdiv(ctx_len - first, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = first + split * chunk
     end = tl.minimum(start + chunk, ctx_len)
 
     q_ptrs = q_ptr + seq * stride_qs + offs_h[:, None] * stride_qh + offs_d[None, :] * stride_qd
@@ -105,6 +119,8 @@ def _paged_decode_kernel(
         )
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
+        if SOFTCAP:
+            qk = soft_cap(qk, softcap_log2)
         qk = tl.where(n_mask[None, :], qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
         alpha = tl.exp2(m_i - m_new)
@@ -200,9 +216,13 @@ def paged_decode_attention(
     scale: float,
     num_splits: int | None = None,
     block_n: int | None = None,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
     """q: [num_seqs, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks] int32/int64; context_lens: [num_seqs].
+    sliding_window: attend to the last this-many positions (the query's own included) only;
+    logit_softcap: scores = softcap * tanh(scores / softcap) after the scale.
     Returns [num_seqs, heads, dim] in q's dtype."""
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
@@ -213,11 +233,15 @@ def paged_decode_attention(
     assert context_lens.shape == (num_seqs,), "context_lens must be [num_seqs]"
     assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
     assert not block_tables.is_floating_point(), "block_tables must be int32 or int64"
+    check_window(sliding_window)
+    qk_scale, softcap_log2 = score_scales(scale, logit_softcap)
     group = num_heads // kv_heads
     out = torch.empty_like(q)
     if num_seqs == 0:
         return out
     max_context = block_tables.shape[1] * block_size
+    if sliding_window is not None:
+        max_context = min(max_context, sliding_window)
     if num_splits is None:
         num_splits = _default_num_splits(num_seqs, kv_heads, max_context, q.device)
     assert num_splits >= 1, "num_splits must be positive"
@@ -244,7 +268,9 @@ def paged_decode_attention(
         out,
         part_out,
         part_lse,
-        scale * _LOG2E,
+        qk_scale,
+        softcap_log2,
+        sliding_window or 0,
         num_heads,
         head_dim,
         *q.stride(),
@@ -259,6 +285,8 @@ def paged_decode_attention(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         DOT_PRECISION=precision,
+        SLIDING=sliding_window is not None,
+        SOFTCAP=logit_softcap is not None,
         num_warps=4,
         num_stages=2,
     )
@@ -285,8 +313,10 @@ def paged_decode_attention_ref(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
-    """Plain torch, sequence by sequence, fp32 math."""
+    """Plain torch, sequence by sequence, fp32 math; the window as an explicit mask."""
     num_seqs, num_heads, head_dim = q.shape
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     out = torch.zeros_like(q)
@@ -301,5 +331,9 @@ def paged_decode_attention_ref(
         k = k.repeat_interleave(num_heads // kv_heads, dim=1)
         v = v.repeat_interleave(num_heads // kv_heads, dim=1)
         scores = torch.einsum("hd,nhd->hn", q[s].float(), k) * scale
+        if logit_softcap is not None:
+            scores = logit_softcap * torch.tanh(scores / logit_softcap)
+        if sliding_window is not None:
+            scores = scores.masked_fill(pos <= (n - 1) - sliding_window, float("-inf"))
         out[s] = torch.einsum("hn,nhd->hd", scores.softmax(-1), v).to(q.dtype)
     return out

@@ -16,6 +16,13 @@ FLOPs ~= 4 * H * D * sum_i(q_len_i * (ctx_len_i - q_len_i / 2)) (q.k and p.v, ca
 the new block); bytes >= 2 * T * H * D * e (q in, out back) + 2 * sum(ctx_len) * KV * D * e
 (each K/V once, the L2 ideal; worst case every (head, query block) rereads its keys). Long
 prompts are compute-bound: the target is FLOPs / ~800 TFLOP/s (bf16 on the H100).
+
+Two options for Mistral and Gemma 2, each a constexpr branch that costs nothing when off:
+`sliding_window` W lets the query at position p see keys p - W < pos <= p only (transformers'
+`kv_idx > q_idx - W`). A query block then starts at the first key its earliest query sees,
+so keys before it are never read, and only the tiles at the window's and the diagonal's edges
+pay for the mask (ctx_len above becomes about min(ctx_len, W + q_len)).
+`logit_softcap` caps the scaled scores at +-softcap through a tanh (see attention_scores.py).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-_LOG2E = 1.4426950408889634
+from .attention_scores import check_window, score_scales, soft_cap
 
 
 @triton.jit
@@ -45,6 +52,8 @@ def _attend_tiles(
     hi,
     prefix,
     qk_scale,
+    softcap_log2,
+    window,
     stride_kb,
     stride_kt,
     stride_kh,
@@ -58,8 +67,11 @@ def _attend_tiles(
     BLOCK_N: tl.constexpr,
     CAUSAL_MASK: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SLIDING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
-    """Online softmax over keys [lo, hi); with CAUSAL_MASK, also hide keys past the diagonal."""
+    """Online softmax over keys [lo, hi); with CAUSAL_MASK, also hide keys past the diagonal
+    and, with SLIDING, keys that fell out of a query's window."""
     for tile in range(lo, hi, BLOCK_N):
         pos = tile + offs_n
         n_mask = pos < hi
@@ -76,12 +88,22 @@ def _attend_tiles(
         )
         k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
+        if SOFTCAP:
+            qk = soft_cap(qk, softcap_log2)
         if CAUSAL_MASK:
             visible = n_mask[None, :] & (pos[None, :] <= prefix + offs_m[:, None])
+            if SLIDING:
+                visible = visible & (pos[None, :] > prefix + offs_m[:, None] - window)
             qk = tl.where(visible, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
+        if SLIDING and CAUSAL_MASK:
+            # A row can meet a tile wholly outside its window before any key it sees: keep
+            # its max at -inf but subtract 0, so that alpha and p are 0 and not NaN.
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_sub = m_new
+        alpha = tl.exp2(m_i - m_sub)
+        p = tl.exp2(qk - m_sub[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         v_ptrs = (
             v_cache_ptr
@@ -106,6 +128,8 @@ def _paged_prefill_kernel(
     context_lens_ptr,
     out_ptr,
     qk_scale,
+    softcap_log2,
+    window,
     head_dim,
     stride_qt,
     stride_qh,
@@ -129,6 +153,8 @@ def _paged_prefill_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    SLIDING: tl.constexpr,
+    SOFTCAP: tl.constexpr,
 ):
     m_block = tl.program_id(0)
     head = tl.program_id(1)
@@ -158,17 +184,32 @@ def _paged_prefill_kernel(
     # Keys below `full_end` are visible to every query of this block: no mask needed.
     full_end = (tl.minimum(prefix + m_start + 1, ctx_len) // BLOCK_N) * BLOCK_N
     hi = tl.minimum(prefix + m_start + BLOCK_M, ctx_len)
+    lo = 0
+    if SLIDING:
+        # Keys [lo, hi) are seen by some query of the block, [mid_lo, full_end) by all of them:
+        # the keys before lo are skipped, the two edges masked. mid_lo is rounded up to a tile
+        # so that the unmasked tiles are whole (they check no bounds).
+        lo = tl.maximum(prefix + m_start - window + 1, 0)
+        mid_lo = tl.minimum(tl.cdiv(tl.maximum(hi - window, lo), BLOCK_N) * BLOCK_N, hi)
+        full_end = tl.maximum(full_end, mid_lo)
+        acc, l_i, m_i = _attend_tiles(
+            acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, bt_row, offs_m, offs_n, offs_d, d_mask,
+            kv_head, lo, mid_lo, prefix, qk_scale, softcap_log2, window,
+            stride_kb, stride_kt, stride_kh, stride_kd, stride_vb, stride_vt, stride_vh, stride_vd,
+            stride_btb, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, True, SOFTCAP,
+        )  # fmt: skip
+        lo = mid_lo
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, bt_row, offs_m, offs_n, offs_d, d_mask,
-        kv_head, 0, full_end, prefix, qk_scale,
+        kv_head, lo, full_end, prefix, qk_scale, softcap_log2, window,
         stride_kb, stride_kt, stride_kh, stride_kd, stride_vb, stride_vt, stride_vh, stride_vd,
-        stride_btb, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION,
+        stride_btb, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION, SLIDING, SOFTCAP,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
         acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, bt_row, offs_m, offs_n, offs_d, d_mask,
-        kv_head, full_end, hi, prefix, qk_scale,
+        kv_head, full_end, hi, prefix, qk_scale, softcap_log2, window,
         stride_kb, stride_kt, stride_kh, stride_kd, stride_vb, stride_vt, stride_vh, stride_vd,
-        stride_btb, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION,
+        stride_btb, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, SLIDING, SOFTCAP,
     )  # fmt: skip
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -194,10 +235,14 @@ def paged_prefill_attention(
     context_lens: torch.Tensor,
     max_query_len: int,
     scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
     """q: [num_tokens, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks]; cu_seqlens_q: [num_seqs + 1]; context_lens:
-    [num_seqs], each >= its query length. Returns [num_tokens, heads, dim] in q's dtype."""
+    [num_seqs], each >= its query length. sliding_window: a query at position p sees keys
+    p - sliding_window < pos <= p only; logit_softcap: scores = softcap * tanh(scores /
+    softcap) after the scale. Returns [num_tokens, heads, dim] in q's dtype."""
     num_tokens, num_heads, head_dim = q.shape
     num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
     num_seqs = context_lens.shape[0]
@@ -208,6 +253,8 @@ def paged_prefill_attention(
     assert block_tables.dim() == 2 and block_tables.shape[0] == num_seqs, "one table row a seq"
     assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
     assert not block_tables.is_floating_point(), "block_tables must be int32 or int64"
+    check_window(sliding_window)
+    qk_scale, softcap_log2 = score_scales(scale, logit_softcap)
     out = torch.empty_like(q)
     if num_tokens == 0 or num_seqs == 0 or max_query_len == 0:
         return out
@@ -222,7 +269,9 @@ def paged_prefill_attention(
         cu_seqlens_q,
         context_lens,
         out,
-        scale * _LOG2E,
+        qk_scale,
+        softcap_log2,
+        sliding_window or 0,
         head_dim,
         *q.stride(),
         *k_cache.stride(),
@@ -235,6 +284,8 @@ def paged_prefill_attention(
         BLOCK_N=block_n,
         BLOCK_D=block_d,
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
+        SLIDING=sliding_window is not None,
+        SOFTCAP=logit_softcap is not None,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -250,8 +301,11 @@ def paged_prefill_attention_ref(
     context_lens: torch.Tensor,
     max_query_len: int,
     scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
-    """Plain torch, sequence by sequence, fp32 math with an explicit causal-offset mask."""
+    """Plain torch, sequence by sequence, fp32 math with an explicit causal-offset mask
+    (and window mask)."""
     num_heads = q.shape[1]
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     out = torch.zeros_like(q)
@@ -265,7 +319,12 @@ def paged_prefill_attention_ref(
         k = k_cache[blocks, pos % block_size].float().repeat_interleave(num_heads // kv_heads, 1)
         v = v_cache[blocks, pos % block_size].float().repeat_interleave(num_heads // kv_heads, 1)
         scores = torch.einsum("thd,nhd->htn", q[start:end].float(), k) * scale
-        visible = pos[None, :] <= (ctx_len - q_len) + torch.arange(q_len, device=q.device)[:, None]
+        if logit_softcap is not None:
+            scores = logit_softcap * torch.tanh(scores / logit_softcap)
+        q_pos = (ctx_len - q_len) + torch.arange(q_len, device=q.device)[:, None]
+        visible = pos[None, :] <= q_pos
+        if sliding_window is not None:
+            visible &= pos[None, :] > q_pos - sliding_window
         scores = scores.masked_fill(~visible, float("-inf"))
         out[start:end] = torch.einsum("htn,nhd->thd", scores.softmax(-1), v).to(q.dtype)
     return out

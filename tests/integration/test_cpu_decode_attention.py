@@ -73,3 +73,55 @@ def test_declines_what_it_does_not_take():
     q, k_cache, v_cache, tables, ctx = _case(2, [10, 20], 4, 2, 64, 16)
     half = paged_decode_attention_cpu(q.bfloat16(), k_cache.bfloat16(), v_cache, tables, ctx, 1.0)
     assert half is None
+
+
+@pytest.mark.parametrize(
+    "lens,heads,kv_heads,block_size,window",
+    [
+        ([1, 17, 64, 65, 300], 9, 3, 16, 16),  # a window of one block
+        ([5, 129, 1000], 8, 8, 64, 100),  # a window not a multiple of the block
+        ([3 + 19 * i for i in range(16)], 9, 3, 64, 37),  # one work item per sequence
+        ([7, 2], 4, 1, 5, 4096),  # a window longer than every context
+        ([40, 1], 4, 2, 16, 1),  # the query's own key only
+    ],
+)
+def test_sliding_window_equals_reference(lens, heads, kv_heads, block_size, window):
+    q, k_cache, v_cache, tables, ctx = _case(3, lens, heads, kv_heads, 64, block_size)
+    out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, ctx, 0.125, window)
+    expected = paged_decode_attention_ref(q, k_cache, v_cache, tables, ctx, 0.125, window)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+
+
+def test_sliding_window_never_reads_keys_before_it():
+    """NaN in every slot before the window: the kernel must not read it (0 x NaN is NaN)."""
+    lens, window, block_size = [100, 37, 5], 21, 16
+    q, k_cache, v_cache, tables, ctx = _case(4, lens, 8, 2, 64, block_size)
+    expected = paged_decode_attention_ref(q, k_cache, v_cache, tables, ctx, 0.125, window)
+    for i, n in enumerate(lens):
+        pos = torch.arange(max(n - window, 0))
+        stale = tables[i, pos // block_size] * block_size + pos % block_size
+        k_cache.view(-1, 2, 64)[stale] = float("nan")
+        v_cache.view(-1, 2, 64)[stale] = float("nan")
+    out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, ctx, 0.125, window)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 30])
+def test_logit_softcap_equals_reference(window):
+    """scale 1 makes the raw scores large, so a cap of 5 changes the softmax a lot."""
+    q, k_cache, v_cache, tables, ctx = _case(5, [1, 33, 70, 200], 8, 2, 64, 16)
+    out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, ctx, 1.0, window, 5.0)
+    expected = paged_decode_attention_ref(q, k_cache, v_cache, tables, ctx, 1.0, window, 5.0)
+    uncapped = paged_decode_attention_ref(q, k_cache, v_cache, tables, ctx, 1.0, window)
+    torch.testing.assert_close(out, expected, atol=2e-5, rtol=1e-5)
+    assert not torch.allclose(expected, uncapped, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [({"sliding_window": 0}, "sliding_window"), ({"logit_softcap": 0.0}, "logit_softcap")],
+)
+def test_rejects_meaningless_options(kwargs, match):
+    q, k_cache, v_cache, tables, ctx = _case(6, [10], 4, 2, 64, 16)
+    with pytest.raises(ValueError, match=match):
+        paged_decode_attention_cpu(q, k_cache, v_cache, tables, ctx, 1.0, **kwargs)

@@ -70,6 +70,35 @@ def bench_prefill() -> None:
         _row(f"  torch sdpa causal, {len(q_lens)} x one seq", _ms(fn) * len(q_lens), tflop=tflop)
 
 
+def bench_window_and_softcap() -> None:
+    """Mistral-7B's 4096 window over 8k contexts: the floor counts only the window's keys, so
+    a kernel that masked instead of skipping would show half the GB/s (and TFLOP/s) here.
+    Gemma 2's cap of 50 should cost next to nothing over the plain rows of bench_decode."""
+    window = 4096
+    for seqs, ctx in [(1, 8192), (16, 8192), (64, 8192)]:
+        k_cache, v_cache, tables, lens = _paged([ctx] * seqs)
+        q = torch.randn(seqs, H, D, dtype=BF16, device=DEV)
+        fn = partial(paged_decode_attention, q, k_cache, v_cache, tables, lens, 0.1)
+        gb = 2 * seqs * window * KV * D * 2 / 1e9
+        _row(f"decode {seqs}x{ctx} window={window}", _ms(partial(fn, sliding_window=window)), gb)
+        gb = 2 * seqs * ctx * KV * D * 2 / 1e9
+        _row(f"decode {seqs}x{ctx} softcap=50", _ms(partial(fn, logit_softcap=50.0)), gb)
+    for q_lens in [[8192], [2048] * 4]:
+        k_cache, v_cache, tables, lens = _paged(q_lens)
+        cu = torch.tensor(list(itertools.accumulate(q_lens, initial=0)), device=DEV)
+        q = torch.randn(sum(q_lens), H, D, dtype=BF16, device=DEV)
+        args = (q, k_cache, v_cache, tables, cu, lens, max(q_lens), 0.1)
+        # Keys seen: query t sees min(t + 1, window) of them.
+        seen = sum(sum(min(t + 1, window) for t in range(n)) for n in q_lens)
+        ms = _ms(partial(paged_prefill_attention, *args, sliding_window=window))
+        _row(
+            f"prefill {len(q_lens)}x{q_lens[0]} window={window}", ms, tflop=4 * H * D * seen / 1e12
+        )
+        tflop = sum(4 * H * D * n * n / 2 for n in q_lens) / 1e12
+        ms = _ms(partial(paged_prefill_attention, *args, logit_softcap=50.0))
+        _row(f"prefill {len(q_lens)}x{q_lens[0]} softcap=50", ms, tflop=tflop)
+
+
 def bench_elementwise() -> None:
     x = torch.randn(4096, 4096, dtype=BF16, device=DEV)
     r, w = torch.randn_like(x), torch.randn(4096, dtype=BF16, device=DEV)
@@ -133,4 +162,5 @@ if __name__ == "__main__":
         sys.exit()
     bench_decode()
     bench_prefill()
+    bench_window_and_softcap()
     bench_elementwise()

@@ -100,3 +100,82 @@ def test_reference_matches_engine(heads, kv_heads, block_size):
     torch.testing.assert_close(ref, engine, **TOL[torch.float32])
     out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, 0.125)
     torch.testing.assert_close(out, engine, **TOL[torch.float32])
+
+
+# heads, kv_heads, head_dim, block_size, context_lens, num_splits, sliding_window
+WINDOW_CASES = [
+    (4, 2, 16, 16, [1, 16, 17, 50], None, 16),  # window of one block
+    (8, 2, 32, 16, [1, 40, 100], 3, 7),  # window not a multiple of the block, split-K
+    (6, 3, 32, 64, [5, 200, 64], 2, 70),  # 64-token blocks, some contexts inside the window
+    (4, 1, 16, 64, [3, 130], 4, 1000),  # window longer than every context
+    (4, 4, 16, 16, [90, 2], 5, 1),  # the query's own key only
+    *gpu_cases((32, 8, 128, 16, [8192, 1, 4097, 3000], None, 4096)),  # Mistral-7B's window
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "block_size", "lens", "splits", "window"), WINDOW_CASES
+)
+def test_sliding_window_matches_reference(
+    heads, kv_heads, head_dim, block_size, lens, splits, window, dtype
+):
+    torch.manual_seed(4)
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        heads, kv_heads, head_dim, block_size, lens, dtype, torch.int32
+    )
+    scale = head_dim**-0.5
+    out = paged_decode_attention(
+        q, k_cache, v_cache, tables, context_lens, scale, splits, sliding_window=window
+    )
+    ref = paged_decode_attention_ref(
+        q, k_cache, v_cache, tables, context_lens, scale, sliding_window=window
+    )
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("splits", [1, 3])
+def test_sliding_window_never_reads_keys_before_it(splits):
+    """NaN in every slot before the window: a kernel that loads and masks them returns NaN
+    (0 x NaN in p.v), one that skips them matches the reference on the clean cache."""
+    torch.manual_seed(5)
+    lens, window, block_size = [100, 37, 5], 21, 16
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        4, 2, 16, block_size, lens, torch.float32, torch.int32
+    )
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, tables, context_lens, 0.25, window)
+    for i, n in enumerate(lens):
+        stale = slots_of(tables, block_size, i, torch.arange(max(n - window, 0)))
+        k_cache.view(-1, 2, 16)[stale] = float("nan")
+        v_cache.view(-1, 2, 16)[stale] = float("nan")
+    out = paged_decode_attention(
+        q, k_cache, v_cache, tables, context_lens, 0.25, splits, sliding_window=window
+    )
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("window", "splits"), [(None, 1), (None, 3), (19, 2)])
+def test_logit_softcap_matches_reference(window, splits, dtype):
+    """scale 1 makes the raw scores large, so a cap of 5 changes the softmax a lot."""
+    torch.manual_seed(6)
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        8, 2, 32, 16, [1, 33, 70], dtype, torch.int64
+    )
+    out = paged_decode_attention(
+        q, k_cache, v_cache, tables, context_lens, 1.0, splits, None, window, 5.0
+    )
+    ref = paged_decode_attention_ref(q, k_cache, v_cache, tables, context_lens, 1.0, window, 5.0)
+    uncapped = paged_decode_attention_ref(q, k_cache, v_cache, tables, context_lens, 1.0, window)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    assert not torch.allclose(ref.float(), uncapped.float(), atol=1e-2)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"sliding_window": 0}, "sliding_window"),
+    ({"logit_softcap": 0.0}, "logit_softcap"),
+])  # fmt: skip
+def test_rejects_meaningless_options(kwargs, match):
+    q, k_cache, v_cache, tables, lens = _inputs(4, 2, 16, 16, [3], torch.float32, torch.int32)
+    with pytest.raises(ValueError, match=match):
+        paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.25, **kwargs)

@@ -97,3 +97,96 @@ def test_reference_matches_engine(heads, kv_heads, block_size):
     torch.testing.assert_close(ref, engine, **TOL[torch.float32])
     out = paged_prefill_attention(q, k_cache, v_cache, tables, cu, lens, max_q, 0.125)
     torch.testing.assert_close(out, engine, **TOL[torch.float32])
+
+
+# heads, kv_heads, head_dim, block_size, [(query_len, context_len)], sliding_window
+WINDOW_CASES = [
+    (4, 1, 16, 16, [(1, 1), (5, 20), (17, 17)], 8),  # window under a block
+    (8, 2, 32, 16, [(70, 70), (3, 131)], 20),  # two query blocks, window under BLOCK_M
+    (6, 6, 32, 64, [(33, 100), (1, 64), (64, 64)], 50),  # 64-token blocks, chunk mid-sequence
+    (4, 2, 16, 64, [(40, 200), (90, 90)], 100),  # window over BLOCK_M: an unmasked middle
+    (4, 2, 16, 16, [(10, 30), (25, 25)], 1000),  # window longer than every context
+    (4, 4, 16, 16, [(9, 40), (33, 33)], 1),  # each query sees itself only
+    *gpu_cases(
+        (32, 8, 128, 16, [(2048, 8192), (4096, 4096), (1, 5000)], 4096),  # Mistral-7B's window
+        (16, 8, 256, 64, [(777, 5000), (1500, 1500)], 4096),  # Gemma 2's local layers
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "block_size", "seqs", "window"), WINDOW_CASES
+)
+def test_sliding_window_matches_reference(
+    heads, kv_heads, head_dim, block_size, seqs, window, dtype
+):
+    torch.manual_seed(3)
+    args = _inputs(heads, kv_heads, head_dim, block_size, seqs, dtype)
+    scale = head_dim**-0.5
+    out = paged_prefill_attention(*args, scale, sliding_window=window)
+    ref = paged_prefill_attention_ref(*args, scale, sliding_window=window)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+def test_sliding_window_never_reads_keys_before_it():
+    """NaN in every slot no query of the chunk can see: a kernel that loads and masks them
+    returns NaN (0 x NaN in p.v), one that skips them matches the reference."""
+    torch.manual_seed(4)
+    seqs, window, block_size = [(20, 150), (6, 40)], 33, 16
+    args = _inputs(4, 2, 16, block_size, seqs, torch.float32)
+    _, k_cache, v_cache, tables = args[:4]
+    ref = paged_prefill_attention_ref(*args, 0.25, sliding_window=window)
+    for i, (q_len, ctx_len) in enumerate(seqs):
+        stale = slots_of(tables, block_size, i, torch.arange(max(ctx_len - q_len - window + 1, 0)))
+        k_cache.view(-1, 2, 16)[stale] = float("nan")
+        v_cache.view(-1, 2, 16)[stale] = float("nan")
+    out = paged_prefill_attention(*args, 0.25, sliding_window=window)
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("window", [None, 12])
+def test_logit_softcap_matches_reference(window, dtype):
+    """scale 1 makes the raw scores large, so a cap of 5 changes the softmax a lot."""
+    torch.manual_seed(5)
+    args = _inputs(8, 2, 32, 16, [(40, 40), (7, 50)], dtype)
+    out = paged_prefill_attention(*args, 1.0, window, 5.0)
+    ref = paged_prefill_attention_ref(*args, 1.0, window, 5.0)
+    uncapped = paged_prefill_attention_ref(*args, 1.0, window)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    assert not torch.allclose(ref.float(), uncapped.float(), atol=1e-2)
+
+
+def test_reference_window_is_transformers_sliding_window():
+    """The off-by-one anchor: our reference's window is transformers' sliding-window mask
+    (`kv_idx > q_idx - sliding_window`, on top of causal), the one Mistral and Gemma 2 use."""
+    masking_utils = pytest.importorskip("transformers.masking_utils")
+    torch.manual_seed(6)
+    q_len, ctx_len, window = 6, 20, 5
+    q, k_cache, v_cache, tables, cu, lens, max_q = _inputs(
+        2, 2, 16, 16, [(q_len, ctx_len)], torch.float32
+    )
+    allowed = masking_utils.sliding_window_causal_mask_function(window)
+    q_idx = torch.arange(ctx_len - q_len, ctx_len)[:, None]
+    mask = allowed(torch.tensor(0), torch.tensor(0), q_idx, torch.arange(ctx_len)[None, :])
+    pos = torch.arange(ctx_len, device=DEVICE)
+    k = k_cache[tables[0, pos // 16].long(), pos % 16].float()
+    v = v_cache[tables[0, pos // 16].long(), pos % 16].float()
+    scores = torch.einsum("thd,nhd->htn", q.float(), k) * 0.25
+    scores = scores.masked_fill(~mask.to(DEVICE), float("-inf"))
+    expected = torch.einsum("htn,nhd->thd", scores.softmax(-1), v)
+    ref = paged_prefill_attention_ref(q, k_cache, v_cache, tables, cu, lens, max_q, 0.25, window)
+    torch.testing.assert_close(ref, expected, **TOL[torch.float32])
+    # Each query sees exactly `window` keys here: the mask is not a trivially causal one.
+    assert mask.sum(-1).tolist() == [window] * q_len
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"sliding_window": -4}, "sliding_window"),
+    ({"logit_softcap": -1.0}, "logit_softcap"),
+])  # fmt: skip
+def test_rejects_meaningless_options(kwargs, match):
+    args = _inputs(4, 2, 16, 16, [(3, 3)], torch.float32)
+    with pytest.raises(ValueError, match=match):
+        paged_prefill_attention(*args, 0.25, **kwargs)

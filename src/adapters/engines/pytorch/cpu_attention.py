@@ -25,7 +25,7 @@ def _kernel():
     fn = lib.paged_decode_attention_f32
     fn.restype = ctypes.c_int
     fn.argtypes = [_f32p, _i64, _f32p, _f32p, _i64p, _i64p, _f32p]
-    fn.argtypes += [_i64] * 6 + [ctypes.c_float, ctypes.c_int]
+    fn.argtypes += [_i64] * 6 + [ctypes.c_float, _i64, ctypes.c_float, ctypes.c_int]
     return fn
 
 
@@ -40,10 +40,20 @@ def paged_decode_attention_cpu(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor | None:
     """q: [seqs, heads, dim] (tokens may be strided, heads and dims contiguous); caches
     `[num_blocks, block_size, kv_heads, dim]`; block_tables [seqs, max_blocks] and
-    context_lens [seqs] int64. Returns [seqs, heads, dim], or None if the kernel can't run."""
+    context_lens [seqs] int64. sliding_window: attend to the last this-many positions only;
+    logit_softcap: scores = softcap * tanh(scores / softcap) after the scale.
+    Returns [seqs, heads, dim], or None if the kernel can't run."""
+    if sliding_window is not None and sliding_window < 1:
+        raise ValueError(
+            f"sliding_window must be a positive number of tokens or None, got {sliding_window}"
+        )
+    if logit_softcap is not None and not logit_softcap > 0:
+        raise ValueError(f"logit_softcap must be positive or None, got {logit_softcap}")
     fn = _kernel()
     if (
         fn is None
@@ -75,6 +85,8 @@ def paged_decode_attention_cpu(
         block_size,
         block_tables.shape[1],
         scale,
+        sliding_window or 0,  # the kernel's "off" values
+        logit_softcap or 0.0,
         torch.get_num_threads(),
     )
     if status != 0:
