@@ -271,11 +271,20 @@ class ChatTemplateConfig:
     capability: Literal["completion", "infilling", "chat", "python"] | None = None
     stop_words: list[str] | None = None
 
+    @property
+    def chat_template(self) -> Any:
+        """The template object (`messages2prompt`, `get_prompt`, `stop_words`) this config
+        describes; a name not registered gives a plain template from the fields, as in 0.6.5."""
+        from .chat_templates import template_of  # the templates import this module
+
+        return template_of(self)
+
     @classmethod
     def from_json(cls, file_or_string: str) -> ChatTemplateConfig:
         """A config from a JSON file (or JSON text) holding `model_name` and any fields."""
         import json
         import os
+        import uuid
 
         text = file_or_string
         if os.path.isfile(file_or_string):
@@ -284,6 +293,7 @@ class ChatTemplateConfig:
         elif not file_or_string.lstrip().startswith("{"):
             raise FileNotFoundError(f"chat template file {file_or_string!r} does not exist")
         data = json.loads(text)
+        data.setdefault("model_name", uuid.uuid4().hex)  # 0.6.5 names a nameless template so
         unknown = set(data) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(

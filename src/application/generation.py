@@ -226,7 +226,7 @@ class GenerationService:
             raise InvalidArgument("prompt", "the prompt is empty; pass some text or messages")
         if len(input_ids) >= self.session_len:
             raise PromptTooLong(len(input_ids), self.session_len)
-        stop_words = list(gen_config.stop_words or []) + list(self.chat_template.stop_words)
+        stop_words = list(gen_config.stop_words or []) + list(self.chat_template.stop_words or [])
         single, multi = self._split_stop_words(stop_words)
         sampling = gen_config.to_sampling_params(
             stop_token_ids=single, bad_token_ids=self._bad_word_ids(gen_config.bad_words or [])
@@ -251,12 +251,22 @@ class GenerationService:
         ):
             if isinstance(prompt, list) and not prompt:
                 return []
-            text = self.chat_template.messages2prompt(prompt)
-            return self.tokenizer.encode(text, add_special_tokens=False)
+            return self.encode_chat(self.chat_template.messages2prompt(prompt))
         raise InvalidArgument(
             "prompts",
             f"expected a str, a list of message dicts or a list of token ids, got {type(prompt).__name__}",
         )
+
+    def encode_chat(self, text: str) -> list[int]:
+        """The ids of a prompt a chat template rendered. Built-in templates leave BOS to the
+        tokenizer (as 0.6.5); a model's own jinja template writes it (`bos_in_text`). Where
+        both do (0.6.5's Llama 3 writes `<|begin_of_text|>`), one BOS is kept."""
+        if getattr(self.chat_template, "bos_in_text", False):
+            return self.tokenizer.encode(text, add_special_tokens=False)
+        ids = self.tokenizer.encode(text, add_special_tokens=True)
+        bos = self.tokenizer.encode("", add_special_tokens=True)
+        doubled = bool(bos) and ids[: 2 * len(bos)] == bos * 2
+        return ids[len(bos) :] if doubled else ids
 
     def _bad_word_ids(self, words: list[str]) -> list[int]:
         """Each bad word, bare and after a space, as the single token the model would emit."""

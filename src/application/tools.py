@@ -100,7 +100,23 @@ def render_prompt(
     shown, instruction = tools_for_prompt(tools, tool_choice)
     if instruction:
         messages = with_instruction(messages, instruction)
-    return template.messages2prompt(messages, tools=shown)
+    return template.messages2prompt(messages, tools=functions_for_template(shown))
+
+
+def functions_for_template(tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    """The tools as 0.6.5's server hands them to a template: each one's function, with its
+    fields in the order (and the null description) of 0.6.5's `Function.model_dump()`."""
+    if tools is None:
+        return None
+    functions = [t.get("function", t) for t in tools]
+    return [
+        {
+            "description": f.get("description"),
+            "name": f.get("name"),
+            "parameters": f.get("parameters"),
+        }
+        for f in functions
+    ]
 
 
 def prepare_chat(
@@ -124,7 +140,7 @@ def prepare_chat(
     if not parser.skip_special_tokens:
         # The parser reads the markers as the model wrote them, without added spaces.
         config = replace(config, skip_special_tokens=False, spaces_between_special_tokens=False)
-    input_ids = generation.tokenizer.encode(text, add_special_tokens=False)
+    input_ids = generation.encode_chat(text)
     if tool_choice in (None, "auto"):
         return generation.prepare(input_ids, config), parser
     if config.response_format is not None:

@@ -96,7 +96,7 @@ def _chat_template(
     if config is not None:
         return builtin_template(config)
     matched = best_match_model(source.name) if source and source.kind != "dummy" else None
-    if matched is not None:
+    if matched not in (None, "base"):  # 'base' is 0.6.5's answer for "no template matches"
         return builtin_template(ChatTemplateConfig(model_name=matched))
     if tokenizer.has_chat_template:
         return ModelChatTemplate(tokenizer)

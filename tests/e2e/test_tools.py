@@ -171,6 +171,9 @@ class ScriptedGeneration:
         self.prompts.append(text)
         return [1] * len(text)
 
+    def encode_chat(self, text: str) -> list[int]:
+        return self.encode(text)
+
     def prepare(self, prompt, config):
         return prompt
 

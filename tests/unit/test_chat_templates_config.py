@@ -112,7 +112,7 @@ def test_an_unknown_name_without_fields_is_a_clear_error():
         ("lmsys/vicuna-7b-v1.5", "vicuna"),
         ("liuhaotian/llava-v1.5-7b", "llava-v1"),
         ("SmolLM2-135M-Instruct", "smollm2"),
-        ("local_model_folder", None),
+        ("local_model_folder", "base"),
     ],
 )
 def test_best_match_model(path, name):

@@ -103,3 +103,24 @@ def test_detokenizer_waits_for_complete_characters():
     euro = "€".encode()
     pieces = [detok.push(b) for b in b"a" + euro + b"b"]
     assert pieces == ["a", "", "", "€", "b"]
+
+
+class BosTokenizer(CharTokenizer):
+    """Adds BOS (id 25, 'z') with the special tokens, as Llama's tokenizers do."""
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return [25] * add_special_tokens + super().encode(text)
+
+
+@pytest.mark.parametrize(
+    "template, prompt, ids",
+    [
+        ("base", "abc", [25, 0, 1, 2]),  # BOS left to the tokenizer, as in 0.6.5
+        ("base", "zabc", [25, 0, 1, 2]),  # written in the text too: one BOS kept
+    ],
+)
+def test_a_builtin_template_prompt_gets_the_tokenizers_bos_once(template, prompt, ids):
+    service = GenerationService(
+        None, BosTokenizer(), builtin_template(ChatTemplateConfig(template)), session_len=64
+    )
+    assert service.tokenize([{"role": "user", "content": prompt}]) == ids

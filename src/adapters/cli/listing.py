@@ -13,7 +13,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print("The supported chat template names:")
+    print("The supported chat template names are:")
     for name in sorted(MODELS.module_dict):
         print(name)
     return 0

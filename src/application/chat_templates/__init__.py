@@ -1,8 +1,9 @@
 """Turning OpenAI-style messages (and tools) into a prompt string.
 
-Built-in templates live in the `MODELS` registry (`lmdeploy list` prints their names);
-`best_match_model` picks one from a model path, `builtin_template` builds one from a
-`ChatTemplateConfig` (overriding fields, or defining a new template from them), and
+Built-in templates live in the `MODELS` registry (`lmdeploy list` prints their names): the
+50 of LMDeploy 0.6.5, rendering as 0.6.5 does, and our `chatml` and `smollm2`.
+`best_match_model` picks one from a model path with 0.6.5's rules, `builtin_template` builds
+one from a `ChatTemplateConfig` (overriding fields, or defining a new template from them), and
 `ModelChatTemplate` renders the model's own jinja template when no built-in applies.
 """
 
@@ -14,8 +15,8 @@ from typing import Any
 
 from ...domain.errors import InvalidArgument
 from ..configs import ChatTemplateConfig
-from . import chatml, llama, others  # noqa: F401 - registers the built-in families
-from .base import MODELS, BaseChatTemplate, ChatTemplate, Messages, Registry, text_of
+from . import chatml, glm, internlm, llama, others, vicuna  # noqa: F401 - registers them
+from .base import MODELS, BaseChatTemplate, BaseModel, ChatTemplate, Messages, Registry, text_of
 
 logger = logging.getLogger(__name__)
 
@@ -39,11 +40,13 @@ __all__ = [
     "BUILTIN_TEMPLATES",
     "MODELS",
     "BaseChatTemplate",
+    "BaseModel",
     "ChatTemplate",
     "ModelChatTemplate",
     "Registry",
     "best_match_model",
     "builtin_template",
+    "template_of",
     "text_of",
 ]
 
@@ -68,21 +71,49 @@ def builtin_template(config: ChatTemplateConfig) -> BaseChatTemplate:
     )
 
 
-def best_match_model(query: str) -> str | None:
-    """The built-in template name that fits a model path or hub id, or None when none does.
+def template_of(config: ChatTemplateConfig) -> BaseModel:
+    """`ChatTemplateConfig.chat_template`: as `builtin_template`, but a name not registered
+    gives a `BaseChatTemplate` of the fields given (none: no wrapping at all), as in 0.6.5."""
+    if config.model_name in MODELS:
+        return builtin_template(config)
+    logger.warning(
+        "chat template %r is not registered; a BaseChatTemplate is made of its fields",
+        config.model_name,
+    )
+    fields = {name: getattr(config, name) for name in TEMPLATE_FIELDS}
+    return BaseChatTemplate(**{k: v for k, v in fields.items() if v is not None})
 
-    Later registrations are tried first, so a specific family (qwen2d5) wins over a general
-    one (qwen) and a user's template over both."""
+
+# 0.6.5 tries its templates in the order it registers them; the first match wins (the order
+# matters: `qwen` takes `qwen2_5` paths before `qwen2d5` does, `yi` any path holding "yi").
+MATCH_ORDER = (
+    "base", "cogvlm", "cogvlm2", "vicuna", "llava-v1", "mini-gemini-vicuna", "internlm",
+    "internlm2", "internvl-internlm2", "internvl2-internlm2", "internvl2_5",
+    "internlm-xcomposer2", "baichuan2", "puyu", "llama2", "llama3", "llama3_1", "qwen",
+    "qwen2d5", "codellama", "falcon", "chatglm", "solar", "ultracm", "yi", "mistral", "gemma",
+    "deepseek", "internvl-zh", "deepseek-vl", "deepseek-coder", "yi-vl", "dbrx",
+    "llava-chatml", "phi-3", "internvl2-phi3", "chatglm3", "glm4", "codegeex4",
+    "internvl-phi3", "molmo",
+)  # fmt: skip
+
+
+def best_match_model(query: str) -> str:
+    """The built-in template name that fits a model path or hub id; 'base' when none does.
+
+    0.6.5's templates are tried in its order, then ours and users' in registration order."""
+    names = [n for n in MATCH_ORDER if n in MODELS] + [
+        n for n in MODELS.module_dict if n not in MATCH_ORDER
+    ]
     seen: set[type] = set()
-    for cls in reversed(MODELS.module_dict.values()):
+    for cls in (MODELS.module_dict[n] for n in names):
         if cls in seen:
             continue
         seen.add(cls)
-        match = getattr(cls, "match", None)
-        name = match(query) if match is not None else None
+        name = cls.match(query) if hasattr(cls, "match") else None
         if name:
             return name
-    return None
+    logger.warning("no chat template matches %s; using 'base'", query)
+    return "base"
 
 
 @dataclass
@@ -90,8 +121,9 @@ class ModelChatTemplate:
     """The model's own jinja template, rendered by its tokenizer (tools passed through)."""
 
     tokenizer: Any
-    stop_words: tuple[str, ...] = ()
+    stop_words: list[str] | None = None
     tool_parser: str | None = "hermes"
+    bos_in_text = True  # jinja templates write the BOS token themselves
 
     def messages2prompt(
         self,

@@ -1,88 +1,45 @@
-"""Other built-in families: base, Vicuna, LLaVA v1, Mistral, Gemma, Phi-3, DeepSeek.
-
-They have no tool format of their own: a request with tools gets the Hermes format
-(`<tool_call>` blocks) from BaseChatTemplate.
-"""
+"""Other built-in templates: base (no template), Falcon, Mistral, Gemma, the DeepSeek
+family, InternVL-Chat 1.1, and Phi-3 with the InternVL models built on it."""
 
 from __future__ import annotations
 
-from .base import MODELS, BaseChatTemplate, FamilyTemplate
+from . import prompts
+from .base import MODELS, BaseModel, FamilyTemplate, TrimmedOpener
 
 
-@MODELS.register_module(name="base")
-class Base(BaseChatTemplate):
-    """No wrapping at all: the messages' texts, concatenated."""
+@MODELS.register_module(name=["base", "llama"])
+class Base(BaseModel):
+    """No template: a prompt as it is; messages' texts joined."""
 
 
-VICUNA_META = (
-    "A chat between a curious user and an artificial intelligence assistant. "
-    "The assistant gives helpful, detailed, and polite answers to the user's questions."
-)
-
-
-@MODELS.register_module(name="vicuna")
-class Vicuna(FamilyTemplate):
-    defaults = dict(
-        bos="<s>",
-        meta_instruction=VICUNA_META,
-        eosys=" ",
-        user="USER: ",
-        eoh=" ",
-        assistant="ASSISTANT: ",
-        eoa="</s>",
-        stop_words=["</s>"],
-    )
-
+@MODELS.register_module(name="falcon")
+class Falcon(BaseModel):
     @classmethod
     def match(cls, model_path: str) -> str | None:
-        return "vicuna" if "vicuna" in model_path.lower() else None
-
-
-@MODELS.register_module(name="llava-v1")
-class LlavaV1(Vicuna):
-    defaults = {
-        **Vicuna.defaults,
-        "meta_instruction": "A chat between a curious human and an artificial intelligence "
-        "assistant. The assistant gives helpful, detailed, and polite answers to the human's "
-        "questions.",
-    }
-
-    @classmethod
-    def match(cls, model_path: str) -> str | None:
-        path = model_path.lower()
-        return "llava-v1" if "llava" in path and "v1" in path and "mistral" not in path else None
+        return "falcon" if "falcon" in model_path.lower() else None
 
 
 @MODELS.register_module(name=["mistral", "mixtral"])
-class Mistral(FamilyTemplate):
-    """`[INST] ... [/INST]` turns; a system prompt opens the first user turn."""
+class MistralChat(FamilyTemplate):
+    """`[INST] ... [/INST]` turns; a system message is written as it is before them."""
 
-    merge_system = True
-    defaults = dict(
-        bos="<s>",
-        eosys="\n\n",
-        user="[INST] ",
-        eoh=" [/INST]",
-        eoa="</s>",
-        stop_words=["</s>"],
-    )
+    defaults = dict(user="[INST] ", eoh=" [/INST]", eoa="</s>")
 
     @classmethod
     def match(cls, model_path: str) -> str | None:
         path = model_path.lower()
-        found = ("mistral" in path or "mixtral" in path) and "instruct" in path
-        return "mistral" if found else None
+        if "instruct" not in path and "llava" not in path:
+            return None
+        if "mistral" in path:
+            return "mistral"
+        return "mixtral" if "mixtral" in path else None
 
 
 @MODELS.register_module(name="gemma")
 class Gemma(FamilyTemplate):
-    """`<start_of_turn>user|model`; a system prompt opens the first user turn."""
+    """`<start_of_turn>user|model`; a system message is written as it is before them."""
 
-    merge_system = True
-    strip_content = True
     defaults = dict(
-        bos="<bos>",
-        eosys="\n\n",
         user="<start_of_turn>user\n",
         eoh="<end_of_turn>\n",
         assistant="<start_of_turn>model\n",
@@ -92,12 +49,62 @@ class Gemma(FamilyTemplate):
 
     @classmethod
     def match(cls, model_path: str) -> str | None:
+        return "gemma" if "gemma" in model_path.lower() else None
+
+
+DEEPSEEK = dict(user="User: ", eoh="\n\n", assistant="Assistant: ", eoa="<｜end▁of▁sentence｜>")
+
+
+@MODELS.register_module(name="deepseek")
+class Deepseek(TrimmedOpener):
+    defaults = DEEPSEEK
+
+    @classmethod
+    def match(cls, model_path: str) -> str | None:
         path = model_path.lower()
-        return "gemma" if "gemma" in path and "-it" in path else None
+        found = "deepseek" in path and "chat" in path and "vl" not in path
+        return "deepseek" if found else None
+
+
+@MODELS.register_module(name="internvl-zh")
+class InternVLZH(TrimmedOpener):
+    defaults = dict(user="<human>: ", eoh=" ", assistant="<bot>: ", eoa="</s>")
+
+    @classmethod
+    def match(cls, model_path: str) -> str | None:
+        path = model_path.lower()
+        return "internvl-zh" if "internvl-chat" in path and "v1-1" in path else None
+
+
+@MODELS.register_module(name="deepseek-vl")
+class DeepseekVL(TrimmedOpener):
+    defaults = dict(DEEPSEEK, meta_instruction=prompts.DEEPSEEK_VL, eosys="\n\n")
+
+    @classmethod
+    def match(cls, model_path: str) -> str | None:
+        path = model_path.lower()
+        return "deepseek-vl" if "deepseek-vl" in path and "chat" in path else None
+
+
+@MODELS.register_module(name="deepseek-coder")
+class DeepSeek(FamilyTemplate):
+    defaults = dict(
+        meta_instruction=prompts.DEEPSEEK_CODER,
+        user="### Instruction:\n",
+        eoh="\n",
+        assistant="### Response:\n",
+        eoa="\n<|EOT|>",
+        separator="\n",
+        stop_words=["<|EOT|>"],
+    )
+
+    @classmethod
+    def match(cls, model_path: str) -> str | None:
+        return "deepseek-coder" if "deepseek-coder" in model_path.lower() else None
 
 
 @MODELS.register_module(name="phi-3")
-class Phi3(FamilyTemplate):
+class Phi3Instruct(FamilyTemplate):
     defaults = dict(
         system="<|system|>\n",
         meta_instruction=None,
@@ -112,28 +119,30 @@ class Phi3(FamilyTemplate):
     @classmethod
     def match(cls, model_path: str) -> str | None:
         path = model_path.lower()
-        return "phi-3" if "phi-3" in path or "phi3" in path else None
+        return "phi-3" if "phi-3" in path and "instruct" in path else None
 
 
-@MODELS.register_module(name="deepseek")
-class DeepSeek(FamilyTemplate):
-    """DeepSeek LLM chat: `User: ...\\n\\nAssistant: ...<｜end▁of▁sentence｜>`."""
+@MODELS.register_module(name="internvl2-phi3")
+class InternVL2Phi3(Phi3Instruct):
+    defaults = {**Phi3Instruct.defaults, "meta_instruction": prompts.INTERNVL2}
 
-    defaults = dict(
-        bos="<｜begin▁of▁sentence｜>",
-        meta_instruction=None,
-        eosys="\n\n",
-        user="User: ",
-        eoh="\n\n",
-        assistant="Assistant: ",
-        eoa="<｜end▁of▁sentence｜>",
-        stop_words=["<｜end▁of▁sentence｜>"],
-    )
+    @classmethod
+    def match(cls, model_path: str) -> str | None:
+        return "internvl2-phi3" if "internvl2-4b" in model_path.lower() else None
+
+
+@MODELS.register_module(name="internvl-phi3")
+class InternVLPhi3(Phi3Instruct):
+    defaults = {
+        **Phi3Instruct.defaults,
+        "meta_instruction": prompts.INTERNVL_PHI3,
+        "eosys": "<|end|>",
+        "eoh": "<|end|>",
+        "eoa": "<|end|>",
+    }
 
     @classmethod
     def match(cls, model_path: str) -> str | None:
         path = model_path.lower()
-        return "deepseek" if "deepseek" in path and "chat" in path and "vl" not in path else None
-
-    def generation_prompt(self) -> str:
-        return "Assistant:"
+        found = all(c in path for c in ("mini-internvl-chat", "4b", "v1-5"))
+        return "internvl-phi3" if found else None
