@@ -79,6 +79,10 @@ class GenerationConfig:
     ) -> SamplingParams:
         """Greedy unless `do_sample` is set; `top_k=1` or `temperature=0` is greedy too."""
         greedy = not self.do_sample or self.top_k == 1 or self.temperature == 0
+        stop = tuple(self.stop_token_ids or ()) + tuple(stop_token_ids or ())
+        bad = tuple(self.bad_token_ids or ()) + tuple(bad_token_ids or ())
+        if self.ignore_eos:  # as 0.6.5: the stop tokens are banned, so max_new_tokens all come
+            stop, bad = (), bad + stop
         return SamplingParams(
             max_new_tokens=self.max_new_tokens,
             temperature=0.0 if greedy else self.temperature,
@@ -88,8 +92,8 @@ class GenerationConfig:
             repetition_penalty=self.repetition_penalty,
             ignore_eos=self.ignore_eos,
             min_new_tokens=self.min_new_tokens or 0,
-            stop_token_ids=tuple(self.stop_token_ids or ()) + tuple(stop_token_ids or ()),
-            bad_token_ids=tuple(self.bad_token_ids or ()) + tuple(bad_token_ids or ()),
+            stop_token_ids=stop,
+            bad_token_ids=bad,
             random_seed=self.random_seed,
             logprobs=self.logprobs,
             logits_processors=tuple(self.logits_processors or ()),

@@ -195,3 +195,15 @@ def test_cjk_and_emoji_stream_without_replacement_characters(default_pipe):
     assert any(ord(c) > 0x2E80 for c in text), "the model was meant to emit CJK or emoji"
     assert "😀" in text
     assert text == default_pipe(prompt, gen_config=gen, do_preprocess=False).text
+
+
+def test_ignore_eos_yields_exactly_max_new_tokens_without_stop_tokens(default_pipe):
+    """As 0.6.5: the template's stop words and eos are banned while ignore_eos is set."""
+    short = default_pipe("Hi", gen_config=GenerationConfig(max_new_tokens=48))
+    assert short.finish_reason == "stop" and short.generate_token_len < 48
+    out = default_pipe("Hi", gen_config=GenerationConfig(max_new_tokens=48, ignore_eos=True))
+    stops = set(default_pipe.service.tokenizer.eos_token_ids)
+    stops |= {default_pipe.service.tokenizer.encode("<|im_end|>", False)[0]}
+    assert out.finish_reason == "length"
+    assert out.generate_token_len == len(out.token_ids) == 48
+    assert not stops & set(out.token_ids)
