@@ -207,3 +207,14 @@ def test_ignore_eos_yields_exactly_max_new_tokens_without_stop_tokens(default_pi
     assert out.finish_reason == "length"
     assert out.generate_token_len == len(out.token_ids) == 48
     assert not stops & set(out.token_ids)
+
+
+def test_batch_responses_carry_session_ids_0_to_n_minus_1(default_pipe):
+    """As 0.6.5: a batch's streams are sessions 0..n-1, so stream deltas can be grouped."""
+    prompts = ["Hi", "Shanghai is", "Count to three."]
+    assert [r.session_id for r in default_pipe(prompts, gen_config=SHORT)] == [0, 1, 2]
+    texts: dict[int, str] = {}
+    for delta in default_pipe.stream_infer(prompts, gen_config=SHORT):
+        assert delta.session_id == delta.index
+        texts[delta.session_id] = texts.get(delta.session_id, "") + delta.text
+    assert sorted(texts) == [0, 1, 2]
