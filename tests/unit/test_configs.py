@@ -109,3 +109,21 @@ def test_turbomind_config_errors_are_pydantic_validation_errors(kwargs):
 
     with pytest.raises(ValidationError, match=next(iter(kwargs))):
         TurbomindEngineConfig(**kwargs)
+
+
+def test_served_model_name_is_the_model_path_as_given_and_the_default_keeps_its_name():
+    from pathlib import Path
+
+    from dependency_injector import providers
+
+    from lmdeploy.adapters.loaders.model_source import ModelSource
+    from lmdeploy.infrastructure.factory import build_container
+
+    container = build_container("./models/my-llama.gguf")
+    container.source.override(
+        providers.Object(ModelSource("gguf", Path("models/my-llama.gguf"), "my-llama"))
+    )
+    assert container.model_name() == "./models/my-llama.gguf"  # 0.6.5: not the file stem
+    default = build_container(None)
+    default.source.override(providers.Object(ModelSource("gguf", None, "SmolLM2-135M-Instruct")))
+    assert default.model_name() == "SmolLM2-135M-Instruct"
