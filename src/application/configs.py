@@ -6,7 +6,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
-from ..domain.errors import InvalidArgument
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from ..domain.errors import InvalidArgument, InvalidConfig
 from ..domain.sampling_params import SamplingParams
 from .response_format import parse_response_format
 
@@ -63,22 +65,28 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if not isinstance(self.n, int) or self.n < 1:
-            raise InvalidArgument("n", f"must be an int >= 1, got {self.n!r}")
+            raise InvalidConfig("n", f"must be an int >= 1, got {self.n!r}")
         if self.logits_processors is not None and not isinstance(
             self.logits_processors, (list, tuple)
         ):
-            raise InvalidArgument("logits_processors", "must be a list of callables")
-        if self.temperature < 0:
-            raise InvalidArgument("temperature", f"must be >= 0, got {self.temperature}")
-        # Build once so that a bad value fails here, naming the argument.
-        self.to_sampling_params()
-        parse_response_format(self.response_format)
+            raise InvalidConfig("logits_processors", "must be a list of callables")
+        if not 0 <= self.temperature <= 2:
+            raise InvalidConfig("temperature", f"must be in [0, 2], got {self.temperature}")
+        try:  # build once so that a bad value fails here, naming the argument
+            self.to_sampling_params()
+            parse_response_format(self.response_format)
+        except InvalidArgument as exc:
+            raise InvalidConfig.of(exc) from None
 
     def to_sampling_params(
         self, stop_token_ids: list[int] | None = None, bad_token_ids: list[int] | None = None
     ) -> SamplingParams:
         """Greedy unless `do_sample` is set; `top_k=1` or `temperature=0` is greedy too."""
         greedy = not self.do_sample or self.top_k == 1 or self.temperature == 0
+        stop = tuple(self.stop_token_ids or ()) + tuple(stop_token_ids or ())
+        bad = tuple(self.bad_token_ids or ()) + tuple(bad_token_ids or ())
+        if self.ignore_eos:  # as 0.6.5: the stop tokens are banned, so max_new_tokens all come
+            stop, bad = (), bad + stop
         return SamplingParams(
             max_new_tokens=self.max_new_tokens,
             temperature=0.0 if greedy else self.temperature,
@@ -88,8 +96,8 @@ class GenerationConfig:
             repetition_penalty=self.repetition_penalty,
             ignore_eos=self.ignore_eos,
             min_new_tokens=self.min_new_tokens or 0,
-            stop_token_ids=tuple(self.stop_token_ids or ()) + tuple(stop_token_ids or ()),
-            bad_token_ids=tuple(self.bad_token_ids or ()) + tuple(bad_token_ids or ()),
+            stop_token_ids=stop,
+            bad_token_ids=bad,
             random_seed=self.random_seed,
             logprobs=self.logprobs,
             logits_processors=tuple(self.logits_processors or ()),
@@ -103,7 +111,7 @@ def _reject_unsupported(config: Any, supported: dict[str, Any]) -> None:
     for f in fields(config):
         value = getattr(config, f.name)
         if f.name in supported and value not in (f.default, supported[f.name]):
-            raise InvalidArgument(
+            raise InvalidConfig(
                 f.name,
                 f"{type(config).__name__}.{f.name}={value!r} is not supported by this "
                 f"build yet; leave it at its default ({f.default!r})",
@@ -112,22 +120,26 @@ def _reject_unsupported(config: Any, supported: dict[str, Any]) -> None:
 
 def _check_common(config: Any) -> None:
     if config.dtype not in ("auto", "float16", "bfloat16", "float32"):
-        raise InvalidArgument(
+        raise InvalidConfig(
             "dtype", f"must be auto, float16, bfloat16 or float32, got {config.dtype!r}"
         )
     if not 0 < config.cache_max_entry_count <= 1:
-        raise InvalidArgument(
+        raise InvalidConfig(
             "cache_max_entry_count",
             f"must be a fraction of free memory in (0, 1], got {config.cache_max_entry_count}",
         )
     if config.tp < 1:
-        raise InvalidArgument("tp", f"must be >= 1, got {config.tp}")
+        raise InvalidConfig("tp", f"must be >= 1, got {config.tp}")
     if config.session_len is not None and config.session_len < 2:
-        raise InvalidArgument("session_len", f"must be >= 2, got {config.session_len}")
+        raise InvalidConfig("session_len", f"must be >= 2, got {config.session_len}")
     if config.max_batch_size is not None and config.max_batch_size < 1:
-        raise InvalidArgument("max_batch_size", f"must be >= 1, got {config.max_batch_size}")
+        raise InvalidConfig("max_batch_size", f"must be >= 1, got {config.max_batch_size}")
+    if config.quant_policy not in (0, 4, 8):
+        raise InvalidConfig(
+            "quant_policy", f"must be 0, 4 or 8 (bits of the KV cache), got {config.quant_policy}"
+        )
     if config.max_prefill_token_num < 1:
-        raise InvalidArgument(
+        raise InvalidConfig(
             "max_prefill_token_num", f"must be >= 1, got {config.max_prefill_token_num}"
         )
 
@@ -161,19 +173,23 @@ class PytorchEngineConfig:
     def __post_init__(self) -> None:
         _check_common(self)
         if self.block_size < 1:
-            raise InvalidArgument("block_size", f"must be >= 1, got {self.block_size}")
+            raise InvalidConfig("block_size", f"must be >= 1, got {self.block_size}")
+        if self.num_gpu_blocks < 0:
+            raise InvalidConfig(
+                "num_gpu_blocks", f"must be >= 0 (0 sizes the cache), got {self.num_gpu_blocks}"
+            )
         if not isinstance(self.num_cpu_blocks, int) or self.num_cpu_blocks < 0:
-            raise InvalidArgument(
+            raise InvalidConfig(
                 "num_cpu_blocks",
                 f"must be an int >= 0 (host-memory KV blocks that preemption swaps to; 0 "
                 f"recomputes instead), got {self.num_cpu_blocks!r}",
             )
         if self.device_type not in ("cuda", "cpu", "ascend"):
-            raise InvalidArgument(
+            raise InvalidConfig(
                 "device_type", f"must be cuda, cpu or ascend, got {self.device_type!r}"
             )
         if self.load_format not in ("auto", "dummy"):
-            raise InvalidArgument(
+            raise InvalidConfig(
                 "load_format", f"must be 'auto' or 'dummy', got {self.load_format!r}"
             )
         _reject_unsupported(
@@ -187,7 +203,8 @@ class PytorchEngineConfig:
         )
 
 
-@dataclass
+# A pydantic dataclass as in 0.6.5: a bad field raises pydantic's ValidationError.
+@pydantic_dataclass
 class TurbomindEngineConfig:
     dtype: str = "auto"
     model_format: str | None = None
@@ -210,15 +227,19 @@ class TurbomindEngineConfig:
     def __post_init__(self) -> None:
         _check_common(self)
         if self.model_format not in (None, "hf", "meta_llama", "awq", "gptq"):
-            raise InvalidArgument(
+            raise InvalidConfig(
                 "model_format", f"must be hf, meta_llama, awq or gptq, got {self.model_format!r}"
             )
         if self.cache_block_seq_len < 1:
-            raise InvalidArgument(
+            raise InvalidConfig(
                 "cache_block_seq_len", f"must be >= 1, got {self.cache_block_seq_len}"
             )
+        if self.num_tokens_per_iter < 0:
+            raise InvalidConfig(
+                "num_tokens_per_iter", f"must be >= 0 (0: auto), got {self.num_tokens_per_iter}"
+            )
         if self.rope_scaling_factor != 0 and not self.rope_scaling_factor >= 1.0:
-            raise InvalidArgument(
+            raise InvalidConfig(
                 "rope_scaling_factor",
                 f"must be 0 (off) or >= 1.0 (dynamic NTK), got {self.rope_scaling_factor}",
             )

@@ -228,6 +228,8 @@ class GenerationService:
             raise PromptTooLong(len(input_ids), self.session_len)
         stop_words = list(gen_config.stop_words or []) + list(self.chat_template.stop_words or [])
         single, multi = self._split_stop_words(stop_words)
+        if gen_config.ignore_eos:  # eos joins the stop tokens that ignore_eos bans
+            single, multi = single + sorted(self.tokenizer.eos_token_ids), []
         sampling = gen_config.to_sampling_params(
             stop_token_ids=single, bad_token_ids=self._bad_word_ids(gen_config.bad_words or [])
         )

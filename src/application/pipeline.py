@@ -41,7 +41,7 @@ class ChatSession:
         self.response = collector.response
         for out in outputs:
             collector.add(out)
-            yield _delta_response(out, 0)
+            yield _delta_response(out, 0, self.session_id)
         collector.finish()
         self.history.append((prompt, self.response.text))
 
@@ -117,7 +117,9 @@ class Pipeline:
         # Every prompt is prepared before any is submitted, so one bad prompt submits nothing.
         requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
         streams = [self._submit(r, c.n) for r, c in zip(requests, configs, strict=True)]
-        responses = [self._collect(s, i) for i, choices in enumerate(streams) for s in choices]
+        flat = [(i, s) for i, choices in enumerate(streams) for s in choices]
+        # As 0.6.5: the batch's streams are sessions 0..n-1, so their outputs can be grouped.
+        responses = [self._collect(s, i, sid) for sid, (i, s) in enumerate(flat)]
         return responses[0] if single and len(responses) == 1 else responses
 
     def _submit(
@@ -141,13 +143,17 @@ class Pipeline:
                 finish_reason="length",
             )
 
-    def _collect(self, stream: RequestStream | Response, index: int) -> Response:
-        if isinstance(stream, Response):
-            stream.index = index
-            return stream
-        collector = _Collector(
-            Response(text="", generate_token_len=0, input_token_len=0, index=index), self.service
+    def _collector(self, index: int, session_id: int) -> _Collector:
+        response = Response(
+            text="", generate_token_len=0, input_token_len=0, index=index, session_id=session_id
         )
+        return _Collector(response, self.service)
+
+    def _collect(self, stream: RequestStream | Response, index: int, session_id: int) -> Response:
+        if isinstance(stream, Response):
+            stream.index, stream.session_id = index, session_id
+            return stream
+        collector = self._collector(index, session_id)
         for out in stream:
             collector.add(out)
         return collector.finish()
@@ -168,13 +174,13 @@ class Pipeline:
         requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
         merged: queue.SimpleQueue = queue.SimpleQueue()
 
-        def pump(index: int, stream: RequestStream | Response) -> None:
+        def pump(index: int, stream: RequestStream | Response, session_id: int) -> None:
             if isinstance(stream, Response):
-                stream.index = index
+                stream.index, stream.session_id = index, session_id
                 merged.put(stream)
             else:
                 for out in stream:
-                    merged.put(_delta_response(out, index))
+                    merged.put(_delta_response(out, index, session_id))
             merged.put(None)
 
         streams = [
@@ -182,8 +188,8 @@ class Pipeline:
             for i, (r, c) in enumerate(zip(requests, configs, strict=True))
             for s in self._submit(r, c.n)
         ]
-        for i, s in streams:
-            threading.Thread(target=pump, args=(i, s), daemon=True).start()
+        for session_id, (i, s) in enumerate(streams):
+            threading.Thread(target=pump, args=(i, s, session_id), daemon=True).start()
         remaining = len(streams)
         while remaining:
             item = merged.get()
@@ -204,22 +210,23 @@ class Pipeline:
         items, single = _normalize(prompts)
         configs = _configs(gen_config, len(items))
         requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
+        flat = [
+            (i, stream)
+            for i, (r, c) in enumerate(zip(requests, configs, strict=True))
+            for stream in self._submit(r, c.n, asynchronous=True)
+        ]
         results = await asyncio.gather(
-            *(
-                self._async_one(stream, i)
-                for i, (r, c) in enumerate(zip(requests, configs, strict=True))
-                for stream in self._submit(r, c.n, asynchronous=True)
-            )
+            *(self._async_one(s, i, sid) for sid, (i, s) in enumerate(flat))
         )
         return results[0] if single and len(results) == 1 else list(results)
 
-    async def _async_one(self, stream: RequestStream | Response, index: int) -> Response:
+    async def _async_one(
+        self, stream: RequestStream | Response, index: int, session_id: int
+    ) -> Response:
         if isinstance(stream, Response):
-            stream.index = index
+            stream.index, stream.session_id = index, session_id
             return stream
-        collector = _Collector(
-            Response(text="", generate_token_len=0, input_token_len=0, index=index), self.service
-        )
+        collector = self._collector(index, session_id)
         async for out in stream:
             collector.add(out)
         return collector.finish()
@@ -326,7 +333,7 @@ def _accumulate(response: Response, out: GenOut) -> None:
         logger.error("request %d failed: %s", response.index, out.error)
 
 
-def _delta_response(out: GenOut, index: int) -> Response:
+def _delta_response(out: GenOut, index: int, session_id: int) -> Response:
     return Response(
         text=out.text,
         generate_token_len=out.generate_token_len,
@@ -337,4 +344,5 @@ def _delta_response(out: GenOut, index: int) -> Response:
         logits=out.logits,
         last_hidden_state=out.last_hidden_state,
         index=index,
+        session_id=session_id,
     )

@@ -1,5 +1,7 @@
 """Errors the domain raises; entry points map them to HTTP codes, CLI messages and exceptions."""
 
+from __future__ import annotations
+
 
 class LMDeployError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -11,6 +13,16 @@ class InvalidArgument(LMDeployError, ValueError):
     def __init__(self, argument: str, message: str) -> None:
         super().__init__(f"{argument}: {message}")
         self.argument = argument
+        self.reason = message
+
+
+class InvalidConfig(InvalidArgument, AssertionError):
+    """A config field out of range. LMDeploy 0.6.5 asserts its configs, so code written for it
+    catches AssertionError; it is an InvalidArgument (a ValueError) too."""
+
+    @classmethod
+    def of(cls, exc: InvalidArgument) -> InvalidConfig:
+        return exc if isinstance(exc, cls) else cls(exc.argument, exc.reason)
 
 
 class PromptTooLong(InvalidArgument):

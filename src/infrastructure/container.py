@@ -142,4 +142,10 @@ class Container(containers.DeclarativeContainer):
         grammar,
         config.max_log_len,
     )
-    model_name = providers.Callable(lambda name, src: name or src.name, config.model_name, source)
+    # As 0.6.5: the model_path as given; the embedded default (no path) keeps its short name.
+    model_name = providers.Callable(
+        lambda name, path, src: name or path or src.name,
+        config.model_name,
+        config.model_path,
+        source,
+    )

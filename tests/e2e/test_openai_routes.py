@@ -47,6 +47,25 @@ def test_streamed_chat_adds_up_to_the_unstreamed_one_and_reports_usage(openai_cl
     assert chunks[-1].usage.completion_tokens == 20 and not chunks[-1].choices
 
 
+def test_stream_shape_as_0_6_5_role_in_every_chunk_and_a_separate_finish_chunk(openai_client):
+    """Every chat chunk names the role; the last choice chunk is empty and carries the finish
+    reason (OpenAI's shape); completions end the same way."""
+    kwargs = dict(model=MODEL, messages=MESSAGES, temperature=0, max_tokens=12, stream=True)
+    chunks = [c for c in openai_client.chat.completions.create(**kwargs) if c.choices]
+    assert all(c.choices[0].delta.role == "assistant" for c in chunks)
+    assert [c.choices[0].finish_reason for c in chunks[:-1]] == [None] * (len(chunks) - 1)
+    assert (
+        chunks[-1].choices[0].finish_reason == "length" and not chunks[-1].choices[0].delta.content
+    )
+    pieces = list(
+        openai_client.completions.create(
+            model=MODEL, prompt="Once upon a time", max_tokens=6, temperature=0, stream=True
+        )
+    )
+    assert [c.choices[0].finish_reason for c in pieces[:-1]] == [None] * (len(pieces) - 1)
+    assert pieces[-1].choices[0].finish_reason == "length" and pieces[-1].choices[0].text == ""
+
+
 def test_completions_with_a_string_and_a_list_of_prompts(openai_client):
     one = openai_client.completions.create(
         model=MODEL, prompt="two steps to build a house:", max_tokens=8, temperature=0

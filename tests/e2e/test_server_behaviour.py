@@ -90,7 +90,9 @@ def test_interactive_session_keeps_history_and_ends_on_request(server):
             "And what is your name?", session_id=11, interactive_mode=True, request_output_len=8
         )
     )
-    assert second["history_tokens"] > first["history_tokens"] > 0
+    # history_tokens: the tokens before this turn (0.6.5): the first turn's prompt and reply
+    assert first["history_tokens"] == 0
+    assert second["history_tokens"] >= first["input_tokens"] + first["tokens"]
     assert (
         second["input_tokens"] > first["input_tokens"] + first["tokens"]
     )  # the history was prepended
@@ -224,3 +226,21 @@ def test_api_client(server):
     assert chunks and chunks[-1]["choices"][0]["finish_reason"] == "length"
     [completion] = client.completions_v1(MODEL, "hi", max_tokens=4)
     assert completion["usage"]["completion_tokens"] == 4
+
+
+def test_api_client_encode_model_list_and_error_bodies_as_0_6_5(server):
+    from lmdeploy.serve.openai.api_client import get_model_list
+
+    client = APIClient(server.url, api_key=server.api_key)
+    assert get_model_list(client.models_v1_url, client.headers) == [MODEL]
+    ids, length = client.encode("Hello world")
+    assert length == len(ids) > 0
+    many, lengths = client.encode(["Hi", "Hello world"], do_preprocess=True)
+    assert lengths == [len(m) for m in many] and lengths[0] > len(client.encode("Hi")[0])
+    # An error is yielded, not raised: OpenAI's body plus 0.6.5's top-level fields.
+    [error] = client.chat_completions_v1(MODEL, "hi", top_p=0.0, max_tokens=4)
+    assert error["object"] == "error" and error["code"] == 400
+    assert error["message"] == "The top_p `0.0` must be in (0, 1]."
+    assert error["error"]["param"] == "top_p" and error["error"]["code"] == "invalid_value"
+    [unknown] = client.completions_v1("gpt-4", "hi", stream=True)
+    assert unknown["code"] == 404 and unknown["message"] == "The model `gpt-4` does not exist."

@@ -195,3 +195,26 @@ def test_cjk_and_emoji_stream_without_replacement_characters(default_pipe):
     assert any(ord(c) > 0x2E80 for c in text), "the model was meant to emit CJK or emoji"
     assert "😀" in text
     assert text == default_pipe(prompt, gen_config=gen, do_preprocess=False).text
+
+
+def test_ignore_eos_yields_exactly_max_new_tokens_without_stop_tokens(default_pipe):
+    """As 0.6.5: the template's stop words and eos are banned while ignore_eos is set."""
+    short = default_pipe("Hi", gen_config=GenerationConfig(max_new_tokens=48))
+    assert short.finish_reason == "stop" and short.generate_token_len < 48
+    out = default_pipe("Hi", gen_config=GenerationConfig(max_new_tokens=48, ignore_eos=True))
+    stops = set(default_pipe.service.tokenizer.eos_token_ids)
+    stops |= {default_pipe.service.tokenizer.encode("<|im_end|>", False)[0]}
+    assert out.finish_reason == "length"
+    assert out.generate_token_len == len(out.token_ids) == 48
+    assert not stops & set(out.token_ids)
+
+
+def test_batch_responses_carry_session_ids_0_to_n_minus_1(default_pipe):
+    """As 0.6.5: a batch's streams are sessions 0..n-1, so stream deltas can be grouped."""
+    prompts = ["Hi", "Shanghai is", "Count to three."]
+    assert [r.session_id for r in default_pipe(prompts, gen_config=SHORT)] == [0, 1, 2]
+    texts: dict[int, str] = {}
+    for delta in default_pipe.stream_infer(prompts, gen_config=SHORT):
+        assert delta.session_id == delta.index
+        texts[delta.session_id] = texts.get(delta.session_id, "") + delta.text
+    assert sorted(texts) == [0, 1, 2]

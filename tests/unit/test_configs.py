@@ -73,3 +73,57 @@ def test_num_cpu_blocks_sizes_the_host_pool_and_rejects_bad_values():
     for bad in (-1, 2.5, "8"):
         with pytest.raises(InvalidArgument, match="num_cpu_blocks"):
             PytorchEngineConfig(num_cpu_blocks=bad)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: GenerationConfig(temperature=2.5),
+        lambda: GenerationConfig(top_p=0.0),
+        lambda: GenerationConfig(n=0),
+        lambda: PytorchEngineConfig(quant_policy=3),
+        lambda: PytorchEngineConfig(num_gpu_blocks=-1),
+        lambda: PytorchEngineConfig(tp=2),  # beyond the one device this build drives
+        lambda: PytorchEngineConfig(cache_max_entry_count=0),
+    ],
+)
+def test_config_errors_are_assertion_errors_as_in_0_6_5(make):
+    """0.6.5 asserts its configs: code written for it catches AssertionError."""
+    with pytest.raises(AssertionError) as info:
+        make()
+    assert isinstance(info.value, InvalidArgument)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"quant_policy": 3},
+        {"num_tokens_per_iter": -1},
+        {"tp": 0},
+        {"cache_max_entry_count": 0},
+        {"tp": "two"},
+    ],
+)
+def test_turbomind_config_errors_are_pydantic_validation_errors(kwargs):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=next(iter(kwargs))):
+        TurbomindEngineConfig(**kwargs)
+
+
+def test_served_model_name_is_the_model_path_as_given_and_the_default_keeps_its_name():
+    from pathlib import Path
+
+    from dependency_injector import providers
+
+    from lmdeploy.adapters.loaders.model_source import ModelSource
+    from lmdeploy.infrastructure.factory import build_container
+
+    container = build_container("./models/my-llama.gguf")
+    container.source.override(
+        providers.Object(ModelSource("gguf", Path("models/my-llama.gguf"), "my-llama"))
+    )
+    assert container.model_name() == "./models/my-llama.gguf"  # 0.6.5: not the file stem
+    default = build_container(None)
+    default.source.override(providers.Object(ModelSource("gguf", None, "SmolLM2-135M-Instruct")))
+    assert default.model_name() == "SmolLM2-135M-Instruct"

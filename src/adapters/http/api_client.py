@@ -3,49 +3,76 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 
+logger = logging.getLogger(__name__)
+
+
+def get_model_list(api_url: str, headers: dict[str, str] | None = None) -> list[str] | None:
+    """The model ids that `GET api_url` (a server's /v1/models) lists; None if it fails."""
+    try:
+        response = httpx.get(api_url, headers=headers, timeout=30)
+    except httpx.HTTPError as exc:
+        logger.error("could not get the model list from %s: %s", api_url, exc)
+        return None
+    if response.status_code >= 400:
+        logger.error("%s answered %d: %s", api_url, response.status_code, response.text[:200])
+        return None
+    return [card["id"] for card in response.json().get("data", [])]
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return {"object": "error", "message": text}
+
 
 class APIClient:
+    """As 0.6.5's: each method yields the server's JSON, an error body included (it does not
+    raise on an HTTP error; look for `"object": "error"`)."""
+
     def __init__(
         self, api_server_url: str, api_key: str | None = None, timeout: float = 600.0, **kwargs: Any
     ) -> None:
         self.api_server_url = api_server_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=self.api_server_url, headers=headers, timeout=timeout)
+        self.headers = {"content-type": "application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+        self._http = httpx.Client(
+            base_url=self.api_server_url, headers=self.headers, timeout=timeout
+        )
         self.chat_completions_v1_url = f"{self.api_server_url}/v1/chat/completions"
         self.completions_v1_url = f"{self.api_server_url}/v1/completions"
         self.chat_intractive_v1_url = f"{self.api_server_url}/v1/chat/interactive"
         self.models_v1_url = f"{self.api_server_url}/v1/models"
+        self.encode_v1_url = f"{self.api_server_url}/v1/encode"
 
     @property
-    def available_models(self) -> list[str]:
-        response = self._http.get("/v1/models")
-        self._check(response)
-        return [card["id"] for card in response.json()["data"]]
+    def available_models(self) -> list[str] | None:
+        return get_model_list(self.models_v1_url, self.headers)
 
-    def _check(self, response: httpx.Response) -> None:
-        if response.status_code >= 400:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text
-            raise RuntimeError(f"api_server answered {response.status_code}: {message}")
+    def encode(
+        self, input: str | list[str], do_preprocess: bool = False, add_bos: bool = True
+    ) -> tuple[Any, Any]:
+        """(input_ids, length) of a prompt or of each of a list of prompts."""
+        body = {"input": input, "do_preprocess": do_preprocess, "add_bos": add_bos}
+        output = _json(self._http.post("/v1/encode", json=body).text)
+        return output.get("input_ids"), output.get("length")
 
     def _post(self, path: str, body: dict[str, Any], lines: str | None) -> Iterator[dict[str, Any]]:
         """POST body; yield the JSON reply, or each streamed item ('sse' or 'ndjson')."""
         if lines is None:
-            response = self._http.post(path, json=body)
-            self._check(response)
-            yield response.json()
+            yield _json(self._http.post(path, json=body).text)
             return
         with self._http.stream("POST", path, json=body) as response:
             if response.status_code >= 400:
-                response.read()
-                self._check(response)
+                yield _json(response.read().decode())
+                return
             for line in response.iter_lines():
                 if lines == "sse":
                     if not line.startswith("data: ") or line == "data: [DONE]":

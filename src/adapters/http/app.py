@@ -10,7 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 
 from ...domain.errors import PromptTooLong
-from . import metrics, routes_interactive, routes_openai
+from . import metrics, routes_encode, routes_interactive, routes_openai
 from .errors import error_response, install_error_handlers
 from .protocol import ModelCard, ModelList
 from .services import ServerServices
@@ -64,4 +64,5 @@ def create_app(svc: ServerServices) -> FastAPI:
     app.include_router(metrics.router)
     app.include_router(routes_openai.router)
     app.include_router(routes_interactive.router)
+    app.include_router(routes_encode.router)
     return app

@@ -1,4 +1,6 @@
-"""OpenAI-style error bodies: `{"error": {"message", "type", "param", "code"}}`."""
+"""Error bodies: OpenAI's `{"error": {"message", "type", "param", "code"}}` (its client reads
+it) and beside it LMDeploy 0.6.5's top-level `object: "error"`, `message`, `type`, `param` and
+`code` (the HTTP status), so code written for either reads the error it expects."""
 
 from __future__ import annotations
 
@@ -26,9 +28,34 @@ def error_response(
                 "type": kind,
                 "param": param,
                 "code": code or HTTPStatus(status).phrase.lower().replace(" ", "_"),
-            }
+            },
+            "object": "error",
+            "message": message,
+            "type": kind,
+            "param": param,
+            "code": status,
         },
     )
+
+
+# 0.6.5's own checks of a request, with its messages: (the field's type, whether a value fails
+# its check, the message). Other failures keep pydantic's message, prefixed by the field.
+_CHECKS_0_6_5 = {
+    "n": (int, lambda v: v <= 0, "The n `{}` must be a positive int."),
+    "top_p": (float, lambda v: not 0 < v <= 1, "The top_p `{}` must be in (0, 1]."),
+    "top_k": (int, lambda v: v < 0, "The top_k `{}` cannot be a negative integer."),
+    "temperature": (float, lambda v: not 0 <= v <= 2, "The temperature `{}` must be in [0, 2]"),
+}
+
+
+def _validation_message(param: str | None, error: dict) -> str:
+    check = _CHECKS_0_6_5.get(param or "")
+    value = error.get("input")
+    if check is not None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        kind, fails, message = check
+        if fails(value):
+            return message.format(kind(value))
+    return f"{param or 'body'}: {error.get('msg', 'invalid request')}"
 
 
 _TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "body"}
@@ -50,9 +77,7 @@ def install_error_handlers(app: FastAPI) -> None:
         # The deepest location names the field best (a union reports one error per member).
         first = max(errors, key=lambda e: len(_field_path(e.get("loc", ()))))
         param = ".".join(_field_path(first.get("loc", ()))) or None
-        return error_response(
-            400, f"{param or 'body'}: {first.get('msg', 'invalid request')}", param, "invalid_value"
-        )
+        return error_response(400, _validation_message(param, first), param, "invalid_value")
 
     @app.exception_handler(InvalidArgument)
     async def _invalid(_: Request, exc: InvalidArgument) -> JSONResponse:

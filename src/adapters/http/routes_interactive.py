@@ -57,6 +57,8 @@ async def chat_interactive(
         random_seed=body.seed,
     )
     session_id = body.session_id if body.interactive_mode else -1 - id(body)  # a throwaway session
+    live = sessions.get(session_id)
+    history = live.history_tokens if live else 0  # the tokens before this turn, as 0.6.5
     turn = sessions.chat(session_id, prompt, config)
     first = await anext(turn)  # errors (busy session, oversize prompt) surface here, as HTTP 400
 
@@ -67,18 +69,12 @@ async def chat_interactive(
         if not body.interactive_mode:
             sessions.end(session_id)
 
-    def history() -> int:
-        live = sessions.get(session_id)
-        return live.history_tokens if live else 0
-
     if body.stream:
 
         async def lines() -> AsyncIterator[str]:
             async for out in outputs():
                 yield (
-                    json.dumps(
-                        _body(out.text, out, history(), out.finish_reason), ensure_ascii=False
-                    )
+                    json.dumps(_body(out.text, out, history, out.finish_reason), ensure_ascii=False)
                     + "\n"
                 )
 
@@ -87,4 +83,4 @@ async def chat_interactive(
     async for out in outputs():
         text.append(out.text)
         last = out
-    return _body("".join(text), last, history(), last.finish_reason)
+    return _body("".join(text), last, history, last.finish_reason)

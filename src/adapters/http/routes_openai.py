@@ -67,7 +67,7 @@ def _unknown_model(svc: ServerServices, model: str | None) -> JSONResponse | Non
     if model is not None and model != svc.model_name:
         return error_response(
             404,
-            f"the model {model!r} does not exist; this server serves {svc.model_name!r}",
+            f"The model `{model}` does not exist.",  # 0.6.5's words; /v1/models lists ours
             "model",
             "model_not_found",
         )
@@ -192,10 +192,10 @@ def _tool_finish(finish: str | None, called: bool) -> str | None:
 
 
 class _ChoiceState:
-    """Per choice of a streamed chat reply: whether the role was sent, its tool calls so far."""
+    """Per choice of a streamed chat reply: its last output, its tool calls so far."""
 
     def __init__(self, parser: ToolParser | None) -> None:
-        self.first, self.last, self.num_calls = True, None, 0
+        self.last, self.num_calls = None, 0
         self.calls = ToolCallStream(parser) if parser is not None else None
 
     def delta(self, out: GenOut) -> dict[str, Any]:
@@ -204,16 +204,14 @@ class _ChoiceState:
         if calls and out.finish_reason is not None:
             more, more_calls = calls.finish()
             content, new_calls = content + more, new_calls + more_calls
-        delta: dict[str, Any] = (
-            {"role": "assistant", "content": content} if self.first else {"content": content}
-        )
+        delta: dict[str, Any] = {"role": "assistant", "content": content}
         if new_calls:
             delta["tool_calls"] = [
                 {"index": self.num_calls + i, **call.to_openai()}
                 for i, call in enumerate(new_calls)
             ]
             self.num_calls += len(new_calls)
-        self.first, self.last = False, out
+        self.last = out
         return delta
 
 
@@ -228,13 +226,24 @@ async def _chat_events(
     states = [_ChoiceState(parser) for _ in streams]
     async for index, out in _merge(streams):
         state = states[index]
-        choice = {
-            "index": index,
-            "delta": state.delta(out),
-            "logprobs": choice_logprobs(out),
-            "finish_reason": _tool_finish(out.finish_reason, state.num_calls > 0),
-        }
-        yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [choice]))
+        delta = state.delta(out)
+        if delta["content"] or "tool_calls" in delta or (body.logprobs and out.token_ids):
+            choice = {
+                "index": index,
+                "delta": delta,
+                "logprobs": choice_logprobs(out),
+                "finish_reason": None,
+            }
+            yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [choice]))
+        if out.finish_reason is not None:  # its own chunk, as OpenAI and 0.6.5 send it
+            finish = _tool_finish(out.finish_reason, state.num_calls > 0)
+            choice = {
+                "index": index,
+                "delta": {"role": "assistant", "content": ""},
+                "logprobs": None,
+                "finish_reason": finish,
+            }
+            yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [choice]))
     lasts = [s.last for s in states if s.last is not None]
     if body.stream_options and body.stream_options.include_usage and lasts:
         usage = _sum_usage(lasts, len(lasts))
@@ -296,11 +305,17 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
                     )
             async for index, out in _merge(streams):
                 totals[index] = out
-                yield fmt.sse(
-                    fmt.envelope(
-                        "text_completion", request_id, model, [choice(index, out.text, out, 0)]
-                    )
-                )
+                if out.text or (top is not None and out.token_ids):
+                    piece = {**choice(index, out.text, out, 0), "finish_reason": None}
+                    yield fmt.sse(fmt.envelope("text_completion", request_id, model, [piece]))
+                if out.finish_reason is not None:  # its own chunk, as OpenAI and 0.6.5 send it
+                    end = {
+                        "index": index,
+                        "text": "",
+                        "logprobs": None,
+                        "finish_reason": out.finish_reason,
+                    }
+                    yield fmt.sse(fmt.envelope("text_completion", request_id, model, [end]))
             if body.stream_options and body.stream_options.include_usage:
                 yield fmt.sse(
                     fmt.envelope(
