@@ -54,8 +54,9 @@ def test_chat_streams_a_reply_and_reset_clears_it(page, tmp_path):
     page.execute_script(WATCH_REPLY)
 
     find(By.CSS_SELECTOR, "#message textarea").send_keys("Tell me a story about a cat.", Keys.ENTER)
-    send = find(By.CSS_SELECTOR, "button#send")
+    send, reset = find(By.CSS_SELECTOR, "button#send"), find(By.CSS_SELECTOR, "button#reset")
     wait_for(lambda: not send.is_enabled(), 30, "Send to lock while the reply streams")
+    assert not reset.is_enabled(), "Reset stays usable while the reply streams"
     wait_for(send.is_enabled, 60, "the reply to finish")
 
     seen = page.execute_script("return window.seen")
@@ -67,5 +68,5 @@ def test_chat_streams_a_reply_and_reset_clears_it(page, tmp_path):
     assert 0 < len(reply.split()) <= MAX_NEW_TOKENS, f"the slider's limit was not applied: {reply}"
     assert page.execute_script(COUNT_MESSAGES) == 2  # the question and the reply
 
-    find(By.CSS_SELECTOR, "button#reset").click()
+    reset.click()
     wait_for(lambda: page.execute_script(COUNT_MESSAGES) == 0, 10, "Reset to clear the chat")

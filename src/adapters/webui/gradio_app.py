@@ -41,28 +41,30 @@ def build_demo(service: WebChatService) -> Any:
         max_new_tokens: float,
         temperature: float,
         top_p: float,
-    ) -> Iterator[tuple[Any, Messages, Messages, Any]]:
-        """Input stays locked while the reply streams: a busy session takes no second turn.
-        A turn that fails leaves the conversation as it was and the message in the box."""
+    ) -> Iterator[tuple[Any, Messages, Messages, Any, Any]]:
+        """Input and Reset stay locked while the reply streams: a busy session takes no second
+        turn, and a reset cannot race the reply's last update. A turn that fails leaves the
+        conversation as it was and the message in the box."""
         settings = ChatSettings(int(max_new_tokens), float(temperature), float(top_p))
         before, asked = history, [*history, {"role": "user", "content": message}]
         locked, unlocked = gr.update(interactive=False), gr.update(interactive=True)
         try:
             for text in service.reply(session_id, message, settings):
                 history = [*asked, {"role": "assistant", "content": text}]
-                yield gr.update(value="", interactive=False), history, history, locked
+                yield gr.update(value="", interactive=False), history, history, locked, locked
         except (ChatTurnFailed, InvalidArgument) as exc:
             gr.Warning(str(exc))
-            yield gr.update(value=message, interactive=True), before, before, unlocked
+            yield gr.update(value=message, interactive=True), before, before, unlocked, unlocked
             return
-        yield unlocked, history, history, unlocked
+        yield unlocked, history, history, unlocked, unlocked
 
     def reset(session_id: int) -> tuple[Messages, Messages, str]:
         service.reset(session_id)
         return [], [], ""
 
     with gr.Blocks(title="LMDeploy Playground", analytics_enabled=False) as demo:
-        # A closed tab's conversation would hold KV cache forever: end it with the tab.
+        # A closed tab's conversation would hold KV cache forever: gradio deletes the tab's
+        # state (an hour after it closes), and this ends the session with it.
         session_id = gr.State(None, delete_callback=_ender(service))
         history = gr.State([])
         gr.Markdown("## LMDeploy Playground")
@@ -80,7 +82,7 @@ def build_demo(service: WebChatService) -> Any:
             top_p = gr.Slider(0.01, 1, value=0.8, step=0.01, label="Top_p")
             temperature = gr.Slider(0.01, 1.5, value=0.7, step=0.01, label="Temperature")
         inputs = [message, history, session_id, max_new_tokens, temperature, top_p]
-        outputs = [message, history, chatbot, send]
+        outputs = [message, history, chatbot, send, reset_button]
         message.submit(chat, inputs, outputs)
         send.click(chat, inputs, outputs)
         reset_button.click(reset, [session_id], [history, chatbot, message])
