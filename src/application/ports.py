@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -132,4 +132,26 @@ class GrammarBackend(Protocol):
     def constraint(self, spec: GrammarSpec, stop_token_ids: frozenset[int]) -> TokenConstraint:
         """A fresh constraint for one request; InvalidArgument('response_format') when `spec`
         cannot compile. The stop tokens are the only ones allowed once the grammar is complete."""
+        ...
+
+
+@dataclass(frozen=True)
+class ChatSettings:
+    """The web UI's generation sliders."""
+
+    max_new_tokens: int = 512
+    temperature: float = 0.7
+    top_p: float = 0.8
+
+
+class ChatBackend(Protocol):
+    """Conversations kept by session id: the engine in this process or a remote api_server."""
+
+    def stream_turn(self, session_id: int, prompt: str, settings: ChatSettings) -> Iterator[str]:
+        """Generate the reply to one user turn; yield its text piece by piece. The session keeps
+        the turn for the next one. Raises ChatTurnFailed when the turn cannot run."""
+        ...
+
+    def end_session(self, session_id: int) -> None:
+        """Forget the conversation and free its KV cache."""
         ...

@@ -40,3 +40,7 @@ class PromptTooLong(InvalidArgument):
 
 class OutOfBlocks(LMDeployError):
     """A sequence needs more KV blocks than the whole cache holds."""
+
+
+class ChatTurnFailed(LMDeployError):
+    """A chat turn could not run (the session is full, the server refused it)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from . import serve_gradio
 from .options import add_engine_options, chat_template_from, engine_config_from
 
 
@@ -42,6 +43,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     client.add_argument("--api-key", default=None)
     client.add_argument("--session-id", type=int, default=1)
     client.set_defaults(func=run_api_client)
+
+    serve_gradio.add_parser(sub)
 
 
 def run_api_server(args: argparse.Namespace) -> int:

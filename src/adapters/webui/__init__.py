@@ -1,0 +1,1 @@
+"""webui adapters: the gradio chat page and the api_server chat backend."""

@@ -1,0 +1,3 @@
+"""Documented import path `lmdeploy.serve.gradio.app`: re-exports only."""
+
+from ...infrastructure.webui import run_gradio as run  # noqa: F401
