@@ -26,6 +26,7 @@ class LlamaConfig:
     torch_dtype: str = "float32"
     name: str = "llama"
     architectures: tuple[str, ...] = field(default=("LlamaForCausalLM",))
+    sliding_window: int | None = None  # Mistral's attention span; not implemented (builder)
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], name: str = "llama") -> LlamaConfig:
@@ -55,6 +56,9 @@ class LlamaConfig:
             torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
             name=name,
             architectures=tuple(cfg.get("architectures") or ("LlamaForCausalLM",)),
+            sliding_window=cfg.get("sliding_window")
+            if cfg.get("use_sliding_window", True)
+            else None,
         )
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
