@@ -17,7 +17,7 @@ mkdir "$work/tree"
 git ls-files -z --cached --others --exclude-standard |
   while IFS= read -r -d '' f; do [ -f "$f" ] && printf '%s\0' "$f"; done |
   tar --null -T - -cf - | tar -xf - -C "$work/tree"
-"$py" -m pip wheel -q --no-deps --no-build-isolation -w "$work/dist" "$work/tree"
+"$py" -m pip wheel -q --no-deps -w "$work/dist" "$work/tree"
 wheel=$(ls "$work"/dist/lmdeploy-*.whl)
 
 "$py" - "$wheel" "$work/tree" <<'PY'
