@@ -8,11 +8,29 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # shellcheck disable=SC1091
 . .venv/bin/activate
+TORCH=torch==2.13.0
+CPU_INDEX=https://download.pytorch.org/whl/cpu
+
+# PyTorch's CPU index: the default index's build carries CUDA (several GB) even without a GPU.
+# When that index cannot be reached within seconds, the default index it is.
+install_cpu_torch() {
+  if ! python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+    "$CPU_INDEX/torch/" 2>/dev/null; then
+    echo "setup: $CPU_INDEX cannot be reached; $TORCH from the default index"
+  elif python -m pip install -q --index-url "$CPU_INDEX" "$TORCH"; then
+    echo "setup: $TORCH, the CPU build, from $CPU_INDEX"
+    return
+  else
+    echo "setup: installing from $CPU_INDEX failed; $TORCH from the default index"
+  fi
+  python -m pip install -q "$TORCH"
+}
+
 if ! python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     python -m pip install -q torch
   else
-    python -m pip install -q torch==2.13.0
+    install_cpu_torch
   fi
 fi
 python -m pip install -q -e ".[test]"

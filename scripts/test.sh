@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up, then runs every check CI runs: ruff, the layer contracts and the whole test suite.
+# Sets up, then runs every check CI runs: ruff, the layer contracts, the built wheel installed
+# into a fresh environment (scripts/check_wheel.sh) and the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -7,5 +8,6 @@ bash scripts/setup.sh
 ruff check src kernels tests features benchmark
 ruff format --check src kernels tests features benchmark
 lint-imports
+bash scripts/check_wheel.sh
 export TRITON_INTERPRET=1
 python -m pytest -q -p no:cacheprovider "$@"

@@ -185,6 +185,8 @@ class ToolCallStream:
         rest = parsed.content[len(sent) :] if parsed.content.startswith(sent) else ""
         if not parsed.tool_calls and not self._num_calls:
             rest = self.text[self._sent :]
+        elif not rest.strip():
+            rest = ""  # only the whitespace between and after the calls: no content
         self._sent = len(self.text)
         return rest, self._new_calls(parsed)
 

@@ -20,6 +20,7 @@ from ..application.generation import GenerationService
 from ..domain.block_allocator import BlockAllocator
 from ..domain.host_blocks import HostBlockAllocator
 from ..domain.scheduler import Scheduler, SchedulerConfig
+from .devices import require_device
 
 logger = logging.getLogger("lmdeploy.container")
 
@@ -40,7 +41,9 @@ def engine_config(
             if isinstance(backend_config, TurbomindEngineConfig)
             else PytorchEngineConfig()
         )
-    return backend_config or PytorchEngineConfig()
+    config = backend_config or PytorchEngineConfig()
+    require_device(config.device_type)
+    return config
 
 
 def _session_len(config: PytorchEngineConfig, built: builder.BuiltModel) -> int:

@@ -254,6 +254,16 @@ def test_streamed_calls_arrive_as_tool_call_deltas(scripted):
     assert chunks[-1].choices[0].finish_reason == "tool_calls"
 
 
+def test_a_reply_of_calls_only_has_content_null(scripted):
+    client, _ = scripted(CALLS[len("Let me see.\n") :])
+    request = dict(model=MODEL, messages=[{"role": "user", "content": "hi"}], tools=TOOLS)
+    message = client.chat.completions.create(**request).choices[0].message
+    assert message.content is None and len(message.tool_calls) == 2
+    chunks = list(client.chat.completions.create(**request, stream=True))
+    assert [c.choices[0].delta.content for c in chunks] == [None] * len(chunks)
+    assert sum(len(c.choices[0].delta.tool_calls or []) for c in chunks) == 2
+
+
 def test_without_tools_the_reply_is_content(scripted):
     client, generation = scripted(CALLS)
     response = client.chat.completions.create(

@@ -70,10 +70,23 @@ def _field_path(loc: tuple) -> list[str]:
     ]
 
 
+def _not_json(error: dict) -> JSONResponse:
+    """FastAPI reports a body it could not parse at loc ('body', <character offset>)."""
+    where = next((f" at character {p}" for p in error.get("loc", ()) if isinstance(p, int)), "")
+    reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+    return error_response(
+        400,
+        f"the request body is not valid JSON ({reason}{where}); send a JSON object",
+        code="invalid_json",
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors() or [{}]
+        if errors[0].get("type") == "json_invalid":
+            return _not_json(errors[0])
         # The deepest location names the field best (a union reports one error per member).
         first = max(errors, key=lambda e: len(_field_path(e.get("loc", ()))))
         param = ".".join(_field_path(first.get("loc", ()))) or None

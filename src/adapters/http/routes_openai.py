@@ -175,7 +175,7 @@ def _chat_choice(
     if parser is not None:
         parsed = parser.parse(out.text, final=True)
         if parsed.tool_calls:
-            message["content"] = parsed.content.strip()
+            message["content"] = parsed.content.strip() or None  # OpenAI: null, not ""
             message["tool_calls"] = [call.to_openai() for call in parsed.tool_calls]
             finish = _tool_finish(finish, True)
     return {
@@ -204,7 +204,9 @@ class _ChoiceState:
         if calls and out.finish_reason is not None:
             more, more_calls = calls.finish()
             content, new_calls = content + more, new_calls + more_calls
-        delta: dict[str, Any] = {"role": "assistant", "content": content}
+        # With tools, a delta without text carries content null, as OpenAI's tool-call deltas do.
+        text: str | None = None if calls and not content else content
+        delta: dict[str, Any] = {"role": "assistant", "content": text}
         if new_calls:
             delta["tool_calls"] = [
                 {"index": self.num_calls + i, **call.to_openai()}
@@ -239,7 +241,7 @@ async def _chat_events(
             finish = _tool_finish(out.finish_reason, state.num_calls > 0)
             choice = {
                 "index": index,
-                "delta": {"role": "assistant", "content": ""},
+                "delta": {"role": "assistant", "content": None if state.num_calls else ""},
                 "logprobs": None,
                 "finish_reason": finish,
             }

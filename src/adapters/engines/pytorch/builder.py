@@ -11,6 +11,7 @@ from functools import partial
 import torch
 
 from ....application.configs import PytorchEngineConfig
+from ....domain.errors import InvalidArgument
 from ...loaders import dummy, gguf_file, safetensors_dir
 from ...loaders.model_source import ModelSource
 from . import cpu_linear
@@ -94,10 +95,26 @@ def build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         return pool.submit(_build, source, config).result()
 
 
+def _refuse_sliding_window(model_cfg: LlamaConfig, max_model_len: int) -> None:
+    """Attention here spans the whole sequence: past a sliding window the text would quietly
+    differ from the model's, so such a checkpoint runs only where the window never slides."""
+    window = model_cfg.sliding_window
+    if window is not None and window < max_model_len:
+        raise InvalidArgument(
+            "model_path",
+            f"{model_cfg.name} uses sliding-window attention (sliding_window={window}), which "
+            f"this build does not implement yet: sequences longer than {window} tokens would "
+            f"come out wrong. Pass session_len={window} (or less) to run it within the window, "
+            f"or use a checkpoint whose config.json has sliding_window: null",
+        )
+
+
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     model_cfg, weights = open_checkpoint(source)
     if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
         model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
+    max_model_len = config.session_len or model_cfg.max_position_embeddings
+    _refuse_sliding_window(model_cfg, max_model_len)
     device = pick_device(config)
     dtype = pick_dtype(config, model_cfg, device)
     with torch.device("meta"):
@@ -125,7 +142,7 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         device,
         dtype,
         max_batch_size=config.max_batch_size or default_max_batch_size(device),
-        max_model_len=config.session_len or model_cfg.max_position_embeddings,
+        max_model_len=max_model_len,
         use_cuda_graphs=not config.eager_mode,
         num_cpu_blocks=config.num_cpu_blocks,
     )

@@ -26,6 +26,7 @@ class LlamaConfig:
     torch_dtype: str = "float32"
     name: str = "llama"
     architectures: tuple[str, ...] = field(default=("LlamaForCausalLM",))
+    sliding_window: int | None = None  # Mistral's attention span; not implemented (builder)
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], name: str = "llama") -> LlamaConfig:
@@ -36,6 +37,7 @@ class LlamaConfig:
         theta = cfg.get("rope_theta") or (rope or {}).get("rope_theta") or 10000.0
         if rope and rope.get("rope_type", rope.get("type")) in (None, "default"):
             rope = None
+        window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
         return cls(
             vocab_size=cfg["vocab_size"],
             hidden_size=cfg["hidden_size"],
@@ -55,6 +57,7 @@ class LlamaConfig:
             torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
             name=name,
             architectures=tuple(cfg.get("architectures") or ("LlamaForCausalLM",)),
+            sliding_window=window,
         )
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:

@@ -1,0 +1,21 @@
+"""device_type='ascend' is refused with what is missing, never run on the CPU instead."""
+
+from __future__ import annotations
+
+import pytest
+
+from lmdeploy import PytorchEngineConfig, pipeline
+from lmdeploy.domain.errors import InvalidArgument
+
+
+def test_ascend_without_torch_npu_names_what_to_install():
+    with pytest.raises(InvalidArgument, match="pip install torch_npu"):
+        pipeline(None, backend_config=PytorchEngineConfig(device_type="ascend"))
+
+
+def test_ascend_with_torch_npu_names_the_missing_adapter(tmp_path, monkeypatch):
+    (tmp_path / "torch_npu").mkdir()
+    (tmp_path / "torch_npu" / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(InvalidArgument, match="no Ascend adapter"):
+        pipeline(None, backend_config=PytorchEngineConfig(device_type="ascend"))
