@@ -6,7 +6,7 @@ import sys
 from types import SimpleNamespace
 
 from ..adapters.cli.main import run
-from . import factory, server
+from . import factory, proxy_server, server
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
         pipeline=factory.pipeline,
         build_container=factory.build_container,
         run_api_server=server.run_api_server,
+        run_proxy=proxy_server.run_proxy,
     )
     return run(factories, argv)
 
