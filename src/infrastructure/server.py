@@ -89,11 +89,15 @@ def run_api_server(
     app = create_app(build_services(container, api_keys))
     node_url = f"{'https' if ssl else 'http'}://{server_name}:{server_port}"
     _proxy(proxy_url, "add", node_url, container.model_name(), api_keys)
+    # Leave the proxy from the app's shutdown: uvicorn re-raises SIGTERM once it has stopped,
+    # which ends the process before a `finally` after uvicorn.run would run.
+    app.add_event_handler(
+        "shutdown", lambda: _proxy(proxy_url, "remove", node_url, container.model_name(), api_keys)
+    )
     print(f"lmdeploy api_server: serving {container.model_name()} on {node_url}", flush=True)
     try:
         uvicorn.run(
             app, host=server_name, port=server_port, log_level=log_level.lower(), **ssl_kwargs
         )
     finally:
-        _proxy(proxy_url, "remove", node_url, container.model_name(), api_keys)
         container.shutdown_resources()
