@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -56,6 +57,18 @@ def _proxy(
         logger.warning("could not %s this server at the proxy %s: %s", action, proxy_url, exc)
 
 
+def _leave_on_shutdown(app, leave) -> None:
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        async with inner(a) as state:
+            yield state
+        leave()
+
+    app.router.lifespan_context = lifespan
+
+
 def run_api_server(
     model_path: str | None,
     backend: str | None = None,
@@ -91,8 +104,8 @@ def run_api_server(
     _proxy(proxy_url, "add", node_url, container.model_name(), api_keys)
     # Leave the proxy from the app's shutdown: uvicorn re-raises SIGTERM once it has stopped,
     # which ends the process before a `finally` after uvicorn.run would run.
-    app.add_event_handler(
-        "shutdown", lambda: _proxy(proxy_url, "remove", node_url, container.model_name(), api_keys)
+    _leave_on_shutdown(
+        app, lambda: _proxy(proxy_url, "remove", node_url, container.model_name(), api_keys)
     )
     print(f"lmdeploy api_server: serving {container.model_name()} on {node_url}", flush=True)
     try:
