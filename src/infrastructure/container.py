@@ -10,6 +10,8 @@ from dependency_injector import containers, providers
 from ..adapters.engines.pytorch import builder
 from ..adapters.engines.pytorch.step_extras import join_rows
 from ..adapters.grammar.xgrammar_backend import XGrammarBackend
+from ..adapters.http import proxy_upstream
+from ..adapters.http.proxy_app import ProxyServices
 from ..adapters.loaders import model_source
 from ..adapters.tokenizers.hf_tokenizer import HFTokenizer
 from ..adapters.tokenizers.id_tokenizer import IdTokenizer
@@ -17,6 +19,7 @@ from ..application.chat_template import ModelChatTemplate, best_match_model, bui
 from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
 from ..application.engine import EngineLoop
 from ..application.generation import GenerationService
+from ..application.proxy import Dispatcher, Forwarder, HealthMonitor, NodeTable
 from ..domain.block_allocator import BlockAllocator
 from ..domain.host_blocks import HostBlockAllocator
 from ..domain.scheduler import Scheduler, SchedulerConfig
@@ -151,4 +154,29 @@ class Container(containers.DeclarativeContainer):
         config.model_name,
         config.model_path,
         source,
+    )
+
+
+def _proxy_services(table, forwarder, monitor, client, api_keys) -> ProxyServices:
+    return ProxyServices(table, forwarder, monitor, tuple(api_keys or ()), client.aclose)
+
+
+class ProxyContainer(containers.DeclarativeContainer):
+    """The proxy: a node table, the dispatch strategy, one pooled httpx client to the nodes."""
+
+    config = providers.Configuration()
+
+    table = providers.Singleton(NodeTable)
+    dispatcher = providers.Singleton(Dispatcher, table, config.strategy)
+    client = providers.Singleton(proxy_upstream.make_client)
+    upstream = providers.Singleton(
+        proxy_upstream.HttpxUpstream,
+        client,
+        config.node_api_key,
+        providers.Callable(lambda keys: keys[0] if keys else None, config.api_keys),
+    )
+    forwarder = providers.Singleton(Forwarder, dispatcher, upstream)
+    monitor = providers.Singleton(HealthMonitor, table, upstream, config.health_interval)
+    services = providers.Singleton(
+        _proxy_services, table, forwarder, monitor, client, config.api_keys
     )

@@ -6,7 +6,7 @@ import sys
 from types import SimpleNamespace
 
 from ..adapters.cli.main import run
-from . import factory, server, webui
+from . import factory, proxy_server, server, webui
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,6 +15,7 @@ def main(argv: list[str] | None = None) -> int:
         build_container=factory.build_container,
         run_api_server=server.run_api_server,
         run_gradio=webui.run_gradio,
+        run_proxy=proxy_server.run_proxy,
     )
     return run(factories, argv)
 

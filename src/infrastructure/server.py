@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -28,20 +29,44 @@ def build_services(container, api_keys: list[str] | None) -> ServerServices:
     )
 
 
-def _proxy(proxy_url: str | None, action: str, node_url: str) -> None:
+def _proxy(
+    proxy_url: str | None,
+    action: str,
+    node_url: str,
+    model_name: str,
+    api_keys: list[str] | None,
+) -> None:
+    """Join (or leave) a proxy. The server's own first key authenticates it there; its model
+    is announced because the proxy may ask before this server listens."""
     if not proxy_url:
         return
     import httpx
 
+    base = proxy_url.rstrip("/")
+    headers = {"Authorization": f"Bearer {api_keys[0]}"} if api_keys else {}
     try:
         if action == "add":
-            httpx.post(f"{proxy_url.rstrip('/')}/nodes/add", json={"url": node_url}, timeout=10)
+            body = {"url": node_url, "status": {"models": [model_name]}}
+            response = httpx.post(f"{base}/nodes/add", json=body, headers=headers, timeout=10)
         else:
-            httpx.post(
-                f"{proxy_url.rstrip('/')}/nodes/remove", params={"node_url": node_url}, timeout=10
+            response = httpx.post(
+                f"{base}/nodes/remove", params={"node_url": node_url}, headers=headers, timeout=10
             )
+        response.raise_for_status()
     except httpx.HTTPError as exc:
         logger.warning("could not %s this server at the proxy %s: %s", action, proxy_url, exc)
+
+
+def _leave_on_shutdown(app, leave) -> None:
+    inner = app.router.lifespan_context
+
+    @contextlib.asynccontextmanager
+    async def lifespan(a):
+        async with inner(a) as state:
+            yield state
+        leave()
+
+    app.router.lifespan_context = lifespan
 
 
 def run_api_server(
@@ -76,12 +101,16 @@ def run_api_server(
     container.init_resources()
     app = create_app(build_services(container, api_keys))
     node_url = f"{'https' if ssl else 'http'}://{server_name}:{server_port}"
-    _proxy(proxy_url, "add", node_url)
+    _proxy(proxy_url, "add", node_url, container.model_name(), api_keys)
+    # Leave the proxy from the app's shutdown: uvicorn re-raises SIGTERM once it has stopped,
+    # which ends the process before a `finally` after uvicorn.run would run.
+    _leave_on_shutdown(
+        app, lambda: _proxy(proxy_url, "remove", node_url, container.model_name(), api_keys)
+    )
     print(f"lmdeploy api_server: serving {container.model_name()} on {node_url}", flush=True)
     try:
         uvicorn.run(
             app, host=server_name, port=server_port, log_level=log_level.lower(), **ssl_kwargs
         )
     finally:
-        _proxy(proxy_url, "remove", node_url)
         container.shutdown_resources()

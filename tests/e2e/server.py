@@ -46,40 +46,67 @@ class RunningServer:
             time.sleep(0.2)
 
 
-@contextlib.contextmanager
-def api_server(
-    *args: str, api_key: str | None = None, startup_timeout: float = 180.0
-) -> Iterator[RunningServer]:
-    port = free_port()
-    command = [
+def _command(kind: str, port: int, *args: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "lmdeploy.infrastructure.entrypoint",
         "serve",
-        "api_server",
+        kind,
         "--server-name",
         "127.0.0.1",
         "--server-port",
         str(port),
         *args,
     ]
-    if api_key:
-        command += ["--api-keys", api_key]
-    process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    server = RunningServer(f"http://127.0.0.1:{port}", api_key, process)
+
+
+def _wait_ready(server: RunningServer, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        assert server.process.poll() is None, (
+            f"{server.url} exited with {server.process.returncode}"
+        )
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
+                return
+        assert time.monotonic() < deadline, f"{server.url} did not start in time"
+        time.sleep(0.5)
+
+
+def _stop(process: subprocess.Popen) -> None:
+    if process.poll() is not None:
+        return
+    process.terminate()
     try:
-        deadline = time.monotonic() + startup_timeout
-        while True:
-            assert process.poll() is None, f"api_server exited with {process.returncode}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{server.url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, "api_server did not start in time"
-            time.sleep(0.5)
-        yield server
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+@contextlib.contextmanager
+def servers(
+    kind: str, argv: list[list[str]], api_key: str | None = None, startup_timeout: float = 180.0
+) -> Iterator[list[RunningServer]]:
+    """Start one `lmdeploy serve KIND` process per argument list, all at once; wait for all."""
+    started = []
+    try:
+        for args in argv:
+            port = free_port()
+            command = _command(kind, port, *args) + (["--api-keys", api_key] if api_key else [])
+            process = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            started.append(RunningServer(f"http://127.0.0.1:{port}", api_key, process))
+        for server in started:
+            _wait_ready(server, startup_timeout)
+        yield started
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        for server in started:
+            _stop(server.process)
+
+
+@contextlib.contextmanager
+def api_server(
+    *args: str, api_key: str | None = None, startup_timeout: float = 180.0
+) -> Iterator[RunningServer]:
+    with servers("api_server", [list(args)], api_key, startup_timeout) as (server,):
+        yield server

@@ -38,6 +38,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_engine_options(api)
     api.set_defaults(func=run_api_server, log_level="ERROR")
 
+    proxy = sub.add_parser("proxy", help="distribute requests over api_server nodes")
+    proxy.add_argument("--server-name", default="0.0.0.0")
+    proxy.add_argument("--server-port", type=int, default=8000)
+    proxy.add_argument(
+        "--strategy",
+        choices=["random", "min_expected_latency", "min_observed_latency"],
+        default="min_expected_latency",
+        help="how a request's node is chosen",
+    )
+    proxy.add_argument(
+        "--api-keys", nargs="*", default=None, help="keys clients must send (Bearer tokens)"
+    )
+    proxy.add_argument(
+        "--ssl", action="store_true", help="serve HTTPS with SSL_KEYFILE and SSL_CERTFILE"
+    )
+    proxy.add_argument(
+        "--node-api-key",
+        default=None,
+        help="the key to send to the nodes (default: pass on the client's own key)",
+    )
+    proxy.add_argument(
+        "--log-level", default="WARNING", choices=["CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"]
+    )
+    proxy.set_defaults(func=run_proxy)
+
     client = sub.add_parser("api_client", help="chat in the terminal against a running api_server")
     client.add_argument("api_server_url")
     client.add_argument("--api-key", default=None)
@@ -62,6 +87,19 @@ def run_api_server(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         proxy_url=args.proxy_url,
         max_log_len=args.max_log_len,
+    )
+    return 0
+
+
+def run_proxy(args: argparse.Namespace) -> int:
+    args.factories.run_proxy(
+        server_name=args.server_name,
+        server_port=args.server_port,
+        strategy=args.strategy,
+        api_keys=args.api_keys,
+        ssl=args.ssl,
+        node_api_key=args.node_api_key,
+        log_level=args.log_level,
     )
     return 0
 

@@ -4,13 +4,13 @@ and docs."""
 from __future__ import annotations
 
 import dataclasses
-import secrets
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
 
 from ...domain.errors import PromptTooLong
 from . import metrics, routes_encode, routes_interactive, routes_openai
+from .auth import install_api_key_check
 from .errors import error_response, install_error_handlers
 from .protocol import ModelCard, ModelList
 from .services import ServerServices
@@ -27,21 +27,7 @@ def create_app(svc: ServerServices) -> FastAPI:
     async def _too_long(_: Request, exc: PromptTooLong):
         return error_response(400, str(exc), "messages", "context_length_exceeded")
 
-    if svc.api_keys:
-
-        @app.middleware("http")
-        async def _auth(request: Request, call_next):
-            if request.url.path not in UNAUTHENTICATED:
-                scheme, _, token = request.headers.get("authorization", "").partition(" ")
-                if scheme.lower() != "bearer" or not any(
-                    secrets.compare_digest(token, k) for k in svc.api_keys
-                ):
-                    return error_response(
-                        401,
-                        "invalid or missing API key; send 'Authorization: Bearer <key>'",
-                        code="invalid_api_key",
-                    )
-            return await call_next(request)
+    install_api_key_check(app, svc.api_keys, UNAUTHENTICATED)
 
     @app.get("/", include_in_schema=False)
     async def _root() -> RedirectResponse:
