@@ -150,6 +150,21 @@ def test_chat_cli_honours_exit_typed_while_a_reply_streams():
     assert len(replies) == 2 and replies[0].strip() and replies[1] == ""
 
 
+def test_chat_cli_warns_as_0_6_5_when_the_session_is_full_and_end_starts_over():
+    long = "Tell me everything about Shanghai, its history, food and people. " * 12
+    result = subprocess.run(
+        [*CHAT, "--max-new-tokens", "8", "--session-len", "96"],
+        input=f"{long}\n\nend\nHi\n\nexit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    full, after_end, reply, _ = result.stdout.split(CHAT_PROMPT)[1:]
+    assert full.strip() == "WARNING: exceed session max length. Please end the session."
+    assert after_end.strip() == "" and reply.strip()
+
+
 def test_chat_cli_reports_bad_arguments_with_nonzero_exit():
     result = subprocess.run(
         [sys.executable, "-m", "lmdeploy.infrastructure.entrypoint", "chat", "--top-p", "3"],

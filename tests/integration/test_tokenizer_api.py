@@ -98,6 +98,11 @@ def test_a_tokenizer_directory_loads_as_in_0_6_5(tokenizer, tmp_path):
     assert from_dir.encode(TEXT) == tokenizer.encode(TEXT)
 
 
+def test_a_missing_local_path_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        Tokenizer(str(tmp_path / "missing" / "model"))
+
+
 def test_the_public_names():
     assert lmdeploy.Tokenizer is Tokenizer
     assert lmdeploy.version_info == tuple(int(part) for part in lmdeploy.__version__.split("."))

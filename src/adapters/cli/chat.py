@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from ...application.chat_templates import best_match_model
 from .options import (
@@ -20,6 +21,7 @@ from .options import (
 )
 
 COMMANDS = ("exit", "end")
+SESSION_FULL = "WARNING: exceed session max length. Please end the session."  # 0.6.5's words
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,6 +59,19 @@ def read_prompt(template_name: str, read_line: Callable[[], str] = input) -> str
         lines.append(line)
 
 
+def stream_reply(pipe: Any, messages: list[dict[str, str]], gen_config: Any) -> str | None:
+    """Prints the reply as it streams and returns it; None when the conversation no longer
+    fits the session (nothing was generated)."""
+    reply, last = [], None
+    for last in pipe.stream_infer([messages], gen_config=gen_config):
+        print(last.text, end="", flush=True)
+        reply.append(last.text)
+    if last is not None and last.finish_reason == "length" and last.generate_token_len == 0:
+        return None
+    print()
+    return "".join(reply)
+
+
 def run(args: argparse.Namespace) -> int:
     template = chat_template_from(args)
     template_name = template.model_name if template else best_match_model(args.model_path or "")
@@ -80,13 +95,12 @@ def run(args: argparse.Namespace) -> int:
                 continue
             if not prompt.strip():
                 continue
-            messages.append({"role": "user", "content": prompt})
-            reply = []
-            for out in pipe.stream_infer([messages], gen_config=gen_config):
-                print(out.text, end="", flush=True)
-                reply.append(out.text)
-            print()
-            messages.append({"role": "assistant", "content": "".join(reply)})
+            turn = [*messages, {"role": "user", "content": prompt}]
+            reply = stream_reply(pipe, turn, gen_config)
+            if reply is None:
+                print(SESSION_FULL)  # the turn is dropped; `end` makes room
+                continue
+            messages = [*turn, {"role": "assistant", "content": reply}]
     finally:
         pipe.close()
     return 0

@@ -20,11 +20,15 @@ _TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json")
 
 
 def _source(model_path: str) -> ModelSource:
-    """A tokenizer-only directory is enough, as in 0.6.5; anything else is a model path
-    (the embedded default's alias, a .gguf file, an HF directory, a hub id)."""
+    """A tokenizer-only directory is enough, as in 0.6.5, and a hub id fetches only the
+    tokenizer's files (transformers does); anything else is a local model path (the embedded
+    default's alias, a .gguf file, an HF directory)."""
     path = Path(model_path).expanduser()
     if path.is_dir() and any((path / name).exists() for name in _TOKENIZER_FILES):
         return ModelSource("hf", path, path.name)
+    hub_id = model_path.count("/") == 1 and not model_path.startswith(("/", ".", "~"))
+    if hub_id and not path.exists():
+        return ModelSource("hf", Path(model_path), model_path)
     return resolve(model_path)
 
 
