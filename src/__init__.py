@@ -9,6 +9,7 @@ from .application.configs import (
 )
 from .infrastructure.factory import pipeline
 from .infrastructure.launcher import client, serve
+from .tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 version_info = (0, 1, 0)
@@ -18,9 +19,11 @@ __all__ = [
     "GenerationConfig",
     "PytorchEngineConfig",
     "Response",
+    "Tokenizer",
     "TurbomindEngineConfig",
     "client",
     "pipeline",
     "serve",
     "__version__",
+    "version_info",
 ]

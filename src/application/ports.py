@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
@@ -88,15 +89,24 @@ class Tokenizer(Protocol):
 @dataclass(frozen=True)
 class ToolCallGrammar:
     """Tool calls as text: `prefix`, then one (or with `parallel` more) `begin {"name": NAME,
-    KEY: ARGS} end` joined by `separator`, where ARGS follows the function's JSON schema."""
+    KEY: ARGS} end` joined by `separator`, where ARGS follows the function's JSON schema.
+    With no KEY (`arguments_key` None) a call is `begin ARGS end`, NAME written in `begin`
+    where it says `{name}` (Llama 3.1's `<function=NAME>ARGS</function>`)."""
 
     prefix: str
     begin: str
     end: str
     separator: str
-    arguments_key: str
+    arguments_key: str | None
     functions: tuple[tuple[str, str], ...]  # (name, parameters as JSON schema text)
     parallel: bool = True  # False: exactly one call
+
+    def call_parts(self, name: str) -> tuple[str, str]:
+        """The text before and after the arguments of a call of `name`."""
+        if self.arguments_key is None:
+            return self.begin.replace("{name}", name), self.end
+        key = json.dumps(self.arguments_key)
+        return f'{self.begin}{{"name": {json.dumps(name)}, {key}: ', "}" + self.end
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ token budget and never needs its [T, vocab] logits at once.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from ..domain.errors import InvalidArgument, PromptTooLong
@@ -19,6 +20,10 @@ _SCORE = SamplingParams(max_new_tokens=1, temperature=0.0, ignore_eos=True, prom
 def token_batches(input_ids: Any, vocab_size: int) -> list[list[int]]:
     """A list of ints is one sequence; a list of lists is a batch. Every id must be an int in
     the vocabulary and every sequence at least 2 tokens (one token predicts nothing)."""
+    if isinstance(input_ids, Mapping) and "input_ids" in input_ids:
+        # transformers 5's `apply_chat_template` returns an encoding where 4 returned the ids;
+        # the documentation's get_ppl example passes it on as it comes.
+        input_ids = input_ids["input_ids"]
     if not isinstance(input_ids, (list, tuple)) or not input_ids:
         raise InvalidArgument("input_ids", "pass a non-empty list of token ids or of such lists")
     batch = [input_ids] if not isinstance(input_ids[0], (list, tuple)) else list(input_ids)

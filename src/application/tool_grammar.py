@@ -23,13 +23,14 @@ TYPE_ALIASES = {
 @dataclass(frozen=True)
 class ToolCallFormat:
     """How a tool parser reads calls: `prefix`, then calls `begin {"name": ..., KEY: {...}} end`
-    joined by `separator` (KEY is `arguments_key`)."""
+    joined by `separator` (KEY is `arguments_key`); with `arguments_key` None, calls
+    `begin {...} end` that name the function in `begin` where it says `{name}`."""
 
     begin: str
     end: str
     separator: str = "\n"
     prefix: str = ""
-    arguments_key: str = "arguments"
+    arguments_key: str | None = "arguments"
 
 
 def normalize_schema(schema: Any) -> Any:

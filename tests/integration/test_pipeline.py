@@ -103,21 +103,15 @@ def test_turbomind_config_falls_back_to_pytorch_with_a_log_line(caplog):
         pipe.close()
 
 
+CHAT = [sys.executable, "-m", "lmdeploy.infrastructure.entrypoint", "chat"]
+CHAT_PROMPT = "double enter to end input >>> "  # LMDeploy 0.6.5's
+
+
 def test_chat_cli_keeps_the_conversation_and_exits_on_exit():
-    script = "My name is Alice.\nWhat is my name?\nexit\nnever read\n"
+    # Double Enter submits: "What is" and "my name?" are one prompt of two lines.
+    script = "My name is Alice.\n\nWhat is\nmy name?\n\nexit\nnever read\n\n"
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lmdeploy.infrastructure.entrypoint",
-            "chat",
-            "--max-new-tokens",
-            "24",
-            "--session-len",
-            "1024",
-            "--log-level",
-            "INFO",
-        ],
+        [*CHAT, "--max-new-tokens", "24", "--session-len", "1024", "--log-level", "INFO"],
         input=script,
         capture_output=True,
         text=True,
@@ -125,10 +119,50 @@ def test_chat_cli_keeps_the_conversation_and_exits_on_exit():
     )
     assert result.returncode == 0, result.stderr
     first, second = (int(n) for n in re.findall(r"request \d+: input_tokens=(\d+)", result.stderr))
-    replies = [line for line in result.stdout.splitlines() if line.strip()]
-    assert len(replies) == 2, "exit must end the chat before the next line"
+    replies = result.stdout.split(CHAT_PROMPT)[1:]
+    assert len(replies) == 3 and replies[-1] == "", "exit must end the chat before the next line"
+    assert all(reply.strip() for reply in replies[:2])
     # The second turn carries the first question and answer: the conversation is kept.
     assert second > first + 5
+
+
+def test_chat_cli_honours_exit_typed_while_a_reply_streams():
+    """`exit` typed during the reply waits in the input and quits once the reply is done,
+    without a second Enter and without the input being closed."""
+    chat = subprocess.Popen(
+        [*CHAT, "--max-new-tokens", "32", "--session-len", "1024"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        chat.stdin.write("Tell me a story.\n\n")
+        chat.stdin.flush()
+        chat.stdin.write("exit\n")  # typed ahead, while the model loads and replies
+        chat.stdin.flush()
+        chat.wait(timeout=300)
+        out, err = chat.stdout.read(), chat.stderr.read()
+    finally:
+        chat.kill()
+    assert chat.returncode == 0, err
+    replies = out.split(CHAT_PROMPT)[1:]
+    assert len(replies) == 2 and replies[0].strip() and replies[1] == ""
+
+
+def test_chat_cli_warns_as_0_6_5_when_the_session_is_full_and_end_starts_over():
+    long = "Tell me everything about Shanghai, its history, food and people. " * 12
+    result = subprocess.run(
+        [*CHAT, "--max-new-tokens", "8", "--session-len", "96"],
+        input=f"{long}\n\nend\nHi\n\nexit\n",
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    full, after_end, reply, _ = result.stdout.split(CHAT_PROMPT)[1:]
+    assert full.strip() == "WARNING: exceed session max length. Please end the session."
+    assert after_end.strip() == "" and reply.strip()
 
 
 def test_chat_cli_reports_bad_arguments_with_nonzero_exit():

@@ -7,7 +7,11 @@ import pytest
 from lmdeploy import GenerationConfig
 from lmdeploy.application.chat_template import builtin_template
 from lmdeploy.application.configs import ChatTemplateConfig
-from lmdeploy.application.detokenizer import IncrementalDetokenizer
+from lmdeploy.application.detokenizer import (
+    DetokenizeState,
+    IncrementalDetokenizer,
+    detokenize_incrementally,
+)
 from lmdeploy.application.engine import EngineLoop
 from lmdeploy.application.generation import GenerationService
 from lmdeploy.application.pipeline import Pipeline
@@ -103,6 +107,25 @@ def test_detokenizer_waits_for_complete_characters():
     euro = "€".encode()
     pieces = [detok.push(b) for b in b"a" + euro + b"b"]
     assert pieces == ["a", "", "", "€", "b"]
+
+
+def test_detokenize_incrementally_takes_any_number_of_new_ids_per_call():
+    """0.6.5's state-passing form: the ids so far each call, a prompt skipped by its offset."""
+
+    class ByteTokenizer(CharTokenizer):
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+        def convert_ids_to_tokens(self, ids):
+            return [chr(i) for i in ids]
+
+    prompt, reply = list(b"Q: "), list("a€b€".encode())
+    ids, state, pieces = prompt + reply, DetokenizeState(len(prompt)), []
+    for end in (4, 4, 5, 7, 8, 9, 11):  # none, part of a character, several at once
+        text, state = detokenize_incrementally(ByteTokenizer(), ids[:end], state)
+        pieces.append(text)
+    assert pieces == ["a", "", "", "€", "b", "", "€"]
+    assert state.ids_offset == len(ids) and len(state.prev_tokens) == len(ids)
 
 
 class BosTokenizer(CharTokenizer):

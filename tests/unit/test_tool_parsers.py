@@ -5,6 +5,7 @@ import json
 import pytest
 
 from lmdeploy.adapters.tool_parsers import get_tool_parser
+from lmdeploy.application.tool_grammar import tool_call_spec
 from lmdeploy.application.tools import (
     REQUIRED_INSTRUCTION,
     ToolCallStream,
@@ -140,6 +141,39 @@ def test_malformed_calls_stay_plain_content(name):
         assert parsed.tool_calls == [] and parsed.content == text
         for size in (1, 4):
             assert stream(name, text, size) == (text, [])
+
+
+@pytest.mark.parametrize(
+    "name, calls",
+    [
+        ("hermes", [("add", ADD), ("mul", MUL)]),
+        ("llama3", [("add", ADD), ("mul", MUL)]),
+        ("internlm2", [("add", ADD)]),  # one call, ended by the template's stop word
+    ],
+)
+def test_a_forced_call_is_written_as_the_parser_reads_it(name, calls):
+    parser = get_tool_parser(name)
+    tools = [{"type": "function", "function": {"name": n}} for n in ("add", "mul")]
+    grammar = tool_call_spec(parser.call_format, tools, parallel=len(calls) > 1).tool_calls
+    written = []
+    for function, arguments in calls:
+        head, tail = grammar.call_parts(function)
+        written.append(head + json.dumps(arguments) + tail)
+    parsed = parser.parse(grammar.prefix + grammar.separator.join(written))
+    assert calls_of(parsed.tool_calls) == calls
+    assert parsed.content.strip() == ""
+
+
+def test_llama3_1_forced_calls_take_the_format_its_prompt_asks_for():
+    """0.6.5's llama3_1 prompt asks for `<function=NAME>{...}</function>`; a forced call must
+    not switch to JSON after <|python_tag|>."""
+    template = builtin_template(ChatTemplateConfig("llama3_1"))
+    tools = [{"type": "function", "function": {"name": "add", "parameters": {}}}]
+    prompt = render_prompt(template, [{"role": "user", "content": "3+5?"}], tools, "auto")
+    grammar = tool_call_spec(get_tool_parser(template.tool_parser).call_format, tools).tool_calls
+    head, tail = grammar.call_parts("add")
+    assert (grammar.prefix, head, tail) == ("", "<function=add>", "</function>")
+    assert "<function=example_function_name>" in prompt
 
 
 def test_unknown_parser_name():

@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ...domain.errors import LMDeployError
-from . import chat, listing
+from . import chat, check_env, listing
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     chat.add_parser(sub)
+    check_env.add_parser(sub)
     listing.add_parser(sub)
     try:
         from . import serve

@@ -176,18 +176,18 @@ def tool_calls_structural_tag(grammar: ToolCallGrammar, special: set[str]) -> di
     only unless `parallel`)."""
     calls = []
     for name, schema in grammar.functions:
-        head = f'{{"name": {json.dumps(name)}, {json.dumps(grammar.arguments_key)}: '
+        head, tail = grammar.call_parts(name)
         calls.append(
             _sequence(
                 [
-                    *_literal(grammar.begin + head, special),
+                    *_literal(head, special),
                     # One space at most between tokens, as in compact JSON.
                     {
                         "type": "json_schema",
                         "json_schema": bounded_strings_without_controls(json.loads(schema)),
                         "max_whitespace_cnt": 1,
                     },
-                    *_literal("}" + grammar.end, special),
+                    *_literal(tail, special),
                 ]
             )
         )

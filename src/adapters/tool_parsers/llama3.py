@@ -35,8 +35,9 @@ def _json_calls(body: str) -> list[ToolCall] | None:
 class Llama3ToolParser:
     markers = (PYTHON_TAG, "<function=")
     skip_special_tokens = False
+    # A forced call is written as the llama3_1 template asks for calls (0.6.5's prompt).
     call_format = ToolCallFormat(
-        begin="", end="", separator="; ", prefix=PYTHON_TAG, arguments_key="parameters"
+        begin="<function={name}>", end="</function>", separator="", arguments_key=None
     )
 
     def tool_start(self, text: str) -> int | None:
