@@ -23,6 +23,7 @@ from lmdeploy.adapters.engines.pytorch.builder import build, read_model_config
 from lmdeploy.adapters.engines.pytorch.layers.linear import LinearBase
 from lmdeploy.adapters.engines.pytorch.models.config import ModelConfig
 from lmdeploy.adapters.engines.pytorch.models.llama import LlamaForCausalLM
+from lmdeploy.adapters.engines.pytorch.models.registry import UnsupportedArchitecture
 from lmdeploy.adapters.engines.pytorch.models.weights import expected_weights, load_weights
 from lmdeploy.adapters.engines.pytorch.runner.runner import PytorchModelRunner
 from lmdeploy.adapters.loaders import dummy, safetensors_dir
@@ -303,6 +304,14 @@ def test_hf_dir_logits_match_transformers(hf_dir):
     assert_same_weights(model, reference)
     ours = last_logits(cpu_runner(model.eval()), TOKEN_IDS)
     assert_logits_close(ours, reference_logits(reference, TOKEN_IDS))
+
+
+def test_unknown_architecture_is_named_with_the_supported_ones(tmp_path):
+    config = {"architectures": ["NoSuchModelForCausalLM"], "vocab_size": 300, "hidden_size": 64}
+    config |= {"intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitecture, match="NoSuchModelForCausalLM.*LlamaForCausalLM"):
+        build(resolve(str(tmp_path)), PytorchEngineConfig(**CPU_CONFIG))
 
 
 def test_builder_loads_hf_dir(hf_dir):
