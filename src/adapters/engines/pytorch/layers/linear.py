@@ -2,10 +2,10 @@
 
 vLLM's family, with tensor parallelism at 1 for now: `ColumnParallelLinear` splits its outputs
 across ranks, `RowParallelLinear` its inputs (one all-reduce after it), `QKVParallelLinear` and
-`MergedColumnParallelLinear` hold several checkpoint tensors packed along the output dimension,
-`ReplicatedLinear` is whole on every rank. Each owns a `weight_loader(param, loaded, shard_id)`
-that places one checkpoint tensor (a shard of a packed weight, by its `shard_id`) in its
-parameter; the generic loader (`models/weights.py`) calls it. Quantized, tensor-parallel and
+`MergedColumnParallelLinear` hold several checkpoint tensors packed along the output dimension.
+Each owns a `weight_loader(param, loaded, shard_id)` that places one checkpoint tensor (a shard
+of a packed weight, by its `shard_id`) in its parameter; the generic loader
+(`models/weights.py`) calls it. Quantized, tensor-parallel and
 LoRA linears subclass `LinearBase`: their own parameters, loader and forward.
 
 After loading, `prepare_linears` lets each weight take its backend's own layout: on a CPU in
@@ -56,10 +56,6 @@ class LinearBase(nn.Module):
         self.packed = PackedLinear(self.weight, self.bias)
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
-
-
-class ReplicatedLinear(LinearBase):
-    """The whole weight on every rank."""
 
 
 class ColumnParallelLinear(LinearBase):
