@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from lmdeploy.adapters.engines.pytorch import fused_sampling
-from lmdeploy.adapters.engines.pytorch.sampling import SamplingBatch, sample
+from lmdeploy.adapters.engines.pytorch.sampling import fused as fused_sampling
+from lmdeploy.adapters.engines.pytorch.sampling.batch import SamplingBatch
+from lmdeploy.adapters.engines.pytorch.sampling.sampler import sample
 from lmdeploy.domain.sampling_params import SamplingParams
 from lmdeploy.domain.sequence import Sequence
 

@@ -18,7 +18,8 @@ import time
 from collections import defaultdict
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
-from lmdeploy.adapters.engines.pytorch import grammar_mask, runner
+from lmdeploy.adapters.engines.pytorch.runner import runner
+from lmdeploy.adapters.engines.pytorch.sampling import grammar_mask
 
 PROMPT = "Write a long list of lowercase words about the sea, separated by spaces. Number {i}."
 REGEX = "[a-z ]{400,600}"  # at least 400 characters: more than `tokens` tokens can hold

@@ -8,7 +8,7 @@ import itertools
 import logging
 import queue
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..domain.errors import InvalidArgument, PromptTooLong
@@ -230,12 +230,6 @@ class Pipeline:
         async for out in stream:
             collector.add(out)
         return collector.finish()
-
-    async def generate(self, request) -> AsyncIterator[GenOut]:
-        """The async stream of one prepared request (the HTTP server's entry point)."""
-        self._check_open(None)
-        async for out in self.service.submit(request, asynchronous=True):
-            yield out
 
     # -- multi-turn chat ---------------------------------------------------------------------
     def chat(

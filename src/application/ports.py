@@ -12,16 +12,6 @@ from ..domain.scheduler import StepPlan
 
 
 @dataclass(frozen=True)
-class ModelInfo:
-    """What the engine needs to know of a loaded model."""
-
-    name: str
-    max_position_embeddings: int
-    vocab_size: int
-    eos_token_ids: frozenset[int]
-
-
-@dataclass(frozen=True)
 class CacheGeometry:
     num_blocks: int
     block_size: int

@@ -152,10 +152,6 @@ class BlockAllocator:
         child.num_cached_tokens = num_full * self.block_size
         self.counters.forked_tokens += child.num_cached_tokens
 
-    def can_append(self, seq: Sequence) -> bool:
-        """Room for the one token a decode step writes (seq.num_tokens already counts it)."""
-        return self.can_allocate(seq)
-
     def append_slot(self, seq: Sequence) -> None:
         self.allocate(seq)
 

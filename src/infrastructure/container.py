@@ -8,7 +8,7 @@ import logging
 from dependency_injector import containers, providers
 
 from ..adapters.engines.pytorch import builder
-from ..adapters.engines.pytorch.step_extras import join_rows
+from ..adapters.engines.pytorch.runner.step_extras import join_rows
 from ..adapters.grammar.xgrammar_backend import XGrammarBackend
 from ..adapters.http import proxy_upstream
 from ..adapters.http.proxy_app import ProxyServices

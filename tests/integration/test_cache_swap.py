@@ -9,7 +9,7 @@ import random
 import pytest
 import torch
 
-from lmdeploy.adapters.engines.pytorch.cache_swap import CacheSwapper
+from lmdeploy.adapters.engines.pytorch.runner.cache_swap import CacheSwapper
 
 NUM_LAYERS, NUM_BLOCKS, NUM_CPU_BLOCKS, BLOCK = 3, 11, 7, (5, 2, 3)  # irregular on purpose
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

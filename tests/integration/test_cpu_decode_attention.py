@@ -5,10 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmdeploy.adapters.engines.pytorch.attention import decode_attention_torch, decode_context
-from lmdeploy.adapters.engines.pytorch.cpu_attention import (
+from lmdeploy.adapters.engines.pytorch.backends.cpu.attention import (
     cpu_decode_kernel_available,
     paged_decode_attention_cpu,
+)
+from lmdeploy.adapters.engines.pytorch.backends.torch_native.attention import (
+    decode_attention_torch,
+    decode_context,
 )
 from lmdeploy.kernels.paged_decode_attention import paged_decode_attention_ref
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmdeploy.adapters.engines.pytorch import cpu_ops
-from lmdeploy.adapters.engines.pytorch.rotary import apply_rotary
+from lmdeploy.adapters.engines.pytorch.backends.cpu import ops as cpu_ops
+from lmdeploy.adapters.engines.pytorch.backends.torch_native.ops import apply_rotary
 
 pytestmark = pytest.mark.skipif(
     not cpu_ops.available(torch.zeros(1)), reason="no C compiler: the CPU path uses torch ops"

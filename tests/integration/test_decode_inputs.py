@@ -7,7 +7,7 @@ import random
 
 import torch
 
-from lmdeploy.adapters.engines.pytorch.decode_inputs import DecodeInputs
+from lmdeploy.adapters.engines.pytorch.runner.decode_inputs import DecodeInputs
 from lmdeploy.domain.sampling_params import SamplingParams
 from lmdeploy.domain.scheduler import StepPlan
 from lmdeploy.domain.sequence import Sequence
@@ -29,7 +29,7 @@ def _decoding_seqs(rng: random.Random, num: int) -> list[Sequence]:
 
 def _general(seqs: list[Sequence], lag: int = 0):
     """The runner's own (eager) preparation of the same step: the reference."""
-    from lmdeploy.adapters.engines.pytorch.runner import PytorchModelRunner
+    from lmdeploy.adapters.engines.pytorch.runner.runner import PytorchModelRunner
 
     runner = PytorchModelRunner.__new__(PytorchModelRunner)
     runner.device = torch.device("cpu")

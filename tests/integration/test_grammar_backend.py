@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from lmdeploy.adapters.engines.pytorch.grammar_mask import (
+from lmdeploy.adapters.engines.pytorch.sampling.grammar_mask import (
     apply_token_bitmask,
     apply_token_bitmask_torch,
 )

@@ -18,11 +18,14 @@ import torch
 import transformers
 
 from lmdeploy import PytorchEngineConfig
-from lmdeploy.adapters.engines.pytorch.attention import AttentionMetadata
-from lmdeploy.adapters.engines.pytorch.builder import build, open_checkpoint
-from lmdeploy.adapters.engines.pytorch.cpu_linear import PackedLinear
-from lmdeploy.adapters.engines.pytorch.llama import LlamaForCausalLM
-from lmdeploy.adapters.engines.pytorch.runner import PytorchModelRunner
+from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
+from lmdeploy.adapters.engines.pytorch.builder import build, read_model_config
+from lmdeploy.adapters.engines.pytorch.layers.linear import LinearBase
+from lmdeploy.adapters.engines.pytorch.models.config import ModelConfig
+from lmdeploy.adapters.engines.pytorch.models.llama import LlamaForCausalLM
+from lmdeploy.adapters.engines.pytorch.models.registry import UnsupportedArchitecture
+from lmdeploy.adapters.engines.pytorch.models.weights import expected_weights, load_weights
+from lmdeploy.adapters.engines.pytorch.runner.runner import PytorchModelRunner
 from lmdeploy.adapters.loaders import dummy, safetensors_dir
 from lmdeploy.adapters.loaders.gguf_file import GGUFCheckpoint, _unpermute, hf_name
 from lmdeploy.adapters.loaders.model_source import ModelNotFound, resolve
@@ -54,10 +57,10 @@ def dense_state(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
     """Every tensor of our model in its plain layout, the builder's packed CPU linears included."""
     state = dict(model.state_dict())
     for name, module in model.named_modules():
-        if isinstance(module, PackedLinear):
-            state[f"{name}.weight"] = module.packed_weight.to_dense()
-            if module.bias is not None:
-                state[f"{name}.bias"] = module.bias
+        if isinstance(module, LinearBase) and module.packed is not None:
+            state[f"{name}.weight"] = module.packed.packed_weight.to_dense()
+            if module.packed.bias is not None:
+                state[f"{name}.bias"] = module.packed.bias
     return state
 
 
@@ -71,7 +74,6 @@ def hf_named(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
     }
     named = {}
     for name, tensor in dense_state(model).items():
-        name = name if name.startswith("lm_head") else f"model.{name}"
         fused = next((f for f in fusions if f in name), None)
         if fused is None:
             named[name] = tensor
@@ -84,7 +86,7 @@ def hf_named(model: LlamaForCausalLM) -> dict[str, torch.Tensor]:
 
 def assert_same_weights(ours: LlamaForCausalLM, theirs: torch.nn.Module) -> None:
     ours_named, theirs_named = hf_named(ours), theirs.state_dict()
-    if "lm_head.weight" not in ours_named:  # tied: our LM head is the embedding itself
+    if "lm_head.weight" not in ours_named:  # tied: our LM head reads the embedding
         assert ours.config.tie_word_embeddings
         theirs_named.pop("lm_head.weight")
     assert ours_named.keys() == theirs_named.keys()
@@ -122,9 +124,9 @@ def assert_logits_close(ours: torch.Tensor, theirs: torch.Tensor) -> None:
 
 def load_gguf(path: Path) -> LlamaForCausalLM:
     checkpoint = GGUFCheckpoint(path)
-    model = LlamaForCausalLM(checkpoint.config)
-    loaded = model.load_weights(checkpoint.weights())
-    assert loaded == model.expected_weights(), "weights missing from the GGUF file"
+    model = LlamaForCausalLM(ModelConfig.from_hf(checkpoint.config))
+    loaded = load_weights(model, checkpoint.weights())
+    assert loaded == expected_weights(model), "weights missing from the GGUF file"
     return model.eval()
 
 
@@ -219,7 +221,7 @@ def test_gguf_logits_match_transformers(gguf_case):
 
 def test_gguf_without_output_tensor_ties_embeddings(tmp_path):
     case = _gguf_case(tmp_path, "F16", tied=True)
-    assert case.ours.config.tie_word_embeddings and case.ours.lm_head is None
+    assert case.ours.config.tie_word_embeddings and not list(case.ours.lm_head.parameters())
     assert_same_weights(case.ours, case.theirs)
     ours = last_logits(cpu_runner(case.ours), TOKEN_IDS)
     assert_logits_close(ours, reference_logits(case.theirs, TOKEN_IDS))
@@ -287,7 +289,7 @@ def test_hf_dir_shards_are_read_in_full(hf_dir):
 
 def test_hf_dir_config(hf_dir):
     directory, reference = hf_dir
-    cfg, ref = safetensors_dir.read_config(directory), reference.config
+    cfg, ref = ModelConfig.from_hf(safetensors_dir.read_config(directory)), reference.config
     assert cfg.num_key_value_heads == ref.num_key_value_heads
     assert (cfg.hidden_size, cfg.head_dim, cfg.vocab_size) == (128, 32, 300)
     assert cfg.rope_theta == 50000.0 and cfg.rms_norm_eps == ref.rms_norm_eps
@@ -296,11 +298,20 @@ def test_hf_dir_config(hf_dir):
 
 def test_hf_dir_logits_match_transformers(hf_dir):
     directory, reference = hf_dir
-    model = LlamaForCausalLM(safetensors_dir.read_config(directory))
-    assert model.load_weights(safetensors_dir.iter_weights(directory)) == model.expected_weights()
+    model = LlamaForCausalLM(ModelConfig.from_hf(safetensors_dir.read_config(directory)))
+    loaded = load_weights(model, safetensors_dir.iter_weights(directory))
+    assert loaded == expected_weights(model)
     assert_same_weights(model, reference)
     ours = last_logits(cpu_runner(model.eval()), TOKEN_IDS)
     assert_logits_close(ours, reference_logits(reference, TOKEN_IDS))
+
+
+def test_unknown_architecture_is_named_with_the_supported_ones(tmp_path):
+    config = {"architectures": ["NoSuchModelForCausalLM"], "vocab_size": 300, "hidden_size": 64}
+    config |= {"intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2}
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedArchitecture, match="NoSuchModelForCausalLM.*LlamaForCausalLM"):
+        build(resolve(str(tmp_path)), PytorchEngineConfig(**CPU_CONFIG))
 
 
 def test_builder_loads_hf_dir(hf_dir):
@@ -320,7 +331,7 @@ def test_dummy_weights_have_the_checkpoint_shapes(hf_dir):
     source = resolve(str(directory), config.load_format)
     assert (source.kind, source.path) == ("dummy", directory)
     built = build(source, config)
-    assert built.config == safetensors_dir.read_config(directory)
+    assert built.config == ModelConfig.from_hf(safetensors_dir.read_config(directory))
     ours, theirs = hf_named(built.runner.model), reference.state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}
     for name, tensor in ours.items():
@@ -333,7 +344,7 @@ def test_dummy_weights_have_the_checkpoint_shapes(hf_dir):
 
 
 def test_shipped_llama_3_8b_config_has_the_real_shape():
-    cfg = dummy.shipped_config("llama-3-8b")
+    cfg = ModelConfig.from_hf(dummy.shipped_config("llama-3-8b"))
     assert (cfg.num_hidden_layers, cfg.hidden_size, cfg.intermediate_size) == (32, 4096, 14336)
     assert (cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim) == (32, 8, 128)
     assert cfg.vocab_size == 128256 and cfg.rope_theta == 500000.0
@@ -346,8 +357,8 @@ def test_shipped_llama_3_8b_config_has_the_real_shape():
 def test_shipped_dummy_model_resolves_without_files(name):
     source = resolve(name, "dummy")
     assert (source.kind, source.path) == ("dummy", None)
-    config, weights = open_checkpoint(source)
-    assert config == dummy.shipped_config(name) and config.hidden_size == 4096
+    config, weights = read_model_config(source)
+    assert config == ModelConfig.from_hf(dummy.shipped_config(name)) and config.hidden_size == 4096
     assert weights is None
 
 

@@ -15,8 +15,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from lmdeploy.adapters.engines.pytorch.sampling import (
-    SamplingBatch,
+from lmdeploy.adapters.engines.pytorch.sampling.batch import SamplingBatch
+from lmdeploy.adapters.engines.pytorch.sampling.sampler import (
     _apply_token_rules,
     _candidates,
     sample,

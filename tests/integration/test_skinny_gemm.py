@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmdeploy.adapters.engines.pytorch import skinny_gemm
-from lmdeploy.adapters.engines.pytorch.cpu_linear import PackedLinear, can_pack
+from lmdeploy.adapters.engines.pytorch.backends.cpu import skinny_gemm
+from lmdeploy.adapters.engines.pytorch.backends.cpu.linear import PackedLinear, can_pack
 
 pytestmark = pytest.mark.skipif(
     not skinny_gemm.available(), reason="no C compiler or no AVX2/FMA: oneDNN serves every row"

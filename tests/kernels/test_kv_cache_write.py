@@ -52,7 +52,7 @@ def test_strided_inputs_and_int32_slots():
 
 
 def test_reference_matches_engine():
-    from lmdeploy.adapters.engines.pytorch.attention import write_kv
+    from lmdeploy.adapters.engines.pytorch.backends.torch_native.attention import write_kv
 
     torch.manual_seed(2)
     k_cache = torch.randn(4, 16, 3, 64, device=DEVICE)

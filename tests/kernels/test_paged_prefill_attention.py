@@ -68,7 +68,8 @@ def test_strided_query_and_empty_sequence():
 @pytest.mark.parametrize(("heads", "kv_heads", "block_size"), [(4, 4, 16), (8, 2, 16), (8, 1, 64)])
 def test_reference_matches_engine(heads, kv_heads, block_size):
     """Our reference and the engine's torch prefill path compute the same attention."""
-    from lmdeploy.adapters.engines.pytorch.attention import AttentionMetadata, paged_attention
+    from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
+    from lmdeploy.adapters.engines.pytorch.layers.attention import paged_attention
 
     torch.manual_seed(2)
     seqs = [(7, 7), (5, block_size + 9), (1, 2 * block_size)]

@@ -50,7 +50,7 @@ def test_strided_rows_and_fp32_weight():
 
 
 def test_matches_engine_norm():
-    from lmdeploy.adapters.engines.pytorch.llama import RMSNorm
+    from lmdeploy.adapters.engines.pytorch.layers.norm import RMSNorm
 
     torch.manual_seed(3)
     norm = RMSNorm(576, 1e-5).to(DEVICE)

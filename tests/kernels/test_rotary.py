@@ -20,7 +20,7 @@ CASES = [
 
 
 def _tables(head_dim: int, max_positions: int = 4096):
-    from lmdeploy.adapters.engines.pytorch.rotary import rotary_cos_sin
+    from lmdeploy.adapters.engines.pytorch.layers.rotary import rotary_cos_sin
 
     return rotary_cos_sin(head_dim, max_positions, 10000.0, None, DEVICE)
 
@@ -45,7 +45,7 @@ def test_matches_reference(num_tokens, heads, kv_heads, head_dim, dtype, inplace
 def test_fused_qkv_views_in_place_match_engine():
     """q and k as views of one qkv output, rotated in place; cos/sin gathered per token
     (positions=None), as the engine passes them to apply_rotary."""
-    from lmdeploy.adapters.engines.pytorch.rotary import apply_rotary
+    from lmdeploy.adapters.engines.pytorch.backends.torch_native.ops import apply_rotary
 
     torch.manual_seed(1)
     heads, kv_heads, dim, tokens = 8, 2, 64, 11

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmdeploy.adapters.engines.pytorch.rotary import RotaryTables, dynamic_ntk_inv_freq
+from lmdeploy.adapters.engines.pytorch.layers.rotary import RotaryTables, dynamic_ntk_inv_freq
 from lmdeploy.kernels.rotary import rotary, rotary_ref
 
 from ._util import DEVICE, TOL

@@ -138,8 +138,8 @@ def test_draws_follow_the_filtered_distribution():
 def test_engine_glue_seeds_each_row_from_its_request():
     """The adapter's call: per-row columns from the engine's SamplingBatch; a request's
     random_seed fixes its draw, alone or in a batch; rows without one draw afresh."""
-    from lmdeploy.adapters.engines.pytorch import fused_sampling
-    from lmdeploy.adapters.engines.pytorch.sampling import SamplingBatch
+    from lmdeploy.adapters.engines.pytorch.sampling import fused as fused_sampling
+    from lmdeploy.adapters.engines.pytorch.sampling.batch import SamplingBatch
     from lmdeploy.domain.sampling_params import SamplingParams
     from lmdeploy.domain.sequence import Sequence
 

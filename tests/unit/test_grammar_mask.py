@@ -2,8 +2,9 @@
 
 import torch
 
-from lmdeploy.adapters.engines.pytorch.grammar_mask import GrammarMask
-from lmdeploy.adapters.engines.pytorch.sampling import SamplingBatch, sample
+from lmdeploy.adapters.engines.pytorch.sampling.batch import SamplingBatch
+from lmdeploy.adapters.engines.pytorch.sampling.grammar_mask import GrammarMask
+from lmdeploy.adapters.engines.pytorch.sampling.sampler import sample
 from lmdeploy.application.response_format import CONSTRAINT
 from lmdeploy.domain.sampling_params import SamplingParams
 from lmdeploy.domain.scheduler import StepPlan

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import json
 from importlib import resources
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..engines.pytorch.model_config import LlamaConfig
-
 SHIPPED_CONFIGS = {"llama-3-8b": "llama-3-8b.json", "meta-llama/Meta-Llama-3-8B": "llama-3-8b.json"}
 
 
-def shipped_config(name: str) -> LlamaConfig | None:
+def shipped_config(name: str) -> dict[str, Any] | None:
+    """The HF config.json of a shipped shape, or None for a name that is not one."""
     file = SHIPPED_CONFIGS.get(name)
     if file is None:
         return None
-    text = resources.files("lmdeploy.configs").joinpath(file).read_text()
-    return LlamaConfig.from_hf(json.loads(text), name=name)
+    return json.loads(resources.files("lmdeploy.configs").joinpath(file).read_text())
 
 
 @torch.no_grad()

@@ -1,5 +1,8 @@
 """Weights and model shape from a GGUF file, dequantized to float32 with the `gguf` package.
 
+The metadata becomes an HF-style config dict (llama.cpp's keys under HF's names), the tensor
+names HF's, so the engine reads a GGUF file as it reads an HF directory.
+
 llama.cpp's converter permutes Q and K rows for its interleaved rotary layout; we undo that
 so the tensors match the HF (rotate-half) layout our model and transformers use.
 """
@@ -9,11 +12,10 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-
-from ..engines.pytorch.model_config import LlamaConfig
 
 SUPPORTED_TYPES = {
     "F32",
@@ -70,31 +72,38 @@ class GGUFCheckpoint:
         return iter_weights(self.reader, self.config)
 
 
-def read_config(reader, path: Path) -> LlamaConfig:
+# GGUF `general.architecture` -> the HF architecture of the same math
+_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
+
+
+def read_config(reader, path: Path) -> dict[str, Any]:
+    """The HF config.json equivalent of the file's metadata."""
     arch = _field(reader, "general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{path.name}: GGUF architecture {arch!r} is not supported; only llama is")
-    heads = _field(reader, "llama.attention.head_count")
-    hidden = _field(reader, "llama.embedding_length")
+    if arch not in _ARCHITECTURES:
+        raise ValueError(
+            f"{path.name}: GGUF architecture {arch!r} is not supported; "
+            f"supported: {', '.join(sorted(_ARCHITECTURES))}"
+        )
+    heads = _field(reader, f"{arch}.attention.head_count")
+    hidden = _field(reader, f"{arch}.embedding_length")
     names = {t.name for t in reader.tensors}
-    vocab = _field(reader, "llama.vocab_size") or len(_field(reader, "tokenizer.ggml.tokens"))
-    eos = _field(reader, "tokenizer.ggml.eos_token_id")
-    return LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=_field(reader, "llama.feed_forward_length"),
-        num_hidden_layers=_field(reader, "llama.block_count"),
-        num_attention_heads=heads,
-        num_key_value_heads=_field(reader, "llama.attention.head_count_kv", heads),
-        head_dim=_field(reader, "llama.rope.dimension_count", hidden // heads),
-        rms_norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
-        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        max_position_embeddings=_field(reader, "llama.context_length", 4096),
-        tie_word_embeddings="output.weight" not in names,
-        bos_token_id=_field(reader, "tokenizer.ggml.bos_token_id"),
-        eos_token_ids=() if eos is None else (eos,),
-        name=str(_field(reader, "general.name", path.stem)),
-    )
+    vocab = _field(reader, f"{arch}.vocab_size") or len(_field(reader, "tokenizer.ggml.tokens"))
+    return {
+        "architectures": [_ARCHITECTURES[arch]],
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": _field(reader, f"{arch}.feed_forward_length"),
+        "num_hidden_layers": _field(reader, f"{arch}.block_count"),
+        "num_attention_heads": heads,
+        "num_key_value_heads": _field(reader, f"{arch}.attention.head_count_kv", heads),
+        "head_dim": _field(reader, f"{arch}.rope.dimension_count", hidden // heads),
+        "rms_norm_eps": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+        "rope_theta": float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        "max_position_embeddings": _field(reader, f"{arch}.context_length", 4096),
+        "tie_word_embeddings": "output.weight" not in names,
+        "bos_token_id": _field(reader, "tokenizer.ggml.bos_token_id"),
+        "eos_token_id": _field(reader, "tokenizer.ggml.eos_token_id"),
+    }
 
 
 def hf_name(gguf_name: str) -> str:
@@ -128,12 +137,12 @@ def dequantize(tensor) -> np.ndarray:
     return np.array(values, dtype=np.float32, copy=True).reshape(shape)
 
 
-def iter_weights(reader, config: LlamaConfig) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_weights(reader, config: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
     for tensor in reader.tensors:
         name = hf_name(tensor.name)
         array = dequantize(tensor)
         if name.endswith("q_proj.weight"):
-            array = _unpermute(array, config.num_attention_heads)
+            array = _unpermute(array, config["num_attention_heads"])
         elif name.endswith("k_proj.weight"):
-            array = _unpermute(array, config.num_key_value_heads)
+            array = _unpermute(array, config["num_key_value_heads"])
         yield name, torch.from_numpy(array)

@@ -5,23 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from ..engines.pytorch.model_config import LlamaConfig
 
-SUPPORTED_ARCHITECTURES = {"LlamaForCausalLM", "MistralForCausalLM", "InternLM3ForCausalLM"}
-
-
-def read_config(directory: Path) -> LlamaConfig:
-    cfg = json.loads((directory / "config.json").read_text())
-    archs = set(cfg.get("architectures") or ["LlamaForCausalLM"])
-    if not archs & SUPPORTED_ARCHITECTURES:
-        raise ValueError(
-            f"{directory}: architecture {sorted(archs)} is not supported yet; "
-            f"supported: {sorted(SUPPORTED_ARCHITECTURES)}"
-        )
-    return LlamaConfig.from_hf(cfg, name=directory.name)
+def read_config(directory: Path) -> dict[str, Any]:
+    """config.json as it is; the engine picks the model class from its `architectures`."""
+    return json.loads((directory / "config.json").read_text())
 
 
 def shard_files(directory: Path) -> list[Path]:

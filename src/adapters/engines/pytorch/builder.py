@@ -1,23 +1,25 @@
-"""Build a ready ModelRunner: pick device and dtype, load weights, size and allocate the cache."""
+"""Build a ready ModelRunner: read the checkpoint, look its architecture's model class up, pick
+device and dtype, load weights, size and allocate the cache."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from functools import partial
 
 import torch
 
 from ....application.configs import PytorchEngineConfig
 from ....domain.errors import InvalidArgument
-from ...loaders import dummy, gguf_file, safetensors_dir
+from ...loaders import dummy
+from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
-from . import cpu_linear
-from .llama import LlamaForCausalLM
-from .model_config import LlamaConfig
-from .runner import PytorchModelRunner
+from .layers.linear import prepare_linears
+from .models.base import CausalLM
+from .models.config import ModelConfig
+from .models.registry import model_class
+from .models.weights import expected_weights, load_weights
+from .runner.runner import PytorchModelRunner
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +29,7 @@ _CPU_CACHE_CAP = 4 << 30  # bytes: a sane ceiling for the KV cache in host memor
 @dataclass(frozen=True)
 class BuiltModel:
     runner: PytorchModelRunner
-    config: LlamaConfig
+    config: ModelConfig
 
 
 def pick_device(config: PytorchEngineConfig) -> torch.device:
@@ -37,7 +39,7 @@ def pick_device(config: PytorchEngineConfig) -> torch.device:
 
 
 def pick_dtype(
-    config: PytorchEngineConfig, model_cfg: LlamaConfig, device: torch.device
+    config: PytorchEngineConfig, model_cfg: ModelConfig, device: torch.device
 ) -> torch.dtype:
     if config.dtype != "auto":
         return getattr(torch, config.dtype)
@@ -46,27 +48,18 @@ def pick_dtype(
     return torch.bfloat16 if "bfloat16" in model_cfg.torch_dtype else torch.float16
 
 
-def open_checkpoint(source: ModelSource) -> tuple[LlamaConfig, Callable[[], Iterator] | None]:
+def read_model_config(source: ModelSource) -> tuple[ModelConfig, Weights | None]:
     """The model's shape, and a function yielding its HF-named weights (None: random weights)."""
-    if source.path is None:
-        return dummy.shipped_config(source.name), None
-    if source.path.suffix == ".gguf":
-        checkpoint = gguf_file.GGUFCheckpoint(source.path)
-        config, weights = checkpoint.config, checkpoint.weights
-    else:
-        config = safetensors_dir.read_config(source.path)
-        weights = partial(safetensors_dir.iter_weights, source.path)
-    return config, (None if source.kind == "dummy" else weights)
+    hf_config, weights = open_checkpoint(source)
+    return ModelConfig.from_hf(hf_config), weights
 
 
-def _load(
-    model: LlamaForCausalLM, source: ModelSource, weights: Callable[[], Iterator] | None
-) -> None:
+def _load(model: CausalLM, source: ModelSource, weights: Weights | None) -> None:
     if weights is None:
         dummy.randomize(model)
         return
-    loaded = model.load_weights(weights())
-    missing = model.expected_weights() - loaded
+    loaded = load_weights(model, weights())
+    missing = expected_weights(model) - loaded
     if missing:
         raise ValueError(
             f"{source.name}: weights missing from the checkpoint: {sorted(missing)[:5]}"
@@ -74,7 +67,7 @@ def _load(
 
 
 def _num_blocks(
-    config: PytorchEngineConfig, model_cfg: LlamaConfig, device: torch.device, dtype: torch.dtype
+    config: PytorchEngineConfig, model_cfg: ModelConfig, device: torch.device, dtype: torch.dtype
 ) -> int:
     if config.num_gpu_blocks > 0:
         return config.num_gpu_blocks
@@ -95,14 +88,14 @@ def build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         return pool.submit(_build, source, config).result()
 
 
-def _refuse_sliding_window(model_cfg: LlamaConfig, max_model_len: int) -> None:
+def _refuse_sliding_window(name: str, model_cfg: ModelConfig, max_model_len: int) -> None:
     """Attention here spans the whole sequence: past a sliding window the text would quietly
     differ from the model's, so such a checkpoint runs only where the window never slides."""
     window = model_cfg.sliding_window
     if window is not None and window < max_model_len:
         raise InvalidArgument(
             "model_path",
-            f"{model_cfg.name} uses sliding-window attention (sliding_window={window}), which "
+            f"{name} uses sliding-window attention (sliding_window={window}), which "
             f"this build does not implement yet: sequences longer than {window} tokens would "
             f"come out wrong. Pass session_len={window} (or less) to run it within the window, "
             f"or use a checkpoint whose config.json has sliding_window: null",
@@ -110,20 +103,20 @@ def _refuse_sliding_window(model_cfg: LlamaConfig, max_model_len: int) -> None:
 
 
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
-    model_cfg, weights = open_checkpoint(source)
+    model_cfg, weights = read_model_config(source)
     if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
         model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
     max_model_len = config.session_len or model_cfg.max_position_embeddings
-    _refuse_sliding_window(model_cfg, max_model_len)
+    _refuse_sliding_window(source.name, model_cfg, max_model_len)
+    cls = model_class(model_cfg.architectures)
     device = pick_device(config)
     dtype = pick_dtype(config, model_cfg, device)
     with torch.device("meta"):
-        model = LlamaForCausalLM(model_cfg)
+        model = cls(model_cfg)
     model = model.to(dtype).to_empty(device=device)
     _load(model, source, weights)
     model.eval()
-    if cpu_linear.can_pack(device, dtype):
-        cpu_linear.pack_linears(model)
+    prepare_linears(model, device, dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     num_blocks = _num_blocks(config, model_cfg, device, dtype)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ....domain.scheduler import StepPlan
+from .....domain.scheduler import StepPlan
 
 
 def wants_processors(plan: StepPlan) -> bool:

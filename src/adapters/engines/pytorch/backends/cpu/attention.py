@@ -12,14 +12,14 @@ import functools
 
 import torch
 
-from . import cpu_kernels
+from . import build
 
 _i64, _f32p, _i64p = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int64)
 
 
 @functools.cache
 def _kernel():
-    lib = cpu_kernels.load("paged_decode_attention")
+    lib = build.load("paged_decode_attention")
     if lib is None:
         return None
     fn = lib.paged_decode_attention_f32

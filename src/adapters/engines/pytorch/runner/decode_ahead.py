@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ....domain.scheduler import StepPlan
-from ....domain.sequence import Sequence
+from .....domain.scheduler import StepPlan
+from .....domain.sequence import Sequence
 
 
 @dataclass

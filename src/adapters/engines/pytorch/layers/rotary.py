@@ -1,5 +1,5 @@
-"""Rotary position embedding (rotate-half convention, as HF Llama): Llama 3, linear and
-dynamic NTK scaling.
+"""Rotary position embedding (rotate-half convention, as HF Llama): the cos/sin tables (Llama 3,
+linear and dynamic NTK scaling) and the one dispatch of the rotation to a backend (`rotate_qk`).
 
 Dynamic NTK (HF `rope_type: dynamic`, or TurboMind's `rope_scaling_factor`) raises the base
 once a sequence outgrows `max_position_embeddings` (M): at length L > M the base is
@@ -24,6 +24,9 @@ import math
 from typing import Any
 
 import torch
+
+from ..backends.cpu import ops as cpu_ops
+from ..backends.torch_native.ops import apply_rotary
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
@@ -132,17 +135,37 @@ class RotaryTables:
         return _cos_sin(positions.to(torch.float64)[:, None] * inv_freq)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [tokens, heads, head_dim]; cos/sin: [tokens, head_dim] already indexed by position.
+def rotate_qk(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: tuple[int, int, int],
+    kv_cache: tuple[torch.Tensor, torch.Tensor],
+    slot_mapping: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """q, k, v heads of qkv [tokens, (heads + 2 kv_heads) x head_dim], q and k rotated, for
+    `heads` = (num_heads, num_kv_heads, head_dim). On a CPU in float32 the C kernel also writes
+    k and v to their cache slots as it goes (the flag: already written)."""
+    num_heads, num_kv_heads, head_dim = heads
+    sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+    written = False
+    if qkv.is_cuda:
+        from ..backends.cuda.ops import rotary_qk  # Triton: imported only where it runs
 
-    `x * cos + rotate_half(x) * sin`, as HF writes it, with the rotate-half term added per half
-    in place: bit for bit the same numbers (negating a product and adding is subtracting it),
-    without the concatenated copy and its temporaries (about 2% of a CPU prefill).
-    """
-    half = x.shape[-1] // 2
-    x32 = x.float()
-    out = x32 * cos.unsqueeze(1)
-    sin = sin.unsqueeze(1)
-    out[..., :half] -= x32[..., half:] * sin[..., :half]
-    out[..., half:] += x32[..., :half] * sin[..., half:]
-    return out.to(x.dtype)
+        q, k, v = qkv.split(sizes, dim=-1)
+        q = q.view(-1, num_heads, head_dim)
+        k = k.view(-1, num_kv_heads, head_dim)
+        rotary_qk(q, k, cos, sin)
+    elif cpu_ops.available(qkv) and cpu_ops.rotary_write_kv(
+        qkv, cos, sin, *kv_cache, slot_mapping, *heads
+    ):
+        q, k, v = qkv.split(sizes, dim=-1)
+        q = q.view(-1, num_heads, head_dim)
+        k = k.view(-1, num_kv_heads, head_dim)
+        written = True
+    else:
+        qk, v = qkv.split([sizes[0] + sizes[1], sizes[2]], dim=-1)
+        # One rotary pass over the query and key heads together.
+        qk = apply_rotary(qk.view(-1, num_heads + num_kv_heads, head_dim), cos, sin)
+        q, k = qk.split([num_heads, num_kv_heads], dim=1)
+    return q, k, v.view(-1, num_kv_heads, head_dim), written

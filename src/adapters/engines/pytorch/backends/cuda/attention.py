@@ -1,6 +1,6 @@
 """Paged attention on CUDA through the Triton kernels of `lmdeploy.kernels`.
 
-Same contract as `attention.paged_attention`: new K/V go to their slots first, then every
+Same contract as `layers/attention.paged_attention`: new K/V go to their slots first, then every
 query attends to its whole cached context. Only tensors are read (no host lists), so the
 decode path can be captured in a CUDA graph.
 """
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import torch
 
-from ....kernels.kv_cache_write import kv_cache_write
-from ....kernels.paged_decode_attention import paged_decode_attention
-from ....kernels.paged_prefill_attention import paged_prefill_attention
-from .attention import AttentionMetadata
+from ......kernels.kv_cache_write import kv_cache_write
+from ......kernels.paged_decode_attention import paged_decode_attention
+from ......kernels.paged_prefill_attention import paged_prefill_attention
+from ..attention_metadata import AttentionMetadata
 
 
 def paged_attention_cuda(

@@ -11,9 +11,9 @@ import logging
 
 import torch
 
-from ....application.ports import TokenConstraint
-from ....application.response_format import CONSTRAINT
-from ....domain.scheduler import StepPlan
+from .....application.ports import TokenConstraint
+from .....application.response_format import CONSTRAINT
+from .....domain.scheduler import StepPlan
 
 logger = logging.getLogger(__name__)
 

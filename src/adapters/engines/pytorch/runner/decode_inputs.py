@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ....domain.sequence import Sequence
+from .....domain.sequence import Sequence
 
 
 class DecodeInputs:

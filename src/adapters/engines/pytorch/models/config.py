@@ -1,4 +1,5 @@
-"""The shape of a Llama-family model, read from config.json or from GGUF metadata."""
+"""The shape of a model of any family, from an HF config.json dict (GGUF metadata arrives
+translated to one by its loader). Fields that only some families have default to off."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
+class ModelConfig:
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -24,12 +25,11 @@ class LlamaConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     torch_dtype: str = "float32"
-    name: str = "llama"
     architectures: tuple[str, ...] = field(default=("LlamaForCausalLM",))
     sliding_window: int | None = None  # Mistral's attention span; not implemented (builder)
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any], name: str = "llama") -> LlamaConfig:
+    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
         heads = cfg["num_attention_heads"]
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
@@ -55,7 +55,6 @@ class LlamaConfig:
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
             torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
-            name=name,
             architectures=tuple(cfg.get("architectures") or ("LlamaForCausalLM",)),
             sliding_window=window,
         )

@@ -15,10 +15,10 @@ import logging
 
 import torch
 
-from ....domain.sequence import Sequence
-from .attention import AttentionMetadata
+from .....domain.sequence import Sequence
+from ..backends.attention_metadata import AttentionMetadata
+from ..models.base import CausalLM
 from .decode_inputs import DecodeInputs
-from .llama import LlamaForCausalLM
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def bucket_sizes(max_batch_size: int) -> list[int]:
 class DecodeGraphs:
     def __init__(
         self,
-        model: LlamaForCausalLM,
+        model: CausalLM,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         cos: torch.Tensor,
         sin: torch.Tensor,

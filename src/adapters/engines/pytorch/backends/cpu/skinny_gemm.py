@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import cpu_kernels
+from . import build
 
 MAX_ROWS = 16
 _LANES = 16
@@ -33,7 +33,7 @@ def _cpu_has_avx2_fma() -> bool:
 def _lib():
     if not _cpu_has_avx2_fma():
         return None
-    lib = cpu_kernels.load("skinny_gemm")
+    lib = build.load("skinny_gemm")
     if lib is None:
         return None
     lib.pack_panels_f32.restype = None

@@ -2,26 +2,26 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 import os
 
 import numpy as np
 import torch
 
-from ....application.ports import CacheGeometry, StepOutput
-from ....domain.scheduler import StepPlan
-from ....domain.sequence import Sequence
-from .attention import AttentionMetadata, decode_context
+from .....application.ports import CacheGeometry, StepOutput
+from .....domain.scheduler import StepPlan
+from .....domain.sequence import Sequence
+from ..backends.attention_metadata import AttentionMetadata
+from ..layers.attention import prepare_metadata
+from ..layers.rotary import RotaryTables
+from ..models.base import CausalLM
+from ..sampling.batch import SamplingBatch
+from ..sampling.grammar_mask import GrammarMask
+from ..sampling.logits_processing import LogitsProcessorHook, wants_processors
+from ..sampling.sampler import sample, top_logprobs
 from .cache_swap import CacheSwapper
-from .cpu_attention import cpu_decode_kernel_available
 from .cuda_graph import DecodeGraphs
 from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
-from .grammar_mask import GrammarMask
-from .llama import LlamaForCausalLM
-from .logits_processing import LogitsProcessorHook, wants_processors
-from .rotary import RotaryTables
-from .sampling import SamplingBatch, sample, top_logprobs
 from .step_extras import collect_extras, wants_extras
 
 
@@ -39,7 +39,7 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 class PytorchModelRunner:
     def __init__(
         self,
-        model: LlamaForCausalLM,
+        model: CausalLM,
         num_blocks: int,
         block_size: int,
         device: torch.device,
@@ -132,30 +132,8 @@ class PytorchModelRunner:
             is_decode=all(q == 1 for q in query_lens),
             num_cached_list=cached,
         )
-        if self.device.type == "cuda":
-            meta.cu_seqlens_q = tensor(list(itertools.accumulate(query_lens, initial=0)))
-            meta.max_query_len = max(query_lens)
-        else:
-            self._add_decode_context(meta, tensor)
+        prepare_metadata(meta, block_size)
         return (tensor(input_ids) if not lag else None), tensor(positions), meta
-
-    def _add_decode_context(self, meta: AttentionMetadata, tensor) -> None:
-        """Batch the one-token sequences' attention, in decode and in mixed steps alike."""
-        single = [i for i, n in enumerate(meta.query_lens) if n == 1]
-        if not single:
-            return
-        tables, lens = meta.block_tables, meta.context_lens
-        if not meta.is_decode:
-            rows = tensor(single)
-            tables, lens = tables[rows], lens[rows]
-            starts = list(itertools.accumulate(meta.query_lens, initial=0))
-            meta.decode_rows = tensor([starts[i] for i in single])
-        meta.decode_tables, meta.decode_lens = tables, lens
-        if not cpu_decode_kernel_available():  # the torch path reads a padded copy
-            max_len = max(meta.context_lens_list[i] for i in single)
-            meta.context_slots, meta.context_mask = decode_context(
-                tables, lens, max_len, self._cache.block_size
-            )
 
     def _cos_sin(
         self, positions: torch.Tensor, meta: AttentionMetadata

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from ....kernels.rms_norm import fused_add_rms_norm, rms_norm
-from ....kernels.rotary import rotary
-from ....kernels.silu_and_mul import silu_and_mul
+from ......kernels.rms_norm import fused_add_rms_norm, rms_norm
+from ......kernels.rotary import rotary
+from ......kernels.silu_and_mul import silu_and_mul
 
 __all__ = ["fused_add_rms_norm", "rms_norm", "rotary_qk", "silu_and_mul"]
 

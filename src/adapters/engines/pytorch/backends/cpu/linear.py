@@ -6,8 +6,8 @@ once reordered into its blocked layout, gets 1.3x (1 row) to 2x (16 rows) more f
 bytes and stays ahead at prefill sizes (benchmark/NOTES.md). Same precision: float32 in,
 float32 accumulate, float32 out; only the summation order differs, as between any two GEMMs.
 
-Applied to a loaded model, as a transformation: the packed weight replaces the parameter, so
-the model keeps one copy of each matrix (plus one for a tied LM head). Where the AVX2 skinny
+Applied to a loaded model, as a transformation (`layers/linear.py`): the packed weight replaces
+the parameter, so the model keeps one copy of each matrix (plus one for a tied LM head). Where the AVX2 skinny
 GEMM runs (`skinny_gemm.py`), each matrix also gets its 16-column panels, and a step of at most
 16 rows (decoding) goes through them: 1.0-1.9x oneDNN at 16 rows, 1.4-2x at one, for a second
 copy of the weights.
@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from . import skinny_gemm
-from .llama import LlamaForCausalLM
 
 
 def can_pack(device: torch.device, dtype: torch.dtype) -> bool:
@@ -54,14 +53,3 @@ class PackedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, packed"
-
-
-def pack_linears(model: LlamaForCausalLM) -> LlamaForCausalLM:
-    """Swap every `nn.Linear` (and a tied LM head) for a `PackedLinear`, in place."""
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:
-                setattr(parent, name, PackedLinear(child.weight, child.bias))
-    if model.lm_head is None:
-        model.lm_head = PackedLinear(model.embed_tokens.weight, None)
-    return model

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from ....kernels.sampling import fused_sample
-from .sampling import SamplingBatch
+from .....kernels.sampling import fused_sample
+from .batch import SamplingBatch
 
 # Smallest batch the fused kernel runs for. Measured on an H200, vocab 128256: one program per
 # row re-reads it ~15-30 times, so the kernel takes ~1.85 ms up to 64 rows (torch's sort path:

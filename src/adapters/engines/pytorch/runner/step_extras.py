@@ -12,9 +12,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ....domain.scheduler import StepPlan
-from ....domain.sequence import Sequence
-from .llama import LlamaForCausalLM
+from .....domain.scheduler import StepPlan
+from .....domain.sequence import Sequence
+from ..models.base import CausalLM
 
 LOSS_SLICE = 512  # rows of logits alive at once while scoring a prompt ([512, vocab] fp32)
 
@@ -24,7 +24,7 @@ def wants_extras(plan: StepPlan) -> bool:
 
 
 def collect_extras(
-    model: LlamaForCausalLM, hidden: torch.Tensor, plan: StepPlan
+    model: CausalLM, hidden: torch.Tensor, plan: StepPlan
 ) -> list[dict[str, Any] | None]:
     """hidden: [num_tokens, hidden_size], the step's new tokens in plan order."""
     out: list[dict[str, Any] | None] = []
@@ -35,7 +35,7 @@ def collect_extras(
     return out
 
 
-def _extras_of(model: LlamaForCausalLM, seq: Sequence, rows: torch.Tensor) -> dict[str, Any]:
+def _extras_of(model: CausalLM, seq: Sequence, rows: torch.Tensor) -> dict[str, Any]:
     params, start, num = seq.sampling, seq.num_cached_tokens, rows.shape[0]
     completes = start + num >= seq.num_tokens
     extra: dict[str, Any] = {}
@@ -52,13 +52,13 @@ def _extras_of(model: LlamaForCausalLM, seq: Sequence, rows: torch.Tensor) -> di
     return extra
 
 
-def _to_host(model: LlamaForCausalLM, name: str, rows: torch.Tensor) -> torch.Tensor:
+def _to_host(model: CausalLM, name: str, rows: torch.Tensor) -> torch.Tensor:
     values = model.compute_logits(rows) if name == "logits" else rows
     return values.to("cpu", copy=True)
 
 
 def _prompt_loss(
-    model: LlamaForCausalLM, seq: Sequence, rows: torch.Tensor, start: int
+    model: CausalLM, seq: Sequence, rows: torch.Tensor, start: int
 ) -> tuple[float, int]:
     """Summed cross-entropy of the prompt tokens these rows predict, and how many."""
     num = min(rows.shape[0], seq.num_prompt_tokens - 1 - start)

@@ -1,10 +1,10 @@
 """The model's elementwise work on the CPU through the C kernels of `csrc/cpu_ops.c`.
 
-The same functions as `cuda_ops` (residual add + RMSNorm, SiLU-and-mul), so that the model runs
-one fused layer loop on both; plus rotary fused with the K/V cache write, which the CPU
-attention path takes instead of rotating and then indexing into the cache. `available()` says
-whether the kernels can run (a C compiler, `LMDEPLOY_CPU_KERNELS` not 0); without them the
-model keeps its torch ops.
+The same functions as `backends/cuda/ops.py` (residual add + RMSNorm, SiLU-and-mul), so that
+the layers run the same fused layer loop on both; plus rotary fused with the K/V cache write,
+which the CPU attention path takes instead of rotating and then indexing into the cache.
+`available()` says whether the kernels can run (a C compiler, `LMDEPLOY_CPU_KERNELS` not 0);
+without them the layers take the torch ops of `backends/torch_native`.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ import ctypes
 import functools
 
 import torch
-import torch.nn.functional as F
 
-from . import cpu_kernels
+from . import build
 
 # Pointers go in as plain addresses (c_void_p from `data_ptr()`): a call is a few
 # microseconds of Python, and casting each pointer to a typed one was half of that.
@@ -24,7 +23,7 @@ _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
 @functools.cache
 def _lib():
-    lib = cpu_kernels.load("cpu_ops")
+    lib = build.load("cpu_ops")
     if lib is None:
         return None
     lib.add_rms_norm_f32.restype = None
@@ -75,17 +74,14 @@ def fused_add_rms_norm(
 
 
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up of [tokens, 2 x inter]: the C kernel for contiguous float32 rows on the
-    CPU, else torch ops in place in the gate half (any dtype or device but CUDA's)."""
-    if gate_up.is_contiguous() and available(gate_up):
-        rows, width = gate_up.shape
-        out = torch.empty(rows, width // 2)
-        _lib().silu_and_mul_f32(
-            gate_up.data_ptr(), out.data_ptr(), rows, width // 2, torch.get_num_threads()
-        )
-        return out
-    gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate, inplace=True).mul_(up)
+    """silu(gate) * up of contiguous float32 rows [tokens, 2 x inter] (`available` true)."""
+    assert gate_up.is_contiguous(), "rows must be contiguous"
+    rows, width = gate_up.shape
+    out = torch.empty(rows, width // 2)
+    _lib().silu_and_mul_f32(
+        gate_up.data_ptr(), out.data_ptr(), rows, width // 2, torch.get_num_threads()
+    )
+    return out
 
 
 def rotary_write_kv(

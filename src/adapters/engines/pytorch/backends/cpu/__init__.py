@@ -1,0 +1,1 @@
+"""CPU: C kernels built on first use (`build.py`, sources in `csrc/`) and oneDNN-packed linears."""

@@ -1,0 +1,123 @@
+"""Paged attention, the one dispatch to a backend: the Triton kernels on CUDA; elsewhere the
+C decode kernel where it runs and torch ops for the rest (`backends/torch_native`).
+
+All sequences of a step arrive flattened into one token batch. New K/V are written to their
+slots first; each sequence then attends to its whole context through its block table.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+from torch import nn
+
+from ..backends.attention_metadata import AttentionMetadata
+from ..backends.cpu.attention import cpu_decode_kernel_available, paged_decode_attention_cpu
+from ..backends.torch_native.attention import (
+    decode_attention_torch,
+    decode_context,
+    prefill_attention,
+    write_kv,
+)
+from .rotary import rotate_qk
+
+
+class Attention(nn.Module):
+    """Rotary on q and k, their K/V into the paged cache, then attention: [tokens, heads x dim]."""
+
+    def __init__(
+        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None
+    ) -> None:
+        super().__init__()
+        self.heads = (num_heads, num_kv_heads, head_dim)
+        self.scale = head_dim**-0.5 if scale is None else scale
+
+    def forward(
+        self,
+        qkv: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        q, k, v, written = rotate_qk(qkv, cos, sin, self.heads, kv_cache, meta.slot_mapping)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, written)
+        return out.flatten(1)
+
+
+def prepare_metadata(meta: AttentionMetadata, block_size: int) -> None:
+    """Add what this step's backend reads besides the common fields: query offsets for the
+    CUDA kernels; on other devices, the one-token sequences' batched decode inputs."""
+    device = meta.block_tables.device
+
+    def tensor(values):
+        return torch.tensor(values, dtype=torch.int64, device=device)
+
+    if device.type == "cuda":
+        meta.cu_seqlens_q = tensor(list(itertools.accumulate(meta.query_lens, initial=0)))
+        meta.max_query_len = max(meta.query_lens)
+        return
+    single = [i for i, n in enumerate(meta.query_lens) if n == 1]
+    if not single:
+        return
+    tables, lens = meta.block_tables, meta.context_lens
+    if not meta.is_decode:
+        rows = tensor(single)
+        tables, lens = tables[rows], lens[rows]
+        starts = list(itertools.accumulate(meta.query_lens, initial=0))
+        meta.decode_rows = tensor([starts[i] for i in single])
+    meta.decode_tables, meta.decode_lens = tables, lens
+    if not cpu_decode_kernel_available():  # the torch path reads a padded copy
+        max_len = max(meta.context_lens_list[i] for i in single)
+        meta.context_slots, meta.context_mask = decode_context(tables, lens, max_len, block_size)
+
+
+def _decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """One query token per sequence, q [seqs, heads, dim]: the C kernel where it runs, else
+    the torch path over a padded copy of the contexts."""
+    tables, lens = meta.decode_tables, meta.decode_lens
+    if tables is None or lens is None:  # metadata built by hand: an all-decode step
+        tables, lens = meta.block_tables, meta.context_lens
+    out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, lens, scale)
+    if out is not None:
+        return out
+    slots, valid = meta.context_slots, meta.context_mask
+    if slots is None or valid is None:
+        slots, valid = decode_context(tables, lens, int(lens.max()), k_cache.shape[1])
+    return decode_attention_torch(q, k_cache, v_cache, slots, valid, scale)
+
+
+def paged_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    kv_written: bool = False,
+) -> torch.Tensor:
+    """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim].
+    `kv_written`: k and v are already in their cache slots (the CPU's fused rotary)."""
+    if q.is_cuda:
+        from ..backends.cuda.attention import paged_attention_cuda  # Triton: only where it runs
+
+        return paged_attention_cuda(q, k, v, k_cache, v_cache, meta, scale)
+    if not kv_written:
+        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+    if meta.is_decode:
+        return _decode_attention(q, k_cache, v_cache, meta, scale)
+    out = torch.empty_like(q)
+    if meta.decode_rows is not None:
+        assert meta.decode_tables is not None, "decode_rows come with their tables"
+        rows = meta.decode_rows
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, meta, scale)
+    prefill_attention(out, q, k, v, k_cache, v_cache, meta, scale)
+    return out

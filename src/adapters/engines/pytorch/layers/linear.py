@@ -1,0 +1,98 @@
+"""The linears of every model, and the seam where other kinds plug in.
+
+vLLM's family, with tensor parallelism at 1 for now: `ColumnParallelLinear` splits its outputs
+across ranks, `RowParallelLinear` its inputs (one all-reduce after it), `QKVParallelLinear` and
+`MergedColumnParallelLinear` hold several checkpoint tensors packed along the output dimension.
+Each owns a `weight_loader(param, loaded, shard_id)` that places one checkpoint tensor (a shard
+of a packed weight, by its `shard_id`) in its parameter; the generic loader
+(`models/weights.py`) calls it. Quantized, tensor-parallel and
+LoRA linears subclass `LinearBase`: their own parameters, loader and forward.
+
+After loading, `prepare_linears` lets each weight take its backend's own layout: on a CPU in
+float32, oneDNN's blocked layout and the skinny-GEMM panels of decode-sized rows
+(`backends/cpu/linear.py`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..backends.cpu.linear import PackedLinear, can_pack
+
+ShardId = int | str
+
+
+class LinearBase(nn.Module):
+    """y = x W^T + b, W [output_size, input_size]."""
+
+    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
+        super().__init__()
+        self.input_size, self.output_size = input_size, output_size
+        self.weight = nn.Parameter(torch.empty(output_size, input_size))
+        self.register_parameter("bias", nn.Parameter(torch.empty(output_size)) if bias else None)
+        self.packed: PackedLinear | None = None
+        # Output rows of each checkpoint tensor packed in this weight, by shard id (the row
+        # slice it fills); empty for a weight loaded whole.
+        self.shards: dict[ShardId, tuple[int, int]] = {}
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId | None = None
+    ) -> None:
+        if shard_id is None:
+            param.data.copy_(loaded)
+            return
+        start, size = self.shards[shard_id]
+        param.data[start : start + size].copy_(loaded)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return self.packed(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def pack(self) -> None:
+        """Keep the weight only in the CPU's packed layout (one copy of each matrix)."""
+        self.packed = PackedLinear(self.weight, self.bias)
+        self.register_parameter("weight", None)
+        self.register_parameter("bias", None)
+
+
+class ColumnParallelLinear(LinearBase):
+    """Outputs split across tensor-parallel ranks (whole at tp=1)."""
+
+
+class RowParallelLinear(LinearBase):
+    """Inputs split across tensor-parallel ranks, partial sums all-reduced (whole at tp=1)."""
+
+
+class MergedColumnParallelLinear(ColumnParallelLinear):
+    """Several column-parallel outputs in one matmul (gate and up): shard i fills the i-th."""
+
+    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False) -> None:
+        super().__init__(input_size, sum(output_sizes), bias)
+        starts = [sum(output_sizes[:i]) for i in range(len(output_sizes))]
+        self.shards = {
+            i: (start, size)
+            for i, (start, size) in enumerate(zip(starts, output_sizes, strict=True))
+        }
+
+
+class QKVParallelLinear(ColumnParallelLinear):
+    """The query, key and value projections in one matmul: shards 'q', 'k', 'v', in that order."""
+
+    def __init__(
+        self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False
+    ) -> None:
+        q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+        super().__init__(hidden_size, q_size + 2 * kv_size, bias)
+        self.shards = {"q": (0, q_size), "k": (q_size, kv_size), "v": (q_size + kv_size, kv_size)}
+
+
+def prepare_linears(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+    """After loading: each linear takes its backend's weight layout, where there is one."""
+    if not can_pack(device, dtype):
+        return
+    for module in list(model.modules()):
+        if callable(getattr(module, "pack", None)):  # a LinearBase, or a tied LM head
+            module.pack()

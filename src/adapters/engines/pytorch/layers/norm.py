@@ -1,0 +1,35 @@
+"""RMSNorm, alone or fused with the residual add before it, dispatched once to a backend: the
+Triton kernels on CUDA, the C kernels on a CPU in float32, torch ops elsewhere."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backends.cpu import ops as cpu_ops
+from ..backends.torch_native import ops as torch_ops
+
+
+def _ops(x: torch.Tensor):
+    if x.is_cuda:
+        from ..backends.cuda import ops as cuda_ops  # Triton: imported only where it runs
+
+        return cuda_ops
+    return cpu_ops if cpu_ops.available(x) else torch_ops
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """RMSNorm(x); with `residual`, (RMSNorm(residual + x), residual + x), the sum written
+        into `residual` in place by the fused kernels (the residual stream is the caller's)."""
+        ops = _ops(x)
+        if residual is None:
+            return ops.rms_norm(x, self.weight, self.eps)
+        return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)

@@ -1,0 +1,41 @@
+"""What the runner and the loader ask of every model family."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from ..backends.attention_metadata import AttentionMetadata
+from .config import ModelConfig
+
+KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+class CausalLM(nn.Module):
+    """A decoder over the paged KV cache. Subclasses build their modules from the config and
+    name their parameters as the checkpoint does, except for the tensors packed into one
+    parameter, which `packed_modules_mapping` declares: checkpoint name fragment -> (parameter
+    name fragment, shard id), e.g. 'q_proj' -> ('qkv_proj', 'q')."""
+
+    packed_modules_mapping: ClassVar[dict[str, tuple[str, int | str]]] = {}
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_caches: KVCaches,
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """Hidden states of every new token: [num_tokens, hidden_size]."""
+        raise NotImplementedError
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits [rows, vocab_size] of hidden rows."""
+        raise NotImplementedError

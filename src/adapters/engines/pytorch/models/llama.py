@@ -1,0 +1,107 @@
+"""The Llama architecture over a paged KV cache: SmolLM2, Llama 2/3/3.1/3.2 and GQA variants.
+
+Written as the math reads; every op is a layer of `layers/`, which picks the device's kernel.
+Q/K/V and gate/up are one matmul each (`packed_modules_mapping`). The residual add before each
+norm is fused into it: a layer takes the previous layer's MLP output and the residual stream.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backends.attention_metadata import AttentionMetadata
+from ..layers.activation import SiluAndMul
+from ..layers.attention import Attention
+from ..layers.embedding import ParallelLMHead, TiedLMHead, VocabEmbedding
+from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from ..layers.norm import RMSNorm
+from .base import CausalLM, KVCaches
+from .config import ModelConfig
+
+
+class LlamaAttention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size, head_dim, heads, kv_heads, bias=cfg.attention_bias
+        )
+        self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=False)
+        self.attn = Attention(heads, kv_heads, head_dim)
+
+    def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        return self.o_proj(self.attn(self.qkv_proj(x), cos, sin, kv_cache, meta))
+
+
+class LlamaMLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        inter = cfg.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [inter, inter], bias=False)
+        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=False)
+        self.act = SiluAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class LlamaDecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = LlamaAttention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = LlamaMLP(cfg)
+
+    def forward(
+        self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, kv_cache, meta
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`h`: the previous layer's MLP output (the embeddings for the first layer, with
+        residual None). Returns this layer's MLP output and the residual stream before it."""
+        if residual is None:
+            normed, residual = self.input_layernorm(h), h
+        else:
+            normed, residual = self.input_layernorm(h, residual)
+        h = self.self_attn(normed, cos, sin, kv_cache, meta)
+        normed, residual = self.post_attention_layernorm(h, residual)
+        return self.mlp(normed), residual
+
+
+class LlamaModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
+        h, residual = self.embed_tokens(input_ids), None
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            h, residual = layer(h, residual, cos, sin, kv_cache, meta)
+        return self.norm(h, residual)[0]
+
+
+class LlamaForCausalLM(CausalLM):
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.model = LlamaModel(cfg)
+        self.lm_head = (
+            TiedLMHead(self.model.embed_tokens)
+            if cfg.tie_word_embeddings
+            else ParallelLMHead(cfg.hidden_size, cfg.vocab_size)
+        )
+
+    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
+        return self.model(input_ids, cos, sin, kv_caches, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)
