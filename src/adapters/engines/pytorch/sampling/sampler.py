@@ -14,14 +14,22 @@ from .batch import SamplingBatch
 
 
 def _apply_token_rules(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    # Every row's banned ids in one index: a masked write per row cost a copy and a launch
+    # each, 10 ms a step at batch 256 once ignore_eos banned the stop tokens of every row.
+    rows: list[int] = []
+    cols: list[int] = []
     for row, seq in enumerate(batch.seqs):
         sampling = seq.sampling
-        if sampling.bad_token_ids:
-            logits[row, list(sampling.bad_token_ids)] = -float("inf")
+        banned = sampling.bad_token_ids
         if seq.num_output_tokens + batch.lag < sampling.min_new_tokens:
-            banned = list(seq.eos_token_ids | set(sampling.stop_token_ids))
-            if banned:
-                logits[row, banned] = -float("inf")
+            banned = (*banned, *seq.eos_token_ids, *sampling.stop_token_ids)
+        rows.extend([row] * len(banned))
+        cols.extend(banned)
+    if cols:
+        # Pinned on CUDA, so that the copy does not wait for the steps queued before it.
+        index = torch.tensor([rows, cols], pin_memory=logits.is_cuda)
+        index = index.to(logits.device, non_blocking=True)
+        logits[index[0], index[1]] = -float("inf")
     if batch.repetition_penalty is not None:
         for row, seq in enumerate(batch.seqs):
             penalty = float(batch.repetition_penalty[row])
