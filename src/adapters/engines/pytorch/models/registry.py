@@ -16,6 +16,8 @@ _MODELS: dict[str, tuple[str, str]] = {
     # Llama's math; Mistral's sliding window is not applied yet (issue 14, section 2).
     "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
     "InternLM3ForCausalLM": ("llama", "LlamaForCausalLM"),
+    "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM"),
+    "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
 }
 
 
