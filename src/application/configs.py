@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
@@ -161,7 +162,9 @@ class PytorchEngineConfig:
     enable_prefix_caching: bool = False
     device_type: str = "cuda"
     eager_mode: bool = False
-    custom_module_map: dict[str, str] | None = None
+    # 0.6.5's documented form is a path to a .py file defining MODULE_MAP; a dict maps
+    # architecture -> 'package.module.Class' (its type hint). Read by the engine's builder.
+    custom_module_map: str | os.PathLike | dict[str, Any] | None = None
     download_dir: str | None = None
     revision: str | None = None
     quant_policy: Literal[0, 4, 8] = 0
@@ -192,13 +195,18 @@ class PytorchEngineConfig:
             raise InvalidConfig(
                 "load_format", f"must be 'auto' or 'dummy', got {self.load_format!r}"
             )
+        if not isinstance(self.custom_module_map, str | os.PathLike | dict | None):
+            raise InvalidConfig(
+                "custom_module_map",
+                f"must be the path of a .py file defining MODULE_MAP (or a dict of architecture "
+                f"-> 'package.module.Class'), got {self.custom_module_map!r}",
+            )
         _reject_unsupported(
             self,
             {
                 "tp": 1,
                 "adapters": None,
                 "quant_policy": 0,
-                "custom_module_map": None,
             },
         )
 

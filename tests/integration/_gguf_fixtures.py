@@ -1,6 +1,6 @@
-"""Tiny Llama GGUF files written the way llama.cpp's converter writes them.
+"""Tiny Llama and Qwen2 GGUF files written the way llama.cpp's converter writes them.
 
-`write_tiny_llama` returns the float32 originals in HF naming and layout, so a test can check a
+`write_tiny_gguf` returns the float32 originals in HF naming and layout, so a test can check a
 loader against what went in. K-quant types have no quantizer in gguf-py: their tensors are valid
 raw blocks of random bytes with small float16 scales, and have no float32 original.
 """
@@ -36,7 +36,9 @@ def llama_cpp_permute(w: np.ndarray, num_heads: int) -> np.ndarray:
     return w.reshape(num_heads, 2, rows // num_heads // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def _hf_tensors(shape: TinyLlamaShape, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _hf_tensors(
+    shape: TinyLlamaShape, rng: np.random.Generator, qkv_bias: bool
+) -> dict[str, np.ndarray]:
     """Random float32 weights keyed by their GGUF names, in HF (unpermuted) layout."""
     h, i = shape.hidden_size, shape.intermediate_size
     q_rows, kv_rows = shape.num_heads * shape.head_dim, shape.num_kv_heads * shape.head_dim
@@ -60,6 +62,12 @@ def _hf_tensors(shape: TinyLlamaShape, rng: np.random.Generator) -> dict[str, np
             f"blk.{n}.ffn_up.weight": normal(i, h),
             f"blk.{n}.ffn_down.weight": normal(h, i),
         }
+        if qkv_bias:
+            tensors |= {
+                f"blk.{n}.attn_q.bias": normal(q_rows) * 5,
+                f"blk.{n}.attn_k.bias": normal(kv_rows) * 5,
+                f"blk.{n}.attn_v.bias": normal(kv_rows) * 5,
+            }
     tensors["output_norm.weight"] = norm()
     tensors["output.weight"] = normal(shape.vocab_size, h)
     return tensors
@@ -100,9 +108,8 @@ def _encode(
     return gguf.quants.quantize(array, qtype)
 
 
-def _add_metadata(writer: gguf.GGUFWriter, shape: TinyLlamaShape) -> None:
-    arch = "llama"
-    writer.add_name("tiny-llama")
+def _add_metadata(writer: gguf.GGUFWriter, shape: TinyLlamaShape, arch: str) -> None:
+    writer.add_name(f"tiny-{arch}")
     writer.add_uint32(f"{arch}.block_count", shape.num_layers)
     writer.add_uint32(f"{arch}.context_length", shape.context_length)
     writer.add_uint32(f"{arch}.embedding_length", shape.hidden_size)
@@ -115,28 +122,32 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: TinyLlamaShape) -> None:
     writer.add_uint32(f"{arch}.vocab_size", shape.vocab_size)
 
 
-def write_tiny_llama(
+def write_tiny_gguf(
     path: Path,
     qtype: gguf.GGMLQuantizationType,
     shape: TinyLlamaShape | None = None,
     with_output: bool = True,
     seed: int = 0,
+    arch: str = "llama",
 ) -> dict[str, np.ndarray]:
     """Write the GGUF file; return the float32 originals keyed by GGUF name (HF row order).
 
     Without `output.weight` the model ties its LM head to the token embedding, as llama.cpp reads it.
+    `arch` 'qwen2' adds Qwen2's q/k/v biases and keeps Q/K rows unpermuted, as llama.cpp does
+    for a rotate-half (NEOX) model.
     """
     shape = shape or TinyLlamaShape()
     rng = np.random.default_rng(seed)
-    originals = _hf_tensors(shape, rng)
+    originals = _hf_tensors(shape, rng, qkv_bias=arch == "qwen2")
     if not with_output:
         del originals["output.weight"]
-    writer = gguf.GGUFWriter(str(path), "llama")
-    _add_metadata(writer, shape)
+    writer = gguf.GGUFWriter(str(path), arch)
+    _add_metadata(writer, shape, arch)
+    permuted = arch == "llama"
     for name, array in originals.items():
-        if ".attn_q." in name:
+        if permuted and name.endswith(".attn_q.weight"):
             array = llama_cpp_permute(array, shape.num_heads)
-        elif ".attn_k." in name:
+        elif permuted and name.endswith(".attn_k.weight"):
             array = llama_cpp_permute(array, shape.num_kv_heads)
         data = _encode(array, qtype, rng)
         raw_dtype = None if data.dtype in (np.float32, np.float16, np.float64) else qtype

@@ -30,7 +30,7 @@ from lmdeploy.adapters.loaders import dummy, safetensors_dir
 from lmdeploy.adapters.loaders.gguf_file import GGUFCheckpoint, _unpermute, hf_name
 from lmdeploy.adapters.loaders.model_source import ModelNotFound, resolve
 
-from ._gguf_fixtures import TinyLlamaShape, llama_cpp_permute, write_tiny_llama
+from ._gguf_fixtures import TinyLlamaShape, llama_cpp_permute, write_tiny_gguf
 
 GGUF_NAME = "tiny-llama.gguf"
 TOKEN_IDS = [1, 17, 42, 99, 150, 299, 7, 256, 3]
@@ -156,7 +156,7 @@ class GGUFCase:
 def _gguf_case(folder: Path, type_name: str, tied: bool = False) -> GGUFCase:
     path = folder / GGUF_NAME
     qtype = gguf.GGMLQuantizationType[type_name]
-    originals = write_tiny_llama(path, qtype, TinyLlamaShape(), with_output=not tied)
+    originals = write_tiny_gguf(path, qtype, TinyLlamaShape(), with_output=not tied)
     return GGUFCase(type_name, path, originals, load_gguf(path), load_reference(folder, GGUF_NAME))
 
 
@@ -229,7 +229,7 @@ def test_gguf_without_output_tensor_ties_embeddings(tmp_path):
 
 def test_gguf_unsupported_tensor_type_is_named(tmp_path):
     path = tmp_path / GGUF_NAME
-    write_tiny_llama(path, gguf.GGMLQuantizationType.F64)
+    write_tiny_gguf(path, gguf.GGMLQuantizationType.F64)
     with pytest.raises(ValueError, match="token_embd.weight has type F64"):
         next(GGUFCheckpoint(path).weights())
 

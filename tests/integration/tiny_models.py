@@ -35,13 +35,16 @@ def save_tiny_checkpoint(
     config: PretrainedConfig, directory: Path, hf_tokenizer, seed: int = 0
 ) -> PreTrainedModel:
     """A random model of `config` saved as safetensors with the embedded tokenizer. Norm
-    weights are perturbed from one so that a norm applied wrongly shows in the ids."""
+    weights are perturbed from one, and biases from zero, so that a norm or a bias applied
+    wrongly shows in the ids."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name:
                 param.normal_(float(param.mean()), 0.1)
+            elif name.endswith(".bias"):
+                param.normal_(0.0, 0.1)
     model.save_pretrained(directory, safe_serialization=True)
     hf_tokenizer.save_pretrained(directory)
     return model

@@ -3,8 +3,9 @@
 The metadata becomes an HF-style config dict (llama.cpp's keys under HF's names), the tensor
 names HF's, so the engine reads a GGUF file as it reads an HF directory.
 
-llama.cpp's converter permutes Q and K rows for its interleaved rotary layout; we undo that
-so the tensors match the HF (rotate-half) layout our model and transformers use.
+For Llama, llama.cpp's converter permutes Q and K rows for its interleaved rotary layout; we
+undo that so the tensors match the HF (rotate-half) layout our model and transformers use.
+Qwen2 runs rotate-half rotary in llama.cpp too (NEOX), so its rows are stored as HF has them.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ class GGUFCheckpoint:
 
 
 # GGUF `general.architecture` -> the HF architecture of the same math
-_ARCHITECTURES = {"llama": "LlamaForCausalLM"}
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+# HF architectures whose Q/K rows llama.cpp's converter permuted
+_PERMUTED_QK = {"LlamaForCausalLM"}
 
 
 def read_config(reader, path: Path) -> dict[str, Any]:
@@ -137,12 +140,22 @@ def dequantize(tensor) -> np.ndarray:
     return np.array(values, dtype=np.float32, copy=True).reshape(shape)
 
 
+def _permuted_heads(name: str, config: dict[str, Any]) -> int | None:
+    """The head count of a Q or K weight whose rows llama.cpp permuted; None for the rest."""
+    if config["architectures"][0] not in _PERMUTED_QK:
+        return None
+    if name.endswith("q_proj.weight"):
+        return config["num_attention_heads"]
+    if name.endswith("k_proj.weight"):
+        return config["num_key_value_heads"]
+    return None
+
+
 def iter_weights(reader, config: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
     for tensor in reader.tensors:
         name = hf_name(tensor.name)
         array = dequantize(tensor)
-        if name.endswith("q_proj.weight"):
-            array = _unpermute(array, config["num_attention_heads"])
-        elif name.endswith("k_proj.weight"):
-            array = _unpermute(array, config["num_key_value_heads"])
+        heads = _permuted_heads(name, config)
+        if heads is not None:
+            array = _unpermute(array, heads)
         yield name, torch.from_numpy(array)

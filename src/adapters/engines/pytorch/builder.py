@@ -17,6 +17,7 @@ from ...loaders.model_source import ModelSource
 from .layers.linear import prepare_linears
 from .models.base import CausalLM
 from .models.config import ModelConfig
+from .models.custom_map import load_custom_module_map
 from .models.registry import model_class
 from .models.weights import expected_weights, load_weights
 from .runner.runner import PytorchModelRunner
@@ -103,12 +104,13 @@ def _refuse_sliding_window(name: str, model_cfg: ModelConfig, max_model_len: int
 
 
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
+    custom_models = load_custom_module_map(config.custom_module_map)  # a bad map fails first
     model_cfg, weights = read_model_config(source)
     if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
         model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
     max_model_len = config.session_len or model_cfg.max_position_embeddings
     _refuse_sliding_window(source.name, model_cfg, max_model_len)
-    cls = model_class(model_cfg.architectures)
+    cls = model_class(model_cfg.architectures, custom_models)
     device = pick_device(config)
     dtype = pick_dtype(config, model_cfg, device)
     with torch.device("meta"):

@@ -47,10 +47,14 @@ class LlamaMLP(nn.Module):
 
 
 class LlamaDecoderLayer(nn.Module):
+    # Families of this layout that differ only in attention (Qwen2's biases, Qwen3's q/k norm)
+    # subclass with their own.
+    attention_cls: type[nn.Module] = LlamaAttention
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = LlamaAttention(cfg)
+        self.self_attn = self.attention_cls(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg)
 
@@ -69,10 +73,12 @@ class LlamaDecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
+    layer_cls: type[LlamaDecoderLayer] = LlamaDecoderLayer
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(LlamaDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(self.layer_cls(cfg) for _ in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
@@ -90,10 +96,11 @@ class LlamaForCausalLM(CausalLM):
         "gate_proj": ("gate_up_proj", 0),
         "up_proj": ("gate_up_proj", 1),
     }
+    model_cls: type[LlamaModel] = LlamaModel
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
-        self.model = LlamaModel(cfg)
+        self.model = self.model_cls(cfg)
         self.lm_head = (
             TiedLMHead(self.model.embed_tokens)
             if cfg.tie_word_embeddings

@@ -7,6 +7,7 @@ a checkpoint asks for it.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 
 from .base import CausalLM
 
@@ -16,6 +17,8 @@ _MODELS: dict[str, tuple[str, str]] = {
     # Llama's math; Mistral's sliding window is not applied yet (issue 14, section 2).
     "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
     "InternLM3ForCausalLM": ("llama", "LlamaForCausalLM"),
+    "Qwen2ForCausalLM": ("qwen2", "Qwen2ForCausalLM"),
+    "Qwen3ForCausalLM": ("qwen3", "Qwen3ForCausalLM"),
 }
 
 
@@ -23,17 +26,24 @@ class UnsupportedArchitecture(ValueError):
     """No model class runs any of a checkpoint's architectures."""
 
 
-def supported_architectures() -> list[str]:
-    return sorted(_MODELS)
+def supported_architectures(custom: Mapping[str, type[CausalLM]] | None = None) -> list[str]:
+    return sorted({*_MODELS, *(custom or {})})
 
 
-def model_class(architectures: tuple[str, ...] | list[str]) -> type[CausalLM]:
-    """The class of the first of `architectures` that has one."""
+def model_class(
+    architectures: tuple[str, ...] | list[str],
+    custom: Mapping[str, type[CausalLM]] | None = None,
+) -> type[CausalLM]:
+    """The class of the first of `architectures` that has one; `custom` (the user's
+    `custom_module_map`) adds architectures and overrides ours."""
     for arch in architectures:
+        if custom and arch in custom:
+            return custom[arch]
         if arch in _MODELS:
             module, name = _MODELS[arch]
             return getattr(importlib.import_module(f"{__package__}.{module}"), name)
     raise UnsupportedArchitecture(
         f"architecture {list(architectures)} is not supported yet; supported: "
-        f"{', '.join(supported_architectures())}"
+        f"{', '.join(supported_architectures(custom))}. Another architecture can run through "
+        f"PytorchEngineConfig(custom_module_map=...)"
     )

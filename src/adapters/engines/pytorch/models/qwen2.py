@@ -1,0 +1,37 @@
+"""Qwen2 and Qwen2.5 (`Qwen2ForCausalLM`): Llama's layout with a bias on the query, key and
+value projections (never on the output projection), whatever `attention_bias` says."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backends.attention_metadata import AttentionMetadata
+from ..layers.attention import Attention
+from ..layers.linear import QKVParallelLinear, RowParallelLinear
+from .config import ModelConfig
+from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
+
+
+class Qwen2Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, heads, kv_heads, bias=True)
+        self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=False)
+        self.attn = Attention(heads, kv_heads, head_dim)
+
+    def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        return self.o_proj(self.attn(self.qkv_proj(x), cos, sin, kv_cache, meta))
+
+
+class Qwen2DecoderLayer(LlamaDecoderLayer):
+    attention_cls = Qwen2Attention
+
+
+class Qwen2Model(LlamaModel):
+    layer_cls = Qwen2DecoderLayer
+
+
+class Qwen2ForCausalLM(LlamaForCausalLM):
+    model_cls = Qwen2Model

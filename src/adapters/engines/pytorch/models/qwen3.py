@@ -1,0 +1,49 @@
+"""Qwen3 (`Qwen3ForCausalLM`): Llama's layout where each query and key head is RMS-normalized
+over its own `head_dim` before rotary; `head_dim` is the config's (not hidden / heads), and
+`attention_bias` (off in the released models) applies to all four projections."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backends.attention_metadata import AttentionMetadata
+from ..layers.attention import Attention
+from ..layers.linear import QKVParallelLinear, RowParallelLinear
+from ..layers.norm import RMSNorm
+from .config import ModelConfig
+from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
+
+
+class Qwen3Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        bias = cfg.attention_bias
+        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, heads, kv_heads, bias=bias)
+        self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=bias)
+        self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
+        self.attn = Attention(heads, kv_heads, head_dim)
+        self.sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
+        self.head_dim = head_dim
+
+    def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        tokens = x.shape[0]
+        q = self.q_norm(q.reshape(-1, self.head_dim)).view(tokens, -1)
+        k = self.k_norm(k.reshape(-1, self.head_dim)).view(tokens, -1)
+        qkv = torch.cat([q, k, v], dim=-1)
+        return self.o_proj(self.attn(qkv, cos, sin, kv_cache, meta))
+
+
+class Qwen3DecoderLayer(LlamaDecoderLayer):
+    attention_cls = Qwen3Attention
+
+
+class Qwen3Model(LlamaModel):
+    layer_cls = Qwen3DecoderLayer
+
+
+class Qwen3ForCausalLM(LlamaForCausalLM):
+    model_cls = Qwen3Model
