@@ -16,6 +16,8 @@ _MODELS: dict[str, tuple[str, str]] = {
     # Llama's math; Mistral's sliding window is not applied yet (issue 14, section 2).
     "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
     "InternLM3ForCausalLM": ("llama", "LlamaForCausalLM"),
+    "InternLM2ForCausalLM": ("internlm2", "InternLM2ForCausalLM"),
+    "Phi3ForCausalLM": ("phi3", "Phi3ForCausalLM"),
 }
 
 
