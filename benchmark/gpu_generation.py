@@ -21,26 +21,70 @@ from step_trace import StepTrace, percentile
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 
 
-def copy_bandwidth(num_bytes: int = 2 << 30, repeats: int = 20) -> float:
+def copy_bandwidth(num_bytes: int = 2 << 30, repeats: int = 20, device: str = "cuda") -> float:
     """Device-to-device copy rate in bytes/s (read + write counted)."""
-    src = torch.empty(num_bytes // 2, dtype=torch.bfloat16, device="cuda")
+    src = torch.empty(num_bytes // 2, dtype=torch.bfloat16, device=device)
     dst = torch.empty_like(src)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         dst.copy_(src)
-    torch.cuda.synchronize()
+    sync()
     start = time.perf_counter()
     for _ in range(repeats):
         dst.copy_(src)
-    torch.cuda.synchronize()
+    sync()
     elapsed = time.perf_counter() - start
     del src, dst
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return 2 * num_bytes * repeats / elapsed
 
 
 def weight_bytes(pipe) -> int:
     model = pipe.service.engine.runner.model
     return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def decode_rows(
+    pipe, trace: StepTrace, batch_sizes: list[int], input_len: int, output_len: int
+) -> list[dict]:
+    """For each batch size B, B requests of `input_len` random tokens generating `output_len`
+    each, submitted together: latency and decode speed from the traced steps."""
+    rng = random.Random(0)
+    vocab = pipe.service.engine.runner.model.config.vocab_size
+    rows = []
+    gen = GenerationConfig(max_new_tokens=output_len, ignore_eos=True)
+    pipe(
+        [[rng.randrange(100, vocab) for _ in range(16)]],
+        gen_config=GenerationConfig(max_new_tokens=4),
+    )
+    for batch in batch_sizes:
+        prompts = [[rng.randrange(100, vocab) for _ in range(input_len)] for _ in range(batch)]
+        trace.clear()
+        start = time.perf_counter()
+        outs = pipe(prompts, gen_config=gen)
+        total = time.perf_counter() - start
+        steps = trace.steps
+        first_decode = next(i for i, s in enumerate(steps) if s[4])
+        ttft = steps[first_decode - 1][1] - start
+        decode = trace.decode_latencies()
+        decode_tokens = sum(s[2] for s in steps if s[4])
+        rows.append(
+            {
+                "batch": batch,
+                "input_len": input_len,
+                "output_len": output_len,
+                "total_s": total,
+                "ttft_s": ttft,
+                "decode_tokens_per_s": decode_tokens / sum(decode),
+                "output_tokens_per_s": sum(o.generate_token_len for o in outs) / total,
+                "step_p50_ms": percentile(decode, 0.5) * 1e3,
+                "step_p99_ms": percentile(decode, 0.99) * 1e3,
+                "decode_steps": len(decode),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
 
 
 def run(args) -> dict:
@@ -59,40 +103,7 @@ def run(args) -> dict:
     runner = pipe.service.engine.runner
     trace = StepTrace()
     trace.install(runner)
-    rng = random.Random(0)
-    vocab = runner.model.config.vocab_size
-    rows = []
-    gen = GenerationConfig(max_new_tokens=args.output_len, ignore_eos=True)
-    pipe(
-        [[rng.randrange(100, vocab) for _ in range(16)]],
-        gen_config=GenerationConfig(max_new_tokens=4),
-    )
-    for batch in args.batch_sizes:
-        prompts = [[rng.randrange(100, vocab) for _ in range(args.input_len)] for _ in range(batch)]
-        trace.clear()
-        start = time.perf_counter()
-        outs = pipe(prompts, gen_config=gen)
-        total = time.perf_counter() - start
-        steps = trace.steps
-        first_decode = next(i for i, s in enumerate(steps) if s[4])
-        ttft = steps[first_decode - 1][1] - start
-        decode = trace.decode_latencies()
-        decode_tokens = sum(s[2] for s in steps if s[4])
-        rows.append(
-            {
-                "batch": batch,
-                "input_len": args.input_len,
-                "output_len": args.output_len,
-                "total_s": total,
-                "ttft_s": ttft,
-                "decode_tokens_per_s": decode_tokens / sum(decode),
-                "output_tokens_per_s": sum(o.generate_token_len for o in outs) / total,
-                "step_p50_ms": percentile(decode, 0.5) * 1e3,
-                "step_p99_ms": percentile(decode, 0.99) * 1e3,
-                "decode_steps": len(decode),
-            }
-        )
-        print(json.dumps(rows[-1]), flush=True)
+    rows = decode_rows(pipe, trace, args.batch_sizes, args.input_len, args.output_len)
     wbytes = weight_bytes(pipe)
     report = {
         "device": torch.cuda.get_device_name(),

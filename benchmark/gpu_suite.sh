@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
-#   BATCHES="1 16 64"  batch sizes of `generation` (default 1 16 64 256).
+#   BATCHES="1 16 64"  batch sizes of `generation` and `families` (default 1 16 64 256).
+#   FAMILIES="mixtral-8x7b qwen3-30b-a3b"  shapes of `families` (default: all of gpu_families.py's).
 #   HF_REQUESTS=N      requests transformers runs in `throughput` (default 64; 0 for ours only).
 #   LMDEPLOY_DECODE_AHEAD=0  the engine without decode steps started ahead (A/B runs).
 #   GRAMMAR_MODEL=DIR  a local HF Llama directory with a tokenizer for `grammar` (random weights do).
@@ -34,6 +35,8 @@ for part in "$@"; do
     sampling) python3 benchmark/gpu_sampling.py --output "$OUT/sampling_cuda$TAG.json" ;;
     moe) python3 benchmark/gpu_fused_moe.py --out "$OUT/fused_moe_cuda$TAG.json" ;;
     profile) python3 benchmark/gpu_profile.py --out-dir "$OUT" --tag "$TAG" ;;
+    families) python3 benchmark/gpu_families.py ${FAMILIES:-} --batch-sizes ${BATCHES:-1 16 64 256} \
+        --output "$OUT/gpu_families$TAG.json" 2>&1 | tee "$OUT/gpu_families$TAG.log" ;;
     throughput) python3 benchmark/profile_throughput.py --device cuda --load-format dummy --model llama-3-8b \
         --hf-requests ${HF_REQUESTS:-64} --output "$OUT/profile_throughput_cuda$TAG.json" 2>&1 | tee "$OUT/profile_throughput_cuda$TAG.log" ;;
   esac

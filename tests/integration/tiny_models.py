@@ -7,9 +7,12 @@ A family's test builds a config from transformers' own class, saves the model wi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
@@ -31,12 +34,9 @@ ENGINE_CONFIGS = {
 }
 
 
-def save_tiny_checkpoint(
-    config: PretrainedConfig, directory: Path, hf_tokenizer, seed: int = 0
-) -> PreTrainedModel:
-    """A random model of `config` saved as safetensors with the embedded tokenizer. Norm
-    weights are perturbed from one, and biases from zero, so that a norm or a bias applied
-    wrongly shows in the ids."""
+def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
+    """A random float32 model of `config`. Norm weights are perturbed from one, and biases
+    from zero, so that a norm or a bias applied wrongly shows in the ids."""
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
@@ -45,9 +45,29 @@ def save_tiny_checkpoint(
                 param.normal_(float(param.mean()), 0.1)
             elif name.endswith(".bias"):
                 param.normal_(0.0, 0.1)
+    return model
+
+
+def save_tiny_checkpoint(
+    config: PretrainedConfig, directory: Path, hf_tokenizer, seed: int = 0
+) -> PreTrainedModel:
+    """`tiny_model(config)` saved as safetensors with the embedded tokenizer."""
+    model = tiny_model(config, seed)
     model.save_pretrained(directory, safe_serialization=True)
     hf_tokenizer.save_pretrained(directory)
     return model
+
+
+def save_converted_checkpoint(
+    config: dict[str, Any], state_dict: dict[str, torch.Tensor], directory: Path, hf_tokenizer
+) -> None:
+    """A checkpoint of a family transformers has no class for (its weights converted from one
+    it has): `config` as config.json, `state_dict` as model.safetensors, and the tokenizer."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    tensors = {name: t.detach().contiguous() for name, t in state_dict.items()}
+    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": "pt"})
+    hf_tokenizer.save_pretrained(directory)
 
 
 def prompts(hf_tokenizer, text: str) -> list[list[int]]:

@@ -9,7 +9,19 @@ from typing import Any
 import torch
 from torch import nn
 
-SHIPPED_CONFIGS = {"llama-3-8b": "llama-3-8b.json", "meta-llama/Meta-Llama-3-8B": "llama-3-8b.json"}
+# Published config.json of each shape, by short name and by hub id.
+SHIPPED_CONFIGS = {
+    "llama-3-8b": "llama-3-8b.json",
+    "meta-llama/Meta-Llama-3-8B": "llama-3-8b.json",
+    "qwen2.5-7b": "qwen2.5-7b.json",
+    "Qwen/Qwen2.5-7B": "qwen2.5-7b.json",
+    "mistral-7b": "mistral-7b.json",
+    "mistralai/Mistral-7B-v0.1": "mistral-7b.json",
+    "qwen3-30b-a3b": "qwen3-30b-a3b.json",
+    "Qwen/Qwen3-30B-A3B": "qwen3-30b-a3b.json",
+    "mixtral-8x7b": "mixtral-8x7b.json",
+    "mistralai/Mixtral-8x7B-v0.1": "mixtral-8x7b.json",
+}
 
 
 def shipped_config(name: str) -> dict[str, Any] | None:

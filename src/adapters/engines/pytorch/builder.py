@@ -103,6 +103,17 @@ def _refuse_sliding_window(name: str, model_cfg: ModelConfig, max_model_len: int
         )
 
 
+def _refuse_partial_rotary(name: str, model_cfg: ModelConfig) -> None:
+    """Rotary here turns every dim of a head; a model that turns only some would run wrong."""
+    if model_cfg.partial_rotary_factor != 1.0:
+        raise InvalidArgument(
+            "model_path",
+            f"{name} applies rotary embedding to {model_cfg.partial_rotary_factor:.0%} of each "
+            f"head (partial_rotary_factor), which this build does not implement yet; use a "
+            f"checkpoint whose rotary turns whole heads (e.g. Phi-3 rather than Phi-4-mini)",
+        )
+
+
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     custom_models = load_custom_module_map(config.custom_module_map)  # a bad map fails first
     model_cfg, weights = read_model_config(source)
@@ -110,6 +121,7 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
     max_model_len = config.session_len or model_cfg.max_position_embeddings
     _refuse_sliding_window(source.name, model_cfg, max_model_len)
+    _refuse_partial_rotary(source.name, model_cfg)
     cls = model_class(model_cfg.architectures, custom_models)
     device = pick_device(config)
     dtype = pick_dtype(config, model_cfg, device)

@@ -40,11 +40,24 @@ class LinearBase(nn.Module):
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId | None = None
     ) -> None:
+        if shard_id is None and self.shards:
+            # The checkpoint stores this packed weight whole (Phi-3's qkv_proj, InternLM2's
+            # wqkv): each shard goes in by its own path, where a tensor-parallel split will
+            # take its rank's rows.
+            for part_id, part in self.split_packed(loaded).items():
+                self.weight_loader(param, part, part_id)
+            return
         if shard_id is None:
             param.data.copy_(loaded)
             return
         start, size = self.shards[shard_id]
         param.data[start : start + size].copy_(loaded)
+
+    def split_packed(self, loaded: torch.Tensor) -> dict[ShardId, torch.Tensor]:
+        """A whole packed checkpoint tensor (weight or bias) cut into its shards, which it
+        holds one after another in shard order."""
+        sizes = [size for _, size in self.shards.values()]
+        return dict(zip(self.shards, loaded.split(sizes), strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -86,7 +99,23 @@ class QKVParallelLinear(ColumnParallelLinear):
     ) -> None:
         q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
         super().__init__(hidden_size, q_size + 2 * kv_size, bias)
+        self.head_dim, self.num_kv_heads = head_dim, num_kv_heads
         self.shards = {"q": (0, q_size), "k": (q_size, kv_size), "v": (q_size + kv_size, kv_size)}
+
+
+class GroupedQKVParallelLinear(QKVParallelLinear):
+    """Q/K/V whose checkpoint packs them by KV group (InternLM2's wqkv): for each KV head, the
+    query heads that share it, then that key head, then that value head. Loaded into the
+    [q; k; v] layout of `QKVParallelLinear`, so attention and tensor parallelism see no
+    difference."""
+
+    def split_packed(self, loaded: torch.Tensor) -> dict[ShardId, torch.Tensor]:
+        groups = loaded.unflatten(0, (self.num_kv_heads, -1, self.head_dim))
+        return {
+            "q": groups[:, :-2].flatten(0, 2),
+            "k": groups[:, -2].flatten(0, 1),
+            "v": groups[:, -1].flatten(0, 1),
+        }
 
 
 def prepare_linears(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:

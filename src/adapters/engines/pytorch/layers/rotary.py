@@ -92,7 +92,11 @@ def rotary_cos_sin(
     elif kind == "linear":
         inv_freq = inv_freq / scaling["factor"]
     elif kind is not None:
-        raise NotImplementedError(f"rope_scaling type {kind!r} is not supported yet")
+        raise NotImplementedError(
+            f"rope_scaling type {kind!r} (config.json) is not supported yet; supported: "
+            f"linear, dynamic, llama3. Use a variant of the model without it (for Phi-3, a "
+            f"4k-context checkpoint rather than a 128k 'longrope' one)"
+        )
     cos, sin = _cos_sin(torch.outer(positions, inv_freq))
     return cos.to(device), sin.to(device)
 

@@ -27,6 +27,7 @@ class ModelConfig:
     torch_dtype: str = "float32"
     architectures: tuple[str, ...] = field(default=("LlamaForCausalLM",))
     sliding_window: int | None = None  # Mistral's attention span; not implemented (builder)
+    partial_rotary_factor: float = 1.0  # share of each head's dims that rotary turns (Phi)
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
@@ -51,12 +52,16 @@ class ModelConfig:
             rope_scaling=rope,
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=cfg.get("tie_word_embeddings", False),
-            attention_bias=cfg.get("attention_bias", False),
+            attention_bias=cfg.get("attention_bias", cfg.get("bias", False)),  # InternLM2: bias
             bos_token_id=cfg.get("bos_token_id"),
             eos_token_ids=eos_ids,
             torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
             architectures=tuple(cfg.get("architectures") or ("LlamaForCausalLM",)),
             sliding_window=window,
+            partial_rotary_factor=float(
+                cfg.get("partial_rotary_factor")
+                or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)
+            ),
         )
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:

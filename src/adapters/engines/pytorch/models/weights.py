@@ -44,15 +44,20 @@ def load_weights(model: CausalLM, weights: Iterable[tuple[str, torch.Tensor]]) -
             if name not in params:
                 raise KeyError(f"unexpected weight {name!r} for {type(model).__name__}")
             _loader_of(model, name)(params[name], tensor)
-            loaded.add(name)
+            loaded.update(_filled_by_whole(model, name))
     return loaded
+
+
+def _filled_by_whole(model: nn.Module, name: str) -> set[str]:
+    """What a whole tensor loaded into parameter `name` fills: every shard of a packed one."""
+    owner = model.get_submodule(name.rpartition(".")[0])
+    shards = getattr(owner, "shards", None)
+    return {f"{name}#{s}" for s in shards} if shards else {name}
 
 
 def expected_weights(model: nn.Module) -> set[str]:
     """Every parameter, and every shard of a packed one, that a checkpoint must fill."""
     names: set[str] = set()
     for name, _ in model.named_parameters():
-        owner = model.get_submodule(name.rpartition(".")[0])
-        shards = getattr(owner, "shards", None)
-        names.update({f"{name}#{s}" for s in shards} if shards else {name})
+        names.update(_filled_by_whole(model, name))
     return names
