@@ -16,6 +16,8 @@ _MODELS: dict[str, tuple[str, str]] = {
     # Llama's math; Mistral's sliding window is not applied yet (issue 14, section 2).
     "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
     "InternLM3ForCausalLM": ("llama", "LlamaForCausalLM"),
+    "MixtralForCausalLM": ("mixtral", "MixtralForCausalLM"),
+    "Qwen3MoeForCausalLM": ("qwen3_moe", "Qwen3MoeForCausalLM"),
 }
 
 
