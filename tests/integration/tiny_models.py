@@ -113,3 +113,27 @@ def assert_greedy_ids_match(
     ours = engine_greedy(directory, prompt_ids, **engine_options)
     for i, (got, expected) in enumerate(zip(ours, reference, strict=True)):
         assert got == expected, f"prompt {i} ({len(prompt_ids[i])} tokens) diverged"
+
+
+def assert_stacked_experts_load_as_saved(directory: Path, model: PreTrainedModel) -> None:
+    """transformers 5 holds an MoE's experts stacked (`mlp.experts.gate_up_proj`) and saves
+    them per expert; our model loads both into the same parameters."""
+    from safetensors.torch import load_file
+
+    from lmdeploy.adapters.engines.pytorch.models.config import ModelConfig
+    from lmdeploy.adapters.engines.pytorch.models.registry import model_class
+    from lmdeploy.adapters.engines.pytorch.models.weights import expected_weights, load_weights
+
+    hf_config = json.loads((directory / "config.json").read_text())
+    cfg = ModelConfig.from_hf(hf_config)
+    saved, stacked = model_class(cfg.architectures)(cfg), model_class(cfg.architectures)(cfg)
+    saved_tensors = load_file(directory / "model.safetensors")
+    assert any(".experts.0." in name for name in saved_tensors), "expected per-expert names"
+    assert load_weights(saved, saved_tensors.items()) == expected_weights(saved)
+    in_memory = model.state_dict()
+    assert any(name.endswith("experts.gate_up_proj") for name in in_memory)
+    assert load_weights(stacked, in_memory.items()) == expected_weights(stacked)
+    for (name, a), (_, b) in zip(
+        saved.state_dict().items(), stacked.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name

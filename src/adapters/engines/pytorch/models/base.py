@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from typing import ClassVar
 
 import torch
@@ -17,9 +18,11 @@ class CausalLM(nn.Module):
     """A decoder over the paged KV cache. Subclasses build their modules from the config and
     name their parameters as the checkpoint does, except for the tensors packed into one
     parameter, which `packed_modules_mapping` declares: checkpoint name fragment -> (parameter
-    name fragment, shard id), e.g. 'q_proj' -> ('qkv_proj', 'q')."""
+    name fragment, shard id), e.g. 'q_proj' -> ('qkv_proj', 'q'); shard None fills the whole
+    parameter under another name. A model whose names depend on its config (one per expert)
+    sets its own in `__init__`."""
 
-    packed_modules_mapping: ClassVar[dict[str, tuple[str, int | str]]] = {}
+    packed_modules_mapping: ClassVar[dict[str, tuple[str, Hashable | None]]] = {}
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

@@ -28,6 +28,13 @@ class ModelConfig:
     architectures: tuple[str, ...] = field(default=("LlamaForCausalLM",))
     sliding_window: int | None = None  # Mistral's attention span; not implemented (builder)
     partial_rotary_factor: float = 1.0  # share of each head's dims that rotary turns (Phi)
+    # Mixture of experts (Mixtral, Qwen3-MoE); num_experts 0: a dense model.
+    num_experts: int = 0
+    num_experts_per_tok: int = 0
+    moe_intermediate_size: int = 0  # an expert's; 0: intermediate_size (Mixtral)
+    norm_topk_prob: bool = False  # Qwen3-MoE: renormalize the top-k weights (Mixtral always does)
+    decoder_sparse_step: int = 1  # Qwen3-MoE: every n-th layer is sparse...
+    mlp_only_layers: tuple[int, ...] = ()  # ...except these, dense
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
@@ -62,6 +69,12 @@ class ModelConfig:
                 cfg.get("partial_rotary_factor")
                 or (cfg.get("rope_parameters") or {}).get("partial_rotary_factor", 1.0)
             ),
+            num_experts=cfg.get("num_experts") or cfg.get("num_local_experts") or 0,
+            num_experts_per_tok=cfg.get("num_experts_per_tok") or 0,
+            moe_intermediate_size=cfg.get("moe_intermediate_size") or 0,
+            norm_topk_prob=bool(cfg.get("norm_topk_prob")),
+            decoder_sparse_step=cfg.get("decoder_sparse_step") or 1,
+            mlp_only_layers=tuple(cfg.get("mlp_only_layers") or ()),
         )
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:

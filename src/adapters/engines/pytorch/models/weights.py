@@ -26,9 +26,16 @@ def _skipped(model: CausalLM, name: str) -> bool:
     return "rotary_emb" in name or (name == "lm_head.weight" and model.config.tie_word_embeddings)
 
 
+def _slots(model: nn.Module, name: str) -> set[str]:
+    """What a checkpoint must fill of parameter `name`: each of its shards, or it whole."""
+    shards = getattr(model.get_submodule(name.rpartition(".")[0]), "shards", None)
+    return {f"{name}#{s}" for s in shards} if shards else {name}
+
+
 def load_weights(model: CausalLM, weights: Iterable[tuple[str, torch.Tensor]]) -> set[str]:
     """Copy checkpoint-named tensors in; returns what was filled (a packed parameter's shards
-    as 'name#shard_id'), to compare with `expected_weights`."""
+    as 'name#shard_id'), to compare with `expected_weights`. A mapped tensor of shard None
+    fills its parameter whole (e.g. experts saved stacked)."""
     params = dict(model.named_parameters())
     loaded: set[str] = set()
     for name, tensor in weights:
@@ -38,26 +45,17 @@ def load_weights(model: CausalLM, weights: Iterable[tuple[str, torch.Tensor]]) -
             if fragment in name:
                 target = name.replace(fragment, packed)
                 _loader_of(model, target)(params[target], tensor, shard_id)
-                loaded.add(f"{target}#{shard_id}")
+                filled = _slots(model, target) if shard_id is None else {f"{target}#{shard_id}"}
+                loaded.update(filled)
                 break
         else:
             if name not in params:
                 raise KeyError(f"unexpected weight {name!r} for {type(model).__name__}")
             _loader_of(model, name)(params[name], tensor)
-            loaded.update(_filled_by_whole(model, name))
+            loaded.update(_slots(model, name))
     return loaded
-
-
-def _filled_by_whole(model: nn.Module, name: str) -> set[str]:
-    """What a whole tensor loaded into parameter `name` fills: every shard of a packed one."""
-    owner = model.get_submodule(name.rpartition(".")[0])
-    shards = getattr(owner, "shards", None)
-    return {f"{name}#{s}" for s in shards} if shards else {name}
 
 
 def expected_weights(model: nn.Module) -> set[str]:
     """Every parameter, and every shard of a packed one, that a checkpoint must fill."""
-    names: set[str] = set()
-    for name, _ in model.named_parameters():
-        names.update(_filled_by_whole(model, name))
-    return names
+    return set().union(*(_slots(model, name) for name, _ in model.named_parameters()))

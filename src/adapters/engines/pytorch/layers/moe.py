@@ -1,0 +1,114 @@
+"""The mixture-of-experts MLP (Mixtral, Qwen3-MoE): a replicated router, top-k routing, and the
+experts' SwiGLU weights stacked in one tensor each, dispatched once to a backend (the Triton
+grouped GEMM on CUDA, a loop over the routed experts elsewhere).
+
+Checkpoints store each expert's gate/up/down as its own tensor (Mixtral `experts.{e}.w1/w3/w2`,
+Qwen3-MoE `experts.{e}.gate_proj/up_proj/down_proj`); transformers 5 holds them stacked in
+memory (`experts.gate_up_proj` [E, 2 * I, H], `experts.down_proj` [E, H, I]). Both load:
+`expert_weights_mapping` names each tensor's place for the generic loader.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backends.torch_native.moe import fused_moe_torch, route
+from .linear import LinearBase
+
+ExpertShard = tuple[int, int]  # (expert, block of rows): gate 0 and up 1 in w13; 0 in w2
+
+
+class StackedExpertWeight(nn.Module):
+    """One weight per expert stacked as [E, rows, cols]; shard (e, i) fills expert e's i-th
+    block of rows, and a stacked checkpoint tensor fills the whole (shard None)."""
+
+    def __init__(self, num_experts: int, row_sizes: list[int], cols: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(num_experts, sum(row_sizes), cols))
+        starts = [sum(row_sizes[:i]) for i in range(len(row_sizes))]
+        self.shards: dict[ExpertShard, tuple[int, int]] = {
+            (e, i): (start, size)
+            for e in range(num_experts)
+            for i, (start, size) in enumerate(zip(starts, row_sizes, strict=True))
+        }
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ExpertShard | None = None
+    ) -> None:
+        if shard_id is None:
+            param.data.copy_(loaded)
+            return
+        start, size = self.shards[shard_id]
+        param.data[shard_id[0], start : start + size].copy_(loaded)
+
+
+class FusedMoE(nn.Module):
+    """SwiGLU experts: w13 [E, 2 * I, H] (gate rows, then up rows), w2 [E, H, I]. Each token
+    goes to the `top_k` experts its router logits rank first, weighted by their softmax
+    (renormalized over the k with `renormalize`)."""
+
+    def __init__(
+        self,
+        num_experts: int,
+        top_k: int,
+        hidden_size: int,
+        intermediate_size: int,
+        renormalize: bool,
+    ) -> None:
+        super().__init__()
+        self.top_k, self.renormalize = top_k, renormalize
+        self.w13 = StackedExpertWeight(
+            num_experts, [intermediate_size, intermediate_size], hidden_size
+        )
+        self.w2 = StackedExpertWeight(num_experts, [hidden_size], intermediate_size)
+
+    def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
+        topk_weights, topk_ids = route(router_logits, self.top_k, self.renormalize)
+        w13, w2 = self.w13.weight, self.w2.weight
+        if x.is_cuda:
+            from ..backends.cuda.moe import fused_moe  # Triton: imported only where it runs
+
+            return fused_moe(x.contiguous(), w13, w2, topk_weights, topk_ids)
+        return fused_moe_torch(x, w13, w2, topk_weights, topk_ids)
+
+
+class SparseMoeBlock(nn.Module):
+    """The MLP of an MoE layer: the router `gate` (a replicated linear, E logits a token) and
+    the `experts`."""
+
+    def __init__(
+        self,
+        num_experts: int,
+        top_k: int,
+        hidden_size: int,
+        intermediate_size: int,
+        renormalize: bool,
+    ) -> None:
+        super().__init__()
+        self.gate = LinearBase(hidden_size, num_experts, bias=False)
+        self.experts = FusedMoE(num_experts, top_k, hidden_size, intermediate_size, renormalize)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.experts(x, self.gate(x))
+
+
+def expert_weights_mapping(
+    num_experts: int, module: str, gate: str, up: str, down: str
+) -> dict[str, tuple[str, ExpertShard | None]]:
+    """Checkpoint name fragment -> (parameter name fragment, shard) of the `SparseMoeBlock`
+    a model names `module` in each layer, for its `packed_modules_mapping` (put first: these
+    fragments are more specific than a dense MLP's). `gate`, `up`, `down`: the checkpoint's
+    names of an expert's projections. transformers 5's stacked tensors live under `mlp.`."""
+    mapping: dict[str, tuple[str, ExpertShard | None]] = {
+        "mlp.experts.gate_up_proj": (f"{module}.experts.w13.weight", None),
+        "mlp.experts.down_proj": (f"{module}.experts.w2.weight", None),
+    }
+    if module != "mlp":
+        mapping["mlp.gate."] = (f"{module}.gate.", None)
+    for e in range(num_experts):
+        experts = f"{module}.experts.{e}"
+        mapping[f"{experts}.{gate}."] = (f"{module}.experts.w13.", (e, 0))
+        mapping[f"{experts}.{up}."] = (f"{module}.experts.w13.", (e, 1))
+        mapping[f"{experts}.{down}."] = (f"{module}.experts.w2.", (e, 0))
+    return mapping
