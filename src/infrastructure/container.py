@@ -144,6 +144,7 @@ class Container(containers.DeclarativeContainer):
         join_rows,
         grammar,
         config.max_log_len,
+        providers.Callable(lambda b: b.config.vocab_size, built_model),
     )
     # As 0.6.5: the model_path as given; the embedded default (no path) keeps its short name.
     model_name = providers.Callable(
