@@ -130,9 +130,9 @@ class Container(containers.DeclarativeContainer):
         _chat_template, tokenizer, config.chat_template_config, source
     )
     scheduler = providers.Singleton(_scheduler, engine_config, built_model)
-    engine = providers.Resource(
-        _engine_loop, providers.Callable(lambda b: b.runner, built_model), scheduler
-    )
+    # Its own provider so that tests can wrap the real runner (e.g. to inject a failing step).
+    runner = providers.Callable(lambda b: b.runner, built_model)
+    engine = providers.Resource(_engine_loop, runner, scheduler)
     session_len = providers.Callable(_session_len, engine_config, built_model)
     grammar = providers.Singleton(_grammar, tokenizer, built_model)
     generation = providers.Singleton(
