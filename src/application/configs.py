@@ -55,6 +55,11 @@ class GenerationConfig:
       runs between added (special) tokens, and runs and special tokens are joined by one
       space, as transformers' slow tokenizers do ("a<|im_end|>b" -> "a <|im_end|> b"). It
       changes nothing when special tokens are skipped.
+    - Limits, checked here so that a bad value fails before anything runs: `n` <= 1024,
+      `random_seed` in [0, 2^63 - 1], counts below 2^31, at most 64 stop / bad words of at
+      most 256 characters each.
+    - A forward pass that fails (out of memory, a kernel error) ends the requests of that step
+      with finish_reason 'error' (the error is logged); the other requests go on.
     """
 
     n: int = 1
