@@ -269,7 +269,7 @@ class Pipeline:
         step), so memory stays bounded; each must fit session_len."""
         self._check_open(None)
         return prompt_losses(
-            self.service, token_batches(input_ids, self.service.tokenizer.vocab_size)
+            self.service, token_batches(input_ids, self.service.vocab_size)
         )
 
     # -- lifetime ---------------------------------------------------------------------------
