@@ -21,7 +21,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 12
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -81,3 +81,10 @@ def test_health_answers_while_a_huge_stop_list_and_prompt_arrive(server):
         time.sleep(0.05)
     assert slowest < 1.0
     assert sorted(a.status_code for a in answers) == [400, 400]  # too many stops; too long
+
+
+def test_encode_refuses_a_lone_surrogate_and_a_non_bool(server):
+    r = _post(server, "/v1/encode", {"input": "a\ud800b"})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "input"
+    r = _post(server, "/v1/encode", {"input": "a", "add_bos": 1})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "add_bos"

@@ -39,6 +39,16 @@ GENERATION_ROUTES = {
     "/v1/chat/interactive": "application/x-ndjson",
 }
 OPENAI_ROUTES = {"/v1/chat/completions", "/v1/completions"}
+# A server-sent event's `data` is one JSON chunk, an `{"error": ...}` object, or `[DONE]`;
+# an ndjson reply is its lines of JSON.
+STREAM_SCHEMAS: dict[str, dict[str, Any]] = {
+    "text/event-stream": {
+        "type": "object",
+        "required": ["data"],
+        "properties": {"data": {"type": "string"}, "event": {"type": "string"}},
+    },
+    "application/x-ndjson": {"type": "string"},
+}
 
 
 def _error(description: str) -> dict[str, Any]:
@@ -58,7 +68,7 @@ def _document_operation(path: str, op: dict[str, Any], authenticated: bool) -> N
         responses["500"] = _error("The engine failed while computing the request; retry it")
         ok = responses.setdefault("200", {"description": "Successful Response"})
         media = GENERATION_ROUTES[path]
-        ok.setdefault("content", {})[media] = {"schema": {"type": "string"}}
+        ok.setdefault("content", {})[media] = {"schema": STREAM_SCHEMAS[media]}
         ok["description"] = f"The reply; with `stream: true`, {media} chunks"
 
 
