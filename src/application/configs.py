@@ -10,8 +10,25 @@ from typing import Any, Literal
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
 from ..domain.errors import InvalidArgument, InvalidConfig
-from ..domain.sampling_params import SamplingParams
+from ..domain.sampling_params import SamplingParams, check_int
 from .response_format import parse_response_format
+
+MAX_CHOICES = 1024  # n: each choice is a sequence in the batch
+MAX_WORDS = 64  # stop_words / bad_words: each is searched for after every token
+MAX_WORD_LEN = 256  # characters; a stop word also holds back this much streamed text
+
+
+def check_words(name: str, words: object) -> None:
+    if words is None:
+        return
+    if not isinstance(words, (list, tuple)) or len(words) > MAX_WORDS:
+        raise InvalidArgument(name, f"must be a list of at most {MAX_WORDS} strings")
+    for word in words:
+        if not isinstance(word, str) or not 0 < len(word) <= MAX_WORD_LEN:
+            raise InvalidArgument(
+                name,
+                f"each item must be a string of 1 to {MAX_WORD_LEN} characters, got {word!r:.80}",
+            )
 
 
 @dataclass
@@ -39,6 +56,11 @@ class GenerationConfig:
       runs between added (special) tokens, and runs and special tokens are joined by one
       space, as transformers' slow tokenizers do ("a<|im_end|>b" -> "a <|im_end|> b"). It
       changes nothing when special tokens are skipped.
+    - Limits, checked here so that a bad value fails before anything runs: `n` <= 1024,
+      `random_seed` in [0, 2^63 - 1], counts below 2^31, at most 64 stop / bad words of at
+      most 256 characters each.
+    - A forward pass that fails (out of memory, a kernel error) ends the requests of that step
+      with finish_reason 'error' (the error is logged); the other requests go on.
     """
 
     n: int = 1
@@ -65,8 +87,12 @@ class GenerationConfig:
     output_last_hidden_state: Literal["all", "generation"] | None = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.n, int) or self.n < 1:
-            raise InvalidConfig("n", f"must be an int >= 1, got {self.n!r}")
+        try:
+            check_int("n", self.n, 1, MAX_CHOICES)
+            for name in ("stop_words", "bad_words"):
+                check_words(name, getattr(self, name))
+        except InvalidArgument as exc:
+            raise InvalidConfig.of(exc) from None
         if self.logits_processors is not None and not isinstance(
             self.logits_processors, (list, tuple)
         ):
@@ -339,7 +365,8 @@ class Response:
     text: str
     generate_token_len: int
     input_token_len: int
-    finish_reason: Literal["stop", "length", "abort"] | None = None
+    # 'error': the engine failed while computing it (the error is logged); retry the prompt.
+    finish_reason: Literal["stop", "length", "abort", "error"] | None = None
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] | None = None
     logits: Any = None

@@ -61,6 +61,8 @@ class EngineStats:
     num_finished_stop: int = 0
     num_finished_length: int = 0
     num_finished_abort: int = 0
+    num_finished_error: int = 0
+    num_step_failures: int = 0
 
 
 class EngineLoop:
@@ -133,6 +135,8 @@ class EngineLoop:
             num_finished_stop=c.finished.get(FinishReason.STOP.value, 0),
             num_finished_length=c.finished.get(FinishReason.LENGTH.value, 0),
             num_finished_abort=c.finished.get(FinishReason.ABORT.value, 0),
+            num_finished_error=c.finished.get(FinishReason.ERROR.value, 0),
+            num_step_failures=c.step_failures,
         )
 
     # -- the engine thread --------------------------------------------------------------------
@@ -182,11 +186,7 @@ class EngineLoop:
         try:
             output = self.runner.step(plan)
         except Exception as exc:
-            logger.exception("forward pass failed; aborting its %d sequences", len(plan.seqs))
-            for seq in plan.seqs:
-                self._admitted_at.pop(seq.seq_id, None)
-                self.scheduler.abort(seq)
-                self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=repr(exc)))
+            self._fail_step(plan, exc)
             return
         self._abort_failed(plan, output.errors)
         # A prefill chunk that stops short of the prompt's end samples nothing worth reporting.
@@ -210,6 +210,24 @@ class EngineLoop:
                 self.ttft.observe(time.monotonic() - self._admitted_at.pop(seq.seq_id))
             sink = self._sinks[seq.seq_id] if not seq.is_finished else self._sinks.pop(seq.seq_id)
             sink(TokenEvent(seq, token_id, lp, finished=seq.is_finished, extras=extra))
+
+    def _fail_step(self, plan: StepPlan, exc: Exception) -> None:
+        """The runner raised (out of memory, a kernel error): only this step's sequences end,
+        with ERROR; the loop and every other sequence go on. One short line is logged here:
+        a traceback (rendered only at DEBUG) would stall every request on this thread."""
+        summary = f"{type(exc).__name__}: {str(exc)[:500]}"
+        logger.error(
+            "a step over %d sequences failed; they end with finish_reason 'error': %s",
+            len(plan.seqs),
+            summary,
+            exc_info=logger.isEnabledFor(logging.DEBUG),
+        )
+        error = f"the engine failed while computing this request ({summary}); retry it"
+        for seq in self.scheduler.fail_step(plan):
+            self._admitted_at.pop(seq.seq_id, None)
+            sink = self._sinks.pop(seq.seq_id, None)
+            if sink is not None:
+                sink(TokenEvent(seq, None, finished=True, error=error))
 
     def _abort_failed(self, plan: StepPlan, errors: list[str | None] | None) -> None:
         """A sequence whose own options failed ends alone; the rest of the step goes on."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from .output_rows import OutputRows
 from .ports import GrammarBackend, GrammarSpec, JoinRows, Tokenizer
 from .prompt_log import log_prompt
 from .response_format import constrain, parse_response_format
+from .text import check_text
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +78,7 @@ class RequestStream:
         self._rows = OutputRows(join_rows)
         self._text = ""
         self._emitted = 0
+        self._checked = 0  # text up to here was searched for stop words
         self._num_tokens = 0
         self._stop_ids = set(request.sampling.stop_token_ids) | (
             set() if request.sampling.ignore_eos else set(seq.eos_token_ids)
@@ -183,8 +185,11 @@ class RequestStream:
         )
 
     def _hit_stop_word(self) -> bool:
+        """Only text new since the last check (plus a word's length of overlap) is searched,
+        so the checks over a reply cost its length times the number of stop words."""
+        checked, self._checked = self._checked, len(self._text)
         for word in self.request.stop_words:
-            at = self._text.find(word, max(0, self._emitted - len(word)))
+            at = self._text.find(word, max(0, checked - len(word) + 1))
             if at >= 0:
                 self._text = self._text[:at]
                 self._engine.abort(self.seq)
@@ -202,7 +207,11 @@ class GenerationService:
         join_rows: JoinRows | None = None,
         grammar: GrammarBackend | None = None,
         max_log_len: int | None = None,
+        vocab_size: int | None = None,
     ) -> None:
+        """`vocab_size`: rows of the model's embedding (default: the tokenizer's); an id
+        outside it would fail the forward pass of every request sharing the step."""
+        self.vocab_size = vocab_size or tokenizer.vocab_size
         self.engine = engine
         self.tokenizer = tokenizer
         self.chat_template = chat_template
@@ -233,6 +242,8 @@ class GenerationService:
         sampling = gen_config.to_sampling_params(
             stop_token_ids=single, bad_token_ids=self._bad_word_ids(gen_config.bad_words or [])
         )
+        for name in ("stop_token_ids", "bad_token_ids"):
+            self._check_ids(name, getattr(sampling, name))
         log_prompt(logger, prompt, input_ids, self.max_log_len)
         return PreparedRequest(
             input_ids=input_ids,
@@ -245,9 +256,10 @@ class GenerationService:
 
     def tokenize(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
         if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt) and prompt:
+            self._check_ids("prompt", prompt)
             return list(prompt)
         if isinstance(prompt, str) and not do_preprocess:
-            return self.tokenizer.encode(prompt, add_special_tokens=True)
+            return self._encode("prompt", prompt, add_special_tokens=True)
         if isinstance(prompt, str) or (
             isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt)
         ):
@@ -263,6 +275,7 @@ class GenerationService:
         """The ids of a prompt a chat template rendered. Built-in templates leave BOS to the
         tokenizer (as 0.6.5); a model's own jinja template writes it (`bos_in_text`). Where
         both do (0.6.5's Llama 3 writes `<|begin_of_text|>`), one BOS is kept."""
+        check_text("messages", text)  # a lone surrogate in a message or a tool: 400 naming it
         if getattr(self.chat_template, "bos_in_text", False):
             return self.tokenizer.encode(text, add_special_tokens=False)
         ids = self.tokenizer.encode(text, add_special_tokens=True)
@@ -270,14 +283,23 @@ class GenerationService:
         doubled = bool(bos) and ids[: 2 * len(bos)] == bos * 2
         return ids[len(bos) :] if doubled else ids
 
+    def _check_ids(self, name: str, token_ids: Iterable[int]) -> None:
+        """Token ids from the caller must index the model's embedding and logits."""
+        for t in token_ids:
+            if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size:
+                raise InvalidArgument(
+                    name, f"token id {t!r} is outside the vocabulary [0, {self.vocab_size})"
+                )
+
+    def _encode(self, name: str, text: str, add_special_tokens: bool = False) -> list[int]:
+        check_text(name, text)
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+
     def _bad_word_ids(self, words: list[str]) -> list[int]:
         """Each bad word, bare and after a space, as the single token the model would emit."""
         banned = []
         for word in words:
-            forms = [
-                self.tokenizer.encode(w, add_special_tokens=False)
-                for w in (word, " " + word.lstrip())
-            ]
+            forms = [self._encode("bad_words", w) for w in (word, " " + word.lstrip())]
             singles = [ids[0] for ids in forms if len(ids) == 1]
             if not singles:
                 raise InvalidArgument(
@@ -292,7 +314,7 @@ class GenerationService:
         """Stop words that are one token become stop token ids; the rest are matched in text."""
         single, multi = [], []
         for word in words:
-            ids = self.tokenizer.encode(word, add_special_tokens=False)
+            ids = self._encode("stop", word)
             if len(ids) == 1:
                 single.append(ids[0])
             else:

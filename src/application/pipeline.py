@@ -262,9 +262,7 @@ class Pipeline:
         per sequence. Long inputs are scored chunk by chunk (max_prefill_token_num tokens a
         step), so memory stays bounded; each must fit session_len."""
         self._check_open(None)
-        return prompt_losses(
-            self.service, token_batches(input_ids, self.service.tokenizer.vocab_size)
-        )
+        return prompt_losses(self.service, token_batches(input_ids, self.service.vocab_size))
 
     # -- lifetime ---------------------------------------------------------------------------
     def _check_open(self, adapter_name: str | None) -> None:

@@ -9,6 +9,20 @@ from .errors import InvalidArgument
 
 OUTPUT_MODES = (None, "all", "generation")
 
+# What the engine can hold: seeds seed a 64-bit generator (torch.Generator and Philox take
+# at most an unsigned 64-bit seed; we keep to the signed range OpenAI's seed uses); counts and
+# ids travel as int32 on the device.
+MAX_SEED = (1 << 63) - 1
+MAX_INT32 = (1 << 31) - 1
+
+
+def check_int(name: str, value: object, low: int, high: int) -> None:
+    """`value` is an int (not a bool) in [low, high], else InvalidArgument naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidArgument(name, f"must be an int, got {type(value).__name__} {value!r}")
+    if not low <= value <= high:
+        raise InvalidArgument(name, f"must be in [{low}, {high}], got {value}")
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -32,12 +46,18 @@ class SamplingParams:
     extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
-        if self.max_new_tokens < 0:
-            raise InvalidArgument("max_new_tokens", f"must be >= 0, got {self.max_new_tokens}")
+        check_int("max_new_tokens", self.max_new_tokens, 0, MAX_INT32)
+        check_int("top_k", self.top_k, 0, MAX_INT32)  # 0 disables it
+        check_int("min_new_tokens", self.min_new_tokens, 0, MAX_INT32)
+        if self.random_seed is not None:
+            check_int("random_seed", self.random_seed, 0, MAX_SEED)
+        if self.logprobs is not None:
+            check_int("logprobs", self.logprobs, 0, 20)
+        for name in ("stop_token_ids", "bad_token_ids"):
+            for token_id in getattr(self, name):
+                check_int(name, token_id, 0, MAX_INT32)
         if self.temperature < 0:
             raise InvalidArgument("temperature", f"must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise InvalidArgument("top_k", f"must be >= 0 (0 disables it), got {self.top_k}")
         if not 0 < self.top_p <= 1:
             raise InvalidArgument("top_p", f"must be in (0, 1], got {self.top_p}")
         if not 0 <= self.min_p <= 1:
@@ -46,10 +66,6 @@ class SamplingParams:
             raise InvalidArgument(
                 "repetition_penalty", f"must be > 0, got {self.repetition_penalty}"
             )
-        if self.min_new_tokens < 0:
-            raise InvalidArgument("min_new_tokens", f"must be >= 0, got {self.min_new_tokens}")
-        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
-            raise InvalidArgument("logprobs", f"must be in [0, 20], got {self.logprobs}")
         for name in ("output_logits", "output_last_hidden_state"):
             if getattr(self, name) not in OUTPUT_MODES:
                 raise InvalidArgument(

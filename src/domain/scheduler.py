@@ -43,6 +43,7 @@ class SchedulerCounters:
     swapped_in_seqs: int = 0
     swapped_out_blocks: int = 0
     swapped_in_blocks: int = 0
+    step_failures: int = 0  # steps the model runner raised on (their sequences end in ERROR)
     finished: dict[str, int] = field(default_factory=dict)  # sequences by finish reason
 
     @property
@@ -336,6 +337,16 @@ class Scheduler:
         seq.finish(FinishReason.ABORT)
         self._release(seq)
 
+    def fail_step(self, plan: StepPlan) -> list[Sequence]:
+        """The runner raised on `plan`: its sequences end with ERROR and give their blocks
+        back (their K/V may be half-written); every other sequence goes on. Returns those ended."""
+        self.counters.step_failures += 1
+        failed = [seq for seq in plan.seqs if not seq.is_finished]
+        for seq in failed:
+            seq.finish(FinishReason.ERROR)
+            self._release(seq)
+        return failed
+
     def drop(self, seq: Sequence) -> None:
         """End a session: its parked blocks go back to the pool."""
         if self.parked.pop(seq.seq_id, None) is not None:
@@ -351,7 +362,8 @@ class Scheduler:
         if seq in self.swapped:
             self.swapped.remove(seq)
             self.host.free(seq)
-        if seq.keep_cache and seq.finish_reason is not FinishReason.ABORT and seq.block_table:
+        ended_well = seq.finish_reason in (FinishReason.STOP, FinishReason.LENGTH)
+        if seq.keep_cache and ended_well and seq.block_table:
             self.parked[seq.seq_id] = seq
         else:
             self.allocator.free(seq)

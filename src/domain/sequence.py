@@ -20,6 +20,7 @@ class FinishReason(str, enum.Enum):
     STOP = "stop"
     LENGTH = "length"
     ABORT = "abort"
+    ERROR = "error"  # the engine failed while computing it (not the request's own fault)
 
 
 _seq_ids = itertools.count()

@@ -133,9 +133,9 @@ class Container(containers.DeclarativeContainer):
         _chat_template, tokenizer, config.chat_template_config, source
     )
     scheduler = providers.Singleton(_scheduler, engine_config, built_model)
-    engine = providers.Resource(
-        _engine_loop, providers.Callable(lambda b: b.runner, built_model), scheduler
-    )
+    # Its own provider so that tests can wrap the real runner (e.g. to inject a failing step).
+    runner = providers.Callable(lambda b: b.runner, built_model)
+    engine = providers.Resource(_engine_loop, runner, scheduler)
     session_len = providers.Callable(_session_len, engine_config, built_model)
     grammar = providers.Singleton(_grammar, tokenizer, built_model)
     generation = providers.Singleton(
@@ -147,6 +147,7 @@ class Container(containers.DeclarativeContainer):
         join_rows,
         grammar,
         config.max_log_len,
+        providers.Callable(lambda b: b.config.vocab_size, built_model),
     )
     # As 0.6.5: the model_path as given; the embedded default (no path) keeps its short name.
     model_name = providers.Callable(

@@ -37,7 +37,7 @@ class CharTokenizer:
     vocab_size = 100
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
-        return [ord(c) - ord("a") for c in text]
+        return [(ord(c) - ord("a")) % self.vocab_size for c in text]  # ids within the vocabulary
 
     def decode(self, token_ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return "".join(

@@ -72,3 +72,9 @@ def test_time_to_first_token_is_a_histogram_with_cumulative_buckets():
     assert got[(f"{name}_bucket", (("le", "1.0"),))] == 3
     assert got[(f"{name}_bucket", (("le", "+Inf"),))] == 4
     assert got[(f"{name}_count", ())] == 4 and abs(got[(f"{name}_sum", ())] - 3.65) < 1e-9
+
+
+def test_step_failures_and_error_finishes_are_counted():
+    a = samples(app_over(stats(num_step_failures=2, num_finished_error=3)).get("/metrics").text)
+    assert a[("lmdeploy_step_failures_total", ())] == 2
+    assert a[("lmdeploy_sequences_finished_total", (("finish_reason", "error"),))] == 3

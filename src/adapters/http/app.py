@@ -12,6 +12,7 @@ from ...domain.errors import PromptTooLong
 from . import metrics, routes_encode, routes_interactive, routes_openai
 from .auth import install_api_key_check
 from .errors import error_response, install_error_handlers
+from .openapi import install_openapi
 from .protocol import ModelCard, ModelList
 from .services import ServerServices
 
@@ -51,4 +52,5 @@ def create_app(svc: ServerServices) -> FastAPI:
     app.include_router(routes_openai.router)
     app.include_router(routes_interactive.router)
     app.include_router(routes_encode.router)
+    install_openapi(app, UNAUTHENTICATED if svc.api_keys else None)
     return app

@@ -14,27 +14,36 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ...domain.errors import InvalidArgument, LMDeployError
 
 
-def error_response(
+def error_body(
     status: int, message: str, param: str | None = None, code: str | None = None
-) -> JSONResponse:
+) -> dict:
     kind = "invalid_request_error" if status < 500 else "internal_error"
     if status == 401:
         kind = "authentication_error"
-    return JSONResponse(
-        status_code=status,
-        content={
-            "error": {
-                "message": message,
-                "type": kind,
-                "param": param,
-                "code": code or HTTPStatus(status).phrase.lower().replace(" ", "_"),
-            },
-            "object": "error",
+    return {
+        "error": {
             "message": message,
             "type": kind,
             "param": param,
-            "code": status,
+            "code": code or HTTPStatus(status).phrase.lower().replace(" ", "_"),
         },
+        "object": "error",
+        "message": message,
+        "type": kind,
+        "param": param,
+        "code": status,
+    }
+
+
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    return JSONResponse(
+        status_code=status, headers=headers, content=error_body(status, message, param, code)
     )
 
 
@@ -102,4 +111,5 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail))
+        # Starlette's own headers, e.g. `Allow` on a 405, which HTTP requires there.
+        return error_response(exc.status_code, str(exc.detail), headers=exc.headers)

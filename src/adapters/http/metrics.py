@@ -70,6 +70,11 @@ class EngineCollector:
                 s.num_session_evictions,
             ),
             ("engine_steps", "Engine steps run (forward passes and swap-only steps)", s.num_steps),
+            (
+                "step_failures",
+                "Engine steps whose forward pass failed (their requests end with an error)",
+                s.num_step_failures,
+            ),
         ):
             yield _family(counter, f"lmdeploy_{name}", doc, None, {"": value})
         yield _family(
@@ -102,6 +107,7 @@ class EngineCollector:
                 "stop": s.num_finished_stop,
                 "length": s.num_finished_length,
                 "abort": s.num_finished_abort,
+                "error": s.num_finished_error,
             },
         )
         if self._ttft is not None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, Strict, field_validator
+
+from ...application.configs import MAX_WORD_LEN, MAX_WORDS
+from ...domain.sampling_params import MAX_INT32, MAX_SEED
 
 
 def new_id(prefix: str) -> str:
@@ -14,10 +17,26 @@ def new_id(prefix: str) -> str:
 
 
 MAX_N = 64  # choices per prompt; each is a sequence in the batch
+# Caps on list fields: each item costs work on the event loop or per generated token.
+MAX_MESSAGES = 4096
+MAX_TOOLS = 128  # as OpenAI
+MAX_LOGIT_BIAS = 300  # as OpenAI
+MAX_PROMPTS = 256
+MAX_PROMPT_IDS = 1 << 20
+MAX_SESSION_ID = MAX_INT32
+
+# Strict where the OpenAPI document says integer or boolean: `"n": 1.0`, `"seed": false` and
+# `"stream": "yes"` are 400s, as the document says. Floats still take JSON integers.
+Bool = Annotated[bool, Strict()]
+Count = Annotated[int, Strict(), Field(ge=0, le=MAX_INT32)]
+TokenId = Annotated[int, Strict(), Field(ge=0, le=MAX_INT32)]
+Word = Annotated[str, Field(min_length=1, max_length=MAX_WORD_LEN)]
+Stop = Word | Annotated[list[Word], Field(max_length=MAX_WORDS)] | None
+BiasKey = Annotated[int, Field(ge=0, le=MAX_INT32)]  # JSON object keys are strings: parsed
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: Bool = False
 
 
 class SamplingFields(BaseModel):
@@ -26,25 +45,25 @@ class SamplingFields(BaseModel):
     model: str | None = None
     temperature: float = Field(0.7, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
+    top_k: Count = 40
     min_p: float = Field(0.0, ge=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=MAX_N)
-    max_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
-    stream: bool = False
+    n: Annotated[int, Strict(), Field(ge=1, le=MAX_N)] = 1
+    max_tokens: Annotated[int, Strict(), Field(ge=1, le=MAX_INT32)] | None = None
+    stop: Stop = None
+    stream: Bool = False
     stream_options: StreamOptions | None = None
-    seed: int | None = None
+    seed: Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)] | None = None
     repetition_penalty: float = Field(1.0, gt=0.0)
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
-    min_new_tokens: int | None = Field(None, ge=0)
-    min_tokens: int | None = Field(None, ge=0)  # vLLM's name for min_new_tokens
-    spaces_between_special_tokens: bool = True
-    logit_bias: dict[int, float] | None = None
+    ignore_eos: Bool = False
+    skip_special_tokens: Bool = True
+    min_new_tokens: Count | None = None
+    min_tokens: Count | None = None  # vLLM's name for min_new_tokens
+    spaces_between_special_tokens: Bool = True
+    logit_bias: Annotated[dict[BiasKey, float], Field(max_length=MAX_LOGIT_BIAS)] | None = None
     user: str | None = None
-    session_id: int | str | None = -1
+    session_id: Annotated[int, Strict(), Field(ge=-1, le=MAX_SESSION_ID)] | str | None = -1
     # Checked by the application (400 naming response_format), not by pydantic.
     response_format: dict[str, Any] | None = None
 
@@ -91,15 +110,17 @@ class NamedToolChoice(BaseModel):
 
 
 class ChatCompletionRequest(SamplingFields):
-    messages: str | list[ChatMessage] = Field(..., min_length=1)
-    tools: list[Tool] | None = None
+    messages: str | Annotated[list[ChatMessage], Field(max_length=MAX_MESSAGES)] = Field(
+        ..., min_length=1
+    )
+    tools: Annotated[list[Tool], Field(max_length=MAX_TOOLS)] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     # Every format here allows several calls; a forced call (tool_choice 'required' or named)
     # is one call unless this is true.
-    parallel_tool_calls: bool | None = None
-    max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False
-    top_logprobs: int | None = Field(None, ge=0, le=20)
+    parallel_tool_calls: Bool | None = None
+    max_completion_tokens: Annotated[int, Strict(), Field(ge=1, le=MAX_INT32)] | None = None
+    logprobs: Bool = False
+    top_logprobs: Annotated[int, Strict(), Field(ge=0, le=20)] | None = None
 
     @field_validator("messages")
     @classmethod
@@ -110,28 +131,32 @@ class ChatCompletionRequest(SamplingFields):
 
 
 class CompletionRequest(SamplingFields):
-    prompt: str | list[str] | list[int] = Field(..., min_length=1)
-    max_tokens: int | None = Field(16, ge=1)
-    echo: bool = False
-    logprobs: int | None = Field(None, ge=0, le=20)
+    prompt: (
+        str
+        | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
+        | Annotated[list[TokenId], Field(max_length=MAX_PROMPT_IDS)]
+    ) = Field(..., min_length=1)
+    max_tokens: Annotated[int, Strict(), Field(ge=1, le=MAX_INT32)] | None = 16
+    echo: Bool = False
+    logprobs: Annotated[int, Strict(), Field(ge=0, le=20)] | None = None
     suffix: str | None = None
 
 
 class InteractiveRequest(BaseModel):
-    prompt: str | list[ChatMessage] = ""
-    session_id: int = -1
-    interactive_mode: bool = False
-    stream: bool = False
-    stop: str | list[str] | None = None
-    request_output_len: int | None = Field(None, ge=1)
+    prompt: str | Annotated[list[ChatMessage], Field(max_length=MAX_MESSAGES)] = ""
+    session_id: Annotated[int, Strict(), Field(ge=-1, le=MAX_SESSION_ID)] = -1
+    interactive_mode: Bool = False
+    stream: Bool = False
+    stop: Stop = None
+    request_output_len: Annotated[int, Strict(), Field(ge=1, le=MAX_INT32)] | None = None
     top_p: float = Field(0.8, gt=0.0, le=1.0)
-    top_k: int = Field(40, ge=0)
+    top_k: Count = 40
     temperature: float = Field(0.8, ge=0.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
-    ignore_eos: bool = False
-    skip_special_tokens: bool = True
-    cancel: bool = False
-    seed: int | None = None
+    ignore_eos: Bool = False
+    skip_special_tokens: Bool = True
+    cancel: Bool = False
+    seed: Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)] | None = None
 
 
 class Usage(BaseModel):

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+import asyncio
+from typing import Annotated
 
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from ...application.text import check_text
+from .protocol import MAX_PROMPTS, Bool
 from .routes_openai import services
 from .services import ServerServices
 
@@ -12,9 +17,9 @@ router = APIRouter()
 
 
 class EncodeRequest(BaseModel):
-    input: str | list[str]
-    do_preprocess: bool = False  # apply the chat template first
-    add_bos: bool = True  # the start of a conversation: the tokenizer's special tokens
+    input: str | Annotated[list[str], Field(max_length=MAX_PROMPTS)]
+    do_preprocess: Bool = False  # apply the chat template first
+    add_bos: Bool = True  # the start of a conversation: the tokenizer's special tokens
 
 
 class EncodeResponse(BaseModel):
@@ -27,12 +32,14 @@ async def encode(body: EncodeRequest, svc: ServerServices = Depends(services)) -
     generation = svc.generation
 
     def ids(prompt: str) -> list[int]:
+        check_text("input", prompt)  # a lone surrogate: 400 naming the field
         if body.do_preprocess:
             return generation.tokenize(prompt, do_preprocess=True)
         return generation.tokenizer.encode(prompt, add_special_tokens=body.add_bos)
 
+    # Off the event loop: a long input must not stall other requests and /health.
     if isinstance(body.input, str):
-        one = ids(body.input)
+        one = await asyncio.to_thread(ids, body.input)
         return EncodeResponse(input_ids=one, length=len(one))
-    many = [ids(p) for p in body.input]
+    many = await asyncio.to_thread(lambda: [ids(p) for p in body.input])
     return EncodeResponse(input_ids=many, length=[len(m) for m in many])

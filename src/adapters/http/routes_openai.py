@@ -15,7 +15,7 @@ from ...application.ports import Tokenizer
 from ...application.tools import ToolCallStream, ToolParser, prepare_chat
 from ..tool_parsers import get_tool_parser
 from . import openai_format as fmt
-from .errors import error_response
+from .errors import error_body, error_response
 from .logit_bias import LogitBias
 from .protocol import (
     ChatCompletionRequest,
@@ -124,8 +124,16 @@ async def chat_completions(
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     choice = body.tool_choice
     tool_choice = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
-    request, parser = prepare_chat(
-        generation, messages, config, tools, tool_choice, get_tool_parser, body.parallel_tool_calls
+    # Off the event loop: tokenizing a long prompt must not stall other requests and /health.
+    request, parser = await asyncio.to_thread(
+        prepare_chat,
+        generation,
+        messages,
+        config,
+        tools,
+        tool_choice,
+        get_tool_parser,
+        body.parallel_tool_calls,
     )
     streams = generation.submit_choices(request, asynchronous=True)
     request_id, model = new_id("chatcmpl"), svc.model_name
@@ -146,6 +154,8 @@ async def chat_completions(
     async for index, out in _merge(streams):
         results[index].append(out)
     joined = {i: _join(outs) for i, outs in results.items()}
+    if (failed := _engine_failure(joined.values())) is not None:
+        return failed
     choices = [_chat_choice(i, out, parser, choice_logprobs) for i, out in joined.items()]
     return fmt.envelope(
         "chat.completion", request_id, model, choices, usage=_sum_usage(joined.values(), body.n)
@@ -162,7 +172,23 @@ def _join(outs: list[GenOut]) -> GenOut:
         last.generate_token_len,
         last.finish_reason,
         [lp for o in outs for lp in (o.logprobs or [])],
+        last.error,
     )
+
+
+def _engine_failure(outs) -> JSONResponse | None:
+    """A choice the engine failed to compute fails the whole reply (500, nothing partial)."""
+    for out in outs:
+        if out.finish_reason == "error":
+            return error_response(500, out.error or "the engine failed", code="engine_error")
+    return None
+
+
+def _error_event(out: GenOut) -> str | None:
+    """A streamed choice the engine failed ends the stream with OpenAI's error event."""
+    if out.finish_reason != "error":
+        return None
+    return fmt.sse(error_body(500, out.error or "the engine failed", code="engine_error"))
 
 
 def _chat_choice(
@@ -246,6 +272,9 @@ async def _chat_events(
                 "finish_reason": finish,
             }
             yield fmt.sse(fmt.envelope("chat.completion.chunk", request_id, model, [choice]))
+        if (failed := _error_event(out)) is not None:
+            yield failed
+            break
     lasts = [s.last for s in states if s.last is not None]
     if body.stream_options and body.stream_options.include_usage and lasts:
         usage = _sum_usage(lasts, len(lasts))
@@ -265,7 +294,9 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], int)
         else body.prompt
     )
-    requests = [generation.prepare(p, config, do_preprocess=False) for p in prompts]
+    requests = await asyncio.to_thread(
+        lambda: [generation.prepare(p, config, do_preprocess=False) for p in prompts]
+    )
     # Choice index = prompt index * n + choice, as OpenAI numbers them.
     streams = [s for r in requests for s in generation.submit_choices(r, asynchronous=True)]
     request_id, model = new_id("cmpl"), svc.model_name
@@ -318,6 +349,9 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
                         "finish_reason": out.finish_reason,
                     }
                     yield fmt.sse(fmt.envelope("text_completion", request_id, model, [end]))
+                if (failed := _error_event(out)) is not None:
+                    yield failed
+                    break
             if body.stream_options and body.stream_options.include_usage:
                 yield fmt.sse(
                     fmt.envelope(
@@ -336,6 +370,8 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
     async for index, out in _merge(streams):
         results[index].append(out)
     choices, lasts = [], []
+    if (failed := _engine_failure(_join(outs) for outs in results.values())) is not None:
+        return failed
     for index, outs in results.items():
         joined = _join(outs)
         lasts.append(joined)

@@ -77,8 +77,9 @@ def _noise(batch: SamplingBatch, shape: torch.Size, device: torch.device) -> tor
             # Seed by position, and draw for the row's own candidates only (its top-k, or the
             # vocabulary), so that the draw does not depend on who shares the batch.
             n = min(seq.sampling.top_k, shape[1]) if batch.max_top_k else shape[1]
+            # manual_seed takes at most 64 bits; seeds go up to 2^63 - 1 (SamplingParams).
             gen = torch.Generator(device=device).manual_seed(
-                seed * 1_000_003 + seq.num_output_tokens + batch.lag
+                (seed * 1_000_003 + seq.num_output_tokens + batch.lag) % (1 << 64)
             )
             noise[row, :n] = torch.empty(n, device=device).exponential_(generator=gen)
     return noise
