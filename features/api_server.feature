@@ -32,7 +32,7 @@ Feature: The OpenAI-compatible api_server
       {"prompt": "Hello! How are you?", "session_id": 1, "interactive_mode": true, "request_output_len": 16}
       """
     Then the status is 200
-    And the interactive answer reports history tokens
+    And the interactive answer reports no history on its first round
 
   Scenario: The openai package, sync and async
     When I ask with the openai client for "provide three suggestions about time management"
