@@ -10,7 +10,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from ....application.configs import PytorchEngineConfig
-from ....domain.errors import InvalidArgument
 from ...loaders import dummy
 from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
@@ -88,26 +87,11 @@ def build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         return pool.submit(_build, source, config).result()
 
 
-def _refuse_sliding_window(name: str, model_cfg: ModelConfig, max_model_len: int) -> None:
-    """Attention here spans the whole sequence: past a sliding window the text would quietly
-    differ from the model's, so such a checkpoint runs only where the window never slides."""
-    window = model_cfg.sliding_window
-    if window is not None and window < max_model_len:
-        raise InvalidArgument(
-            "model_path",
-            f"{name} uses sliding-window attention (sliding_window={window}), which "
-            f"this build does not implement yet: sequences longer than {window} tokens would "
-            f"come out wrong. Pass session_len={window} (or less) to run it within the window, "
-            f"or use a checkpoint whose config.json has sliding_window: null",
-        )
-
-
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     model_cfg, weights = read_model_config(source)
     if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
         model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
     max_model_len = config.session_len or model_cfg.max_position_embeddings
-    _refuse_sliding_window(source.name, model_cfg, max_model_len)
     cls = model_class(model_cfg.architectures)
     device = pick_device(config)
     dtype = pick_dtype(config, model_cfg, device)

