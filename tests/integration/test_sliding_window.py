@@ -1,5 +1,6 @@
-"""Mistral's sliding-window attention is not implemented: a checkpoint whose window is shorter
-than the session is refused, one whose window never slides runs as transformers does."""
+"""Mistral's sliding-window attention: past the window, and where it never slides, our logits
+are transformers' (the greedy ids over prompts and generations crossing it:
+test_family_mistral.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import pytest
 import torch
 import transformers
 
-from lmdeploy import PytorchEngineConfig, pipeline
+from lmdeploy import PytorchEngineConfig
 from lmdeploy.adapters.engines.pytorch.builder import build
 from lmdeploy.adapters.loaders.model_source import resolve
-from lmdeploy.domain.errors import InvalidArgument
 
 from .test_loaders import CPU_CONFIG, TOKEN_IDS, assert_logits_close, last_logits
 
@@ -36,12 +36,19 @@ def write_tiny_mistral(directory: Path, sliding_window: int | None) -> torch.nn.
     return model
 
 
-def test_a_window_shorter_than_the_session_is_refused(tmp_path):
-    write_tiny_mistral(tmp_path, sliding_window=16)
-    with pytest.raises(InvalidArgument, match=r"sliding_window=16.*session_len=16"):
-        pipeline(str(tmp_path), backend_config=PytorchEngineConfig(device_type="cpu"))
-    with pytest.raises(InvalidArgument, match="sliding-window attention"):
-        build(resolve(str(tmp_path)), PytorchEngineConfig(session_len=17, **CPU_CONFIG))
+# 43 tokens: the last sees only the 16 before it and itself, across three 16-token blocks.
+LONG_TOKEN_IDS = list(range(1, 300, 7))
+
+
+def test_a_window_shorter_than_the_prompt_slides_as_in_transformers(tmp_path):
+    reference = write_tiny_mistral(tmp_path, sliding_window=16)
+    built = build(resolve(str(tmp_path)), PytorchEngineConfig(**CPU_CONFIG))
+    with torch.inference_mode():
+        theirs = reference(torch.tensor([LONG_TOKEN_IDS])).logits[0, -1:]
+        unwindowed = write_tiny_mistral(tmp_path / "full", sliding_window=None)
+        full = unwindowed(torch.tensor([LONG_TOKEN_IDS])).logits[0, -1:]
+    assert not torch.allclose(full, theirs, atol=1e-3), "the window must change these logits"
+    assert_logits_close(last_logits(built.runner, LONG_TOKEN_IDS), theirs)
 
 
 @pytest.mark.parametrize(

@@ -72,11 +72,17 @@ def test_strided_query():
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize(("window", "softcap"), [(None, None), (5, None), (None, 2.0), (17, 1.5)])
 @pytest.mark.parametrize(("heads", "kv_heads", "block_size"), [(4, 4, 16), (8, 2, 16), (8, 1, 64)])
-def test_reference_matches_engine(heads, kv_heads, block_size):
-    """Our reference and the engine's torch decode path compute the same attention."""
+def test_reference_matches_engine(heads, kv_heads, block_size, window, softcap):
+    """Our reference and the engine's decode paths (the C kernel where it builds, and the
+    torch path) compute the same attention, with a sliding window and a soft cap."""
     from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
-    from lmdeploy.adapters.engines.pytorch.layers.attention import paged_attention
+    from lmdeploy.adapters.engines.pytorch.backends.torch_native.attention import (
+        decode_attention_torch,
+        decode_context,
+    )
+    from lmdeploy.adapters.engines.pytorch.layers.attention import AttentionOptions, paged_attention
 
     torch.manual_seed(3)
     lens = [1, block_size, 2 * block_size + 3]
@@ -96,10 +102,17 @@ def test_reference_matches_engine(heads, kv_heads, block_size):
         is_decode=True,
         num_cached_list=[n - 1 for n in lens],
     )
-    engine = paged_attention(q, k_new, v_new, k_cache, v_cache, meta, 0.125)
-    ref = paged_decode_attention_ref(q, k_cache, v_cache, tables, context_lens, 0.125)
+    options = dict(sliding_window=window, logit_softcap=softcap)
+    engine = paged_attention(
+        q, k_new, v_new, k_cache, v_cache, meta, AttentionOptions(0.125, window, softcap)
+    )
+    args = (q, k_cache, v_cache, tables, context_lens, 0.125)
+    ref = paged_decode_attention_ref(*args, **options)
     torch.testing.assert_close(ref, engine, **TOL[torch.float32])
-    out = paged_decode_attention(q, k_cache, v_cache, tables, context_lens, 0.125)
+    slots, valid = decode_context(tables, context_lens.long(), max(lens), block_size)
+    torch_path = decode_attention_torch(q, k_cache, v_cache, slots, valid, 0.125, window, softcap)
+    torch.testing.assert_close(ref, torch_path, **TOL[torch.float32])
+    out = paged_decode_attention(*args, **options)
     torch.testing.assert_close(out, engine, **TOL[torch.float32])
 
 

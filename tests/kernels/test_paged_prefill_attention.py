@@ -65,11 +65,13 @@ def test_strided_query_and_empty_sequence():
     torch.testing.assert_close(out, ref, **TOL[torch.float32])
 
 
+@pytest.mark.parametrize(("window", "softcap"), [(None, None), (6, None), (None, 2.0), (11, 1.5)])
 @pytest.mark.parametrize(("heads", "kv_heads", "block_size"), [(4, 4, 16), (8, 2, 16), (8, 1, 64)])
-def test_reference_matches_engine(heads, kv_heads, block_size):
-    """Our reference and the engine's torch prefill path compute the same attention."""
+def test_reference_matches_engine(heads, kv_heads, block_size, window, softcap):
+    """Our reference and the engine's torch prefill path compute the same attention, with a
+    sliding window (over fresh prompts and chunks that start mid-sequence) and a soft cap."""
     from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
-    from lmdeploy.adapters.engines.pytorch.layers.attention import paged_attention
+    from lmdeploy.adapters.engines.pytorch.layers.attention import AttentionOptions, paged_attention
 
     torch.manual_seed(2)
     seqs = [(7, 7), (5, block_size + 9), (1, 2 * block_size)]
@@ -93,10 +95,12 @@ def test_reference_matches_engine(heads, kv_heads, block_size):
         num_cached_list=[c - n for n, c in seqs],
     )
     cpu = [t.cpu() for t in (q, k_new, v_new, k_cache, v_cache)]
-    engine = paged_attention(*cpu, meta, 0.125).to(q.device)
-    ref = paged_prefill_attention_ref(q, k_cache, v_cache, tables, cu, lens, max_q, 0.125)
+    opts = AttentionOptions(0.125, window, softcap)
+    engine = paged_attention(*cpu, meta, opts).to(q.device)
+    args = (q, k_cache, v_cache, tables, cu, lens, max_q, 0.125)
+    ref = paged_prefill_attention_ref(*args, sliding_window=window, logit_softcap=softcap)
     torch.testing.assert_close(ref, engine, **TOL[torch.float32])
-    out = paged_prefill_attention(q, k_cache, v_cache, tables, cu, lens, max_q, 0.125)
+    out = paged_prefill_attention(*args, sliding_window=window, logit_softcap=softcap)
     torch.testing.assert_close(out, engine, **TOL[torch.float32])
 
 

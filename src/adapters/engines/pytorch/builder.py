@@ -89,20 +89,6 @@ def build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         return pool.submit(_build, source, config).result()
 
 
-def _refuse_sliding_window(name: str, model_cfg: ModelConfig, max_model_len: int) -> None:
-    """Attention here spans the whole sequence: past a sliding window the text would quietly
-    differ from the model's, so such a checkpoint runs only where the window never slides."""
-    window = model_cfg.sliding_window
-    if window is not None and window < max_model_len:
-        raise InvalidArgument(
-            "model_path",
-            f"{name} uses sliding-window attention (sliding_window={window}), which "
-            f"this build does not implement yet: sequences longer than {window} tokens would "
-            f"come out wrong. Pass session_len={window} (or less) to run it within the window, "
-            f"or use a checkpoint whose config.json has sliding_window: null",
-        )
-
-
 def _refuse_partial_rotary(name: str, model_cfg: ModelConfig) -> None:
     """Rotary here turns every dim of a head; a model that turns only some would run wrong."""
     if model_cfg.partial_rotary_factor != 1.0:
@@ -120,7 +106,6 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
         model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
     max_model_len = config.session_len or model_cfg.max_position_embeddings
-    _refuse_sliding_window(source.name, model_cfg, max_model_len)
     _refuse_partial_rotary(source.name, model_cfg)
     cls = model_class(model_cfg.architectures, custom_models)
     device = pick_device(config)

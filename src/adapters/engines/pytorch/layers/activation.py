@@ -1,4 +1,4 @@
-"""SiLU-and-mul (the gated MLP's activation), dispatched once to a backend."""
+"""The gated MLP's activations (SiLU-and-mul, GELU-tanh-and-mul) and the logit soft cap,\ndispatched once to a backend."""
 
 from __future__ import annotations
 
@@ -21,3 +21,17 @@ class SiluAndMul(nn.Module):
         if gate_up.is_contiguous() and cpu_ops.available(gate_up):
             return cpu_ops.silu_and_mul(gate_up)
         return torch_ops.silu_and_mul(gate_up)
+
+
+class GeluTanhAndMul(nn.Module):
+    """gelu_tanh(gate) * up of [tokens, 2 x inter] -> [tokens, inter] (Gemma's MLP). Torch ops
+    on every device, CUDA included: no fused kernel of ours computes it."""
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return torch_ops.gelu_tanh_and_mul(gate_up)
+
+
+def soft_cap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap * tanh(x / cap), or x when there is no cap (Gemma 2's final logits). Torch ops on
+    every device: one elementwise pass over the logits rows of a step."""
+    return x if cap is None else torch_ops.soft_cap(x, cap)

@@ -8,6 +8,7 @@ slots first; each sequence then attends to its whole context through its block t
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -23,15 +24,35 @@ from ..backends.torch_native.attention import (
 from .rotary import rotate_qk
 
 
+@dataclass(frozen=True)
+class AttentionOptions:
+    """What a layer's attention computes besides q.k: the score scale, its window, its cap."""
+
+    scale: float
+    sliding_window: int | None = None
+    logit_softcap: float | None = None
+
+
 class Attention(nn.Module):
-    """Rotary on q and k, their K/V into the paged cache, then attention: [tokens, heads x dim]."""
+    """Rotary on q and k, their K/V into the paged cache, then attention: [tokens, heads x dim].
+
+    `sliding_window` W: a query at position p sees keys p - W < pos <= p only (transformers'
+    semantics; None: the whole context). `logit_softcap` c: scores = c * tanh(scores / c) after
+    the scale (Gemma 2). Both are this layer's: models alternate windowed and global layers."""
 
     def __init__(
-        self, num_heads: int, num_kv_heads: int, head_dim: int, scale: float | None = None
+        self,
+        num_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        scale: float | None = None,
+        sliding_window: int | None = None,
+        logit_softcap: float | None = None,
     ) -> None:
         super().__init__()
         self.heads = (num_heads, num_kv_heads, head_dim)
         self.scale = head_dim**-0.5 if scale is None else scale
+        self.options = AttentionOptions(self.scale, sliding_window, logit_softcap)
 
     def forward(
         self,
@@ -42,7 +63,7 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         q, k, v, written = rotate_qk(qkv, cos, sin, self.heads, kv_cache, meta.slot_mapping)
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale, written)
+        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.options, written)
         return out.flatten(1)
 
 
@@ -78,20 +99,21 @@ def _decode_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
-    scale: float,
+    opts: AttentionOptions,
 ) -> torch.Tensor:
     """One query token per sequence, q [seqs, heads, dim]: the C kernel where it runs, else
     the torch path over a padded copy of the contexts."""
     tables, lens = meta.decode_tables, meta.decode_lens
     if tables is None or lens is None:  # metadata built by hand: an all-decode step
         tables, lens = meta.block_tables, meta.context_lens
-    out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, lens, scale)
+    window, cap = opts.sliding_window, opts.logit_softcap
+    out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, lens, opts.scale, window, cap)
     if out is not None:
         return out
     slots, valid = meta.context_slots, meta.context_mask
     if slots is None or valid is None:
         slots, valid = decode_context(tables, lens, int(lens.max()), k_cache.shape[1])
-    return decode_attention_torch(q, k_cache, v_cache, slots, valid, scale)
+    return decode_attention_torch(q, k_cache, v_cache, slots, valid, opts.scale, window, cap)
 
 
 def paged_attention(
@@ -101,23 +123,24 @@ def paged_attention(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
-    scale: float,
+    opts: AttentionOptions,
     kv_written: bool = False,
 ) -> torch.Tensor:
     """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim].
     `kv_written`: k and v are already in their cache slots (the CPU's fused rotary)."""
+    window, cap = opts.sliding_window, opts.logit_softcap
     if q.is_cuda:
         from ..backends.cuda.attention import paged_attention_cuda  # Triton: only where it runs
 
-        return paged_attention_cuda(q, k, v, k_cache, v_cache, meta, scale)
+        return paged_attention_cuda(q, k, v, k_cache, v_cache, meta, opts.scale, window, cap)
     if not kv_written:
         write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
     if meta.is_decode:
-        return _decode_attention(q, k_cache, v_cache, meta, scale)
+        return _decode_attention(q, k_cache, v_cache, meta, opts)
     out = torch.empty_like(q)
     if meta.decode_rows is not None:
         assert meta.decode_tables is not None, "decode_rows come with their tables"
         rows = meta.decode_rows
-        out[rows] = _decode_attention(q[rows], k_cache, v_cache, meta, scale)
-    prefill_attention(out, q, k, v, k_cache, v_cache, meta, scale)
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, meta, opts)
+    prefill_attention(out, q, k, v, k_cache, v_cache, meta, opts.scale, window, cap)
     return out

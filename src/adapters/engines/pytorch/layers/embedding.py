@@ -11,14 +11,20 @@ from .linear import LinearBase
 
 
 class VocabEmbedding(nn.Module):
-    """Token ids -> rows of `weight` [vocab_size, hidden_size]."""
+    """Token ids -> rows of `weight` [vocab_size, hidden_size], times `scale` if given (Gemma:
+    sqrt(hidden_size), rounded to the weight's dtype as transformers does; a tied LM head reads
+    the weight unscaled)."""
 
-    def __init__(self, vocab_size: int, hidden_size: int) -> None:
+    def __init__(self, vocab_size: int, hidden_size: int, scale: float | None = None) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size))
+        self.scale = scale
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return F.embedding(input_ids, self.weight)
+        rows = F.embedding(input_ids, self.weight)
+        if self.scale is None:
+            return rows
+        return rows * torch.tensor(self.scale, dtype=torch.float32).to(self.weight.dtype)
 
 
 class ParallelLMHead(LinearBase):

@@ -33,3 +33,22 @@ class RMSNorm(nn.Module):
         if residual is None:
             return ops.rms_norm(x, self.weight, self.eps)
         return ops.fused_add_rms_norm(x, residual, self.weight, self.eps)
+
+
+class GemmaRMSNorm(nn.Module):
+    """Gemma's RMSNorm, x * (1 + weight) in float32 (its weight is stored as an offset from
+    one), alone or fused with the residual add as `RMSNorm`. Torch ops on every device: the
+    fused kernels round before the weight, as Llama does, so they would not give Gemma's
+    numbers in half precision."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(dim))
+        self.eps = eps
+
+    def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if residual is None:
+            return torch_ops.gemma_rms_norm(x, self.weight, self.eps)
+        return torch_ops.fused_add_gemma_rms_norm(x, residual, self.weight, self.eps)

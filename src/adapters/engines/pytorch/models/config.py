@@ -26,7 +26,13 @@ class ModelConfig:
     eos_token_ids: tuple[int, ...] = ()
     torch_dtype: str = "float32"
     architectures: tuple[str, ...] = field(default=("LlamaForCausalLM",))
-    sliding_window: int | None = None  # Mistral's attention span; not implemented (builder)
+    sliding_window: int | None = None  # the attention span of windowed layers (Mistral, Gemma 2)
+    # Per layer 'sliding_attention' or 'full_attention' (transformers 5's `layer_types`);
+    # None: every layer is windowed when there is a window.
+    layer_types: tuple[str, ...] | None = None
+    attn_logit_softcapping: float | None = None  # Gemma 2: scores capped through a tanh
+    final_logit_softcapping: float | None = None  # Gemma 2: logits likewise
+    query_pre_attn_scalar: float | None = None  # Gemma 2: the attention scale is its -1/2 power
     partial_rotary_factor: float = 1.0  # share of each head's dims that rotary turns (Phi)
     # Mixture of experts (Mixtral, Qwen3-MoE); num_experts 0: a dense model.
     num_experts: int = 0
@@ -75,7 +81,17 @@ class ModelConfig:
             norm_topk_prob=bool(cfg.get("norm_topk_prob")),
             decoder_sparse_step=cfg.get("decoder_sparse_step") or 1,
             mlp_only_layers=tuple(cfg.get("mlp_only_layers") or ()),
+            layer_types=tuple(cfg["layer_types"]) if cfg.get("layer_types") else None,
+            attn_logit_softcapping=cfg.get("attn_logit_softcapping"),
+            final_logit_softcapping=cfg.get("final_logit_softcapping"),
+            query_pre_attn_scalar=cfg.get("query_pre_attn_scalar"),
         )
+
+    def sliding_window_of(self, layer: int) -> int | None:
+        """The window of layer `layer`'s attention, None where it sees the whole context."""
+        if self.layer_types is not None and self.layer_types[layer] != "sliding_attention":
+            return None
+        return self.sliding_window
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes

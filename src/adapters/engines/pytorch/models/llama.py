@@ -21,14 +21,16 @@ from .config import ModelConfig
 
 
 class LlamaAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.qkv_proj = QKVParallelLinear(
             cfg.hidden_size, head_dim, heads, kv_heads, bias=cfg.attention_bias
         )
         self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=False)
-        self.attn = Attention(heads, kv_heads, head_dim)
+        # Mistral is Llama with every layer windowed (a None window: Llama).
+        window = cfg.sliding_window_of(layer)
+        self.attn = Attention(heads, kv_heads, head_dim, sliding_window=window)
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
         return self.o_proj(self.attn(self.qkv_proj(x), cos, sin, kv_cache, meta))
@@ -51,10 +53,10 @@ class LlamaDecoderLayer(nn.Module):
     # subclass with their own.
     attention_cls: type[nn.Module] = LlamaAttention
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = self.attention_cls(cfg)
+        self.self_attn = self.attention_cls(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = LlamaMLP(cfg)
 
@@ -78,7 +80,7 @@ class LlamaModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(self.layer_cls(cfg) for _ in range(cfg.num_hidden_layers))
+        self.layers = nn.ModuleList(self.layer_cls(cfg, i) for i in range(cfg.num_hidden_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:

@@ -16,7 +16,7 @@ from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
 
 class Qwen3Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         bias = cfg.attention_bias
@@ -24,7 +24,9 @@ class Qwen3Attention(nn.Module):
         self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=bias)
         self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
-        self.attn = Attention(heads, kv_heads, head_dim)
+        self.attn = Attention(
+            heads, kv_heads, head_dim, sliding_window=cfg.sliding_window_of(layer)
+        )
         self.sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
         self.head_dim = head_dim
 

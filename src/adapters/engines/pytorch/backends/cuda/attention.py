@@ -23,11 +23,20 @@ def paged_attention_cuda(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
     kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
     if meta.is_decode:
         return paged_decode_attention(
-            q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale
+            q,
+            k_cache,
+            v_cache,
+            meta.block_tables,
+            meta.context_lens,
+            scale,
+            sliding_window=sliding_window,
+            logit_softcap=logit_softcap,
         )
     return paged_prefill_attention(
         q,
@@ -38,4 +47,6 @@ def paged_attention_cuda(
         meta.context_lens,
         meta.max_query_len,
         scale,
+        sliding_window=sliding_window,
+        logit_softcap=logit_softcap,
     )

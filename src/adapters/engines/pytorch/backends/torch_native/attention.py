@@ -45,6 +45,31 @@ def _gather(cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
     return rows.view(*slots.shape, *cache.shape[2:])
 
 
+def _attend(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor | None,
+    scale: float,
+    logit_softcap: float | None,
+) -> torch.Tensor:
+    """Batched [batch, heads, q_len, dim] attention (k, v with kv_heads); `mask` True where a
+    key is seen, None for causal. SDPA cannot cap scores, so a soft cap takes the math path
+    (the kernels' *_ref order: scale, cap, mask, softmax in float32)."""
+    if logit_softcap is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale, enable_gqa=True
+        )
+    group = q.shape[1] // k.shape[1]
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    scores = (q @ k.transpose(-1, -2)).float() * scale
+    scores = logit_softcap * torch.tanh(scores / logit_softcap)
+    if mask is None:
+        mask = torch.ones(scores.shape[-2:], dtype=torch.bool, device=q.device).tril()
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return scores.softmax(-1).to(v.dtype) @ v
+
+
 def decode_attention_torch(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -52,33 +77,56 @@ def decode_attention_torch(
     slots: torch.Tensor,
     valid: torch.Tensor,
     scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> torch.Tensor:
-    """One query token per sequence: q [seqs, heads, dim] against its padded context."""
+    """One query token per sequence: q [seqs, heads, dim] against its padded context. With
+    `sliding_window` W, the query (the last valid position n - 1) sees positions > n - 1 - W."""
     k, v = _gather(k_cache, slots), _gather(v_cache, slots)  # [seqs, len, kv_heads, dim]
-    out = F.scaled_dot_product_attention(
+    if sliding_window is not None:
+        pos = torch.arange(valid.shape[1], device=valid.device)
+        last = valid.sum(-1, keepdim=True) - 1
+        valid = valid & (pos[None, :] > last - sliding_window)
+    out = _attend(
         q.unsqueeze(2),  # [seqs, heads, 1, dim]
         k.transpose(1, 2),
         v.transpose(1, 2),
-        attn_mask=valid[:, None, None, :],
-        scale=scale,
-        enable_gqa=True,
+        valid[:, None, None, :],
+        scale,
+        logit_softcap,
     )
     return out.reshape(q.shape)
 
 
-def _one_sequence(q, k, v, mask: torch.Tensor | None, scale: float) -> torch.Tensor:
+def _one_sequence(
+    q, k, v, mask: torch.Tensor | None, scale: float, logit_softcap: float | None
+) -> torch.Tensor:
     """[tokens, heads, dim] each. Batched to 4-D: the CPU flash kernel takes nothing else (3-D
     inputs fall back to the math path, which also copies K/V per query head)."""
-    out = F.scaled_dot_product_attention(
+    out = _attend(
         q.transpose(0, 1)[None],
         k.transpose(0, 1)[None],
         v.transpose(0, 1)[None],
-        attn_mask=mask,
-        is_causal=mask is None,
-        scale=scale,
-        enable_gqa=True,
+        mask,
+        scale,
+        logit_softcap,
     )
     return out[0].transpose(0, 1)
+
+
+def prefill_mask(
+    q_len: int, ctx_len: int, sliding_window: int | None, device: torch.device
+) -> torch.Tensor | None:
+    """[q_len, ctx_len], True where a key is seen: query t sits at position p = ctx_len - q_len
+    + t and sees keys p - W < pos <= p. None for the plain causal mask of a fresh prompt."""
+    if ctx_len == q_len and sliding_window is None:
+        return None
+    offset = ctx_len - q_len
+    ones = torch.ones(q_len, ctx_len, dtype=torch.bool, device=device)
+    mask = ones.tril(offset)
+    if sliding_window is not None:
+        mask &= ~ones.tril(offset - sliding_window)
+    return mask
 
 
 def prefill_attention(
@@ -90,6 +138,8 @@ def prefill_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     scale: float,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
 ) -> None:
     """Sequence by sequence, skipping the one-token rows already done in `decode_rows`."""
     block_size = k_cache.shape[1]
@@ -98,14 +148,12 @@ def prefill_attention(
         if q_len == 1 and meta.decode_rows is not None:
             continue
         end, ctx_len = start + q_len, meta.context_lens_list[i]
+        mask = prefill_mask(q_len, ctx_len, sliding_window, q.device)
         if ctx_len == q_len:  # nothing cached before: the fresh K/V are the whole context
             k, v = k_new[start:end], v_new[start:end]
-            out[start:end] = _one_sequence(q[start:end], k, v, None, scale)
         else:
             slots, _ = decode_context(
                 meta.block_tables[i : i + 1], meta.context_lens[i : i + 1], ctx_len, block_size
             )
             k, v = _gather(k_cache, slots[0]), _gather(v_cache, slots[0])
-            # Query t sees keys 0 .. (ctx_len - q_len + t).
-            mask = torch.ones(q_len, ctx_len, dtype=torch.bool, device=q.device)
-            out[start:end] = _one_sequence(q[start:end], k, v, mask.tril(ctx_len - q_len), scale)
+        out[start:end] = _one_sequence(q[start:end], k, v, mask, scale, logit_softcap)

@@ -21,6 +21,33 @@ def fused_add_rms_norm(
     return rms_norm(residual, weight, eps), residual
 
 
+def gemma_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma's RMSNorm: x * (1 + weight), all in float32 and rounded once at the end (Llama's
+    rounds before the weight)."""
+    x32 = x.float()
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return (x32 * (1.0 + weight.float())).to(x.dtype)
+
+
+def fused_add_gemma_rms_norm(
+    h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(GemmaRMSNorm(residual + h), residual + h)."""
+    residual = residual + h
+    return gemma_rms_norm(residual, weight, eps), residual
+
+
+def gelu_tanh_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """gelu_tanh(gate) * up of [tokens, 2 x inter] (transformers' gelu_pytorch_tanh)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.gelu(gate, approximate="tanh").mul_(up)
+
+
+def soft_cap(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """cap * tanh(x / cap): x squashed into (-cap, cap), near the identity for small x."""
+    return (x / cap).tanh_().mul_(cap)
+
+
 def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up of [tokens, 2 x inter], in place in the gate half: the projection's
     output is ours to overwrite, and a fresh buffer per op was a tenth of a CPU prefill."""

@@ -1,0 +1,133 @@
+"""The Gemma 2 architecture over a paged KV cache.
+
+Llama's layout with Gemma's changes: every layer's attention and MLP output is normed again
+before the residual add (four norms a layer, Gemma's x * (1 + w)), layers alternate a sliding
+window and the whole context (`ModelConfig.sliding_window_of`), attention scores and the final
+logits are soft-capped, the scale is `query_pre_attn_scalar ** -0.5`, the embedding is scaled
+by sqrt(hidden_size), the MLP is gated by GELU-tanh and the LM head is (as a rule) the
+embedding.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..backends.attention_metadata import AttentionMetadata
+from ..layers.activation import GeluTanhAndMul, soft_cap
+from ..layers.attention import Attention
+from ..layers.embedding import ParallelLMHead, TiedLMHead, VocabEmbedding
+from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from ..layers.norm import GemmaRMSNorm
+from .base import CausalLM, KVCaches
+from .config import ModelConfig
+
+
+def _layer_window(cfg: ModelConfig, layer: int) -> int | None:
+    """The config's `layer_types` where it has them; checkpoints saved before transformers
+    wrote them alternate from a windowed layer 0, as transformers then did."""
+    if cfg.layer_types is None and layer % 2 == 1:
+        return None
+    return cfg.sliding_window_of(layer)
+
+
+class Gemma2Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size, head_dim, heads, kv_heads, bias=cfg.attention_bias
+        )
+        self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        self.attn = Attention(
+            heads,
+            kv_heads,
+            head_dim,
+            scale=(cfg.query_pre_attn_scalar or head_dim) ** -0.5,
+            sliding_window=_layer_window(cfg, layer),
+            logit_softcap=cfg.attn_logit_softcapping,
+        )
+
+    def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
+        return self.o_proj(self.attn(self.qkv_proj(x), cos, sin, kv_cache, meta))
+
+
+class Gemma2MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        inter = cfg.intermediate_size
+        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [inter, inter], bias=False)
+        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=False)
+        self.act = GeluTanhAndMul()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_up_proj(x)))
+
+
+class Gemma2DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        hidden, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.input_layernorm = GemmaRMSNorm(hidden, eps)
+        self.self_attn = Gemma2Attention(cfg, layer)
+        self.post_attention_layernorm = GemmaRMSNorm(hidden, eps)
+        self.pre_feedforward_layernorm = GemmaRMSNorm(hidden, eps)
+        self.mlp = Gemma2MLP(cfg)
+        self.post_feedforward_layernorm = GemmaRMSNorm(hidden, eps)
+
+    def forward(
+        self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, kv_cache, meta
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`h`: the previous layer's normed MLP output (the embeddings for the first layer,
+        with residual None). Returns this layer's normed MLP output and the residual stream
+        before it."""
+        if residual is None:
+            normed, residual = self.input_layernorm(h), h
+        else:
+            normed, residual = self.input_layernorm(h, residual)
+        h = self.post_attention_layernorm(self.self_attn(normed, cos, sin, kv_cache, meta))
+        normed, residual = self.pre_feedforward_layernorm(h, residual)
+        return self.post_feedforward_layernorm(self.mlp(normed)), residual
+
+
+class Gemma2Model(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = VocabEmbedding(
+            cfg.vocab_size, cfg.hidden_size, scale=cfg.hidden_size**0.5
+        )
+        self.layers = nn.ModuleList(
+            Gemma2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)
+        )
+        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
+        h, residual = self.embed_tokens(input_ids), None
+        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
+            h, residual = layer(h, residual, cos, sin, kv_cache, meta)
+        return self.norm(h, residual)[0]
+
+
+class Gemma2ForCausalLM(CausalLM):
+    packed_modules_mapping = {
+        "q_proj": ("qkv_proj", "q"),
+        "k_proj": ("qkv_proj", "k"),
+        "v_proj": ("qkv_proj", "v"),
+        "gate_proj": ("gate_up_proj", 0),
+        "up_proj": ("gate_up_proj", 1),
+    }
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__(cfg)
+        self.model = Gemma2Model(cfg)
+        self.lm_head = (
+            TiedLMHead(self.model.embed_tokens)
+            if cfg.tie_word_embeddings
+            else ParallelLMHead(cfg.hidden_size, cfg.vocab_size)
+        )
+
+    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
+        return self.model(input_ids, cos, sin, kv_caches, meta)
+
+    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return soft_cap(self.lm_head(hidden), self.config.final_logit_softcapping)
