@@ -128,7 +128,8 @@ def test_n_choices_compute_the_prompt_once_and_greedy_choices_agree(default_pipe
         outs[0].token_ids
         == default_pipe(prompt, gen_config=GenerationConfig(max_new_tokens=6)).token_ids
     )
-    assert after.num_free_blocks == after.num_blocks
+    # Other tests may leave a chat session's blocks in the shared pipeline: count this one's.
+    assert after.num_free_blocks == before.num_free_blocks
 
 
 def test_seeded_choices_differ_and_reproduce_prompt_major(default_pipe):
