@@ -72,8 +72,9 @@ def _transformers(path) -> list[list[int]]:
             out = model.generate(
                 torch.tensor([prompt]),
                 max_new_tokens=MAX_NEW_TOKENS,
+                # ignore_eos bans eos (as 0.6.5); min_new_tokens does that in transformers.
+                min_new_tokens=MAX_NEW_TOKENS,
                 do_sample=False,
-                eos_token_id=None,
                 pad_token_id=0,
             )
         outputs.append(out[0, len(prompt) :].tolist())

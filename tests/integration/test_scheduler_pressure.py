@@ -127,7 +127,7 @@ def test_a_long_prompt_is_prefilled_in_chunks_while_others_decode(
         long_out = pipe(
             [long_prompt], gen_config=GenerationConfig(max_new_tokens=4, ignore_eos=True)
         )[0]
-        outs = [pipe._collect(s, i) for i, s in enumerate(streams)]
+        outs = [pipe._collect(s, i, session_id=i) for i, s in enumerate(streams)]
     finally:
         pipe.close()
     assert [o.token_ids for o in outs] == expected_short
