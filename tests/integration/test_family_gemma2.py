@@ -9,24 +9,15 @@ default so that the caps bite."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 import transformers
 
 from lmdeploy import PytorchEngineConfig
 from lmdeploy.adapters.engines.pytorch.builder import build
 from lmdeploy.adapters.loaders.model_source import resolve
-from tests.conftest import LONG_TEXT
 
 from .test_loaders import assert_logits_close, last_logits
-from .tiny_models import (
-    ENGINE_CONFIGS,
-    VOCAB_SIZE,
-    assert_greedy_ids_match,
-    prompts,
-    reference_greedy,
-    save_tiny_checkpoint,
-)
+from .tiny_models import VOCAB_SIZE, TinyFamily, family_fixture, greedy_ids_match_test
 
 
 def tiny_gemma2_config() -> transformers.Gemma2Config:
@@ -47,30 +38,21 @@ def tiny_gemma2_config() -> transformers.Gemma2Config:
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_gemma2(tmp_path_factory, hf_tokenizer):
-    config = tiny_gemma2_config()
-    assert set(config.layer_types) == {"sliding_attention", "full_attention"}
-    directory = tmp_path_factory.mktemp("tiny-gemma2")
-    model = save_tiny_checkpoint(config, directory, hf_tokenizer)
-    # transformers' default attention for Gemma 2 (eager) applies the window and the cap.
-    assert model.config._attn_implementation in ("eager", "sdpa")
-    prompt_ids = prompts(hf_tokenizer, LONG_TEXT)
-    return directory, model, prompt_ids, reference_greedy(model, prompt_ids)
+family = family_fixture(tiny_gemma2_config())
+test_greedy_ids_match_transformers = greedy_ids_match_test()
 
 
-@pytest.mark.parametrize("options", ENGINE_CONFIGS.values(), ids=ENGINE_CONFIGS.keys())
-def test_greedy_ids_match_transformers(tiny_gemma2, options):
-    directory, _, prompt_ids, reference = tiny_gemma2
-    assert_greedy_ids_match(directory, reference, prompt_ids, **options)
+def test_reference_runs_both_layer_types(family: TinyFamily):
+    """transformers' default attention for Gemma 2 (eager) applies the window and the cap."""
+    assert set(family.model.config.layer_types) == {"sliding_attention", "full_attention"}
+    assert family.model.config._attn_implementation in ("eager", "sdpa")
 
 
-def test_soft_capped_logits_match_transformers(tiny_gemma2):
-    directory, model, prompt_ids, _ = tiny_gemma2
-    ids = prompt_ids[3]  # 40 tokens: past the window
+def test_soft_capped_logits_match_transformers(family: TinyFamily):
+    ids = family.prompt_ids[3]  # 40 tokens: past the window
     config = PytorchEngineConfig(device_type="cpu", dtype="float32", num_gpu_blocks=4)
-    built = build(resolve(str(directory)), config)
+    built = build(resolve(str(family.directory)), config)
     with torch.inference_mode():
-        theirs = model(torch.tensor([ids])).logits[0, -1:]
+        theirs = family.model(torch.tensor([ids])).logits[0, -1:]
     assert theirs.abs().max() < 5.0, "the final soft cap bounds the logits"
     assert_logits_close(last_logits(built.runner, ids), theirs)

@@ -2,40 +2,14 @@
 
 from __future__ import annotations
 
-import pytest
 import transformers
 
-from tests.conftest import LONG_TEXT
+from .tiny_models import TINY_SHAPE, family_fixture, greedy_ids_match_test
 
-from .tiny_models import (
-    ENGINE_CONFIGS,
-    VOCAB_SIZE,
-    assert_greedy_ids_match,
-    prompts,
-    reference_greedy,
-    save_tiny_checkpoint,
-)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory, hf_tokenizer):
-    config = transformers.LlamaConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
+family = family_fixture(
+    transformers.LlamaConfig(
+        **TINY_SHAPE,
         tie_word_embeddings=False,
     )
-    directory = tmp_path_factory.mktemp("tiny-llama")
-    model = save_tiny_checkpoint(config, directory, hf_tokenizer)
-    prompt_ids = prompts(hf_tokenizer, LONG_TEXT)
-    return directory, prompt_ids, reference_greedy(model, prompt_ids)
-
-
-@pytest.mark.parametrize("options", ENGINE_CONFIGS.values(), ids=ENGINE_CONFIGS.keys())
-def test_greedy_ids_match_transformers(tiny_llama, options):
-    directory, prompt_ids, reference = tiny_llama
-    assert_greedy_ids_match(directory, reference, prompt_ids, **options)
+)
+test_greedy_ids_match_transformers = greedy_ids_match_test()

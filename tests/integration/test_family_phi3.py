@@ -13,50 +13,26 @@ import transformers
 
 from lmdeploy import PytorchEngineConfig, pipeline
 from lmdeploy.domain.errors import InvalidArgument
-from tests.conftest import LONG_TEXT
 
-from .tiny_models import (
-    ENGINE_CONFIGS,
-    VOCAB_SIZE,
-    assert_greedy_ids_match,
-    prompts,
-    reference_greedy,
-    save_tiny_checkpoint,
-)
+from .tiny_models import TINY_SHAPE, TinyFamily, family_fixture, greedy_ids_match_test
 
 
 def phi3_config(**overrides) -> transformers.Phi3Config:
     return transformers.Phi3Config(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
+        **TINY_SHAPE,
         original_max_position_embeddings=1024,
         pad_token_id=0,
         **overrides,
     )
 
 
-@pytest.fixture(scope="module")
-def tiny_phi3(tmp_path_factory, hf_tokenizer):
-    directory = tmp_path_factory.mktemp("tiny-phi3")
-    model = save_tiny_checkpoint(phi3_config(), directory, hf_tokenizer)
-    prompt_ids = prompts(hf_tokenizer, LONG_TEXT)
-    return directory, prompt_ids, reference_greedy(model, prompt_ids)
+family = family_fixture(phi3_config())
+test_greedy_ids_match_transformers = greedy_ids_match_test()
 
 
-@pytest.mark.parametrize("options", ENGINE_CONFIGS.values(), ids=ENGINE_CONFIGS.keys())
-def test_greedy_ids_match_transformers(tiny_phi3, options):
-    directory, prompt_ids, reference = tiny_phi3
-    assert_greedy_ids_match(directory, reference, prompt_ids, **options)
-
-
-def _with_config(tiny_phi3, tmp_path, **changes):
+def _with_config(family: TinyFamily, tmp_path, **changes):
     """The tiny checkpoint's files with config.json changed."""
-    source = tiny_phi3[0]
+    source = family.directory
     for path in source.iterdir():
         (tmp_path / path.name).symlink_to(path)
     config = json.loads((source / "config.json").read_text()) | changes
@@ -65,10 +41,10 @@ def _with_config(tiny_phi3, tmp_path, **changes):
     return tmp_path
 
 
-def test_longrope_is_refused_naming_what_to_use(tiny_phi3, tmp_path):
+def test_longrope_is_refused_naming_what_to_use(family, tmp_path):
     factors = [1.0] * 16
     directory = _with_config(
-        tiny_phi3,
+        family,
         tmp_path,
         rope_parameters={
             "rope_type": "longrope",
@@ -81,7 +57,7 @@ def test_longrope_is_refused_naming_what_to_use(tiny_phi3, tmp_path):
         pipeline(str(directory), backend_config=PytorchEngineConfig(session_len=512))
 
 
-def test_partial_rotary_is_refused(tiny_phi3, tmp_path):
-    directory = _with_config(tiny_phi3, tmp_path, partial_rotary_factor=0.75)
+def test_partial_rotary_is_refused(family, tmp_path):
+    directory = _with_config(family, tmp_path, partial_rotary_factor=0.75)
     with pytest.raises(InvalidArgument, match="75% of each head"):
         pipeline(str(directory), backend_config=PytorchEngineConfig(session_len=512))

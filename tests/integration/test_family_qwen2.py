@@ -13,7 +13,6 @@ from lmdeploy import PytorchEngineConfig
 from lmdeploy.adapters.engines.pytorch.builder import build
 from lmdeploy.adapters.engines.pytorch.models.qwen2 import Qwen2ForCausalLM
 from lmdeploy.adapters.loaders.model_source import resolve
-from tests.conftest import LONG_TEXT
 
 from ._gguf_fixtures import write_tiny_gguf
 from .test_loaders import (
@@ -25,40 +24,23 @@ from .test_loaders import (
     load_reference,
     reference_logits,
 )
-from .tiny_models import (
-    ENGINE_CONFIGS,
-    VOCAB_SIZE,
-    assert_greedy_ids_match,
-    prompts,
-    reference_greedy,
-    save_tiny_checkpoint,
-)
+from .tiny_models import TINY_SHAPE, TinyFamily, family_fixture, greedy_ids_match_test
 
 
-@pytest.fixture(scope="module", params=[False, True], ids=["untied", "tied"])
-def tiny_qwen2(request, tmp_path_factory, hf_tokenizer):
-    config = transformers.Qwen2Config(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=request.param,
+def qwen2_config(tied: bool) -> transformers.Qwen2Config:
+    return transformers.Qwen2Config(
+        **TINY_SHAPE,
+        tie_word_embeddings=tied,
         use_sliding_window=False,
     )
-    directory = tmp_path_factory.mktemp(f"tiny-qwen2-{request.param}")
-    model = save_tiny_checkpoint(config, directory, hf_tokenizer)
-    assert model.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0
-    prompt_ids = prompts(hf_tokenizer, LONG_TEXT)
-    return directory, prompt_ids, reference_greedy(model, prompt_ids)
 
 
-@pytest.mark.parametrize("options", ENGINE_CONFIGS.values(), ids=ENGINE_CONFIGS.keys())
-def test_greedy_ids_match_transformers(tiny_qwen2, options):
-    directory, prompt_ids, reference = tiny_qwen2
-    assert_greedy_ids_match(directory, reference, prompt_ids, **options)
+family = family_fixture(qwen2_config(False), qwen2_config(True), ids=["untied", "tied"])
+test_greedy_ids_match_transformers = greedy_ids_match_test()
+
+
+def test_reference_qkv_biases_are_random(family: TinyFamily):
+    assert family.model.model.layers[0].self_attn.q_proj.bias.abs().sum() > 0
 
 
 @pytest.mark.parametrize("type_name", ["F32", "Q8_0"])

@@ -1,27 +1,19 @@
-"""The Qwen3-MoE family on a tiny random checkpoint: greedy ids equal transformers', and the
-experts load from the per-expert names checkpoints carry and from transformers 5's stacked ones."""
+"""The Qwen3-MoE family on a tiny random checkpoint (a dense layer, then a sparse one): greedy
+ids equal transformers', and the experts load from both of their checkpoint layouts."""
 
 from __future__ import annotations
 
-import pytest
 import transformers
 
-from tests.conftest import LONG_TEXT
-
 from .tiny_models import (
-    ENGINE_CONFIGS,
     VOCAB_SIZE,
-    assert_greedy_ids_match,
-    assert_stacked_experts_load_as_saved,
-    prompts,
-    reference_greedy,
-    save_tiny_checkpoint,
+    family_fixture,
+    greedy_ids_match_test,
+    stacked_experts_load_test,
 )
 
-
-@pytest.fixture(scope="module")
-def tiny_qwen3_moe(tmp_path_factory, hf_tokenizer):
-    config = transformers.Qwen3MoeConfig(
+family = family_fixture(
+    transformers.Qwen3MoeConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=96,
         intermediate_size=192,  # the dense layer's
@@ -37,18 +29,6 @@ def tiny_qwen3_moe(tmp_path_factory, hf_tokenizer):
         max_position_embeddings=1024,
         tie_word_embeddings=False,
     )
-    directory = tmp_path_factory.mktemp("tiny-qwen3-moe")
-    model = save_tiny_checkpoint(config, directory, hf_tokenizer)
-    prompt_ids = prompts(hf_tokenizer, LONG_TEXT)
-    return directory, model, prompt_ids, reference_greedy(model, prompt_ids)
-
-
-@pytest.mark.parametrize("options", ENGINE_CONFIGS.values(), ids=ENGINE_CONFIGS.keys())
-def test_greedy_ids_match_transformers(tiny_qwen3_moe, options):
-    directory, _, prompt_ids, reference = tiny_qwen3_moe
-    assert_greedy_ids_match(directory, reference, prompt_ids, **options)
-
-
-def test_stacked_experts_load_as_the_saved_per_expert_ones(tiny_qwen3_moe):
-    directory, model, _, _ = tiny_qwen3_moe
-    assert_stacked_experts_load_as_saved(directory, model)
+)
+test_greedy_ids_match_transformers = greedy_ids_match_test()
+test_stacked_experts_load_as_the_saved_per_expert_ones = stacked_experts_load_test()

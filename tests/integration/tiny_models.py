@@ -1,24 +1,40 @@
 """Tiny random checkpoints of any transformers family, and the check every family must pass:
 our engine's greedy ids equal `transformers.generate` on the same weights (fp32, CPU).
 
-A family's test builds a config from transformers' own class, saves the model with
-`save_tiny_checkpoint` and calls `assert_greedy_ids_match`; nothing is downloaded.
+A family's test module states its configs (transformers' own classes) and takes the shared
+shape from here: `family = family_fixture(config, ...)` and
+`test_greedy_ids_match_transformers = greedy_ids_match_test()`; nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+from tests.conftest import LONG_TEXT
 
 # The embedded model's vocabulary: a real tokenizer saved beside the random weights.
 VOCAB_SIZE = 49152
+
+# The dense families' shape; each family's test adds what makes it that family.
+TINY_SHAPE: dict[str, Any] = dict(
+    vocab_size=VOCAB_SIZE,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+)
 
 # Prompt lengths cross block boundaries (16 and 64) and the chunk size below.
 PROMPT_LENGTHS = [1, 9, 17, 40, 65, 130]
@@ -137,3 +153,48 @@ def assert_stacked_experts_load_as_saved(directory: Path, model: PreTrainedModel
         saved.state_dict().items(), stacked.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """A saved tiny checkpoint, the transformers model it was saved from, the prompts, and
+    transformers' greedy ids for them."""
+
+    directory: Path
+    model: PreTrainedModel
+    prompt_ids: list[list[int]]
+    reference: list[list[int]]
+
+
+def family_fixture(*configs: PretrainedConfig, ids: list[str] | None = None) -> Callable:
+    """A module-scoped fixture (name it `family`) of one `TinyFamily` per config."""
+
+    @pytest.fixture(scope="module", params=configs, ids=ids)
+    def family(request, tmp_path_factory, hf_tokenizer) -> TinyFamily:
+        config = request.param
+        directory = tmp_path_factory.mktemp(f"tiny-{config.model_type}")
+        model = save_tiny_checkpoint(config, directory, hf_tokenizer)
+        prompt_ids = prompts(hf_tokenizer, LONG_TEXT)
+        return TinyFamily(directory, model, prompt_ids, reference_greedy(model, prompt_ids))
+
+    return family
+
+
+def greedy_ids_match_test() -> Callable:
+    """The check every family passes, under each of `ENGINE_CONFIGS`, on the module's
+    `family` fixture."""
+
+    @pytest.mark.parametrize("options", ENGINE_CONFIGS.values(), ids=ENGINE_CONFIGS.keys())
+    def test_greedy_ids_match_transformers(family: TinyFamily, options: dict) -> None:
+        assert_greedy_ids_match(family.directory, family.reference, family.prompt_ids, **options)
+
+    return test_greedy_ids_match_transformers
+
+
+def stacked_experts_load_test() -> Callable:
+    """`assert_stacked_experts_load_as_saved` on the module's `family` fixture (MoE families)."""
+
+    def test_stacked_experts_load_as_the_saved_per_expert_ones(family: TinyFamily) -> None:
+        assert_stacked_experts_load_as_saved(family.directory, family.model)
+
+    return test_stacked_experts_load_as_the_saved_per_expert_ones

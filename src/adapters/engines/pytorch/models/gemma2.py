@@ -16,11 +16,10 @@ from torch import nn
 from ..backends.attention_metadata import AttentionMetadata
 from ..layers.activation import GeluTanhAndMul, soft_cap
 from ..layers.attention import Attention
-from ..layers.embedding import ParallelLMHead, TiedLMHead, VocabEmbedding
-from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from ..layers.linear import QKVParallelLinear, RowParallelLinear
 from ..layers.norm import GemmaRMSNorm
-from .base import CausalLM, KVCaches
 from .config import ModelConfig
+from .llama import LlamaForCausalLM, LlamaMLP, LlamaModel
 
 
 def _layer_window(cfg: ModelConfig, layer: int) -> int | None:
@@ -52,16 +51,8 @@ class Gemma2Attention(nn.Module):
         return self.o_proj(self.attn(self.qkv_proj(x), cos, sin, kv_cache, meta))
 
 
-class Gemma2MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        inter = cfg.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [inter, inter], bias=False)
-        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=False)
-        self.act = GeluTanhAndMul()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+class Gemma2MLP(LlamaMLP):
+    act_cls = GeluTanhAndMul
 
 
 class Gemma2DecoderLayer(nn.Module):
@@ -90,44 +81,16 @@ class Gemma2DecoderLayer(nn.Module):
         return self.post_feedforward_layernorm(self.mlp(normed)), residual
 
 
-class Gemma2Model(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.embed_tokens = VocabEmbedding(
-            cfg.vocab_size, cfg.hidden_size, scale=cfg.hidden_size**0.5
-        )
-        self.layers = nn.ModuleList(
-            Gemma2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)
-        )
-        self.norm = GemmaRMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+class Gemma2Model(LlamaModel):
+    layer_cls = Gemma2DecoderLayer
+    norm_cls = GemmaRMSNorm
 
-    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
-        h, residual = self.embed_tokens(input_ids), None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            h, residual = layer(h, residual, cos, sin, kv_cache, meta)
-        return self.norm(h, residual)[0]
+    def embedding_scale(self, cfg: ModelConfig) -> float:
+        return cfg.hidden_size**0.5
 
 
-class Gemma2ForCausalLM(CausalLM):
-    packed_modules_mapping = {
-        "q_proj": ("qkv_proj", "q"),
-        "k_proj": ("qkv_proj", "k"),
-        "v_proj": ("qkv_proj", "v"),
-        "gate_proj": ("gate_up_proj", 0),
-        "up_proj": ("gate_up_proj", 1),
-    }
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__(cfg)
-        self.model = Gemma2Model(cfg)
-        self.lm_head = (
-            TiedLMHead(self.model.embed_tokens)
-            if cfg.tie_word_embeddings
-            else ParallelLMHead(cfg.hidden_size, cfg.vocab_size)
-        )
-
-    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
-        return self.model(input_ids, cos, sin, kv_caches, meta)
+class Gemma2ForCausalLM(LlamaForCausalLM):
+    model_cls = Gemma2Model
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head(hidden), self.config.final_logit_softcapping)

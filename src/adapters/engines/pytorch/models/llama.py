@@ -37,12 +37,15 @@ class LlamaAttention(nn.Module):
 
 
 class LlamaMLP(nn.Module):
+    # Gated MLPs of this layout with another gate activation (Gemma's GELU) subclass with theirs.
+    act_cls: type[nn.Module] = SiluAndMul
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         inter = cfg.intermediate_size
         self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [inter, inter], bias=False)
         self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=False)
-        self.act = SiluAndMul()
+        self.act = self.act_cls()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(self.act(self.gate_up_proj(x)))
@@ -50,15 +53,20 @@ class LlamaMLP(nn.Module):
 
 class LlamaDecoderLayer(nn.Module):
     # Families of this layout that differ only in attention (Qwen2's biases, Qwen3's q/k norm)
-    # subclass with their own.
+    # or in the MLP (Mixtral's and Qwen3-MoE's experts) subclass with their own.
     attention_cls: type[nn.Module] = LlamaAttention
+    # The checkpoint's name of the MLP module (Mixtral's: `block_sparse_moe`).
+    mlp_name: str = "mlp"
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.self_attn = self.attention_cls(cfg, layer)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = LlamaMLP(cfg)
+        self.add_module(self.mlp_name, self.build_mlp(cfg, layer))
+
+    def build_mlp(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        return LlamaMLP(cfg)
 
     def forward(
         self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, kv_cache, meta
@@ -71,17 +79,25 @@ class LlamaDecoderLayer(nn.Module):
             normed, residual = self.input_layernorm(h, residual)
         h = self.self_attn(normed, cos, sin, kv_cache, meta)
         normed, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(normed), residual
+        return getattr(self, self.mlp_name)(normed), residual
 
 
 class LlamaModel(nn.Module):
-    layer_cls: type[LlamaDecoderLayer] = LlamaDecoderLayer
+    # Any layer that maps (h, residual, ...) to (MLP output, residual), e.g. Gemma 2's.
+    layer_cls: type[nn.Module] = LlamaDecoderLayer
+    # Gemma 2 changes the final norm (x * (1 + w)) and scales the embedding.
+    norm_cls: type[nn.Module] = RMSNorm
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = VocabEmbedding(
+            cfg.vocab_size, cfg.hidden_size, scale=self.embedding_scale(cfg)
+        )
         self.layers = nn.ModuleList(self.layer_cls(cfg, i) for i in range(cfg.num_hidden_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.norm = self.norm_cls(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def embedding_scale(self, cfg: ModelConfig) -> float | None:
+        return None
 
     def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
         h, residual = self.embed_tokens(input_ids), None

@@ -12,17 +12,18 @@ import torch
 from torch import nn
 
 from ..layers.attention import Attention
-from ..layers.embedding import ParallelLMHead, TiedLMHead, VocabEmbedding
 from ..layers.linear import QKVParallelLinear, RowParallelLinear
 from ..layers.moe import SparseMoeBlock, expert_weights_mapping
 from ..layers.norm import RMSNorm
-from .base import CausalLM, KVCaches
 from .config import ModelConfig
-from .llama import LlamaMLP
+from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel
 
 
 class Qwen3MoeAttention(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    """Qwen3's attention without a sliding window and with no bias on the output projection;
+    `layer` is taken for `LlamaDecoderLayer.attention_cls`, every layer being alike."""
+
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
@@ -51,75 +52,32 @@ def _is_sparse(cfg: ModelConfig, layer_idx: int) -> bool:
     )
 
 
-class Qwen3MoeDecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layer_idx: int) -> None:
-        super().__init__()
-        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.self_attn = Qwen3MoeAttention(cfg)
-        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.mlp = (
-            SparseMoeBlock(
-                cfg.num_experts,
-                cfg.num_experts_per_tok,
-                cfg.hidden_size,
-                cfg.moe_intermediate_size or cfg.intermediate_size,
-                renormalize=cfg.norm_topk_prob,
-            )
-            if _is_sparse(cfg, layer_idx)
-            else LlamaMLP(cfg)
+class Qwen3MoeDecoderLayer(LlamaDecoderLayer):
+    attention_cls = Qwen3MoeAttention
+
+    def build_mlp(self, cfg: ModelConfig, layer: int) -> nn.Module:
+        if not _is_sparse(cfg, layer):
+            return LlamaMLP(cfg)
+        return SparseMoeBlock(
+            cfg.num_experts,
+            cfg.num_experts_per_tok,
+            cfg.hidden_size,
+            cfg.moe_intermediate_size or cfg.intermediate_size,
+            renormalize=cfg.norm_topk_prob,
         )
 
-    def forward(
-        self, h: torch.Tensor, residual: torch.Tensor | None, cos, sin, kv_cache, meta
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """As Llama's layer: the previous layer's MLP output and the residual stream in (None
-        at the first layer), this layer's MLP output and the residual stream before it out."""
-        if residual is None:
-            normed, residual = self.input_layernorm(h), h
-        else:
-            normed, residual = self.input_layernorm(h, residual)
-        h = self.self_attn(normed, cos, sin, kv_cache, meta)
-        normed, residual = self.post_attention_layernorm(h, residual)
-        return self.mlp(normed), residual
+
+class Qwen3MoeModel(LlamaModel):
+    layer_cls = Qwen3MoeDecoderLayer
 
 
-class Qwen3MoeModel(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.embed_tokens = VocabEmbedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(
-            Qwen3MoeDecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers)
-        )
-        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+class Qwen3MoeForCausalLM(LlamaForCausalLM):
+    model_cls = Qwen3MoeModel
 
-    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
-        h, residual = self.embed_tokens(input_ids), None
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            h, residual = layer(h, residual, cos, sin, kv_cache, meta)
-        return self.norm(h, residual)[0]
-
-
-class Qwen3MoeForCausalLM(CausalLM):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)
         # The experts' names first: "experts.0.gate_proj" also holds the dense "gate_proj".
         self.packed_modules_mapping = {
             **expert_weights_mapping(cfg.num_experts, "mlp", "gate_proj", "up_proj", "down_proj"),
-            "q_proj": ("qkv_proj", "q"),
-            "k_proj": ("qkv_proj", "k"),
-            "v_proj": ("qkv_proj", "v"),
-            "gate_proj": ("gate_up_proj", 0),
-            "up_proj": ("gate_up_proj", 1),
+            **LlamaForCausalLM.packed_modules_mapping,
         }
-        self.model = Qwen3MoeModel(cfg)
-        self.lm_head = (
-            TiedLMHead(self.model.embed_tokens)
-            if cfg.tie_word_embeddings
-            else ParallelLMHead(cfg.hidden_size, cfg.vocab_size)
-        )
-
-    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
-        return self.model(input_ids, cos, sin, kv_caches, meta)
-
-    def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
