@@ -148,6 +148,16 @@ class Scheduler:
 
     # -- planning -------------------------------------------------------------------------------
     def schedule(self) -> StepPlan:
+        plan = self._plan()
+        if not plan and not self.running and self._evict_queued_caches():
+            stalled, plan = plan, self._plan()
+            plan.preempted[:0] = stalled.preempted
+        self.counters.steps += bool(plan)
+        if self.config.forecast_decodes:
+            plan.forecast = self._forecast(plan)
+        return plan
+
+    def _plan(self) -> StepPlan:
         plan = StepPlan(seqs=[])
         budget = self.config.max_num_batched_tokens
         budget = self._schedule_running(plan, budget)
@@ -157,9 +167,6 @@ class Scheduler:
             budget = self._schedule_swapped(plan, budget)
         if not self.swapped:
             self._schedule_waiting(plan, budget)
-        self.counters.steps += bool(plan)
-        if self.config.forecast_decodes:
-            plan.forecast = self._forecast(plan)
         return plan
 
     def _forecast(self, plan: StepPlan) -> list[Sequence]:
@@ -271,6 +278,19 @@ class Scheduler:
         self.allocator.free(seq)
         self.counters.session_evictions += 1
         return True
+
+    def _evict_queued_caches(self) -> bool:
+        """Give back the blocks that resumed sessions keep while they queue (their turns
+        recompute). Called when nothing can run: those blocks may be what the sequences ahead
+        of them wait for, a wait that would never end. False if none kept any."""
+        freed = False
+        for seq in reversed(self.waiting):
+            if seq.block_table:
+                self.allocator.free(seq)
+                seq.reset_for_recompute()
+                self.counters.session_evictions += 1
+                freed = True
+        return freed
 
     def _preempt(self, seq: Sequence, plan: StepPlan) -> None:
         if seq in plan.seqs:

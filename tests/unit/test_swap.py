@@ -2,7 +2,7 @@
 KV cache that checks every computed token's K/V is where the block table says, after any mix
 of swaps, recomputes, prefix sharing, sessions and aborts."""
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from lmdeploy.domain.block_allocator import BlockAllocator
@@ -177,6 +177,27 @@ actions = st.lists(
 )
 
 
+# Found by this test: a resumed session queued behind a sequence that needs the blocks it
+# kept, with nothing running (first: waiting for admission; second: waiting for a swap-in).
+@example(
+    actions=[("add", [0], 1), ("session", [0] * 6, 8)]
+    + [("resume", [0], 1)] * 8
+    + [("add", [0] * 9, 1), ("resume", [0], 1)],
+    caching=False,
+    budget=7,
+    num_blocks=6,
+    num_cpu_blocks=0,
+)
+@example(
+    actions=[("add", [0] * 11, 11), ("resume", [0], 1), ("session", [0] * 6, 8)]
+    + [("resume", [0], 1)]
+    + [("add", [0], 1)] * 12
+    + [("resume", [0], 1)] * 8,
+    caching=False,
+    budget=9,
+    num_blocks=9,
+    num_cpu_blocks=5,
+)
 @settings(max_examples=200, deadline=None)
 @given(
     actions=actions,
