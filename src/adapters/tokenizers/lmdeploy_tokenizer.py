@@ -36,7 +36,27 @@ def _ids(t: Any) -> list[int]:
     return t.tolist() if hasattr(t, "tolist") else list(t)
 
 
-class HuggingFaceTokenizer:
+class _ModelIds:
+    """The vocabulary size and special ids, read through `.model` (a transformers tokenizer,
+    or the HuggingFaceTokenizer a Tokenizer wraps): both expose the same three."""
+
+    model: Any
+
+    @property
+    def vocab_size(self) -> int:
+        """The base vocabulary, without added tokens (0.6.5's meaning)."""
+        return self.model.vocab_size
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return self.model.bos_token_id
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return self.model.eos_token_id
+
+
+class HuggingFaceTokenizer(_ModelIds):
     """A transformers tokenizer (`.model`) with LMDeploy 0.6.5's methods."""
 
     max_indexes_num = 5  # a stop word matching more tokens than this keeps only exact ones
@@ -59,21 +79,8 @@ class HuggingFaceTokenizer:
                 self.model.eos_token_id = eos
 
     @property
-    def vocab_size(self) -> int:
-        """The base vocabulary, without added tokens (0.6.5's meaning)."""
-        return self.model.vocab_size
-
-    @property
     def vocab_size_with_added(self) -> int:
         return len(self.model.get_vocab())
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.model.bos_token_id
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self.model.eos_token_id
 
     @property
     def prefix_space_tokens(self) -> set[int]:
@@ -154,7 +161,7 @@ class HuggingFaceTokenizer:
         return indexes
 
 
-class Tokenizer:
+class Tokenizer(_ModelIds):
     """Tokenizes prompts and detokenizes ids: LMDeploy 0.6.5's `lmdeploy.Tokenizer`.
 
     `model_file`: a model path (HF directory, tokenizer directory, .gguf file, the embedded
@@ -163,18 +170,6 @@ class Tokenizer:
     def __init__(self, model_file: str) -> None:
         folder = str(Path(model_file).parent) if model_file.endswith(".model") else model_file
         self.model = HuggingFaceTokenizer(folder)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.model.vocab_size
-
-    @property
-    def bos_token_id(self) -> int | None:
-        return self.model.bos_token_id
-
-    @property
-    def eos_token_id(self) -> int | None:
-        return self.model.eos_token_id
 
     def encode(
         self, s: str, add_bos: bool = True, add_special_tokens: bool = True, **kwargs: Any

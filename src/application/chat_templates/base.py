@@ -156,8 +156,15 @@ class BaseModel:
         tools: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> str:
+        """A string is one user turn (`get_prompt`); a message list goes to `list_prompt`."""
         if isinstance(messages, str):
             return self.get_prompt(messages, sequence_start)
+        return self.list_prompt(messages, sequence_start, tools)
+
+    def list_prompt(
+        self, messages: list[dict[str, Any]], sequence_start: bool, tools: list[dict] | None
+    ) -> str:
+        """The prompt of a message list; what a template overrides."""
         # 0.6.5 returns None here; the texts joined is what a prompt without template means
         return "".join(text_of(m.get("content")) for m in messages)
 
@@ -205,15 +212,9 @@ class BaseChatTemplate(BaseModel):
         head = self.system_block(self.meta_instruction) if self.meta_instruction is not None else ""
         return f"{self.prefix(sequence_start)}{head}{turn}"
 
-    def messages2prompt(
-        self,
-        messages: Messages,
-        sequence_start: bool = True,
-        tools: list[dict[str, Any]] | None = None,
-        **kwargs: Any,
+    def list_prompt(
+        self, messages: list[dict[str, Any]], sequence_start: bool, tools: list[dict] | None
     ) -> str:
-        if isinstance(messages, str):
-            return self.get_prompt(messages, sequence_start)
         check_roles(messages, self.roles())
         prompt = self.prefix(sequence_start) + self.render(messages, sequence_start, tools or None)
         logger.info("chat template %s prompt: %r", type(self).__name__, prompt)

@@ -37,15 +37,9 @@ class ChatGLM2(BaseModel):
     def round(self, number: int, text: str) -> str:
         return f"[Round {number}]\n\n{self.user}{text}{self.eoh}{self.assistant}"
 
-    def messages2prompt(
-        self,
-        messages: Any,
-        sequence_start: bool = True,
-        tools: list[dict[str, Any]] | None = None,
-        **kwargs: Any,
+    def list_prompt(
+        self, messages: list[dict[str, Any]], sequence_start: bool, tools: list[dict] | None
     ) -> str:
-        if isinstance(messages, str):
-            return self.get_prompt(messages, sequence_start)
         check_roles(messages, ("system", "user", "assistant"))
         prompt, number = "", 0
         for message in messages:

@@ -75,19 +75,14 @@ class FusedMoE(nn.Module):
 
 class SparseMoeBlock(nn.Module):
     """The MLP of an MoE layer: the router `gate` (a replicated linear, E logits a token) and
-    the `experts`."""
+    the `experts`, whose stacked w13 [E, 2 * I, H] gives the router its shape."""
 
-    def __init__(
-        self,
-        num_experts: int,
-        top_k: int,
-        hidden_size: int,
-        intermediate_size: int,
-        renormalize: bool,
-    ) -> None:
+    def __init__(self, experts: FusedMoE) -> None:
         super().__init__()
+        num_experts, _, hidden_size = experts.w13.weight.shape
+        # gate first: the checkpoint-name order of the state dict stays gate, experts
         self.gate = LinearBase(hidden_size, num_experts, bias=False)
-        self.experts = FusedMoE(num_experts, top_k, hidden_size, intermediate_size, renormalize)
+        self.experts = experts
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.experts(x, self.gate(x))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..layers.moe import SparseMoeBlock, expert_weights_mapping
+from ..layers.moe import FusedMoE, SparseMoeBlock, expert_weights_mapping
 from .config import ModelConfig
 from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
 
@@ -19,13 +19,14 @@ class MixtralDecoderLayer(LlamaDecoderLayer):
     mlp_name = "block_sparse_moe"
 
     def build_mlp(self, cfg: ModelConfig, layer: int) -> nn.Module:
-        return SparseMoeBlock(
+        experts = FusedMoE(
             cfg.num_experts,
             cfg.num_experts_per_tok,
             cfg.hidden_size,
             cfg.intermediate_size,
             renormalize=True,
         )
+        return SparseMoeBlock(experts)
 
 
 class MixtralModel(LlamaModel):

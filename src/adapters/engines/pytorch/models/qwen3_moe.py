@@ -13,7 +13,7 @@ from torch import nn
 
 from ..layers.attention import Attention
 from ..layers.linear import QKVParallelLinear, RowParallelLinear
-from ..layers.moe import SparseMoeBlock, expert_weights_mapping
+from ..layers.moe import FusedMoE, SparseMoeBlock, expert_weights_mapping
 from ..layers.norm import RMSNorm
 from .config import ModelConfig
 from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel
@@ -58,13 +58,14 @@ class Qwen3MoeDecoderLayer(LlamaDecoderLayer):
     def build_mlp(self, cfg: ModelConfig, layer: int) -> nn.Module:
         if not _is_sparse(cfg, layer):
             return LlamaMLP(cfg)
-        return SparseMoeBlock(
+        experts = FusedMoE(
             cfg.num_experts,
             cfg.num_experts_per_tok,
             cfg.hidden_size,
             cfg.moe_intermediate_size or cfg.intermediate_size,
             renormalize=cfg.norm_topk_prob,
         )
+        return SparseMoeBlock(experts)
 
 
 class Qwen3MoeModel(LlamaModel):
