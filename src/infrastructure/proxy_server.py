@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
 from ..adapters.http.proxy_app import create_proxy_app
 from .container import ProxyContainer
 from .logging import setup_logging
+from .server import ssl_options
 
 
 def run_proxy(
@@ -22,12 +21,7 @@ def run_proxy(
     import uvicorn
 
     setup_logging(log_level)
-    ssl_kwargs = {}
-    if ssl:
-        keyfile, certfile = os.environ.get("SSL_KEYFILE"), os.environ.get("SSL_CERTFILE")
-        if not keyfile or not certfile:
-            raise ValueError("--ssl needs the environment variables SSL_KEYFILE and SSL_CERTFILE")
-        ssl_kwargs = {"ssl_keyfile": keyfile, "ssl_certfile": certfile}
+    ssl_kwargs = ssl_options(ssl)
     container = ProxyContainer()
     container.config.from_dict(
         {

@@ -69,6 +69,16 @@ def _leave_on_shutdown(app, leave) -> None:
     app.router.lifespan_context = lifespan
 
 
+def ssl_options(ssl: bool) -> dict[str, str]:
+    """uvicorn's TLS arguments, from SSL_KEYFILE and SSL_CERTFILE as 0.6.5 reads them."""
+    if not ssl:
+        return {}
+    keyfile, certfile = os.environ.get("SSL_KEYFILE"), os.environ.get("SSL_CERTFILE")
+    if not keyfile or not certfile:
+        raise ValueError("--ssl needs the environment variables SSL_KEYFILE and SSL_CERTFILE")
+    return {"ssl_keyfile": keyfile, "ssl_certfile": certfile}
+
+
 def run_api_server(
     model_path: str | None,
     backend: str | None = None,
@@ -87,12 +97,7 @@ def run_api_server(
     import uvicorn
 
     setup_logging(log_level)
-    ssl_kwargs = {}
-    if ssl:
-        keyfile, certfile = os.environ.get("SSL_KEYFILE"), os.environ.get("SSL_CERTFILE")
-        if not keyfile or not certfile:
-            raise ValueError("--ssl needs the environment variables SSL_KEYFILE and SSL_CERTFILE")
-        ssl_kwargs = {"ssl_keyfile": keyfile, "ssl_certfile": certfile}
+    ssl_kwargs = ssl_options(ssl)
     if isinstance(api_keys, str):
         api_keys = [api_keys]
     container = build_container(
