@@ -10,7 +10,7 @@ In the engine a decode step runs under a CUDA graph, where launch overhead is no
 but each kernel still costs its few microseconds: the `graph` columns replay one layer's MoE
 from the router logits, routed and aligned in one launch (`fused_moe_routed`) against the torch
 routing and alignment (`route` + `fused_moe`), and the routing/alignment alone both ways (what
-sets `moe_routing.MAX_FUSED_PAIRS`).
+sets `moe_routing.MAX_FUSED_WORK`).
 """
 
 from __future__ import annotations

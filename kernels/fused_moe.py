@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from .moe_routing import MAX_FUSED_PAIRS, max_aligned_blocks, route_and_align
+from .moe_routing import MAX_FUSED_WORK, max_aligned_blocks, route_and_align
 
 
 def route(
@@ -273,7 +273,7 @@ def fused_moe_routed(
         return torch.zeros_like(hidden)
     num_pairs = hidden.shape[0] * top_k
     cfg = _moe_config(num_pairs, num_experts, hidden.dtype)
-    if num_pairs <= MAX_FUSED_PAIRS:
+    if num_pairs * triton.next_power_of_2(num_experts) <= MAX_FUSED_WORK:
         weights, ids, align = route_and_align(router_logits, top_k, renormalize, cfg["BLOCK_M"])
     else:
         weights, ids = route(router_logits, top_k, renormalize)

@@ -45,7 +45,7 @@ def test_rows_with_masked_experts_pick_among_the_allowed():
 @pytest.mark.parametrize("fused_limit", [10**9, 0])  # the one-launch path, then torch's
 @pytest.mark.parametrize("num_tokens", [1, 9, 40])
 def test_routed_moe_matches_reference(num_tokens, fused_limit, monkeypatch):
-    monkeypatch.setattr(fused_moe_module, "MAX_FUSED_PAIRS", fused_limit)
+    monkeypatch.setattr(fused_moe_module, "MAX_FUSED_WORK", fused_limit)
     torch.manual_seed(num_tokens)
     num_experts, top_k, hidden, inter = 8, 2, 72, 40
     w13 = torch.randn(num_experts, 2 * inter, hidden, device=DEVICE) / hidden**0.5
