@@ -5,6 +5,12 @@ token count T, the kernel's output is first checked against `fused_moe_ref`; the
 timed with `triton.testing.do_bench` (median; it clears L2 before each call, so every expert is
 read from HBM). Achieved GB/s counts the bytes of the experts actually read: U * 3 * H * I * 2,
 U the distinct experts the batch routes to (all of them once T * k >> E), against --peak-gbps.
+
+In the engine a decode step runs under a CUDA graph, where launch overhead is not on the host
+but each kernel still costs its few microseconds: the `graph` columns replay one layer's MoE
+from the router logits, routed and aligned in one launch (`fused_moe_routed`) against the torch
+routing and alignment (`route` + `fused_moe`), and the routing/alignment alone both ways (what
+sets `moe_routing.MAX_FUSED_WORK`).
 """
 
 from __future__ import annotations
@@ -16,7 +22,8 @@ from pathlib import Path
 import torch
 import triton.testing
 
-from lmdeploy.kernels.fused_moe import fused_moe, fused_moe_ref, moe_align, route
+from lmdeploy.kernels.fused_moe import fused_moe, fused_moe_ref, fused_moe_routed, moe_align, route
+from lmdeploy.kernels.moe_routing import route_and_align
 
 SHAPES = {  # num_experts, top_k, hidden, intermediate, renormalize
     "qwen3-30b-a3b": (128, 8, 2048, 768, True),
@@ -29,6 +36,27 @@ def _time(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
 
 
+def _graph_ms(fn, replays: int = 200) -> float:
+    """Per-call time of `fn` captured in a CUDA graph (ten calls a graph, replayed)."""
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()  # compile and warm up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        for _ in range(10):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(replays):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / replays / 10
+
+
 def _inputs(shape: str, num_tokens: int) -> tuple:
     num_experts, top_k, hidden, inter, renormalize = SHAPES[shape]
     gen = torch.Generator("cuda").manual_seed(num_tokens)
@@ -37,18 +65,40 @@ def _inputs(shape: str, num_tokens: int) -> tuple:
     w13 = (torch.randn(num_experts, 2 * inter, hidden, **kw) / hidden**0.5).bfloat16()
     w2 = (torch.randn(num_experts, hidden, inter, **kw) / inter**0.5).bfloat16()
     x = torch.randn(num_tokens, hidden, **kw).bfloat16()
-    weights, ids = route(torch.randn(num_tokens, num_experts, **kw), top_k, renormalize)
-    return x, w13, w2, weights, ids
+    logits = torch.randn(num_tokens, num_experts, **kw)
+    weights, ids = route(logits, top_k, renormalize)
+    return x, w13, w2, weights, ids, logits
 
 
 def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
     rows = []
-    num_experts, top_k, hidden, inter, _ = SHAPES[shape]
+    num_experts, top_k, hidden, inter, renorm = SHAPES[shape]
     for t in token_counts:
-        x, w13, w2, weights, ids = _inputs(shape, t)
+        x, w13, w2, weights, ids, logits = _inputs(shape, t)
         args = (x, w13, w2, weights, ids)
         got, want = fused_moe(*args), fused_moe_ref(*args)
         torch.testing.assert_close(got, want, **TOL, msg=lambda m, t=t: f"{shape} T={t}: {m}")
+        got_routed = fused_moe_routed(x, logits, w13, w2, top_k, renorm)
+        torch.testing.assert_close(got_routed, want, **TOL, msg=lambda m, t=t: f"routed T={t}: {m}")
+
+        def routed(x=x, logits=logits, w13=w13, w2=w2):
+            return fused_moe_routed(x, logits, w13, w2, top_k, renorm)
+
+        def torch_routed(x=x, logits=logits, w13=w13, w2=w2):
+            return fused_moe(x, w13, w2, *route(logits, top_k, renorm))
+
+        def routing(logits=logits):
+            return route_and_align(logits, top_k, renorm, 16)
+
+        def torch_routing(logits=logits):
+            return moe_align(route(logits, top_k, renorm)[1], num_experts, 16)
+
+        graph = {
+            "routed_graph_ms": _graph_ms(routed),
+            "torch_routed_graph_ms": _graph_ms(torch_routed),
+            "route_align_graph_ms": _graph_ms(routing),
+            "torch_route_align_graph_ms": _graph_ms(torch_routing),
+        }
         experts_read = int(ids.unique().numel())
         expert_bytes = experts_read * 3 * hidden * inter * w13.element_size()
         fused_ms = _time(lambda args=args: fused_moe(*args))
@@ -68,6 +118,7 @@ def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
                 "fused_gbps": gbps,
                 "fraction_of_peak": gbps / peak_gbps,
                 "max_abs_err": float((got.float() - want.float()).abs().max()),
+                **graph,
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -79,7 +130,7 @@ def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 16, 64, 256])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
     ap.add_argument("--peak-gbps", type=float, default=4800.0, help="HBM peak (H200: 4.8 TB/s)")
     ap.add_argument("--out", type=Path, default=Path("benchmark/results/fused_moe_cuda.json"))
     args = ap.parse_args()
@@ -92,6 +143,18 @@ def main() -> None:
             f"{r['fused_ms']:>9.3f} {r['ref_ms']:>8.3f} {r['align_ms']:>9.3f} "
             f"{r['fused_gbps']:>7.0f} {r['fraction_of_peak']:>7.0%} "
             f"{r['ref_ms'] / r['fused_ms']:>8.2f}x"
+        )
+    print(
+        "\nUnder a CUDA graph, ms a call (one layer's MoE from the router logits; routing alone):"
+    )
+    print(
+        f"{'shape':>14} {'T':>4} {'one-launch':>11} {'torch-routed':>13} {'route+align':>12} {'torch':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['shape']:>14} {r['tokens']:>4} {r['routed_graph_ms']:>11.4f} "
+            f"{r['torch_routed_graph_ms']:>13.4f} {r['route_align_graph_ms']:>12.4f} "
+            f"{r['torch_route_align_graph_ms']:>8.4f}"
         )
     report = {
         "device": torch.cuda.get_device_name(),

@@ -14,12 +14,14 @@ never read (at decode the bound is exact: one block per expert picked).
 Grid `(M-blocks, cdiv(N, BLOCK_N))`, M fastest so the blocks of one expert run together and
 share its weight tile through L2. A program gathers its `BLOCK_M` rows (`A[pair // k]` for w13,
 `A[pair]` for w2), multiplies by `BLOCK_N` columns of its expert's weight, optionally scales
-each row by its routing weight, and scatters to `C[pair]`. `fused_moe` calls it for w13, then
-`silu_and_mul`, then w2 with the routing weights, then sums each token's `k` rows.
+each row by its routing weight, and scatters to `C[pair]`. `fused_moe` calls it for w13 with
+the SwiGLU fused (gate and up columns in one program), then for w2 with the routing weights,
+then sums each token's `k` rows. `fused_moe_routed` starts from the router's logits and, at
+decode sizes, routes and aligns in one launch (`moe_routing.py`).
 
 Cost, for T tokens, U experts picked by at least one token, e bytes an element:
 bytes ~= U * 3 * H * I * e (each picked expert's weights once; the bandwidth floor at decode)
-+ 2 * T * H * e (x, out) + T * k * (6 * I + 2 * H) * e (gate/up, activation and the per-slot
++ 2 * T * H * e (x, out) + T * k * (2 * I + 2 * H) * e (the activation and the per-slot
 outputs, each written and read once); FLOPs = 6 * T * k * H * I (the SwiGLU's three products)
 plus the padding rows' share, up to `BLOCK_M - 1` rows an expert. Decode is bandwidth-bound (target bytes / ~4.8 TB/s
 on the H200); long prefills are compute-bound.
@@ -33,7 +35,7 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from .silu_and_mul import silu_and_mul
+from .moe_routing import MAX_FUSED_WORK, max_aligned_blocks, route_and_align
 
 
 def route(
@@ -60,7 +62,7 @@ def moe_align(
     searchsorted): no host sync."""
     num_pairs = topk_ids.numel()
     device = topk_ids.device
-    max_blocks = (num_pairs + min(num_experts, num_pairs) * (block_m - 1)) // block_m
+    max_blocks = max_aligned_blocks(num_pairs, num_experts, block_m)
     flat = topk_ids.reshape(-1).long()
     counts = torch.zeros(num_experts, dtype=torch.long, device=device)
     counts.scatter_add_(0, flat, torch.ones_like(flat))  # bincount would sync for its length
@@ -114,13 +116,17 @@ def _fused_moe_kernel(
     stride_cn,
     A_ROWS_PER_PAIR: tl.constexpr,
     MUL_ROUTED_WEIGHT: tl.constexpr,
+    SWIGLU: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
 ):
-    """C[pair] = A[pair // A_ROWS_PER_PAIR] @ B[expert].T (* routing weight of pair)."""
+    """C[pair] = A[pair // A_ROWS_PER_PAIR] @ B[expert].T (* routing weight of pair). With
+    SWIGLU, B holds 2 * N rows (gate, then up) and C[pair] = silu(A @ gate.T) * (A @ up.T):
+    each program multiplies the same columns of both halves, so the activation never leaves
+    registers."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
@@ -139,7 +145,9 @@ def _fused_moe_kernel(
         + offs_n[None, :].to(tl.int64) * stride_bn
         + offs_k[:, None] * stride_bk
     )
+    up_ptrs = b_ptrs + N * stride_bn  # read only with SWIGLU
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         k_mask = offs_k < K - k0
         a = tl.load(a_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
@@ -147,8 +155,18 @@ def _fused_moe_kernel(
         if DOT_IN_FP32:
             a, b = a.to(tl.float32), b.to(tl.float32)
         acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        if SWIGLU:
+            up = tl.load(up_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            if DOT_IN_FP32:
+                up = up.to(tl.float32)
+            acc_up = tl.dot(a, up, acc_up, input_precision=DOT_PRECISION)
+            up_ptrs += BLOCK_K * stride_bk
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
+    if SWIGLU:
+        # rounded to the output dtype first, as an unfused GEMM then silu_and_mul would be
+        gate = acc.to(c_ptr.dtype.element_ty).to(tl.float32)
+        acc = gate * tl.sigmoid(gate) * acc_up.to(c_ptr.dtype.element_ty).to(tl.float32)
     if MUL_ROUTED_WEIGHT:
         w = tl.load(topk_weights_ptr + pairs, mask=m_mask, other=0.0)
         acc = acc * w[:, None]
@@ -164,9 +182,10 @@ def _grouped_gemm(
     topk_weights: torch.Tensor | None,
     a_rows_per_pair: int,
     cfg: dict,
+    swiglu: bool = False,
 ) -> None:
     sorted_ids, expert_ids, num_padded = align
-    n, k = b.shape[1], b.shape[2]
+    n, k = out.shape[1], b.shape[2]  # with swiglu, b holds 2 * n rows
     grid = (expert_ids.shape[0], triton.cdiv(n, cfg["BLOCK_N"]))
     _fused_moe_kernel[grid](
         a,
@@ -184,6 +203,7 @@ def _grouped_gemm(
         *out.stride(),
         A_ROWS_PER_PAIR=a_rows_per_pair,
         MUL_ROUTED_WEIGHT=topk_weights is not None,
+        SWIGLU=swiglu,
         DOT_PRECISION="ieee" if a.dtype == torch.float32 else "tf32",
         # Triton's interpreter multiplies bf16 bit patterns in tl.dot (triton-lang/triton#11584,
         # "not supported yet"); exact in fp32, so the GPU's bf16 products, fp32 sums, are kept.
@@ -228,19 +248,62 @@ def fused_moe(
     and topk_ids [T, k] (ids in 0..E-1, unchecked: that would sync). Returns [T, H] in
     hidden's dtype."""
     _check(hidden, w13, w2, topk_weights, topk_ids)
-    num_tokens, top_k = topk_ids.shape
-    num_experts, two_i, h = w13.shape
-    if num_tokens == 0 or top_k == 0 or two_i == 0:
+    if _nothing_to_do(hidden, w13, topk_ids.shape[1]):
         return torch.zeros_like(hidden)
-    num_pairs = num_tokens * top_k
+    cfg = _moe_config(topk_ids.numel(), w13.shape[0], hidden.dtype)
+    align = moe_align(topk_ids, w13.shape[0], cfg["BLOCK_M"])
+    return _experts(hidden, w13, w2, topk_weights.float(), align, topk_ids.shape[1], cfg)
+
+
+def fused_moe_routed(
+    hidden: torch.Tensor,
+    router_logits: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    top_k: int,
+    renormalize: bool,
+) -> torch.Tensor:
+    """`route` then `fused_moe`, from the router's logits [T, E]: decode-sized batches route
+    and align in one launch (`moe_routing`), larger ones in torch ops."""
+    num_experts = w13.shape[0]
+    assert router_logits.shape == (hidden.shape[0], num_experts), (
+        f"router_logits must be [tokens, experts] = {(hidden.shape[0], num_experts)}"
+    )
+    if _nothing_to_do(hidden, w13, top_k):
+        return torch.zeros_like(hidden)
+    num_pairs = hidden.shape[0] * top_k
     cfg = _moe_config(num_pairs, num_experts, hidden.dtype)
-    align = moe_align(topk_ids, num_experts, cfg["BLOCK_M"])
-    gate_up = torch.empty(num_pairs, two_i, dtype=hidden.dtype, device=hidden.device)
-    _grouped_gemm(hidden, w13, gate_up, align, None, top_k, cfg)
-    act = silu_and_mul(gate_up)
+    if num_pairs * triton.next_power_of_2(num_experts) <= MAX_FUSED_WORK:
+        weights, ids, align = route_and_align(router_logits, top_k, renormalize, cfg["BLOCK_M"])
+    else:
+        weights, ids = route(router_logits, top_k, renormalize)
+        align = moe_align(ids, num_experts, cfg["BLOCK_M"])
+    _check(hidden, w13, w2, weights, ids)
+    return _experts(hidden, w13, w2, weights, align, top_k, cfg)
+
+
+def _nothing_to_do(hidden: torch.Tensor, w13: torch.Tensor, top_k: int) -> bool:
+    return hidden.shape[0] == 0 or top_k == 0 or w13.shape[1] == 0
+
+
+def _experts(
+    hidden: torch.Tensor,
+    w13: torch.Tensor,
+    w2: torch.Tensor,
+    topk_weights: torch.Tensor,
+    align: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    top_k: int,
+    cfg: dict,
+) -> torch.Tensor:
+    """The two grouped GEMMs (SwiGLU fused into the first) and each token's sum over its k
+    rows (fp32 accumulation inside the reduction)."""
+    num_pairs = hidden.shape[0] * top_k
+    inter, h = w2.shape[2], w2.shape[1]
+    act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
+    _grouped_gemm(hidden, w13, act, align, None, top_k, cfg, swiglu=True)
     down = torch.empty(num_pairs, h, dtype=hidden.dtype, device=hidden.device)
-    _grouped_gemm(act, w2, down, align, topk_weights.float(), 1, cfg)
-    return down.view(num_tokens, top_k, h).sum(dim=1, dtype=torch.float32).to(hidden.dtype)
+    _grouped_gemm(act, w2, down, align, topk_weights, 1, cfg)
+    return down.view(-1, top_k, h).sum(dim=1)
 
 
 def fused_moe_ref(

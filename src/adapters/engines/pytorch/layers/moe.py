@@ -64,12 +64,14 @@ class FusedMoE(nn.Module):
         self.w2 = StackedExpertWeight(num_experts, [hidden_size], intermediate_size)
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
-        topk_weights, topk_ids = route(router_logits, self.top_k, self.renormalize)
         w13, w2 = self.w13.weight, self.w2.weight
         if x.is_cuda:
-            from ..backends.cuda.moe import fused_moe  # Triton: imported only where it runs
+            from ..backends.cuda.moe import fused_moe_routed  # Triton: imported where it runs
 
-            return fused_moe(x.contiguous(), w13, w2, topk_weights, topk_ids)
+            return fused_moe_routed(
+                x.contiguous(), router_logits, w13, w2, self.top_k, self.renormalize
+            )
+        topk_weights, topk_ids = route(router_logits, self.top_k, self.renormalize)
         return fused_moe_torch(x, w13, w2, topk_weights, topk_ids)
 
 
