@@ -12,12 +12,15 @@ scheduler and the runner in this thread over the Llama-3-8B shape (dummy weights
 Then one profiled mixed step: GPU busy time against its wall time, the kernel launches it
 makes, and the kernels and host-side ops that take the most time. The difference between the
 mixed step and (decode step + prefill step) is what mixing costs beyond the work itself.
+Decode steps are not started ahead here (LMDEPLOY_DECODE_AHEAD=0): a timed step would also
+run the next one.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -108,6 +111,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=8)
     ap.add_argument("--out", type=Path, default=Path("benchmark/results/mixed_step_cuda.json"))
     args = ap.parse_args()
+    os.environ.setdefault("LMDEPLOY_DECODE_AHEAD", "0")
     sched, runner = _scheduler_and_runner(
         args.model_config, args.device, max_batch=args.decodes + args.new_prompts
     )
@@ -133,16 +137,10 @@ def main() -> None:
         prefill_ms.append(_timed(lambda: _step(sched, runner)))
         _clear(sched)
 
+    prefill_profile = _profiled(args.device, lambda: _step(sched, runner), prompts, sched)
+    _clear(sched)
     _fill(sched, runner, args.decodes, args.context)
-    for seq in prompts():
-        sched.add(seq)
-    activities = [torch.profiler.ProfilerActivity.CPU]
-    if args.device == "cuda":
-        activities.append(torch.profiler.ProfilerActivity.CUDA)
-    _sync()
-    with torch.profiler.profile(activities=activities) as prof:
-        profiled_ms = _timed(lambda: _step(sched, runner))
-    kernels = _kernel_table(prof, limit=1000)
+    mixed_profile = _profiled(args.device, lambda: _step(sched, runner), prompts, sched)
     med = statistics.median
     report = {
         "decodes": args.decodes,
@@ -151,21 +149,43 @@ def main() -> None:
         "mixed_step_ms": med(mixed_ms),
         "prefill_step_ms": med(prefill_ms),
         "mixing_overhead_ms": med(mixed_ms) - med(decode_ms) - med(prefill_ms),
-        "profiled_mixed_ms": profiled_ms,
-        "profiled_gpu_kernel_ms": sum(k["gpu_ms"] for k in kernels),
-        "profiled_kernel_launches": sum(k["calls"] for k in kernels),
+        "mixed": mixed_profile,
+        "prefill": prefill_profile,
+    }
+    print(json.dumps({k: v for k, v in report.items() if not isinstance(v, dict)}, indent=1))
+    for part in ("mixed", "prefill"):
+        prof = report[part]
+        print(f"\n{part} step, profiled: {json.dumps(prof['summary'])}")
+        print(f"{'kernel':>90} {'calls':>6} {'GPU ms':>8}")
+        for k in prof["top_kernels"]:
+            print(f"{k['name']:>90} {k['calls']:>6} {k['gpu_ms']:>8.3f}")
+        print(f"{'host op':>90} {'calls':>6} {'self ms':>8}")
+        for k in prof["top_host_ops"]:
+            print(f"{k['name']:>90} {k['calls']:>6} {k['self_cpu_ms']:>8.3f}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+
+
+def _profiled(device: str, step, prompts, sched) -> dict:
+    """One step with new prompts added, under torch.profiler."""
+    for seq in prompts():
+        sched.add(seq)
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    _sync()
+    with torch.profiler.profile(activities=activities) as prof:
+        wall_ms = _timed(step)
+    kernels = _kernel_table(prof, limit=1000)
+    return {
+        "summary": {
+            "wall_ms": wall_ms,
+            "gpu_kernel_ms": sum(k["gpu_ms"] for k in kernels),
+            "kernel_launches": sum(k["calls"] for k in kernels),
+        },
         "top_kernels": kernels[:15],
         "top_host_ops": _host_table(prof),
     }
-    print(json.dumps({k: v for k, v in report.items() if not k.startswith("top_")}, indent=1))
-    print(f"{'kernel':>90} {'calls':>6} {'GPU ms':>8}")
-    for k in report["top_kernels"]:
-        print(f"{k['name']:>90} {k['calls']:>6} {k['gpu_ms']:>8.3f}")
-    print(f"{'host op':>90} {'calls':>6} {'self ms':>8}")
-    for k in report["top_host_ops"]:
-        print(f"{k['name']:>90} {k['calls']:>6} {k['self_cpu_ms']:>8.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

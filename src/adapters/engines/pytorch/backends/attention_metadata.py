@@ -8,6 +8,19 @@ import torch
 
 
 @dataclass
+class PrefillPart:
+    """The multi-token sequences of a step that also decodes, for a backend that runs them
+    apart from its one-token rows (on CUDA: the prefill kernel tiles queries by 64 rows a
+    head, so a one-token row there costs a whole tile and re-reads its context per head)."""
+
+    rows: torch.Tensor  # [tokens] their rows in the step's flat batch
+    block_tables: torch.Tensor
+    context_lens: torch.Tensor
+    cu_seqlens_q: torch.Tensor  # [seqs + 1] query offsets within `rows`
+    max_query_len: int
+
+
+@dataclass
 class AttentionMetadata:
     """Per-step tensors shared by every layer (vLLM's vocabulary)."""
 
@@ -29,3 +42,5 @@ class AttentionMetadata:
     # For the CUDA kernels: query offsets [num_seqs + 1] and the longest query of the step.
     cu_seqlens_q: torch.Tensor | None = None
     max_query_len: int = 1
+    # CUDA, a step with both one-token and longer queries: the longer ones (see PrefillPart).
+    prefill_part: PrefillPart | None = None

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..backends.attention_metadata import AttentionMetadata
+from ..backends.attention_metadata import AttentionMetadata, PrefillPart
 from ..backends.cpu.attention import cpu_decode_kernel_available, paged_decode_attention_cpu
 from ..backends.torch_native.attention import (
     decode_attention_torch,
@@ -75,23 +75,50 @@ def prepare_metadata(meta: AttentionMetadata, block_size: int) -> None:
     def tensor(values):
         return torch.tensor(values, dtype=torch.int64, device=device)
 
-    if device.type == "cuda":
-        meta.cu_seqlens_q = tensor(list(itertools.accumulate(meta.query_lens, initial=0)))
-        meta.max_query_len = max(meta.query_lens)
-        return
+    starts = list(itertools.accumulate(meta.query_lens, initial=0))
     single = [i for i, n in enumerate(meta.query_lens) if n == 1]
+    if device.type == "cuda":
+        meta.cu_seqlens_q = tensor(starts)
+        meta.max_query_len = max(meta.query_lens)
+        if single and not meta.is_decode:
+            split_mixed_step(meta)
+        return
     if not single:
         return
     tables, lens = meta.block_tables, meta.context_lens
     if not meta.is_decode:
         rows = tensor(single)
         tables, lens = tables[rows], lens[rows]
-        starts = list(itertools.accumulate(meta.query_lens, initial=0))
         meta.decode_rows = tensor([starts[i] for i in single])
     meta.decode_tables, meta.decode_lens = tables, lens
     if not cpu_decode_kernel_available():  # the torch path reads a padded copy
         max_len = max(meta.context_lens_list[i] for i in single)
         meta.context_slots, meta.context_mask = decode_context(tables, lens, max_len, block_size)
+
+
+def split_mixed_step(meta: AttentionMetadata) -> None:
+    """A step with one-token and longer queries, on CUDA: the one-token sequences go to the
+    decode kernel, the others to the prefill kernel, each over its own rows and tables."""
+    device = meta.block_tables.device
+
+    def tensor(values):
+        return torch.tensor(values, dtype=torch.int64, device=device)
+
+    starts = list(itertools.accumulate(meta.query_lens, initial=0))
+    single = [i for i, n in enumerate(meta.query_lens) if n == 1]
+    multi = [i for i, n in enumerate(meta.query_lens) if n != 1]
+    decode_seqs, prefill_seqs = tensor(single), tensor(multi)
+    meta.decode_rows = tensor([starts[i] for i in single])
+    meta.decode_tables = meta.block_tables[decode_seqs]
+    meta.decode_lens = meta.context_lens[decode_seqs]
+    prefill_lens = [meta.query_lens[i] for i in multi]
+    meta.prefill_part = PrefillPart(
+        rows=tensor([r for i in multi for r in range(starts[i], starts[i + 1])]),
+        block_tables=meta.block_tables[prefill_seqs],
+        context_lens=meta.context_lens[prefill_seqs],
+        cu_seqlens_q=tensor(list(itertools.accumulate(prefill_lens, initial=0))),
+        max_query_len=max(prefill_lens),
+    )
 
 
 def _decode_attention(

@@ -27,26 +27,39 @@ def paged_attention_cuda(
     logit_softcap: float | None = None,
 ) -> torch.Tensor:
     kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
+    window = dict(sliding_window=sliding_window, logit_softcap=logit_softcap)
     if meta.is_decode:
         return paged_decode_attention(
+            q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, **window
+        )
+    part = meta.prefill_part
+    if part is None:  # every sequence has a longer query
+        return paged_prefill_attention(
             q,
             k_cache,
             v_cache,
             meta.block_tables,
+            meta.cu_seqlens_q,
             meta.context_lens,
+            meta.max_query_len,
             scale,
-            sliding_window=sliding_window,
-            logit_softcap=logit_softcap,
+            **window,
         )
-    return paged_prefill_attention(
-        q,
+    assert meta.decode_rows is not None and meta.decode_tables is not None
+    assert meta.decode_lens is not None, "a prefill_part comes with the decode rows"
+    out = torch.empty_like(q)
+    out[meta.decode_rows] = paged_decode_attention(
+        q[meta.decode_rows], k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale, **window
+    )
+    out[part.rows] = paged_prefill_attention(
+        q[part.rows],
         k_cache,
         v_cache,
-        meta.block_tables,
-        meta.cu_seqlens_q,
-        meta.context_lens,
-        meta.max_query_len,
+        part.block_tables,
+        part.cu_seqlens_q,
+        part.context_lens,
+        part.max_query_len,
         scale,
-        sliding_window=sliding_window,
-        logit_softcap=logit_softcap,
+        **window,
     )
+    return out
