@@ -6,6 +6,7 @@ from .application.configs import (
     PytorchEngineConfig,
     Response,
     TurbomindEngineConfig,
+    VisionConfig,
 )
 from .infrastructure.factory import pipeline
 from .infrastructure.launcher import client, serve
@@ -21,6 +22,7 @@ __all__ = [
     "Response",
     "Tokenizer",
     "TurbomindEngineConfig",
+    "VisionConfig",
     "client",
     "pipeline",
     "serve",

@@ -311,6 +311,22 @@ class TurbomindEngineConfig:
 
 
 @dataclass
+class VisionConfig:
+    """The vision encoder of a vision-language model. `max_batch_size`: images encoded in
+    one pass of the vision tower, gathered across requests. `thread_safe` is accepted for
+    0.6.5 compatibility: encoding always runs on its own thread here."""
+
+    max_batch_size: int = 1
+    thread_safe: bool = False
+
+    def __post_init__(self) -> None:
+        try:
+            check_int("max_batch_size", self.max_batch_size, 1, 1024)
+        except InvalidArgument as exc:
+            raise InvalidConfig.of(exc) from None
+
+
+@dataclass
 class ChatTemplateConfig:
     model_name: str
     system: str | None = None

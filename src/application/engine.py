@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ..domain.sampling_params import SamplingParams
 from ..domain.scheduler import Scheduler, StepPlan
-from ..domain.sequence import FinishReason, Sequence
+from ..domain.sequence import FinishReason, ImageSpan, Sequence
 from .latency import LatencyHistogram
 from .ports import ModelRunner
 
@@ -97,12 +97,18 @@ class EngineLoop:
         self._inbox.put(("add", seq, sink, None))
 
     def resume(
-        self, seq: Sequence, token_ids: list[int], sampling: SamplingParams, sink: Sink
+        self,
+        seq: Sequence,
+        token_ids: list[int],
+        sampling: SamplingParams,
+        sink: Sink,
+        images: tuple[ImageSpan, ...] = (),
     ) -> None:
-        """Run a new turn of a parked session over `token_ids`, reusing its cached prefix."""
+        """Run a new turn of a parked session over `token_ids` (with `images`, their
+        embeddings filled in), reusing its cached prefix."""
         if self._stopping.is_set():
             raise RuntimeError("the engine is closed; create a new pipeline")
-        self._inbox.put(("resume", seq, sink, (token_ids, sampling)))
+        self._inbox.put(("resume", seq, sink, (token_ids, sampling, images)))
 
     def abort(self, seq: Sequence) -> None:
         self._inbox.put(("abort", seq, None, None))

@@ -12,6 +12,7 @@ import logging
 import queue
 from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from ..domain.errors import InvalidArgument, PromptTooLong
@@ -21,15 +22,18 @@ from .chat_template import ChatTemplate
 from .configs import GenerationConfig
 from .detokenizer import IncrementalDetokenizer
 from .engine import EngineLoop, TokenEvent
+from .multimodal import expand, has_images, image_spans, is_image_tuple, split_images, to_messages
 from .output_rows import OutputRows
 from .ports import GrammarBackend, GrammarSpec, JoinRows, Tokenizer
 from .prompt_log import log_prompt
 from .response_format import constrain, parse_response_format
 from .text import check_text
+from .vision import PendingImage, VisionService
 
 logger = logging.getLogger(__name__)
 
-Prompt = str | list[dict[str, Any]] | list[int]
+# Text, messages (GPT-4V-style content parts may carry images), token ids, or (text, images).
+Prompt = str | list[dict[str, Any]] | list[int] | tuple[str, Any]
 
 
 @dataclass
@@ -56,6 +60,7 @@ class PreparedRequest:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     n: int = 1
+    images: tuple[PendingImage, ...] = ()  # their embeddings are filled before the engine runs
 
 
 class RequestStream:
@@ -197,6 +202,12 @@ class RequestStream:
         return False
 
 
+def _fail(seq: Sequence, stream: RequestStream, error: str) -> None:
+    """End a request that never reached the engine (its images failed to encode)."""
+    seq.finish(FinishReason.ERROR)
+    stream.sink(TokenEvent(seq, None, finished=True, error=error))
+
+
 class GenerationService:
     def __init__(
         self,
@@ -208,9 +219,11 @@ class GenerationService:
         grammar: GrammarBackend | None = None,
         max_log_len: int | None = None,
         vocab_size: int | None = None,
+        vision: VisionService | None = None,
     ) -> None:
         """`vocab_size`: rows of the model's embedding (default: the tokenizer's); an id
-        outside it would fail the forward pass of every request sharing the step."""
+        outside it would fail the forward pass of every request sharing the step. `vision`:
+        a vision-language model's image side (None: the model reads text only)."""
         self.vocab_size = vocab_size or tokenizer.vocab_size
         self.engine = engine
         self.tokenizer = tokenizer
@@ -219,6 +232,7 @@ class GenerationService:
         self.join_rows = join_rows
         self.grammar = grammar
         self.max_log_len = max_log_len
+        self.vision = vision
 
     def prepare(
         self,
@@ -230,7 +244,11 @@ class GenerationService:
         """`grammar` (a tool-call format) takes the place of `gen_config.response_format`."""
         gen_config = gen_config or GenerationConfig()
         spec = grammar or parse_response_format(gen_config.response_format)
-        input_ids = self.tokenize(prompt, do_preprocess)
+        images: tuple[PendingImage, ...] = ()
+        if has_images(prompt):
+            input_ids, images = self._tokenize_with_images(prompt, do_preprocess)
+        else:
+            input_ids = self.tokenize(prompt, do_preprocess)
         if not input_ids:
             raise InvalidArgument("prompt", "the prompt is empty; pass some text or messages")
         if len(input_ids) >= self.session_len:
@@ -252,6 +270,7 @@ class GenerationService:
             skip_special_tokens=gen_config.skip_special_tokens,
             spaces_between_special_tokens=gen_config.spaces_between_special_tokens,
             n=gen_config.n,
+            images=images,
         )
 
     def tokenize(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
@@ -269,6 +288,30 @@ class GenerationService:
         raise InvalidArgument(
             "prompts",
             f"expected a str, a list of message dicts or a list of token ids, got {type(prompt).__name__}",
+        )
+
+    def _tokenize_with_images(
+        self, prompt: Prompt, do_preprocess: bool
+    ) -> tuple[list[int], tuple[PendingImage, ...]]:
+        """The prompt's ids with each image's tokens in place, and the images to encode."""
+        messages = to_messages(prompt) if is_image_tuple(prompt) else prompt
+        text_messages, refs = split_images(messages)
+        if self.vision is None:
+            raise InvalidArgument(
+                refs[0].where,
+                "this model reads text only and cannot take images; send the request to a "
+                "vision-language model (LLaVA, LLaVA-NeXT) or drop the image",
+            )
+        prepared = self.vision.prepare(refs, self.session_len)
+        if is_image_tuple(prompt) and not do_preprocess:
+            text = expand(text_messages[0]["content"], prepared)
+            input_ids = self._encode("prompt", text, add_special_tokens=True)
+        else:
+            text = self.chat_template.messages2prompt(text_messages)
+            input_ids = self.encode_chat(expand(text, prepared))
+        spans = image_spans(input_ids, prepared, self.vision.image_token_id)
+        return input_ids, tuple(
+            PendingImage(span, image) for span, image in zip(spans, prepared, strict=True)
         )
 
     def encode_chat(self, text: str) -> list[int]:
@@ -330,6 +373,7 @@ class GenerationService:
             max_len=self.session_len,
             eos_token_ids=self.tokenizer.eos_token_ids,
             keep_cache=keep_cache,
+            images=tuple(p.span for p in request.images),
         )
 
     def submit(
@@ -365,10 +409,18 @@ class GenerationService:
             stream.bind_async()
         else:
             stream.bind_sync()
-        if resume is None:
-            self.engine.submit(seq, stream.sink)
+
+        def hand_over() -> None:
+            if resume is None:
+                self.engine.submit(seq, stream.sink)
+            else:
+                spans = tuple(p.span for p in request.images)
+                self.engine.resume(seq, request.input_ids, request.sampling, stream.sink, spans)
+
+        if request.images and self.vision is not None:
+            self.vision.encode_then(list(request.images), hand_over, partial(_fail, seq, stream))
         else:
-            self.engine.resume(seq, request.input_ids, request.sampling, stream.sink)
+            hand_over()
         logger.info(
             "request %d: input_tokens=%d max_new_tokens=%d",
             seq.seq_id,

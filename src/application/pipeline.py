@@ -14,6 +14,7 @@ from typing import Any
 from ..domain.errors import InvalidArgument, PromptTooLong
 from .configs import GenerationConfig, Response
 from .generation import GenerationService, GenOut, PreparedRequest, Prompt, RequestStream
+from .multimodal import is_image_tuple
 from .output_rows import ROW_OUTPUTS
 from .scoring import prompt_losses, token_batches
 from .sessions import SessionManager
@@ -55,7 +56,7 @@ class ChatSession:
 
 def _normalize(prompts: Prompts) -> tuple[list[Prompt], bool]:
     """A list of prompts, and whether the caller passed a single one."""
-    if isinstance(prompts, str):
+    if isinstance(prompts, str) or is_image_tuple(prompts):
         return [prompts], True
     if isinstance(prompts, list) and prompts and all(isinstance(m, dict) for m in prompts):
         return [prompts], True
@@ -234,7 +235,7 @@ class Pipeline:
     # -- multi-turn chat ---------------------------------------------------------------------
     def chat(
         self,
-        prompt: str | list[dict[str, Any]],
+        prompt: str | list[dict[str, Any]] | tuple[str, Any],
         session: ChatSession | None = None,
         gen_config: GenerationConfig | None = None,
         stream_response: bool = False,

@@ -144,6 +144,57 @@ class ChatSettings:
     top_p: float = 0.8
 
 
+@dataclass(frozen=True)
+class PreparedImage:
+    """One image made ready for its model by `VisionEncoder.preprocess`.
+
+    `pixels`: what the encoder takes (the family's processor output; opaque here).
+    `num_tokens`: prompt positions its embeddings fill. `prompt_text`: the text that takes
+    IMAGE_TOKEN's place in the rendered prompt; it tokenizes to exactly `num_tokens` ids equal
+    to `VisionEncoder.image_token_id` (plus any fixed markers around them, which stay text).
+    `digest`: a hash of the pixels (the prefix-cache key). `grid`: the family's token layout
+    for positions (Qwen2-VL's (t, h, w)), None for 1-D positions; it travels to the runner
+    on `ImageSpan.grid`.
+    """
+
+    pixels: Any
+    num_tokens: int
+    prompt_text: str
+    digest: int
+    grid: tuple[int, ...] | None = None
+
+
+class VisionEncoder(Protocol):
+    """A vision-language family's image side: preprocess -> encode. The contract a family's
+    adapter (adapters/vision/) keeps:
+
+    - `preprocess(image)` takes an RGB PIL image, runs on the caller's thread (CPU work of
+      the family's transformers image processor) and says how many prompt positions the
+      image fills: the prompt is tokenized once with every image's `prompt_text` in place.
+    - `encode(images)` runs on the vision worker's thread, batched across requests (at most
+      `VisionConfig.max_batch_size` images a call), and returns one tensor per image,
+      [num_tokens, text hidden size] on the runner's device and dtype: the input embeddings
+      of the image's positions (vision tower + projector + any packing such as LLaVA-NeXT's
+      image_newline). The runner writes them over the token embeddings at those positions.
+    - Families whose positions are not 1-D (M-RoPE) set `PreparedImage.grid`; the runner's
+      model reads `ImageSpan.grid` to build its positions.
+    """
+
+    @property
+    def image_token_id(self) -> int: ...
+
+    def preprocess(self, image: Any) -> PreparedImage: ...
+
+    def encode(self, images: list[PreparedImage]) -> list[Any]: ...
+
+
+class ImageLoader(Protocol):
+    def load(self, source: Any, where: str) -> Any:
+        """An RGB PIL image from a PIL image, a local path, an http(s) URL or a data: URI
+        (base64); InvalidArgument(`where`, ...) when it cannot be read as an image."""
+        ...
+
+
 class ChatBackend(Protocol):
     """Conversations kept by session id: the engine in this process or a remote api_server."""
 

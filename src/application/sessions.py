@@ -10,6 +10,7 @@ from ..domain.errors import InvalidArgument, PromptTooLong
 from ..domain.sequence import Sequence
 from .configs import GenerationConfig
 from .generation import GenerationService, GenOut
+from .multimodal import is_image_tuple, to_messages
 
 
 def _too_long(exc: PromptTooLong) -> GenOut:
@@ -64,12 +65,20 @@ class SessionManager:
             self.service.engine.abort(live.seq)
 
     def _begin(
-        self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
+        self,
+        session_id: int,
+        prompt: str | list[dict[str, Any]] | tuple[str, Any],
+        gen_config: GenerationConfig,
     ):
         live = self._sessions.setdefault(session_id, LiveSession(session_id))
         if live.busy:
             raise SessionBusy(session_id)
-        turn = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if is_image_tuple(prompt):
+            turn = to_messages(prompt)
+        elif isinstance(prompt, str):
+            turn = [{"role": "user", "content": prompt}]
+        else:
+            turn = list(prompt)
         request = self.service.prepare(live.messages + turn, gen_config)
         if live.seq is None:
             live.seq = self.service.new_sequence(request, keep_cache=True)
@@ -81,7 +90,10 @@ class SessionManager:
         live.messages += turn + [{"role": "assistant", "content": "".join(reply)}]
 
     async def chat(
-        self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
+        self,
+        session_id: int,
+        prompt: str | list[dict[str, Any]] | tuple[str, Any],
+        gen_config: GenerationConfig,
     ) -> AsyncIterator[GenOut]:
         """One turn of session `session_id`; its history and cache stay for the next turn.
         A turn that would pass session_len ends at once with finish_reason 'length'."""
@@ -100,7 +112,10 @@ class SessionManager:
             live.busy = False
 
     def chat_sync(
-        self, session_id: int, prompt: str | list[dict[str, Any]], gen_config: GenerationConfig
+        self,
+        session_id: int,
+        prompt: str | list[dict[str, Any]] | tuple[str, Any],
+        gen_config: GenerationConfig,
     ) -> Iterator[GenOut]:
         """`chat` for synchronous callers (the pipeline, the CLI)."""
         try:

@@ -18,6 +18,7 @@ from ..domain.errors import InvalidArgument
 from .chat_templates import ChatTemplate
 from .configs import GenerationConfig
 from .generation import GenerationService, PreparedRequest
+from .multimodal import has_images
 from .tool_grammar import ToolCallFormat, tool_call_spec
 
 REQUIRED_INSTRUCTION = "You must answer by calling one or more of the functions provided."
@@ -134,6 +135,10 @@ def prepare_chat(
     is true: small models otherwise tend to repeat the call until the length limit."""
     if not tools or tool_choice == "none":
         return generation.prepare(messages, config), None
+    if has_images(messages):
+        raise InvalidArgument(
+            "tools", "images with tools are not supported yet; send one or the other"
+        )
     template = generation.chat_template
     parser = parser_for(getattr(template, "tool_parser", None) or "hermes")
     text = render_prompt(template, messages, tools, tool_choice)

@@ -18,8 +18,9 @@ def num_blocks_for(num_tokens: int, block_size: int) -> int:
     return -(-num_tokens // block_size)
 
 
-def chain_hash(prefix_hash: int | None, tokens: list[int]) -> int:
-    return hash((prefix_hash, tuple(tokens)))
+def chain_hash(prefix_hash: int | None, key: tuple) -> int:
+    """`key`: a block's `Sequence.block_key` (its tokens, and the images it holds)."""
+    return hash((prefix_hash, key))
 
 
 @dataclass
@@ -69,9 +70,7 @@ class BlockAllocator:
             return []
         matched, prefix = [], None
         for i in range((seq.num_tokens - 1) // self.block_size):
-            prefix = chain_hash(
-                prefix, seq.token_ids[i * self.block_size : (i + 1) * self.block_size]
-            )
+            prefix = chain_hash(prefix, seq.block_key(i, self.block_size))
             block = self._by_hash.get(prefix)
             if block is None:
                 break
@@ -183,7 +182,7 @@ class BlockAllocator:
         num_full = min(seq.num_cached_tokens // bs, len(seq.block_table))
         for i in range(len(seq.block_hashes), num_full):
             prefix = seq.block_hashes[-1] if seq.block_hashes else None
-            digest = chain_hash(prefix, seq.token_ids[i * bs : (i + 1) * bs])
+            digest = chain_hash(prefix, seq.block_key(i, bs))
             seq.block_hashes.append(digest)
             block = seq.block_table[i]
             if digest not in self._by_hash and self._hash_of[block] is None:

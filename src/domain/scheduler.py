@@ -19,7 +19,7 @@ from .block_allocator import BlockAllocator, num_blocks_for
 from .errors import OutOfBlocks
 from .host_blocks import BlockPairs, HostBlockAllocator
 from .sampling_params import SamplingParams
-from .sequence import FinishReason, Sequence, SequenceStatus
+from .sequence import FinishReason, ImageSpan, Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
@@ -125,9 +125,15 @@ class Scheduler:
         seq.status = SequenceStatus.WAITING
         self.waiting.append(seq)
 
-    def resume(self, seq: Sequence, token_ids: list[int], sampling: SamplingParams) -> None:
+    def resume(
+        self,
+        seq: Sequence,
+        token_ids: list[int],
+        sampling: SamplingParams,
+        images: tuple[ImageSpan, ...] = (),
+    ) -> None:
         """The next turn of a session: keep the cached blocks of the common prefix, queue it."""
-        seq.continue_with(token_ids, sampling)
+        seq.continue_with(token_ids, sampling, images)
         block_size = self.allocator.block_size
         keep = num_blocks_for(seq.num_cached_tokens, block_size)
         # The new turn overwrites the block where the common prefix ends: keep it only if no

@@ -27,6 +27,33 @@ _seq_ids = itertools.count()
 
 
 @dataclass(eq=False)
+class ImageSpan:
+    """An image's place in a prompt: `num_tokens` positions from `offset` whose input
+    embeddings are the image's (`embeddings`, rows [num_tokens, hidden] that the vision encoder
+    fills in before the sequence reaches the engine; opaque to the domain). `digest` hashes the
+    image's pixels: it joins the prefix-cache key of every block the span touches, so equal
+    text with another image never shares K/V. `grid` is a family's own layout of the
+    image's tokens (Qwen2-VL's (t, h, w) for M-RoPE positions), None where positions are 1-D."""
+
+    offset: int
+    num_tokens: int
+    digest: int
+    embeddings: object = None
+    grid: tuple[int, ...] | None = None
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.num_tokens
+
+    def same_image(self, other: ImageSpan) -> bool:
+        return (self.offset, self.num_tokens, self.digest) == (
+            other.offset,
+            other.num_tokens,
+            other.digest,
+        )
+
+
+@dataclass(eq=False)
 class Sequence:
     """Prompt plus generated tokens, with the KV blocks that hold them.
 
@@ -51,6 +78,7 @@ class Sequence:
     # A sibling choice (n > 1) waits for this sequence to compute the shared prompt, then
     # references its full prompt blocks instead of computing them again.
     fork_parent: Sequence | None = field(default=None, repr=False)
+    images: tuple[ImageSpan, ...] = ()  # in prompt order, not overlapping
 
     def __post_init__(self) -> None:
         self.token_ids = list(self.prompt_token_ids)
@@ -80,6 +108,18 @@ class Sequence:
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
+    def block_key(self, index: int, block_size: int) -> tuple:
+        """What identifies full block `index` for the prefix cache: its tokens, and the digest
+        and place of each image that overlaps it."""
+        start, end = index * block_size, (index + 1) * block_size
+        tokens = tuple(self.token_ids[start:end])
+        images = tuple(
+            (span.digest, span.offset - start)
+            for span in self.images
+            if span.offset < end and span.end > start
+        )
+        return (tokens, images) if images else tokens
+
     def ends_by_length_within(self, num_tokens: int) -> bool:
         """Whether appending `num_tokens` more tokens reaches max_new_tokens or max_len,
         whatever the tokens are."""
@@ -106,13 +146,28 @@ class Sequence:
         self.status = SequenceStatus.FINISHED
         self.finish_reason = reason
 
-    def continue_with(self, token_ids: list[int], sampling: SamplingParams) -> None:
-        """Start a new turn over `token_ids`, reusing the cached K/V of the common prefix."""
+    def continue_with(
+        self,
+        token_ids: list[int],
+        sampling: SamplingParams,
+        images: tuple[ImageSpan, ...] = (),
+    ) -> None:
+        """Start a new turn over `token_ids` (with `images`), reusing the cached K/V of the
+        common prefix; the prefix ends where the turns' tokens or images first differ."""
         common = 0
         for old, new in zip(self.token_ids, token_ids, strict=False):
             if old != new:
                 break
             common += 1
+        for old_span, new_span in zip(self.images, images, strict=False):
+            if not old_span.same_image(new_span):
+                common = min(common, old_span.offset, new_span.offset)
+                break
+        else:
+            longer = self.images[len(images) :] or images[len(self.images) :]
+            if longer:
+                common = min(common, longer[0].offset)
+        self.images = tuple(images)
         # At least one token must be computed to produce the next logits.
         self.num_cached_tokens = min(self.num_cached_tokens, common, len(token_ids) - 1)
         self.prompt_token_ids = list(token_ids)

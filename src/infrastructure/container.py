@@ -13,13 +13,22 @@ from ..adapters.grammar.xgrammar_backend import XGrammarBackend
 from ..adapters.http import proxy_upstream
 from ..adapters.http.proxy_app import ProxyServices
 from ..adapters.loaders import model_source
+from ..adapters.loaders.checkpoint import open_checkpoint
 from ..adapters.tokenizers.hf_tokenizer import HFTokenizer
 from ..adapters.tokenizers.id_tokenizer import IdTokenizer
+from ..adapters.vision.image_loader import PILImageLoader
+from ..adapters.vision.registry import vision_encoder
 from ..application.chat_template import ModelChatTemplate, best_match_model, builtin_template
-from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
+from ..application.configs import (
+    ChatTemplateConfig,
+    PytorchEngineConfig,
+    TurbomindEngineConfig,
+    VisionConfig,
+)
 from ..application.engine import EngineLoop
 from ..application.generation import GenerationService
 from ..application.proxy import Dispatcher, Forwarder, HealthMonitor, NodeTable
+from ..application.vision import VisionService
 from ..domain.block_allocator import BlockAllocator
 from ..domain.host_blocks import HostBlockAllocator
 from ..domain.scheduler import Scheduler, SchedulerConfig
@@ -109,6 +118,29 @@ def _chat_template(
     return builtin_template(ChatTemplateConfig(model_name="base"))
 
 
+def _vision(
+    source: model_source.ModelSource,
+    built: builder.BuiltModel,
+    config: VisionConfig | None,
+):
+    """A vision-language model's image side, its worker thread running; None yields for a
+    text-only model (GenerationService then refuses images)."""
+    if source.kind == "gguf" or source.path is None:
+        yield None
+        return
+    hf_config, weights = open_checkpoint(source)
+    encoder = vision_encoder(
+        source.directory, hf_config, weights, built.runner.device, built.runner.dtype
+    )
+    if encoder is None:
+        yield None
+        return
+    service = VisionService(encoder, PILImageLoader(), (config or VisionConfig()).max_batch_size)
+    service.start()
+    yield service
+    service.stop()
+
+
 def _engine_loop(runner, scheduler) -> EngineLoop:
     engine = EngineLoop(runner, scheduler)
     engine.start()
@@ -136,6 +168,7 @@ class Container(containers.DeclarativeContainer):
     # Its own provider so that tests can wrap the real runner (e.g. to inject a failing step).
     runner = providers.Callable(lambda b: b.runner, built_model)
     engine = providers.Resource(_engine_loop, runner, scheduler)
+    vision = providers.Resource(_vision, source, built_model, config.vision_config)
     session_len = providers.Callable(_session_len, engine_config, built_model)
     grammar = providers.Singleton(_grammar, tokenizer, built_model)
     generation = providers.Singleton(
@@ -148,6 +181,7 @@ class Container(containers.DeclarativeContainer):
         grammar,
         config.max_log_len,
         providers.Callable(lambda b: b.config.vocab_size, built_model),
+        vision,
     )
     # As 0.6.5: the model_path as given; the embedded default (no path) keeps its short name.
     model_name = providers.Callable(

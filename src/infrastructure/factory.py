@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
+from ..application.configs import (
+    ChatTemplateConfig,
+    PytorchEngineConfig,
+    TurbomindEngineConfig,
+    VisionConfig,
+)
 from ..application.pipeline import Pipeline
 from ..domain.errors import InvalidArgument
 from .container import Container
@@ -18,6 +23,7 @@ def build_container(
     backend: str | None = None,
     model_name: str | None = None,
     max_log_len: int | None = None,
+    vision_config: VisionConfig | None = None,
 ) -> Container:
     container = Container()
     container.config.from_dict(
@@ -28,6 +34,7 @@ def build_container(
             "chat_template_config": chat_template_config,
             "model_name": model_name,
             "max_log_len": max_log_len,
+            "vision_config": vision_config,
         }
     )
     return container
@@ -49,7 +56,13 @@ def pipeline(
     if max_log_len is not None and max_log_len < 0:
         raise InvalidArgument("max_log_len", f"must be >= 0 or None, got {max_log_len}")
     container = build_container(
-        model_path, backend_config, chat_template_config, kwargs.get("backend"), None, max_log_len
+        model_path,
+        backend_config,
+        chat_template_config,
+        kwargs.get("backend"),
+        None,
+        max_log_len,
+        kwargs.get("vision_config"),
     )
     container.init_resources()
     return Pipeline(container.generation(), container.model_name(), container.shutdown_resources)

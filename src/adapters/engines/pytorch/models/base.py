@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -12,6 +13,15 @@ from ..backends.attention_metadata import AttentionMetadata
 from .config import ModelConfig
 
 KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class ImageRows:
+    """Input embeddings that replace the token embeddings of a step's image positions:
+    `rows[i]` goes to flat token `index[i]` (see runner/image_rows.py)."""
+
+    index: torch.Tensor  # int64 [num_image_tokens]
+    rows: torch.Tensor  # [num_image_tokens, hidden_size]
 
 
 class CausalLM(nn.Module):
@@ -35,9 +45,17 @@ class CausalLM(nn.Module):
         sin: torch.Tensor,
         kv_caches: KVCaches,
         meta: AttentionMetadata,
+        image_rows: ImageRows | None = None,
     ) -> torch.Tensor:
-        """Hidden states of every new token: [num_tokens, hidden_size]."""
+        """Hidden states of every new token: [num_tokens, hidden_size]. `image_rows` (given
+        only to vision-language models, only in steps that compute image positions) replace
+        the token embeddings of those positions."""
         raise NotImplementedError
+
+    def checkpoint_name(self, name: str) -> str | None:
+        """This model's name for checkpoint tensor `name`; None: a tensor it does not hold
+        (a vision-language checkpoint's vision tower, which its vision adapter loads)."""
+        return name
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits [rows, vocab_size] of hidden rows."""

@@ -44,6 +44,8 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+        if "text_config" in cfg:  # a vision-language checkpoint: its language model's shape
+            cfg = _text_config(cfg)
         heads = cfg["num_attention_heads"]
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
@@ -95,3 +97,17 @@ class ModelConfig:
 
     def kv_bytes_per_token(self, dtype_bytes: int) -> int:
         return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
+
+
+def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
+    """A vision-language config's text part, with transformers' defaults for the fields its
+    config.json leaves out (llava-hf's list only what differs from Llama's), under the
+    checkpoint's own architecture (its model class strips the language model's prefix)."""
+    from transformers import AutoConfig
+
+    text = dict(cfg["text_config"])
+    text = AutoConfig.for_model(text.pop("model_type", "llama"), **text).to_dict()
+    for key in ("architectures", "torch_dtype", "dtype", "tie_word_embeddings"):
+        if cfg.get(key) is not None:
+            text[key] = cfg[key]
+    return text

@@ -16,7 +16,7 @@ from ..layers.attention import Attention
 from ..layers.embedding import ParallelLMHead, TiedLMHead, VocabEmbedding
 from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm
-from .base import CausalLM, KVCaches
+from .base import CausalLM, ImageRows, KVCaches
 from .config import ModelConfig
 
 
@@ -99,8 +99,12 @@ class LlamaModel(nn.Module):
     def embedding_scale(self, cfg: ModelConfig) -> float | None:
         return None
 
-    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
+    def forward(
+        self, input_ids, cos, sin, kv_caches: KVCaches, meta, image_rows: ImageRows | None = None
+    ) -> torch.Tensor:
         h, residual = self.embed_tokens(input_ids), None
+        if image_rows is not None:  # a vision-language prompt: images' positions take theirs
+            h = h.index_copy(0, image_rows.index, image_rows.rows.to(h.dtype))
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             h, residual = layer(h, residual, cos, sin, kv_cache, meta)
         return self.norm(h, residual)[0]
@@ -125,8 +129,12 @@ class LlamaForCausalLM(CausalLM):
             else ParallelLMHead(cfg.hidden_size, cfg.vocab_size)
         )
 
-    def forward(self, input_ids, cos, sin, kv_caches: KVCaches, meta) -> torch.Tensor:
-        return self.model(input_ids, cos, sin, kv_caches, meta)
+    def forward(
+        self, input_ids, cos, sin, kv_caches: KVCaches, meta, image_rows: ImageRows | None = None
+    ) -> torch.Tensor:
+        if image_rows is None:  # families whose model predates images take no such argument
+            return self.model(input_ids, cos, sin, kv_caches, meta)
+        return self.model(input_ids, cos, sin, kv_caches, meta, image_rows)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)

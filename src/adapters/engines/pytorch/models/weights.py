@@ -38,8 +38,9 @@ def load_weights(model: CausalLM, weights: Iterable[tuple[str, torch.Tensor]]) -
     fills its parameter whole (e.g. experts saved stacked)."""
     params = dict(model.named_parameters())
     loaded: set[str] = set()
-    for name, tensor in weights:
-        if _skipped(model, name):
+    for checkpoint_name, tensor in weights:
+        name = model.checkpoint_name(checkpoint_name)
+        if name is None or _skipped(model, name):
             continue
         for fragment, (packed, shard_id) in model.packed_modules_mapping.items():
             if fragment in name:

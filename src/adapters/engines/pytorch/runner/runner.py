@@ -22,6 +22,7 @@ from ..sampling.sampler import sample, top_logprobs
 from .cache_swap import CacheSwapper
 from .cuda_graph import DecodeGraphs
 from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
+from .image_rows import gather_image_rows, touches_images
 from .step_extras import collect_extras, wants_extras
 
 
@@ -179,12 +180,18 @@ class PytorchModelRunner:
         for by output_logits / output_last_hidden_state / get_ppl (None when none asks): a graph
         replay for a decode step (inputs staged in one copy), else the eager model."""
         graphs, extras_wanted = self.graphs, wants_extras(plan)
+        # A one-token prefill chunk at an image position looks like a decode step; it runs
+        # eagerly, as graphs embed token ids only.
         if graphs is not None and not extras_wanted and all(n == 1 for n in plan.num_scheduled):
-            if graphs.can_run(plan.seqs):
+            if graphs.can_run(plan.seqs) and not touches_images(plan):
                 return graphs.run(plan.seqs), None
         input_ids, positions, meta = self._prepare(plan)
         cos, sin = self._cos_sin(positions, meta)
-        hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
+        image_rows = gather_image_rows(plan, self.device)
+        if image_rows is None:
+            hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
+        else:
+            hidden = self.model(input_ids, cos, sin, self.kv_caches, meta, image_rows)
         if meta.cu_seqlens_q is not None:
             last = meta.cu_seqlens_q[1:] - 1
         else:

@@ -1,0 +1,24 @@
+"""LLaVA and LLaVA-NeXT (llava-hf checkpoints): the language model is Llama's (Vicuna,
+Mistral and Yi text configs all are); the images' embeddings arrive as `image_rows` from the
+vision adapter (adapters/vision/llava.py), which loads the vision tower and projector."""
+
+from __future__ import annotations
+
+from .llama import LlamaForCausalLM
+
+# Checkpoint prefix -> ours: transformers 5 saves `model.language_model.*`, earlier llava-hf
+# checkpoints `language_model.model.*` and `language_model.lm_head.*`.
+_TEXT_PREFIXES = (
+    ("model.language_model.", "model."),
+    ("language_model.model.", "model."),
+    ("language_model.lm_head.", "lm_head."),
+    ("lm_head.", "lm_head."),
+)
+
+
+class LlavaForConditionalGeneration(LlamaForCausalLM):
+    def checkpoint_name(self, name: str) -> str | None:
+        for prefix, ours in _TEXT_PREFIXES:
+            if name.startswith(prefix):
+                return ours + name[len(prefix) :]
+        return None  # the vision tower, the projector, image_newline

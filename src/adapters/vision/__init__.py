@@ -1,0 +1,1 @@
+"""Vision encoders of vision-language families, and image loading."""
