@@ -1,0 +1,199 @@
+"""Issue 15's six serving rows in one process, each against its counted limit.
+
+One engine (Llama-3-8B shape, bf16, random weights, CUDA graphs) runs, through `pipeline()`:
+
+| row | workload | counted limit |
+|---|---|---|
+| prefill | 512 prompts x 1024 tokens, 1 output token | FLOPs / the bf16 GEMM rate measured here |
+| decode 256 | 256 sequences, 32 in / 512 out | per step max(bytes / copy bandwidth, FLOPs / GEMM rate) |
+| decode 512 | 512 sequences, 32 in / 512 out | same |
+| uniform | 1000 requests, 200 in / 200 out | waves of max_batch_size, each its prefill + decode steps |
+| log-normal | 1000 requests, means 220 / 200, sigma 0.9, cap 2048 | max(the waves' work, the longest output's steps at the weight-read time) |
+| batch 1 | 1 sequence, 128 in / 256 out | weight bytes / copy bandwidth |
+
+Bytes of a decode step: the weights once plus every sequence's K/V context; FLOPs: 2 x the
+parameters a token (the LM head included) plus attention's 4 x context x hidden per layer. The
+limits ignore everything else (sampling, small kernels, host time), so they are bounds, not
+predictions. TTFT p50/p99 of the log-normal row come from `stream_infer` (the first response of
+each request, all submitted at once). Prints a table; writes JSON to --output.
+
+    python benchmark/gpu_serving_rows.py --max-batch-size 512
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_generation import copy_bandwidth, weight_bytes  # noqa: E402
+from workloads import random_prompt, sharegpt_like  # noqa: E402
+
+from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
+
+
+def gemm_tflops(device: str = "cuda") -> float:
+    """bf16 GEMM rate at a prefill-like shape (8192 x 4096 x 14336), TFLOP/s."""
+    a = torch.randn(8192, 4096, device=device, dtype=torch.bfloat16)
+    b = torch.randn(4096, 14336, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(20):
+        a @ b
+    torch.cuda.synchronize()
+    return 2 * 8192 * 4096 * 14336 * 20 / (time.perf_counter() - start) / 1e12
+
+
+class Limits:
+    """Counted step costs of the model on this GPU."""
+
+    def __init__(self, cfg, weights: int, bandwidth: float, tflops: float) -> None:
+        self.weights, self.bandwidth, self.flops = weights, bandwidth, tflops * 1e12
+        self.params = weights / 2  # bf16
+        self.layers, self.hidden = cfg.num_hidden_layers, cfg.hidden_size
+        self.kv_per_token = cfg.kv_bytes_per_token(2)
+
+    def flops_per_token(self, context: float) -> float:
+        return 2 * self.params + 4 * context * self.hidden * self.layers
+
+    def decode_step_s(self, batch: int, context: float) -> float:
+        bytes_ = self.weights + batch * context * self.kv_per_token
+        return max(bytes_ / self.bandwidth, batch * self.flops_per_token(context) / self.flops)
+
+    def prefill_s(self, tokens: int, context: float) -> float:
+        return tokens * self.flops_per_token(context / 2) / self.flops
+
+    def waves_s(self, requests: list[tuple[int, int]], max_batch: int) -> float:
+        """Requests in arrival order, `max_batch` at a time, each wave as long as its longest."""
+        total = 0.0
+        for start in range(0, len(requests), max_batch):
+            wave = requests[start : start + max_batch]
+            total += self.prefill_s(sum(i for i, _ in wave), statistics.mean(i for i, _ in wave))
+            steps = max(o for _, o in wave)
+            ctx = statistics.mean(i + o / 2 for i, o in wave)
+            total += steps * self.decode_step_s(len(wave), ctx)
+        return total
+
+
+def _prompts(lengths: list[int], vocab: int, seed: int) -> list[list[int]]:
+    rng = random.Random(seed)
+    return [random_prompt(n, vocab, rng) for n in lengths]
+
+
+def _run(pipe, requests: list[tuple[int, int]], vocab: int, seed: int) -> tuple[float, int]:
+    prompts = _prompts([i for i, _ in requests], vocab, seed)
+    configs = [GenerationConfig(max_new_tokens=o, ignore_eos=True) for _, o in requests]
+    start = time.perf_counter()
+    outs = pipe(prompts, gen_config=configs)
+    return time.perf_counter() - start, sum(o.generate_token_len for o in outs)
+
+
+def _run_streaming(pipe, requests, vocab: int, seed: int) -> tuple[float, int, list[float]]:
+    prompts = _prompts([i for i, _ in requests], vocab, seed)
+    configs = [GenerationConfig(max_new_tokens=o, ignore_eos=True) for _, o in requests]
+    first: dict[int, float] = {}
+    tokens: dict[int, int] = {}
+    start = time.perf_counter()
+    for out in pipe.stream_infer(prompts, gen_config=configs):
+        if out.generate_token_len and out.index not in first:
+            first[out.index] = time.perf_counter() - start
+        tokens[out.index] = max(tokens.get(out.index, 0), out.generate_token_len)
+    return time.perf_counter() - start, sum(tokens.values()), sorted(first.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--max-batch-size", type=int, default=512)
+    ap.add_argument("--cache-max-entry-count", type=float, default=0.8)
+    ap.add_argument(
+        "--rows", nargs="+", default=["prefill", "d256", "d512", "uniform", "lognormal", "b1"]
+    )
+    ap.add_argument("--output", type=Path, default=Path("benchmark/results/serving_rows_cuda.json"))
+    args = ap.parse_args()
+    bandwidth, tflops = copy_bandwidth(), gemm_tflops()
+    config = PytorchEngineConfig(
+        load_format="dummy",
+        max_batch_size=args.max_batch_size,
+        session_len=4096,
+        cache_max_entry_count=args.cache_max_entry_count,
+    )
+    pipe = pipeline(args.model, backend_config=config)
+    model = pipe.service.engine.runner.model
+    vocab = model.config.vocab_size
+    limits = Limits(model.config, weight_bytes(pipe), bandwidth, tflops)
+    _run(pipe, [(64, 8)] * 8, vocab, seed=0)  # warm-up: kernels compiled, graphs captured
+    rows = []
+
+    def row(name: str, unit: str, ours: float, limit: float, **extra) -> None:
+        rows.append({"row": name, "unit": unit, "ours": ours, "limit": limit, **extra})
+        print(json.dumps(rows[-1]), flush=True)
+
+    if "prefill" in args.rows:
+        elapsed, _ = _run(pipe, [(1024, 1)] * 512, vocab, seed=1)
+        row(
+            "prefill 512 x 1024",
+            "prompt tok/s",
+            512 * 1024 / elapsed,
+            1 / limits.prefill_s(1, 1024),
+        )
+    for batch in (256, 512):
+        if f"d{batch}" in args.rows and batch <= args.max_batch_size:
+            elapsed, out = _run(pipe, [(32, 512)] * batch, vocab, seed=batch)
+            row(
+                f"decode {batch}, 32/512",
+                "output tok/s",
+                out / elapsed,
+                batch / limits.decode_step_s(batch, 32 + 256),
+            )
+    if "uniform" in args.rows:
+        reqs = [(200, 200)] * 1000
+        elapsed, out = _run(pipe, reqs, vocab, seed=3)
+        limit = sum(o for _, o in reqs) / limits.waves_s(reqs, args.max_batch_size)
+        row("1000 uniform 200/200", "output tok/s", out / elapsed, limit, seconds=elapsed)
+    if "lognormal" in args.rows:
+        reqs = sharegpt_like(1000, seed=0, mean_in=220, mean_out=200)
+        elapsed, out, ttft = _run_streaming(pipe, reqs, vocab, seed=4)
+        longest = max(o for _, o in reqs) * limits.decode_step_s(1, 1024)
+        limit = sum(o for _, o in reqs) / max(limits.waves_s(reqs, args.max_batch_size), longest)
+        row(
+            "1000 log-normal 220/200",
+            "output tok/s",
+            out / elapsed,
+            limit,
+            seconds=elapsed,
+            ttft_p50_s=ttft[len(ttft) // 2],
+            ttft_p99_s=ttft[int(len(ttft) * 0.99)],
+        )
+    if "b1" in args.rows:
+        elapsed, out, first = _run_streaming(pipe, [(128, 256)], vocab, seed=5)
+        decode_rate = (out - 1) / (elapsed - first[0])  # after the first token: decode only
+        row("batch 1 decode, 128/256", "output tok/s", decode_rate, bandwidth / limits.weights)
+    pipe.close()
+    print(f"\n{'row':<26} {'ours':>10} {'limit':>10} {'of limit':>9}  unit")
+    for r in rows:
+        print(
+            f"{r['row']:<26} {r['ours']:>10.0f} {r['limit']:>10.0f} {r['ours'] / r['limit']:>8.1%}  {r['unit']}"
+        )
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "copy_bandwidth_GBps": bandwidth / 1e9,
+        "gemm_tflops": tflops,
+        "max_batch_size": args.max_batch_size,
+        "rows": rows,
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
