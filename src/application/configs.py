@@ -230,7 +230,6 @@ class PytorchEngineConfig:
         _reject_unsupported(
             self,
             {
-                "tp": 1,
                 "adapters": None,
                 "quant_policy": 0,
             },
@@ -285,7 +284,6 @@ class TurbomindEngineConfig:
         _reject_unsupported(
             self,
             {
-                "tp": 1,
                 "quant_policy": 0,
                 "model_format": "hf",
                 "use_logn_attn": False,
@@ -293,6 +291,7 @@ class TurbomindEngineConfig:
         )
         config = PytorchEngineConfig(
             dtype=self.dtype,
+            tp=self.tp,
             session_len=self.session_len,
             max_batch_size=self.max_batch_size,
             cache_max_entry_count=self.cache_max_entry_count,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..domain.errors import EngineFailed
 from ..domain.sampling_params import SamplingParams
 from ..domain.scheduler import Scheduler, StepPlan
 from ..domain.sequence import FinishReason, ImageSpan, Sequence
@@ -77,6 +78,7 @@ class EngineLoop:
         self._admitted_at: dict[int, float] = {}
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self.failure: str | None = None  # why the engine cannot run anymore, once it cannot
 
     # -- called from any thread ---------------------------------------------------------------
     def start(self) -> None:
@@ -94,6 +96,10 @@ class EngineLoop:
     def submit(self, seq: Sequence, sink: Sink) -> None:
         if self._stopping.is_set():
             raise RuntimeError("the engine is closed; create a new pipeline")
+        if self.failure is not None:  # ends at once, as the requests in flight did
+            seq.finish(FinishReason.ERROR)
+            sink(TokenEvent(seq, None, finished=True, error=self.failure))
+            return
         self._inbox.put(("add", seq, sink, None))
 
     def resume(
@@ -191,6 +197,9 @@ class EngineLoop:
             return
         try:
             output = self.runner.step(plan)
+        except EngineFailed as exc:
+            self._fail_engine(str(exc))
+            return
         except Exception as exc:
             self._fail_step(plan, exc)
             return
@@ -242,6 +251,18 @@ class EngineLoop:
                 logger.error("request %d aborted: %s", seq.seq_id, error)
                 self.scheduler.abort(seq)
                 self._sinks.pop(seq.seq_id)(TokenEvent(seq, None, finished=True, error=error))
+
+    def _fail_engine(self, reason: str) -> None:
+        """The runner can never step again: every request ends with `reason`, and so does
+        every later one (`failure` tells the server to report itself unhealthy)."""
+        logger.error("the engine failed: %s", reason)
+        self.failure = reason
+        s = self.scheduler
+        for seq in s.fail_step(StepPlan(seqs=[*s.running, *s.waiting, *s.swapped])):
+            self._admitted_at.pop(seq.seq_id, None)
+            sink = self._sinks.pop(seq.seq_id, None)
+            if sink is not None:
+                sink(TokenEvent(seq, None, finished=True, error=reason))
 
     def _abort_everything(self, reason: str) -> None:
         s = self.scheduler

@@ -44,3 +44,8 @@ class OutOfBlocks(LMDeployError):
 
 class ChatTurnFailed(LMDeployError):
     """A chat turn could not run (the session is full, the server refused it)."""
+
+
+class EngineFailed(RuntimeError):
+    """The engine cannot run another step (a tensor-parallel rank died): every request in
+    flight ends with this error and the server reports itself unhealthy."""

@@ -146,6 +146,11 @@ def _engine_loop(runner, scheduler) -> EngineLoop:
     engine.start()
     yield engine
     engine.stop()
+    # After the loop: a tensor-parallel runner stops its worker processes. Tests may wrap the
+    # runner in a fake without it.
+    close = getattr(runner, "close", None)
+    if close is not None:
+        close()
 
 
 class Container(containers.DeclarativeContainer):

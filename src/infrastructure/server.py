@@ -26,6 +26,7 @@ def build_services(container, api_keys: list[str] | None) -> ServerServices:
         model_name=container.model_name(),
         api_keys=tuple(api_keys or ()),
         ttft=generation.engine.ttft.snapshot,
+        failure=lambda: generation.engine.failure,
     )
 
 

@@ -47,10 +47,15 @@ def test_engine_configs_keep_documented_defaults():
     assert (tm.cache_block_seq_len, tm.max_prefill_token_num, tm.quant_policy) == (64, 8192, 0)
 
 
-@pytest.mark.parametrize("field, value", [("tp", 2), ("quant_policy", 8), ("adapters", {"a": "b"})])
+@pytest.mark.parametrize("field, value", [("quant_policy", 8), ("adapters", {"a": "b"})])
 def test_unsupported_engine_fields_fail_loudly(field, value):
     with pytest.raises(InvalidArgument, match=field):
         PytorchEngineConfig(**{field: value})
+
+
+def test_tp_is_accepted_and_carried_from_turbomind_to_pytorch():
+    assert PytorchEngineConfig(tp=2).tp == 2
+    assert TurbomindEngineConfig(tp=4).to_pytorch().tp == 4
 
 
 def test_turbomind_config_translates_to_pytorch():
@@ -83,7 +88,7 @@ def test_num_cpu_blocks_sizes_the_host_pool_and_rejects_bad_values():
         lambda: GenerationConfig(n=0),
         lambda: PytorchEngineConfig(quant_policy=3),
         lambda: PytorchEngineConfig(num_gpu_blocks=-1),
-        lambda: PytorchEngineConfig(tp=2),  # beyond the one device this build drives
+        lambda: PytorchEngineConfig(tp=0),
         lambda: PytorchEngineConfig(cache_max_entry_count=0),
     ],
 )

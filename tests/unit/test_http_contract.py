@@ -87,3 +87,12 @@ def test_interactive_bounds_its_integers(client):
     body = {"prompt": "a", "session_id": 1 << 64, "top_k": 1 << 63}
     r = client.post("/v1/chat/interactive", json=body, headers=HEADERS)
     assert r.status_code == 400 and r.json()["error"]["param"] in ("session_id", "top_k")
+
+
+def test_health_is_503_with_the_reason_once_the_engine_failed():
+    reason = "tensor-parallel rank 1 (pid 7) exited with code -9"
+    failed = ServerServices(None, None, stats, "m", (), None, failure=lambda: reason)
+    r = TestClient(create_app(failed)).get("/health")
+    assert r.status_code == 503 and r.json() == {"status": "unhealthy", "error": reason}
+    healthy = TestClient(create_app(ServerServices(None, None, stats, "m")))
+    assert healthy.get("/health").json() == {"status": "ok"}

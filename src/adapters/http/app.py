@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 
 from fastapi import FastAPI, Request
-from fastapi.responses import RedirectResponse
+from fastapi.responses import JSONResponse, RedirectResponse
 
 from ...domain.errors import PromptTooLong
 from . import metrics, routes_encode, routes_interactive, routes_openai
@@ -35,7 +35,10 @@ def create_app(svc: ServerServices) -> FastAPI:
         return RedirectResponse("/docs")
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
+    async def health():
+        failure = svc.failure()
+        if failure is not None:  # load balancers and the proxy take this node out
+            return JSONResponse({"status": "unhealthy", "error": failure}, status_code=503)
         return {"status": "ok"}
 
     @app.get("/v1/models")

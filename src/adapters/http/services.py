@@ -19,3 +19,5 @@ class ServerServices:
     model_name: str
     api_keys: tuple[str, ...] = ()
     ttft: Callable[[], HistogramSnapshot] | None = None  # time to first token, for /metrics
+    # Why the engine can no longer run (a tensor-parallel rank died), or None: /health's 503.
+    failure: Callable[[], str | None] = lambda: None

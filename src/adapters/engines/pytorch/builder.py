@@ -8,12 +8,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import torch
+import torch.distributed as dist
 
 from ....application.configs import PytorchEngineConfig
 from ....domain.errors import InvalidArgument
 from ...loaders import dummy
 from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
+from .distributed.parallel_state import local_kv_heads, tp_size
+from .distributed.step_channel import ModelBroadcaster, StepChannel, serve
+from .distributed.workers import LocalWorkers, Rendezvous, free_port, join_group, leave_group
 from .layers.linear import prepare_linears
 from .models.base import CausalLM
 from .models.config import ModelConfig
@@ -73,6 +77,9 @@ def _num_blocks(
     if config.num_gpu_blocks > 0:
         return config.num_gpu_blocks
     block_bytes = model_cfg.kv_bytes_per_token(torch.finfo(dtype).bits // 8) * config.block_size
+    # A tensor-parallel rank caches only its KV heads.
+    kv_heads = model_cfg.num_key_value_heads
+    block_bytes = block_bytes * local_kv_heads(model_cfg.num_attention_heads, kv_heads) // kv_heads
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
@@ -101,6 +108,59 @@ def _refuse_partial_rotary(name: str, model_cfg: ModelConfig) -> None:
 
 
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
+    if config.tp == 1:
+        return _build_rank(source, config)
+    model_cfg, _ = read_model_config(source)
+    # Refused here, before any process starts, naming tp and the head counts.
+    local_kv_heads(model_cfg.num_attention_heads, model_cfg.num_key_value_heads, config.tp)
+    backend = "nccl" if pick_device(config).type == "cuda" else "gloo"
+    rdv = Rendezvous("127.0.0.1", free_port(), config.tp, backend)
+    workers = LocalWorkers(serve_rank, (source, config), rdv)
+    try:
+        join_group(rdv, 0)
+        return _build_rank(source, config, workers)
+    except BaseException:
+        workers.close()
+        leave_group()
+        raise
+
+
+def serve_rank(
+    rank: int, rdv: Rendezvous, source: ModelSource, config: PytorchEngineConfig
+) -> None:
+    """A spawned worker process: rank `rank`'s shard of the model, serving rank 0's calls."""
+    join_group(rdv, rank)
+    try:
+        built = _build_rank(source, config)
+        runner = built.runner
+        with torch.inference_mode():
+            serve(
+                runner.model,
+                runner.kv_caches,
+                StepChannel(runner.device),
+                (runner.dtype, runner.rope.cos.dtype),
+                config.block_size,
+                runner.capture_graphs,
+                runner.swapper.apply if runner.swapper is not None else None,
+            )
+    finally:
+        leave_group()
+
+
+def _agree_on_blocks(num_blocks: int, device: torch.device) -> int:
+    """Every rank's cache holds the same blocks: the fewest any rank has room for."""
+    if tp_size() == 1:
+        return num_blocks
+    agreed = torch.tensor([num_blocks], dtype=torch.int64, device=device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MIN)
+    return int(agreed.item())
+
+
+def _build_rank(
+    source: ModelSource, config: PytorchEngineConfig, workers: LocalWorkers | None = None
+) -> BuiltModel:
+    """This process's rank of the model (the whole model at tp=1); `workers`: on rank 0 of a
+    tensor-parallel group, the other ranks."""
     custom_models = load_custom_module_map(config.custom_module_map)  # a bad map fails first
     model_cfg, weights = read_model_config(source)
     if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
@@ -118,7 +178,7 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     prepare_linears(model, device, dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    num_blocks = _num_blocks(config, model_cfg, device, dtype)
+    num_blocks = _agree_on_blocks(_num_blocks(config, model_cfg, device, dtype), device)
     logger.info(
         "kv cache: %d blocks of %d tokens (%d tokens at most in flight) on %s (%s)",
         num_blocks,
@@ -137,6 +197,8 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         max_model_len=max_model_len,
         use_cuda_graphs=not config.eager_mode,
         num_cpu_blocks=config.num_cpu_blocks,
+        peers=ModelBroadcaster(model, StepChannel(device)) if workers is not None else None,
+        workers=workers,
     )
     return BuiltModel(runner, model_cfg)
 

@@ -21,6 +21,7 @@ from ..backends.torch_native.attention import (
     prefill_attention,
     write_kv,
 )
+from ..distributed.parallel_state import local_kv_heads, tp_size
 from .rotary import rotate_qk
 
 
@@ -38,7 +39,8 @@ class Attention(nn.Module):
 
     `sliding_window` W: a query at position p sees keys p - W < pos <= p only (transformers'
     semantics; None: the whole context). `logit_softcap` c: scores = c * tanh(scores / c) after
-    the scale (Gemma 2). Both are this layer's: models alternate windowed and global layers."""
+    the scale (Gemma 2). Both are this layer's: models alternate windowed and global layers.
+    Head counts given are the model's; a tensor-parallel rank attends over its own heads."""
 
     def __init__(
         self,
@@ -50,7 +52,8 @@ class Attention(nn.Module):
         logit_softcap: float | None = None,
     ) -> None:
         super().__init__()
-        self.heads = (num_heads, num_kv_heads, head_dim)
+        kv_heads = local_kv_heads(num_heads, num_kv_heads)
+        self.heads = (num_heads // tp_size(), kv_heads, head_dim)
         self.scale = head_dim**-0.5 if scale is None else scale
         self.options = AttentionOptions(self.scale, sliding_window, logit_softcap)
 

@@ -1,4 +1,8 @@
-"""The token embedding and the LM head (its own weight, or tied to the embedding's)."""
+"""The token embedding and the LM head (its own weight, or tied to the embedding's), both split
+by vocabulary rows across tensor-parallel ranks: a rank embeds the ids in its rows (zeros for
+the others) and the ranks' rows are summed; the LM head's logits of each rank's rows are
+gathered side by side. The vocabulary is padded to a multiple of the ranks (zero rows, cut from
+the logits)."""
 
 from __future__ import annotations
 
@@ -7,7 +11,26 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backends.cpu.linear import PackedLinear
+from ..distributed.parallel_state import (
+    all_gather_last_dim,
+    all_reduce,
+    tp_size,
+    vocab_range,
+)
 from .linear import LinearBase
+
+
+def _load_vocab_rows(param: nn.Parameter, loaded: torch.Tensor) -> None:
+    """This rank's rows of a [vocab, hidden] checkpoint tensor; padding rows stay zero."""
+    start, per_rank = vocab_range(loaded.shape[0])
+    rows = loaded[start : start + per_rank]
+    param.data[: rows.shape[0]].copy_(rows)
+    param.data[rows.shape[0] :].zero_()
+
+
+def _gather_logits(local: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """float32 logits [rows, vocab_size] from each rank's [rows, vocab rows of the rank]."""
+    return all_gather_last_dim(local)[..., :vocab_size].float()
 
 
 class VocabEmbedding(nn.Module):
@@ -17,11 +40,24 @@ class VocabEmbedding(nn.Module):
 
     def __init__(self, vocab_size: int, hidden_size: int, scale: float | None = None) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.empty(vocab_size, hidden_size))
+        self.vocab_size = vocab_size
+        self.vocab_start, per_rank = vocab_range(vocab_size)
+        self.weight = nn.Parameter(torch.empty(per_rank, hidden_size))
         self.scale = scale
 
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None
+    ) -> None:
+        _load_vocab_rows(param, loaded)
+
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        rows = F.embedding(input_ids, self.weight)
+        if tp_size() == 1:
+            rows = F.embedding(input_ids, self.weight)
+        else:
+            local = input_ids - self.vocab_start
+            mine = (local >= 0) & (local < self.weight.shape[0])
+            rows = F.embedding(local.clamp(0, self.weight.shape[0] - 1), self.weight)
+            rows = all_reduce(rows * mine.unsqueeze(-1).to(rows.dtype))
         if self.scale is None:
             return rows
         return rows * torch.tensor(self.scale, dtype=torch.float32).to(self.weight.dtype)
@@ -31,10 +67,16 @@ class ParallelLMHead(LinearBase):
     """Hidden rows -> float32 logits [rows, vocab_size] (vocabulary-parallel at tp > 1)."""
 
     def __init__(self, hidden_size: int, vocab_size: int) -> None:
-        super().__init__(hidden_size, vocab_size, bias=False)
+        super().__init__(hidden_size, vocab_range(vocab_size)[1], bias=False)
+        self.vocab_size = vocab_size
+
+    def weight_loader(
+        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None
+    ) -> None:
+        _load_vocab_rows(param, loaded)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return super().forward(hidden).float()
+        return _gather_logits(super().forward(hidden), self.vocab_size)
 
 
 class TiedLMHead(nn.Module):
@@ -51,6 +93,9 @@ class TiedLMHead(nn.Module):
         self.packed = PackedLinear(self._embedding[0].weight, None)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        embedding = self._embedding[0]
         if self.packed is not None:
-            return self.packed(hidden).float()
-        return F.linear(hidden, self._embedding[0].weight).float()
+            local = self.packed(hidden)
+        else:
+            local = F.linear(hidden, embedding.weight)
+        return _gather_logits(local, embedding.vocab_size)

@@ -1,11 +1,12 @@
 """The linears of every model, and the seam where other kinds plug in.
 
-vLLM's family, with tensor parallelism at 1 for now: `ColumnParallelLinear` splits its outputs
-across ranks, `RowParallelLinear` its inputs (one all-reduce after it), `QKVParallelLinear` and
+vLLM's family: `ColumnParallelLinear` splits its outputs across tensor-parallel ranks,
+`RowParallelLinear` its inputs (one all-reduce after it), `QKVParallelLinear` and
 `MergedColumnParallelLinear` hold several checkpoint tensors packed along the output dimension.
-Each owns a `weight_loader(param, loaded, shard_id)` that places one checkpoint tensor (a shard
-of a packed weight, by its `shard_id`) in its parameter; the generic loader
-(`models/weights.py`) calls it. Quantized, tensor-parallel and
+Each owns a `weight_loader(param, loaded, shard_id)` that places this rank's slice of one
+checkpoint tensor (a shard of a packed weight, by its `shard_id`) in its parameter; the generic
+loader (`models/weights.py`) calls it, so no rank ever holds a whole weight of the model.
+Sizes given to the constructors are the model's (global); the parameters are this rank's. Quantized, tensor-parallel and
 LoRA linears subclass `LinearBase`: their own parameters, loader and forward.
 
 After loading, `prepare_linears` lets each weight take its backend's own layout: on a CPU in
@@ -20,22 +21,41 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..backends.cpu.linear import PackedLinear, can_pack
+from ..distributed.parallel_state import (
+    all_reduce,
+    divide,
+    kv_head_of_rank,
+    local_kv_heads,
+    tp_rank,
+    tp_size,
+)
 
 ShardId = int | str
 
 
 class LinearBase(nn.Module):
-    """y = x W^T + b, W [output_size, input_size]."""
+    """y = x W^T + b, W [output_size, input_size]; replicated on every rank (e.g. a router).
+
+    `tp_dim`: the dimension of W split across ranks (0: outputs, 1: inputs, None: none);
+    `input_size`/`output_size` are this rank's."""
+
+    tp_dim: int | None = None
 
     def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
         super().__init__()
+        if self.tp_dim == 0:
+            output_size = divide(output_size, f"output features of {type(self).__name__}")
+        elif self.tp_dim == 1:
+            input_size = divide(input_size, f"input features of {type(self).__name__}")
         self.input_size, self.output_size = input_size, output_size
         self.weight = nn.Parameter(torch.empty(output_size, input_size))
         self.register_parameter("bias", nn.Parameter(torch.empty(output_size)) if bias else None)
         self.packed: PackedLinear | None = None
         # Output rows of each checkpoint tensor packed in this weight, by shard id (the row
-        # slice it fills); empty for a weight loaded whole.
+        # slice of this rank's weight it fills); empty for a weight loaded whole.
         self.shards: dict[ShardId, tuple[int, int]] = {}
+        # Rows of each shard in the checkpoint's whole tensor (all ranks'), to cut one apart.
+        self.full_sizes: dict[ShardId, int] = {}
 
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId | None = None
@@ -47,16 +67,25 @@ class LinearBase(nn.Module):
             for part_id, part in self.split_packed(loaded).items():
                 self.weight_loader(param, part, part_id)
             return
+        loaded = self.rank_slice(loaded, shard_id)
         if shard_id is None:
             param.data.copy_(loaded)
             return
         start, size = self.shards[shard_id]
         param.data[start : start + size].copy_(loaded)
 
+    def rank_slice(self, loaded: torch.Tensor, shard_id: ShardId | None) -> torch.Tensor:
+        """This rank's part of a checkpoint tensor: its block along `tp_dim` (a bias is split
+        only with the outputs; a row-parallel bias is added once, after the all-reduce)."""
+        dim = self.tp_dim
+        if dim is None or tp_size() == 1 or dim >= loaded.dim():
+            return loaded
+        return loaded.chunk(tp_size(), dim)[tp_rank()]
+
     def split_packed(self, loaded: torch.Tensor) -> dict[ShardId, torch.Tensor]:
         """A whole packed checkpoint tensor (weight or bias) cut into its shards, which it
         holds one after another in shard order."""
-        sizes = [size for _, size in self.shards.values()]
+        sizes = [self.full_sizes[s] for s in self.shards]
         return dict(zip(self.shards, loaded.split(sizes), strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,9 +103,28 @@ class LinearBase(nn.Module):
 class ColumnParallelLinear(LinearBase):
     """Outputs split across tensor-parallel ranks (whole at tp=1)."""
 
+    tp_dim = 0
+
 
 class RowParallelLinear(LinearBase):
-    """Inputs split across tensor-parallel ranks, partial sums all-reduced (whole at tp=1)."""
+    """Inputs split across tensor-parallel ranks, partial sums all-reduced (whole at tp=1);
+    the bias, whole on every rank, is added after the sum."""
+
+    tp_dim = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if tp_size() == 1:
+            return super().forward(x)
+        if self.packed is not None:
+            out = self.packed(x)
+            return all_reduce(out)
+        out = all_reduce(F.linear(x, self.weight))
+        return out if self.bias is None else out + self.bias
+
+    def pack(self) -> None:
+        if tp_size() > 1 and self.bias is not None:
+            return  # the packed kernel adds the bias on every rank: keep the plain path
+        super().pack()
 
 
 class MergedColumnParallelLinear(ColumnParallelLinear):
@@ -84,23 +132,40 @@ class MergedColumnParallelLinear(ColumnParallelLinear):
 
     def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False) -> None:
         super().__init__(input_size, sum(output_sizes), bias)
-        starts = [sum(output_sizes[:i]) for i in range(len(output_sizes))]
+        local = [divide(size, "intermediate features") for size in output_sizes]
+        starts = [sum(local[:i]) for i in range(len(local))]
         self.shards = {
-            i: (start, size)
-            for i, (start, size) in enumerate(zip(starts, output_sizes, strict=True))
+            i: (start, size) for i, (start, size) in enumerate(zip(starts, local, strict=True))
         }
+        self.full_sizes = dict(enumerate(output_sizes))
 
 
 class QKVParallelLinear(ColumnParallelLinear):
-    """The query, key and value projections in one matmul: shards 'q', 'k', 'v', in that order."""
+    """The query, key and value projections in one matmul: shards 'q', 'k', 'v', in that order.
+    Split by heads: each rank its query heads and their KV heads (one KV head replicated on
+    several ranks when there are fewer KV heads than ranks)."""
+
+    tp_dim = None  # split by heads in `rank_slice`, not in equal blocks of the packed rows
 
     def __init__(
         self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False
     ) -> None:
-        q_size, kv_size = num_heads * head_dim, num_kv_heads * head_dim
+        kv_local = local_kv_heads(num_heads, num_kv_heads)
+        q_size, kv_size = num_heads // tp_size() * head_dim, kv_local * head_dim
         super().__init__(hidden_size, q_size + 2 * kv_size, bias)
-        self.head_dim, self.num_kv_heads = head_dim, num_kv_heads
+        self.head_dim, self.num_kv_heads, self.kv_local = head_dim, num_kv_heads, kv_local
         self.shards = {"q": (0, q_size), "k": (q_size, kv_size), "v": (q_size + kv_size, kv_size)}
+        full_kv = num_kv_heads * head_dim
+        self.full_sizes = {"q": num_heads * head_dim, "k": full_kv, "v": full_kv}
+        self.local_sizes = [q_size, kv_size, kv_size]  # split the output into q, k, v
+
+    def rank_slice(self, loaded: torch.Tensor, shard_id: ShardId | None) -> torch.Tensor:
+        if tp_size() == 1 or shard_id is None:
+            return loaded
+        if shard_id == "q":
+            return loaded.chunk(tp_size(), 0)[tp_rank()]
+        first = kv_head_of_rank(self.num_kv_heads) * self.head_dim
+        return loaded[first : first + self.kv_local * self.head_dim]
 
 
 class GroupedQKVParallelLinear(QKVParallelLinear):

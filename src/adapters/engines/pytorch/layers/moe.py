@@ -6,6 +6,9 @@ Checkpoints store each expert's gate/up/down as its own tensor (Mixtral `experts
 Qwen3-MoE `experts.{e}.gate_proj/up_proj/down_proj`); transformers 5 holds them stacked in
 memory (`experts.gate_up_proj` [E, 2 * I, H], `experts.down_proj` [E, H, I]). Both load:
 `expert_weights_mapping` names each tensor's place for the generic loader.
+
+Under tensor parallelism every rank holds every expert, cut along the intermediate dimension
+(its block of gate/up rows and of down columns); the partial outputs are all-reduced once.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 from torch import nn
 
 from ..backends.torch_native.moe import fused_moe_torch, route
+from ..distributed.parallel_state import all_reduce, divide, tp_rank, tp_size
 from .linear import LinearBase
 
 ExpertShard = tuple[int, int]  # (expert, block of rows): gate 0 and up 1 in w13; 0 in w2
@@ -21,10 +25,17 @@ ExpertShard = tuple[int, int]  # (expert, block of rows): gate 0 and up 1 in w13
 
 class StackedExpertWeight(nn.Module):
     """One weight per expert stacked as [E, rows, cols]; shard (e, i) fills expert e's i-th
-    block of rows, and a stacked checkpoint tensor fills the whole (shard None)."""
+    block of rows, and a stacked checkpoint tensor fills the whole (shard None). `tp_dim`: the
+    dimension of one expert's matrix split across ranks (0: rows, 1: columns); sizes given are
+    the model's, the parameter is this rank's."""
 
-    def __init__(self, num_experts: int, row_sizes: list[int], cols: int) -> None:
+    def __init__(self, num_experts: int, row_sizes: list[int], cols: int, tp_dim: int) -> None:
         super().__init__()
+        self.tp_dim = tp_dim
+        if tp_dim == 0:
+            row_sizes = [divide(size, "expert intermediate features") for size in row_sizes]
+        else:
+            cols = divide(cols, "expert intermediate features")
         self.weight = nn.Parameter(torch.empty(num_experts, sum(row_sizes), cols))
         starts = [sum(row_sizes[:i]) for i in range(len(row_sizes))]
         self.shards: dict[ExpertShard, tuple[int, int]] = {
@@ -37,10 +48,17 @@ class StackedExpertWeight(nn.Module):
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ExpertShard | None = None
     ) -> None:
         if shard_id is None:
-            param.data.copy_(loaded)
+            blocks = len({i for _, i in self.shards})
+            # A stacked tensor [E, rows, cols]: this rank's part of each block of rows.
+            parts = loaded.chunk(blocks, 1) if self.tp_dim == 0 else [loaded]
+            param.data.copy_(torch.cat([self._rank_part(p, self.tp_dim + 1) for p in parts], 1))
             return
         start, size = self.shards[shard_id]
-        param.data[shard_id[0], start : start + size].copy_(loaded)
+        param.data[shard_id[0], start : start + size].copy_(self._rank_part(loaded, self.tp_dim))
+
+    @staticmethod
+    def _rank_part(loaded: torch.Tensor, dim: int) -> torch.Tensor:
+        return loaded if tp_size() == 1 else loaded.chunk(tp_size(), dim)[tp_rank()]
 
 
 class FusedMoE(nn.Module):
@@ -59,20 +77,22 @@ class FusedMoE(nn.Module):
         super().__init__()
         self.top_k, self.renormalize = top_k, renormalize
         self.w13 = StackedExpertWeight(
-            num_experts, [intermediate_size, intermediate_size], hidden_size
+            num_experts, [intermediate_size, intermediate_size], hidden_size, tp_dim=0
         )
-        self.w2 = StackedExpertWeight(num_experts, [hidden_size], intermediate_size)
+        self.w2 = StackedExpertWeight(num_experts, [hidden_size], intermediate_size, tp_dim=1)
 
     def forward(self, x: torch.Tensor, router_logits: torch.Tensor) -> torch.Tensor:
         w13, w2 = self.w13.weight, self.w2.weight
         if x.is_cuda:
             from ..backends.cuda.moe import fused_moe_routed  # Triton: imported where it runs
 
-            return fused_moe_routed(
-                x.contiguous(), router_logits, w13, w2, self.top_k, self.renormalize
+            return all_reduce(
+                fused_moe_routed(
+                    x.contiguous(), router_logits, w13, w2, self.top_k, self.renormalize
+                )
             )
         topk_weights, topk_ids = route(router_logits, self.top_k, self.renormalize)
-        return fused_moe_torch(x, w13, w2, topk_weights, topk_ids)
+        return all_reduce(fused_moe_torch(x, w13, w2, topk_weights, topk_ids))
 
 
 class SparseMoeBlock(nn.Module):

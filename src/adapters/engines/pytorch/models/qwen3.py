@@ -27,11 +27,10 @@ class Qwen3Attention(nn.Module):
         self.attn = Attention(
             heads, kv_heads, head_dim, sliding_window=cfg.sliding_window_of(layer)
         )
-        self.sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
         self.head_dim = head_dim
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.local_sizes, dim=-1)
         tokens = x.shape[0]
         q = self.q_norm(q.reshape(-1, self.head_dim)).view(tokens, -1)
         k = self.k_norm(k.reshape(-1, self.head_dim)).view(tokens, -1)

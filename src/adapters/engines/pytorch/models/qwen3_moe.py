@@ -26,7 +26,6 @@ class Qwen3MoeAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
         self.head_dim = head_dim
         self.qkv_proj = QKVParallelLinear(
             cfg.hidden_size, head_dim, heads, kv_heads, bias=cfg.attention_bias
@@ -37,7 +36,7 @@ class Qwen3MoeAttention(nn.Module):
         self.attn = Attention(heads, kv_heads, head_dim)
 
     def forward(self, x, cos, sin, kv_cache, meta) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split(self.sizes, dim=-1)
+        q, k, v = self.qkv_proj(x).split(self.qkv_proj.local_sizes, dim=-1)
         q = self.q_norm(q.reshape(-1, self.head_dim)).view(q.shape)
         k = self.k_norm(k.reshape(-1, self.head_dim)).view(k.shape)
         qkv = torch.cat([q, k, v], dim=-1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import bisect
 import gc
 import logging
+from collections.abc import Callable
 
 import torch
 
@@ -38,8 +39,12 @@ class DecodeGraphs:
         max_batch_size: int,
         max_blocks_per_seq: int,
         block_size: int,
+        before_replay: Callable[[int, torch.Tensor], None] | None = None,
     ) -> None:
+        """`before_replay(bucket, staged inputs)`: called with each replay's inputs on the
+        device, before it (tensor parallelism: rank 0 sends them to the other ranks)."""
         self.model = model
+        self.before_replay = before_replay
         self.kv_caches = kv_caches
         self.cos, self.sin = cos, sin
         self.sizes = bucket_sizes(max_batch_size)
@@ -107,5 +112,11 @@ class DecodeGraphs:
         `ids_from` as in `DecodeInputs.load`, for a step started ahead)."""
         size = self.sizes[bisect.bisect_left(self.sizes, len(seqs))]
         self.inputs.load(seqs, lag, ids_from)
+        if self.before_replay is not None:
+            self.before_replay(size, self.inputs.staged)
+        return self.replay(size)[: len(seqs)]
+
+    def replay(self, size: int) -> torch.Tensor:
+        """Replay bucket `size` over the inputs already staged; its logits [size, vocab]."""
         self.graphs[size].replay()
-        return self.logits[size][: len(seqs)]
+        return self.logits[size]

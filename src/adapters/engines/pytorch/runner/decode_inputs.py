@@ -39,6 +39,11 @@ class DecodeInputs:
         self.context_lens = self._device[3 * n : 4 * n]
         self.block_tables = self._device[4 * n :].view(n, width)
 
+    @property
+    def staged(self) -> torch.Tensor:
+        """Every buffer above in one device tensor (what a tensor-parallel rank 0 broadcasts)."""
+        return self._device
+
     def fits(self, seqs: list[Sequence], lag: int = 0) -> bool:
         bs = self.block_size
         return len(seqs) <= self.max_seqs and all(

@@ -12,6 +12,9 @@ from .....application.ports import CacheGeometry, StepOutput
 from .....domain.scheduler import StepPlan
 from .....domain.sequence import Sequence
 from ..backends.attention_metadata import AttentionMetadata
+from ..distributed.parallel_state import local_kv_heads
+from ..distributed.step_channel import ModelBroadcaster
+from ..distributed.workers import LocalWorkers, leave_group
 from ..layers.attention import prepare_metadata
 from ..layers.rotary import RotaryTables
 from ..models.base import CausalLM
@@ -49,14 +52,21 @@ class PytorchModelRunner:
         max_model_len: int | None = None,
         use_cuda_graphs: bool = False,
         num_cpu_blocks: int = 0,
+        peers: ModelBroadcaster | None = None,
+        workers: LocalWorkers | None = None,
     ) -> None:
+        """`peers`: on rank 0 of a tensor-parallel group, `model` wrapped so that each call
+        reaches the other ranks first (distributed/step_channel.py); `workers`: the other
+        ranks' processes, watched."""
         cfg = model.config
         self.max_batch_size = max_batch_size
-        self.model = model
+        self.model: CausalLM = peers if peers is not None else model  # type: ignore[assignment]
+        self.peers, self.workers = peers, workers
         self.device = device
         self.dtype = dtype
         self._cache = CacheGeometry(num_blocks, block_size, num_cpu_blocks)
-        shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
+        kv_heads = local_kv_heads(cfg.num_attention_heads, cfg.num_key_value_heads)
+        shape = (num_blocks, block_size, kv_heads, cfg.head_dim)
         self.kv_caches = [
             (_zeros(shape, dtype, device), _zeros(shape, dtype, device))
             for _ in range(cfg.num_hidden_layers)
@@ -73,16 +83,10 @@ class PytorchModelRunner:
         )
         self.graphs: DecodeGraphs | None = None
         if use_cuda_graphs and device.type == "cuda":
-            self.graphs = DecodeGraphs(
-                model,
-                self.kv_caches,
-                self.rope.cos,
-                self.rope.sin,
-                max_batch_size,
-                -(-max_len // block_size),
-                block_size,
-            )
-            self.graphs.capture()
+            max_blocks = -(-max_len // block_size)
+            if peers is not None:  # every rank captures, in the same order: collectives pair up
+                peers.capture(max_batch_size, max_blocks)
+            self.graphs = self.capture_graphs(max_batch_size, max_blocks)
         # Start each forecast decode step before the current step's tokens reach the host
         # (decode_ahead.py): on by default where it overlaps anything, i.e. under CUDA graphs;
         # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
@@ -90,6 +94,22 @@ class PytorchModelRunner:
         self.decodes_ahead = self.graphs is not None if forced is None else forced == "1"
         self._ahead: AheadStep | None = None
         self.ahead_counters = AheadCounters()
+
+    def capture_graphs(self, max_batch_size: int, max_blocks: int) -> DecodeGraphs:
+        """The decode graphs of this rank's model (its raw model: a tensor-parallel rank 0
+        sends each replay's inputs to the other ranks instead of each call)."""
+        graphs = DecodeGraphs(
+            self.peers.inner if self.peers is not None else self.model,
+            self.kv_caches,
+            self.rope.cos,
+            self.rope.sin,
+            max_batch_size,
+            max_blocks,
+            self._cache.block_size,
+            before_replay=self.peers.replay if self.peers is not None else None,
+        )
+        graphs.capture()
+        return graphs
 
     @property
     def cache(self) -> CacheGeometry:
@@ -199,10 +219,32 @@ class PytorchModelRunner:
         logits = self.model.compute_logits(hidden[last])
         return logits, collect_extras(self.model, hidden, plan) if extras_wanted else None
 
-    @torch.inference_mode()
     def step(self, plan: StepPlan) -> StepOutput:
+        if self.workers is None:
+            return self._step(plan)
+        self.workers.check()
+        try:
+            return self._step(plan)
+        except Exception:
+            self.workers.check(wait_s=2.0)  # a dead rank, rather than this step, is the cause
+            raise
+
+    def close(self) -> None:
+        """Stop the other tensor-parallel ranks and leave their group (nothing at tp=1)."""
+        if self.workers is None:
+            return
+        if self.workers.failure is None and self.peers is not None:
+            self.peers.stop()
+        self.workers.close()
+        leave_group()
+        self.workers = None
+
+    @torch.inference_mode()
+    def _step(self, plan: StepPlan) -> StepOutput:
         ahead, self._ahead = self._ahead, None
         if self.swapper is not None:  # before the forward pass, which may reuse swapped blocks
+            if self.peers is not None:
+                self.peers.swap(plan.blocks_to_swap_out, plan.blocks_to_swap_in)
             self.swapper.apply(plan.blocks_to_swap_out, plan.blocks_to_swap_in)
         if not plan.seqs:
             return StepOutput(token_ids=[])

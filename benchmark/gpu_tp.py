@@ -1,0 +1,207 @@
+"""Tensor parallelism on 2 GPUs: Llama-3-8B shape at tp=1 and tp=2, the Llama-3-70B shape at
+tp=2 (dummy bf16 weights, CUDA graphs), and the NCCL all-reduces of one decode step.
+
+    python benchmark/gpu_tp.py [--requests 1000] [--output FILE]
+    python benchmark/gpu_tp.py --device cpu --tiny --requests 8    # a smoke run, no GPU (gloo)
+
+Each case runs in its own process: batch-1 decode (128 prompt tokens, 128 generated, timed
+per step by StepTrace as gpu_generation.py does), then the throughput of `--requests`
+ShareGPT-like requests submitted together. The batch-1 floor counts the device copy bandwidth
+of one GPU times tp over the bytes of every weight (each rank reads its half). Beside it, in
+two fresh processes, the NCCL all-reduce of a batch-1 step: 2 per layer of [1, hidden] bf16,
+timed alone, as a fraction of the tp=2 step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+SHAPE_70B = {
+    "num_hidden_layers": 80,
+    "hidden_size": 8192,
+    "num_attention_heads": 64,
+    "num_key_value_heads": 8,
+    "intermediate_size": 28672,
+}
+CASES = [("llama-3-8b", 1), ("llama-3-8b", 2), ("llama-3-70b", 2)]
+SESSION_LEN = 4096
+
+
+def write_shape(name: str, directory: Path, tiny: bool) -> Path:
+    from gpu_families import tiny_config
+
+    from lmdeploy.adapters.loaders import dummy
+    from lmdeploy.adapters.loaders.model_source import embedded_model_file
+    from lmdeploy.adapters.tokenizers.hf_tokenizer import _gguf_tokenizer
+
+    cfg = dummy.shipped_config("llama-3-8b")
+    if name == "llama-3-70b":
+        cfg |= SHAPE_70B
+    if tiny:
+        cfg = tiny_config(cfg)
+    (directory / "config.json").write_text(json.dumps(cfg))
+    _gguf_tokenizer(embedded_model_file()).save_pretrained(directory)
+    return directory
+
+
+def throughput(pipe, num: int) -> dict[str, Any]:
+    from workloads import random_prompt, sharegpt_like
+
+    from lmdeploy import GenerationConfig
+
+    rng = random.Random(0)
+    vocab = pipe.service.engine.runner.model.config.vocab_size
+    pairs = sharegpt_like(num, cap=SESSION_LEN // 2)
+    prompts = [random_prompt(n_in, vocab, rng) for n_in, _ in pairs]
+    gens = [GenerationConfig(max_new_tokens=n_out, ignore_eos=True) for _, n_out in pairs]
+    start = time.perf_counter()
+    outs = pipe(prompts, gen_config=gens)
+    total = time.perf_counter() - start
+    tokens = sum(o.generate_token_len for o in outs)
+    return {"requests": num, "total_s": total, "output_tokens_per_s": tokens / total}
+
+
+def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from gpu_generation import copy_bandwidth, decode_rows, weight_bytes
+    from step_trace import StepTrace
+
+    from lmdeploy import PytorchEngineConfig, pipeline
+
+    cuda = args.device == "cuda"
+    bandwidth = copy_bandwidth(device=args.device, num_bytes=(2 << 30) if cuda else (64 << 20))
+    config = PytorchEngineConfig(
+        tp=tp,
+        device_type=args.device,
+        load_format="dummy",
+        dtype="bfloat16" if cuda else "float32",
+        session_len=SESSION_LEN,
+        cache_max_entry_count=0.8 if cuda else 0.1,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        pipe = pipeline(str(write_shape(name, Path(tmp), args.tiny)), backend_config=config)
+        startup = time.perf_counter() - start
+    runner = pipe.service.engine.runner
+    trace = StepTrace()
+    trace.install(runner)
+    rows = decode_rows(pipe, trace, [1], 128, 128)
+    # Rank 0's weights times tp: the other ranks hold the same shapes (padding aside).
+    all_weights = weight_bytes(pipe) * tp
+    floor = tp * bandwidth / all_weights
+    report = {
+        "model": name + (" (tiny)" if args.tiny else ""),
+        "tp": tp,
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
+        "cuda_graphs": runner.graphs is not None,
+        "startup_s": startup,
+        "copy_bandwidth_GBps_one_gpu": bandwidth / 1e9,
+        "weight_bytes_all_ranks": all_weights,
+        "floor_batch1_tokens_per_s": floor,
+        "batch1": rows[0],
+        "batch1_fraction_of_floor": rows[0]["decode_tokens_per_s"] / floor,
+        "throughput": throughput(pipe, args.requests),
+    }
+    pipe.close()
+    return report
+
+
+def _allreduce_rank(rank: int, port: int, hidden: int, calls: int, out: str, cuda: bool) -> None:
+    import torch
+    import torch.distributed as dist
+
+    backend = "nccl" if cuda else "gloo"
+    if cuda:
+        torch.cuda.set_device(rank)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    device = torch.device("cuda" if cuda else "cpu")
+    x = torch.ones(1, hidden, dtype=torch.bfloat16 if cuda else torch.float32, device=device)
+    for _ in range(50):
+        dist.all_reduce(x)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
+    repeats = 20
+    start = time.perf_counter()
+    for _ in range(repeats * calls):
+        dist.all_reduce(x)
+    sync()
+    per_step = (time.perf_counter() - start) / repeats
+    if rank == 0:
+        Path(out).write_text(json.dumps({"hidden": hidden, "calls": calls, "step_s": per_step}))
+    dist.destroy_process_group()
+
+
+def allreduce_per_step(hidden: int, layers: int, cuda: bool) -> dict[str, Any]:
+    """The 2 all-reduces a layer (after o_proj and down_proj) of a batch-1 step, alone."""
+    import torch.multiprocessing as mp
+
+    from lmdeploy.adapters.engines.pytorch.distributed.workers import free_port
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "ar.json")
+        args = (free_port(), hidden, 2 * layers, out, cuda)
+        mp.spawn(_allreduce_rank, args=args, nprocs=2, join=True)
+        return json.loads(Path(out).read_text())
+
+
+def run_case(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--one", name, str(tp), "--device", args.device]
+    command += ["--requests", str(args.requests)] + ["--tiny"] * args.tiny
+    proc = subprocess.run(command, capture_output=True, text=True)
+    sys.stderr.write(proc.stderr[-4000:])
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        return {"model": name, "tp": tp, "error": last}
+    return json.loads(lines[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="shrunken shapes: a smoke run")
+    ap.add_argument("--output", default="benchmark/results/gpu_tp.json")
+    ap.add_argument("--one", nargs=2, metavar=("SHAPE", "TP"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        print(json.dumps(measure(args.one[0], int(args.one[1]), args)))
+        return
+    reports = [run_case(name, tp, args) for name, tp in CASES]
+    cuda = args.device == "cuda"
+    for r in reports:
+        if "error" in r or r["tp"] == 1:
+            continue
+        shape = SHAPE_70B if r["model"].startswith("llama-3-70b") else {"hidden_size": 4096}
+        layers = shape.get("num_hidden_layers", 32)
+        hidden = 64 if args.tiny else shape["hidden_size"]
+        ar = allreduce_per_step(hidden, 2 if args.tiny else layers, cuda)
+        ar["fraction_of_step"] = ar["step_s"] / (r["batch1"]["step_p50_ms"] / 1e3)
+        r["allreduce_batch1_step"] = ar
+    by = {(r["model"], r["tp"]): r for r in reports if "error" not in r}
+    base, split = by.get((reports[0]["model"], 1)), by.get((reports[0]["model"], 2))
+    summary = {}
+    if base and split:
+        summary["8b_tp2_over_tp1_batch1"] = (
+            split["batch1"]["decode_tokens_per_s"] / base["batch1"]["decode_tokens_per_s"]
+        )
+        summary["8b_tp2_over_tp1_throughput"] = (
+            split["throughput"]["output_tokens_per_s"] / base["throughput"]["output_tokens_per_s"]
+        )
+    result = {"cases": reports, "summary": summary}
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
