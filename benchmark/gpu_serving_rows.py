@@ -7,8 +7,8 @@ One engine (Llama-3-8B shape, bf16, random weights, CUDA graphs) runs, through `
 | prefill | 512 prompts x 1024 tokens, 1 output token | FLOPs / the bf16 GEMM rate measured here |
 | decode 256 | 256 sequences, 32 in / 512 out | per step max(bytes / copy bandwidth, FLOPs / GEMM rate) |
 | decode 512 | 512 sequences, 32 in / 512 out | same |
-| uniform | 1000 requests, 200 in / 200 out | waves of max_batch_size, each its prefill + decode steps |
-| log-normal | 1000 requests, means 220 / 200, sigma 0.9, cap 2048 | max(the waves' work, the longest output's steps at the weight-read time) |
+| uniform | 1000 requests, 200 in / 200 out | an ideal continuous batcher, simulated (see `serving_s`) |
+| log-normal | 1000 requests, means 220 / 200, sigma 0.9, cap 2048 | same |
 | batch 1 | 1 sequence, 128 in / 256 out | weight bytes / copy bandwidth |
 
 Bytes of a decode step: the weights once plus every sequence's K/V context; FLOPs: 2 x the
@@ -72,15 +72,25 @@ class Limits:
     def prefill_s(self, tokens: int, context: float) -> float:
         return tokens * self.flops_per_token(context / 2) / self.flops
 
-    def waves_s(self, requests: list[tuple[int, int]], max_batch: int) -> float:
-        """Requests in arrival order, `max_batch` at a time, each wave as long as its longest."""
+    def serving_s(self, requests: list[tuple[int, int]], max_batch: int) -> float:
+        """An ideal continuous batcher, simulated step by step: every request waiting at the
+        start, the longest outputs admitted first (what minimizes the tail), a freed slot
+        refilled at once at the cost of its prompt's prefill, each step costing
+        `decode_step_s` of its batch at its mean context. Nothing else costs time."""
+        waiting = sorted(requests, key=lambda r: -r[1])
+        running: list[list[int]] = []  # [context, tokens left]
         total = 0.0
-        for start in range(0, len(requests), max_batch):
-            wave = requests[start : start + max_batch]
-            total += self.prefill_s(sum(i for i, _ in wave), statistics.mean(i for i, _ in wave))
-            steps = max(o for _, o in wave)
-            ctx = statistics.mean(i + o / 2 for i, o in wave)
-            total += steps * self.decode_step_s(len(wave), ctx)
+        while waiting or running:
+            while waiting and len(running) < max_batch:
+                prompt, out = waiting.pop(0)
+                total += self.prefill_s(prompt, prompt)
+                running.append([prompt, out])
+            ctx = statistics.mean(c for c, _ in running)
+            total += self.decode_step_s(len(running), ctx)
+            for r in running:
+                r[0] += 1
+                r[1] -= 1
+            running = [r for r in running if r[1] > 0]
         return total
 
 
@@ -158,13 +168,12 @@ def main() -> None:
     if "uniform" in args.rows:
         reqs = [(200, 200)] * 1000
         elapsed, out = _run(pipe, reqs, vocab, seed=3)
-        limit = sum(o for _, o in reqs) / limits.waves_s(reqs, args.max_batch_size)
+        limit = sum(o for _, o in reqs) / limits.serving_s(reqs, args.max_batch_size)
         row("1000 uniform 200/200", "output tok/s", out / elapsed, limit, seconds=elapsed)
     if "lognormal" in args.rows:
         reqs = sharegpt_like(1000, seed=0, mean_in=220, mean_out=200)
         elapsed, out, ttft = _run_streaming(pipe, reqs, vocab, seed=4)
-        longest = max(o for _, o in reqs) * limits.decode_step_s(1, 1024)
-        limit = sum(o for _, o in reqs) / max(limits.waves_s(reqs, args.max_batch_size), longest)
+        limit = sum(o for _, o in reqs) / limits.serving_s(reqs, args.max_batch_size)
         row(
             "1000 log-normal 220/200",
             "output tok/s",
