@@ -27,6 +27,7 @@ from .output_rows import OutputRows
 from .ports import GrammarBackend, GrammarSpec, JoinRows, Tokenizer
 from .prompt_log import log_prompt
 from .response_format import constrain, parse_response_format
+from .stream_delivery import LoopMailbox
 from .text import check_text
 from .vision import PendingImage, VisionService
 
@@ -90,22 +91,31 @@ class RequestStream:
         )
         self._hold = max((len(w) for w in request.stop_words), default=1) - 1
         self._sync_queue: queue.SimpleQueue[TokenEvent] | None = None
+        self._shared_queue: queue.SimpleQueue[tuple[RequestStream, TokenEvent]] | None = None
         self._async_queue: asyncio.Queue[TokenEvent] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._mailbox: LoopMailbox | None = None
         self.finished = False
 
     # -- wiring -----------------------------------------------------------------------------
     def bind_sync(self) -> None:
         self._sync_queue = queue.SimpleQueue()
 
+    def bind_shared(self, shared: queue.SimpleQueue[tuple[RequestStream, TokenEvent]]) -> None:
+        """Events go to a queue shared by many streams, tagged with this stream; one reader
+        thread serves them all through `consume` (a thread a stream would fight the engine
+        thread for the GIL)."""
+        self._shared_queue = shared
+
     def bind_async(self) -> None:
-        self._loop = asyncio.get_running_loop()
+        self._mailbox = LoopMailbox.of(asyncio.get_running_loop())
         self._async_queue = asyncio.Queue()
 
     def sink(self, event: TokenEvent) -> None:
         """Called on the engine thread."""
         if self._async_queue is not None:
-            self._loop.call_soon_threadsafe(self._async_queue.put_nowait, event)
+            self._mailbox.post(self._async_queue, event)
+        elif self._shared_queue is not None:
+            self._shared_queue.put((self, event))
         else:
             self._sync_queue.put(event)
 
@@ -137,6 +147,11 @@ class RequestStream:
         while not self._sync_queue.empty():
             events.append(self._sync_queue.get_nowait())
         return events
+
+    def consume(self, events: list[TokenEvent]) -> GenOut | None:
+        """The output of these events (in order), for a reader of a shared queue; None when
+        they add nothing to read yet."""
+        return self._consume(events)
 
     def _consume(self, events: list[TokenEvent]) -> GenOut | None:
         new_ids: list[int] = []
@@ -383,18 +398,21 @@ class GenerationService:
         return self._start(resume or self.new_sequence(request), request, asynchronous, resume)
 
     def submit_choices(
-        self, request: PreparedRequest, asynchronous: bool = False
+        self,
+        request: PreparedRequest,
+        asynchronous: bool = False,
+        shared: queue.SimpleQueue | None = None,
     ) -> list[RequestStream]:
         """The request's n choices, one stream each. Choices after the first wait for it to
         compute the prompt and reference its KV blocks (unless every prompt position's output
         is wanted, which needs each choice to compute them)."""
         parent = self.new_sequence(request)
-        streams = [self._start(parent, request, asynchronous)]
+        streams = [self._start(parent, request, asynchronous, shared=shared)]
         for i in range(1, request.n):
             seq = self.new_sequence(request, choice=i)
             if not request.sampling.needs_prompt_outputs:
                 seq.fork_parent = parent
-            streams.append(self._start(seq, request, asynchronous))
+            streams.append(self._start(seq, request, asynchronous, shared=shared))
         return streams
 
     def _start(
@@ -403,10 +421,13 @@ class GenerationService:
         request: PreparedRequest,
         asynchronous: bool,
         resume: Sequence | None = None,
+        shared: queue.SimpleQueue | None = None,
     ) -> RequestStream:
         stream = RequestStream(self.engine, self.tokenizer, seq, request, self.join_rows)
         if asynchronous:
             stream.bind_async()
+        elif shared is not None:
+            stream.bind_shared(shared)
         else:
             stream.bind_sync()
 

@@ -7,7 +7,6 @@ import dataclasses
 import itertools
 import logging
 import queue
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -124,12 +123,16 @@ class Pipeline:
         return responses[0] if single and len(responses) == 1 else responses
 
     def _submit(
-        self, request: PreparedRequest | Response, n: int, asynchronous: bool = False
+        self,
+        request: PreparedRequest | Response,
+        n: int,
+        asynchronous: bool = False,
+        shared: queue.SimpleQueue | None = None,
     ) -> list[RequestStream | Response]:
         """One stream per choice; a request that ended at once answers n times."""
         if isinstance(request, Response):
             return [dataclasses.replace(request) for _ in range(n)]
-        return self.service.submit_choices(request, asynchronous)
+        return self.service.submit_choices(request, asynchronous, shared)
 
     def _prepare(self, prompt: Prompt, config: GenerationConfig, do_preprocess: bool):
         try:
@@ -173,31 +176,39 @@ class Pipeline:
         items, _ = _normalize(prompts)
         configs = _configs(gen_config, len(items))
         requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
-        merged: queue.SimpleQueue = queue.SimpleQueue()
-
-        def pump(index: int, stream: RequestStream | Response, session_id: int) -> None:
-            if isinstance(stream, Response):
-                stream.index, stream.session_id = index, session_id
-                merged.put(stream)
-            else:
-                for out in stream:
-                    merged.put(_delta_response(out, index, session_id))
-            merged.put(None)
-
-        streams = [
+        shared: queue.SimpleQueue = queue.SimpleQueue()
+        live: dict[int, tuple[int, int, RequestStream]] = {}  # id(stream) -> index, session, stream
+        submitted = [
             (i, s)
             for i, (r, c) in enumerate(zip(requests, configs, strict=True))
-            for s in self._submit(r, c.n)
+            for s in self._submit(r, c.n, shared=shared)
         ]
-        for session_id, (i, s) in enumerate(streams):
-            threading.Thread(target=pump, args=(i, s, session_id), daemon=True).start()
-        remaining = len(streams)
-        while remaining:
-            item = merged.get()
-            if item is None:
-                remaining -= 1
+        for session_id, (i, stream) in enumerate(submitted):
+            if isinstance(stream, Response):  # ended at once (e.g. an over-long prompt)
+                stream.index, stream.session_id = i, session_id
+                yield stream
             else:
-                yield item
+                live[id(stream)] = (i, session_id, stream)
+        try:
+            while live:
+                batch = [shared.get()]
+                while not shared.empty():
+                    batch.append(shared.get_nowait())
+                by_stream: dict[int, list] = {}
+                for stream, event in batch:
+                    by_stream.setdefault(id(stream), []).append(event)
+                for key, events in by_stream.items():
+                    if key not in live:
+                        continue
+                    index, session_id, stream = live[key]
+                    out = stream.consume(events)
+                    if out is not None:
+                        yield _delta_response(out, index, session_id)
+                    if stream.finished:
+                        del live[key]
+        finally:  # the caller stopped reading: the rest stop generating
+            for _, _, stream in live.values():
+                stream.cancel()
 
     # -- async ------------------------------------------------------------------------------
     async def async_batch_infer(
