@@ -232,7 +232,6 @@ class PytorchEngineConfig:
             {
                 "tp": 1,
                 "adapters": None,
-                "quant_policy": 0,
             },
         )
 
@@ -286,7 +285,6 @@ class TurbomindEngineConfig:
             self,
             {
                 "tp": 1,
-                "quant_policy": 0,
                 "model_format": "hf",
                 "use_logn_attn": False,
             },
@@ -301,6 +299,7 @@ class TurbomindEngineConfig:
             download_dir=self.download_dir,
             revision=self.revision,
             enable_prefix_caching=self.enable_prefix_caching,
+            quant_policy=self.quant_policy,
         )
         if self.rope_scaling_factor:
             config.rope_scaling = {

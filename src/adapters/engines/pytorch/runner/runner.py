@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import os
 
-import numpy as np
 import torch
 
 from .....application.ports import CacheGeometry, StepOutput
@@ -22,18 +20,8 @@ from ..sampling.sampler import sample, top_logprobs
 from .cache_swap import CacheSwapper
 from .cuda_graph import DecodeGraphs
 from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
+from .kv_cache import allocate_kv_caches
 from .step_extras import collect_extras, wants_extras
-
-
-def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A zeroed cache tensor. On the CPU through numpy's calloc: the pages stay unmapped until a
-    block is first written, so a cache sized for the worst case (3.2 GB by default) costs
-    resident memory only for the blocks in use; `torch.zeros` writes every page up front."""
-    if device.type != "cpu":
-        return torch.zeros(shape, dtype=dtype, device=device)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    raw = np.zeros(math.prod(shape) * itemsize, dtype=np.uint8)
-    return torch.from_numpy(raw).view(dtype).view(shape)
 
 
 class PytorchModelRunner:
@@ -48,18 +36,25 @@ class PytorchModelRunner:
         max_model_len: int | None = None,
         use_cuda_graphs: bool = False,
         num_cpu_blocks: int = 0,
+        quant_policy: int = 0,
     ) -> None:
+        """`quant_policy` 8 or 4 stores the KV cache as int8 / int4 (runner/kv_cache.py)."""
         cfg = model.config
         self.max_batch_size = max_batch_size
         self.model = model
         self.device = device
         self.dtype = dtype
         self._cache = CacheGeometry(num_blocks, block_size, num_cpu_blocks)
-        shape = (num_blocks, block_size, cfg.num_key_value_heads, cfg.head_dim)
-        self.kv_caches = [
-            (_zeros(shape, dtype, device), _zeros(shape, dtype, device))
-            for _ in range(cfg.num_hidden_layers)
-        ]
+        self.kv_caches = allocate_kv_caches(
+            cfg.num_hidden_layers,
+            num_blocks,
+            block_size,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            dtype,
+            device,
+            quant_policy,
+        )
         self.swapper = CacheSwapper(self.kv_caches, num_cpu_blocks) if num_cpu_blocks else None
         max_len = max_model_len or cfg.max_position_embeddings
         self.rope = RotaryTables(
