@@ -60,7 +60,7 @@ class Limits:
         self.weights, self.bandwidth, self.flops = weights, bandwidth, tflops * 1e12
         self.params = weights / 2  # bf16
         self.layers, self.hidden = cfg.num_hidden_layers, cfg.hidden_size
-        self.kv_per_token = cfg.kv_bytes_per_token(2)
+        self.kv_per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * cfg.head_dim * 2
 
     def flops_per_token(self, context: float) -> float:
         return 2 * self.params + 4 * context * self.hidden * self.layers

@@ -38,6 +38,8 @@ def run_ours(args, requests, vocab):
         dtype=args.dtype,
         cache_max_entry_count=args.cache_max_entry_count,
         eager_mode=args.eager,
+        quant_policy=args.quant_policy,
+        num_gpu_blocks=args.num_gpu_blocks,
     )
     pipe = pipeline(args.model, backend_config=config)
     try:
@@ -73,6 +75,7 @@ def run_ours(args, requests, vocab):
         "output_tokens_per_s": tokens / elapsed,
         "output_tokens": tokens,
         "preemptions": stats.num_preemptions,
+        "kv_blocks": stats.num_blocks,
         **steps,
     }, prompts
 
@@ -149,6 +152,8 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=256)
     parser.add_argument("--cache-max-entry-count", type=float, default=0.8)
     parser.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    parser.add_argument("--quant-policy", type=int, default=0, choices=[0, 4, 8], help="KV bits")
+    parser.add_argument("--num-gpu-blocks", type=int, default=0, help="0: size from free memory")
     parser.add_argument("--hf-requests", type=int, default=128)
     parser.add_argument("--hf-batch", type=int, default=64)
     parser.add_argument("--mean-in", type=float, default=220)

@@ -7,6 +7,11 @@ padding token) is skipped. Grid `(num_tokens,)`: each program copies its token's
 
 Bytes = 4 * num_tokens * kv_heads * head_dim * e (k, v read; two cache rows written) plus
 8 bytes of slot per token; no FLOPs. Bandwidth-bound: target bytes / ~3 TB/s on the H100.
+
+With `quant_bits` 8 or 4 (`quant_policy`, the format of kv_quant.py) each token's head is
+quantized on the way in: min/max over its dims, then uint8 values (two nibbles a byte for int4)
+and its (scale, zero) pair in the scale_zero tensors. The cache rows written shrink to
+head_dim * bits / 8 bytes plus the pair.
 """
 
 from __future__ import annotations
@@ -14,6 +19,81 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
+from .kv_quant import check_bits, packed_dim, quantize_kv_ref
+
+
+@triton.jit
+def _quant_scales(x_lo, x_hi, mask, QMAX: tl.constexpr, SZ_DTYPE: tl.constexpr):
+    """Per-row (scale, zero) of the halves x_lo, x_hi [BLOCK_H, BLOCK_HALF], rounded to the
+    stored dtype first, as quantize_kv_ref does."""
+    lo = tl.minimum(
+        tl.min(tl.where(mask, x_lo, float("inf")), 1), tl.min(tl.where(mask, x_hi, float("inf")), 1)
+    )
+    hi = tl.maximum(
+        tl.max(tl.where(mask, x_lo, float("-inf")), 1),
+        tl.max(tl.where(mask, x_hi, float("-inf")), 1),
+    )
+    scale = (hi - lo) / QMAX
+    scale = tl.where(scale > 0, scale, 1.0).to(SZ_DTYPE).to(tl.float32)
+    zero = (-lo / scale).to(SZ_DTYPE).to(tl.float32)
+    return scale, zero
+
+
+@triton.jit
+def _quantize(x, scale, zero, QMAX: tl.constexpr):
+    q = tl.floor(x / scale[:, None] + zero[:, None] + 0.5)
+    return tl.minimum(tl.maximum(q, 0.0), QMAX).to(tl.uint8)
+
+
+@triton.jit
+def _write_quantized(
+    x_ptr,
+    cache_ptr,
+    sz_ptr,
+    token,
+    block,
+    offset,
+    kv_heads,
+    half,
+    stride_xt,
+    stride_xh,
+    stride_xd,
+    stride_cb,
+    stride_ct,
+    stride_ch,
+    stride_cd,
+    stride_sb,
+    stride_st,
+    stride_sh,
+    stride_sd,
+    QUANT_BITS: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+):
+    """One token's [kv_heads, head_dim] of x into a quantized cache row, as two halves of the
+    head (int4 packs dim j with dim j + half; int8 writes them side by side)."""
+    offs_h = tl.arange(0, BLOCK_H)
+    offs_j = tl.arange(0, BLOCK_HALF)
+    h_mask = offs_h < kv_heads
+    mask = h_mask[:, None] & (offs_j[None, :] < half)
+    x_row = x_ptr + token * stride_xt + offs_h[:, None] * stride_xh
+    x_lo = tl.load(x_row + offs_j[None, :] * stride_xd, mask=mask, other=0.0).to(tl.float32)
+    x_hi = tl.load(x_row + (offs_j[None, :] + half) * stride_xd, mask=mask, other=0.0)
+    x_hi = x_hi.to(tl.float32)
+    QMAX: tl.constexpr = 2**QUANT_BITS - 1
+    scale, zero = _quant_scales(x_lo, x_hi, mask, QMAX, sz_ptr.dtype.element_ty)
+    q_lo = _quantize(x_lo, scale, zero, QMAX)
+    q_hi = _quantize(x_hi, scale, zero, QMAX)
+    c_row = cache_ptr + block * stride_cb + offset * stride_ct + offs_h[:, None] * stride_ch
+    if QUANT_BITS == 4:
+        tl.store(c_row + offs_j[None, :] * stride_cd, q_lo | (q_hi << 4), mask=mask)
+    else:
+        tl.store(c_row + offs_j[None, :] * stride_cd, q_lo, mask=mask)
+        tl.store(c_row + (offs_j[None, :] + half) * stride_cd, q_hi, mask=mask)
+    s_row = sz_ptr + block * stride_sb + offset * stride_st + offs_h * stride_sh
+    tl.store(s_row, scale.to(sz_ptr.dtype.element_ty), mask=h_mask)
+    tl.store(s_row + stride_sd, zero.to(sz_ptr.dtype.element_ty), mask=h_mask)
 
 
 @triton.jit
@@ -23,6 +103,8 @@ def _kv_cache_write_kernel(
     k_cache_ptr,
     v_cache_ptr,
     slot_mapping_ptr,
+    k_sz_ptr,
+    v_sz_ptr,
     kv_heads,
     head_dim,
     stride_kt,
@@ -39,9 +121,18 @@ def _kv_cache_write_kernel(
     stride_vct,
     stride_vch,
     stride_vcd,
+    stride_ksb,
+    stride_kst,
+    stride_ksh,
+    stride_ksd,
+    stride_vsb,
+    stride_vst,
+    stride_vsh,
+    stride_vsd,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    QUANT_BITS: tl.constexpr,
 ):
     token = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_mapping_ptr + token).to(tl.int64)
@@ -49,6 +140,19 @@ def _kv_cache_write_kernel(
         return
     block = slot // BLOCK_SIZE
     offset = slot % BLOCK_SIZE
+    if QUANT_BITS != 0:
+        half = head_dim // 2
+        _write_quantized(
+            k_ptr, k_cache_ptr, k_sz_ptr, token, block, offset, kv_heads, half,
+            stride_kt, stride_kh, stride_kd, stride_kcb, stride_kct, stride_kch, stride_kcd,
+            stride_ksb, stride_kst, stride_ksh, stride_ksd, QUANT_BITS, BLOCK_H, BLOCK_D // 2,
+        )  # fmt: skip
+        _write_quantized(
+            v_ptr, v_cache_ptr, v_sz_ptr, token, block, offset, kv_heads, half,
+            stride_vt, stride_vh, stride_vd, stride_vcb, stride_vct, stride_vch, stride_vcd,
+            stride_vsb, stride_vst, stride_vsh, stride_vsd, QUANT_BITS, BLOCK_H, BLOCK_D // 2,
+        )  # fmt: skip
+        return
     offs_h = tl.arange(0, BLOCK_H)
     offs_d = tl.arange(0, BLOCK_D)
     mask = (offs_h[:, None] < kv_heads) & (offs_d[None, :] < head_dim)
@@ -85,14 +189,30 @@ def kv_cache_write(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
+    quant_bits: int = 0,
 ) -> None:
     """In place: k_cache/v_cache `[num_blocks, block_size, kv_heads, dim]` get k/v
-    `[num_tokens, kv_heads, dim]` at `slot_mapping` `[num_tokens]` (-1 = skip)."""
+    `[num_tokens, kv_heads, dim]` at `slot_mapping` `[num_tokens]` (-1 = skip). With
+    `quant_bits` 8 or 4 the caches are uint8 `[.., packed_dim]` and each token's
+    (scale, zero) goes to `k_scale_zero` / `v_scale_zero` `[num_blocks, block_size, kv_heads, 2]`."""
     num_tokens, kv_heads, head_dim = k.shape
     assert v.shape == k.shape, f"k {tuple(k.shape)} and v {tuple(v.shape)} must match"
     assert k_cache.shape == v_cache.shape, "k_cache and v_cache must have the same shape"
-    assert k_cache.shape[2:] == (kv_heads, head_dim), (
-        f"cache [.., kv_heads, dim] = {tuple(k_cache.shape[2:])}, k has {(kv_heads, head_dim)}"
+    cache_dim = head_dim
+    if quant_bits:
+        cache_dim = packed_dim(head_dim, quant_bits)
+        assert head_dim % 2 == 0, f"a quantized cache takes an even head_dim, got {head_dim}"
+        assert k_cache.dtype == v_cache.dtype == torch.uint8, "quantized caches are uint8"
+        assert k_scale_zero is not None and v_scale_zero is not None, "scale_zero tensors needed"
+        assert k_scale_zero.shape == v_scale_zero.shape == (*k_cache.shape[:3], 2), (
+            "scale_zero must be [num_blocks, block_size, kv_heads, 2]"
+        )
+    else:
+        k_scale_zero = v_scale_zero = k_cache  # unused
+    assert k_cache.shape[2:] == (kv_heads, cache_dim), (
+        f"cache [.., kv_heads, dim] = {tuple(k_cache.shape[2:])}, expected {(kv_heads, cache_dim)}"
     )
     assert slot_mapping.shape == (num_tokens,), "slot_mapping must be [num_tokens]"
     assert not slot_mapping.is_floating_point(), "slot_mapping must be an integer tensor"
@@ -104,15 +224,20 @@ def kv_cache_write(
         k_cache,
         v_cache,
         slot_mapping,
+        k_scale_zero,
+        v_scale_zero,
         kv_heads,
         head_dim,
         *k.stride(),
         *v.stride(),
         *k_cache.stride(),
         *v_cache.stride(),
+        *k_scale_zero.stride(),
+        *v_scale_zero.stride(),
         BLOCK_SIZE=k_cache.shape[1],
         BLOCK_H=triton.next_power_of_2(kv_heads),
-        BLOCK_D=triton.next_power_of_2(head_dim),
+        BLOCK_D=max(2, triton.next_power_of_2(head_dim)),
+        QUANT_BITS=quant_bits,
         num_warps=4,
     )
 
@@ -123,9 +248,20 @@ def kv_cache_write_ref(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
+    quant_bits: int = 0,
 ) -> None:
-    """Plain torch: index_copy_ of the non-padding rows into the flattened caches."""
+    """Plain torch: index_copy_ of the non-padding rows into the flattened caches (quantized
+    first by quantize_kv_ref when `quant_bits` is 8 or 4)."""
     keep = slot_mapping >= 0
     slots = slot_mapping[keep].long()
-    k_cache.view(-1, *k_cache.shape[2:]).index_copy_(0, slots, k[keep].to(k_cache.dtype))
-    v_cache.view(-1, *v_cache.shape[2:]).index_copy_(0, slots, v[keep].to(v_cache.dtype))
+    pairs = [(k[keep], k_cache, k_scale_zero), (v[keep], v_cache, v_scale_zero)]
+    for x, cache, scale_zero in pairs:
+        if quant_bits:
+            check_bits(quant_bits)
+            x, sz = quantize_kv_ref(x, quant_bits)
+            scale_zero.view(-1, *scale_zero.shape[2:]).index_copy_(
+                0, slots, sz.to(scale_zero.dtype)
+            )
+        cache.view(-1, *cache.shape[2:]).index_copy_(0, slots, x.to(cache.dtype))

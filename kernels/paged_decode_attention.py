@@ -22,6 +22,10 @@ Two options for Mistral and Gemma 2, each a constexpr branch that costs nothing 
 transformers' `kv_idx > q_idx - W`; the splits then share just those keys, so the blocks
 before the window are never read (C above becomes sum(min(context_lens, W))).
 `logit_softcap` caps the scaled scores at +-softcap through a tanh (see attention_scores.py).
+
+A quantized cache (`quant_bits` 8 or 4, the format of kv_quant.py) is a third constexpr branch:
+each K/V tile is unpacked and dequantised with its tokens' (scale, zero) as it is loaded, so the
+bytes of K and V above shrink to bits / 8 a value plus 2 * e a token and head.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import triton
 import triton.language as tl
 
 from .attention_scores import check_window, score_scales, soft_cap
+from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile
 
 
 @triton.jit
@@ -45,11 +50,14 @@ def _paged_decode_kernel(
     out_ptr,
     part_out_ptr,
     part_lse_ptr,
+    k_sz_ptr,
+    v_sz_ptr,
     qk_scale,
     softcap_log2,
     window,
     num_heads,
     head_dim,
+    half,
     stride_qs,
     stride_qh,
     stride_qd,
@@ -61,6 +69,10 @@ def _paged_decode_kernel(
     stride_vt,
     stride_vh,
     stride_vd,
+    stride_sb,
+    stride_st,
+    stride_sh,
+    stride_sd,
     stride_bts,
     stride_btb,
     stride_os,
@@ -75,6 +87,7 @@ def _paged_decode_kernel(
     DOT_PRECISION: tl.constexpr,
     SLIDING: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    QUANT_BITS: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -110,14 +123,11 @@ def _paged_decode_kernel(
         block = block.to(tl.int64)
         slot_in_block = pos % BLOCK_SIZE
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k_ptrs = (
-            k_cache_ptr
-            + block[:, None] * stride_kb
-            + slot_in_block[:, None] * stride_kt
-            + kv_head * stride_kh
-            + offs_d[None, :] * stride_kd
-        )
-        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        k = load_kv_tile(
+            k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask, half,
+            stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st, stride_sh, stride_sd,
+            q_ptr.dtype.element_ty, QUANT_BITS,
+        )  # fmt: skip
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
         if SOFTCAP:
             qk = soft_cap(qk, softcap_log2)
@@ -126,14 +136,11 @@ def _paged_decode_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v_ptrs = (
-            v_cache_ptr
-            + block[:, None] * stride_vb
-            + slot_in_block[:, None] * stride_vt
-            + kv_head * stride_vh
-            + offs_d[None, :] * stride_vd
-        )
-        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        v = load_kv_tile(
+            v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask, half,
+            stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st, stride_sh, stride_sd,
+            q_ptr.dtype.element_ty, QUANT_BITS,
+        )  # fmt: skip
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
@@ -218,20 +225,29 @@ def paged_decode_attention(
     block_n: int | None = None,
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
+    quant_bits: int = 0,
 ) -> torch.Tensor:
     """q: [num_seqs, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks] int32/int64; context_lens: [num_seqs].
     sliding_window: attend to the last this-many positions (the query's own included) only;
     logit_softcap: scores = softcap * tanh(scores / softcap) after the scale.
+    quant_bits 8 or 4: uint8 caches [.., packed_dim] with their (scale, zero) in
+    k_scale_zero / v_scale_zero [num_blocks, block_size, kv_heads, 2] (kv_quant.py).
     Returns [num_seqs, heads, dim] in q's dtype."""
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
     assert v_cache.shape == k_cache.shape, "k_cache and v_cache must have the same shape"
-    assert cache_dim == head_dim, f"q head_dim {head_dim} != cache head_dim {cache_dim}"
+    if quant_bits:
+        check_quantized_caches(k_cache, v_cache, k_scale_zero, v_scale_zero, head_dim, quant_bits)
+    else:
+        assert cache_dim == head_dim, f"q head_dim {head_dim} != cache head_dim {cache_dim}"
+        assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
+        k_scale_zero = v_scale_zero = k_cache  # unused
     assert num_heads % kv_heads == 0, f"heads {num_heads} must be a multiple of {kv_heads=}"
     assert block_tables.dim() == 2 and block_tables.shape[0] == num_seqs, "one table row a seq"
     assert context_lens.shape == (num_seqs,), "context_lens must be [num_seqs]"
-    assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
     assert not block_tables.is_floating_point(), "block_tables must be int32 or int64"
     check_window(sliding_window)
     qk_scale, softcap_log2 = score_scales(scale, logit_softcap)
@@ -268,14 +284,18 @@ def paged_decode_attention(
         out,
         part_out,
         part_lse,
+        k_scale_zero,
+        v_scale_zero,
         qk_scale,
         softcap_log2,
         sliding_window or 0,
         num_heads,
         head_dim,
+        max(head_dim // 2, 1),
         *q.stride(),
         *k_cache.stride(),
         *v_cache.stride(),
+        *k_scale_zero.stride(),
         *block_tables.stride(),
         *out.stride(),
         GROUP=group,
@@ -287,6 +307,7 @@ def paged_decode_attention(
         DOT_PRECISION=precision,
         SLIDING=sliding_window is not None,
         SOFTCAP=logit_softcap is not None,
+        QUANT_BITS=quant_bits,
         num_warps=4,
         num_stages=2,
     )
@@ -315,8 +336,15 @@ def paged_decode_attention_ref(
     scale: float,
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
+    quant_bits: int = 0,
 ) -> torch.Tensor:
-    """Plain torch, sequence by sequence, fp32 math; the window as an explicit mask."""
+    """Plain torch, sequence by sequence, fp32 math; the window as an explicit mask; a
+    quantized cache dequantised whole first."""
+    if quant_bits:
+        k_cache = dequantize_kv_ref(k_cache, k_scale_zero, quant_bits, q.dtype)
+        v_cache = dequantize_kv_ref(v_cache, v_scale_zero, quant_bits, q.dtype)
     num_seqs, num_heads, head_dim = q.shape
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     out = torch.zeros_like(q)

@@ -23,6 +23,9 @@ Two options for Mistral and Gemma 2, each a constexpr branch that costs nothing 
 so keys before it are never read, and only the tiles at the window's and the diagonal's edges
 pay for the mask (ctx_len above becomes about min(ctx_len, W + q_len)).
 `logit_softcap` caps the scaled scores at +-softcap through a tanh (see attention_scores.py).
+
+A quantized cache (`quant_bits` 8 or 4, the format of kv_quant.py) is a third constexpr branch:
+each K/V tile is unpacked and dequantised with its tokens' (scale, zero) as it is loaded.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import triton
 import triton.language as tl
 
 from .attention_scores import check_window, score_scales, soft_cap
+from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile
 
 
 @triton.jit
@@ -42,6 +46,8 @@ def _attend_tiles(
     q,
     k_cache_ptr,
     v_cache_ptr,
+    k_sz_ptr,
+    v_sz_ptr,
     bt_row,
     offs_m,
     offs_n,
@@ -54,6 +60,7 @@ def _attend_tiles(
     qk_scale,
     softcap_log2,
     window,
+    half,
     stride_kb,
     stride_kt,
     stride_kh,
@@ -62,6 +69,10 @@ def _attend_tiles(
     stride_vt,
     stride_vh,
     stride_vd,
+    stride_sb,
+    stride_st,
+    stride_sh,
+    stride_sd,
     stride_btb,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -69,6 +80,7 @@ def _attend_tiles(
     DOT_PRECISION: tl.constexpr,
     SLIDING: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    QUANT_BITS: tl.constexpr,
 ):
     """Online softmax over keys [lo, hi); with CAUSAL_MASK, also hide keys past the diagonal
     and, with SLIDING, keys that fell out of a query's window."""
@@ -79,14 +91,11 @@ def _attend_tiles(
         block = block.to(tl.int64)
         slot_in_block = pos % BLOCK_SIZE
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k_ptrs = (
-            k_cache_ptr
-            + block[:, None] * stride_kb
-            + slot_in_block[:, None] * stride_kt
-            + kv_head * stride_kh
-            + offs_d[None, :] * stride_kd
-        )
-        k = tl.load(k_ptrs, mask=kv_mask, other=0.0)
+        k = load_kv_tile(
+            k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask, half,
+            stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st, stride_sh, stride_sd,
+            q.dtype, QUANT_BITS,
+        )  # fmt: skip
         qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
         if SOFTCAP:
             qk = soft_cap(qk, softcap_log2)
@@ -105,14 +114,11 @@ def _attend_tiles(
         alpha = tl.exp2(m_i - m_sub)
         p = tl.exp2(qk - m_sub[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v_ptrs = (
-            v_cache_ptr
-            + block[:, None] * stride_vb
-            + slot_in_block[:, None] * stride_vt
-            + kv_head * stride_vh
-            + offs_d[None, :] * stride_vd
-        )
-        v = tl.load(v_ptrs, mask=kv_mask, other=0.0)
+        v = load_kv_tile(
+            v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask, half,
+            stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st, stride_sh, stride_sd,
+            q.dtype, QUANT_BITS,
+        )  # fmt: skip
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
     return acc, l_i, m_i
@@ -127,10 +133,13 @@ def _paged_prefill_kernel(
     cu_seqlens_q_ptr,
     context_lens_ptr,
     out_ptr,
+    k_sz_ptr,
+    v_sz_ptr,
     qk_scale,
     softcap_log2,
     window,
     head_dim,
+    half,
     stride_qt,
     stride_qh,
     stride_qd,
@@ -142,6 +151,10 @@ def _paged_prefill_kernel(
     stride_vt,
     stride_vh,
     stride_vd,
+    stride_sb,
+    stride_st,
+    stride_sh,
+    stride_sd,
     stride_bts,
     stride_btb,
     stride_ot,
@@ -155,6 +168,7 @@ def _paged_prefill_kernel(
     DOT_PRECISION: tl.constexpr,
     SLIDING: tl.constexpr,
     SOFTCAP: tl.constexpr,
+    QUANT_BITS: tl.constexpr,
 ):
     m_block = tl.program_id(0)
     head = tl.program_id(1)
@@ -193,23 +207,29 @@ def _paged_prefill_kernel(
         mid_lo = tl.minimum(tl.cdiv(tl.maximum(hi - window, lo), BLOCK_N) * BLOCK_N, hi)
         full_end = tl.maximum(full_end, mid_lo)
         acc, l_i, m_i = _attend_tiles(
-            acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, bt_row, offs_m, offs_n, offs_d, d_mask,
-            kv_head, lo, mid_lo, prefix, qk_scale, softcap_log2, window,
+            acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_sz_ptr, v_sz_ptr,
+            bt_row, offs_m, offs_n, offs_d, d_mask,
+            kv_head, lo, mid_lo, prefix, qk_scale, softcap_log2, window, half,
             stride_kb, stride_kt, stride_kh, stride_kd, stride_vb, stride_vt, stride_vh, stride_vd,
-            stride_btb, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, True, SOFTCAP,
+            stride_sb, stride_st, stride_sh, stride_sd, stride_btb,
+            BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, True, SOFTCAP, QUANT_BITS,
         )  # fmt: skip
         lo = mid_lo
     acc, l_i, m_i = _attend_tiles(
-        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, bt_row, offs_m, offs_n, offs_d, d_mask,
-        kv_head, lo, full_end, prefix, qk_scale, softcap_log2, window,
+        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_sz_ptr, v_sz_ptr,
+            bt_row, offs_m, offs_n, offs_d, d_mask,
+        kv_head, lo, full_end, prefix, qk_scale, softcap_log2, window, half,
         stride_kb, stride_kt, stride_kh, stride_kd, stride_vb, stride_vt, stride_vh, stride_vd,
-        stride_btb, BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION, SLIDING, SOFTCAP,
+        stride_sb, stride_st, stride_sh, stride_sd, stride_btb,
+            BLOCK_SIZE, BLOCK_N, False, DOT_PRECISION, SLIDING, SOFTCAP, QUANT_BITS,
     )  # fmt: skip
     acc, l_i, m_i = _attend_tiles(
-        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, bt_row, offs_m, offs_n, offs_d, d_mask,
-        kv_head, full_end, hi, prefix, qk_scale, softcap_log2, window,
+        acc, l_i, m_i, q, k_cache_ptr, v_cache_ptr, k_sz_ptr, v_sz_ptr,
+            bt_row, offs_m, offs_n, offs_d, d_mask,
+        kv_head, full_end, hi, prefix, qk_scale, softcap_log2, window, half,
         stride_kb, stride_kt, stride_kh, stride_kd, stride_vb, stride_vt, stride_vh, stride_vd,
-        stride_btb, BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, SLIDING, SOFTCAP,
+        stride_sb, stride_st, stride_sh, stride_sd, stride_btb,
+            BLOCK_SIZE, BLOCK_N, True, DOT_PRECISION, SLIDING, SOFTCAP, QUANT_BITS,
     )  # fmt: skip
 
     out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
@@ -237,21 +257,30 @@ def paged_prefill_attention(
     scale: float,
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
+    quant_bits: int = 0,
 ) -> torch.Tensor:
     """q: [num_tokens, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks]; cu_seqlens_q: [num_seqs + 1]; context_lens:
     [num_seqs], each >= its query length. sliding_window: a query at position p sees keys
     p - sliding_window < pos <= p only; logit_softcap: scores = softcap * tanh(scores /
-    softcap) after the scale. Returns [num_tokens, heads, dim] in q's dtype."""
+    softcap) after the scale. quant_bits 8 or 4: uint8 caches [.., packed_dim] with their
+    (scale, zero) in k_scale_zero / v_scale_zero [num_blocks, block_size, kv_heads, 2]
+    (kv_quant.py). Returns [num_tokens, heads, dim] in q's dtype."""
     num_tokens, num_heads, head_dim = q.shape
     num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
     num_seqs = context_lens.shape[0]
     assert v_cache.shape == k_cache.shape, "k_cache and v_cache must have the same shape"
-    assert cache_dim == head_dim, f"q head_dim {head_dim} != cache head_dim {cache_dim}"
+    if quant_bits:
+        check_quantized_caches(k_cache, v_cache, k_scale_zero, v_scale_zero, head_dim, quant_bits)
+    else:
+        assert cache_dim == head_dim, f"q head_dim {head_dim} != cache head_dim {cache_dim}"
+        assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
+        k_scale_zero = v_scale_zero = k_cache  # unused
     assert num_heads % kv_heads == 0, f"heads {num_heads} must be a multiple of {kv_heads=}"
     assert cu_seqlens_q.shape == (num_seqs + 1,), "cu_seqlens_q must be [num_seqs + 1]"
     assert block_tables.dim() == 2 and block_tables.shape[0] == num_seqs, "one table row a seq"
-    assert q.dtype == k_cache.dtype == v_cache.dtype, "q and the caches must share a dtype"
     assert not block_tables.is_floating_point(), "block_tables must be int32 or int64"
     check_window(sliding_window)
     qk_scale, softcap_log2 = score_scales(scale, logit_softcap)
@@ -269,13 +298,17 @@ def paged_prefill_attention(
         cu_seqlens_q,
         context_lens,
         out,
+        k_scale_zero,
+        v_scale_zero,
         qk_scale,
         softcap_log2,
         sliding_window or 0,
         head_dim,
+        max(head_dim // 2, 1),
         *q.stride(),
         *k_cache.stride(),
         *v_cache.stride(),
+        *k_scale_zero.stride(),
         *block_tables.stride(),
         *out.stride(),
         GROUP=num_heads // kv_heads,
@@ -286,6 +319,7 @@ def paged_prefill_attention(
         DOT_PRECISION="ieee" if q.dtype == torch.float32 else "tf32",
         SLIDING=sliding_window is not None,
         SOFTCAP=logit_softcap is not None,
+        QUANT_BITS=quant_bits,
         num_warps=num_warps,
         num_stages=num_stages,
     )
@@ -303,9 +337,15 @@ def paged_prefill_attention_ref(
     scale: float,
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
+    k_scale_zero: torch.Tensor | None = None,
+    v_scale_zero: torch.Tensor | None = None,
+    quant_bits: int = 0,
 ) -> torch.Tensor:
     """Plain torch, sequence by sequence, fp32 math with an explicit causal-offset mask
-    (and window mask)."""
+    (and window mask); a quantized cache dequantised whole first."""
+    if quant_bits:
+        k_cache = dequantize_kv_ref(k_cache, k_scale_zero, quant_bits, q.dtype)
+        v_cache = dequantize_kv_ref(v_cache, v_scale_zero, quant_bits, q.dtype)
     num_heads = q.shape[1]
     block_size, kv_heads = k_cache.shape[1], k_cache.shape[2]
     out = torch.zeros_like(q)

@@ -231,7 +231,6 @@ class PytorchEngineConfig:
             self,
             {
                 "adapters": None,
-                "quant_policy": 0,
             },
         )
 
@@ -284,7 +283,6 @@ class TurbomindEngineConfig:
         _reject_unsupported(
             self,
             {
-                "quant_policy": 0,
                 "model_format": "hf",
                 "use_logn_attn": False,
             },
@@ -300,6 +298,7 @@ class TurbomindEngineConfig:
             download_dir=self.download_dir,
             revision=self.revision,
             enable_prefix_caching=self.enable_prefix_caching,
+            quant_policy=self.quant_policy,
         )
         if self.rope_scaling_factor:
             config.rope_scaling = {

@@ -62,7 +62,34 @@ def test_one_step_swaps_out_before_it_swaps_in_to_the_freed_blocks(device):
 def test_the_host_pool_has_the_device_geometry():
     caches = random_caches(torch.float16)
     swapper = CacheSwapper(caches, NUM_CPU_BLOCKS)
-    assert swapper.host_cache.shape == (NUM_CPU_BLOCKS, 2 * NUM_LAYERS, *BLOCK)
-    assert swapper.host_cache.dtype == torch.float16 and swapper.num_cpu_blocks == NUM_CPU_BLOCKS
+    (pool,) = swapper.host_pools
+    assert pool.shape == (NUM_CPU_BLOCKS, 2 * NUM_LAYERS, *BLOCK)
+    assert pool.dtype == torch.float16 and swapper.num_cpu_blocks == NUM_CPU_BLOCKS
     with pytest.raises(ValueError, match="num_cpu_blocks"):
         CacheSwapper(caches, 0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_a_quantized_cache_swaps_its_scales_with_its_blocks(device):
+    """uint8 K/V and their (scale, zero) tensors: two groups, each one host pool, every
+    tensor's block lands at the new id."""
+    g = torch.Generator().manual_seed(1)
+    caches = [
+        (
+            *(torch.randint(0, 256, (NUM_BLOCKS, 5, 2, 4), generator=g).to(device, torch.uint8)
+              for _ in range(2)),
+            *(torch.randn((NUM_BLOCKS, 5, 2, 2), generator=g).to(device) for _ in range(2)),
+        )
+        for _ in range(NUM_LAYERS)
+    ]  # fmt: skip
+    before = [tuple(t.clone() for t in layer) for layer in caches]
+    swapper = CacheSwapper(caches, NUM_CPU_BLOCKS)
+    assert [p.shape[1] for p in swapper.host_pools] == [2 * NUM_LAYERS, 2 * NUM_LAYERS]
+    swapper.apply([(3, 0), (8, 5)], [])
+    for layer in caches:
+        for t in layer:
+            t[[3, 8]] = 0
+    swapper.apply([], [(0, 8), (5, 1)])
+    for layer, old in zip(caches, before, strict=True):
+        for t, t0 in zip(layer, old, strict=True):
+            assert torch.equal(t[[8, 1]], t0[[3, 8]])

@@ -7,7 +7,7 @@ import torch
 
 from lmdeploy.kernels.kv_cache_write import kv_cache_write, kv_cache_write_ref
 
-from ._util import DEVICE, DTYPES, gpu_cases
+from ._util import DEVICE, DTYPES, TOL, gpu_cases
 
 # num_tokens, kv_heads, head_dim, block_size, num_blocks
 CASES = [
@@ -63,3 +63,56 @@ def test_reference_matches_engine():
     write_kv(k_eng, v_eng, k, v, slots)
     kv_cache_write(k, v, k_cache, v_cache, slots)
     assert torch.equal(k_cache, k_eng) and torch.equal(v_cache, v_eng)
+
+
+def _quantized_caches(num_blocks, block_size, kv_heads, head_dim, bits, dtype):
+    from lmdeploy.kernels.kv_quant import packed_dim
+
+    shape = (num_blocks, block_size, kv_heads, packed_dim(head_dim, bits))
+    caches = [torch.randint(0, 256, shape, dtype=torch.uint8, device=DEVICE) for _ in range(2)]
+    sz = [torch.rand(*shape[:3], 2, dtype=dtype, device=DEVICE) for _ in range(2)]
+    return caches, sz
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("num_tokens", "kv_heads", "head_dim", "block_size", "num_blocks"), CASES)
+def test_quantized_write_matches_reference(
+    num_tokens, kv_heads, head_dim, block_size, num_blocks, dtype, bits
+):
+    """Same bytes as the reference (a rounding tie may land one step apart) and the same
+    (scale, zero) pairs; slots not written keep their noise."""
+    torch.manual_seed(3)
+    (k_cache, v_cache), (k_sz, v_sz) = _quantized_caches(
+        num_blocks, block_size, kv_heads, head_dim, bits, dtype
+    )
+    k = torch.randn(num_tokens, kv_heads, head_dim, dtype=dtype, device=DEVICE) * 3
+    v = torch.randn(num_tokens, kv_heads, head_dim, dtype=dtype, device=DEVICE)
+    k[0, 0] = 0.5  # a constant head: scale falls back to 1
+    slots = torch.randperm(num_blocks * block_size, device=DEVICE)[:num_tokens]
+    slots[1::4] = -1
+    refs = [t.clone() for t in (k_cache, v_cache, k_sz, v_sz)]
+    kv_cache_write(k, v, k_cache, v_cache, slots, k_sz, v_sz, bits)
+    kv_cache_write_ref(k, v, refs[0], refs[1], slots, refs[2], refs[3], bits)
+    for got, want in zip((k_cache, v_cache), refs[:2], strict=True):
+        if bits == 4:
+            got, want = torch.cat([got & 15, got >> 4], -1), torch.cat([want & 15, want >> 4], -1)
+        assert (got.int() - want.int()).abs().max() <= 1
+        assert (got != want).float().mean() < 0.01
+    torch.testing.assert_close(k_sz, refs[2], **TOL[dtype])
+    torch.testing.assert_close(v_sz, refs[3], **TOL[dtype])
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_quantization_error_is_within_half_a_step(bits):
+    from lmdeploy.kernels.kv_quant import dequantize_kv_ref, quantize_kv_ref
+
+    torch.manual_seed(4)
+    x = torch.randn(50, 3, 64) * torch.rand(50, 3, 1) * 10
+    q, sz = quantize_kv_ref(x, bits)
+    assert q.dtype == torch.uint8 and q.shape == (50, 3, 64 * bits // 8)
+    back = dequantize_kv_ref(q, sz, bits, torch.float32)
+    step = sz[..., 0:1]
+    assert ((back - x).abs() <= step * 0.5 + 1e-5).all()
+    const = torch.full((1, 1, 8), -2.5)
+    assert torch.equal(dequantize_kv_ref(*quantize_kv_ref(const, bits), bits, torch.float32), const)

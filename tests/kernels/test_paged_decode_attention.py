@@ -193,3 +193,26 @@ def test_rejects_meaningless_options(kwargs, match):
     q, k_cache, v_cache, tables, lens = _inputs(4, 2, 16, 16, [3], torch.float32, torch.int32)
     with pytest.raises(ValueError, match=match):
         paged_decode_attention(q, k_cache, v_cache, tables, lens, 0.25, **kwargs)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize(("window", "splits"), [(None, 1), (None, 3), (9, 2)])
+def test_quantized_cache_matches_reference(bits, window, splits):
+    """Dequantised on load, split-K and a window included; close to the float cache too."""
+    from lmdeploy.kernels.kv_quant import quantize_kv_ref
+
+    torch.manual_seed(6)
+    lens = [1, 16, 45]
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        8, 2, 32, 16, lens, torch.float32, torch.int32
+    )
+    (k_q, k_sz), (v_q, v_sz) = quantize_kv_ref(k_cache, bits), quantize_kv_ref(v_cache, bits)
+    quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits, sliding_window=window)
+    args = (q, k_q, v_q, tables, context_lens, 0.2)
+    out = paged_decode_attention(*args, num_splits=splits, **quant)
+    ref = paged_decode_attention_ref(*args, **quant)
+    torch.testing.assert_close(out, ref, **TOL[torch.float32])
+    exact = paged_decode_attention_ref(
+        q, k_cache, v_cache, tables, context_lens, 0.2, sliding_window=window
+    )
+    assert (out - exact).abs().max() < (0.05 if bits == 8 else 0.6)

@@ -195,3 +195,30 @@ def test_rejects_meaningless_options(kwargs, match):
     args = _inputs(4, 2, 16, 16, [(3, 3)], torch.float32)
     with pytest.raises(ValueError, match=match):
         paged_prefill_attention(*args, 0.25, **kwargs)
+
+
+def quantize_cache(cache: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from lmdeploy.kernels.kv_quant import quantize_kv_ref
+
+    return quantize_kv_ref(cache, bits)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim", "block_size", "seqs"), CASES[:3])
+def test_quantized_cache_matches_reference(
+    heads, kv_heads, head_dim, block_size, seqs, dtype, bits
+):
+    """Dequantised on load: the reference attends over the whole cache dequantised first."""
+    torch.manual_seed(5)
+    q, k_cache, v_cache, *rest = _inputs(heads, kv_heads, head_dim, block_size, seqs, dtype)
+    k_q, k_sz = quantize_cache(k_cache, bits)
+    v_q, v_sz = quantize_cache(v_cache, bits)
+    quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
+    scale = head_dim**-0.5
+    out = paged_prefill_attention(q, k_q, v_q, *rest, scale, **quant)
+    ref = paged_prefill_attention_ref(q, k_q, v_q, *rest, scale, **quant)
+    torch.testing.assert_close(out, ref, **TOL[dtype])
+    # And the quantized cache is close to the float one it came from.
+    exact = paged_prefill_attention_ref(q, k_cache, v_cache, *rest, scale)
+    assert (out - exact).abs().max() < (0.05 if bits == 8 else 0.6)

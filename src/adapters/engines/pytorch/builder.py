@@ -24,6 +24,7 @@ from .models.config import ModelConfig
 from .models.custom_map import load_custom_module_map
 from .models.registry import model_class
 from .models.weights import expected_weights, load_weights
+from .runner.kv_cache import kv_bytes_per_token
 from .runner.runner import PytorchModelRunner
 
 logger = logging.getLogger(__name__)
@@ -76,10 +77,16 @@ def _num_blocks(
 ) -> int:
     if config.num_gpu_blocks > 0:
         return config.num_gpu_blocks
-    block_bytes = model_cfg.kv_bytes_per_token(torch.finfo(dtype).bits // 8) * config.block_size
     # A tensor-parallel rank caches only its KV heads.
-    kv_heads = model_cfg.num_key_value_heads
-    block_bytes = block_bytes * local_kv_heads(model_cfg.num_attention_heads, kv_heads) // kv_heads
+    kv_heads = local_kv_heads(model_cfg.num_attention_heads, model_cfg.num_key_value_heads)
+    token_bytes = kv_bytes_per_token(
+        model_cfg.num_hidden_layers,
+        kv_heads,
+        model_cfg.head_dim,
+        torch.finfo(dtype).bits // 8,
+        config.quant_policy,
+    )
+    block_bytes = token_bytes * config.block_size
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
     else:
@@ -180,12 +187,13 @@ def _build_rank(
         torch.cuda.empty_cache()
     num_blocks = _agree_on_blocks(_num_blocks(config, model_cfg, device, dtype), device)
     logger.info(
-        "kv cache: %d blocks of %d tokens (%d tokens at most in flight) on %s (%s)",
+        "kv cache: %d blocks of %d tokens (%d tokens at most in flight) on %s (%s, %s)",
         num_blocks,
         config.block_size,
         num_blocks * config.block_size,
         device,
         dtype,
+        f"int{config.quant_policy}" if config.quant_policy else "unquantized",
     )
     runner = PytorchModelRunner(
         model,
@@ -199,6 +207,7 @@ def _build_rank(
         num_cpu_blocks=config.num_cpu_blocks,
         peers=ModelBroadcaster(model, StepChannel(device)) if workers is not None else None,
         workers=workers,
+        quant_policy=config.quant_policy,
     )
     return BuiltModel(runner, model_cfg)
 

@@ -3,6 +3,10 @@ C decode kernel where it runs and torch ops for the rest (`backends/torch_native
 
 All sequences of a step arrive flattened into one token batch. New K/V are written to their
 slots first; each sequence then attends to its whole context through its block table.
+
+A layer's cache is `(k_cache, v_cache)`, or with `quant_policy` 8/4 `(k_cache, v_cache,
+k_scale_zero, v_scale_zero)`: uint8 caches and their per-token, per-head (scale, zero) pairs
+(`lmdeploy.kernels.kv_quant`). Every backend quantizes on write and dequantises on read.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import nn
 from ..backends.attention_metadata import AttentionMetadata, PrefillPart
 from ..backends.cpu.attention import cpu_decode_kernel_available, paged_decode_attention_cpu
 from ..backends.torch_native.attention import (
+    ScaleZero,
     decode_attention_torch,
     decode_context,
     prefill_attention,
@@ -62,11 +67,17 @@ class Attention(nn.Module):
         qkv: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: tuple[torch.Tensor, ...],
         meta: AttentionMetadata,
     ) -> torch.Tensor:
-        q, k, v, written = rotate_qk(qkv, cos, sin, self.heads, kv_cache, meta.slot_mapping)
-        out = paged_attention(q, k, v, kv_cache[0], kv_cache[1], meta, self.options, written)
+        k_cache, v_cache = kv_cache[0], kv_cache[1]
+        scale_zero = (kv_cache[2], kv_cache[3]) if len(kv_cache) == 4 else None
+        q, k, v, written = rotate_qk(
+            qkv, cos, sin, self.heads, (k_cache, v_cache), meta.slot_mapping
+        )
+        out = paged_attention(
+            q, k, v, k_cache, v_cache, meta, self.options, written, scale_zero=scale_zero
+        )
         return out.flatten(1)
 
 
@@ -130,20 +141,24 @@ def _decode_attention(
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
     opts: AttentionOptions,
+    scale_zero: ScaleZero | None = None,
 ) -> torch.Tensor:
-    """One query token per sequence, q [seqs, heads, dim]: the C kernel where it runs, else
-    the torch path over a padded copy of the contexts."""
+    """One query token per sequence, q [seqs, heads, dim]: the C kernel where it runs (float
+    caches), else the torch path over a padded copy of the contexts."""
     tables, lens = meta.decode_tables, meta.decode_lens
     if tables is None or lens is None:  # metadata built by hand: an all-decode step
         tables, lens = meta.block_tables, meta.context_lens
     window, cap = opts.sliding_window, opts.logit_softcap
-    out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, lens, opts.scale, window, cap)
-    if out is not None:
-        return out
+    if scale_zero is None:
+        out = paged_decode_attention_cpu(q, k_cache, v_cache, tables, lens, opts.scale, window, cap)
+        if out is not None:
+            return out
     slots, valid = meta.context_slots, meta.context_mask
     if slots is None or valid is None:
         slots, valid = decode_context(tables, lens, int(lens.max()), k_cache.shape[1])
-    return decode_attention_torch(q, k_cache, v_cache, slots, valid, opts.scale, window, cap)
+    return decode_attention_torch(
+        q, k_cache, v_cache, slots, valid, opts.scale, window, cap, scale_zero
+    )
 
 
 def paged_attention(
@@ -155,22 +170,26 @@ def paged_attention(
     meta: AttentionMetadata,
     opts: AttentionOptions,
     kv_written: bool = False,
+    scale_zero: ScaleZero | None = None,
 ) -> torch.Tensor:
     """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim].
-    `kv_written`: k and v are already in their cache slots (the CPU's fused rotary)."""
+    `kv_written`: k and v are already in their cache slots (the CPU's fused rotary).
+    `scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache."""
     window, cap = opts.sliding_window, opts.logit_softcap
     if q.is_cuda:
         from ..backends.cuda.attention import paged_attention_cuda  # Triton: only where it runs
 
-        return paged_attention_cuda(q, k, v, k_cache, v_cache, meta, opts.scale, window, cap)
+        return paged_attention_cuda(
+            q, k, v, k_cache, v_cache, meta, opts.scale, window, cap, scale_zero
+        )
     if not kv_written:
-        write_kv(k_cache, v_cache, k, v, meta.slot_mapping)
+        write_kv(k_cache, v_cache, k, v, meta.slot_mapping, scale_zero)
     if meta.is_decode:
-        return _decode_attention(q, k_cache, v_cache, meta, opts)
+        return _decode_attention(q, k_cache, v_cache, meta, opts, scale_zero)
     out = torch.empty_like(q)
     if meta.decode_rows is not None:
         assert meta.decode_tables is not None, "decode_rows come with their tables"
         rows = meta.decode_rows
-        out[rows] = _decode_attention(q[rows], k_cache, v_cache, meta, opts)
-    prefill_attention(out, q, k, v, k_cache, v_cache, meta, opts.scale, window, cap)
+        out[rows] = _decode_attention(q[rows], k_cache, v_cache, meta, opts, scale_zero)
+    prefill_attention(out, q, k, v, k_cache, v_cache, meta, opts.scale, window, cap, scale_zero)
     return out

@@ -12,7 +12,8 @@ from torch import nn
 from ..backends.attention_metadata import AttentionMetadata
 from .config import ModelConfig
 
-KVCaches = list[tuple[torch.Tensor, torch.Tensor]]
+# Per layer (k_cache, v_cache), or with a quantized cache also its two scale/zero tensors.
+KVCaches = list[tuple[torch.Tensor, ...]]
 
 
 @dataclass(frozen=True)

@@ -95,9 +95,6 @@ class ModelConfig:
             return None
         return self.sliding_window
 
-    def kv_bytes_per_token(self, dtype_bytes: int) -> int:
-        return 2 * self.num_hidden_layers * self.num_key_value_heads * self.head_dim * dtype_bytes
-
 
 def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """A vision-language config's text part, with transformers' defaults for the fields its

@@ -33,7 +33,7 @@ class DecodeGraphs:
     def __init__(
         self,
         model: CausalLM,
-        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        kv_caches: list[tuple[torch.Tensor, ...]],
         cos: torch.Tensor,
         sin: torch.Tensor,
         max_batch_size: int,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import os
 
-import numpy as np
 import torch
 
 from .....application.ports import CacheGeometry, StepOutput
@@ -26,18 +24,8 @@ from .cache_swap import CacheSwapper
 from .cuda_graph import DecodeGraphs
 from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
 from .image_rows import gather_image_rows, touches_images
+from .kv_cache import allocate_kv_caches
 from .step_extras import collect_extras, wants_extras
-
-
-def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """A zeroed cache tensor. On the CPU through numpy's calloc: the pages stay unmapped until a
-    block is first written, so a cache sized for the worst case (3.2 GB by default) costs
-    resident memory only for the blocks in use; `torch.zeros` writes every page up front."""
-    if device.type != "cpu":
-        return torch.zeros(shape, dtype=dtype, device=device)
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    raw = np.zeros(math.prod(shape) * itemsize, dtype=np.uint8)
-    return torch.from_numpy(raw).view(dtype).view(shape)
 
 
 class PytorchModelRunner:
@@ -54,10 +42,12 @@ class PytorchModelRunner:
         num_cpu_blocks: int = 0,
         peers: ModelBroadcaster | None = None,
         workers: LocalWorkers | None = None,
+        quant_policy: int = 0,
     ) -> None:
         """`peers`: on rank 0 of a tensor-parallel group, `model` wrapped so that each call
         reaches the other ranks first (distributed/step_channel.py); `workers`: the other
-        ranks' processes, watched."""
+        ranks' processes, watched. `quant_policy` 8 or 4 stores the KV cache as int8 / int4
+        (runner/kv_cache.py)."""
         cfg = model.config
         self.max_batch_size = max_batch_size
         self.model: CausalLM = peers if peers is not None else model  # type: ignore[assignment]
@@ -65,12 +55,16 @@ class PytorchModelRunner:
         self.device = device
         self.dtype = dtype
         self._cache = CacheGeometry(num_blocks, block_size, num_cpu_blocks)
-        kv_heads = local_kv_heads(cfg.num_attention_heads, cfg.num_key_value_heads)
-        shape = (num_blocks, block_size, kv_heads, cfg.head_dim)
-        self.kv_caches = [
-            (_zeros(shape, dtype, device), _zeros(shape, dtype, device))
-            for _ in range(cfg.num_hidden_layers)
-        ]
+        self.kv_caches = allocate_kv_caches(
+            cfg.num_hidden_layers,
+            num_blocks,
+            block_size,
+            local_kv_heads(cfg.num_attention_heads, cfg.num_key_value_heads),
+            cfg.head_dim,
+            dtype,
+            device,
+            quant_policy,
+        )
         self.swapper = CacheSwapper(self.kv_caches, num_cpu_blocks) if num_cpu_blocks else None
         max_len = max_model_len or cfg.max_position_embeddings
         self.rope = RotaryTables(

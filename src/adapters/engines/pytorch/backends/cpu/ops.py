@@ -104,6 +104,7 @@ def rotary_write_kv(
         or sin.stride(-1) != 1
         or cos.stride(0) != sin.stride(0)
         or not (k_cache.is_contiguous() and v_cache.is_contiguous())
+        or not k_cache.dtype == v_cache.dtype == torch.float32  # e.g. a quantized cache
     ):
         return False
     slots = slot_mapping.contiguous()

@@ -25,8 +25,14 @@ def paged_attention_cuda(
     scale: float,
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
+    scale_zero: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
+    """`scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache, whose bits a
+    value follow from its last dim against the head dim (kernels/kv_quant.py)."""
+    bits = 0 if scale_zero is None else k_cache.shape[-1] * 8 // q.shape[-1]
+    k_sz, v_sz = scale_zero or (None, None)
+    quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
+    kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping, **quant)
     window = dict(sliding_window=sliding_window, logit_softcap=logit_softcap)
     if meta.is_decode:
         return paged_decode_attention(
@@ -44,6 +50,7 @@ def paged_attention_cuda(
             meta.max_query_len,
             scale,
             **window,
+            **quant,
         )
     assert meta.decode_rows is not None and meta.decode_tables is not None
     assert meta.decode_lens is not None, "a prefill_part comes with the decode rows"
@@ -61,5 +68,6 @@ def paged_attention_cuda(
         part.max_query_len,
         scale,
         **window,
+        **quant,
     )
     return out

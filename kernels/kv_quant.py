@@ -1,0 +1,127 @@
+"""The quantized KV cache's format (`quant_policy` 8 or 4), and its PyTorch reference.
+
+Each token's vector of one kv head (`head_dim` values) is quantized on its own, asymmetric:
+`scale = (max - min) / (2**bits - 1)`, `zero = -min / scale`, `q = round(x / scale + zero)`
+clamped to [0, 2**bits - 1]; it reads back as `(q - zero) * scale`. As in LMDeploy, the cache
+stays `[num_blocks, block_size, kv_heads, packed_dim]` of uint8 and a second tensor per cache,
+`[num_blocks, block_size, kv_heads, 2]` in the model's dtype, holds (scale, zero) of every
+slot: block-major like the data, so a block's scales move with it (swap, prefix reuse).
+
+int8: one value a byte, `packed_dim = head_dim`. int4: two a byte, `packed_dim = head_dim / 2`;
+byte j holds dim j in its low nibble and dim j + head_dim / 2 in its high one, so a kernel
+unpacks a whole head from one load (byte `d % half`, shift `4 * (d // half)`).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+QUANT_BITS = (8, 4)
+
+
+def check_bits(bits: int) -> None:
+    if bits not in QUANT_BITS:
+        raise ValueError(f"KV cache quantization takes 8 or 4 bits (quant_policy), got {bits}")
+
+
+def packed_dim(head_dim: int, bits: int) -> int:
+    """Bytes of one token's head in the quantized cache."""
+    check_bits(bits)
+    if bits == 4 and head_dim % 2:
+        raise ValueError(f"int4 KV packs two dims a byte: head_dim {head_dim} must be even")
+    return head_dim * bits // 8
+
+
+def quantize_kv_ref(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., head_dim] -> (uint8 [..., packed_dim], scale_zero [..., 2] in x's dtype).
+    The math is float32; a constant vector gets scale 1 (its values read back exactly)."""
+    check_bits(bits)
+    qmax = 2**bits - 1
+    xf = x.float()
+    lo, hi = xf.amin(-1), xf.amax(-1)
+    scale = (hi - lo) / qmax
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    # Rounded to x's dtype first: the stored pair is what dequantisation will read.
+    scale = scale.to(x.dtype).float()
+    zero = (-lo / scale).to(x.dtype).float()
+    q = torch.floor(xf / scale[..., None] + zero[..., None] + 0.5).clamp_(0, qmax).to(torch.uint8)
+    if bits == 4:
+        half = x.shape[-1] // 2
+        q = q[..., :half] | (q[..., half:] << 4)
+    return q, torch.stack([scale, zero], -1).to(x.dtype)
+
+
+def dequantize_kv_ref(
+    q: torch.Tensor, scale_zero: torch.Tensor, bits: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """uint8 [..., packed_dim] and scale_zero [..., 2] -> [..., head_dim] in `dtype`."""
+    check_bits(bits)
+    if bits == 4:
+        q = torch.cat([q & 0xF, q >> 4], -1)
+    scale, zero = scale_zero.float().unbind(-1)
+    return ((q.float() - zero[..., None]) * scale[..., None]).to(dtype)
+
+
+@triton.jit
+def load_kv_tile(
+    cache_ptr,
+    sz_ptr,
+    block,
+    slot,
+    head,
+    offs_d,
+    n_mask,
+    kv_mask,
+    half,
+    stride_b,
+    stride_t,
+    stride_h,
+    stride_d,
+    stride_sb,
+    stride_st,
+    stride_sh,
+    stride_sd,
+    OUT_DTYPE: tl.constexpr,
+    QUANT_BITS: tl.constexpr,
+):
+    """The [BLOCK_N, BLOCK_D] K or V tile of tokens (block, slot) of one kv head, read as the
+    attention kernels compute: as stored for QUANT_BITS 0, else unpacked and dequantised with
+    each token's (scale, zero) in float32, then cast to OUT_DTYPE (the query's dtype)."""
+    row = cache_ptr + block[:, None] * stride_b + slot[:, None] * stride_t + head * stride_h
+    if QUANT_BITS == 0:
+        tile = tl.load(row + offs_d[None, :] * stride_d, mask=kv_mask, other=0.0)
+    else:
+        if QUANT_BITS == 4:
+            byte = tl.load(row + (offs_d % half)[None, :] * stride_d, mask=kv_mask, other=0)
+            quant = (byte.to(tl.int32) >> ((offs_d // half) * 4)[None, :]) & 15
+        else:
+            quant = tl.load(row + offs_d[None, :] * stride_d, mask=kv_mask, other=0)
+        sz = sz_ptr + block * stride_sb + slot * stride_st + head * stride_sh
+        scale = tl.load(sz, mask=n_mask, other=0.0).to(tl.float32)
+        zero = tl.load(sz + stride_sd, mask=n_mask, other=0.0).to(tl.float32)
+        tile = ((quant.to(tl.float32) - zero[:, None]) * scale[:, None]).to(OUT_DTYPE)
+    return tile
+
+
+def check_quantized_caches(
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    k_scale_zero: torch.Tensor | None,
+    v_scale_zero: torch.Tensor | None,
+    head_dim: int,
+    quant_bits: int,
+) -> None:
+    """The launchers' shape checks of a quantized cache pair and its scale_zero tensors (the
+    kernels read both scale_zero tensors with k_scale_zero's strides)."""
+    assert k_cache.dtype == v_cache.dtype == torch.uint8, "quantized caches are uint8"
+    assert k_cache.shape[3] == packed_dim(head_dim, quant_bits), (
+        f"a {quant_bits}-bit cache holds {packed_dim(head_dim, quant_bits)} bytes a head, "
+        f"got {k_cache.shape[3]}"
+    )
+    assert k_scale_zero is not None and v_scale_zero is not None, "scale_zero tensors needed"
+    assert k_scale_zero.shape == v_scale_zero.shape == (*k_cache.shape[:3], 2), (
+        "scale_zero must be [num_blocks, block_size, kv_heads, 2]"
+    )
+    assert k_scale_zero.stride() == v_scale_zero.stride(), "k/v scale_zero strides must match"
