@@ -14,6 +14,7 @@ from ....domain.errors import InvalidArgument
 from ...loaders import dummy
 from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
+from .backends.cpu import gguf_linear
 from .layers.linear import prepare_linears
 from .models.base import CausalLM
 from .models.config import ModelConfig
@@ -55,11 +56,21 @@ def read_model_config(source: ModelSource) -> tuple[ModelConfig, Weights | None]
     return ModelConfig.from_hf(hf_config), weights
 
 
-def _load(model: CausalLM, source: ModelSource, weights: Weights | None) -> None:
+def quantized_types(config: PytorchEngineConfig, device: torch.device) -> frozenset[str]:
+    """The GGUF types to keep quantized: on a CPU with dtype 'auto', those its kernels read
+    (an explicit dtype='float32' keeps the dequantized path, bit for bit as before)."""
+    if device.type != "cpu" or config.dtype != "auto" or not gguf_linear.available():
+        return frozenset()
+    return frozenset(gguf_linear.TYPE_IDS)
+
+
+def _load(
+    model: CausalLM, source: ModelSource, weights: Weights | None, keep: frozenset[str]
+) -> None:
     if weights is None:
         dummy.randomize(model)
         return
-    loaded = load_weights(model, weights())
+    loaded = load_weights(model, weights(keep_quantized=keep))
     missing = expected_weights(model) - loaded
     if missing:
         raise ValueError(
@@ -113,7 +124,7 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     with torch.device("meta"):
         model = cls(model_cfg)
     model = model.to(dtype).to_empty(device=device)
-    _load(model, source, weights)
+    _load(model, source, weights, quantized_types(config, device))
     model.eval()
     prepare_linears(model, device, dtype)
     if device.type == "cuda":
