@@ -116,3 +116,37 @@ def test_builder_keeps_linears_and_tied_head_quantized_with_dtype_auto(tiny_gguf
     assert not any(
         isinstance(getattr(m, "packed", None), gguf_linear.GGUFLinear) for m in dense.modules()
     )
+
+
+def _q8_rounded(x: torch.Tensor) -> torch.Tensor:
+    """x with each 32 values rounded to 8 bits, as the kernels (and llama.cpp) take activations."""
+    blocks = x.reshape(*x.shape[:-1], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    q = torch.round(blocks / torch.where(d == 0, 1, d))
+    return (q * d).reshape(x.shape)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="undiagnosed: on the haiku prompt the quantized path's first token (788) differs "
+    "from this reference's and the float32 path's (504); the other prompts match",
+)
+def test_default_model_greedy_ids_match_llama_cpp_math(monkeypatch):
+    """The shipped Q4_1 model decodes the greedy tokens of llama.cpp's math: its weights
+    dequantized by the float32 path, each linear's input rounded to q8 blocks. (Against the
+    float32 path unrounded, a near-tie flips within a few tokens on one of these prompts.)"""
+    from lmdeploy import GenerationConfig, pipeline
+    from lmdeploy.adapters.engines.pytorch.layers import embedding, linear
+
+    prompts = ["The capital of France is", "Write a haiku about the sea.", "1, 2, 3, 4,"]
+    gen = GenerationConfig(max_new_tokens=24, do_sample=False, top_k=1)
+
+    def greedy_ids(dtype: str) -> list[list[int]]:
+        with pipeline(None, backend_config=PytorchEngineConfig(dtype=dtype)) as pipe:
+            return [out.token_ids for out in pipe(prompts, gen_config=gen)]
+
+    quantized = greedy_ids("auto")
+    for cls in (linear.LinearBase, embedding.TiedLMHead):
+        forward = cls.forward
+        monkeypatch.setattr(cls, "forward", lambda self, x, f=forward: f(self, _q8_rounded(x)))
+    assert quantized == greedy_ids("float32")
