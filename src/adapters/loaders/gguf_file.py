@@ -1,4 +1,5 @@
-"""Weights and model shape from a GGUF file, dequantized to float32 with the `gguf` package.
+"""Weights and model shape from a GGUF file, dequantized to float32 with the `gguf` package,
+or, for the types the caller names, kept as the file's quantized blocks (`QuantizedWeight`).
 
 The metadata becomes an HF-style config dict (llama.cpp's keys under HF's names), the tensor
 names HF's, so the engine reads a GGUF file as it reads an HF directory.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,27 @@ _LAYER_NAMES = {
 _GLOBAL_NAMES = {"token_embd": "embed_tokens", "output_norm": "norm", "output": "lm_head"}
 
 
+@dataclass(frozen=True)
+class QuantizedWeight:
+    """A GGUF matrix kept quantized: `blocks` uint8 [rows, bytes per row], each row the file's
+    blocks of `qtype` (a GGML type name, e.g. 'Q4_1') along the `cols` inputs."""
+
+    qtype: str
+    blocks: torch.Tensor
+    cols: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.blocks.shape[0], self.cols)
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 [rows, cols], through the `gguf` package (llama.cpp's reference math)."""
+        import gguf
+
+        values = gguf.quants.dequantize(self.blocks.numpy(), gguf.GGMLQuantizationType[self.qtype])
+        return torch.from_numpy(np.array(values, dtype=np.float32).reshape(self.shape))
+
+
 def _reader(path: Path):
     import gguf  # imported lazily: only GGUF users pay for it
 
@@ -69,8 +92,10 @@ class GGUFCheckpoint:
         self.reader = _reader(path)
         self.config = read_config(self.reader, path)
 
-    def weights(self) -> Iterator[tuple[str, torch.Tensor]]:
-        return iter_weights(self.reader, self.config)
+    def weights(
+        self, keep_quantized: frozenset[str] = frozenset()
+    ) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+        return iter_weights(self.reader, self.config, keep_quantized)
 
 
 # GGUF `general.architecture` -> the HF architecture of the same math
@@ -151,11 +176,22 @@ def _permuted_heads(name: str, config: dict[str, Any]) -> int | None:
     return None
 
 
-def iter_weights(reader, config: dict[str, Any]) -> Iterator[tuple[str, torch.Tensor]]:
+def iter_weights(
+    reader, config: dict[str, Any], keep_quantized: frozenset[str] = frozenset()
+) -> Iterator[tuple[str, torch.Tensor | QuantizedWeight]]:
+    """HF-named weights: float32, or QuantizedWeight for matrices of a type in `keep_quantized`."""
     for tensor in reader.tensors:
         name = hf_name(tensor.name)
-        array = dequantize(tensor)
+        kind = tensor.tensor_type.name
+        keep = kind in keep_quantized and len(tensor.shape) == 2
+        # A quantized matrix's rows are whole runs of blocks, so llama.cpp's row permutation
+        # of Q and K is undone on them as on float rows.
+        array = np.asarray(tensor.data) if keep else dequantize(tensor)
         heads = _permuted_heads(name, config)
         if heads is not None:
             array = _unpermute(array, heads)
-        yield name, torch.from_numpy(array)
+        if keep:
+            blocks = torch.from_numpy(np.array(array, dtype=np.uint8, copy=True))
+            yield name, QuantizedWeight(kind, blocks, int(tensor.shape[0]))
+        else:
+            yield name, torch.from_numpy(array)

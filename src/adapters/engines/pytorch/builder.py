@@ -15,6 +15,7 @@ from ....domain.errors import InvalidArgument
 from ...loaders import dummy
 from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
+from .backends.cpu import gguf_linear
 from .distributed.parallel_state import local_kv_heads, tp_size
 from .distributed.step_channel import ModelBroadcaster, StepChannel, serve
 from .distributed.workers import LocalWorkers, Rendezvous, free_port, join_group, leave_group
@@ -60,11 +61,23 @@ def read_model_config(source: ModelSource) -> tuple[ModelConfig, Weights | None]
     return ModelConfig.from_hf(hf_config), weights
 
 
-def _load(model: CausalLM, source: ModelSource, weights: Weights | None) -> None:
+def quantized_types(config: PytorchEngineConfig, device: torch.device) -> frozenset[str]:
+    """The GGUF types to keep quantized: on a CPU with dtype 'auto', those its kernels read
+    (an explicit dtype='float32' keeps the dequantized path, bit for bit as before)."""
+    if device.type != "cpu" or config.dtype != "auto" or config.tp > 1:
+        return frozenset()  # blocks are kept whole: a tensor-parallel rank takes its slice
+    if not gguf_linear.available():
+        return frozenset()
+    return frozenset(gguf_linear.TYPE_IDS)
+
+
+def _load(
+    model: CausalLM, source: ModelSource, weights: Weights | None, keep: frozenset[str]
+) -> None:
     if weights is None:
         dummy.randomize(model)
         return
-    loaded = load_weights(model, weights())
+    loaded = load_weights(model, weights(keep_quantized=keep))
     missing = expected_weights(model) - loaded
     if missing:
         raise ValueError(
@@ -180,7 +193,7 @@ def _build_rank(
     with torch.device("meta"):
         model = cls(model_cfg)
     model = model.to(dtype).to_empty(device=device)
-    _load(model, source, weights)
+    _load(model, source, weights, quantized_types(config, device))
     model.eval()
     prepare_linears(model, device, dtype)
     if device.type == "cuda":

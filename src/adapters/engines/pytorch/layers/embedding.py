@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ....loaders.gguf_file import QuantizedWeight
+from ..backends.cpu import gguf_linear
 from ..backends.cpu.linear import PackedLinear
 from ..distributed.parallel_state import (
     all_gather_last_dim,
@@ -36,7 +38,8 @@ def _gather_logits(local: torch.Tensor, vocab_size: int) -> torch.Tensor:
 class VocabEmbedding(nn.Module):
     """Token ids -> rows of `weight` [vocab_size, hidden_size], times `scale` if given (Gemma:
     sqrt(hidden_size), rounded to the weight's dtype as transformers does; a tied LM head reads
-    the weight unscaled)."""
+    the weight unscaled). A GGUF table the loader kept quantized stays in its blocks (`gguf`),
+    its rows dequantized as they are looked up."""
 
     def __init__(self, vocab_size: int, hidden_size: int, scale: float | None = None) -> None:
         super().__init__()
@@ -44,14 +47,28 @@ class VocabEmbedding(nn.Module):
         self.vocab_start, per_rank = vocab_range(vocab_size)
         self.weight = nn.Parameter(torch.empty(per_rank, hidden_size))
         self.scale = scale
+        self.gguf: QuantizedWeight | None = None
 
     def weight_loader(
-        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None
+        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id: object = None
     ) -> None:
+        if isinstance(loaded, QuantizedWeight):
+            # Blocks kept whole: the builder keeps GGUF blocks only at tp=1.
+            if tp_size() == 1 and gguf_linear.supports(loaded.qtype, loaded.cols):
+                self.gguf = loaded
+                # The float32 table is never read: keep an empty one (dtype and device only).
+                self.weight = nn.Parameter(torch.empty(0, device=param.device), False)
+                return
+            loaded = loaded.dequantize()
         _load_vocab_rows(param, loaded)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        if tp_size() == 1:
+        if self.gguf is not None:
+            flat = gguf_linear.dequantize_rows(
+                self.gguf.blocks, self.gguf.qtype, self.gguf.cols, input_ids
+            )
+            rows = flat.reshape(*input_ids.shape, self.gguf.cols)
+        elif tp_size() == 1:
             rows = F.embedding(input_ids, self.weight)
         else:
             local = input_ids - self.vocab_start
@@ -87,7 +104,17 @@ class TiedLMHead(nn.Module):
         super().__init__()
         # In a tuple so that it is not registered twice: moved and loaded as the embedding.
         self._embedding = (embedding,)
-        self.packed: PackedLinear | None = None
+        self.packed: PackedLinear | gguf_linear.GGUFLinear | None = None
+
+    @property
+    def quantized(self) -> bool:
+        """Whether the embedding kept GGUF blocks (then `pack_quantized` reads them)."""
+        return self._embedding[0].gguf is not None
+
+    def pack_quantized(self) -> bool:
+        table = self._embedding[0].gguf
+        self.packed = gguf_linear.GGUFLinear(table.blocks, table.qtype, None)  # shared blocks
+        return True
 
     def pack(self) -> None:
         self.packed = PackedLinear(self._embedding[0].weight, None)

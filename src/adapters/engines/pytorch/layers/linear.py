@@ -11,7 +11,8 @@ LoRA linears subclass `LinearBase`: their own parameters, loader and forward.
 
 After loading, `prepare_linears` lets each weight take its backend's own layout: on a CPU in
 float32, oneDNN's blocked layout and the skinny-GEMM panels of decode-sized rows
-(`backends/cpu/linear.py`).
+(`backends/cpu/linear.py`); a GGUF weight the loader kept quantized stays in its blocks and
+runs through the CPU's quantized kernels (`backends/cpu/gguf_linear.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ....loaders.gguf_file import QuantizedWeight
+from ..backends.cpu import gguf_linear
 from ..backends.cpu.linear import PackedLinear, can_pack
 from ..distributed.parallel_state import (
     all_reduce,
@@ -50,7 +53,10 @@ class LinearBase(nn.Module):
         self.input_size, self.output_size = input_size, output_size
         self.weight = nn.Parameter(torch.empty(output_size, input_size))
         self.register_parameter("bias", nn.Parameter(torch.empty(output_size)) if bias else None)
-        self.packed: PackedLinear | None = None
+        self.packed: PackedLinear | gguf_linear.GGUFLinear | None = None
+        # GGUF blocks the loader kept quantized, by shard id (None: the weight whole), until
+        # `prepare_linears` turns them into a GGUFLinear.
+        self.quantized: dict[ShardId | None, QuantizedWeight] = {}
         # Output rows of each checkpoint tensor packed in this weight, by shard id (the row
         # slice of this rank's weight it fills); empty for a weight loaded whole.
         self.shards: dict[ShardId, tuple[int, int]] = {}
@@ -58,8 +64,16 @@ class LinearBase(nn.Module):
         self.full_sizes: dict[ShardId, int] = {}
 
     def weight_loader(
-        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId | None = None
+        self,
+        param: nn.Parameter,
+        loaded: torch.Tensor | QuantizedWeight,
+        shard_id: ShardId | None = None,
     ) -> None:
+        if isinstance(loaded, QuantizedWeight):
+            if param is self.weight and not (shard_id is None and self.shards):
+                self.quantized[shard_id] = loaded
+                return
+            loaded = loaded.dequantize()
         if shard_id is None and self.shards:
             # The checkpoint stores this packed weight whole (Phi-3's qkv_proj, InternLM2's
             # wqkv): each shard goes in by its own path, where a tensor-parallel split will
@@ -98,6 +112,23 @@ class LinearBase(nn.Module):
         self.packed = PackedLinear(self.weight, self.bias)
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
+
+    def pack_quantized(self) -> bool:
+        """Run on the GGUF blocks the loader kept (all shards of one type the kernels read);
+        False, with them dequantized into the weight, where they can't."""
+        parts = [self.quantized[s] for s in (self.shards or [None])]
+        self.quantized = {}
+        kinds = {part.qtype for part in parts}
+        if len(kinds) == 1 and gguf_linear.supports(parts[0].qtype, self.input_size):
+            blocks = torch.cat([part.blocks for part in parts])
+            self.packed = gguf_linear.GGUFLinear(blocks, parts[0].qtype, self.bias)
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+            return True
+        # Mixed types (a Q4_K_M file's Q6_K value rows beside Q4_K query rows): float32.
+        for shard_id, part in zip(self.shards or [None], parts, strict=True):
+            self.weight_loader(self.weight, part.dequantize(), shard_id)
+        return False
 
 
 class ColumnParallelLinear(LinearBase):
@@ -185,8 +216,9 @@ class GroupedQKVParallelLinear(QKVParallelLinear):
 
 def prepare_linears(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
     """After loading: each linear takes its backend's weight layout, where there is one."""
-    if not can_pack(device, dtype):
-        return
+    packable = can_pack(device, dtype)
     for module in list(model.modules()):
-        if callable(getattr(module, "pack", None)):  # a LinearBase, or a tied LM head
+        if getattr(module, "quantized", None) and module.pack_quantized():
+            continue
+        if packable and callable(getattr(module, "pack", None)):  # a linear, or a tied LM head
             module.pack()

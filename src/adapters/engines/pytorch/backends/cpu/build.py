@@ -53,9 +53,9 @@ def _source_flags(text: str) -> list[str]:
     return []
 
 
-def _build(source: Path, compiler: str) -> Path:
+def _build(source: Path, compiler: str, extra_flags: tuple[str, ...]) -> Path:
     text = source.read_text()
-    flags = _FLAGS + _source_flags(text)
+    flags = _FLAGS + _source_flags(text) + list(extra_flags)
     digest = hashlib.sha256(
         text.encode() + " ".join(flags).encode() + _cpu_signature().encode()
     ).hexdigest()[:16]
@@ -78,8 +78,10 @@ def _build(source: Path, compiler: str) -> Path:
 
 
 @functools.cache
-def load(name: str) -> ctypes.CDLL | None:
-    """The compiled library of `csrc/<name>.c`, or None (with one warning) if it can't be had."""
+def load(name: str, extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+    """The compiled library of `csrc/<name>.c`, or None (with one warning) if it can't be had.
+    `extra_flags` go last (e.g. `-mno-avx512vnni`: tests build the AVX2 path of a kernel on a
+    machine that has VNNI)."""
     if os.environ.get("LMDEPLOY_CPU_KERNELS", "1") == "0":
         return None
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -87,7 +89,7 @@ def load(name: str) -> ctypes.CDLL | None:
         logger.warning("no C compiler found; the CPU path uses torch ops for %s", name)
         return None
     try:
-        return ctypes.CDLL(str(_build(_CSRC / f"{name}.c", compiler)))
+        return ctypes.CDLL(str(_build(_CSRC / f"{name}.c", compiler, extra_flags)))
     except (OSError, subprocess.SubprocessError) as exc:
         detail = getattr(exc, "stderr", "") or exc
         logger.warning("could not build the CPU kernel %s (%s); using torch ops", name, detail)
