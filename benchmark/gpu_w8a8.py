@@ -43,16 +43,8 @@ def gemm_rows(rows_m: list[int]) -> list[dict]:
         wf8, sf8 = per_token_quant_ref(w, torch.float8_e4m3fn)
         for m in rows_m:
             x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-            x8, xs8 = per_token_quant(x, torch.int8)
-            xf8, xsf8 = per_token_quant(x, torch.float8_e4m3fn)
+            times = _times(x, w, (w8, s8), (wf8, sf8))
             flops = 2 * m * n * k
-            times = {
-                "bf16": do_bench(lambda: x @ w.t()),
-                "int8": do_bench(lambda: w8a8_gemm(*per_token_quant(x), w8, s8, x.dtype)),
-                "int8_gemm_only": do_bench(lambda: w8a8_gemm(x8, xs8, w8, s8, x.dtype)),
-                "fp8": do_bench(lambda: _fp8(per_token_quant(x, torch.float8_e4m3fn), wf8, sf8)),
-                "fp8_gemm_only": do_bench(lambda: _fp8((xf8, xsf8), wf8, sf8)),
-            }
             row = {"shape": name, "M": m, "K": k, "N": n}
             row.update({f"{key}_ms": t for key, t in times.items()})
             row.update({f"{key}_TFLOPs": flops / t / 1e9 for key, t in times.items()})
@@ -60,6 +52,19 @@ def gemm_rows(rows_m: list[int]) -> list[dict]:
             print(json.dumps(row), flush=True)
             out.append(row)
     return out
+
+
+def _times(x, w, int8_w, fp8_w) -> dict[str, float]:
+    """Milliseconds of each way to compute x @ w^T (the 8-bit weights quantised already)."""
+    x8 = per_token_quant(x, torch.int8)
+    xf8 = per_token_quant(x, torch.float8_e4m3fn)
+    return {
+        "bf16": do_bench(lambda: x @ w.t()),
+        "int8": do_bench(lambda: w8a8_gemm(*per_token_quant(x), *int8_w, x.dtype)),
+        "int8_gemm_only": do_bench(lambda: w8a8_gemm(*x8, *int8_w, x.dtype)),
+        "fp8": do_bench(lambda: _fp8(per_token_quant(x, torch.float8_e4m3fn), *fp8_w)),
+        "fp8_gemm_only": do_bench(lambda: _fp8(xf8, *fp8_w)),
+    }
 
 
 def _fp8(x_and_scale, w, w_scale) -> torch.Tensor:
@@ -72,7 +77,10 @@ def _fp8(x_and_scale, w, w_scale) -> torch.Tensor:
 def model_dir(root: Path, fmt: str) -> Path:
     config = shipped_config("llama-3-8b")
     if FORMATS[fmt] is not None:
-        config["quantization_config"] = {"quant_method": "smooth_quant", "quant_dtype": FORMATS[fmt]}
+        config["quantization_config"] = {
+            "quant_method": "smooth_quant",
+            "quant_dtype": FORMATS[fmt],
+        }
     directory = root / fmt
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config))
@@ -89,13 +97,20 @@ def prefill_row(pipe, trace: StepTrace, num_prompts: int, input_len: int) -> dic
     prefill = [s for s in trace.steps if not s[4]]
     busy = sum(end - begin for begin, end, *_ in prefill)
     tokens = sum(s[3] for s in prefill)
-    return {"prompts": num_prompts, "input_len": input_len, "total_s": total,
-            "prefill_tokens_per_s": tokens / busy}
+    return {
+        "prompts": num_prompts,
+        "input_len": input_len,
+        "total_s": total,
+        "prefill_tokens_per_s": tokens / busy,
+    }
 
 
 def engine_rows(fmt: str, root: Path, args) -> dict:
     config = PytorchEngineConfig(
-        load_format="dummy", max_batch_size=256, session_len=4096, cache_max_entry_count=0.8,
+        load_format="dummy",
+        max_batch_size=256,
+        session_len=4096,
+        cache_max_entry_count=0.8,
         max_prefill_token_num=args.prefill_chunk,
     )
     pipe = pipeline(str(model_dir(root, fmt)), backend_config=config)
@@ -130,8 +145,10 @@ def main(args) -> None:
         row["decode_speedup"] = (
             row["decode"][0]["decode_tokens_per_s"] / base["decode"][0]["decode_tokens_per_s"]
         )
-        print(f"{row['format']:>5}: prefill x{row['prefill_speedup']:.2f}, "
-              f"batch-{args.decode_batch} decode x{row['decode_speedup']:.2f} vs {base['format']}")
+        print(
+            f"{row['format']:>5}: prefill x{row['prefill_speedup']:.2f}, "
+            f"batch-{args.decode_batch} decode x{row['decode_speedup']:.2f} vs {base['format']}"
+        )
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))

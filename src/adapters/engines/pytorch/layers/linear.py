@@ -45,10 +45,23 @@ class LinearBase(nn.Module):
         self.shards: dict[ShardId, tuple[int, int]] = {}
         # Per parameter name: (its output-feature dim, features per element); see quantization/.
         self.output_dims: dict[str, tuple[int, int]] = {}
+        # Floating-point parameters that keep their own dtype when the model is cast to the
+        # compute dtype (a float8 weight, an fp32 scale), by name; set by the method.
+        self.keep_dtypes: dict[str, torch.dtype] = {}
         self.method: LinearMethod = (
             quant_config.linear_method() if quant_config else UnquantizedLinearMethod()
         )
         self.method.create_weights(self, bias)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 -- nn.Module's signature
+        """`model.to(dtype)` casts every floating parameter; those in `keep_dtypes` are cast
+        back (the build casts on the meta device, before loading, so nothing is lost)."""
+        super()._apply(fn, recurse)
+        for name, dtype in self.keep_dtypes.items():
+            param = self._parameters.get(name)
+            if param is not None and param.dtype != dtype:
+                self._parameters[name] = nn.Parameter(param.data.to(dtype), requires_grad=False)
+        return self
 
     def weight_loader(
         self, param: nn.Parameter, loaded: torch.Tensor, shard_id: ShardId | None = None
