@@ -27,6 +27,8 @@ from triton.testing import do_bench
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 from lmdeploy.adapters.loaders.dummy import shipped_config
+from lmdeploy.adapters.loaders.model_source import resolve
+from lmdeploy.adapters.tokenizers.hf_tokenizer import HFTokenizer
 from lmdeploy.kernels.per_token_quant import per_token_quant, per_token_quant_ref
 from lmdeploy.kernels.w8a8_gemm import w8a8_gemm
 
@@ -84,6 +86,8 @@ def model_dir(root: Path, fmt: str) -> Path:
     directory = root / fmt
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config))
+    # A directory needs a tokenizer: the embedded model's (prompts are ids below its vocab).
+    HFTokenizer.from_source(resolve(None)).hf_tokenizer.save_pretrained(str(directory))
     return directory
 
 

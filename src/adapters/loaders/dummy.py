@@ -62,7 +62,7 @@ def randomize(model: nn.Module, seed: int = 0) -> None:
             param.copy_(codes.clamp(-448, 448))
         elif name.endswith("scales"):
             param.normal_(_QUANT_SCALE, _QUANT_SCALE / 10, generator=gen)
-        elif name.endswith(".scale"):
+        elif name.rpartition(".")[2] == "scale":
             param.normal_(_W8_SCALE, _W8_SCALE / 10, generator=gen)
         else:
             param.normal_(0.0, 0.02, generator=gen)
