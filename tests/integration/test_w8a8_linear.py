@@ -3,6 +3,8 @@ packed q/k/v shards, and the CPU's numerics (what the GPU's 8-bit GEMM computes)
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -68,3 +70,44 @@ def test_dummy_weights_of_8bit_linears_are_finite_and_dense_sized(quant_dtype):
     randomize(layer)
     dense = layer.weight.float() * layer.scale
     assert torch.isfinite(dense).all() and 0.005 < dense.std() < 0.05
+
+
+def _w8a8_state(model) -> dict[str, torch.Tensor]:
+    """A float model's state in LMDeploy's W8A8 layout (the decoder layers' linears)."""
+    state = {k: v.clone() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    for name, module in model.model.layers.named_modules(prefix="model.layers"):
+        if isinstance(module, torch.nn.Linear):
+            state[f"{name}.weight"], state[f"{name}.scale"] = per_token_quant_ref(module.weight)
+    return state
+
+
+def test_a_0_6_5_pytorch_model_bin_checkpoint_loads_as_its_safetensors_twin(tmp_path, hf_tokenizer):
+    """LMDeploy 0.6.5's smooth_quant saves pytorch_model.bin and no quant_dtype."""
+    import json
+
+    import transformers
+    from safetensors.torch import save_file
+
+    from lmdeploy import PytorchEngineConfig, pipeline
+
+    from .tiny_models import TINY_SHAPE, tiny_model
+
+    model = tiny_model(transformers.LlamaConfig(**TINY_SHAPE, tie_word_embeddings=True))
+    state = _w8a8_state(model)
+    config = {**model.config.to_dict(), "quantization_config": {"quant_method": "smooth_quant"}}
+    losses = []
+    for fmt in ("bin", "safetensors"):
+        directory = tmp_path / fmt
+        directory.mkdir()
+        if fmt == "bin":
+            torch.save(state, directory / "pytorch_model.bin")
+        else:
+            save_file(state, str(directory / "model.safetensors"))
+        (directory / "config.json").write_text(json.dumps(config))
+        hf_tokenizer.save_pretrained(str(directory))
+        pipe = pipeline(str(directory), backend_config=PytorchEngineConfig(session_len=256))
+        try:
+            losses.append(pipe.get_ppl(list(range(100, 160)))[0])
+        finally:
+            pipe.close()
+    assert losses[0] == losses[1] and math.isfinite(losses[0])
