@@ -28,6 +28,7 @@ The contract, for a new method (one file a method, registered in `config.py`'s `
   head and the embeddings stay dense, as AWQ and GPTQ checkpoints store them.
 """
 
+from . import awq, gptq  # noqa: F401  (each registers itself in METHODS)
 from .base import LinearMethod, QuantConfig, UnquantizedLinearMethod
 from .config import METHODS, resolve_quant_config
 
