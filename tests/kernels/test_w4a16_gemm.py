@@ -33,9 +33,10 @@ def test_pack_and_unpack_are_inverse_and_dequantize_is_the_affine_map():
 
 # (M, K, N, group): decode rows (split-K) and prefill rows, N not a multiple of the tile.
 SHAPES = [
-    (1, 128, 40, 32),
-    (2, 512, 40, 32),  # K split over 4 programs
+    (1, 128, 40, 32),  # GEMV kernel
+    (2, 512, 40, 32),  # GEMV, K split over 8 programs
     (3, 256, 72, 64),
+    (12, 512, 50, 32),  # tensor-core kernel, K split
     (16, 256, 64, 128),
     (17, 128, 50, 32),
     (70, 128, 136, 64),
@@ -58,7 +59,9 @@ def test_matches_reference(m, k, n, group, dtype):
 def test_decode_rows_split_k_and_prefill_rows_do_not():
     from lmdeploy.kernels.w4a16_gemm import _config
 
-    assert _config(2, 40, 512, 32)["SPLIT_K"] == 4
+    gemv = _config(2, 40, 512, 32)
+    assert "BLOCK_M" not in gemv and gemv["SPLIT_K"] == 8
+    assert _config(12, 50, 512, 32)["BLOCK_M"] == 16 and _config(12, 50, 512, 32)["SPLIT_K"] > 1
     assert _config(1, 4096, 4096, 128)["SPLIT_K"] > 1
     assert _config(1024, 4096, 4096, 128)["SPLIT_K"] == 1
 
