@@ -130,14 +130,14 @@ def _w4a16_gemv_kernel(
             mask=n_mask[None, :],
             other=0,
         )
-        dot = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        x_sum = 0.0
+        products = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
+        x_parts = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
         for nibble in tl.static_range(8):
             xs = tl.load(x_ptr + row * stride_xm + (k0 + offs_kp * 8 + nibble) * stride_xk)
             xs = xs.to(tl.float32)
-            codes = ((q >> (4 * nibble)) & 0xF).to(tl.float32)
-            dot += tl.sum(xs[:, None] * codes, axis=0)
-            x_sum += tl.sum(xs, axis=0)
+            products += xs[:, None] * ((q >> (4 * nibble)) & 0xF).to(tl.float32)
+            x_parts += xs
+        dot, x_sum = tl.sum(products, axis=0), tl.sum(x_parts, axis=0)  # one reduction a tile
         group = k0 // group_size
         s = tl.load(scales_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
         z = tl.load(zeros_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
