@@ -17,6 +17,7 @@ from lmdeploy.adapters.engines.pytorch.layers.linear import LinearBase, prepare_
 from lmdeploy.adapters.engines.pytorch.layers.quantization import (
     LinearMethod,
     QuantConfig,
+    UnquantizedLinearMethod,
     resolve_quant_config,
 )
 from lmdeploy.adapters.engines.pytorch.models.config import ModelConfig
@@ -120,3 +121,32 @@ def test_model_format_is_checked_and_passed_from_turbomind_to_pytorch():
     with pytest.raises(InvalidArgument, match="model_format"):
         TurbomindEngineConfig(model_format="meta_llama").to_pytorch()
     assert TurbomindEngineConfig(model_format="awq").to_pytorch().model_format == "awq"
+
+
+@pytest.mark.parametrize("fmt", ["awq", "gptq"])
+def test_dummy_weights_come_in_the_quantized_format_and_dequantise_to_small_weights(fmt):
+    from lmdeploy.adapters.loaders import dummy
+
+    hf = transformers.LlamaConfig(**TINY_SHAPE).to_dict()
+    cfg = ModelConfig.from_hf(hf, model_format=fmt)
+    assert cfg.quant_config is not None and cfg.quant_config.method == fmt
+    model = LlamaForCausalLM(cfg)
+    dummy.randomize(model)
+    qkv = model.model.layers[0].self_attn.qkv_proj
+    assert qkv.qweight.dtype == torch.int32 and qkv.qweight.unique().numel() > 100
+    prepare_linears(model, torch.device("cpu"), torch.float32)
+    assert isinstance(qkv.method, UnquantizedLinearMethod)  # a CPU runs the dequantised weight
+    x = torch.randn(3, TINY_SHAPE["hidden_size"])
+    y = model.model.layers[0].mlp(x)
+    assert torch.isfinite(y).all() and 0 < y.std() < 1
+
+
+def test_the_model_format_flag_reaches_the_engine_config():
+    import argparse
+
+    from lmdeploy.adapters.cli.options import add_engine_options, engine_config_from
+
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    args = parser.parse_args(["--model-format", "gptq"])
+    assert engine_config_from(args).model_format == "gptq"

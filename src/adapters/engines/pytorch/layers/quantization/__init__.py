@@ -28,7 +28,7 @@ The contract, for a new method (one file a method, registered in `config.py`'s `
   head and the embeddings stay dense, as AWQ and GPTQ checkpoints store them.
 """
 
-from . import w8a8  # noqa: E402, F401 -- registers smooth_quant in METHODS
+from . import awq, gptq, w8a8  # noqa: F401  (each registers itself in METHODS)
 from .base import LinearMethod, QuantConfig, UnquantizedLinearMethod
 from .config import METHODS, resolve_quant_config
 
