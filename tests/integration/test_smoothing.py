@@ -44,3 +44,26 @@ def test_smoothing_keeps_the_logits_and_flattens_the_activations(case, tmp_path,
 
 def _max_over_mean(amax: torch.Tensor) -> float:
     return float(amax.max() / amax.mean())
+
+
+@pytest.mark.parametrize(
+    "config, match",
+    [
+        (
+            {"architectures": ["Phi3ForCausalLM"]},
+            "Phi3ForCausalLM cannot be quantised.*LlamaForCausalLM",
+        ),
+        (
+            {"architectures": ["LlamaForCausalLM"], "quantization_config": {"quant_method": "awq"}},
+            "already quantised; pass its float checkpoint",
+        ),
+    ],
+)
+def test_models_calibration_cannot_run_are_refused_by_name(tmp_path, config, match):
+    import json
+
+    from lmdeploy.domain.errors import InvalidArgument
+
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(InvalidArgument, match=match):
+        TorchSmoothQuantModel.open(str(tmp_path), "float32", "cpu")
