@@ -72,7 +72,8 @@ def test_int8_perplexity_within_3_percent_of_fp32(int8_dir, heldout_ids, fp32_pp
 
 
 def test_fp8_through_the_cli_loads_and_scores(tmp_path, heldout_ids, fp32_ppl, capsys):
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in CALIB.items()]
+    # A smaller calibration than int8's: this checks the command and the format, not the bar.
+    flags = ["--calib-samples=8", "--calib-seqlen=64", "--batch-size=8"]
     argv = ["lite", "smooth_quant", "SmolLM2-135M-Instruct", "--work-dir", str(tmp_path)]
     argv += ["--calib-dataset", str(DATA / "calib.txt"), "--quant-dtype", "fp8", "--device", "cpu"]
     assert main(argv + flags) == 0

@@ -38,7 +38,9 @@ class TorchSmoothQuantModel:
         self.quant_dtype = "int8"
 
     @classmethod
-    def open(cls, model_path: str, dtype: str = "auto", device: str = "auto"):
+    def open(
+        cls, model_path: str, dtype: str = "auto", device: str = "auto"
+    ) -> TorchSmoothQuantModel:
         return cls(open_hf_float_model(model_path, dtype, device))
 
     def linears(self) -> dict[str, nn.Linear]:
