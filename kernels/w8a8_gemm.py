@@ -22,11 +22,17 @@ def _configs() -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_stages=s, num_warps=w)
         for bm, bn, bk, s, w in [
+            # decode-sized rows: narrow M tiles, deep K, many stages to hide the weight reads
             (16, 64, 128, 4, 4),
+            (16, 128, 256, 3, 4),
             (32, 64, 128, 4, 4),
             (64, 128, 128, 3, 4),
+            (64, 256, 128, 3, 8),
+            # prefill-sized rows: large tiles to feed the int8 tensor cores
             (128, 128, 128, 3, 8),
             (128, 256, 64, 3, 8),
+            (128, 256, 128, 3, 8),
+            (256, 128, 128, 3, 8),
         ]
     ]
 
