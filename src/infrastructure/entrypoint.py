@@ -6,7 +6,7 @@ import sys
 from types import SimpleNamespace
 
 from ..adapters.cli.main import run
-from . import factory, proxy_server, server, webui
+from . import factory, proxy_server, quantization, server, webui
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
         run_api_server=server.run_api_server,
         run_gradio=webui.run_gradio,
         run_proxy=proxy_server.run_proxy,
+        smooth_quant=quantization.smooth_quant,
     )
     return run(factories, argv)
 

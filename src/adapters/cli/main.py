@@ -7,7 +7,7 @@ import sys
 from typing import Any
 
 from ...domain.errors import LMDeployError
-from . import chat, check_env, listing
+from . import chat, check_env, listing, lite
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,6 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_parser(sub)
     check_env.add_parser(sub)
     listing.add_parser(sub)
+    lite.add_parser(sub)
     try:
         from . import serve
     except ImportError:  # the HTTP extras are not installed

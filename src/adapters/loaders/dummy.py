@@ -32,13 +32,37 @@ def shipped_config(name: str) -> dict[str, Any] | None:
     return json.loads(resources.files("lmdeploy.configs").joinpath(file).read_text())
 
 
+# A quantized weight's scale: with random 4-bit codes and zeros (q - z spreads ~6.5 wide), the
+# dequantised weights come out about as wide as the dense ones' 0.02.
+_QUANT_SCALE = 0.003
+# An 8-bit weight's per-channel scale (W8A8's `scale`): random int8 codes spread ~74 wide,
+# float8 codes are drawn ~64 wide; either way the weights come out ~0.02 wide.
+_W8_SCALE = 3e-4
+_FP8_CODE_STD = 64.0
+
+
 @torch.no_grad()
 def randomize(model: nn.Module, seed: int = 0) -> None:
-    """Small normal weights keep activations finite through every layer; norms stay at one."""
+    """Small normal weights keep activations finite through every layer; norms stay at one.
+    A quantized linear's integer tensors (packed codes and zeros) get random bits, its
+    scales a small positive value, so its weights look like the dense ones."""
     generators: dict[torch.device, torch.Generator] = {}
     for name, param in model.named_parameters():
         if "norm" in name:
             param.fill_(1.0)
             continue
         gen = generators.setdefault(param.device, torch.Generator(param.device).manual_seed(seed))
-        param.normal_(0.0, 0.02, generator=gen)
+        if not param.is_floating_point():
+            info = torch.iinfo(param.dtype)
+            param.random_(info.min, info.max, generator=gen)
+        elif param.dtype == torch.float8_e4m3fn:  # no normal_ kernel for float8
+            codes = torch.empty(param.shape, device=param.device).normal_(
+                0.0, _FP8_CODE_STD, generator=gen
+            )
+            param.copy_(codes.clamp(-448, 448))
+        elif name.endswith("scales"):
+            param.normal_(_QUANT_SCALE, _QUANT_SCALE / 10, generator=gen)
+        elif name.rpartition(".")[2] == "scale":
+            param.normal_(_W8_SCALE, _W8_SCALE / 10, generator=gen)
+        else:
+            param.normal_(0.0, 0.02, generator=gen)

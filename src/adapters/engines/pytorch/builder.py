@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 
 from ....application.configs import PytorchEngineConfig
-from ....domain.errors import InvalidArgument
+from ....domain.errors import InvalidArgument, InvalidConfig
 from ...loaders import dummy
 from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
@@ -55,10 +55,12 @@ def pick_dtype(
     return torch.bfloat16 if "bfloat16" in model_cfg.torch_dtype else torch.float16
 
 
-def read_model_config(source: ModelSource) -> tuple[ModelConfig, Weights | None]:
+def read_model_config(
+    source: ModelSource, model_format: str | None = None
+) -> tuple[ModelConfig, Weights | None]:
     """The model's shape, and a function yielding its HF-named weights (None: random weights)."""
     hf_config, weights = open_checkpoint(source)
-    return ModelConfig.from_hf(hf_config), weights
+    return ModelConfig.from_hf(hf_config, model_format), weights
 
 
 def quantized_types(config: PytorchEngineConfig, device: torch.device) -> frozenset[str]:
@@ -127,12 +129,29 @@ def _refuse_partial_rotary(name: str, model_cfg: ModelConfig) -> None:
         )
 
 
+def _refuse_quantized_experts(name: str, model_cfg: ModelConfig) -> None:
+    """The experts are one fused weight per layer (`layers/moe.py`), not quantized linears."""
+    if model_cfg.quant_config is not None and model_cfg.num_experts:
+        raise InvalidArgument(
+            "model_path",
+            f"{name} is a mixture-of-experts model quantized with "
+            f"{model_cfg.quant_config.method}; this build runs quantized dense models only, "
+            f"so use the model's unquantized checkpoint",
+        )
+
+
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     if config.tp == 1:
         return _build_rank(source, config)
-    model_cfg, _ = read_model_config(source)
+    model_cfg, _ = read_model_config(source, config.model_format)
     # Refused here, before any process starts, naming tp and the head counts.
     local_kv_heads(model_cfg.num_attention_heads, model_cfg.num_key_value_heads, config.tp)
+    if model_cfg.quant_config is not None:  # `rank_slice` cuts dense layouts only
+        raise InvalidConfig(
+            "tp",
+            f"tp={config.tp} with a {model_cfg.quant_config.method} checkpoint: quantized "
+            f"weights run at tp=1 in this build; use tp=1 or the unquantized checkpoint",
+        )
     backend = "nccl" if pick_device(config).type == "cuda" else "gloo"
     rdv = Rendezvous("127.0.0.1", free_port(), config.tp, backend)
     workers = LocalWorkers(serve_rank, (source, config), rdv)
@@ -182,11 +201,12 @@ def _build_rank(
     """This process's rank of the model (the whole model at tp=1); `workers`: on rank 0 of a
     tensor-parallel group, the other ranks."""
     custom_models = load_custom_module_map(config.custom_module_map)  # a bad map fails first
-    model_cfg, weights = read_model_config(source)
+    model_cfg, weights = read_model_config(source, config.model_format)
     if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
         model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
     max_model_len = config.session_len or model_cfg.max_position_embeddings
     _refuse_partial_rotary(source.name, model_cfg)
+    _refuse_quantized_experts(source.name, model_cfg)
     cls = model_class(model_cfg.architectures, custom_models)
     device = pick_device(config)
     dtype = pick_dtype(config, model_cfg, device)

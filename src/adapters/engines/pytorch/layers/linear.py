@@ -5,9 +5,13 @@ vLLM's family: `ColumnParallelLinear` splits its outputs across tensor-parallel 
 `MergedColumnParallelLinear` hold several checkpoint tensors packed along the output dimension.
 Each owns a `weight_loader(param, loaded, shard_id)` that places this rank's slice of one
 checkpoint tensor (a shard of a packed weight, by its `shard_id`) in its parameter; the generic
-loader (`models/weights.py`) calls it, so no rank ever holds a whole weight of the model.
-Sizes given to the constructors are the model's (global); the parameters are this rank's. Quantized, tensor-parallel and
-LoRA linears subclass `LinearBase`: their own parameters, loader and forward.
+loader (`models/weights.py`) calls it, for a dense weight and for every tensor of a quantized
+one alike, so no rank ever holds a whole weight of the model. Sizes given to the constructors
+are the model's (global); the parameters are this rank's.
+
+What a linear holds and how it multiplies is its `method`, chosen by the checkpoint's
+quantization (`quantization/`, whose docstring is the contract for adding one). Quantized
+checkpoints run at tp=1 (the builder refuses more): `rank_slice` cuts dense layouts only.
 
 After loading, `prepare_linears` lets each weight take its backend's own layout: on a CPU in
 float32, oneDNN's blocked layout and the skinny-GEMM panels of decode-sized rows
@@ -32,27 +36,33 @@ from ..distributed.parallel_state import (
     tp_rank,
     tp_size,
 )
+from .quantization import LinearMethod, QuantConfig, UnquantizedLinearMethod
 
 ShardId = int | str
 
 
 class LinearBase(nn.Module):
-    """y = x W^T + b, W [output_size, input_size]; replicated on every rank (e.g. a router).
+    """y = x W^T + b, W [output_size, input_size], held and applied by its `method`: dense
+    without a `quant_config`, else the checkpoint's quantization (`quantization/`).
 
-    `tp_dim`: the dimension of W split across ranks (0: outputs, 1: inputs, None: none);
-    `input_size`/`output_size` are this rank's."""
+    Replicated on every rank (e.g. a router) unless a subclass sets `tp_dim`, the dimension of
+    W split across ranks (0: outputs, 1: inputs); `input_size`/`output_size` are this rank's."""
 
     tp_dim: int | None = None
 
-    def __init__(self, input_size: int, output_size: int, bias: bool = False) -> None:
+    def __init__(
+        self,
+        input_size: int,
+        output_size: int,
+        bias: bool = False,
+        quant_config: QuantConfig | None = None,
+    ) -> None:
         super().__init__()
         if self.tp_dim == 0:
             output_size = divide(output_size, f"output features of {type(self).__name__}")
         elif self.tp_dim == 1:
             input_size = divide(input_size, f"input features of {type(self).__name__}")
         self.input_size, self.output_size = input_size, output_size
-        self.weight = nn.Parameter(torch.empty(output_size, input_size))
-        self.register_parameter("bias", nn.Parameter(torch.empty(output_size)) if bias else None)
         self.packed: PackedLinear | gguf_linear.GGUFLinear | None = None
         # GGUF blocks the loader kept quantized, by shard id (None: the weight whole), until
         # `prepare_linears` turns them into a GGUFLinear.
@@ -62,6 +72,25 @@ class LinearBase(nn.Module):
         self.shards: dict[ShardId, tuple[int, int]] = {}
         # Rows of each shard in the checkpoint's whole tensor (all ranks'), to cut one apart.
         self.full_sizes: dict[ShardId, int] = {}
+        # Per parameter name: (its output-feature dim, features per element); see quantization/.
+        self.output_dims: dict[str, tuple[int, int]] = {}
+        # Floating-point parameters that keep their own dtype when the model is cast to the
+        # compute dtype (a float8 weight, an fp32 scale), by name; set by the method.
+        self.keep_dtypes: dict[str, torch.dtype] = {}
+        self.method: LinearMethod = (
+            quant_config.linear_method() if quant_config else UnquantizedLinearMethod()
+        )
+        self.method.create_weights(self, bias)
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 -- nn.Module's signature
+        """`model.to(dtype)` casts every floating parameter; those in `keep_dtypes` are cast
+        back (the build casts on the meta device, before loading, so nothing is lost)."""
+        super()._apply(fn, recurse)
+        for name, dtype in self.keep_dtypes.items():
+            param = self._parameters.get(name)
+            if param is not None and param.dtype != dtype:
+                self._parameters[name] = nn.Parameter(param.data.to(dtype), requires_grad=False)
+        return self
 
     def weight_loader(
         self,
@@ -74,19 +103,30 @@ class LinearBase(nn.Module):
                 self.quantized[shard_id] = loaded
                 return
             loaded = loaded.dequantize()
-        if shard_id is None and self.shards:
+        layout = self.output_dims.get(self._name_of(param))
+        if shard_id is None and self.shards and layout is not None:
             # The checkpoint stores this packed weight whole (Phi-3's qkv_proj, InternLM2's
             # wqkv): each shard goes in by its own path, where a tensor-parallel split will
             # take its rank's rows.
-            for part_id, part in self.split_packed(loaded).items():
+            for part_id, part in self.split_packed(loaded, *layout).items():
                 self.weight_loader(param, part, part_id)
             return
         loaded = self.rank_slice(loaded, shard_id)
-        if shard_id is None:
+        if shard_id is None or layout is None:
             param.data.copy_(loaded)
             return
+        dim, pack = layout
         start, size = self.shards[shard_id]
-        param.data[start : start + size].copy_(loaded)
+        if start % pack or size % pack:
+            raise ValueError(
+                f"shard {shard_id!r} (outputs {start}..{start + size}) does not fall on the "
+                f"{pack}-feature elements of its packed parameter; this model's shapes cannot "
+                f"be loaded in this format"
+            )
+        param.data.narrow(dim, start // pack, size // pack).copy_(loaded)
+
+    def _name_of(self, param: nn.Parameter) -> str:
+        return next(name for name, p in self._parameters.items() if p is param)
 
     def rank_slice(self, loaded: torch.Tensor, shard_id: ShardId | None) -> torch.Tensor:
         """This rank's part of a checkpoint tensor: its block along `tp_dim` (a bias is split
@@ -96,16 +136,18 @@ class LinearBase(nn.Module):
             return loaded
         return loaded.chunk(tp_size(), dim)[tp_rank()]
 
-    def split_packed(self, loaded: torch.Tensor) -> dict[ShardId, torch.Tensor]:
+    def split_packed(
+        self, loaded: torch.Tensor, dim: int = 0, pack: int = 1
+    ) -> dict[ShardId, torch.Tensor]:
         """A whole packed checkpoint tensor (weight or bias) cut into its shards, which it
-        holds one after another in shard order."""
-        sizes = [self.full_sizes[s] for s in self.shards]
-        return dict(zip(self.shards, loaded.split(sizes), strict=True))
+        holds one after another in shard order along `dim` (`pack` features an element)."""
+        sizes = [self.full_sizes[s] // pack for s in self.shards]
+        return dict(zip(self.shards, loaded.split(sizes, dim), strict=True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             return self.packed(x)
-        return F.linear(x, self.weight, self.bias)
+        return self.method.apply(self, x)
 
     def pack(self) -> None:
         """Keep the weight only in the CPU's packed layout (one copy of each matrix)."""
@@ -161,8 +203,14 @@ class RowParallelLinear(LinearBase):
 class MergedColumnParallelLinear(ColumnParallelLinear):
     """Several column-parallel outputs in one matmul (gate and up): shard i fills the i-th."""
 
-    def __init__(self, input_size: int, output_sizes: list[int], bias: bool = False) -> None:
-        super().__init__(input_size, sum(output_sizes), bias)
+    def __init__(
+        self,
+        input_size: int,
+        output_sizes: list[int],
+        bias: bool = False,
+        quant_config: QuantConfig | None = None,
+    ) -> None:
+        super().__init__(input_size, sum(output_sizes), bias, quant_config)
         local = [divide(size, "intermediate features") for size in output_sizes]
         starts = [sum(local[:i]) for i in range(len(local))]
         self.shards = {
@@ -179,11 +227,17 @@ class QKVParallelLinear(ColumnParallelLinear):
     tp_dim = None  # split by heads in `rank_slice`, not in equal blocks of the packed rows
 
     def __init__(
-        self, hidden_size: int, head_dim: int, num_heads: int, num_kv_heads: int, bias: bool = False
+        self,
+        hidden_size: int,
+        head_dim: int,
+        num_heads: int,
+        num_kv_heads: int,
+        bias: bool = False,
+        quant_config: QuantConfig | None = None,
     ) -> None:
         kv_local = local_kv_heads(num_heads, num_kv_heads)
         q_size, kv_size = num_heads // tp_size() * head_dim, kv_local * head_dim
-        super().__init__(hidden_size, q_size + 2 * kv_size, bias)
+        super().__init__(hidden_size, q_size + 2 * kv_size, bias, quant_config)
         self.head_dim, self.num_kv_heads, self.kv_local = head_dim, num_kv_heads, kv_local
         self.shards = {"q": (0, q_size), "k": (q_size, kv_size), "v": (q_size + kv_size, kv_size)}
         full_kv = num_kv_heads * head_dim
@@ -205,20 +259,32 @@ class GroupedQKVParallelLinear(QKVParallelLinear):
     [q; k; v] layout of `QKVParallelLinear`, so attention and tensor parallelism see no
     difference."""
 
-    def split_packed(self, loaded: torch.Tensor) -> dict[ShardId, torch.Tensor]:
-        groups = loaded.unflatten(0, (self.num_kv_heads, -1, self.head_dim))
-        return {
+    def split_packed(
+        self, loaded: torch.Tensor, dim: int = 0, pack: int = 1
+    ) -> dict[ShardId, torch.Tensor]:
+        groups = loaded.movedim(dim, 0).unflatten(0, (self.num_kv_heads, -1, self.head_dim // pack))
+        parts = {
             "q": groups[:, :-2].flatten(0, 2),
             "k": groups[:, -2].flatten(0, 1),
             "v": groups[:, -1].flatten(0, 1),
         }
+        return {shard: part.movedim(0, dim) for shard, part in parts.items()}
 
 
 def prepare_linears(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
-    """After loading: each linear takes its backend's weight layout, where there is one."""
+    """After loading: each linear takes its method's layout on `device` (a quantized one may
+    turn dense), then GGUF blocks their kernels, then the backend's own dense weight layout,
+    where there is one."""
+    for module in model.modules():
+        if isinstance(module, LinearBase):
+            module.method.process_weights_after_loading(module, device)
     packable = can_pack(device, dtype)
     for module in list(model.modules()):
         if getattr(module, "quantized", None) and module.pack_quantized():
             continue
+        if isinstance(module, LinearBase) and not isinstance(
+            module.method, UnquantizedLinearMethod
+        ):
+            continue  # a quantized weight that stays so: its method's kernel runs it
         if packable and callable(getattr(module, "pack", None)):  # a linear, or a tied LM head
             module.pack()

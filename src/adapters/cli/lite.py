@@ -1,0 +1,78 @@
+"""`lmdeploy lite ...`: offline quantisation commands (LMDeploy 0.6.5's flags)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ...application.quantization.calib_data import PUBLIC_DATASETS
+from ...application.quantization.smooth_quant import QUANT_DTYPES, SmoothQuantOptions
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    lite = subparsers.add_parser("lite", help="compress a model: quantise its weights offline")
+    commands = lite.add_subparsers(dest="lite_command", required=True)
+    _add_smooth_quant(commands)
+
+
+def _add_calibration_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", help="the model to quantise: a local HF directory or .gguf file")
+    parser.add_argument("--work-dir", default="./work_dir", help="where the result is written")
+    parser.add_argument(
+        "--calib-dataset",
+        default="ptb",
+        help='a local .txt file, or a .jsonl file of {"text": ...} lines; the public sets '
+        f"({', '.join(PUBLIC_DATASETS)}) need the network, which this build does not use",
+    )
+    parser.add_argument("--calib-samples", type=int, default=128, help="calibration windows")
+    parser.add_argument("--calib-seqlen", type=int, default=2048, help="tokens in a window")
+    parser.add_argument("--batch-size", type=int, default=1, help="windows a forward pass")
+    parser.add_argument(
+        "--search-scale", action="store_true", help="search the smoothing ratio (not supported)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float16", "bfloat16", "float32"],
+        help="the float type to calibrate in and of the unquantised weights "
+        "(auto: float16 on a GPU, float32 on a CPU)",
+    )
+    parser.add_argument(
+        "--device", default="auto", help="cuda or cpu (auto: cuda when there is one)"
+    )
+
+
+def _add_smooth_quant(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "smooth_quant", help="W8A8 quantisation by SmoothQuant (int8, or fp8 e4m3 for Hopper)"
+    )
+    _add_calibration_flags(parser)
+    parser.add_argument(
+        "--quant-dtype",
+        default="int8",
+        choices=sorted(QUANT_DTYPES),
+        help="the 8-bit type of weights and activations",
+    )
+    parser.set_defaults(func=run_smooth_quant)
+
+
+def _progress(iterable: Any, total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(iterable, total=total, desc="calibrating", unit="batch")
+
+
+def run_smooth_quant(args: argparse.Namespace) -> int:
+    options = SmoothQuantOptions(
+        work_dir=args.work_dir,
+        calib_dataset=args.calib_dataset,
+        calib_samples=args.calib_samples,
+        calib_seqlen=args.calib_seqlen,
+        batch_size=args.batch_size,
+        search_scale=args.search_scale,
+        dtype=args.dtype,
+        quant_dtype=args.quant_dtype,
+    )
+    work_dir = args.factories.smooth_quant(args.model, options, args.device, _progress)
+    print(f"saved the {options.quant_dtype} W8A8 checkpoint to {work_dir}")
+    return 0

@@ -1,0 +1,1 @@
+"""Offline quantisation workflows (`lmdeploy lite ...`): calibration, then a quantised checkpoint."""
