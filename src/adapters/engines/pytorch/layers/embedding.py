@@ -88,8 +88,13 @@ class ParallelLMHead(LinearBase):
         self.vocab_size = vocab_size
 
     def weight_loader(
-        self, param: nn.Parameter, loaded: torch.Tensor, shard_id: object = None
+        self, param: nn.Parameter, loaded: torch.Tensor | QuantizedWeight, shard_id: object = None
     ) -> None:
+        if isinstance(loaded, QuantizedWeight):
+            if tp_size() == 1:  # GGUF blocks kept whole, for the quantized kernels
+                super().weight_loader(param, loaded, None)
+                return
+            loaded = loaded.dequantize()
         _load_vocab_rows(param, loaded)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
