@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..domain.errors import InvalidArgument, PromptTooLong
+from ..domain.errors import InvalidArgument, PromptTooLong, UnknownAdapter
 from ..domain.sampling_params import SamplingParams
 from ..domain.sequence import FinishReason, Sequence
 from .chat_template import ChatTemplate
@@ -56,6 +56,7 @@ class PreparedRequest:
     skip_special_tokens: bool = True
     spaces_between_special_tokens: bool = True
     n: int = 1
+    adapter_name: str | None = None  # the LoRA adapter to run with (None: the base model)
 
 
 class RequestStream:
@@ -208,6 +209,7 @@ class GenerationService:
         grammar: GrammarBackend | None = None,
         max_log_len: int | None = None,
         vocab_size: int | None = None,
+        adapter_names: tuple[str, ...] = (),
     ) -> None:
         """`vocab_size`: rows of the model's embedding (default: the tokenizer's); an id
         outside it would fail the forward pass of every request sharing the step."""
@@ -219,6 +221,12 @@ class GenerationService:
         self.join_rows = join_rows
         self.grammar = grammar
         self.max_log_len = max_log_len
+        self.adapter_names = tuple(adapter_names)
+
+    def check_adapter(self, name: str | None) -> None:
+        """None (the base model) or one of the adapters the engine was started with."""
+        if name is not None and name not in self.adapter_names:
+            raise UnknownAdapter(name, self.adapter_names)
 
     def prepare(
         self,
@@ -226,8 +234,10 @@ class GenerationService:
         gen_config: GenerationConfig | None = None,
         do_preprocess: bool = True,
         grammar: GrammarSpec | None = None,
+        adapter_name: str | None = None,
     ) -> PreparedRequest:
         """`grammar` (a tool-call format) takes the place of `gen_config.response_format`."""
+        self.check_adapter(adapter_name)
         gen_config = gen_config or GenerationConfig()
         spec = grammar or parse_response_format(gen_config.response_format)
         input_ids = self.tokenize(prompt, do_preprocess)
@@ -252,6 +262,7 @@ class GenerationService:
             skip_special_tokens=gen_config.skip_special_tokens,
             spaces_between_special_tokens=gen_config.spaces_between_special_tokens,
             n=gen_config.n,
+            adapter_name=adapter_name,
         )
 
     def tokenize(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
@@ -330,6 +341,7 @@ class GenerationService:
             max_len=self.session_len,
             eos_token_ids=self.tokenizer.eos_token_ids,
             keep_cache=keep_cache,
+            adapter_name=request.adapter_name,
         )
 
     def submit(

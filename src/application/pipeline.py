@@ -115,7 +115,10 @@ class Pipeline:
         items, single = _normalize(prompts)
         configs = _configs(gen_config, len(items))
         # Every prompt is prepared before any is submitted, so one bad prompt submits nothing.
-        requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
+        requests = [
+            self._prepare(p, c, do_preprocess, adapter_name)
+            for p, c in zip(items, configs, strict=True)
+        ]
         streams = [self._submit(r, c.n) for r, c in zip(requests, configs, strict=True)]
         flat = [(i, s) for i, choices in enumerate(streams) for s in choices]
         # As 0.6.5: the batch's streams are sessions 0..n-1, so their outputs can be grouped.
@@ -130,9 +133,15 @@ class Pipeline:
             return [dataclasses.replace(request) for _ in range(n)]
         return self.service.submit_choices(request, asynchronous)
 
-    def _prepare(self, prompt: Prompt, config: GenerationConfig, do_preprocess: bool):
+    def _prepare(
+        self,
+        prompt: Prompt,
+        config: GenerationConfig,
+        do_preprocess: bool,
+        adapter_name: str | None = None,
+    ):
         try:
-            return self.service.prepare(prompt, config, do_preprocess)
+            return self.service.prepare(prompt, config, do_preprocess, adapter_name=adapter_name)
         except PromptTooLong as exc:
             # As documented for the pipeline: an over-long prompt ends at once with 'length'.
             logger.error("%s", exc)
@@ -171,7 +180,10 @@ class Pipeline:
         self._check_open(adapter_name)
         items, _ = _normalize(prompts)
         configs = _configs(gen_config, len(items))
-        requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
+        requests = [
+            self._prepare(p, c, do_preprocess, adapter_name)
+            for p, c in zip(items, configs, strict=True)
+        ]
         merged: queue.SimpleQueue = queue.SimpleQueue()
 
         def pump(index: int, stream: RequestStream | Response, session_id: int) -> None:
@@ -268,10 +280,7 @@ class Pipeline:
     def _check_open(self, adapter_name: str | None) -> None:
         if self._closed:
             raise RuntimeError("this pipeline is closed; create a new one with lmdeploy.pipeline()")
-        if adapter_name is not None:
-            raise InvalidArgument(
-                "adapter_name", "LoRA adapters are not supported by this build yet"
-            )
+        self.service.check_adapter(adapter_name)
 
     def close(self) -> None:
         if not self._closed:

@@ -30,6 +30,9 @@ class SchedulerConfig:
     # Plan each all-decode step's successor too (`StepPlan.forecast`), for a runner that starts
     # it before this step's tokens reach the host.
     forecast_decodes: bool = False
+    # LoRA adapters the runner holds at once (0: no limit); a request for another adapter
+    # waits until a running one's adapter is no longer in use.
+    max_adapters: int = 0
 
 
 @dataclass
@@ -257,6 +260,8 @@ class Scheduler:
                 if not seq.fork_parent.is_finished:
                     break  # a sibling choice waits for the shared prompt to be computed
                 seq.fork_parent = None  # the parent ended before its prompt: compute alone
+            if not self._adapter_fits(seq):
+                break  # back-pressure: every adapter slot is in use by running requests
             while not self.allocator.can_allocate(seq) and self._evict_parked():
                 pass
             if not self.allocator.can_allocate(seq):
@@ -269,6 +274,13 @@ class Scheduler:
             self.running.append(seq)
             plan.add(seq, chunk)
             budget -= chunk
+
+    def _adapter_fits(self, seq: Sequence) -> bool:
+        limit = self.config.max_adapters
+        if not limit or seq.adapter_name is None:
+            return True
+        in_use = {s.adapter_name for s in self.running} - {None}
+        return seq.adapter_name in in_use or len(in_use) < limit
 
     def _evict_parked(self) -> bool:
         """Free the oldest parked session's cache; its next turn recomputes. False if none."""

@@ -47,7 +47,7 @@ def test_engine_configs_keep_documented_defaults():
     assert (tm.cache_block_seq_len, tm.max_prefill_token_num, tm.quant_policy) == (64, 8192, 0)
 
 
-@pytest.mark.parametrize("field, value", [("tp", 2), ("quant_policy", 8), ("adapters", {"a": "b"})])
+@pytest.mark.parametrize("field, value", [("tp", 2), ("quant_policy", 8)])
 def test_unsupported_engine_fields_fail_loudly(field, value):
     with pytest.raises(InvalidArgument, match=field):
         PytorchEngineConfig(**{field: value})

@@ -14,12 +14,14 @@ from ....domain.errors import InvalidArgument
 from ...loaders import dummy
 from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
+from ...loaders.peft_adapter import read_peft_adapter
 from .layers.linear import prepare_linears
 from .models.base import CausalLM
 from .models.config import ModelConfig
 from .models.custom_map import load_custom_module_map
 from .models.registry import model_class
 from .models.weights import expected_weights, load_weights
+from .runner.lora_pool import AdapterPool
 from .runner.runner import PytorchModelRunner
 
 logger = logging.getLogger(__name__)
@@ -116,6 +118,7 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     _load(model, source, weights)
     model.eval()
     prepare_linears(model, device, dtype)
+    lora = _adapter_pool(model, config, device, dtype)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     num_blocks = _num_blocks(config, model_cfg, device, dtype)
@@ -135,10 +138,22 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         dtype,
         max_batch_size=config.max_batch_size or default_max_batch_size(device),
         max_model_len=max_model_len,
-        use_cuda_graphs=not config.eager_mode,
+        # The LoRA hooks read each step's adapter rows, which graph replays would not see.
+        use_cuda_graphs=not config.eager_mode and lora is None,
         num_cpu_blocks=config.num_cpu_blocks,
+        lora=lora,
     )
     return BuiltModel(runner, model_cfg)
+
+
+def _adapter_pool(
+    model: CausalLM, config: PytorchEngineConfig, device: torch.device, dtype: torch.dtype
+) -> AdapterPool | None:
+    if not config.adapters:
+        return None
+    adapters = [read_peft_adapter(name, path) for name, path in config.adapters.items()]
+    num_slots = min(config.max_loras or len(adapters), len(adapters))
+    return AdapterPool(model, adapters, num_slots, device, dtype)
 
 
 def default_max_batch_size(device: torch.device) -> int:

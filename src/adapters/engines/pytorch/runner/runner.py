@@ -22,6 +22,7 @@ from ..sampling.sampler import sample, top_logprobs
 from .cache_swap import CacheSwapper
 from .cuda_graph import DecodeGraphs
 from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
+from .lora_pool import AdapterPool
 from .step_extras import collect_extras, wants_extras
 
 
@@ -48,8 +49,10 @@ class PytorchModelRunner:
         max_model_len: int | None = None,
         use_cuda_graphs: bool = False,
         num_cpu_blocks: int = 0,
+        lora: AdapterPool | None = None,
     ) -> None:
         cfg = model.config
+        self.lora = lora
         self.max_batch_size = max_batch_size
         self.model = model
         self.device = device
@@ -87,6 +90,8 @@ class PytorchModelRunner:
         # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
         forced = os.environ.get("LMDEPLOY_DECODE_AHEAD")
         self.decodes_ahead = self.graphs is not None if forced is None else forced == "1"
+        # A forecast step would run without its rows' adapters (`AdapterPool.prepare`).
+        self.decodes_ahead = self.decodes_ahead and lora is None
         self._ahead: AheadStep | None = None
         self.ahead_counters = AheadCounters()
 
@@ -184,6 +189,8 @@ class PytorchModelRunner:
                 return graphs.run(plan.seqs), None
         input_ids, positions, meta = self._prepare(plan)
         cos, sin = self._cos_sin(positions, meta)
+        if self.lora is not None:
+            self.lora.prepare(plan)
         hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
         if meta.cu_seqlens_q is not None:
             last = meta.cu_seqlens_q[1:] - 1
