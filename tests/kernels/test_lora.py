@@ -56,3 +56,29 @@ def test_expand_adds_into_existing_output():
     lora_expand(lora_shrink(x, lora_a, slots), lora_b, slots, scales, out, 0, 30, 0)
     expected = base + lora_ref(x, lora_a, lora_b, slots, scales, [(0, 30)])
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_the_layers_triton_and_grouped_paths_agree():
+    """LoraStack's CUDA path (these kernels) and its CPU path (grouped by adapter) add the
+    same delta to a packed q/k/v output, with graph rows padded by base rows."""
+    from lmdeploy.adapters.engines.pytorch.layers.lora import LoraBatch, LoraStack
+
+    torch.manual_seed(2)
+    shards, rank, in_size, num_slots = [(0, 40), (40, 24), (64, 24)], 8, 36, 3
+    batch = LoraBatch(scales=torch.tensor([0.5, 2.0, 1.0], device=DEVICE))
+    stack = LoraStack(batch, shards, rank, in_size, num_slots, DEVICE, torch.float32)
+    stack.lora_a.normal_()
+    stack.lora_b.normal_()
+    x, base = torch.randn(6, in_size, device=DEVICE), torch.randn(6, 88, device=DEVICE)
+    rows = [2, -1, 0, 2, 1, -1]
+    batch.set_rows(rows, torch.device("cpu"))  # groups by adapter, as on a CPU
+    batch.groups = [(slot, index.to(DEVICE)) for slot, index in batch.groups]
+    grouped = base.clone()
+    stack._add_grouped(x, grouped)
+    batch.graph_rows = torch.full((8,), -1, dtype=torch.int32, device=DEVICE)
+    batch.use_graph_rows(6)
+    batch.load_graph_rows(rows)
+    triton_out = base.clone()
+    stack._add_triton(x, triton_out)
+    torch.testing.assert_close(triton_out, grouped, atol=1e-4, rtol=1e-4)
+    assert torch.equal(grouped[1], base[1]) and not torch.equal(grouped[0], base[0])

@@ -118,7 +118,8 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     _load(model, source, weights)
     model.eval()
     prepare_linears(model, device, dtype)
-    lora = _adapter_pool(model, config, device, dtype)
+    max_batch_size = config.max_batch_size or default_max_batch_size(device)
+    lora = _adapter_pool(model, config, device, dtype, max_batch_size)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     num_blocks = _num_blocks(config, model_cfg, device, dtype)
@@ -136,10 +137,9 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
         config.block_size,
         device,
         dtype,
-        max_batch_size=config.max_batch_size or default_max_batch_size(device),
+        max_batch_size=max_batch_size,
         max_model_len=max_model_len,
-        # The LoRA hooks read each step's adapter rows, which graph replays would not see.
-        use_cuda_graphs=not config.eager_mode and lora is None,
+        use_cuda_graphs=not config.eager_mode,
         num_cpu_blocks=config.num_cpu_blocks,
         lora=lora,
     )
@@ -147,13 +147,17 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
 
 
 def _adapter_pool(
-    model: CausalLM, config: PytorchEngineConfig, device: torch.device, dtype: torch.dtype
+    model: CausalLM,
+    config: PytorchEngineConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_batch_size: int,
 ) -> AdapterPool | None:
     if not config.adapters:
         return None
     adapters = [read_peft_adapter(name, path) for name, path in config.adapters.items()]
     num_slots = min(config.max_loras or len(adapters), len(adapters))
-    return AdapterPool(model, adapters, num_slots, device, dtype)
+    return AdapterPool(model, adapters, num_slots, device, dtype, max_graph_rows=max_batch_size)
 
 
 def default_max_batch_size(device: torch.device) -> int:

@@ -24,6 +24,17 @@ class LoraBatch:
     # (slot, rows) of each adapter the step touches, for the CPU path (no device sync there).
     groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     scales: torch.Tensor | None = None  # [num_slots] float32 on the device
+    # The rows a CUDA graph reads: captured at its address, rewritten before each replay.
+    graph_rows: torch.Tensor | None = None
+
+    def use_graph_rows(self, size: int) -> None:
+        """While capturing the decode graph of `size` rows: read the persistent rows."""
+        self.slots, self.groups = self.graph_rows[:size], []
+
+    def load_graph_rows(self, row_slots: list[int]) -> None:
+        """Before a replay: each row's slot, the padding rows' -1 (the base model)."""
+        padded = row_slots + [-1] * (self.graph_rows.numel() - len(row_slots))
+        self.graph_rows.copy_(torch.tensor(padded, dtype=torch.int32))
 
     def set_rows(self, row_slots: list[int], device: torch.device) -> None:
         self.slots = torch.tensor(row_slots, dtype=torch.int32, device=device)

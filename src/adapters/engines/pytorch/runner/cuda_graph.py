@@ -19,6 +19,7 @@ from .....domain.sequence import Sequence
 from ..backends.attention_metadata import AttentionMetadata
 from ..models.base import CausalLM
 from .decode_inputs import DecodeInputs
+from .lora_pool import AdapterPool
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +39,10 @@ class DecodeGraphs:
         max_batch_size: int,
         max_blocks_per_seq: int,
         block_size: int,
+        lora: AdapterPool | None = None,
     ) -> None:
         self.model = model
+        self.lora = lora  # its hooks read per-row adapter slots from rows the graphs capture
         self.kv_caches = kv_caches
         self.cos, self.sin = cos, sin
         self.sizes = bucket_sizes(max_batch_size)
@@ -60,6 +63,8 @@ class DecodeGraphs:
             num_cached_list=[],
         )
         positions = inputs.positions[:size]
+        if self.lora is not None:
+            self.lora.batch.use_graph_rows(size)
         hidden = self.model(
             inputs.input_ids[:size], self.cos[positions], self.sin[positions], self.kv_caches, meta
         )
@@ -107,5 +112,7 @@ class DecodeGraphs:
         `ids_from` as in `DecodeInputs.load`, for a step started ahead)."""
         size = self.sizes[bisect.bisect_left(self.sizes, len(seqs))]
         self.inputs.load(seqs, lag, ids_from)
+        if self.lora is not None:
+            self.lora.prepare_graph(seqs)
         self.graphs[size].replay()
         return self.logits[size][: len(seqs)]

@@ -13,6 +13,7 @@ from collections import OrderedDict
 import torch
 
 from .....domain.scheduler import StepPlan
+from .....domain.sequence import Sequence
 from ....loaders.peft_adapter import LoraWeights, PeftAdapter
 from ..layers.linear import LinearBase
 from ..layers.lora import LoraBatch, LoraStack
@@ -30,11 +31,17 @@ class AdapterPool:
         num_slots: int,
         device: torch.device,
         dtype: torch.dtype,
+        max_graph_rows: int = 0,
     ) -> None:
+        """`max_graph_rows`: the largest decode batch a CUDA graph replays (0: no graphs)."""
         self.num_slots = num_slots
         self.device = device
         self.rank = max(a.rank for a in adapters)
         self.batch = LoraBatch(scales=torch.zeros(num_slots, device=device))
+        if device.type == "cuda":
+            self.batch.graph_rows = torch.full(
+                (max_graph_rows,), -1, dtype=torch.int32, device=device
+            )
         self._scaling = {a.name: a.scaling for a in adapters}
         self._host: dict[str, _HostWeights] = {}
         self.stacks: dict[str, LoraStack] = {}
@@ -87,15 +94,23 @@ class AdapterPool:
     # -- per step --------------------------------------------------------------------------
     def prepare(self, plan: StepPlan) -> None:
         """Make the step's adapters resident and tell every hook each token row's slot."""
-        names = {seq.adapter_name for seq in plan.seqs} - {None}
-        if not names:
-            self.batch.slots = None
+        if all(seq.adapter_name is None for seq in plan.seqs):
+            self.batch.slots = None  # the hooks step aside
             return
-        slot_of = {name: self._acquire(name, names) for name in names}
+        slot_of = self._acquire_all(plan.seqs)
         rows: list[int] = []
         for seq, num in zip(plan.seqs, plan.num_scheduled, strict=True):
             rows += [slot_of.get(seq.adapter_name, -1)] * num
         self.batch.set_rows(rows, self.device)
+
+    def prepare_graph(self, seqs: list[Sequence]) -> None:
+        """The same for a decode graph's replay: one row per sequence, in the graph's rows."""
+        slot_of = self._acquire_all(seqs)
+        self.batch.load_graph_rows([slot_of.get(seq.adapter_name, -1) for seq in seqs])
+
+    def _acquire_all(self, seqs: list[Sequence]) -> dict[str | None, int]:
+        names = {seq.adapter_name for seq in seqs} - {None}
+        return {name: self._acquire(name, names) for name in names}
 
     def _acquire(self, name: str, in_step: set[str]) -> int:
         if name not in self._host:

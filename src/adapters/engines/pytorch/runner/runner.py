@@ -83,6 +83,7 @@ class PytorchModelRunner:
                 max_batch_size,
                 -(-max_len // block_size),
                 block_size,
+                lora,
             )
             self.graphs.capture()
         # Start each forecast decode step before the current step's tokens reach the host
