@@ -31,13 +31,18 @@ class LoraSetup:
     adapter_dirs: dict[str, Path]
 
 
-def make_lora_setup(root: Path, hf_tokenizer) -> LoraSetup:
+def make_lora_setup(
+    root: Path, hf_tokenizer, names: tuple[str, ...] = tuple(ADAPTERS)
+) -> LoraSetup:
+    """The base checkpoint and the adapters `names` of `ADAPTERS`, under `root`."""
     from peft import LoraConfig, get_peft_model
 
     base_dir = root / "base"
     save_tiny_checkpoint(CONFIG, base_dir, hf_tokenizer)
     dirs = {}
     for seed, (name, (rank, alpha, targets, rslora)) in enumerate(ADAPTERS.items(), start=1):
+        if name not in names:
+            continue
         config = LoraConfig(
             r=rank, lora_alpha=alpha, target_modules=targets, use_rslora=rslora,
             init_lora_weights=False,
