@@ -250,17 +250,18 @@ class Pipeline:
         session: ChatSession | None = None,
         gen_config: GenerationConfig | None = None,
         stream_response: bool = False,
+        adapter_name: str | None = None,
         **kwargs: Any,
     ) -> ChatSession | Iterator[Response]:
         """One turn of a conversation whose history (and its KV cache) the engine keeps, so the
         next turn prefills only its new tokens. Returns the session (its `response` holds this
         turn), or with `stream_response` an iterator of deltas that fills the session in."""
-        self._check_open(None)
+        self._check_open(adapter_name)
         if gen_config is not None and gen_config.n != 1:
             raise InvalidArgument("n", "a chat session holds one reply per turn; use n=1")
         session = session or ChatSession(next(_chat_ids), self)
         outputs = self._sessions.chat_sync(
-            session.session_id, prompt, gen_config or GenerationConfig()
+            session.session_id, prompt, gen_config or GenerationConfig(), adapter_name
         )
         if stream_response:
             return session._stream(prompt, outputs)

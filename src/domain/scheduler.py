@@ -255,18 +255,18 @@ class Scheduler:
 
     def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
         while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
-            seq = self.waiting[0]
+            seq = self._next_admissible()
+            if seq is None:
+                break  # back-pressure: every adapter slot is in use by running requests
             if seq.fork_parent is not None:
                 if not seq.fork_parent.is_finished:
                     break  # a sibling choice waits for the shared prompt to be computed
                 seq.fork_parent = None  # the parent ended before its prompt: compute alone
-            if not self._adapter_fits(seq):
-                break  # back-pressure: every adapter slot is in use by running requests
             while not self.allocator.can_allocate(seq) and self._evict_parked():
                 pass
             if not self.allocator.can_allocate(seq):
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             # Allocating reuses cached prefix blocks, which shortens what is left to compute.
             self.allocator.allocate(seq)
             chunk = min(seq.num_new_tokens, budget)
@@ -274,6 +274,12 @@ class Scheduler:
             self.running.append(seq)
             plan.add(seq, chunk)
             budget -= chunk
+
+    def _next_admissible(self) -> Sequence | None:
+        """The oldest waiting sequence whose LoRA adapter can be resident: a request for an
+        adapter without a free slot lets later requests for resident adapters (or the base
+        model) pass instead of blocking the queue."""
+        return next((seq for seq in self.waiting if self._adapter_fits(seq)), None)
 
     def _adapter_fits(self, seq: Sequence) -> bool:
         limit = self.config.max_adapters

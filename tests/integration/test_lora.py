@@ -90,3 +90,12 @@ def test_adapter_of_another_shape_is_refused_naming_the_tensor(setup, tmp_path):
     config = PytorchEngineConfig(session_len=256, adapters={"bad": str(bad)})
     with pytest.raises(ValueError, match=r"model\.layers\.1\.mlp\.down_proj\.lora_A\.weight"):
         pipeline(str(setup.base_dir), backend_config=config)
+
+
+def test_chat_session_keeps_its_adapter(setup, prompt):
+    with _pipe(setup) as pipe:
+        gen = GenerationConfig(max_new_tokens=4)
+        session = pipe.chat("Hello", gen_config=gen, adapter_name="kou8")
+        pipe.chat("More", session=session, gen_config=gen, adapter_name="kou8")
+        with pytest.raises(ValueError, match="runs with adapter 'kou8'"):
+            pipe.chat("Again", session=session, gen_config=gen)

@@ -40,11 +40,32 @@ def test_a_request_for_a_third_adapter_waits_for_a_free_slot():
     for seq in (a, b, base, c, a2):
         sched.add(seq)
     plan = sched.schedule()
-    # c waits at the head of the queue (arrival order), so a2 behind it waits too
-    assert plan.seqs == [a, b, base]
+    # c waits; a2 behind it runs on a's resident adapter rather than queue behind c
+    assert plan.seqs == [a, b, base, a2]
     assert c.status is SequenceStatus.WAITING
-    while not a.is_finished:
+    while not (a.is_finished and a2.is_finished):
         plan = sched.schedule()
         sched.postprocess(plan, [7] * len(plan.seqs))
     plan = sched.schedule()
     assert c in plan.seqs and len({s.adapter_name for s in sched.running} - {None}) <= 2
+
+
+def test_cli_adapters_are_name_path_pairs_or_one_bare_path():
+    import argparse
+
+    import pytest
+
+    from lmdeploy.adapters.cli.options import add_engine_options, engine_config_from
+
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+
+    def parse(*argv):
+        return engine_config_from(parser.parse_args(list(argv)))
+
+    config = parse("--adapters", "a=/x", "b=/y", "--max-loras", "1")
+    assert config.adapters == {"a": "/x", "b": "/y"} and config.max_loras == 1
+    assert parse("--adapters", "/only").adapters == {"default": "/only"}
+    assert parse().adapters is None
+    with pytest.raises(SystemExit, match="name=path"):
+        parse("--adapters", "a=/x", "/y")
