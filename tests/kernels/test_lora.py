@@ -6,21 +6,28 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmdeploy.kernels.lora import lora_expand, lora_ref, lora_shrink
+from lmdeploy.kernels.lora import lora_expand, lora_ref, lora_segments, lora_shrink
 
 from ._util import DEVICE, DTYPES, TOL
 
-# (tokens, in, shard sizes, rank, slots)
+# (tokens, in, shard sizes, rank, slots): segments longer than a row tile (16) too
 CASES = [(5, 72, [72], 8, 3), (9, 100, [40, 24, 24], 16, 2), (3, 33, [50, 50], 5, 4)]
+CASES += [(41, 130, [70, 20, 20], 24, 2)]
+
+
+def segments_of(slots: torch.Tensor, num_slots: int) -> tuple[torch.Tensor, ...]:
+    parts = lora_segments(slots.tolist(), num_slots)
+    return tuple(torch.tensor(p, dtype=torch.int32, device=DEVICE) for p in parts)
 
 
 def _delta(x, lora_a, lora_b, slots, scales, sizes):
     starts = [sum(sizes[:i]) for i in range(len(sizes))]
     out = torch.zeros(x.shape[0], sum(sizes), dtype=x.dtype, device=DEVICE)
-    xa = lora_shrink(x, lora_a, slots)
+    segments = segments_of(slots, lora_a.shape[0])
+    xa = lora_shrink(x, lora_a, *segments)
     rank = lora_b.shape[2]
     for s, (start, size) in enumerate(zip(starts, sizes, strict=True)):
-        lora_expand(xa, lora_b, slots, scales, out, start, size, s * rank)
+        lora_expand(xa, lora_b, *segments, scales, out, start, size, s * rank)
     return out, list(zip(starts, sizes, strict=True))
 
 
@@ -33,9 +40,11 @@ def test_matches_reference(case, dtype):
     lora_a = torch.randn(num_slots, len(sizes) * rank, in_size, dtype=dtype, device=DEVICE)
     lora_b = torch.randn(num_slots, sum(sizes), rank, dtype=dtype, device=DEVICE)
     scales = torch.rand(num_slots, device=DEVICE) + 0.5
-    # every slot, and base rows (-1) between them
+    # every slot, base rows (-1) between them, and past row 20 a long run of slot 0
     slots = torch.tensor(
-        [(t % (num_slots + 1)) - 1 for t in range(num_tokens)], dtype=torch.int32, device=DEVICE
+        [0 if t >= 20 else (t % (num_slots + 1)) - 1 for t in range(num_tokens)],
+        dtype=torch.int32,
+        device=DEVICE,
     )
     out, shards = _delta(x, lora_a, lora_b, slots, scales, sizes)
     ref = lora_ref(x, lora_a, lora_b, slots, scales, shards).to(dtype)
@@ -53,7 +62,8 @@ def test_expand_adds_into_existing_output():
     scales = torch.tensor([2.0], device=DEVICE)
     base = torch.randn(4, 30, device=DEVICE)
     out = base.clone()
-    lora_expand(lora_shrink(x, lora_a, slots), lora_b, slots, scales, out, 0, 30, 0)
+    segments = segments_of(slots, 1)
+    lora_expand(lora_shrink(x, lora_a, *segments), lora_b, *segments, scales, out, 0, 30, 0)
     expected = base + lora_ref(x, lora_a, lora_b, slots, scales, [(0, 30)])
     torch.testing.assert_close(out, expected, atol=1e-4, rtol=1e-4)
 
@@ -65,7 +75,7 @@ def test_the_layers_triton_and_grouped_paths_agree():
 
     torch.manual_seed(2)
     shards, rank, in_size, num_slots = [(0, 40), (40, 24), (64, 24)], 8, 36, 3
-    batch = LoraBatch(scales=torch.tensor([0.5, 2.0, 1.0], device=DEVICE))
+    batch = LoraBatch(num_slots, torch.tensor([0.5, 2.0, 1.0], device=DEVICE))
     stack = LoraStack(batch, shards, rank, in_size, num_slots, DEVICE, torch.float32)
     stack.lora_a.normal_()
     stack.lora_b.normal_()
@@ -75,7 +85,7 @@ def test_the_layers_triton_and_grouped_paths_agree():
     batch.groups = [(slot, index.to(DEVICE)) for slot, index in batch.groups]
     grouped = base.clone()
     stack._add_grouped(x, grouped)
-    batch.graph_rows = torch.full((8,), -1, dtype=torch.int32, device=DEVICE)
+    batch.graph_segments = torch.zeros(2 * num_slots + 8, dtype=torch.int32, device=DEVICE)
     batch.use_graph_rows(6)
     batch.load_graph_rows(rows)
     triton_out = base.clone()

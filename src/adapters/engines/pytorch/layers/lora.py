@@ -3,9 +3,9 @@
 
 Each adapted linear holds stacked weights for the resident adapter slots (`LoraStack`); the
 step's rows name their slot in the shared `LoraBatch` the runner fills before each forward
-pass (-1: the base model). On CUDA the Triton shrink/expand kernels gather each row's slot in
-one launch; on a CPU a torch path groups rows by adapter (one matmul pair per adapter the step
-touches, not per request).
+pass (-1: the base model). On CUDA the Triton shrink/expand kernels take the rows grouped by
+slot (segments) and serve every adapter of the step in one launch each; on a CPU a torch path
+groups rows by adapter too (one matmul pair per adapter the step touches, not per request).
 """
 
 from __future__ import annotations
@@ -20,35 +20,44 @@ from torch import nn
 class LoraBatch:
     """The step's adapter of each token row; set by the runner, read by every hook."""
 
-    slots: torch.Tensor | None = None  # [num_tokens] int32 on the device, -1 = base
-    # (slot, rows) of each adapter the step touches, for the CPU path (no device sync there).
+    num_slots: int
+    scales: torch.Tensor  # [num_slots] float32 on the device
+    active: bool = False  # False: no row of the step has an adapter; the hooks step aside
+    # CUDA: the rows grouped by slot (order, seg_start, seg_len), int32 on the device.
+    segments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    # CPU: (slot, rows) of each adapter the step touches.
     groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    scales: torch.Tensor | None = None  # [num_slots] float32 on the device
-    # The rows a CUDA graph reads: captured at its address, rewritten before each replay.
-    graph_rows: torch.Tensor | None = None
-
-    def use_graph_rows(self, size: int) -> None:
-        """While capturing the decode graph of `size` rows: read the persistent rows."""
-        self.slots, self.groups = self.graph_rows[:size], []
-
-    def load_graph_rows(self, row_slots: list[int]) -> None:
-        """Before a replay: each row's slot, the padding rows' -1 (the base model)."""
-        padded = row_slots + [-1] * (self.graph_rows.numel() - len(row_slots))
-        self.graph_rows.copy_(torch.tensor(padded, dtype=torch.int32))
+    # The segments a CUDA graph reads: captured at their address, rewritten before each replay.
+    graph_segments: torch.Tensor | None = None
 
     def set_rows(self, row_slots: list[int], device: torch.device) -> None:
-        self.slots = torch.tensor(row_slots, dtype=torch.int32, device=device)
-        self.groups = []
-        if device.type != "cuda":
-            by_slot: dict[int, list[int]] = {}
-            for row, slot in enumerate(row_slots):
-                if slot >= 0:
-                    by_slot.setdefault(slot, []).append(row)
-            self.groups = [(s, torch.tensor(rows)) for s, rows in by_slot.items()]
+        self.active = True
+        if device.type == "cuda":
+            from ..backends.cuda.lora import pack_segments, split_segments
 
-    @property
-    def active(self) -> bool:
-        return self.slots is not None
+            num = len(row_slots)
+            packed = pack_segments(row_slots, self.num_slots, num).to(device)
+            self.segments = split_segments(packed, self.num_slots, num)
+            return
+        by_slot: dict[int, list[int]] = {}
+        for row, slot in enumerate(row_slots):
+            if slot >= 0:
+                by_slot.setdefault(slot, []).append(row)
+        self.groups = [(s, torch.tensor(rows)) for s, rows in by_slot.items()]
+
+    def use_graph_rows(self, size: int) -> None:
+        """While capturing the decode graph of `size` rows: read the persistent segments."""
+        from ..backends.cuda.lora import split_segments
+
+        self.active = True
+        self.segments = split_segments(self.graph_segments, self.num_slots, size)
+
+    def load_graph_rows(self, row_slots: list[int]) -> None:
+        """Before a replay: each row's slot; the padding rows are the base model's."""
+        from ..backends.cuda.lora import pack_segments
+
+        max_rows = self.graph_segments.numel() - 2 * self.num_slots
+        self.graph_segments.copy_(pack_segments(row_slots, self.num_slots, max_rows))
 
 
 class LoraStack(nn.Module):
@@ -90,7 +99,7 @@ class LoraStack(nn.Module):
 
         batch = self.batch
         add_lora(
-            x, out, self.lora_a, self.lora_b, batch.slots, batch.scales, self.shards, self.rank
+            x, out, self.lora_a, self.lora_b, batch.segments, batch.scales, self.shards, self.rank
         )
 
     def _add_grouped(self, x: torch.Tensor, out: torch.Tensor) -> None:

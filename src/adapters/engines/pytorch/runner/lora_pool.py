@@ -37,10 +37,10 @@ class AdapterPool:
         self.num_slots = num_slots
         self.device = device
         self.rank = max(a.rank for a in adapters)
-        self.batch = LoraBatch(scales=torch.zeros(num_slots, device=device))
+        self.batch = LoraBatch(num_slots, torch.zeros(num_slots, device=device))
         if device.type == "cuda":
-            self.batch.graph_rows = torch.full(
-                (max_graph_rows,), -1, dtype=torch.int32, device=device
+            self.batch.graph_segments = torch.zeros(
+                2 * num_slots + max_graph_rows, dtype=torch.int32, device=device
             )
         self._scaling = {a.name: a.scaling for a in adapters}
         self._host: dict[str, _HostWeights] = {}
@@ -69,6 +69,11 @@ class AdapterPool:
                 a = torch.zeros(len(shards) * self.rank, linear.input_size, dtype=dtype)
                 b = torch.zeros(linear.output_size, self.rank, dtype=dtype)
                 host[linear_name] = (a.pin_memory(), b.pin_memory()) if pin else (a, b)
+            if shard not in shards:  # e.g. Phi-3's qkv_proj, saved packed in the checkpoint
+                raise ValueError(
+                    f"adapter {adapter.name!r}: {module_name} adapts a packed weight whole; "
+                    "LoRA is supported on separate q/k/v and gate/up projections only"
+                )
             index = list(shards).index(shard)
             start, size = shards[shard]
             _check_shapes(adapter, module_name, weights, linear.input_size, size)
@@ -95,7 +100,7 @@ class AdapterPool:
     def prepare(self, plan: StepPlan) -> None:
         """Make the step's adapters resident and tell every hook each token row's slot."""
         if all(seq.adapter_name is None for seq in plan.seqs):
-            self.batch.slots = None  # the hooks step aside
+            self.batch.active = False
             return
         slot_of = self._acquire_all(plan.seqs)
         rows: list[int] = []
