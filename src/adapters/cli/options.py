@@ -119,9 +119,11 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def engine_config_from(args: argparse.Namespace) -> PytorchEngineConfig | TurbomindEngineConfig:
-    if args.backend == "turbomind":
-        return TurbomindEngineConfig(**_given(args, TurbomindEngineConfig))
     adapters = _adapters(getattr(args, "adapters", None))
+    if args.backend == "turbomind":
+        if adapters:
+            raise SystemExit("--adapters: LoRA adapters are served by the pytorch backend only")
+        return TurbomindEngineConfig(**_given(args, TurbomindEngineConfig))
     return PytorchEngineConfig(**_given(args, PytorchEngineConfig), adapters=adapters)
 
 

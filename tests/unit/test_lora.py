@@ -1,5 +1,6 @@
-"""LoRA in the domain: the prefix cache is keyed by adapter, and the scheduler holds back a
-request whose adapter would exceed the runner's resident slots (back-pressure, no error)."""
+"""LoRA without a model: the prefix cache is keyed by adapter, the scheduler holds back a
+request whose adapter would exceed the runner's resident slots (back-pressure, no error), and
+the CLI's --adapters flag."""
 
 from lmdeploy.domain.block_allocator import BlockAllocator
 from lmdeploy.domain.sampling_params import SamplingParams
@@ -69,3 +70,5 @@ def test_cli_adapters_are_name_path_pairs_or_one_bare_path():
     assert parse().adapters is None
     with pytest.raises(SystemExit, match="name=path"):
         parse("--adapters", "a=/x", "/y")
+    with pytest.raises(SystemExit, match="pytorch backend only"):
+        parse("--backend", "turbomind", "--adapters", "a=/x")
