@@ -52,3 +52,17 @@ def test_an_unknown_adapter_is_404_model_not_found(lora_server):
             model="no-such-lora", messages=[{"role": "user", "content": "hi"}]
         )
     assert caught.value.body["code"] == "model_not_found"
+
+
+def test_chat_completions_run_the_adapter_named(lora_server):
+    setup, running = lora_server
+    client = openai.OpenAI(api_key="none", base_url=f"{running.url}/v1")
+    texts = {}
+    for name in (str(setup.base_dir), *SERVED):
+        reply = client.chat.completions.create(
+            model=name, messages=[{"role": "user", "content": "Hello"}], max_tokens=MAX_NEW,
+            temperature=0, extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        assert reply.model == name
+        texts[name] = reply.choices[0].message.content
+    assert len(set(texts.values())) == len(texts), texts  # each adapter changes the reply

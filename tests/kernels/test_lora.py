@@ -8,7 +8,7 @@ import torch
 
 from lmdeploy.kernels.lora import lora_expand, lora_ref, lora_segments, lora_shrink
 
-from ._util import DEVICE, DTYPES, TOL
+from ._util import DEVICE, DTYPES
 
 # (tokens, in, shard sizes, rank, slots): segments longer than a row tile (16) too
 CASES = [(5, 72, [72], 8, 3), (9, 100, [40, 24, 24], 16, 2), (3, 33, [50, 50], 5, 4)]
@@ -37,8 +37,10 @@ def test_matches_reference(case, dtype):
     num_tokens, in_size, sizes, rank, num_slots = case
     torch.manual_seed(0)
     x = torch.randn(num_tokens, in_size, dtype=dtype, device=DEVICE)
-    lora_a = torch.randn(num_slots, len(sizes) * rank, in_size, dtype=dtype, device=DEVICE)
-    lora_b = torch.randn(num_slots, sum(sizes), rank, dtype=dtype, device=DEVICE)
+    # scaled so that deltas are O(1), where half-precision tolerances mean something
+    lora_a = torch.randn(num_slots, len(sizes) * rank, in_size, device=DEVICE) * in_size**-0.5
+    lora_b = torch.randn(num_slots, sum(sizes), rank, device=DEVICE) * rank**-0.5
+    lora_a, lora_b = lora_a.to(dtype), lora_b.to(dtype)
     scales = torch.rand(num_slots, device=DEVICE) + 0.5
     # every slot, base rows (-1) between them, and past row 20 a long run of slot 0
     slots = torch.tensor(
@@ -48,7 +50,8 @@ def test_matches_reference(case, dtype):
     )
     out, shards = _delta(x, lora_a, lora_b, slots, scales, sizes)
     ref = lora_ref(x, lora_a, lora_b, slots, scales, shards).to(dtype)
-    tol = TOL[dtype] if dtype != torch.float32 else {"atol": 1e-4, "rtol": 1e-4}
+    # half types: x @ A^T is rounded to the weights' dtype before the second matmul
+    tol = {"atol": 1e-4, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 3e-2, "rtol": 3e-2}
     torch.testing.assert_close(out, ref, **tol)
     assert not out[slots < 0].any(), "a base-model row got a LoRA delta"
 

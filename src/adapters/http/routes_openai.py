@@ -130,7 +130,6 @@ async def chat_completions(
     choice = body.tool_choice
     tool_choice = choice.model_dump() if isinstance(choice, NamedToolChoice) else choice
     # Off the event loop: tokenizing a long prompt must not stall other requests and /health.
-    adapter = _adapter_of(svc, body.model)
     request, parser = await asyncio.to_thread(
         prepare_chat,
         generation,
@@ -140,8 +139,8 @@ async def chat_completions(
         tool_choice,
         get_tool_parser,
         body.parallel_tool_calls,
+        _adapter_of(svc, body.model),
     )
-    request.adapter_name = adapter
     streams = generation.submit_choices(request, asynchronous=True)
     request_id, model = new_id("chatcmpl"), body.model or svc.model_name
     tokenizer = generation.tokenizer
