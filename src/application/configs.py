@@ -206,6 +206,9 @@ class PytorchEngineConfig:
     # Not in 0.6.5's PytorchEngineConfig (TurboMind's field): 'awq' / 'gptq' for a 4-bit
     # checkpoint that lacks a quantization_config, or with load_format='dummy'.
     model_format: str | None = None
+    # Not in 0.6.5: LoRA adapters resident on the device at once (0: all of `adapters`); the
+    # others wait in host memory and are swapped in when a request needs them.
+    max_loras: int = 0
     # Not a documented argument: TurbomindEngineConfig.rope_scaling_factor arrives here through
     # `to_pytorch` (an HF-style rope_scaling dict that overrides the model's own).
     rope_scaling: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -244,11 +247,23 @@ class PytorchEngineConfig:
                 f"must be the path of a .py file defining MODULE_MAP (or a dict of architecture "
                 f"-> 'package.module.Class'), got {self.custom_module_map!r}",
             )
-        _reject_unsupported(
-            self,
-            {
-                "adapters": None,
-            },
+        _check_adapters(self.adapters, self.max_loras)
+
+
+def _check_adapters(adapters: dict[str, str] | None, max_loras: int) -> None:
+    if adapters is not None and not (
+        isinstance(adapters, dict)
+        and all(
+            isinstance(k, str) and k and isinstance(v, str | os.PathLike)
+            for k, v in adapters.items()
+        )
+    ):
+        raise InvalidConfig(
+            "adapters", f"must map adapter names to PEFT directories, got {adapters!r}"
+        )
+    if isinstance(max_loras, bool) or not isinstance(max_loras, int) or max_loras < 0:
+        raise InvalidConfig(
+            "max_loras", f"must be an int >= 0 (0: every adapter resident), got {max_loras!r}"
         )
 
 

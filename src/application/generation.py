@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from ..domain.errors import InvalidArgument, PromptTooLong
+from ..domain.errors import InvalidArgument, PromptTooLong, UnknownAdapter
 from ..domain.sampling_params import SamplingParams
 from ..domain.sequence import FinishReason, Sequence
 from .chat_template import ChatTemplate
@@ -62,6 +62,7 @@ class PreparedRequest:
     spaces_between_special_tokens: bool = True
     n: int = 1
     images: tuple[PendingImage, ...] = ()  # their embeddings are filled before the engine runs
+    adapter_name: str | None = None  # the LoRA adapter to run with (None: the base model)
 
 
 class RequestStream:
@@ -235,6 +236,7 @@ class GenerationService:
         max_log_len: int | None = None,
         vocab_size: int | None = None,
         vision: VisionService | None = None,
+        adapter_names: tuple[str, ...] = (),
     ) -> None:
         """`vocab_size`: rows of the model's embedding (default: the tokenizer's); an id
         outside it would fail the forward pass of every request sharing the step. `vision`:
@@ -248,6 +250,12 @@ class GenerationService:
         self.grammar = grammar
         self.max_log_len = max_log_len
         self.vision = vision
+        self.adapter_names = tuple(adapter_names)
+
+    def check_adapter(self, name: str | None) -> None:
+        """None (the base model) or one of the adapters the engine was started with."""
+        if name is not None and name not in self.adapter_names:
+            raise UnknownAdapter(name, self.adapter_names)
 
     def prepare(
         self,
@@ -255,8 +263,10 @@ class GenerationService:
         gen_config: GenerationConfig | None = None,
         do_preprocess: bool = True,
         grammar: GrammarSpec | None = None,
+        adapter_name: str | None = None,
     ) -> PreparedRequest:
         """`grammar` (a tool-call format) takes the place of `gen_config.response_format`."""
+        self.check_adapter(adapter_name)
         gen_config = gen_config or GenerationConfig()
         spec = grammar or parse_response_format(gen_config.response_format)
         images: tuple[PendingImage, ...] = ()
@@ -286,6 +296,7 @@ class GenerationService:
             spaces_between_special_tokens=gen_config.spaces_between_special_tokens,
             n=gen_config.n,
             images=images,
+            adapter_name=adapter_name,
         )
 
     def tokenize(self, prompt: Prompt, do_preprocess: bool = True) -> list[int]:
@@ -389,6 +400,7 @@ class GenerationService:
             eos_token_ids=self.tokenizer.eos_token_ids,
             keep_cache=keep_cache,
             images=tuple(p.span for p in request.images),
+            adapter_name=request.adapter_name,
         )
 
     def submit(

@@ -115,7 +115,10 @@ class Pipeline:
         items, single = _normalize(prompts)
         configs = _configs(gen_config, len(items))
         # Every prompt is prepared before any is submitted, so one bad prompt submits nothing.
-        requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
+        requests = [
+            self._prepare(p, c, do_preprocess, adapter_name)
+            for p, c in zip(items, configs, strict=True)
+        ]
         streams = [self._submit(r, c.n) for r, c in zip(requests, configs, strict=True)]
         flat = [(i, s) for i, choices in enumerate(streams) for s in choices]
         # As 0.6.5: the batch's streams are sessions 0..n-1, so their outputs can be grouped.
@@ -134,9 +137,15 @@ class Pipeline:
             return [dataclasses.replace(request) for _ in range(n)]
         return self.service.submit_choices(request, asynchronous, shared)
 
-    def _prepare(self, prompt: Prompt, config: GenerationConfig, do_preprocess: bool):
+    def _prepare(
+        self,
+        prompt: Prompt,
+        config: GenerationConfig,
+        do_preprocess: bool,
+        adapter_name: str | None = None,
+    ):
         try:
-            return self.service.prepare(prompt, config, do_preprocess)
+            return self.service.prepare(prompt, config, do_preprocess, adapter_name=adapter_name)
         except PromptTooLong as exc:
             # As documented for the pipeline: an over-long prompt ends at once with 'length'.
             logger.error("%s", exc)
@@ -175,7 +184,10 @@ class Pipeline:
         self._check_open(adapter_name)
         items, _ = _normalize(prompts)
         configs = _configs(gen_config, len(items))
-        requests = [self._prepare(p, c, do_preprocess) for p, c in zip(items, configs, strict=True)]
+        requests = [
+            self._prepare(p, c, do_preprocess, adapter_name)
+            for p, c in zip(items, configs, strict=True)
+        ]
         shared: queue.SimpleQueue = queue.SimpleQueue()
         live: dict[int, tuple[int, int, RequestStream]] = {}  # id(stream) -> index, session, stream
         submitted = [
@@ -250,17 +262,18 @@ class Pipeline:
         session: ChatSession | None = None,
         gen_config: GenerationConfig | None = None,
         stream_response: bool = False,
+        adapter_name: str | None = None,
         **kwargs: Any,
     ) -> ChatSession | Iterator[Response]:
         """One turn of a conversation whose history (and its KV cache) the engine keeps, so the
         next turn prefills only its new tokens. Returns the session (its `response` holds this
         turn), or with `stream_response` an iterator of deltas that fills the session in."""
-        self._check_open(None)
+        self._check_open(adapter_name)
         if gen_config is not None and gen_config.n != 1:
             raise InvalidArgument("n", "a chat session holds one reply per turn; use n=1")
         session = session or ChatSession(next(_chat_ids), self)
         outputs = self._sessions.chat_sync(
-            session.session_id, prompt, gen_config or GenerationConfig()
+            session.session_id, prompt, gen_config or GenerationConfig(), adapter_name
         )
         if stream_response:
             return session._stream(prompt, outputs)
@@ -280,10 +293,7 @@ class Pipeline:
     def _check_open(self, adapter_name: str | None) -> None:
         if self._closed:
             raise RuntimeError("this pipeline is closed; create a new one with lmdeploy.pipeline()")
-        if adapter_name is not None:
-            raise InvalidArgument(
-                "adapter_name", "LoRA adapters are not supported by this build yet"
-            )
+        self.service.check_adapter(adapter_name)
 
     def close(self) -> None:
         if not self._closed:

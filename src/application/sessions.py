@@ -69,17 +69,25 @@ class SessionManager:
         session_id: int,
         prompt: str | list[dict[str, Any]] | tuple[str, Any],
         gen_config: GenerationConfig,
+        adapter_name: str | None = None,
     ):
         live = self._sessions.setdefault(session_id, LiveSession(session_id))
         if live.busy:
             raise SessionBusy(session_id)
+        if live.seq is not None and live.seq.adapter_name != adapter_name:
+            # The session's cached K/V were computed under its first turn's adapter.
+            raise InvalidArgument(
+                "adapter_name",
+                f"session {session_id} runs with adapter {live.seq.adapter_name!r}; keep it "
+                "for every turn, or start a new session",
+            )
         if is_image_tuple(prompt):
             turn = to_messages(prompt)
         elif isinstance(prompt, str):
             turn = [{"role": "user", "content": prompt}]
         else:
             turn = list(prompt)
-        request = self.service.prepare(live.messages + turn, gen_config)
+        request = self.service.prepare(live.messages + turn, gen_config, adapter_name=adapter_name)
         if live.seq is None:
             live.seq = self.service.new_sequence(request, keep_cache=True)
         live.busy = True
@@ -116,10 +124,11 @@ class SessionManager:
         session_id: int,
         prompt: str | list[dict[str, Any]] | tuple[str, Any],
         gen_config: GenerationConfig,
+        adapter_name: str | None = None,
     ) -> Iterator[GenOut]:
         """`chat` for synchronous callers (the pipeline, the CLI)."""
         try:
-            live, turn, request = self._begin(session_id, prompt, gen_config)
+            live, turn, request = self._begin(session_id, prompt, gen_config, adapter_name)
         except PromptTooLong as exc:
             yield _too_long(exc)
             return

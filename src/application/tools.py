@@ -128,13 +128,14 @@ def prepare_chat(
     tool_choice: str | dict[str, Any] | None,
     parser_for: Callable[[str], ToolParser],
     parallel_tool_calls: bool | None = None,
+    adapter_name: str | None = None,
 ) -> tuple[PreparedRequest, ToolParser | None]:
     """The request to submit, and the parser of its reply when the model may call tools.
 
     A forced call (tool_choice 'required' or named) is one call unless `parallel_tool_calls`
     is true: small models otherwise tend to repeat the call until the length limit."""
     if not tools or tool_choice == "none":
-        return generation.prepare(messages, config), None
+        return generation.prepare(messages, config, adapter_name=adapter_name), None
     if has_images(messages):
         raise InvalidArgument(
             "tools", "images with tools are not supported yet; send one or the other"
@@ -147,7 +148,7 @@ def prepare_chat(
         config = replace(config, skip_special_tokens=False, spaces_between_special_tokens=False)
     input_ids = generation.encode_chat(text)
     if tool_choice in (None, "auto"):
-        return generation.prepare(input_ids, config), parser
+        return generation.prepare(input_ids, config, adapter_name=adapter_name), parser
     if config.response_format is not None:
         raise InvalidArgument(
             "response_format",
@@ -155,7 +156,7 @@ def prepare_chat(
         )
     shown, _ = tools_for_prompt(tools, tool_choice)
     spec = tool_call_spec(parser.call_format, shown, parallel=bool(parallel_tool_calls))
-    return generation.prepare(input_ids, config, grammar=spec), parser
+    return generation.prepare(input_ids, config, grammar=spec, adapter_name=adapter_name), parser
 
 
 class ToolCallStream:

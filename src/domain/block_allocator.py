@@ -23,6 +23,12 @@ def chain_hash(prefix_hash: int | None, key: tuple) -> int:
     return hash((prefix_hash, key))
 
 
+def root_hash(seq: Sequence) -> int | None:
+    """The chain's seed: K/V computed under a LoRA adapter differ from the base model's (and
+    from another adapter's) for the same tokens, so each adapter has a prefix index of its own."""
+    return None if seq.adapter_name is None else hash(("lora", seq.adapter_name))
+
+
 @dataclass
 class CacheCounters:
     prefix_hit_tokens: int = 0
@@ -68,7 +74,7 @@ class BlockAllocator:
         which must be computed to produce the next logits."""
         if not self.enable_prefix_caching or seq.block_table or seq.sampling.needs_prompt_outputs:
             return []
-        matched, prefix = [], None
+        matched, prefix = [], root_hash(seq)
         for i in range((seq.num_tokens - 1) // self.block_size):
             prefix = chain_hash(prefix, seq.block_key(i, self.block_size))
             block = self._by_hash.get(prefix)
@@ -181,7 +187,7 @@ class BlockAllocator:
         bs = self.block_size
         num_full = min(seq.num_cached_tokens // bs, len(seq.block_table))
         for i in range(len(seq.block_hashes), num_full):
-            prefix = seq.block_hashes[-1] if seq.block_hashes else None
+            prefix = seq.block_hashes[-1] if seq.block_hashes else root_hash(seq)
             digest = chain_hash(prefix, seq.block_key(i, bs))
             seq.block_hashes.append(digest)
             block = seq.block_table[i]

@@ -38,6 +38,18 @@ class PromptTooLong(InvalidArgument):
         self.session_len = session_len
 
 
+class UnknownAdapter(InvalidArgument):
+    """A request named a LoRA adapter the engine was not started with."""
+
+    def __init__(self, name: str, known: tuple[str, ...]) -> None:
+        super().__init__(
+            "adapter_name",
+            f"no LoRA adapter named {name!r}; this engine serves {list(known) or 'none'} "
+            "(start it with adapters={'name': 'path/to/peft_dir'} / --adapters name=path)",
+        )
+        self.name = name
+
+
 class OutOfBlocks(LMDeployError):
     """A sequence needs more KV blocks than the whole cache holds."""
 

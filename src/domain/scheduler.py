@@ -30,6 +30,9 @@ class SchedulerConfig:
     # Plan each all-decode step's successor too (`StepPlan.forecast`), for a runner that starts
     # it before this step's tokens reach the host.
     forecast_decodes: bool = False
+    # LoRA adapters the runner holds at once (0: no limit); a request for another adapter
+    # waits until a running one's adapter is no longer in use.
+    max_adapters: int = 0
 
 
 @dataclass
@@ -258,7 +261,9 @@ class Scheduler:
 
     def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
         while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
-            seq = self.waiting[0]
+            seq = self._next_admissible()
+            if seq is None:
+                break  # back-pressure: every adapter slot is in use by running requests
             if seq.fork_parent is not None:
                 if not seq.fork_parent.is_finished:
                     break  # a sibling choice waits for the shared prompt to be computed
@@ -267,7 +272,7 @@ class Scheduler:
                 pass
             if not self.allocator.can_allocate(seq):
                 break
-            self.waiting.popleft()
+            self.waiting.remove(seq)
             # Allocating reuses cached prefix blocks, which shortens what is left to compute.
             self.allocator.allocate(seq)
             chunk = min(seq.num_new_tokens, budget)
@@ -275,6 +280,19 @@ class Scheduler:
             self.running.append(seq)
             plan.add(seq, chunk)
             budget -= chunk
+
+    def _next_admissible(self) -> Sequence | None:
+        """The oldest waiting sequence whose LoRA adapter can be resident: a request for an
+        adapter without a free slot lets later requests for resident adapters (or the base
+        model) pass instead of blocking the queue."""
+        return next((seq for seq in self.waiting if self._adapter_fits(seq)), None)
+
+    def _adapter_fits(self, seq: Sequence) -> bool:
+        limit = self.config.max_adapters
+        if not limit or seq.adapter_name is None:
+            return True
+        in_use = {s.adapter_name for s in self.running} - {None}
+        return seq.adapter_name in in_use or len(in_use) < limit
 
     def _evict_parked(self) -> bool:
         """Free the oldest parked session's cache; its next turn recomputes. False if none."""

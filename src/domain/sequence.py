@@ -71,6 +71,7 @@ class Sequence:
     token_ids: list[int] = field(init=False)
     block_table: list[int] = field(default_factory=list)
     num_cached_tokens: int = 0
+    adapter_name: str | None = None  # the LoRA adapter it runs with (None: the base model)
     keep_cache: bool = False  # an interactive session: park the KV blocks when it finishes
     block_hashes: list[int] = field(
         default_factory=list

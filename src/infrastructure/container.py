@@ -74,6 +74,7 @@ def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Schedu
             max_num_batched_tokens=config.max_prefill_token_num,
             max_model_len=_session_len(config, built),
             forecast_decodes=built.runner.decodes_ahead,
+            max_adapters=built.runner.lora.num_slots if built.runner.lora else 0,
         ),
         BlockAllocator(cache.num_blocks, cache.block_size, config.enable_prefix_caching),
         HostBlockAllocator(cache.num_cpu_blocks) if cache.num_cpu_blocks else None,
@@ -187,6 +188,7 @@ class Container(containers.DeclarativeContainer):
         config.max_log_len,
         providers.Callable(lambda b: b.config.vocab_size, built_model),
         vision,
+        providers.Callable(lambda cfg: tuple(cfg.adapters or ()), engine_config),
     )
     # As 0.6.5: the model_path as given; the embedded default (no path) keeps its short name.
     model_name = providers.Callable(

@@ -47,12 +47,6 @@ def test_engine_configs_keep_documented_defaults():
     assert (tm.cache_block_seq_len, tm.max_prefill_token_num, tm.quant_policy) == (64, 8192, 0)
 
 
-@pytest.mark.parametrize("field, value", [("adapters", {"a": "b"})])
-def test_unsupported_engine_fields_fail_loudly(field, value):
-    with pytest.raises(InvalidArgument, match=field):
-        PytorchEngineConfig(**{field: value})
-
-
 def test_tp_is_accepted_and_carried_from_turbomind_to_pytorch():
     assert PytorchEngineConfig(tp=2).tp == 2
     assert TurbomindEngineConfig(tp=4).to_pytorch().tp == 4

@@ -59,11 +59,13 @@ def read_prompt(template_name: str, read_line: Callable[[], str] = input) -> str
         lines.append(line)
 
 
-def stream_reply(pipe: Any, messages: list[dict[str, str]], gen_config: Any) -> str | None:
+def stream_reply(
+    pipe: Any, messages: list[dict[str, str]], gen_config: Any, adapter_name: str | None = None
+) -> str | None:
     """Prints the reply as it streams and returns it; None when the conversation no longer
     fits the session (nothing was generated)."""
     reply, last = [], None
-    for last in pipe.stream_infer([messages], gen_config=gen_config):
+    for last in pipe.stream_infer([messages], gen_config=gen_config, adapter_name=adapter_name):
         print(last.text, end="", flush=True)
         reply.append(last.text)
     if last is not None and last.finish_reason == "length" and last.generate_token_len == 0:
@@ -76,9 +78,12 @@ def run(args: argparse.Namespace) -> int:
     template = chat_template_from(args)
     template_name = template.model_name if template else best_match_model(args.model_path or "")
     gen_config = gen_config_from(args)
+    backend_config = engine_config_from(args)
+    # The conversation runs with the first adapter given: the prompt loop has no way to pick one.
+    adapter = next(iter(getattr(backend_config, "adapters", None) or {}), None)
     pipe = args.factories.pipeline(
         args.model_path,
-        backend_config=engine_config_from(args),
+        backend_config=backend_config,
         chat_template_config=template,
         log_level=args.log_level,
     )
@@ -96,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             if not prompt.strip():
                 continue
             turn = [*messages, {"role": "user", "content": prompt}]
-            reply = stream_reply(pipe, turn, gen_config)
+            reply = stream_reply(pipe, turn, gen_config, adapter)
             if reply is None:
                 print(SESSION_FULL)  # the turn is dropped; `end` makes room
                 continue

@@ -35,6 +35,7 @@ ENGINE_FIELDS = (
     "num_gpu_blocks",
     "rope_scaling_factor",
     "num_cpu_blocks",
+    "max_loras",
 )
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_p")
 
@@ -83,6 +84,13 @@ def add_engine_options(parser: argparse.ArgumentParser) -> None:
     _add_fields(parser, TurbomindEngineConfig, ENGINE_FIELDS, seen)
     parser.add_argument("--backend", choices=["pytorch", "turbomind"], default=None)
     parser.add_argument(
+        "--adapters",
+        nargs="*",
+        default=None,
+        help="LoRA adapters (PEFT directories) as name=path pairs; one bare path is named "
+        "'default'. Each is served as a model of its own (pytorch backend)",
+    )
+    parser.add_argument(
         "--chat-template",
         default=None,
         help="a built-in chat template's name (`lmdeploy list`) or a JSON file of "
@@ -111,9 +119,27 @@ def _given(args: argparse.Namespace, cls: type) -> dict[str, Any]:
 
 
 def engine_config_from(args: argparse.Namespace) -> PytorchEngineConfig | TurbomindEngineConfig:
+    adapters = _adapters(getattr(args, "adapters", None))
     if args.backend == "turbomind":
+        if adapters:
+            raise SystemExit("--adapters: LoRA adapters are served by the pytorch backend only")
         return TurbomindEngineConfig(**_given(args, TurbomindEngineConfig))
-    return PytorchEngineConfig(**_given(args, PytorchEngineConfig))
+    return PytorchEngineConfig(**_given(args, PytorchEngineConfig), adapters=adapters)
+
+
+def _adapters(values: list[str] | None) -> dict[str, str] | None:
+    """`--adapters a=path1 b=path2`, or as 0.6.5 one bare path (the adapter 'default')."""
+    if not values:
+        return None
+    if len(values) == 1 and "=" not in values[0]:
+        return {"default": values[0]}
+    pairs = [value.partition("=") for value in values]
+    bad = [
+        value for value, (_, sep, path) in zip(values, pairs, strict=True) if not sep or not path
+    ]
+    if bad:
+        raise SystemExit(f"--adapters: expected name=path pairs, got {bad}")
+    return {name: path for name, _, path in pairs}
 
 
 def gen_config_from(args: argparse.Namespace, **overrides: Any) -> GenerationConfig:

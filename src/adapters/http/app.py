@@ -43,7 +43,9 @@ def create_app(svc: ServerServices) -> FastAPI:
 
     @app.get("/v1/models")
     async def models() -> ModelList:
-        return ModelList(data=[ModelCard(id=svc.model_name, root=svc.model_name)])
+        # As 0.6.5: the base model, then each LoRA adapter as a model of its own.
+        names = (svc.model_name, *svc.generation.adapter_names)
+        return ModelList(data=[ModelCard(id=name, root=svc.model_name) for name in names])
 
     @app.get("/stats")
     async def stats() -> dict[str, int]:

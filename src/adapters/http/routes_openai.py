@@ -64,7 +64,7 @@ def gen_config_of(
 
 
 def _unknown_model(svc: ServerServices, model: str | None) -> JSONResponse | None:
-    if model is not None and model != svc.model_name:
+    if model is not None and model not in (svc.model_name, *svc.generation.adapter_names):
         return error_response(
             404,
             f"The model `{model}` does not exist.",  # 0.6.5's words; /v1/models lists ours
@@ -72,6 +72,11 @@ def _unknown_model(svc: ServerServices, model: str | None) -> JSONResponse | Non
             "model_not_found",
         )
     return None
+
+
+def _adapter_of(svc: ServerServices, model: str | None) -> str | None:
+    """The LoRA adapter a request's `model` names (None: the base model)."""
+    return model if model in svc.generation.adapter_names else None
 
 
 async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, GenOut]]:
@@ -134,9 +139,10 @@ async def chat_completions(
         tool_choice,
         get_tool_parser,
         body.parallel_tool_calls,
+        _adapter_of(svc, body.model),
     )
     streams = generation.submit_choices(request, asynchronous=True)
-    request_id, model = new_id("chatcmpl"), svc.model_name
+    request_id, model = new_id("chatcmpl"), body.model or svc.model_name
     tokenizer = generation.tokenizer
 
     def choice_logprobs(out: GenOut) -> dict | None:
@@ -294,12 +300,16 @@ async def completions(body: CompletionRequest, svc: ServerServices = Depends(ser
         if isinstance(body.prompt, str) or isinstance(body.prompt[0], int)
         else body.prompt
     )
+    adapter = _adapter_of(svc, body.model)
     requests = await asyncio.to_thread(
-        lambda: [generation.prepare(p, config, do_preprocess=False) for p in prompts]
+        lambda: [
+            generation.prepare(p, config, do_preprocess=False, adapter_name=adapter)
+            for p in prompts
+        ]
     )
     # Choice index = prompt index * n + choice, as OpenAI numbers them.
     streams = [s for r in requests for s in generation.submit_choices(r, asynchronous=True)]
-    request_id, model = new_id("cmpl"), svc.model_name
+    request_id, model = new_id("cmpl"), body.model or svc.model_name
     tokenizer = generation.tokenizer
     echoes = [
         (p if isinstance(p, str) else tokenizer.decode(p)) if body.echo else ""

@@ -15,6 +15,7 @@ from ....domain.errors import InvalidArgument, InvalidConfig
 from ...loaders import dummy
 from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
+from ...loaders.peft_adapter import read_peft_adapter
 from .backends.cpu import gguf_linear
 from .distributed.parallel_state import local_kv_heads, tp_size
 from .distributed.step_channel import ModelBroadcaster, StepChannel, serve
@@ -26,6 +27,7 @@ from .models.custom_map import load_custom_module_map
 from .models.registry import model_class
 from .models.weights import expected_weights, load_weights
 from .runner.kv_cache import kv_bytes_per_token
+from .runner.lora_pool import AdapterPool
 from .runner.runner import PytorchModelRunner
 
 logger = logging.getLogger(__name__)
@@ -146,6 +148,10 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     model_cfg, _ = read_model_config(source, config.model_format)
     # Refused here, before any process starts, naming tp and the head counts.
     local_kv_heads(model_cfg.num_attention_heads, model_cfg.num_key_value_heads, config.tp)
+    if config.adapters:  # the adapters' hooks run on rank 0's linears only
+        raise InvalidConfig(
+            "tp", f"tp={config.tp} with LoRA adapters: adapters run at tp=1 in this build"
+        )
     if model_cfg.quant_config is not None:  # `rank_slice` cuts dense layouts only
         raise InvalidConfig(
             "tp",
@@ -216,6 +222,8 @@ def _build_rank(
     _load(model, source, weights, quantized_types(config, device))
     model.eval()
     prepare_linears(model, device, dtype)
+    max_batch_size = config.max_batch_size or default_max_batch_size(device)
+    lora = _adapter_pool(model, config, device, dtype, max_batch_size)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     num_blocks = _agree_on_blocks(_num_blocks(config, model_cfg, device, dtype), device)
@@ -234,15 +242,30 @@ def _build_rank(
         config.block_size,
         device,
         dtype,
-        max_batch_size=config.max_batch_size or default_max_batch_size(device),
+        max_batch_size=max_batch_size,
         max_model_len=max_model_len,
         use_cuda_graphs=not config.eager_mode,
         num_cpu_blocks=config.num_cpu_blocks,
         peers=ModelBroadcaster(model, StepChannel(device)) if workers is not None else None,
         workers=workers,
         quant_policy=config.quant_policy,
+        lora=lora,
     )
     return BuiltModel(runner, model_cfg)
+
+
+def _adapter_pool(
+    model: CausalLM,
+    config: PytorchEngineConfig,
+    device: torch.device,
+    dtype: torch.dtype,
+    max_batch_size: int,
+) -> AdapterPool | None:
+    if not config.adapters:
+        return None
+    adapters = [read_peft_adapter(name, path) for name, path in config.adapters.items()]
+    num_slots = min(config.max_loras or len(adapters), len(adapters))
+    return AdapterPool(model, adapters, num_slots, device, dtype, max_graph_rows=max_batch_size)
 
 
 def default_max_batch_size(device: torch.device) -> int:

@@ -20,6 +20,7 @@ from .....domain.sequence import Sequence
 from ..backends.attention_metadata import AttentionMetadata
 from ..models.base import CausalLM
 from .decode_inputs import DecodeInputs
+from .lora_pool import AdapterPool
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,13 @@ class DecodeGraphs:
         max_blocks_per_seq: int,
         block_size: int,
         before_replay: Callable[[int, torch.Tensor], None] | None = None,
+        lora: AdapterPool | None = None,
     ) -> None:
         """`before_replay(bucket, staged inputs)`: called with each replay's inputs on the
         device, before it (tensor parallelism: rank 0 sends them to the other ranks)."""
         self.model = model
         self.before_replay = before_replay
+        self.lora = lora  # its hooks read per-row adapter slots from rows the graphs capture
         self.kv_caches = kv_caches
         self.cos, self.sin = cos, sin
         self.sizes = bucket_sizes(max_batch_size)
@@ -65,6 +68,8 @@ class DecodeGraphs:
             num_cached_list=[],
         )
         positions = inputs.positions[:size]
+        if self.lora is not None:
+            self.lora.batch.use_graph_rows(size)
         hidden = self.model(
             inputs.input_ids[:size], self.cos[positions], self.sin[positions], self.kv_caches, meta
         )
@@ -112,6 +117,8 @@ class DecodeGraphs:
         `ids_from` as in `DecodeInputs.load`, for a step started ahead)."""
         size = self.sizes[bisect.bisect_left(self.sizes, len(seqs))]
         self.inputs.load(seqs, lag, ids_from)
+        if self.lora is not None:
+            self.lora.prepare_graph(seqs)
         if self.before_replay is not None:
             self.before_replay(size, self.inputs.staged)
         return self.replay(size)[: len(seqs)]

@@ -25,6 +25,7 @@ from .cuda_graph import DecodeGraphs
 from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
 from .image_rows import gather_image_rows, touches_images
 from .kv_cache import allocate_kv_caches
+from .lora_pool import AdapterPool
 from .step_extras import collect_extras, wants_extras
 
 
@@ -43,12 +44,14 @@ class PytorchModelRunner:
         peers: ModelBroadcaster | None = None,
         workers: LocalWorkers | None = None,
         quant_policy: int = 0,
+        lora: AdapterPool | None = None,
     ) -> None:
         """`peers`: on rank 0 of a tensor-parallel group, `model` wrapped so that each call
         reaches the other ranks first (distributed/step_channel.py); `workers`: the other
         ranks' processes, watched. `quant_policy` 8 or 4 stores the KV cache as int8 / int4
         (runner/kv_cache.py)."""
         cfg = model.config
+        self.lora = lora
         self.max_batch_size = max_batch_size
         self.model: CausalLM = peers if peers is not None else model  # type: ignore[assignment]
         self.peers, self.workers = peers, workers
@@ -86,6 +89,8 @@ class PytorchModelRunner:
         # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
         forced = os.environ.get("LMDEPLOY_DECODE_AHEAD")
         self.decodes_ahead = self.graphs is not None if forced is None else forced == "1"
+        # A forecast step would run without its rows' adapters (`AdapterPool.prepare`).
+        self.decodes_ahead = self.decodes_ahead and lora is None
         self._ahead: AheadStep | None = None
         self.ahead_counters = AheadCounters()
 
@@ -101,6 +106,7 @@ class PytorchModelRunner:
             max_blocks,
             self._cache.block_size,
             before_replay=self.peers.replay if self.peers is not None else None,
+            lora=self.lora,
         )
         graphs.capture()
         return graphs
@@ -201,6 +207,8 @@ class PytorchModelRunner:
                 return graphs.run(plan.seqs), None
         input_ids, positions, meta = self._prepare(plan)
         cos, sin = self._cos_sin(positions, meta)
+        if self.lora is not None:
+            self.lora.prepare(plan)
         image_rows = gather_image_rows(plan, self.device)
         if image_rows is None:
             hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
