@@ -35,6 +35,9 @@ ENGINE_FIELDS = (
     "num_gpu_blocks",
     "rope_scaling_factor",
     "num_cpu_blocks",
+    "nnodes",
+    "node_rank",
+    "distributed_executor_backend",
 )
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_p")
 
