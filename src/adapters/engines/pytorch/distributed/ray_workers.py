@@ -55,7 +55,7 @@ def connect(nnodes: int) -> Any:
     ray = _ray()
     if not ray.is_initialized():
         address = os.environ.get("RAY_ADDRESS") or ("auto" if nnodes > 1 else None)
-        ray.init(address=address, include_dashboard=False, log_to_driver=True)
+        ray.init(address=address, include_dashboard=False)
     alive = [node for node in ray.nodes() if node["Alive"]]
     if len(alive) < nnodes:
         raise InvalidConfig(
@@ -75,25 +75,62 @@ class RayWorkers(WatchedWorkers):
     ) -> None:
         super().__init__()
         ray = connect(nnodes)
-        from ray.util.placement_group import placement_group, remove_placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+        from ray.util.placement_group import remove_placement_group
 
         self._ray, self._remove = ray, remove_placement_group
-        gpu = backend == "nccl"
-        unit = {"GPU": 1.0} if gpu else {"CPU": 1.0}
+        self._actors: list[Any] = []
         here = ray.util.get_node_ip_address()
-        bundles = [{**unit, f"node:{here}": 0.001}] + [dict(unit) for _ in range(world_size - 1)]
-        self._group = placement_group(bundles, strategy="PACK")
+        self._group = self._reserve(world_size, backend == "nccl", here)
         try:
-            ray.get(self._group.ready(), timeout=_PLACEMENT_TIMEOUT_S)
-        except ray.exceptions.GetTimeoutError as exc:
-            self._remove(self._group)
+            placements = self._start_actors(world_size, backend == "nccl")
+            nodes = {self._my_node} | {node for node, _ in placements}
+            if len(nodes) != nnodes:
+                logger.warning(
+                    "the %d ranks landed on %d Ray node(s), not nnodes=%d",
+                    world_size,
+                    len(nodes),
+                    nnodes,
+                )
+            self.cuda_index = (
+                _free_local_gpu(self._my_node, placements) if backend == "nccl" else None
+            )
+        except BaseException:
+            self._release()
+            raise
+        self.rdv = Rendezvous(here, free_port(), world_size, backend)
+        self._runs = [
+            a.run.remote(target, rank, self.rdv, args) for rank, a in enumerate(self._actors, 1)
+        ]
+        self._watchdog.start()
+
+    @property
+    def _my_node(self) -> str:
+        return self._ray.get_runtime_context().get_node_id()
+
+    def _reserve(self, world_size: int, gpu: bool, here: str) -> Any:
+        """A bundle per rank; rank 0's on this machine (`node:<ip>` is Ray's resource of it)."""
+        from ray.util.placement_group import placement_group
+
+        unit = {"GPU": 1.0} if gpu else {"CPU": 1.0}
+        bundles = [{**unit, f"node:{here}": 0.001}] + [dict(unit) for _ in range(world_size - 1)]
+        group = placement_group(bundles, strategy="PACK")
+        try:
+            self._ray.get(group.ready(), timeout=_PLACEMENT_TIMEOUT_S)
+        except self._ray.exceptions.GetTimeoutError as exc:
+            self._remove(group)
             raise InvalidConfig(
                 "tp",
                 f"the Ray cluster cannot hold {world_size} ranks of {unit} (free: "
-                f"{ray.available_resources()}); add nodes or lower tp",
+                f"{self._ray.available_resources()}); add nodes or lower tp",
             ) from exc
-        actor = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)(_Rank)
+        return group
+
+    def _start_actors(self, world_size: int, gpu: bool) -> list[tuple[str, list[int]]]:
+        """An actor in each bundle but rank 0's, ordered this machine's first; their
+        (node, GPU ids) in that order."""
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        actor = self._ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)(_Rank)
         self._actors = [
             actor.options(
                 scheduling_strategy=PlacementGroupSchedulingStrategy(
@@ -102,25 +139,16 @@ class RayWorkers(WatchedWorkers):
             ).remote()
             for index in range(1, world_size)
         ]
-        placements = ray.get([a.placement.remote() for a in self._actors])
-        my_node = ray.get_runtime_context().get_node_id()
+        placements = self._ray.get([a.placement.remote() for a in self._actors])
+        my_node = self._my_node
         order = sorted(range(len(self._actors)), key=lambda i: placements[i][0] != my_node)
         self._actors = [self._actors[i] for i in order]
-        placements = [placements[i] for i in order]
-        nodes = {my_node} | {node for node, _ in placements}
-        if len(nodes) != nnodes:
-            logger.warning(
-                "the %d ranks landed on %d Ray node(s), not nnodes=%d",
-                world_size,
-                len(nodes),
-                nnodes,
-            )
-        self.cuda_index = _free_local_gpu(my_node, placements) if gpu else None
-        self.rdv = Rendezvous(here, free_port(), world_size, backend)
-        self._runs = [
-            a.run.remote(target, rank, self.rdv, args) for rank, a in enumerate(self._actors, 1)
-        ]
-        self._watchdog.start()
+        return [placements[i] for i in order]
+
+    def _release(self) -> None:
+        for actor in self._actors:
+            self._ray.kill(actor)
+        self._remove(self._group)
 
     def _find_dead(self) -> str | None:
         ready, _ = self._ray.wait(self._runs, num_returns=1, timeout=0)
@@ -136,9 +164,7 @@ class RayWorkers(WatchedWorkers):
     def _stop(self, timeout: float) -> None:
         # After rank 0's STOP the runs return; a rank that does not is killed.
         self._ray.wait(self._runs, num_returns=len(self._runs), timeout=timeout)
-        for actor in self._actors:
-            self._ray.kill(actor)
-        self._remove(self._group)
+        self._release()
 
 
 def _free_local_gpu(my_node: str, placements: list[tuple[str, list[int]]]) -> int:
