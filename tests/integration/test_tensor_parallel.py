@@ -78,6 +78,11 @@ def test_tp_that_does_not_divide_the_heads_is_refused_naming_them():
         pipeline(backend_config=_engine(2))
 
 
+def test_a_node_other_than_0_is_told_to_join_the_ray_cluster_instead():
+    with pytest.raises(InvalidConfig, match=r"on node 1 run `ray start --address="):
+        pipeline(backend_config=_engine(2, nnodes=2, node_rank=1))
+
+
 @pytest.mark.timeout(120)
 def test_a_rank_that_dies_fails_the_requests_in_flight_within_seconds(checkpoints):
     long = GenerationConfig(max_new_tokens=400, do_sample=False, ignore_eos=True)
