@@ -179,6 +179,31 @@ def _check_common(config: Any) -> None:
         )
 
 
+def _check_nodes(config: PytorchEngineConfig) -> None:
+    if config.nnodes < 1:
+        raise InvalidConfig("nnodes", f"must be >= 1, got {config.nnodes}")
+    if not 0 <= config.node_rank < config.nnodes:
+        raise InvalidConfig(
+            "node_rank", f"must be in [0, nnodes={config.nnodes}), got {config.node_rank}"
+        )
+    if config.tp % config.nnodes:
+        raise InvalidConfig(
+            "nnodes",
+            f"tp={config.tp} ranks cannot be spread evenly over {config.nnodes} nodes; "
+            f"choose a tp that is a multiple of nnodes",
+        )
+    if config.distributed_executor_backend not in (None, "mp", "ray"):
+        raise InvalidConfig(
+            "distributed_executor_backend",
+            f"must be 'mp', 'ray' or None, got {config.distributed_executor_backend!r}",
+        )
+    if config.nnodes > 1 and config.distributed_executor_backend == "mp":
+        raise InvalidConfig(
+            "distributed_executor_backend",
+            f"'mp' starts ranks on this machine only; nnodes={config.nnodes} needs 'ray'",
+        )
+
+
 @dataclass
 class PytorchEngineConfig:
     dtype: str = "auto"
@@ -209,6 +234,13 @@ class PytorchEngineConfig:
     # Not in 0.6.5: LoRA adapters resident on the device at once (0: all of `adapters`); the
     # others wait in host memory and are swapped in when a request needs them.
     max_loras: int = 0
+    # Multi-node tensor parallelism through Ray (distributed/ray_workers.py): the ranks span
+    # `nnodes` machines of one Ray cluster; the engine runs on node 0. `distributed_executor_backend`
+    # picks how ranks 1..tp-1 start: "mp" (processes on this machine), "ray" (actors of a Ray
+    # cluster); None: "ray" when nnodes > 1, else "mp".
+    nnodes: int = 1
+    node_rank: int = 0
+    distributed_executor_backend: str | None = None
     # Not a documented argument: TurbomindEngineConfig.rope_scaling_factor arrives here through
     # `to_pytorch` (an HF-style rope_scaling dict that overrides the model's own).
     rope_scaling: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -247,6 +279,7 @@ class PytorchEngineConfig:
                 f"must be the path of a .py file defining MODULE_MAP (or a dict of architecture "
                 f"-> 'package.module.Class'), got {self.custom_module_map!r}",
             )
+        _check_nodes(self)
         _check_adapters(self.adapters, self.max_loras)
 
 

@@ -123,6 +123,11 @@ class EngineLoop:
         """End a session: free the blocks it parked."""
         self._inbox.put(("release", seq, None, None))
 
+    def fail(self, reason: str) -> None:
+        """The runner found out, between steps, that it can never step again (a rank died
+        while the engine idled): fail as a step would, without waiting for a request."""
+        self._inbox.put(("fail", None, None, reason))
+
     def stats(self) -> EngineStats:
         s, c = self.scheduler, self.scheduler.counters
         return EngineStats(
@@ -184,6 +189,9 @@ class EngineLoop:
             self._admitted_at[seq.seq_id] = time.monotonic()
         elif kind == "release":
             self.scheduler.drop(seq)
+        elif kind == "fail" and self.failure is None:
+            assert isinstance(payload, str)
+            self._fail_engine(payload)
         elif kind == "abort" and seq.seq_id in self._sinks:
             self._admitted_at.pop(seq.seq_id, None)
             self.scheduler.abort(seq)

@@ -145,6 +145,10 @@ def _vision(
 def _engine_loop(runner, scheduler) -> EngineLoop:
     engine = EngineLoop(runner, scheduler)
     engine.start()
+    # A tensor-parallel runner reports a rank that dies while no step runs.
+    on_failure = getattr(runner, "on_failure", None)
+    if on_failure is not None:
+        on_failure(engine.fail)
     yield engine
     engine.stop()
     # After the loop: a tensor-parallel runner stops its worker processes. Tests may wrap the

@@ -1,6 +1,9 @@
+import argparse
+
 import pytest
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig
+from lmdeploy.adapters.cli.options import add_engine_options, engine_config_from
 from lmdeploy.domain.errors import InvalidArgument
 
 
@@ -56,6 +59,32 @@ def test_tp_is_accepted_and_carried_from_turbomind_to_pytorch():
 def test_quant_policy_reaches_the_pytorch_engine(bits):
     assert PytorchEngineConfig(quant_policy=bits).quant_policy == bits
     assert TurbomindEngineConfig(quant_policy=bits).to_pytorch().quant_policy == bits
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"nnodes": 0}, "nnodes"),
+        ({"tp": 2, "nnodes": 2, "node_rank": 2}, "node_rank"),
+        ({"tp": 3, "nnodes": 2}, "nnodes"),
+        ({"distributed_executor_backend": "mpi"}, "distributed_executor_backend"),
+        (
+            {"tp": 2, "nnodes": 2, "distributed_executor_backend": "mp"},
+            "distributed_executor_backend",
+        ),
+    ],
+)
+def test_bad_multi_node_settings_are_refused_naming_the_field(kwargs, field):
+    with pytest.raises(InvalidArgument, match=field):
+        PytorchEngineConfig(**kwargs)
+
+
+def test_multi_node_flags_reach_the_pytorch_engine_config():
+    parser = argparse.ArgumentParser()
+    add_engine_options(parser)
+    args = parser.parse_args(["--tp", "4", "--nnodes", "2", "--node-rank", "1"])
+    config = engine_config_from(args)
+    assert (config.tp, config.nnodes, config.node_rank) == (4, 2, 1)
 
 
 def test_turbomind_config_translates_to_pytorch():

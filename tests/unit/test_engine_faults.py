@@ -3,6 +3,7 @@ they end with finish_reason 'error', their blocks come back, the failure is coun
 the engine loop serves the next request."""
 
 import logging
+import time
 
 import pytest
 
@@ -86,3 +87,16 @@ def test_a_failed_session_turn_does_not_park_its_blocks(serial_pipe):
     assert session.response.finish_reason == "error"
     stats = serial_pipe.engine.stats()
     assert stats.num_free_blocks == stats.num_blocks
+
+
+def test_a_failure_reported_between_steps_fails_the_engine_without_a_request():
+    pipe = _pipe(CountingRunner(), max_batch_size=1)
+    try:
+        pipe.engine.fail("tensor-parallel rank 1 exited with code -9")
+        deadline = time.monotonic() + 5
+        while pipe.engine.failure is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pipe.engine.failure == "tensor-parallel rank 1 exited with code -9"
+        assert pipe("abc", gen_config=GenerationConfig(max_new_tokens=2)).finish_reason == "error"
+    finally:
+        pipe.close()

@@ -36,6 +36,9 @@ ENGINE_FIELDS = (
     "rope_scaling_factor",
     "num_cpu_blocks",
     "max_loras",
+    "nnodes",
+    "node_rank",
+    "distributed_executor_backend",
 )
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_p")
 

@@ -19,7 +19,14 @@ from ...loaders.peft_adapter import read_peft_adapter
 from .backends.cpu import gguf_linear
 from .distributed.parallel_state import local_kv_heads, tp_size
 from .distributed.step_channel import ModelBroadcaster, StepChannel, serve
-from .distributed.workers import LocalWorkers, Rendezvous, free_port, join_group, leave_group
+from .distributed.workers import (
+    LocalWorkers,
+    Rendezvous,
+    WatchedWorkers,
+    free_port,
+    join_group,
+    leave_group,
+)
 from .layers.linear import prepare_linears
 from .models.base import CausalLM
 from .models.config import ModelConfig
@@ -143,6 +150,13 @@ def _refuse_quantized_experts(name: str, model_cfg: ModelConfig) -> None:
 
 
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
+    if config.node_rank != 0:
+        raise InvalidConfig(
+            "node_rank",
+            f"the engine runs on node 0 and reaches the other nodes through Ray; on node "
+            f"{config.node_rank} run `ray start --address=<node 0's ip>:6379` instead, then "
+            f"start lmdeploy on node 0 with --nnodes {config.nnodes} --node-rank 0",
+        )
     if config.tp == 1:
         return _build_rank(source, config)
     model_cfg, _ = read_model_config(source, config.model_format)
@@ -159,15 +173,29 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
             f"weights run at tp=1 in this build; use tp=1 or the unquantized checkpoint",
         )
     backend = "nccl" if pick_device(config).type == "cuda" else "gloo"
-    rdv = Rendezvous("127.0.0.1", free_port(), config.tp, backend)
-    workers = LocalWorkers(serve_rank, (source, config), rdv)
+    workers, rdv, cuda_index = _start_workers(source, config, backend)
     try:
-        join_group(rdv, 0)
+        join_group(rdv, 0, cuda_index)
         return _build_rank(source, config, workers)
     except BaseException:
         workers.close()
         leave_group()
         raise
+
+
+def _start_workers(
+    source: ModelSource, config: PytorchEngineConfig, backend: str
+) -> tuple[WatchedWorkers, Rendezvous, int | None]:
+    """Ranks 1..tp-1 started, where they meet rank 0, and the GPU rank 0 drives (None: the
+    default)."""
+    executor = config.distributed_executor_backend or ("ray" if config.nnodes > 1 else "mp")
+    if executor == "mp":
+        rdv = Rendezvous("127.0.0.1", free_port(), config.tp, backend)
+        return LocalWorkers(serve_rank, (source, config), rdv), rdv, None
+    from .distributed.ray_workers import RayWorkers  # ray is an optional dependency
+
+    workers = RayWorkers(serve_rank, (source, config), config.tp, backend, config.nnodes)
+    return workers, workers.rdv, workers.cuda_index
 
 
 def serve_rank(
@@ -202,7 +230,7 @@ def _agree_on_blocks(num_blocks: int, device: torch.device) -> int:
 
 
 def _build_rank(
-    source: ModelSource, config: PytorchEngineConfig, workers: LocalWorkers | None = None
+    source: ModelSource, config: PytorchEngineConfig, workers: WatchedWorkers | None = None
 ) -> BuiltModel:
     """This process's rank of the model (the whole model at tp=1); `workers`: on rank 0 of a
     tensor-parallel group, the other ranks."""

@@ -1,7 +1,8 @@
 """The processes of a tensor-parallel engine: rank 0 is this process (engine loop, scheduler,
-sampler); ranks 1..tp-1 are spawned workers that build their shard of the model and serve the
-calls rank 0 broadcasts (step_channel.py). A watchdog thread notices a worker that dies within
-a fraction of a second; rank 0's runner then fails instead of waiting on a collective."""
+sampler); ranks 1..tp-1 are workers that build their shard of the model and serve the calls
+rank 0 broadcasts (step_channel.py): spawned processes here, Ray actors in ray_workers.py. A
+watchdog thread notices a worker that dies within a fraction of a second; rank 0's runner then
+fails instead of waiting on a collective."""
 
 from __future__ import annotations
 
@@ -43,10 +44,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join_group(rdv: Rendezvous, rank: int) -> None:
-    """Enter the process group and make it this process's tensor-parallel group."""
+def join_group(rdv: Rendezvous, rank: int, cuda_index: int | None = None) -> None:
+    """Enter the process group and make it this process's tensor-parallel group.
+    `cuda_index`: the GPU this rank drives (default: its rank among the visible GPUs)."""
     if rdv.backend == "nccl":
-        torch.cuda.set_device(rank % torch.cuda.device_count())
+        index = rank % torch.cuda.device_count() if cuda_index is None else cuda_index
+        torch.cuda.set_device(index)
     dist.init_process_group(
         rdv.backend,
         init_method=f"tcp://{rdv.host}:{rdv.port}",
@@ -74,37 +77,45 @@ def _abort_collectives() -> None:
             logger.debug("could not abort the process group", exc_info=True)
 
 
-class LocalWorkers:
-    """Ranks 1..tp-1 as spawned processes on this machine, watched."""
+class WatchedWorkers:
+    """Ranks 1..tp-1, wherever they run, and a watchdog thread that notices one that died.
+    Subclasses say how to find a dead rank (`_find_dead`) and how to stop them (`_stop`)."""
 
-    def __init__(self, target: Callable[..., None], args: tuple, rdv: Rendezvous) -> None:
-        ctx = mp.get_context("spawn")
-        self.procs = [
-            ctx.Process(target=target, args=(rank, rdv, *args), daemon=True, name=f"tp-{rank}")
-            for rank in range(1, rdv.world_size)
-        ]
-        # Workers inherit this, so that a CPU group does not oversubscribe the cores.
-        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, os.cpu_count() // rdv.world_size)))
-        for proc in self.procs:
-            proc.start()
+    def __init__(self) -> None:
         self.failure: str | None = None
+        self._listeners: list[Callable[[str], None]] = []
+        self._lock = threading.Lock()  # a listener added as the watchdog fails is called once
         self._closing = threading.Event()
         self._watchdog = threading.Thread(target=self._watch, name="tp-watchdog", daemon=True)
-        self._watchdog.start()
+
+    def _find_dead(self) -> str | None:
+        """What happened to a rank that is gone (None while all serve)."""
+        raise NotImplementedError
+
+    def _stop(self, timeout: float) -> None:
+        raise NotImplementedError
 
     def _watch(self) -> None:
         while not self._closing.wait(_WATCH_INTERVAL_S):
-            dead = [p for p in self.procs if not p.is_alive()]
-            if dead:
-                proc = dead[0]
-                self.failure = (
-                    f"tensor-parallel rank {proc.name[3:]} (pid {proc.pid}) exited with code "
-                    f"{proc.exitcode}; the engine cannot go on: restart it"
-                )
+            dead = self._find_dead()
+            if dead is not None and not self._closing.is_set():
+                with self._lock:
+                    self.failure = f"{dead}; the engine cannot go on: restart it"
                 logger.error(self.failure)
                 if dist.is_initialized() and dist.get_backend() == "nccl":
                     _abort_collectives()
+                for listener in self._listeners:
+                    listener(self.failure)
                 return
+
+    def on_failure(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(reason)` when a rank dies (at once if one already has)."""
+        with self._lock:
+            failure = self.failure
+            if failure is None:
+                self._listeners.append(listener)
+        if failure is not None:
+            listener(failure)
 
     def check(self, wait_s: float = 0.0) -> None:
         """Raise EngineFailed if a worker died, waiting up to `wait_s` for the watchdog's
@@ -116,6 +127,35 @@ class LocalWorkers:
 
     def close(self, timeout: float = 10) -> None:
         self._closing.set()
+        self._stop(timeout)
+
+
+class LocalWorkers(WatchedWorkers):
+    """Ranks 1..tp-1 as spawned processes on this machine."""
+
+    def __init__(self, target: Callable[..., None], args: tuple, rdv: Rendezvous) -> None:
+        super().__init__()
+        ctx = mp.get_context("spawn")
+        self.procs = [
+            ctx.Process(target=target, args=(rank, rdv, *args), daemon=True, name=f"tp-{rank}")
+            for rank in range(1, rdv.world_size)
+        ]
+        # Workers inherit this, so that a CPU group does not oversubscribe the cores.
+        os.environ.setdefault("OMP_NUM_THREADS", str(max(1, os.cpu_count() // rdv.world_size)))
+        for proc in self.procs:
+            proc.start()
+        self._watchdog.start()
+
+    def _find_dead(self) -> str | None:
+        for proc in self.procs:
+            if not proc.is_alive():
+                return (
+                    f"tensor-parallel rank {proc.name[3:]} (pid {proc.pid}) exited with code "
+                    f"{proc.exitcode}"
+                )
+        return None
+
+    def _stop(self, timeout: float) -> None:
         for proc in self.procs:
             proc.join(timeout)
             if proc.is_alive():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 
@@ -12,7 +13,7 @@ from .....domain.sequence import Sequence
 from ..backends.attention_metadata import AttentionMetadata
 from ..distributed.parallel_state import local_kv_heads
 from ..distributed.step_channel import ModelBroadcaster
-from ..distributed.workers import LocalWorkers, leave_group
+from ..distributed.workers import WatchedWorkers, leave_group
 from ..layers.attention import prepare_metadata
 from ..layers.rotary import RotaryTables
 from ..models.base import CausalLM
@@ -42,7 +43,7 @@ class PytorchModelRunner:
         use_cuda_graphs: bool = False,
         num_cpu_blocks: int = 0,
         peers: ModelBroadcaster | None = None,
-        workers: LocalWorkers | None = None,
+        workers: WatchedWorkers | None = None,
         quant_policy: int = 0,
         lora: AdapterPool | None = None,
     ) -> None:
@@ -230,6 +231,11 @@ class PytorchModelRunner:
         except Exception:
             self.workers.check(wait_s=2.0)  # a dead rank, rather than this step, is the cause
             raise
+
+    def on_failure(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(reason)` once another tensor-parallel rank dies (never at tp=1)."""
+        if self.workers is not None:
+            self.workers.on_failure(listener)
 
     def close(self) -> None:
         """Stop the other tensor-parallel ranks and leave their group (nothing at tp=1)."""
