@@ -54,7 +54,8 @@ def _vision_model(config: Any, device: torch.device, dtype: torch.dtype) -> nn.M
     return model
 
 
-def _load_vision_weights(model: nn.Module, weights: Any) -> None:
+def load_vision_parts(model: nn.Module, weights: Any) -> None:
+    """Fill the vision tower, projector (and image_newline) of a llava-style model."""
     wanted = dict(model.state_dict())
     loaded = set()
     for name, tensor in weights():
@@ -94,7 +95,7 @@ class LlavaVisionEncoder:
         model = _vision_model(config, device, dtype)
         if weights is not None:
             with torch.no_grad():
-                _load_vision_weights(model, weights)
+                load_vision_parts(model, weights)
         return cls(AutoProcessor.from_pretrained(directory), model, config)
 
     @property
