@@ -90,3 +90,26 @@ def test_decode_inputs_stage_shifted_rotary_positions() -> None:
     last = len(ids) - 1
     assert inputs.positions[:2].tolist() == [last + rope_delta(spans), 8]
     assert inputs.context_lens[:2].tolist() == [last + 1, 9]
+
+
+def test_config_reads_mrope_section_of_both_formats() -> None:
+    """Qwen2-VL's own config.json (top-level text fields, `rope_scaling: {type: mrope}`) and
+    transformers 5's (`text_config.rope_parameters`)."""
+    from lmdeploy.adapters.engines.pytorch.models.config import ModelConfig
+
+    shape = dict(
+        vocab_size=64, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, architectures=["Qwen2VLForConditionalGeneration"],
+    )  # fmt: skip
+    legacy = {**shape, "rope_scaling": {"type": "mrope", "mrope_section": [4, 6, 6]}}
+    current = {
+        "architectures": shape.pop("architectures"),
+        "text_config": {
+            **shape,
+            "model_type": "qwen2_vl_text",
+            "rope_parameters": {"rope_type": "default", "mrope_section": [4, 6, 6]},
+        },
+    }
+    for cfg in (legacy, current):
+        config = ModelConfig.from_hf(cfg)
+        assert config.mrope_section == (4, 6, 6) and config.rope_scaling is None
