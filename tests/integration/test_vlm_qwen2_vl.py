@@ -10,6 +10,7 @@ import pytest
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 from lmdeploy.vl.constants import IMAGE_TOKEN
 
+from .test_vlm_docs import data_uri
 from .tiny_vlms import QWEN_IMAGE, random_image, reference_greedy, save_tiny_qwen_vl
 
 ONE = f"{IMAGE_TOKEN}\nWhat is shown here?"
@@ -70,3 +71,24 @@ def test_prefix_cache_keeps_different_images_apart(vlm) -> None:
     ids, hits_other = run(b)
     assert ids == expected_b
     assert hits_other == hits_again, "no block holding an image is shared with another image"
+
+
+def test_an_image_part_sets_its_own_min_and_max_pixels(vlm) -> None:
+    """0.6.5's per-image `min_pixels` / `max_pixels` of an image_url part: the image is
+    resized within them, so it fills as many positions as the processor says at that size."""
+    model, processor, pipe = vlm
+    image = random_image(100, 100, seed=5)
+    url = data_uri(image)
+    default = processor.image_processor(images=[image], return_tensors="pt")
+    small = processor.image_processor(
+        images=[image], return_tensors="pt", size={"shortest_edge": 3136, "longest_edge": 3136}
+    )
+    tokens = [int(out["image_grid_thw"].prod()) // 4 for out in (default, small)]
+    assert tokens[0] > tokens[1]
+
+    def input_len(**options) -> int:
+        part = {"type": "image_url", "image_url": {"url": url, **options}}
+        messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}]
+        return pipe(messages, gen_config=_greedy(1)).input_token_len
+
+    assert input_len() - input_len(max_pixels=3136) == tokens[0] - tokens[1]

@@ -11,6 +11,7 @@ model runs in the engine (models/internvl.py).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,11 +74,15 @@ class InternVLVisionEncoder:
                 load_vision_parts(model, weights)
         return cls(AutoImageProcessor.from_pretrained(directory), model, config)
 
+    image_separator = "\n"
+
     @property
     def image_token_id(self) -> int:
         return self.config.image_token_id
 
-    def preprocess(self, image: Image.Image) -> PreparedImage:
+    def preprocess(
+        self, image: Image.Image, options: Mapping[str, Any] | None = None
+    ) -> PreparedImage:
         out = self.image_processor(images=[image], return_tensors="pt")
         num_tokens = int(out["num_patches"][0]) * self.tile_tokens
         text = IMG_START + IMG_CONTEXT * num_tokens + IMG_END

@@ -12,6 +12,7 @@ prompt. The language model runs in the engine (models/llava.py).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,11 +99,15 @@ class LlavaVisionEncoder:
                 load_vision_parts(model, weights)
         return cls(AutoProcessor.from_pretrained(directory), model, config)
 
+    image_separator = "\n"
+
     @property
     def image_token_id(self) -> int:
         return self._image_token_id
 
-    def preprocess(self, image: Image.Image) -> PreparedImage:
+    def preprocess(
+        self, image: Image.Image, options: Mapping[str, Any] | None = None
+    ) -> PreparedImage:
         out = self.processor(text=self.image_token, images=[image], return_tensors="pt")
         num_tokens = int((out["input_ids"] == self._image_token_id).sum())
         pixels = {"pixel_values": out["pixel_values"]}

@@ -12,6 +12,7 @@ axis as transformers does. The language model runs in the engine (models/qwen2_v
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,20 @@ from .llava import pixel_digest
 
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 _PREFIXES = ("model.visual.", "visual.")
+
+
+def _size(options: Mapping[str, Any], size: Any) -> dict[str, Any]:
+    """The image processor's size override for an image part's min_pixels / max_pixels (0.6.5
+    reads them per image); a bound not given stays the checkpoint's (`size`)."""
+    low, high = options.get("min_pixels"), options.get("max_pixels")
+    if low is None and high is None:
+        return {}
+    return {
+        "size": {
+            "shortest_edge": int(low) if low is not None else size["shortest_edge"],
+            "longest_edge": int(high) if high is not None else size["longest_edge"],
+        }
+    }
 
 
 def _vision_tower(config: Any, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -81,18 +96,26 @@ class Qwen2VLVisionEncoder:
                 _load_tower_weights(tower, weights)
         return cls(AutoImageProcessor.from_pretrained(directory), tower, config)
 
+    image_separator = ""  # 0.6.5 and the model's template run the images into the text
+
     @property
     def image_token_id(self) -> int:
         return self._image_token_id
 
-    def preprocess(self, image: Image.Image) -> PreparedImage:
-        out = self.image_processor(images=[image], return_tensors="pt")
+    def preprocess(
+        self, image: Image.Image, options: Mapping[str, Any] | None = None
+    ) -> PreparedImage:
+        out = self.image_processor(
+            images=[image], return_tensors="pt", **_size(options or {}, self.image_processor.size)
+        )
         t, h, w = (int(n) for n in out["image_grid_thw"][0])
         grid = (t, h // self.merge, w // self.merge)
         num_tokens = grid[0] * grid[1] * grid[2]
         pixels = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
         text = VISION_START + IMAGE_PAD * num_tokens + VISION_END
-        return PreparedImage(pixels, num_tokens, text, pixel_digest(image), grid=grid)
+        # The same pixels resized otherwise (min/max_pixels) are another image to the cache.
+        digest = hash((pixel_digest(image), grid))
+        return PreparedImage(pixels, num_tokens, text, digest, grid=grid)
 
     @torch.inference_mode()
     def encode(self, images: list[PreparedImage]) -> list[torch.Tensor]:
