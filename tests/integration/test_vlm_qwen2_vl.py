@@ -53,6 +53,15 @@ def test_greedy_ids_match_transformers_batched_with_text(vlm) -> None:
     assert stats.num_free_blocks == stats.num_blocks, "KV blocks leaked"
 
 
+def test_unplaced_images_run_into_the_text(vlm) -> None:
+    """Images the text does not place go first with no newline (0.6.5's Qwen2-VL prompt)."""
+    pipe = vlm[2]
+    images = [random_image(70, 50, seed=6), random_image(50, 70, seed=7)]
+    expected = _reference(vlm, QWEN_IMAGE * 2 + "Compare them.", images, 4)
+    response = pipe(("Compare them.", images), gen_config=_greedy(4), do_preprocess=False)
+    assert response.token_ids == expected
+
+
 def test_prefix_cache_keeps_different_images_apart(vlm) -> None:
     pipe = vlm[2]
     a, b = random_image(80, 80, seed=3), random_image(80, 80, seed=4)
