@@ -70,3 +70,14 @@ def test_prefix_cache_keeps_different_images_apart(vlm) -> None:
     ids, hits_other = run(b)
     assert ids == expected_b
     assert hits_other == hits_again, "no block holding an image is shared with another image"
+
+
+def test_a_language_model_it_cannot_run_is_named() -> None:
+    from lmdeploy.adapters.engines.pytorch.models.config import ModelConfig
+    from lmdeploy.adapters.engines.pytorch.models.internvl import (
+        internvl_for_conditional_generation,
+    )
+
+    config = ModelConfig(64, 32, 64, 1, 2, 2, 16, text_model_type="internlm2")
+    with pytest.raises(NotImplementedError, match="'internlm2' language model"):
+        internvl_for_conditional_generation(config)
