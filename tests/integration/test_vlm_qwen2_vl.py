@@ -8,10 +8,17 @@ from __future__ import annotations
 import pytest
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+from lmdeploy.application.multimodal import split_images
 from lmdeploy.vl.constants import IMAGE_TOKEN
 
 from .test_vlm_docs import data_uri
-from .tiny_vlms import QWEN_IMAGE, random_image, reference_greedy, save_tiny_qwen_vl
+from .tiny_vlms import (
+    QWEN_IMAGE,
+    greedy_after,
+    random_image,
+    reference_greedy,
+    save_tiny_qwen_vl,
+)
 
 ONE = f"{IMAGE_TOKEN}\nWhat is shown here?"
 TWO = f"Image-1: {IMAGE_TOKEN}\nImage-2: {IMAGE_TOKEN}\nCompare the two images."
@@ -101,3 +108,36 @@ def test_an_image_part_sets_its_own_min_and_max_pixels(vlm) -> None:
         return pipe(messages, gen_config=_greedy(1)).input_token_len
 
     assert input_len() - input_len(max_pixels=3136) == tokens[0] - tokens[1]
+
+
+def _chat_reference(vlm, messages: list, images: list, n: int, pixels: dict) -> list[int]:
+    """transformers' greedy ids on the prompt the pipeline's chat template renders."""
+    model, processor, pipe = vlm
+    text_messages, _ = split_images(messages, separator="")
+    prompt = pipe.service.chat_template.messages2prompt(text_messages)
+    size = {"shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]}
+    inputs = processor(
+        prompt.replace(IMAGE_TOKEN, QWEN_IMAGE), images, encode=pipe.service.encode_chat, size=size
+    )
+    return greedy_after(model, inputs, n)
+
+
+def test_the_docs_conversation_over_two_images(vlm) -> None:
+    """0.6.5's Qwen2-VL example: two image_url parts with their own min/max_pixels, then a
+    follow-up turn with the answer in the history; each turn's ids equal transformers' on the
+    prompt the chat template renders (M-RoPE over the whole conversation)."""
+    pipe = vlm[2]
+    images = [random_image(90, 70, seed=8), random_image(60, 90, seed=9)]
+    pixels = {"min_pixels": 56 * 56, "max_pixels": 84 * 84}
+    parts = [{"type": "image_url", "image_url": {"url": data_uri(im), **pixels}} for im in images]
+    text = {"type": "text", "text": "Describe the two images in detail."}
+    messages = [{"role": "user", "content": [text, *parts]}]
+    gen = GenerationConfig(top_k=1, max_new_tokens=6, ignore_eos=True)
+    out = pipe(messages, gen_config=gen)
+    assert out.token_ids == _chat_reference(vlm, messages, images, 6, pixels)
+    messages += [
+        {"role": "assistant", "content": out.text},
+        {"role": "user", "content": "What are the similarities and differences between them?"},
+    ]
+    out = pipe(messages, gen_config=gen)
+    assert out.token_ids == _chat_reference(vlm, messages, images, 6, pixels)

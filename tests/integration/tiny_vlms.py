@@ -121,16 +121,21 @@ class QwenProcessor:
     def __init__(self, image_processor, tokenizer) -> None:
         self.image_processor, self.tokenizer = image_processor, tokenizer
 
-    def __call__(self, text: str, images: list | None, return_tensors: str = "pt") -> dict:
+    def __call__(
+        self, text: str, images: list | None, return_tensors: str = "pt", encode=None, **kwargs
+    ) -> dict:
+        """`encode`: text -> ids (default: the tokenizer's, no special tokens); `kwargs` go to
+        the image processor (e.g. `size`)."""
         out = {}
         if images:
-            out = dict(self.image_processor(images=images, return_tensors=return_tensors))
+            out = dict(self.image_processor(images=images, return_tensors=return_tensors, **kwargs))
             pieces = text.split("<|image_pad|>")
             counts = (out["image_grid_thw"].prod(-1) // 4).tolist()
             text = pieces[0] + "".join(
                 "<|image_pad|>" * n + piece for n, piece in zip(counts, pieces[1:], strict=True)
             )
-        ids = torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)])
+        encode = encode or (lambda t: self.tokenizer.encode(t, add_special_tokens=False))
+        ids = torch.tensor([encode(text)])
         image_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
         out.update(
             input_ids=ids,
@@ -279,6 +284,11 @@ def _save(hf_tokenizer, directory: Path) -> Path:
 def reference_greedy(model, processor, text: str, images: list, max_new_tokens: int) -> list[int]:
     """transformers' greedy ids for `text` (with `<image>` where each image goes)."""
     inputs = processor(text=text, images=images or None, return_tensors="pt")
+    return greedy_after(model, inputs, max_new_tokens)
+
+
+def greedy_after(model, inputs: dict, max_new_tokens: int) -> list[int]:
+    """transformers' greedy ids after the processor's `inputs`."""
     with torch.no_grad():
         out = model.generate(
             **inputs,
