@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+from lmdeploy import GenerationConfig, PytorchEngineConfig, VisionConfig, pipeline
 from lmdeploy.application.multimodal import split_images
 from lmdeploy.vl.constants import IMAGE_TOKEN
 
@@ -33,7 +33,10 @@ def vlm(request, tmp_path_factory, hf_tokenizer):
     config = PytorchEngineConfig(
         session_len=512, block_size=16, max_prefill_token_num=12, enable_prefix_caching=True
     )
-    pipe = pipeline(str(directory), backend_config=config)
+    # Several images a vision pass: a request's two images are packed into one batch.
+    pipe = pipeline(
+        str(directory), backend_config=config, vision_config=VisionConfig(max_batch_size=4)
+    )
     yield model, processor, pipe
     pipe.close()
 

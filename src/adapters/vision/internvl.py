@@ -20,7 +20,8 @@ from PIL import Image
 from torch import nn
 
 from ...application.ports import PreparedImage
-from .llava import load_vision_parts, pixel_digest
+from .digest import pixel_digest
+from .llava import load_vision_parts
 
 IMG_START, IMG_CONTEXT, IMG_END = "<img>", "<IMG_CONTEXT>", "</img>"
 

@@ -11,7 +11,6 @@ prompt. The language model runs in the engine (models/llava.py).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,10 @@ from PIL import Image
 from torch import nn
 
 from ...application.ports import PreparedImage
+from .digest import pixel_digest
 
 # Vision tensors of the checkpoint; transformers 5 prefixes them with `model.`.
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "image_newline")
-
-
-def pixel_digest(image: Image.Image) -> int:
-    """A hash of the image's pixels and size: the prefix-cache key of its positions."""
-    digest = hashlib.blake2b(image.tobytes(), digest_size=8)
-    digest.update(repr((image.size, image.mode)).encode())
-    return int.from_bytes(digest.digest(), "little")
 
 
 def _vision_model(config: Any, device: torch.device, dtype: torch.dtype) -> nn.Module:

@@ -21,7 +21,7 @@ from PIL import Image
 from torch import nn
 
 from ...application.ports import PreparedImage
-from .llava import pixel_digest
+from .digest import pixel_digest
 
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 _PREFIXES = ("model.visual.", "visual.")
