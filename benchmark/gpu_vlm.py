@@ -1,15 +1,18 @@
-"""Vision-language serving on a GPU with a real-size shape (random weights): LLaVA-1.5-7B.
+"""Vision-language serving on a GPU with a real-size shape (random weights): LLaVA-1.5-7B
+(`--model llava-1.5-7b`, the default) or Qwen2-VL-7B (`--model qwen2-vl-7b`).
 
-1. Images/s through the vision tower + projector (CLIP ViT-L/14-336, 576 tokens an image) at
-   batch 1 and 16, images preprocessed beforehand (the encoder's own cost only).
+1. Images/s through the vision tower + projector at batch 1 and 16, images preprocessed
+   beforehand (the encoder's own cost only). LLaVA: CLIP ViT-L/14-336, 576 tokens an image;
+   Qwen2-VL: its 32-block ViT at the image's own resolution (448x448: 1024 patches merged to
+   256 tokens), the images of a batch packed along the patch axis.
 2. The 1000-request ShareGPT-like text workload, all submitted at once, text-only vs with 20%
-   of the requests carrying one 448x448 image (576 more prompt tokens each): requests/s and
-   output tokens/s of each run.
+   of the requests carrying one 448x448 image (576 / 256 more prompt tokens each): requests/s
+   and output tokens/s of each run. Qwen2-VL's image requests run with M-RoPE positions.
 
 The checkpoint directory holds only config.json, the processor and the embedded tokenizer
-extended with `<image>` (its vocabulary sets the text embedding's rows, 49160 instead of
-32064); load_format='dummy' fills every weight at random.
-Run: python benchmark/gpu_vlm.py [--num-requests 1000] [--out benchmark/results/gpu_vlm.json]
+extended with the family's image tokens (its vocabulary sets the text embedding's rows);
+load_format='dummy' fills every weight at random.
+Run: python benchmark/gpu_vlm.py [--model qwen2-vl-7b] [--num-requests 1000] [--out FILE]
 """
 
 from __future__ import annotations
@@ -78,6 +81,48 @@ def write_llava_7b_shape(directory: Path) -> None:
     processor.save_pretrained(directory)
 
 
+def write_qwen2_vl_7b_shape(directory: Path) -> None:
+    from lmdeploy.adapters.loaders.model_source import embedded_model_file
+    from lmdeploy.adapters.tokenizers.hf_tokenizer import _gguf_tokenizer
+
+    tokenizer = _gguf_tokenizer(embedded_model_file())
+    special = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+    tokenizer.add_tokens(special, special_tokens=True)
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}
+    text = dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=32768,
+        rope_parameters={"rope_type": "default", "mrope_section": [16, 24, 24], "rope_theta": 1e6},
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    vision = dict(depth=32, embed_dim=1280, hidden_size=3584, num_heads=16, mlp_ratio=4)
+    config = transformers.Qwen2VLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+        architectures=["Qwen2VLForConditionalGeneration"],
+        dtype="bfloat16",
+    )
+    config.save_pretrained(directory)
+    transformers.Qwen2VLImageProcessor().save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+
+
+SHAPES = {
+    "llava-1.5-7b": (write_llava_7b_shape, "LLaVA-1.5-7B shape, random weights, fp16"),
+    "qwen2-vl-7b": (write_qwen2_vl_7b_shape, "Qwen2-VL-7B shape, random weights, bf16"),
+}
+
+
 def random_image(seed: int, size: int = 448) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
@@ -124,13 +169,24 @@ def workload(pipe, num: int, image_share: float, seed: int = 0) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=sorted(SHAPES), default="llava-1.5-7b")
     parser.add_argument("--num-requests", type=int, default=1000)
     parser.add_argument("--image-share", type=float, default=0.2)
     parser.add_argument("--vision-batch", type=int, default=16)
-    parser.add_argument("--out", default="benchmark/results/gpu_vlm.json")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="default: benchmark/results/gpu_vlm.json, gpu_vlm_qwen2_vl.json for qwen2-vl-7b",
+    )
     args = parser.parse_args()
+    out = args.out or (
+        "benchmark/results/gpu_vlm.json"
+        if args.model == "llava-1.5-7b"
+        else "benchmark/results/gpu_vlm_qwen2_vl.json"
+    )
+    write_shape, title = SHAPES[args.model]
     with tempfile.TemporaryDirectory() as tmp:
-        write_llava_7b_shape(Path(tmp))
+        write_shape(Path(tmp))
         pipe = pipeline(
             tmp,
             backend_config=PytorchEngineConfig(load_format="dummy", session_len=4096),
@@ -138,7 +194,7 @@ def main() -> None:
         )
         encoder = pipe.service.vision.encoder
         result = {
-            "model": "LLaVA-1.5-7B shape, random weights, fp16",
+            "model": title,
             "gpu": torch.cuda.get_device_name(),
             "vision_images_per_s": {
                 "batch_1": round(images_per_second(encoder, 1), 1),
@@ -149,8 +205,8 @@ def main() -> None:
         }
         pipe.close()
     print(json.dumps(result, indent=2))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

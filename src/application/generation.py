@@ -321,12 +321,15 @@ class GenerationService:
     ) -> tuple[list[int], tuple[PendingImage, ...]]:
         """The prompt's ids with each image's tokens in place, and the images to encode."""
         messages = to_messages(prompt) if is_image_tuple(prompt) else prompt
-        text_messages, refs = split_images(messages)
+        text_messages, refs = split_images(
+            messages, self.vision.image_separator if self.vision is not None else "\n"
+        )
         if self.vision is None:
             raise InvalidArgument(
                 refs[0].where,
                 "this model reads text only and cannot take images; send the request to a "
-                "vision-language model (LLaVA, LLaVA-NeXT) or drop the image",
+                "vision-language model (LLaVA, LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, InternVL) or "
+                "drop the image",
             )
         prepared = self.vision.prepare(refs, self.session_len)
         if is_image_tuple(prompt) and not do_preprocess:

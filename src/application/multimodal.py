@@ -4,7 +4,8 @@
 `{'type': 'image_data', 'image_data': {'data': PIL image}}`).
 
 Images are taken out of the messages in order; each user turn's text keeps an IMAGE_TOKEN
-where each of its images goes (prepended, one a line, unless the user placed them), so any
+where each of its images goes (prepended unless the user placed them: one a line, or as the
+family writes them, e.g. Qwen2-VL's run straight into the text), so any
 chat template renders the turn as text. After rendering, every IMAGE_TOKEN becomes its
 image's own prompt text (the model's image tokens), and the ids' image positions become
 `ImageSpan`s.
@@ -12,7 +13,7 @@ image's own prompt text (the model's image tokens), and the ids' image positions
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..domain.errors import InvalidArgument
@@ -25,10 +26,12 @@ _IMAGE_PARTS = ("image_url", "image_data")
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image of a prompt before loading: `where` names it for errors ('messages[0].content[1]')."""
+    """An image of a prompt before loading: `where` names it for errors ('messages[0].content[1]');
+    `options` are the other keys of its `image_url` dict (Qwen2-VL's min_pixels/max_pixels)."""
 
     where: str
     source: Any
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def is_image_tuple(prompt: object) -> bool:
@@ -81,8 +84,18 @@ def _source_of(part: dict[str, Any], where: str) -> Any:
     return url
 
 
-def split_images(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[ImageRef]]:
-    """Text-only messages with IMAGE_TOKEN placeholders, and the images in prompt order."""
+def _options_of(part: dict[str, Any]) -> dict[str, Any]:
+    url = part.get("image_url")
+    if part["type"] != "image_url" or not isinstance(url, dict):
+        return {}
+    return {k: v for k, v in url.items() if k not in ("url", "detail")}
+
+
+def split_images(
+    messages: list[dict[str, Any]], separator: str = "\n"
+) -> tuple[list[dict[str, Any]], list[ImageRef]]:
+    """Text-only messages with IMAGE_TOKEN placeholders, and the images in prompt order.
+    Images the text does not place go first, each followed by `separator`."""
     text_messages, refs = [], []
     for i, message in enumerate(messages):
         content = message.get("content")
@@ -94,14 +107,14 @@ def split_images(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], 
             kind = part.get("type") if isinstance(part, dict) else None
             if kind in _IMAGE_PARTS:
                 where = f"messages[{i}].content[{j}]"
-                found.append(ImageRef(where, _source_of(part, where)))
+                found.append(ImageRef(where, _source_of(part, where), _options_of(part)))
             elif kind == "text":
                 texts.append(str(part.get("text", "")))
         if found and message.get("role") != "user":
             raise InvalidArgument(found[0].where, "only user messages may carry images")
         text = "".join(texts)
         if found and IMAGE_TOKEN not in text:
-            text = (IMAGE_TOKEN + "\n") * len(found) + text
+            text = (IMAGE_TOKEN + separator) * len(found) + text
         elif text.count(IMAGE_TOKEN) != len(found):
             raise InvalidArgument(
                 f"messages[{i}].content",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -168,9 +168,11 @@ class VisionEncoder(Protocol):
     """A vision-language family's image side: preprocess -> encode. The contract a family's
     adapter (adapters/vision/) keeps:
 
-    - `preprocess(image)` takes an RGB PIL image, runs on the caller's thread (CPU work of
-      the family's transformers image processor) and says how many prompt positions the
-      image fills: the prompt is tokenized once with every image's `prompt_text` in place.
+    - `preprocess(image, options)` takes an RGB PIL image and the other keys of its
+      `image_url` part (0.6.5's Qwen2-VL reads min_pixels/max_pixels; a family ignores keys
+      it has no use for), runs on the caller's thread (CPU work of the family's transformers
+      image processor) and says how many prompt positions the image fills: the prompt is
+      tokenized once with every image's `prompt_text` in place.
     - `encode(images)` runs on the vision worker's thread, batched across requests (at most
       `VisionConfig.max_batch_size` images a call), and returns one tensor per image,
       [num_tokens, text hidden size] on the runner's device and dtype: the input embeddings
@@ -178,12 +180,17 @@ class VisionEncoder(Protocol):
       image_newline). The runner writes them over the token embeddings at those positions.
     - Families whose positions are not 1-D (M-RoPE) set `PreparedImage.grid`; the runner's
       model reads `ImageSpan.grid` to build its positions.
+    - `image_separator`: what follows each image the user did not place in the text (they go
+      first): "\n" for LLaVA and InternVL, "" for Qwen2-VL (as 0.6.5 and its template write).
     """
 
     @property
     def image_token_id(self) -> int: ...
 
-    def preprocess(self, image: Any) -> PreparedImage: ...
+    @property
+    def image_separator(self) -> str: ...
+
+    def preprocess(self, image: Any, options: Mapping[str, Any] | None = None) -> PreparedImage: ...
 
     def encode(self, images: list[PreparedImage]) -> list[Any]: ...
 

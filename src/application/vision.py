@@ -56,12 +56,16 @@ class VisionService:
     def image_token_id(self) -> int:
         return self.encoder.image_token_id
 
+    @property
+    def image_separator(self) -> str:
+        return self.encoder.image_separator
+
     def prepare(self, refs: list[ImageRef], session_len: int) -> list[PreparedImage]:
         """Load and preprocess each image; InvalidArgument naming the image's part when one
         cannot be read or alone would not fit the session."""
         prepared = []
         for ref in refs:
-            image = self.encoder.preprocess(self.loader.load(ref.source, ref.where))
+            image = self.encoder.preprocess(self.loader.load(ref.source, ref.where), ref.options)
             if image.num_tokens >= session_len:
                 raise InvalidArgument(
                     ref.where,

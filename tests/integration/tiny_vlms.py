@@ -1,7 +1,9 @@
-"""Tiny random vision-language checkpoints (LLaVA, LLaVA-NeXT) from transformers' own config,
-model and processor classes: a 2-layer CLIP vision tower, a 2-layer Llama, the embedded
-tokenizer extended with `<image>`, the processor with default settings but 28-pixel images.
-Nothing is downloaded."""
+"""Tiny random vision-language checkpoints from transformers' own config, model and processor
+classes: LLaVA and LLaVA-NeXT (a 2-layer CLIP vision tower, a 2-layer Llama, 28-pixel
+images), Qwen2-VL and Qwen2.5-VL (a 2-block vision tower, a 2-layer Qwen2 text model with
+M-RoPE, images of at most 112x112 pixels), InternVL (a 2-layer InternViT, a 2-layer Qwen2 or
+Llama text model, 28-pixel tiles); the embedded tokenizer extended with the family's
+image tokens, the processor with default settings otherwise. Nothing is downloaded."""
 
 from __future__ import annotations
 
@@ -67,6 +69,189 @@ def _processor(kind: str, tokenizer):
     )
 
 
+QK_SCALE = 6.0
+QWEN_TOKENS = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
+QWEN_IMAGE = "<|vision_start|><|image_pad|><|vision_end|>"  # one image in a reference prompt
+
+
+def _qwen_config(kind: str, tokenizer):
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in QWEN_TOKENS}
+    hidden = TINY_SHAPE["hidden_size"]
+    head_dim = hidden // TINY_SHAPE["num_attention_heads"]
+    rope = {"rope_type": "default", "mrope_section": [4, 6, 6], "rope_theta": 10000.0}
+    assert 2 * sum(rope["mrope_section"]) == head_dim
+    text = {
+        **TINY_SHAPE,
+        "vocab_size": len(tokenizer),
+        "rope_parameters": rope,
+        "bos_token_id": tokenizer.bos_token_id,  # not Qwen's, outside this vocabulary
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    common = dict(
+        text_config=text,
+        image_token_id=ids["<|image_pad|>"],
+        video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"],
+        vision_end_token_id=ids["<|vision_end|>"],
+    )
+    if kind == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2)
+        return transformers.Qwen2VLConfig(
+            vision_config=vision, architectures=["Qwen2VLForConditionalGeneration"], **common
+        )
+    vision = dict(
+        depth=2,
+        hidden_size=32,
+        intermediate_size=64,
+        num_heads=2,
+        out_hidden_size=hidden,
+        fullatt_block_indexes=[1],
+        window_size=56,
+    )
+    return transformers.Qwen2_5_VLConfig(
+        vision_config=vision, architectures=["Qwen2_5_VLForConditionalGeneration"], **common
+    )
+
+
+class QwenProcessor:
+    """What Qwen2VLProcessor does for images (it cannot be built without torchvision, for its
+    video processor): each `<|image_pad|>` of the text repeated for its image's merged patches,
+    and `mm_token_type_ids` marking them (transformers' M-RoPE needs it)."""
+
+    def __init__(self, image_processor, tokenizer) -> None:
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def __call__(
+        self, text: str, images: list | None, return_tensors: str = "pt", encode=None, **kwargs
+    ) -> dict:
+        """`encode`: text -> ids (default: the tokenizer's, no special tokens); `kwargs` go to
+        the image processor (e.g. `size`)."""
+        out = {}
+        if images:
+            out = dict(self.image_processor(images=images, return_tensors=return_tensors, **kwargs))
+            pieces = text.split("<|image_pad|>")
+            counts = (out["image_grid_thw"].prod(-1) // 4).tolist()
+            text = pieces[0] + "".join(
+                "<|image_pad|>" * n + piece for n, piece in zip(counts, pieces[1:], strict=True)
+            )
+        encode = encode or (lambda t: self.tokenizer.encode(t, add_special_tokens=False))
+        ids = torch.tensor([encode(text)])
+        image_id = self.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+        out.update(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            mm_token_type_ids=(ids == image_id).int(),
+        )
+        return out
+
+
+def save_tiny_qwen_vl(kind: str, directory: Path, hf_tokenizer, seed: int = 0):
+    """A tiny Qwen2-VL (`qwen2_vl`) or Qwen2.5-VL (`qwen2_5_vl`): its transformers model and
+    processor (the reference)."""
+    tokenizer = hf_tokenizer.__class__.from_pretrained(_save(hf_tokenizer, directory))
+    tokenizer.add_tokens(QWEN_TOKENS, special_tokens=True)
+    config = _qwen_config(kind, tokenizer)
+    torch.manual_seed(seed)
+    cls = (
+        transformers.Qwen2VLForConditionalGeneration
+        if kind == "qwen2_vl"
+        else transformers.Qwen2_5_VLForConditionalGeneration
+    )
+    model = cls(config).eval()
+    _perturb(model)
+    with torch.no_grad():  # sharper attention, so that positions (M-RoPE) steer the ids
+        for name, param in model.named_parameters():
+            if "language_model" in name and ("q_proj" in name or "k_proj" in name):
+                param.mul_(QK_SCALE)
+    model.save_pretrained(directory, safe_serialization=True)
+    images = transformers.Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=112 * 112)
+    images.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model, QwenProcessor(images, tokenizer)
+
+
+INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>"]
+INTERNVL_IMAGE = "<img><IMG_CONTEXT></img>"  # one image in a reference prompt
+TILE_TOKENS = 4  # (28 / 7) ** 2 patches, pixel-shuffled by 0.5
+PROJECTOR_SCALE = 20.0
+
+
+class InternVLProcessor:
+    """What transformers' InternVLProcessor does for images (it cannot be built without
+    torchvision, for its video processor): each `<IMG_CONTEXT>` repeated for its image's tiles."""
+
+    def __init__(self, image_processor, tokenizer) -> None:
+        self.image_processor, self.tokenizer = image_processor, tokenizer
+
+    def __call__(self, text: str, images: list | None, return_tensors: str = "pt") -> dict:
+        out = {}
+        if images:
+            out = dict(self.image_processor(images=images, return_tensors=return_tensors))
+            pieces = text.split("<IMG_CONTEXT>")
+            counts = (out.pop("num_patches") * TILE_TOKENS).tolist()
+            text = pieces[0] + "".join(
+                "<IMG_CONTEXT>" * n + piece for n, piece in zip(counts, pieces[1:], strict=True)
+            )
+        ids = torch.tensor([self.tokenizer.encode(text, add_special_tokens=False)])
+        return {**out, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def save_tiny_internvl(text_model: str, directory: Path, hf_tokenizer, seed: int = 0):
+    """A tiny InternVL whose language model is `text_model` ('qwen2' or 'llama'): its
+    transformers model and processor (the reference)."""
+    tokenizer = hf_tokenizer.__class__.from_pretrained(_save(hf_tokenizer, directory))
+    tokenizer.add_tokens(INTERNVL_TOKENS, special_tokens=True)
+    vision = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=[IMAGE_SIZE, IMAGE_SIZE],
+        patch_size=[PATCH, PATCH],
+    )
+    text = {
+        **TINY_SHAPE,
+        "model_type": text_model,
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    config = transformers.InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
+        image_seq_length=TILE_TOKENS,
+        tie_word_embeddings=False,  # a head of its own: tied, the tiny model repeats one token
+        architectures=["InternVLForConditionalGeneration"],
+    )
+    torch.manual_seed(seed)
+    model = transformers.InternVLForConditionalGeneration(config).eval()
+    _perturb(model)
+    with torch.no_grad():  # image rows as large as token embeddings, so images steer the ids
+        model.model.multi_modal_projector.linear_2.weight.mul_(PROJECTOR_SCALE)
+    model.save_pretrained(directory, safe_serialization=True)
+    images = transformers.GotOcr2ImageProcessorPil(
+        crop_to_patches=True,
+        min_patches=1,
+        max_patches=4,
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+    )
+    images.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return model, InternVLProcessor(images, tokenizer)
+
+
+def _perturb(model) -> None:
+    """Norm weights away from one and biases away from zero, so that one applied wrongly
+    shows in the ids."""
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "norm" in name:
+                param.normal_(float(param.mean()), 0.1)
+            elif name.endswith(".bias"):
+                param.normal_(0.0, 0.1)
+
+
 def save_tiny_vlm(kind: str, directory: Path, hf_tokenizer, seed: int = 0):
     """The saved checkpoint's transformers model and processor (the reference)."""
     tokenizer = hf_tokenizer.__class__.from_pretrained(_save(hf_tokenizer, directory))
@@ -99,6 +284,11 @@ def _save(hf_tokenizer, directory: Path) -> Path:
 def reference_greedy(model, processor, text: str, images: list, max_new_tokens: int) -> list[int]:
     """transformers' greedy ids for `text` (with `<image>` where each image goes)."""
     inputs = processor(text=text, images=images or None, return_tensors="pt")
+    return greedy_after(model, inputs, max_new_tokens)
+
+
+def greedy_after(model, inputs: dict, max_new_tokens: int) -> list[int]:
+    """transformers' greedy ids after the processor's `inputs`."""
     with torch.no_grad():
         out = model.generate(
             **inputs,

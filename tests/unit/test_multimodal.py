@@ -26,11 +26,12 @@ IMG = 99  # the fake model's image token id
 
 class FakeEncoder:
     image_token_id = IMG
+    image_separator = "\n"
 
     def __init__(self) -> None:
         self.batches: list[int] = []
 
-    def preprocess(self, image) -> PreparedImage:
+    def preprocess(self, image, options=None) -> PreparedImage:
         return PreparedImage(image, image["n"], "<img>" * image["n"], hash(image.get("name")))
 
     def encode(self, images: list[PreparedImage]) -> list:
@@ -49,6 +50,18 @@ def test_a_tuple_prompt_puts_each_image_first_one_a_line() -> None:
     messages, refs = split_images(to_messages(("describe", [{"n": 1}, {"n": 2}])))
     assert messages == [{"role": "user", "content": f"{IMAGE_TOKEN}\n{IMAGE_TOKEN}\ndescribe"}]
     assert [r.where for r in refs] == ["messages[0].content[1]", "messages[0].content[2]"]
+
+
+def test_a_family_may_run_unplaced_images_into_the_text() -> None:
+    messages, _ = split_images(to_messages(("describe", [{"n": 1}, {"n": 2}])), separator="")
+    assert messages[0]["content"] == f"{IMAGE_TOKEN}{IMAGE_TOKEN}describe"
+
+
+def test_an_image_url_part_keeps_its_other_keys_as_options() -> None:
+    url = {"url": "data:x", "max_pixels": 3136, "detail": "low"}
+    part = {"type": "image_url", "image_url": url}
+    _, refs = split_images([{"role": "user", "content": [part]}])
+    assert refs[0].source == "data:x" and refs[0].options == {"max_pixels": 3136}
 
 
 def test_placed_image_tokens_are_kept_and_must_match_the_images() -> None:

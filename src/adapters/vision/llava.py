@@ -11,7 +11,7 @@ prompt. The language model runs in the engine (models/llava.py).
 
 from __future__ import annotations
 
-import hashlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +20,10 @@ from PIL import Image
 from torch import nn
 
 from ...application.ports import PreparedImage
+from .digest import pixel_digest
 
 # Vision tensors of the checkpoint; transformers 5 prefixes them with `model.`.
 _VISION_PREFIXES = ("vision_tower.", "multi_modal_projector.", "image_newline")
-
-
-def pixel_digest(image: Image.Image) -> int:
-    """A hash of the image's pixels and size: the prefix-cache key of its positions."""
-    digest = hashlib.blake2b(image.tobytes(), digest_size=8)
-    digest.update(repr((image.size, image.mode)).encode())
-    return int.from_bytes(digest.digest(), "little")
 
 
 def _vision_model(config: Any, device: torch.device, dtype: torch.dtype) -> nn.Module:
@@ -54,7 +48,8 @@ def _vision_model(config: Any, device: torch.device, dtype: torch.dtype) -> nn.M
     return model
 
 
-def _load_vision_weights(model: nn.Module, weights: Any) -> None:
+def load_vision_parts(model: nn.Module, weights: Any) -> None:
+    """Fill the vision tower, projector (and image_newline) of a llava-style model."""
     wanted = dict(model.state_dict())
     loaded = set()
     for name, tensor in weights():
@@ -94,14 +89,18 @@ class LlavaVisionEncoder:
         model = _vision_model(config, device, dtype)
         if weights is not None:
             with torch.no_grad():
-                _load_vision_weights(model, weights)
+                load_vision_parts(model, weights)
         return cls(AutoProcessor.from_pretrained(directory), model, config)
+
+    image_separator = "\n"
 
     @property
     def image_token_id(self) -> int:
         return self._image_token_id
 
-    def preprocess(self, image: Image.Image) -> PreparedImage:
+    def preprocess(
+        self, image: Image.Image, options: Mapping[str, Any] | None = None
+    ) -> PreparedImage:
         out = self.processor(text=self.image_token, images=[image], return_tensors="pt")
         num_tokens = int((out["input_ids"] == self._image_token_id).sum())
         pixels = {"pixel_values": out["pixel_values"]}

@@ -14,6 +14,9 @@ from ...application.ports import VisionEncoder
 _ENCODERS: dict[str, tuple[str, str]] = {
     "LlavaForConditionalGeneration": ("llava", "LlavaVisionEncoder"),
     "LlavaNextForConditionalGeneration": ("llava", "LlavaVisionEncoder"),
+    "Qwen2VLForConditionalGeneration": ("qwen2_vl", "Qwen2VLVisionEncoder"),
+    "Qwen2_5_VLForConditionalGeneration": ("qwen2_vl", "Qwen2VLVisionEncoder"),
+    "InternVLForConditionalGeneration": ("internvl", "InternVLVisionEncoder"),
 }
 
 

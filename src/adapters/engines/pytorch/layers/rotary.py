@@ -13,6 +13,13 @@ transformers does; in a batch, a sequence's numbers do not depend on who shares 
 transformers would if fed the same chunks, and a reused prefix keeps the rotation it was
 cached with.
 
+M-RoPE (Qwen2-VL, `mrope_section`): each token has three positions (temporal, height,
+width; the same three for text), and each section of the rotary frequencies turns by one of
+them, section i by position i % 3. A token's cos/sin row is therefore pieced together from the
+rows of its three positions in the same table (`RotaryTables.mrope`). Text after an image sits
+at its index plus the sequence's rope delta (runner/mrope.py), so a decode step still reads
+one table row per token.
+
 Since a decode token's length is its position + 1, the decode table is still indexed by
 position alone (row p rotated with the base of length max(p + 1, M)), so CUDA graphs read it
 as before; only a prefill step past M builds its own cos/sin per token (`RotaryTables.at`).
@@ -112,12 +119,27 @@ class RotaryTables:
         scaling: dict[str, Any] | None,
         max_trained: int,
         device: torch.device,
+        mrope_section: tuple[int, ...] | None = None,
     ) -> None:
         self.head_dim, self.theta, self.max_trained = head_dim, theta, max_trained
         self.dynamic_factor = scaling["factor"] if _rope_kind(scaling) == "dynamic" else None
         self.cos, self.sin = rotary_cos_sin(
             head_dim, max_positions, theta, scaling, device, max_trained
         )
+        self.mrope_section = mrope_section
+        self._axis: torch.Tensor | None = None
+        if mrope_section is not None:
+            if 2 * sum(mrope_section) != head_dim:
+                raise ValueError(
+                    f"mrope_section {list(mrope_section)} covers {2 * sum(mrope_section)} of "
+                    f"the head's {head_dim} rotary dims (config.json); the checkpoint's config "
+                    f"is inconsistent"
+                )
+            # Which of the three positions turns each dim (both halves of the rotate-half pair).
+            half = torch.cat(
+                [torch.full((n,), i % 3, dtype=torch.int64) for i, n in enumerate(mrope_section)]
+            )
+            self._axis = torch.cat([half, half]).to(device)
 
     def needs_lengths(self, context_lens: list[int], is_decode: bool) -> bool:
         """Whether this step's cos/sin differ from the table: a prefill past M under dynamic NTK."""
@@ -137,6 +159,15 @@ class RotaryTables:
             self.head_dim, self.theta, self.dynamic_factor, self.max_trained, seq_lens
         )
         return _cos_sin(positions.to(torch.float64)[:, None] * inv_freq)
+
+    def mrope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin [tokens, head_dim] of tokens at M-RoPE `positions` [3, tokens]."""
+        assert self._axis is not None, "3-D positions for a model without mrope_section"
+        tokens = torch.arange(positions.shape[1], device=positions.device)[:, None]
+        axis = self._axis[None, :]
+        dims = torch.arange(self.head_dim, device=positions.device)[None, :]
+        rows = positions[axis, tokens]  # [tokens, head_dim]: each dim's own position
+        return self.cos[rows, dims], self.sin[rows, dims]
 
 
 def rotate_qk(

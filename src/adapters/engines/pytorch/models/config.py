@@ -46,6 +46,11 @@ class ModelConfig:
     # The linears' quantization (AWQ, GPTQ, ...); None: dense. Model files hand it to every
     # linear they build and never look inside.
     quant_config: QuantConfig | None = None
+    # M-RoPE (Qwen2-VL): the rotary dims' split (in frequency pairs) between the temporal,
+    # height and width position of each token; None: one position per token.
+    mrope_section: tuple[int, ...] | None = None
+    # A vision-language checkpoint's language model family (its text_config's model_type).
+    text_model_type: str | None = None
 
     @classmethod
     def from_hf(cls, cfg: dict[str, Any], model_format: str | None = None) -> ModelConfig:
@@ -58,7 +63,9 @@ class ModelConfig:
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
         rope = cfg.get("rope_scaling") or cfg.get("rope_parameters")
         theta = cfg.get("rope_theta") or (rope or {}).get("rope_theta") or 10000.0
-        if rope and rope.get("rope_type", rope.get("type")) in (None, "default"):
+        mrope = (rope or {}).get("mrope_section")
+        # Qwen2-VL's checkpoints say `"type": "mrope"`: plain frequencies, 3-D positions.
+        if rope and rope.get("rope_type", rope.get("type")) in (None, "default", "mrope"):
             rope = None
         window = cfg.get("sliding_window") if cfg.get("use_sliding_window", True) else None
         return cls(
@@ -95,6 +102,8 @@ class ModelConfig:
             final_logit_softcapping=cfg.get("final_logit_softcapping"),
             query_pre_attn_scalar=cfg.get("query_pre_attn_scalar"),
             quant_config=resolve_quant_config(cfg, model_format),
+            mrope_section=tuple(mrope) if mrope else None,
+            text_model_type=cfg.get("text_model_type"),
         )
 
     def sliding_window_of(self, layer: int) -> int | None:
@@ -111,7 +120,8 @@ def _text_config(cfg: dict[str, Any]) -> dict[str, Any]:
     from transformers import AutoConfig
 
     text = dict(cfg["text_config"])
-    text = AutoConfig.for_model(text.pop("model_type", "llama"), **text).to_dict()
+    model_type = text.pop("model_type", "llama")
+    text = {**AutoConfig.for_model(model_type, **text).to_dict(), "text_model_type": model_type}
     for key in ("architectures", "torch_dtype", "dtype", "tie_word_embeddings"):
         if cfg.get(key) is not None:
             text[key] = cfg[key]

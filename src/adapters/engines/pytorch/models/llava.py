@@ -5,6 +5,7 @@ vision adapter (adapters/vision/llava.py), which loads the vision tower and proj
 from __future__ import annotations
 
 from .llama import LlamaForCausalLM
+from .vl_names import text_model_name
 
 # Checkpoint prefix -> ours: transformers 5 saves `model.language_model.*`, earlier llava-hf
 # checkpoints `language_model.model.*` and `language_model.lm_head.*`.
@@ -18,7 +19,4 @@ _TEXT_PREFIXES = (
 
 class LlavaForConditionalGeneration(LlamaForCausalLM):
     def checkpoint_name(self, name: str) -> str | None:
-        for prefix, ours in _TEXT_PREFIXES:
-            if name.startswith(prefix):
-                return ours + name[len(prefix) :]
-        return None  # the vision tower, the projector, image_newline
+        return text_model_name(name, _TEXT_PREFIXES)  # None: the vision tower, the projector

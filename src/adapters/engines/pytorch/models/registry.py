@@ -7,9 +7,13 @@ a checkpoint asks for it.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from .base import CausalLM
+from .config import ModelConfig
+
+# A model class, or a function of the config that picks one (InternVL: by its text model).
+ModelFactory = type[CausalLM] | Callable[[ModelConfig], CausalLM]
 
 # architecture -> (module of this package, class)
 _MODELS: dict[str, tuple[str, str]] = {
@@ -26,6 +30,10 @@ _MODELS: dict[str, tuple[str, str]] = {
     # Vision-language: the language model here, the image side in adapters/vision/.
     "LlavaForConditionalGeneration": ("llava", "LlavaForConditionalGeneration"),
     "LlavaNextForConditionalGeneration": ("llava", "LlavaForConditionalGeneration"),
+    "Qwen2VLForConditionalGeneration": ("qwen2_vl", "Qwen2VLForConditionalGeneration"),
+    "Qwen2_5_VLForConditionalGeneration": ("qwen2_vl", "Qwen2VLForConditionalGeneration"),
+    # InternVL's class depends on its text model: a function of the config builds it.
+    "InternVLForConditionalGeneration": ("internvl", "internvl_for_conditional_generation"),
 }
 
 
@@ -40,8 +48,8 @@ def supported_architectures(custom: Mapping[str, type[CausalLM]] | None = None) 
 def model_class(
     architectures: tuple[str, ...] | list[str],
     custom: Mapping[str, type[CausalLM]] | None = None,
-) -> type[CausalLM]:
-    """The class of the first of `architectures` that has one; `custom` (the user's
+) -> ModelFactory:
+    """The class (or factory) of the first of `architectures` that has one; `custom` (the user's
     `custom_module_map`) adds architectures and overrides ours."""
     for arch in architectures:
         if custom and arch in custom:

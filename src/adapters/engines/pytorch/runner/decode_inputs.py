@@ -7,6 +7,8 @@ the graph's static inputs. Here every input lives in one int64 buffer, laid out 
 
     [input_ids: n | positions: n | slot_mapping: n | context_lens: n | block_tables: n x W]
 
+(`positions` are the rotary ones: a sequence's index, shifted after M-RoPE images.)
+
 (n the largest batch, W the most blocks a sequence may hold), in pinned host memory and once
 on the device, where the graphs read it directly. A step of B sequences writes its rows
 through a numpy view of a host buffer and sends the header and its B table rows in one
@@ -22,6 +24,7 @@ from __future__ import annotations
 import torch
 
 from .....domain.sequence import Sequence
+from .mrope import rope_delta
 
 
 class DecodeInputs:
@@ -66,22 +69,22 @@ class DecodeInputs:
         self._turn ^= 1
         host.wait_for_copy()
         n, bs, num = self.max_seqs, self.block_size, len(seqs)
-        ids, positions, slots = [], [], []
+        ids, positions, slots, context_lens = [], [], [], []
         tables = host.tables
         for row, seq in enumerate(seqs):
             pos = seq.num_cached_tokens + lag
             table = seq.block_table
             if ids_from is None:
                 ids.append(seq.token_ids[pos])
-            positions.append(pos)
+            positions.append(pos + rope_delta(seq.images))  # rotary: after M-RoPE images
+            context_lens.append(pos + 1)
             slots.append(table[pos // bs] * bs + pos % bs)
             tables[row, : len(table)] = table
         values = host.values
         values[:num] = ids if ids_from is None else ids_from[1]
         values[n : n + num] = positions
         values[2 * n : 2 * n + num] = slots
-        values[3 * n : 3 * n + num] = positions
-        values[3 * n : 3 * n + num] += 1
+        values[3 * n : 3 * n + num] = context_lens
         if host.num_filled > num:
             values[2 * n + num : 2 * n + host.num_filled] = -1
             values[3 * n + num : 3 * n + host.num_filled] = 1

@@ -27,6 +27,7 @@ from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
 from .image_rows import gather_image_rows, touches_images
 from .kv_cache import allocate_kv_caches
 from .lora_pool import AdapterPool
+from .mrope import has_grids, mrope_positions
 from .step_extras import collect_extras, wants_extras
 
 
@@ -78,6 +79,7 @@ class PytorchModelRunner:
             cfg.rope_scaling,
             cfg.max_position_embeddings,
             device,
+            cfg.mrope_section,
         )
         self.graphs: DecodeGraphs | None = None
         if use_cuda_graphs and device.type == "cuda":
@@ -121,17 +123,23 @@ class PytorchModelRunner:
     ) -> tuple[torch.Tensor | None, torch.Tensor, AttentionMetadata]:
         """The step's flat inputs; with `lag` 1 (a decode step started ahead) each sequence
         computes the position after its last known token, and the input ids are left to the
-        caller (None)."""
+        caller (None). The rotary positions are [tokens], or [3, tokens] for an M-RoPE model
+        in a step with a sequence whose images have grids."""
         block_size = self._cache.block_size
+        mrope = self.rope.mrope_section is not None and any(has_grids(s.images) for s in plan.seqs)
         input_ids: list[int] = []
         positions: list[int] = []
+        positions_3d: list[np.ndarray] = []
         slots: list[int] = []
         query_lens, context_lens, cached = [], [], []
         for seq, num in zip(plan.seqs, plan.num_scheduled, strict=True):
             start = seq.num_cached_tokens + lag
             end = start + num
             input_ids.extend(seq.token_ids[start:end])
-            positions.extend(range(start, end))
+            if mrope:
+                positions_3d.append(mrope_positions(seq.images, start, end))
+            else:
+                positions.extend(range(start, end))
             table = seq.block_table
             slots.extend(
                 table[p // block_size] * block_size + p % block_size for p in range(start, end)
@@ -155,12 +163,19 @@ class PytorchModelRunner:
             num_cached_list=cached,
         )
         prepare_metadata(meta, block_size)
-        return (tensor(input_ids) if not lag else None), tensor(positions), meta
+        rotary = (
+            torch.from_numpy(np.concatenate(positions_3d, axis=1)).to(self.device)
+            if mrope
+            else tensor(positions)
+        )
+        return (tensor(input_ids) if not lag else None), rotary, meta
 
     def _cos_sin(
         self, positions: torch.Tensor, meta: AttentionMetadata
     ) -> tuple[torch.Tensor, torch.Tensor]:
         rope = self.rope
+        if positions.dim() == 2:
+            return rope.mrope(positions)
         if rope.needs_lengths(meta.context_lens_list, meta.is_decode):
             query_lens = torch.tensor(meta.query_lens, device=self.device)
             return rope.at(positions, meta.context_lens.repeat_interleave(query_lens))
