@@ -148,6 +148,8 @@ def awq_directory(tmp_path_factory, hf_tokenizer) -> Path:
         ({"version": "gemv"}, "version"),
         ({"quant_method": "gptq", "desc_act": True}, "desc_act"),
         ({"quant_method": "hqq"}, "quant_method"),
+        ({"modules_to_not_convert": ["mlp.down_proj"]}, "modules_to_not_convert"),
+        ({"quant_method": "gptq", "lm_head": True}, "lm_head"),
     ],
 )
 def test_quantizations_it_cannot_run_are_refused_naming_the_field(
