@@ -146,6 +146,17 @@ def _w4a16_gemv_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
+@triton.jit
+def _sum_splits_kernel(partial_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """out = sum of the SPLIT_K fp32 partial results, cast to out's dtype: one pass."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):
+        acc += tl.load(partial_ptr + split * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 GEMV_ROWS = 4  # up to this many rows, one program a row without tensor cores
 NUM_SMS = 132  # an H200's; the split-K sizing aims at a few programs per SM
 
@@ -182,7 +193,8 @@ def w4a16_gemm(
     group_size: int,
 ) -> torch.Tensor:
     """x [..., K] @ W [K, N] -> [..., N] in x's dtype, W as the module docstring lays it out.
-    Split-K partial sums go to an fp32 buffer summed after (deterministic, unlike atomics)."""
+    Split-K partial sums go to an fp32 buffer that one more kernel adds up and casts
+    (deterministic, unlike atomics)."""
     k = x.shape[-1]
     n = qweight.shape[1]
     assert qweight.dtype == torch.int32 and qweight.shape[0] * PACK == k, (
@@ -209,7 +221,12 @@ def w4a16_gemm(
             _w4a16_gemm_kernel[grid](
                 *args, m, n, k, group_size, *strides, **cfg, DOT_PRECISION=precision
             )
-    out = y[0] if split == 1 else y.sum(0).to(x.dtype)
+    if split == 1:
+        return y[0].view(*x.shape[:-1], n)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m and n:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(m * n, block),)](y, out, m * n, SPLIT_K=split, BLOCK=block)
     return out.view(*x.shape[:-1], n)
 
 
