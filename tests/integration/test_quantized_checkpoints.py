@@ -190,3 +190,12 @@ def test_a_model_format_contradicting_the_checkpoint_is_refused(awq_directory):
             str(awq_directory),
             backend_config=PytorchEngineConfig(session_len=64, model_format="gptq"),
         )
+
+
+def test_a_dense_checkpoint_given_a_4bit_model_format_is_refused_naming_it(tmp_path, hf_tokenizer):
+    from .tiny_models import save_tiny_checkpoint
+
+    save_tiny_checkpoint(transformers.LlamaConfig(**TINY_SHAPE), tmp_path, hf_tokenizer)
+    config = PytorchEngineConfig(session_len=64, device_type="cpu", model_format="awq")
+    with pytest.raises(InvalidArgument, match="model_format"):
+        pipeline(str(tmp_path), backend_config=config)
