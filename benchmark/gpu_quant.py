@@ -3,6 +3,7 @@
     python benchmark/gpu_quant.py [--formats bf16 awq gptq] [--batch-sizes 1 64]
                                   [--input-len 128] [--output-len 128] [--output FILE]
     python benchmark/gpu_quant.py --kernels-only      # the GEMM micro-bench alone
+    python benchmark/gpu_quant.py --device cpu --tiny  # a smoke run of part 1, no GPU
 
 Two parts:
 1. Decode tok/s through pipeline() with random weights (`load_format='dummy'`) of each format,
@@ -11,6 +12,9 @@ Two parts:
 2. The W4A16 GEMM (`kernels/w4a16_gemm.py`) against torch's bf16 matmul on the 8B linears
    (q/k/v, o, gate/up, down) at M = 1, 16, 64, 1024 rows, with `triton.testing.do_bench`;
    the int4 kernel's achieved GB/s over the bytes it must read.
+
+`--tiny` shrinks the shape to 2 layers of hidden 128 (4-bit groups of 128 still divide it),
+written with the default model's tokenizer: the same code path, seconds on a CPU.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -31,6 +36,16 @@ ROWS = [1, 16, 64, 1024]
 GROUP = 128
 
 
+def write_tiny(directory: Path) -> Path:
+    from gpu_families import write_tiny
+
+    write_tiny(SHAPE, directory)  # hidden 64 there: too narrow for groups of 128
+    config = json.loads((directory / "config.json").read_text())
+    wider = {"hidden_size": 128, "intermediate_size": 256, "head_dim": 32}
+    (directory / "config.json").write_text(json.dumps(config | wider))
+    return directory
+
+
 def measure_decode(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
     from gpu_generation import decode_rows, weight_bytes
@@ -38,26 +53,31 @@ def measure_decode(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
 
     from lmdeploy import PytorchEngineConfig, pipeline
 
+    cuda = args.device == "cuda"
     config = PytorchEngineConfig(
+        device_type=args.device,
         load_format="dummy",
-        dtype="bfloat16",
+        dtype="bfloat16" if cuda else "float32",
         model_format=None if fmt == "bf16" else fmt,
         max_batch_size=max(args.batch_sizes),
         session_len=SESSION_LEN,
-        cache_max_entry_count=0.8,
+        cache_max_entry_count=0.8 if cuda else 0.1,
     )
-    start = time.perf_counter()
-    pipe = pipeline(SHAPE, backend_config=config)
-    startup = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        model = str(write_tiny(Path(tmp))) if args.tiny else SHAPE
+        start = time.perf_counter()
+        pipe = pipeline(model, backend_config=config)
+        startup = time.perf_counter() - start
     trace = StepTrace()
     trace.install(pipe.service.engine.runner)
     rows = decode_rows(pipe, trace, args.batch_sizes, args.input_len, args.output_len)
     report = {
         "format": fmt,
-        "device": torch.cuda.get_device_name(),
+        "model": SHAPE + (" (tiny)" if args.tiny else ""),
+        "device": torch.cuda.get_device_name() if cuda else "cpu",
         "startup_s": startup,
         "weight_bytes": weight_bytes(pipe),
-        "peak_memory_GiB": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_memory_GiB": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
         "rows": rows,
     }
     pipe.close()
@@ -68,6 +88,7 @@ def run_format(fmt: str, args: argparse.Namespace) -> dict[str, Any]:
     """`measure_decode` in a fresh process (one model's memory at a time)."""
     command = [sys.executable, __file__, "--one", fmt, "--batch-sizes", *map(str, args.batch_sizes)]
     command += ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
+    command += ["--device", args.device] + ["--tiny"] * args.tiny
     proc = subprocess.run(command, capture_output=True, text=True)
     sys.stderr.write(proc.stderr[-4000:])
     lines = proc.stdout.strip().splitlines()
@@ -143,6 +164,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--input-len", type=int, default=128)
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--kernels-only", action="store_true")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="a shrunken shape: a smoke run")
     ap.add_argument("--output", type=Path, default=Path("benchmark/results/gpu_quant.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     return ap.parse_args()
@@ -154,7 +177,7 @@ def main() -> None:
     if args.one:
         print(json.dumps(measure_decode(args.one, args)), flush=True)
         return
-    kernels = kernel_bench()
+    kernels = kernel_bench() if args.device == "cuda" else []
     decode = [] if args.kernels_only else [run_format(fmt, args) for fmt in args.formats]
     print_tables(decode, kernels)
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|quant ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
-#   BATCHES="1 16 64"  batch sizes of `generation` and `families` (default 1 16 64 256).
+#   BATCHES="1 16 64"  batch sizes of `generation` and `families` (default 1 16 64 256) and of
+#                      `quant` (default 1 64).
 #   FAMILIES="mixtral-8x7b qwen3-30b-a3b"  shapes of `families` (default: all of gpu_families.py's).
 #   HF_REQUESTS=N      requests transformers runs in `throughput` (default 64; 0 for ours only).
 #   LMDEPLOY_DECODE_AHEAD=0  the engine without decode steps started ahead (A/B runs).
@@ -27,7 +28,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 echo "lmdeploy from $ROOT (tag '${TAG}')"
 for part in "$@"; do
   case "$part" in
-    tests) python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda_engine.py tests/integration/test_cuda_swap.py tests/integration/test_cache_swap.py 2>&1 | tee "$OUT/cuda_tests$TAG.log" ;;
+    tests) python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda_engine.py tests/integration/test_cuda_swap.py tests/integration/test_cache_swap.py tests/integration/test_quantized_checkpoints.py 2>&1 | tee "$OUT/cuda_tests$TAG.log" ;;
     kernels) python3 -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel_tests$TAG.log" ;;
     generation) python3 benchmark/profile_generation.py --device cuda --load-format dummy --model-config llama-3-8b \
         --batch-sizes ${BATCHES:-1 16 64 256} --output "$OUT/profile_generation_cuda$TAG.json" ;;
@@ -41,5 +42,7 @@ for part in "$@"; do
     lora) python3 benchmark/gpu_lora.py --output "$OUT/gpu_lora$TAG.json" 2>&1 | tee "$OUT/gpu_lora$TAG.log" ;;
     throughput) python3 benchmark/profile_throughput.py --device cuda --load-format dummy --model llama-3-8b \
         --hf-requests ${HF_REQUESTS:-64} --output "$OUT/profile_throughput_cuda$TAG.json" 2>&1 | tee "$OUT/profile_throughput_cuda$TAG.log" ;;
+    quant) python3 benchmark/gpu_quant.py --batch-sizes ${BATCHES:-1 64} \
+        --output "$OUT/gpu_quant$TAG.json" 2>&1 | tee "$OUT/gpu_quant$TAG.log" ;;
   esac
 done

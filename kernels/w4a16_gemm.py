@@ -10,10 +10,10 @@ and expand it to [BLOCK_K, BLOCK_N] with 8 shifts; BLOCK_K divides G, so a tile 
 scales and zeros.
 
 Decode-sized rows are bandwidth-bound on the 0.5 byte a weight. Up to 4 rows, a GEMV kernel
-(grid `(cdiv(N, BLOCK_N), SPLIT_K, M)`) multiplies on CUDA cores; up to 16, the tensor-core
-kernel (grid `(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), SPLIT_K)`) with 16-row tiles. Both split K
-across programs, whose fp32 partial sums are added after, to fill the GPU when there are few
-column tiles. Prefill-sized rows use larger tiles and no split. Bytes ~= K N / 2 + 2 (K / G) N e + M K e + M N e; FLOPs = 2 M K N.
+(grid `(cdiv(N, BLOCK_N), SPLIT_K, M)`) multiplies on CUDA cores; up to 64, the tensor-core
+kernel (grid `(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), SPLIT_K)`) with 16- or 64-row tiles. Both
+split K across programs, whose fp32 partial sums are added after, to fill the GPU when there
+are few tiles. Prefill-sized rows use larger tiles and no split. Bytes ~= K N / 2 + 2 (K / G) N e + M K e + M N e; FLOPs = 2 M K N.
 """
 
 from __future__ import annotations
@@ -146,6 +146,17 @@ def _w4a16_gemv_kernel(
     tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
 
 
+@triton.jit
+def _sum_splits_kernel(partial_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
+    """out = sum of the SPLIT_K fp32 partial results, cast to out's dtype: one pass."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    acc = tl.zeros((BLOCK,), dtype=tl.float32)
+    for split in tl.static_range(SPLIT_K):
+        acc += tl.load(partial_ptr + split * numel + offs, mask=mask, other=0.0)
+    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
 GEMV_ROWS = 4  # up to this many rows, one program a row without tensor cores
 NUM_SMS = 132  # an H200's; the split-K sizing aims at a few programs per SM
 
@@ -155,17 +166,21 @@ def _split_k(column_tiles: int, k_tiles: int) -> int:
 
 
 def _config(m: int, n: int, k: int, group_size: int) -> dict[str, int]:
-    """Tile sizes by the rows' regime (see the module docstring)."""
+    """Tile sizes by the rows' regime (see the module docstring). Decode batches (up to 64
+    rows) split K until the GPU has a few programs a SM; larger ones fill it with tiles."""
     block_k = min(group_size, 128)
+    k_tiles = k // block_k
     if m <= GEMV_ROWS:
         block_n = 128
-        split_k = _split_k(triton.cdiv(n, block_n), k // block_k)
+        split_k = _split_k(triton.cdiv(n, block_n), k_tiles)
         return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=4)
-    if m <= 16:
-        block_m, block_n, num_warps = 16, 64, 4
-        split_k = _split_k(triton.cdiv(n, block_n), k // block_k)
-    elif m <= 64:
-        block_m, block_n, split_k, num_warps = 64, 64, 1, 4
+    if m <= 64:
+        block_m = 16 if m <= 16 else 64
+        block_n, num_warps = 64, 4
+        split_k = _split_k(triton.cdiv(m, block_m) * triton.cdiv(n, block_n), k_tiles)
+    elif m <= 256:
+        block_m, block_n, split_k, num_warps = 64, 128, 1, 4
+        block_k = min(group_size, 64)
     else:
         block_m, block_n, split_k, num_warps = 128, 128, 1, 8
         block_k = min(group_size, 64)
@@ -182,7 +197,8 @@ def w4a16_gemm(
     group_size: int,
 ) -> torch.Tensor:
     """x [..., K] @ W [K, N] -> [..., N] in x's dtype, W as the module docstring lays it out.
-    Split-K partial sums go to an fp32 buffer summed after (deterministic, unlike atomics)."""
+    Split-K partial sums go to an fp32 buffer that one more kernel adds up and casts
+    (deterministic, unlike atomics)."""
     k = x.shape[-1]
     n = qweight.shape[1]
     assert qweight.dtype == torch.int32 and qweight.shape[0] * PACK == k, (
@@ -209,7 +225,12 @@ def w4a16_gemm(
             _w4a16_gemm_kernel[grid](
                 *args, m, n, k, group_size, *strides, **cfg, DOT_PRECISION=precision
             )
-    out = y[0] if split == 1 else y.sum(0).to(x.dtype)
+    if split == 1:
+        return y[0].view(*x.shape[:-1], n)
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m and n:
+        block = 1024
+        _sum_splits_kernel[(triton.cdiv(m * n, block),)](y, out, m * n, SPLIT_K=split, BLOCK=block)
     return out.view(*x.shape[:-1], n)
 
 

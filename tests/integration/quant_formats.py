@@ -28,21 +28,16 @@ def quantize_rtn(weight: torch.Tensor, group: int, sym: bool):
 
 
 def pack_columns(values: torch.Tensor, order: tuple[int, ...]) -> torch.Tensor:
-    """[rows, cols] ints -> int32 [rows, cols / 8], nibble i of each int the column order[i]."""
-    packed = torch.zeros(values.shape[0], values.shape[1] // 8, dtype=torch.int64)
-    for col in range(values.shape[1] // 8):
-        for i in range(8):
-            packed[:, col] |= (values[:, col * 8 + order[i]].long() & 0xF) << (4 * i)
-    return _as_int32(packed)
+    """[rows, cols] ints -> int32 [rows, cols / 8], nibble i of each int the column order[i]
+    of its run of 8 (bit fields are disjoint: their sum is their OR)."""
+    runs = (values.long() & 0xF).unflatten(1, (-1, 8))[..., list(order)]
+    return _as_int32((runs << (4 * torch.arange(8))).sum(-1))
 
 
 def pack_rows(values: torch.Tensor) -> torch.Tensor:
     """[rows, cols] ints -> int32 [rows / 8, cols], nibble i of each int the row 8r + i."""
-    packed = torch.zeros(values.shape[0] // 8, values.shape[1], dtype=torch.int64)
-    for row in range(values.shape[0] // 8):
-        for i in range(8):
-            packed[row] |= (values[row * 8 + i].long() & 0xF) << (4 * i)
-    return _as_int32(packed)
+    runs = (values.long() & 0xF).unflatten(0, (-1, 8))
+    return _as_int32((runs << (4 * torch.arange(8))[:, None]).sum(1))
 
 
 def _as_int32(packed: torch.Tensor) -> torch.Tensor:

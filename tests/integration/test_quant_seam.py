@@ -150,3 +150,28 @@ def test_the_model_format_flag_reaches_the_engine_config():
     add_engine_options(parser)
     args = parser.parse_args(["--model-format", "gptq"])
     assert engine_config_from(args).model_format == "gptq"
+
+
+@pytest.mark.parametrize("fmt", ["awq", "gptq"])
+def test_a_whole_grouped_qkv_in_a_4bit_format_is_cut_like_the_dense_one(fmt):
+    """InternLM2's wqkv (heads packed by KV group) stored whole in AWQ/GPTQ: the packed
+    columns are cut into q/k/v as the dense weight's rows are."""
+    from lmdeploy.adapters.engines.pytorch.layers.linear import GroupedQKVParallelLinear
+    from lmdeploy.adapters.engines.pytorch.layers.quantization.awq import AWQConfig
+    from lmdeploy.adapters.engines.pytorch.layers.quantization.gptq import GPTQConfig
+
+    from .quant_formats import quantize_rtn, to_awq, to_gptq
+
+    torch.manual_seed(0)
+    codes, zeros, scales, dequant = quantize_rtn(torch.randn(256, 128) * 0.1, 32, sym=False)
+    if fmt == "awq":
+        tensors, quant = to_awq(codes, zeros, scales, 32)[0], AWQConfig(group_size=32)
+    else:
+        tensors, quant = to_gptq(codes, zeros, scales, 32, False)[0], GPTQConfig(group_size=32)
+    dense = GroupedQKVParallelLinear(128, 32, 4, 2)
+    dense.weight_loader(dense.weight, dequant)
+    quantized = GroupedQKVParallelLinear(128, 32, 4, 2, quant_config=quant)
+    for name, tensor in tensors.items():
+        quantized.weight_loader(getattr(quantized, name), tensor)
+    quantized.method.process_weights_after_loading(quantized, torch.device("cpu"))
+    torch.testing.assert_close(quantized.weight, dense.weight, rtol=0, atol=0)

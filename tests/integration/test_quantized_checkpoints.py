@@ -82,9 +82,9 @@ def quantized(request, tmp_path_factory, hf_tokenizer) -> Quantized:
     return write_quantized(request.param, tmp_path_factory.mktemp("quantized"), hf_tokenizer)
 
 
-def engine_outputs(directory: Path, prompt_ids: list[list[int]]):
+def engine_outputs(directory: Path, prompt_ids: list[list[int]], **options):
     """Greedy ids of every prompt, and the logits of the last prompt's rows."""
-    config = PytorchEngineConfig(session_len=256, block_size=16)
+    config = PytorchEngineConfig(session_len=256, block_size=16, **options)
     pipe = pipeline(str(directory), backend_config=config)
     try:
         greedy = GenerationConfig(max_new_tokens=NEW_TOKENS, ignore_eos=True)
@@ -113,13 +113,29 @@ def reference_outputs(model: transformers.PreTrainedModel, prompt_ids: list[list
     return ids, logits
 
 
-def test_greedy_ids_and_logits_equal_the_dequantised_float32_model(quantized, hf_tokenizer):
+def test_on_cpu_greedy_ids_and_logits_equal_the_dequantised_float32_model(quantized, hf_tokenizer):
     text_ids = hf_tokenizer.encode(LONG_TEXT, add_special_tokens=False)
     prompt_ids = [text_ids[i : i + n] for i, n in enumerate(PROMPT_LENGTHS)]
-    ids, logits = engine_outputs(quantized.directory, prompt_ids)
+    ids, logits = engine_outputs(quantized.directory, prompt_ids, device_type="cpu")
     expected_ids, expected_logits = reference_outputs(quantized.reference, prompt_ids)
     assert ids == expected_ids
     torch.testing.assert_close(logits.float(), expected_logits, atol=1e-3, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the W4A16 kernel runs on CUDA")
+def test_on_cuda_the_packed_weights_and_kernel_give_the_dequantised_models_outputs(
+    quantized, hf_tokenizer
+):
+    """float32 activations, so the kernel's sums differ from the reference's only in order;
+    CUDA graphs capture the decode steps (split-K included)."""
+    text_ids = hf_tokenizer.encode(LONG_TEXT, add_special_tokens=False)
+    prompt_ids = [text_ids[i : i + n] for i, n in enumerate(PROMPT_LENGTHS)]
+    ids, logits = engine_outputs(
+        quantized.directory, prompt_ids, device_type="cuda", dtype="float32"
+    )
+    expected_ids, expected_logits = reference_outputs(quantized.reference, prompt_ids)
+    assert ids == expected_ids
+    torch.testing.assert_close(logits.float().cpu(), expected_logits, atol=2e-3, rtol=0)
 
 
 def _with_quant(directory: Path, tmp_path: Path, **changes) -> Path:
@@ -148,6 +164,8 @@ def awq_directory(tmp_path_factory, hf_tokenizer) -> Path:
         ({"version": "gemv"}, "version"),
         ({"quant_method": "gptq", "desc_act": True}, "desc_act"),
         ({"quant_method": "hqq"}, "quant_method"),
+        ({"modules_to_not_convert": ["mlp.down_proj"]}, "modules_to_not_convert"),
+        ({"quant_method": "gptq", "lm_head": True}, "lm_head"),
     ],
 )
 def test_quantizations_it_cannot_run_are_refused_naming_the_field(
@@ -172,3 +190,12 @@ def test_a_model_format_contradicting_the_checkpoint_is_refused(awq_directory):
             str(awq_directory),
             backend_config=PytorchEngineConfig(session_len=64, model_format="gptq"),
         )
+
+
+def test_a_dense_checkpoint_given_a_4bit_model_format_is_refused_naming_it(tmp_path, hf_tokenizer):
+    from .tiny_models import save_tiny_checkpoint
+
+    save_tiny_checkpoint(transformers.LlamaConfig(**TINY_SHAPE), tmp_path, hf_tokenizer)
+    config = PytorchEngineConfig(session_len=64, device_type="cpu", model_format="awq")
+    with pytest.raises(InvalidArgument, match="model_format"):
+        pipeline(str(tmp_path), backend_config=config)

@@ -38,8 +38,9 @@ SHAPES = [
     (3, 256, 72, 64),
     (12, 512, 50, 32),  # tensor-core kernel, K split
     (16, 256, 64, 128),
-    (17, 128, 50, 32),
+    (17, 512, 50, 32),  # 64-row tiles, K split
     (70, 128, 136, 64),
+    (300, 128, 136, 32),
     *gpu_cases((1, 4096, 6144, 128), (64, 4096, 28672, 128), (1024, 14336, 4096, 128)),
 ]
 
@@ -63,6 +64,7 @@ def test_decode_rows_split_k_and_prefill_rows_do_not():
     assert "BLOCK_M" not in gemv and gemv["SPLIT_K"] == 8
     assert _config(12, 50, 512, 32)["BLOCK_M"] == 16 and _config(12, 50, 512, 32)["SPLIT_K"] > 1
     assert _config(1, 4096, 4096, 128)["SPLIT_K"] > 1
+    assert _config(64, 4096, 4096, 128)["SPLIT_K"] > 1
     assert _config(1024, 4096, 4096, 128)["SPLIT_K"] == 1
 
 

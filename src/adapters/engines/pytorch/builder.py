@@ -88,7 +88,19 @@ def _load(
     if weights is None:
         dummy.randomize(model)
         return
-    loaded = load_weights(model, weights(keep_quantized=keep))
+    try:
+        loaded = load_weights(model, weights(keep_quantized=keep))
+    except KeyError as exc:
+        quant = model.config.quant_config
+        if quant is None:
+            raise
+        # Dense tensors where quantized ones belong: model_format named a format the
+        # checkpoint is not in.
+        raise InvalidArgument(
+            "model_format",
+            f"{source.name} does not hold {quant.method} weights ({exc.args[0]}); leave "
+            f"model_format unset for a dense checkpoint",
+        ) from None
     missing = expected_weights(model) - loaded
     if missing:
         raise ValueError(

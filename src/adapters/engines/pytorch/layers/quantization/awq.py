@@ -55,6 +55,12 @@ class AWQConfig(QuantConfig):
                 "quantization_config.zero_point",
                 "AWQ without zero points is not supported; quantize with zero_point=True",
             )
+        if cfg.get("modules_to_not_convert"):
+            raise InvalidArgument(
+                "quantization_config.modules_to_not_convert",
+                f"AWQ checkpoints that leave linears dense ({cfg['modules_to_not_convert']}) "
+                f"are not supported; quantize every decoder linear",
+            )
         key = "group_size" if "group_size" in cfg else "q_group_size"
         return cls(check_group_size(cfg.get(key, 128), key))
 

@@ -50,6 +50,11 @@ class GPTQConfig(QuantConfig):
                 "quantization_config.desc_act",
                 "act-order GPTQ (desc_act=True) is not supported; quantize with desc_act=False",
             )
+        if cfg.get("lm_head", False):
+            raise InvalidArgument(
+                "quantization_config.lm_head",
+                "a quantized LM head is not supported; quantize with lm_head=False",
+            )
         fmt = cfg.get("checkpoint_format", "gptq")
         if fmt not in ("gptq", "gptq_v2"):
             raise InvalidArgument(
