@@ -36,7 +36,7 @@ def paged_attention_cuda(
     window = dict(sliding_window=sliding_window, logit_softcap=logit_softcap)
     if meta.is_decode:
         return paged_decode_attention(
-            q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, **window
+            q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale, **window, **quant
         )
     part = meta.prefill_part
     if part is None:  # every sequence has a longer query
@@ -56,7 +56,14 @@ def paged_attention_cuda(
     assert meta.decode_lens is not None, "a prefill_part comes with the decode rows"
     out = torch.empty_like(q)
     out[meta.decode_rows] = paged_decode_attention(
-        q[meta.decode_rows], k_cache, v_cache, meta.decode_tables, meta.decode_lens, scale, **window
+        q[meta.decode_rows],
+        k_cache,
+        v_cache,
+        meta.decode_tables,
+        meta.decode_lens,
+        scale,
+        **window,
+        **quant,
     )
     out[part.rows] = paged_prefill_attention(
         q[part.rows],
