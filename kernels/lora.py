@@ -40,6 +40,7 @@ def _lora_shrink_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     slot = tl.program_id(0)
     seg_len = tl.load(seg_len_ptr + slot)
@@ -67,7 +68,7 @@ def _lora_shrink_kernel(
             mask=r_mask[None, :] & k_mask[:, None],
             other=0.0,
         )
-        acc += tl.dot(x.to(a.dtype), a)
+        acc += tl.dot(x.to(a.dtype), a, input_precision=DOT_PRECISION)
     tl.store(
         out_ptr + rows[:, None] * stride_ot + offs_r[None, :],
         acc,
@@ -95,6 +96,7 @@ def _lora_expand_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
 ):
     slot = tl.program_id(0)
     seg_len = tl.load(seg_len_ptr + slot)
@@ -122,7 +124,9 @@ def _lora_expand_kernel(
         mask=n_mask[None, :] & r_mask[:, None],
         other=0.0,
     )
-    delta = tl.dot(xa.to(b.dtype), b) * tl.load(scale_ptr + slot).to(tl.float32)
+    delta = tl.dot(xa.to(b.dtype), b, input_precision=DOT_PRECISION) * tl.load(scale_ptr + slot).to(
+        tl.float32
+    )
     out_ptrs = out_ptr + rows[:, None] * stride_ot + out_start + offs_n[None, :]
     io_mask = m_mask[:, None] & n_mask[None, :]
     base = tl.load(out_ptrs, mask=io_mask, other=0.0).to(tl.float32)
@@ -140,6 +144,12 @@ def lora_segments(row_slots: list[int], num_slots: int) -> tuple[list[int], list
     seg_len = [len(rows) for rows in by_slot]
     seg_start = [sum(seg_len[:s]) for s in range(num_slots)]
     return order + [0] * (len(row_slots) - len(order)), seg_start, seg_len
+
+
+def _precision(dtype: torch.dtype) -> str:
+    """fp32 adapters multiply in full fp32 ('ieee'); tl.dot's default on a GPU is tf32, whose
+    10-bit mantissa misses an fp32 reference by ~1e-3."""
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _check_segments(order: torch.Tensor, seg_start: torch.Tensor, seg_len: torch.Tensor) -> None:
@@ -173,6 +183,7 @@ def lora_shrink(
             x, lora_a, order, seg_start, seg_len, out, in_size, r_total,
             x.stride(0), lora_a.stride(0), lora_a.stride(1), out.stride(0),
             BLOCK_M=BLOCK_M, BLOCK_R=block_r, BLOCK_K=block_k,
+            DOT_PRECISION=_precision(lora_a.dtype),
         )  # fmt: skip
     return out
 
@@ -207,6 +218,7 @@ def lora_expand(
         xa, lora_b, order, seg_start, seg_len, scales, out, size, rank, out_start, xa_col,
         xa.stride(0), lora_b.stride(0), lora_b.stride(1), out.stride(0),
         BLOCK_M=BLOCK_M, BLOCK_N=block_n, BLOCK_R=max(16, triton.next_power_of_2(rank)),
+        DOT_PRECISION=_precision(lora_b.dtype),
     )  # fmt: skip
 
 
