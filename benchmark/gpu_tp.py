@@ -40,8 +40,6 @@ def write_shape(name: str, directory: Path, tiny: bool) -> Path:
     from gpu_families import tiny_config
 
     from lmdeploy.adapters.loaders import dummy
-    from lmdeploy.adapters.loaders.model_source import embedded_model_file
-    from lmdeploy.adapters.tokenizers.hf_tokenizer import _gguf_tokenizer
 
     cfg = dummy.shipped_config("llama-3-8b")
     if name == "llama-3-70b":
@@ -49,8 +47,7 @@ def write_shape(name: str, directory: Path, tiny: bool) -> Path:
     if tiny:
         cfg = tiny_config(cfg)
     (directory / "config.json").write_text(json.dumps(cfg))
-    _gguf_tokenizer(embedded_model_file()).save_pretrained(directory)
-    return directory
+    return directory  # no tokenizer: the prompts are token ids
 
 
 def throughput(pipe, num: int) -> dict[str, Any]:
