@@ -4,6 +4,7 @@ engine -> services. Entry points build a container and ask it for what they serv
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 from dependency_injector import containers, providers
 
@@ -91,7 +92,18 @@ def _tokenizer(
         except model_source.ModelNotFound:
             logger.warning("no tokenizer for %s: prompts must be token ids", source.name)
             return IdTokenizer(built.config.vocab_size, built.config.eos_token_ids)
+    elif source.kind == "dummy" and not _has_tokenizer_files(source.directory):
+        # random weights of a config.json alone (a benchmark's shape): token ids only
+        logger.warning("no tokenizer files in %s: prompts must be token ids", source.directory)
+        return IdTokenizer(built.config.vocab_size, built.config.eos_token_ids)
     return HFTokenizer.from_source(tokenizer_source, built.config.eos_token_ids)
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _has_tokenizer_files(directory: Path | None) -> bool:
+    return directory is not None and any((directory / f).exists() for f in _TOKENIZER_FILES)
 
 
 def _grammar(tokenizer: HFTokenizer | IdTokenizer, built: builder.BuiltModel):

@@ -394,3 +394,23 @@ def test_silent_hub_times_out(tmp_path, monkeypatch):
         with pytest.raises(ModelNotFound, match="nobody-xyz/does-not-exist-123.*unreachable"):
             resolve("nobody-xyz/does-not-exist-123", download_dir=str(tmp_path))
     assert time.monotonic() - start < 15
+
+
+def test_dummy_weights_of_a_bare_config_dir_take_token_ids(tmp_path):
+    """A benchmark's shape: config.json alone, random weights, prompts as token ids."""
+    from transformers import LlamaConfig
+
+    from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+
+    LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=128,
+    ).save_pretrained(tmp_path)
+    config = PytorchEngineConfig(load_format="dummy", session_len=64, cache_max_entry_count=0.05)
+    with pipeline(str(tmp_path), backend_config=config) as pipe:
+        out = pipe([[1, 5, 9]], gen_config=GenerationConfig(max_new_tokens=3, ignore_eos=True))
+    assert out[0].generate_token_len == 3
