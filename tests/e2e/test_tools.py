@@ -160,6 +160,7 @@ class ScriptedGeneration:
     """Stands in for the generation service: replies with a fixed text in small deltas."""
 
     session_len = 4096
+    adapter_names: tuple[str, ...] = ()
 
     def __init__(self, reply: str) -> None:
         self.reply = reply
@@ -174,8 +175,11 @@ class ScriptedGeneration:
     def encode_chat(self, text: str) -> list[int]:
         return self.encode(text)
 
-    def prepare(self, prompt, config):
+    def prepare(self, prompt, config, adapter_name=None):
         return prompt
+
+    def check_adapter(self, name) -> None:
+        assert name is None
 
     def submit(self, request, asynchronous: bool = True):
         reply = self.reply

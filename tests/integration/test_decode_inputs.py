@@ -34,6 +34,7 @@ def _general(seqs: list[Sequence], lag: int = 0):
     runner = PytorchModelRunner.__new__(PytorchModelRunner)
     runner.device = torch.device("cpu")
     runner._cache = type("Cache", (), {"block_size": BLOCK_SIZE})()
+    runner.rope = type("Rope", (), {"mrope_section": None})()  # one rotary position a token
     return runner._prepare(StepPlan(seqs, [1] * len(seqs)), lag)
 
 
