@@ -95,13 +95,29 @@ def test_loader_keeps_requested_types_as_their_blocks(tiny_gguf):
 
 
 def _last_logits(path, dtype: str) -> tuple[torch.Tensor, torch.nn.Module]:
-    config = PytorchEngineConfig(device_type="cpu", dtype=dtype, num_gpu_blocks=4, block_size=16)
+    config = PytorchEngineConfig(
+        device_type="cpu",
+        dtype=dtype,
+        num_gpu_blocks=4,
+        block_size=16,
+        gguf_int_kernels=dtype == "auto",
+    )
     model = build(resolve(str(path)), config).runner.model
     token_ids = torch.tensor([1, 17, 42, 99, 5, 250, 3])
     with torch.no_grad():
         hidden = model.model.embed_tokens(token_ids)
         logits = model.lm_head(hidden)
     return logits, model
+
+
+def test_without_the_option_every_weight_is_dequantized(tiny_gguf):
+    _, path = tiny_gguf
+    config = PytorchEngineConfig(device_type="cpu", num_gpu_blocks=4, block_size=16)
+    model = build(resolve(str(path)), config).runner.model
+    assert not any(
+        isinstance(getattr(m, "packed", None), gguf_linear.GGUFLinear) for m in model.modules()
+    )
+    assert model.model.embed_tokens.gguf is None
 
 
 def test_builder_keeps_linears_and_tied_head_quantized_with_dtype_auto(tiny_gguf):
@@ -142,7 +158,8 @@ def test_default_model_greedy_ids_match_llama_cpp_math(monkeypatch):
     gen = GenerationConfig(max_new_tokens=24, do_sample=False, top_k=1)
 
     def greedy_ids(dtype: str) -> list[list[int]]:
-        with pipeline(None, backend_config=PytorchEngineConfig(dtype=dtype)) as pipe:
+        config = PytorchEngineConfig(dtype=dtype, gguf_int_kernels=dtype == "auto")
+        with pipeline(None, backend_config=config) as pipe:
             return [out.token_ids for out in pipe(prompts, gen_config=gen)]
 
     quantized = greedy_ids("auto")

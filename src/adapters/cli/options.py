@@ -36,6 +36,7 @@ ENGINE_FIELDS = (
     "rope_scaling_factor",
     "num_cpu_blocks",
     "max_loras",
+    "gguf_int_kernels",
     "nnodes",
     "node_rank",
     "distributed_executor_backend",

@@ -73,8 +73,10 @@ def read_model_config(
 
 
 def quantized_types(config: PytorchEngineConfig, device: torch.device) -> frozenset[str]:
-    """The GGUF types to keep quantized: on a CPU with dtype 'auto', those its kernels read
-    (an explicit dtype='float32' keeps the dequantized path, bit for bit as before)."""
+    """The GGUF types to keep quantized: with `gguf_int_kernels` on a CPU (dtype 'auto'), those
+    its kernels read; otherwise none (the dequantized float path)."""
+    if not config.gguf_int_kernels:
+        return frozenset()
     if device.type != "cpu" or config.dtype != "auto" or config.tp > 1:
         return frozenset()  # blocks are kept whole: a tensor-parallel rank takes its slice
     if not gguf_linear.available():
