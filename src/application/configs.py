@@ -16,6 +16,8 @@ from .response_format import parse_response_format
 MAX_CHOICES = 1024  # n: each choice is a sequence in the batch
 MAX_WORDS = 64  # stop_words / bad_words: each is searched for after every token
 MAX_WORD_LEN = 256  # characters; a stop word also holds back this much streamed text
+# model_format: the weights' layout. None: the checkpoint's own (its quantization_config).
+MODEL_FORMATS = (None, "hf", "meta_llama", "awq", "gptq")
 
 
 def check_words(name: str, words: object) -> None:
@@ -169,6 +171,12 @@ def _check_common(config: Any) -> None:
         raise InvalidConfig(
             "max_prefill_token_num", f"must be >= 1, got {config.max_prefill_token_num}"
         )
+    if config.model_format not in MODEL_FORMATS:
+        raise InvalidConfig(
+            "model_format",
+            f"must be one of {', '.join(map(str, MODEL_FORMATS[1:]))} (or None: the "
+            f"checkpoint's own), got {config.model_format!r}",
+        )
 
 
 @dataclass
@@ -195,6 +203,9 @@ class PytorchEngineConfig:
     revision: str | None = None
     quant_policy: Literal[0, 4, 8] = 0
     load_format: str = "auto"
+    # Not in 0.6.5's PytorchEngineConfig (TurboMind's field): 'awq' / 'gptq' for a 4-bit
+    # checkpoint that lacks a quantization_config, or with load_format='dummy'.
+    model_format: str | None = None
     # Not a documented argument: TurbomindEngineConfig.rope_scaling_factor arrives here through
     # `to_pytorch` (an HF-style rope_scaling dict that overrides the model's own).
     rope_scaling: dict[str, Any] | None = field(default=None, init=False, repr=False)
@@ -220,6 +231,12 @@ class PytorchEngineConfig:
         if self.load_format not in ("auto", "dummy"):
             raise InvalidConfig(
                 "load_format", f"must be 'auto' or 'dummy', got {self.load_format!r}"
+            )
+        if self.model_format == "meta_llama":
+            raise InvalidConfig(
+                "model_format",
+                "meta_llama (Meta's original checkpoint layout) is not supported by this build; "
+                "convert the checkpoint to HF format (transformers' convert_llama_weights_to_hf)",
             )
         if not isinstance(self.custom_module_map, str | os.PathLike | dict | None):
             raise InvalidConfig(
@@ -260,10 +277,6 @@ class TurbomindEngineConfig:
 
     def __post_init__(self) -> None:
         _check_common(self)
-        if self.model_format not in (None, "hf", "meta_llama", "awq", "gptq"):
-            raise InvalidConfig(
-                "model_format", f"must be hf, meta_llama, awq or gptq, got {self.model_format!r}"
-            )
         if self.cache_block_seq_len < 1:
             raise InvalidConfig(
                 "cache_block_seq_len", f"must be >= 1, got {self.cache_block_seq_len}"
@@ -287,7 +300,6 @@ class TurbomindEngineConfig:
             {
                 "tp": 1,
                 "quant_policy": 0,
-                "model_format": "hf",
                 "use_logn_attn": False,
             },
         )
@@ -301,6 +313,7 @@ class TurbomindEngineConfig:
             download_dir=self.download_dir,
             revision=self.revision,
             enable_prefix_caching=self.enable_prefix_caching,
+            model_format=self.model_format,
         )
         if self.rope_scaling_factor:
             config.rope_scaling = {

@@ -32,13 +32,26 @@ def shipped_config(name: str) -> dict[str, Any] | None:
     return json.loads(resources.files("lmdeploy.configs").joinpath(file).read_text())
 
 
+# A quantized weight's scale: with random 4-bit codes and zeros (q - z spreads ~6.5 wide), the
+# dequantised weights come out about as wide as the dense ones' 0.02.
+_QUANT_SCALE = 0.003
+
+
 @torch.no_grad()
 def randomize(model: nn.Module, seed: int = 0) -> None:
-    """Small normal weights keep activations finite through every layer; norms stay at one."""
+    """Small normal weights keep activations finite through every layer; norms stay at one.
+    A quantized linear's integer tensors (packed codes and zeros) get random bits, its
+    scales a small positive value, so its weights look like the dense ones."""
     generators: dict[torch.device, torch.Generator] = {}
     for name, param in model.named_parameters():
         if "norm" in name:
             param.fill_(1.0)
             continue
         gen = generators.setdefault(param.device, torch.Generator(param.device).manual_seed(seed))
-        param.normal_(0.0, 0.02, generator=gen)
+        if not param.is_floating_point():
+            info = torch.iinfo(param.dtype)
+            param.random_(info.min, info.max, generator=gen)
+        elif name.endswith("scales"):
+            param.normal_(_QUANT_SCALE, _QUANT_SCALE / 10, generator=gen)
+        else:
+            param.normal_(0.0, 0.02, generator=gen)

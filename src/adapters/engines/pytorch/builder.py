@@ -49,10 +49,12 @@ def pick_dtype(
     return torch.bfloat16 if "bfloat16" in model_cfg.torch_dtype else torch.float16
 
 
-def read_model_config(source: ModelSource) -> tuple[ModelConfig, Weights | None]:
+def read_model_config(
+    source: ModelSource, model_format: str | None = None
+) -> tuple[ModelConfig, Weights | None]:
     """The model's shape, and a function yielding its HF-named weights (None: random weights)."""
     hf_config, weights = open_checkpoint(source)
-    return ModelConfig.from_hf(hf_config), weights
+    return ModelConfig.from_hf(hf_config, model_format), weights
 
 
 def _load(model: CausalLM, source: ModelSource, weights: Weights | None) -> None:
@@ -100,13 +102,25 @@ def _refuse_partial_rotary(name: str, model_cfg: ModelConfig) -> None:
         )
 
 
+def _refuse_quantized_experts(name: str, model_cfg: ModelConfig) -> None:
+    """The experts are one fused weight per layer (`layers/moe.py`), not quantized linears."""
+    if model_cfg.quant_config is not None and model_cfg.num_experts:
+        raise InvalidArgument(
+            "model_path",
+            f"{name} is a mixture-of-experts model quantized with "
+            f"{model_cfg.quant_config.method}; this build runs quantized dense models only, "
+            f"so use the model's unquantized checkpoint",
+        )
+
+
 def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
     custom_models = load_custom_module_map(config.custom_module_map)  # a bad map fails first
-    model_cfg, weights = read_model_config(source)
+    model_cfg, weights = read_model_config(source, config.model_format)
     if config.rope_scaling is not None:  # TurboMind's rope_scaling_factor
         model_cfg = replace(model_cfg, rope_scaling=config.rope_scaling)
     max_model_len = config.session_len or model_cfg.max_position_embeddings
     _refuse_partial_rotary(source.name, model_cfg)
+    _refuse_quantized_experts(source.name, model_cfg)
     cls = model_class(model_cfg.architectures, custom_models)
     device = pick_device(config)
     dtype = pick_dtype(config, model_cfg, device)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..layers.quantization import QuantConfig, resolve_quant_config
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -41,9 +43,14 @@ class ModelConfig:
     norm_topk_prob: bool = False  # Qwen3-MoE: renormalize the top-k weights (Mixtral always does)
     decoder_sparse_step: int = 1  # Qwen3-MoE: every n-th layer is sparse...
     mlp_only_layers: tuple[int, ...] = ()  # ...except these, dense
+    # The linears' quantization (AWQ, GPTQ, ...); None: dense. Model files hand it to every
+    # linear they build and never look inside.
+    quant_config: QuantConfig | None = None
 
     @classmethod
-    def from_hf(cls, cfg: dict[str, Any]) -> ModelConfig:
+    def from_hf(cls, cfg: dict[str, Any], model_format: str | None = None) -> ModelConfig:
+        """`model_format`: the engine's, for a quantized checkpoint that does not say so
+        itself (`layers/quantization/config.py`)."""
         heads = cfg["num_attention_heads"]
         eos = cfg.get("eos_token_id")
         eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
@@ -85,6 +92,7 @@ class ModelConfig:
             attn_logit_softcapping=cfg.get("attn_logit_softcapping"),
             final_logit_softcapping=cfg.get("final_logit_softcapping"),
             query_pre_attn_scalar=cfg.get("query_pre_attn_scalar"),
+            quant_config=resolve_quant_config(cfg, model_format),
         )
 
     def sliding_window_of(self, layer: int) -> int | None:

@@ -35,9 +35,19 @@ class Gemma2Attention(nn.Module):
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size, head_dim, heads, kv_heads, bias=cfg.attention_bias
+            cfg.hidden_size,
+            head_dim,
+            heads,
+            kv_heads,
+            bias=cfg.attention_bias,
+            quant_config=cfg.quant_config,
         )
-        self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        self.o_proj = RowParallelLinear(
+            heads * head_dim,
+            cfg.hidden_size,
+            bias=cfg.attention_bias,
+            quant_config=cfg.quant_config,
+        )
         self.attn = Attention(
             heads,
             kv_heads,

@@ -27,9 +27,19 @@ class InternLM2Attention(nn.Module):
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.wqkv = GroupedQKVParallelLinear(
-            cfg.hidden_size, head_dim, heads, kv_heads, bias=cfg.attention_bias
+            cfg.hidden_size,
+            head_dim,
+            heads,
+            kv_heads,
+            bias=cfg.attention_bias,
+            quant_config=cfg.quant_config,
         )
-        self.wo = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=cfg.attention_bias)
+        self.wo = RowParallelLinear(
+            heads * head_dim,
+            cfg.hidden_size,
+            bias=cfg.attention_bias,
+            quant_config=cfg.quant_config,
+        )
         self.attn = Attention(heads, kv_heads, head_dim)
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
@@ -42,8 +52,12 @@ class InternLM2FeedForward(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         inter = cfg.intermediate_size
-        self.w13 = MergedColumnParallelLinear(cfg.hidden_size, [inter, inter], bias=False)
-        self.w2 = RowParallelLinear(inter, cfg.hidden_size, bias=False)
+        self.w13 = MergedColumnParallelLinear(
+            cfg.hidden_size, [inter, inter], bias=False, quant_config=cfg.quant_config
+        )
+        self.w2 = RowParallelLinear(
+            inter, cfg.hidden_size, bias=False, quant_config=cfg.quant_config
+        )
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -25,9 +25,16 @@ class LlamaAttention(nn.Module):
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size, head_dim, heads, kv_heads, bias=cfg.attention_bias
+            cfg.hidden_size,
+            head_dim,
+            heads,
+            kv_heads,
+            bias=cfg.attention_bias,
+            quant_config=cfg.quant_config,
         )
-        self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=False)
+        self.o_proj = RowParallelLinear(
+            heads * head_dim, cfg.hidden_size, bias=False, quant_config=cfg.quant_config
+        )
         # Mistral is Llama with every layer windowed (a None window: Llama).
         window = cfg.sliding_window_of(layer)
         self.attn = Attention(heads, kv_heads, head_dim, sliding_window=window)
@@ -43,8 +50,12 @@ class LlamaMLP(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         inter = cfg.intermediate_size
-        self.gate_up_proj = MergedColumnParallelLinear(cfg.hidden_size, [inter, inter], bias=False)
-        self.down_proj = RowParallelLinear(inter, cfg.hidden_size, bias=False)
+        self.gate_up_proj = MergedColumnParallelLinear(
+            cfg.hidden_size, [inter, inter], bias=False, quant_config=cfg.quant_config
+        )
+        self.down_proj = RowParallelLinear(
+            inter, cfg.hidden_size, bias=False, quant_config=cfg.quant_config
+        )
         self.act = self.act_cls()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

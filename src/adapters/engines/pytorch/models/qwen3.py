@@ -20,8 +20,12 @@ class Qwen3Attention(nn.Module):
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         bias = cfg.attention_bias
-        self.qkv_proj = QKVParallelLinear(cfg.hidden_size, head_dim, heads, kv_heads, bias=bias)
-        self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=bias)
+        self.qkv_proj = QKVParallelLinear(
+            cfg.hidden_size, head_dim, heads, kv_heads, bias=bias, quant_config=cfg.quant_config
+        )
+        self.o_proj = RowParallelLinear(
+            heads * head_dim, cfg.hidden_size, bias=bias, quant_config=cfg.quant_config
+        )
         self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.attn = Attention(

@@ -29,11 +29,18 @@ class Qwen3MoeAttention(nn.Module):
         self.sizes = [heads * head_dim, kv_heads * head_dim, kv_heads * head_dim]
         self.head_dim = head_dim
         self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size, head_dim, heads, kv_heads, bias=cfg.attention_bias
+            cfg.hidden_size,
+            head_dim,
+            heads,
+            kv_heads,
+            bias=cfg.attention_bias,
+            quant_config=cfg.quant_config,
         )
         self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
-        self.o_proj = RowParallelLinear(heads * head_dim, cfg.hidden_size, bias=False)
+        self.o_proj = RowParallelLinear(
+            heads * head_dim, cfg.hidden_size, bias=False, quant_config=cfg.quant_config
+        )
         self.attn = Attention(heads, kv_heads, head_dim)
 
     def forward(self, x, cos, sin, kv_cache, meta) -> torch.Tensor:

@@ -11,8 +11,16 @@ import torch
 from ......kernels.rms_norm import fused_add_rms_norm, rms_norm
 from ......kernels.rotary import rotary
 from ......kernels.silu_and_mul import silu_and_mul
+from ......kernels.w4a16_gemm import pack_int4_rows, w4a16_gemm
 
-__all__ = ["fused_add_rms_norm", "rms_norm", "rotary_qk", "silu_and_mul"]
+__all__ = [
+    "fused_add_rms_norm",
+    "pack_int4_rows",
+    "rms_norm",
+    "rotary_qk",
+    "silu_and_mul",
+    "w4a16_gemm",
+]
 
 
 def rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:

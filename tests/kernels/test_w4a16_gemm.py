@@ -1,0 +1,74 @@
+"""The fused int4-dequant GEMM against its reference, and the reference against plain math."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmdeploy.kernels.w4a16_gemm import (
+    dequantize_int4_rows,
+    pack_int4_rows,
+    unpack_int4_rows,
+    w4a16_gemm,
+    w4a16_gemm_ref,
+)
+
+from ._util import DEVICE, DTYPES, TOL, gpu_cases
+
+
+def _random_int4(k: int, n: int, group: int, dtype: torch.dtype):
+    codes = torch.randint(0, 16, (k, n), device=DEVICE)
+    scales = (torch.rand(k // group, n, device=DEVICE) * 0.02 + 0.001).to(dtype)
+    zeros = torch.randint(0, 16, (k // group, n), device=DEVICE).to(dtype)
+    return codes, pack_int4_rows(codes), scales, zeros
+
+
+def test_pack_and_unpack_are_inverse_and_dequantize_is_the_affine_map():
+    codes, qweight, scales, zeros = _random_int4(64, 24, 32, torch.float32)
+    assert qweight.shape == (8, 24)
+    assert torch.equal(unpack_int4_rows(qweight), codes.to(torch.int32))
+    w = dequantize_int4_rows(qweight, scales, zeros, 32)
+    torch.testing.assert_close(w[40, 7], (codes[40, 7] - zeros[1, 7]) * scales[1, 7])
+
+
+# (M, K, N, group): decode rows (split-K) and prefill rows, N not a multiple of the tile.
+SHAPES = [
+    (1, 128, 40, 32),
+    (2, 512, 40, 32),  # K split over 4 programs
+    (3, 256, 72, 64),
+    (16, 256, 64, 128),
+    (17, 128, 50, 32),
+    (70, 128, 136, 64),
+    *gpu_cases((1, 4096, 6144, 128), (64, 4096, 28672, 128), (1024, 14336, 4096, 128)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m, k, n, group", SHAPES)
+def test_matches_reference(m, k, n, group, dtype):
+    torch.manual_seed(0)
+    _, qweight, scales, zeros = _random_int4(k, n, group, dtype)
+    x = torch.randn(m, k, device=DEVICE, dtype=dtype)
+    got = w4a16_gemm(x, qweight, scales, zeros, group)
+    expected = w4a16_gemm_ref(x, qweight, scales, zeros, group)
+    scale = expected.float().abs().max().item() + 1.0
+    torch.testing.assert_close(got.float() / scale, expected.float() / scale, **TOL[dtype])
+
+
+def test_decode_rows_split_k_and_prefill_rows_do_not():
+    from lmdeploy.kernels.w4a16_gemm import _config
+
+    assert _config(2, 40, 512, 32)["SPLIT_K"] == 4
+    assert _config(1, 4096, 4096, 128)["SPLIT_K"] > 1
+    assert _config(1024, 4096, 4096, 128)["SPLIT_K"] == 1
+
+
+def test_leading_dims_and_strided_rows():
+    torch.manual_seed(1)
+    _, qweight, scales, zeros = _random_int4(64, 16, 32, torch.float32)
+    x = torch.randn(2, 3, 128, device=DEVICE)[..., 32:96]  # rows of a wider buffer
+    got = w4a16_gemm(x, qweight, scales, zeros, 32)
+    assert got.shape == (2, 3, 16)
+    torch.testing.assert_close(
+        got, w4a16_gemm_ref(x, qweight, scales, zeros, 32), **TOL[torch.float32]
+    )
