@@ -6,7 +6,8 @@ W ~ (q - z) * s with q in 0..15. AutoAWQ stores it transposed, per linear:
 `qweight` int32 [in, out / 8], `qzeros` int32 [in / group_size, out / 8] and `scales` fp16
 [in / group_size, out]; an int32 holds 8 consecutive output columns, column j of the run in
 bits 4 * AWQ_ORDER[j] (AutoAWQ packs columns 0, 2, 4, 6, 1, 3, 5, 7 into nibbles 0..7).
-`dequantize_awq` is the reference that reads the layout back.
+`dequantize_awq` is the reference that reads the layout back with the engine's own unpacking,
+so what this writes is what the AWQ loader reads.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 
 import torch
 
+from ..engines.pytorch.layers.quantization.awq import AWQ_ORDER
+from ..engines.pytorch.layers.quantization.w4a16 import PACK, unpack_int4
+
 BITS = 4
 MAX_CODE = 2**BITS - 1
-PACK = 32 // BITS
-AWQ_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
 
 
 @dataclass
@@ -66,8 +68,7 @@ def pack_awq(codes: torch.Tensor) -> torch.Tensor:
 
 def unpack_awq(packed: torch.Tensor) -> torch.Tensor:
     """The inverse of `pack_awq`: int32 [rows, cols / 8] -> codes int32 [rows, cols]."""
-    shifts = BITS * torch.tensor(AWQ_ORDER, dtype=torch.int32, device=packed.device)
-    return ((packed[..., None] >> shifts) & MAX_CODE).flatten(-2)
+    return unpack_int4(packed, 1, AWQ_ORDER)
 
 
 def to_awq_tensors(quant: GroupQuant) -> dict[str, torch.Tensor]:

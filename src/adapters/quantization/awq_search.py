@@ -85,26 +85,21 @@ def search_clip(
     out_features, in_features = w.shape
     x = torch.cat([t.reshape(-1, in_features) for t in inputs]).float()
     x = x[torch.linspace(0, len(x) - 1, min(max_tokens, len(x))).long()]
-    x = x.view(len(x), in_features // group_size, group_size)
-    best_lo, best_hi = [], []
-    # Output channels in chunks so the [tokens, channels, groups] products stay small.
-    for rows in torch.split(torch.arange(out_features), max(1, 2**22 // max(1, x.numel()))):
-        wg = w[rows].float().view(len(rows), -1, group_size)
-        expected = torch.einsum("tgk,ogk->tog", x, wg)
-        lo0, hi0 = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
-        best_err = torch.full(wg.shape[:2], float("inf"))
-        lo, hi = lo0.clone(), hi0.clone()
-        for step in range(grid // 2):  # ratios 1 down to 0.5, as AutoAWQ's max shrink
-            ratio = 1 - step / grid
-            clipped = wg.clamp(lo0 * ratio, hi0 * ratio)
-            q = fake_quantize(clipped.reshape(len(rows), -1), group_size).view_as(wg)
-            err = (torch.einsum("tgk,ogk->tog", x, q) - expected).pow(2).mean(0)
-            better = err < best_err
-            best_err = torch.where(better, err, best_err)
-            lo = torch.where(better[..., None], lo0 * ratio, lo)
-            hi = torch.where(better[..., None], hi0 * ratio, hi)
-        best_lo.append(lo)
-        best_hi.append(hi)
-    lo, hi = torch.cat(best_lo), torch.cat(best_hi)
-    clipped = w.float().view(out_features, -1, group_size).clamp(lo, hi)
-    linear.weight.data = clipped.view_as(w).to(w.dtype)
+    # A group's output error over the tokens, mean_t (x_g . d_g)^2, is d_g' C_g d_g with C_g
+    # the group's input covariance: one small matrix per group instead of every token.
+    xg = x.view(len(x), -1, group_size).transpose(0, 1)
+    covariance = xg.transpose(1, 2) @ xg / len(x)  # [groups, k, k]
+    wg = w.float().view(out_features, -1, group_size)
+    lo0, hi0 = wg.amin(-1, keepdim=True), wg.amax(-1, keepdim=True)
+    best_err = torch.full(wg.shape[:2], float("inf"))
+    lo, hi = lo0, hi0
+    for step in range(grid // 2):  # ratios 1 down to 0.5, as AutoAWQ's max shrink
+        ratio = 1 - step / grid
+        clipped = wg.clamp(lo0 * ratio, hi0 * ratio).view_as(w)
+        d = (fake_quantize(clipped, group_size).view_as(wg) - wg).transpose(0, 1)  # [g, o, k]
+        err = ((d @ covariance) * d).sum(-1).transpose(0, 1)  # [o, g]
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        lo = torch.where(better[..., None], lo0 * ratio, lo)
+        hi = torch.where(better[..., None], hi0 * ratio, hi)
+    linear.weight.data = wg.clamp(lo, hi).view_as(w).to(w.dtype)
