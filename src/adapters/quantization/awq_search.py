@@ -2,7 +2,8 @@
 
 Scale search: a group of linears reading the same input x (q/k/v after the input norm,
 gate/up after the post-attention norm, down after up, o after v where the shapes allow)
-gets per-input-channel scales s = mean|x|^alpha, alpha on a grid in [0, 1); the alpha whose
+gets per-input-channel scales s = mean|x|^alpha / mean|w|^(1 - alpha) (|w| relative to its
+group's largest), alpha on a grid in [0, 1); the alpha whose
 weights quantised as Q(W * s) / s give the group's module output closest (MSE) to the float
 output wins, and 1/s is folded into the producer (the norm's weight or the producing
 linear's rows) so the float model is unchanged. Clip search: per linear and group of input
@@ -38,11 +39,13 @@ class ScaleGroup:
 def search_scales(group: ScaleGroup, alphas: list[float], group_size: int) -> torch.Tensor:
     """The per-input-channel scales of the best alpha (ones when alpha 0 wins: plain RTN)."""
     x_mean = torch.cat([x.reshape(-1, x.shape[-1]).abs().float() for x in group.inputs]).mean(0)
+    w_mean = _weight_mean(group.linears, group_size)
     expected = [group.run(i) for i in range(len(group.inputs))]
     originals = [fc.weight.data.clone() for fc in group.linears]
     best_loss, best_scales = float("inf"), torch.ones_like(x_mean)
     for alpha in alphas:
-        scales = x_mean.pow(alpha).clamp(min=1e-4)
+        # AutoAWQ's "duo" scaling: large activations up, large (relative) weights down.
+        scales = (x_mean.pow(alpha) / w_mean.pow(1 - alpha).clamp(min=1e-4)).clamp(min=1e-4)
         # Centred on 1 so neither the weights nor the producer drift in magnitude.
         scales = scales / (scales.max() * scales.min()).sqrt()
         for fc, w in zip(group.linears, originals, strict=True):
@@ -57,6 +60,13 @@ def search_scales(group: ScaleGroup, alphas: list[float], group_size: int) -> to
     for fc, w in zip(group.linears, originals, strict=True):
         fc.weight.data = w
     return best_scales
+
+
+def _weight_mean(linears: list[nn.Linear], group_size: int) -> torch.Tensor:
+    """Per input channel, the mean magnitude of the weights relative to their group's max."""
+    w = torch.cat([fc.weight.data.float() for fc in linears])
+    groups = w.abs().view(len(w), -1, group_size)
+    return (groups / groups.amax(-1, keepdim=True).clamp(min=1e-8)).view_as(w).mean(0)
 
 
 @torch.no_grad()
