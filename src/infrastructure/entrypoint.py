@@ -17,6 +17,7 @@ def main(argv: list[str] | None = None) -> int:
         run_gradio=webui.run_gradio,
         run_proxy=proxy_server.run_proxy,
         smooth_quant=quantization.smooth_quant,
+        auto_awq=quantization.auto_awq,
     )
     return run(factories, argv)
 

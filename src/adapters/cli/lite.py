@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ...application.quantization.auto_awq import AutoAwqOptions
 from ...application.quantization.calib_data import PUBLIC_DATASETS
 from ...application.quantization.smooth_quant import QUANT_DTYPES, SmoothQuantOptions
 
@@ -13,6 +14,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     lite = subparsers.add_parser("lite", help="compress a model: quantise its weights offline")
     commands = lite.add_subparsers(dest="lite_command", required=True)
     _add_smooth_quant(commands)
+    _add_auto_awq(commands)
 
 
 def _add_calibration_flags(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +29,6 @@ def _add_calibration_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-samples", type=int, default=128, help="calibration windows")
     parser.add_argument("--calib-seqlen", type=int, default=2048, help="tokens in a window")
     parser.add_argument("--batch-size", type=int, default=1, help="windows a forward pass")
-    parser.add_argument(
-        "--search-scale", action="store_true", help="search the smoothing ratio (not supported)"
-    )
     parser.add_argument(
         "--dtype",
         default="auto",
@@ -48,6 +47,9 @@ def _add_smooth_quant(commands: argparse._SubParsersAction) -> None:
     )
     _add_calibration_flags(parser)
     parser.add_argument(
+        "--search-scale", action="store_true", help="search the smoothing ratio (not supported)"
+    )
+    parser.add_argument(
         "--quant-dtype",
         default="int8",
         choices=sorted(QUANT_DTYPES),
@@ -56,10 +58,39 @@ def _add_smooth_quant(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run_smooth_quant)
 
 
-def _progress(iterable: Any, total: int) -> Any:
-    from tqdm import tqdm
+def _add_auto_awq(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "auto_awq", help="4-bit weights by AWQ, saved as an AutoAWQ gemm checkpoint"
+    )
+    _add_calibration_flags(parser)
+    parser.add_argument(
+        "--search-scale",
+        action="store_true",
+        help="search each layer's scale ratio on a grid (slower, more accurate); "
+        "without it the ratio is 0.5",
+    )
+    parser.add_argument("--w-bits", type=int, default=4, help="bits of a weight (4)")
+    parser.add_argument(
+        "--w-sym",
+        action="store_true",
+        help="symmetric quantisation (not supported: AWQ gemm has zeros)",
+    )
+    parser.add_argument(
+        "--w-group-size",
+        type=int,
+        default=128,
+        help="input features sharing a scale and zero point; must divide every linear's inputs",
+    )
+    parser.set_defaults(func=run_auto_awq)
 
-    return tqdm(iterable, total=total, desc="calibrating", unit="batch")
+
+def _progress(desc: str, unit: str):
+    def wrap(iterable: Any, total: int) -> Any:
+        from tqdm import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, unit=unit)
+
+    return wrap
 
 
 def run_smooth_quant(args: argparse.Namespace) -> int:
@@ -73,6 +104,28 @@ def run_smooth_quant(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         quant_dtype=args.quant_dtype,
     )
-    work_dir = args.factories.smooth_quant(args.model, options, args.device, _progress)
+    work_dir = args.factories.smooth_quant(
+        args.model, options, args.device, _progress("calibrating", "batch")
+    )
     print(f"saved the {options.quant_dtype} W8A8 checkpoint to {work_dir}")
+    return 0
+
+
+def run_auto_awq(args: argparse.Namespace) -> int:
+    options = AutoAwqOptions(
+        work_dir=args.work_dir,
+        calib_dataset=args.calib_dataset,
+        calib_samples=args.calib_samples,
+        calib_seqlen=args.calib_seqlen,
+        batch_size=args.batch_size,
+        w_bits=args.w_bits,
+        w_sym=args.w_sym,
+        w_group_size=args.w_group_size,
+        search_scale=args.search_scale,
+        dtype=args.dtype,
+    )
+    work_dir = args.factories.auto_awq(
+        args.model, options, args.device, _progress("quantising", "layer")
+    )
+    print(f"saved the {options.w_bits}-bit AWQ checkpoint to {work_dir}")
     return 0
