@@ -7,95 +7,59 @@ from __future__ import annotations
 
 import pytest
 
-from lmdeploy import GenerationConfig, PytorchEngineConfig, VisionConfig, pipeline
+from lmdeploy import GenerationConfig, VisionConfig
 from lmdeploy.application.multimodal import split_images
 from lmdeploy.vl.constants import IMAGE_TOKEN
 
 from .test_vlm_docs import data_uri
 from .tiny_vlms import (
     QWEN_IMAGE,
+    TinyVLM,
+    check_batched_with_text,
+    check_prefix_cache_keeps_images_apart,
+    greedy,
     greedy_after,
     random_image,
-    reference_greedy,
     save_tiny_qwen_vl,
+    vlm_pipeline,
 )
-
-ONE = f"{IMAGE_TOKEN}\nWhat is shown here?"
-TWO = f"Image-1: {IMAGE_TOKEN}\nImage-2: {IMAGE_TOKEN}\nCompare the two images."
-TEXT = "Tell me a story about the sea and the ships on it."
 
 
 @pytest.fixture(scope="module", params=["qwen2_vl", "qwen2_5_vl"])
 def vlm(request, tmp_path_factory, hf_tokenizer):
     directory = tmp_path_factory.mktemp(f"tiny-{request.param}")
     model, processor = save_tiny_qwen_vl(request.param, directory, hf_tokenizer)
-    # Small blocks and prefill chunks: chunks start and stop inside images.
-    config = PytorchEngineConfig(
-        session_len=512, block_size=16, max_prefill_token_num=12, enable_prefix_caching=True
-    )
     # Several images a vision pass: a request's two images are packed into one batch.
-    pipe = pipeline(
-        str(directory), backend_config=config, vision_config=VisionConfig(max_batch_size=4)
+    pipe = vlm_pipeline(
+        directory, max_prefill_token_num=12, vision_config=VisionConfig(max_batch_size=4)
     )
-    yield model, processor, pipe
+    yield TinyVLM(model, processor, pipe, image_text=QWEN_IMAGE)
     pipe.close()
 
 
-def _reference(vlm, text: str, images: list, n: int) -> list[int]:
-    model, processor, _ = vlm
-    return reference_greedy(model, processor, text.replace(IMAGE_TOKEN, QWEN_IMAGE), images, n)
-
-
-def _greedy(n: int) -> GenerationConfig:
-    return GenerationConfig(max_new_tokens=n, ignore_eos=True)
-
-
 def test_greedy_ids_match_transformers_batched_with_text(vlm) -> None:
-    pipe = vlm[2]
     # Wide, tall and square grids: M-RoPE's height and width positions differ.
-    a, b = random_image(100, 60, seed=1), random_image(60, 110, seed=2)
-    cases = [(ONE, [a], 12), (TWO, [a, b], 10), (TEXT, [], 8), (ONE, [b], 6)]
-    expected = [_reference(vlm, text, images, n) for text, images, n in cases]
-    prompts = [(text, images) if images else text for text, images, _ in cases]
-    responses = pipe(prompts, gen_config=[_greedy(n) for *_, n in cases], do_preprocess=False)
-    assert [r.token_ids for r in responses] == expected
-    stats = pipe.service.engine.stats()
-    assert stats.num_free_blocks == stats.num_blocks, "KV blocks leaked"
+    check_batched_with_text(vlm, random_image(100, 60, seed=1), random_image(60, 110, seed=2))
 
 
 def test_unplaced_images_run_into_the_text(vlm) -> None:
     """Images the text does not place go first with no newline (0.6.5's Qwen2-VL prompt)."""
-    pipe = vlm[2]
     images = [random_image(70, 50, seed=6), random_image(50, 70, seed=7)]
-    expected = _reference(vlm, QWEN_IMAGE * 2 + "Compare them.", images, 4)
-    response = pipe(("Compare them.", images), gen_config=_greedy(4), do_preprocess=False)
+    expected = vlm.reference(QWEN_IMAGE * 2 + "Compare them.", images, 4)
+    response = vlm.pipe(("Compare them.", images), gen_config=greedy(4), do_preprocess=False)
     assert response.token_ids == expected
 
 
 def test_prefix_cache_keeps_different_images_apart(vlm) -> None:
-    pipe = vlm[2]
-    a, b = random_image(80, 80, seed=3), random_image(80, 80, seed=4)
-    text = ONE + " " + TEXT
-    expected_a, expected_b = _reference(vlm, text, [a], 8), _reference(vlm, text, [b], 8)
-    assert expected_a != expected_b, "the images must steer the tiny model apart"
-
-    def run(image) -> tuple[list[int], int]:
-        response = pipe((text, image), gen_config=_greedy(8), do_preprocess=False)
-        return response.token_ids, pipe.service.engine.stats().num_prefix_hit_tokens
-
-    ids, hits = run(a)
-    assert ids == expected_a
-    ids, hits_again = run(a)
-    assert ids == expected_a and hits_again > hits, "the same image reuses its cached blocks"
-    ids, hits_other = run(b)
-    assert ids == expected_b
-    assert hits_other == hits_again, "no block holding an image is shared with another image"
+    check_prefix_cache_keeps_images_apart(
+        vlm, random_image(80, 80, seed=3), random_image(80, 80, seed=4)
+    )
 
 
 def test_an_image_part_sets_its_own_min_and_max_pixels(vlm) -> None:
     """0.6.5's per-image `min_pixels` / `max_pixels` of an image_url part: the image is
     resized within them, so it fills as many positions as the processor says at that size."""
-    model, processor, pipe = vlm
+    processor, pipe = vlm.processor, vlm.pipe
     image = random_image(100, 100, seed=5)
     url = data_uri(image)
     default = processor.image_processor(images=[image], return_tensors="pt")
@@ -108,14 +72,14 @@ def test_an_image_part_sets_its_own_min_and_max_pixels(vlm) -> None:
     def input_len(**options) -> int:
         part = {"type": "image_url", "image_url": {"url": url, **options}}
         messages = [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}]
-        return pipe(messages, gen_config=_greedy(1)).input_token_len
+        return pipe(messages, gen_config=greedy(1)).input_token_len
 
     assert input_len() - input_len(max_pixels=3136) == tokens[0] - tokens[1]
 
 
 def _chat_reference(vlm, messages: list, images: list, n: int, pixels: dict) -> list[int]:
     """transformers' greedy ids on the prompt the pipeline's chat template renders."""
-    model, processor, pipe = vlm
+    model, processor, pipe = vlm.model, vlm.processor, vlm.pipe
     text_messages, _ = split_images(messages, separator="")
     prompt = pipe.service.chat_template.messages2prompt(text_messages)
     size = {"shortest_edge": pixels["min_pixels"], "longest_edge": pixels["max_pixels"]}
@@ -129,7 +93,7 @@ def test_the_docs_conversation_over_two_images(vlm) -> None:
     """0.6.5's Qwen2-VL example: two image_url parts with their own min/max_pixels, then a
     follow-up turn with the answer in the history; each turn's ids equal transformers' on the
     prompt the chat template renders (M-RoPE over the whole conversation)."""
-    pipe = vlm[2]
+    pipe = vlm.pipe
     images = [random_image(90, 70, seed=8), random_image(60, 90, seed=9)]
     pixels = {"min_pixels": 56 * 56, "max_pixels": 84 * 84}
     parts = [{"type": "image_url", "image_url": {"url": data_uri(im), **pixels}} for im in images]

@@ -7,12 +7,17 @@ image tokens, the processor with default settings otherwise. Nothing is download
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import transformers
 from PIL import Image
+
+from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+from lmdeploy.vl.constants import IMAGE_TOKEN
 
 from .tiny_models import TINY_SHAPE
 
@@ -298,3 +303,74 @@ def greedy_after(model, inputs: dict, max_new_tokens: int) -> list[int]:
             pad_token_id=0,
         )
     return out[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+# The checks every family's pipeline passes against transformers (test_vlm_<family>.py).
+ONE = f"{IMAGE_TOKEN}\nWhat is shown here?"
+TWO = f"Image-1: {IMAGE_TOKEN}\nImage-2: {IMAGE_TOKEN}\nCompare the two images."
+TEXT = "Tell me a story about the sea and the ships on it."
+
+
+@dataclass
+class TinyVLM:
+    """A tiny checkpoint's transformers model and processor beside the pipeline serving it;
+    `image_text`: what stands for one image in the processor's prompt."""
+
+    model: Any
+    processor: Any
+    pipe: Any
+    image_text: str
+
+    def reference(self, text: str, images: list, n: int) -> list[int]:
+        """transformers' greedy ids for a pipeline prompt (IMAGE_TOKEN where images go)."""
+        text = text.replace(IMAGE_TOKEN, self.image_text)
+        return reference_greedy(self.model, self.processor, text, images, n)
+
+
+def vlm_pipeline(directory: Path, max_prefill_token_num: int, vision_config=None):
+    """The pipeline of a tiny VLM with small blocks and prefill chunks (chunks start and stop
+    inside images) and the prefix cache on."""
+    config = PytorchEngineConfig(
+        session_len=512,
+        block_size=16,
+        max_prefill_token_num=max_prefill_token_num,
+        enable_prefix_caching=True,
+    )
+    extra = {} if vision_config is None else {"vision_config": vision_config}
+    return pipeline(str(directory), backend_config=config, **extra)
+
+
+def greedy(n: int) -> GenerationConfig:
+    return GenerationConfig(max_new_tokens=n, ignore_eos=True)
+
+
+def check_batched_with_text(vlm: TinyVLM, a: Image.Image, b: Image.Image) -> None:
+    """One and two images and a text-only request in one batch: greedy ids equal transformers',
+    and every KV block comes back."""
+    cases = [(ONE, [a], 12), (TWO, [a, b], 10), (TEXT, [], 8), (ONE, [b], 6)]
+    expected = [vlm.reference(text, images, n) for text, images, n in cases]
+    prompts = [(text, images) if images else text for text, images, _ in cases]
+    responses = vlm.pipe(prompts, gen_config=[greedy(n) for *_, n in cases], do_preprocess=False)
+    assert [r.token_ids for r in responses] == expected
+    stats = vlm.pipe.service.engine.stats()
+    assert stats.num_free_blocks == stats.num_blocks, "KV blocks leaked"
+
+
+def check_prefix_cache_keeps_images_apart(vlm: TinyVLM, a: Image.Image, b: Image.Image) -> None:
+    """`a` and `b` of one size in the same prompt: the second run of `a` reuses its cached
+    blocks, `b` shares none of the blocks that hold `a`."""
+    text = ONE + " " + TEXT
+    expected_a, expected_b = vlm.reference(text, [a], 8), vlm.reference(text, [b], 8)
+    assert expected_a != expected_b, "the images must steer the tiny model apart"
+
+    def run(image) -> tuple[list[int], int]:
+        response = vlm.pipe((text, image), gen_config=greedy(8), do_preprocess=False)
+        return response.token_ids, vlm.pipe.service.engine.stats().num_prefix_hit_tokens
+
+    ids, hits = run(a)
+    assert ids == expected_a
+    ids, hits_again = run(a)
+    assert ids == expected_a and hits_again > hits, "the same image reuses its cached blocks"
+    ids, hits_other = run(b)
+    assert ids == expected_b
+    assert hits_other == hits_again, "no block holding an image is shared with another image"

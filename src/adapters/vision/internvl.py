@@ -12,7 +12,6 @@ model runs in the engine (models/internvl.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from ...application.ports import PreparedImage
+from .checkpoint import CheckpointVisionEncoder, batched, per_image
 from .digest import pixel_digest
 from .llava import load_vision_parts
 
@@ -46,56 +46,24 @@ def _vision_model(config: Any, device: torch.device, dtype: torch.dtype) -> nn.M
     return model
 
 
-class InternVLVisionEncoder:
-    def __init__(self, image_processor: Any, model: nn.Module, config: Any) -> None:
-        self.image_processor = image_processor
-        self.model = model
-        self.config = config
-        self.tile_tokens = config.image_seq_length
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-
-    @classmethod
-    def load(
-        cls,
-        directory: Path | None,
-        hf_config: dict[str, Any],
-        weights: Any,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> InternVLVisionEncoder:
-        from transformers import AutoConfig, AutoImageProcessor
-
-        if directory is None:
-            raise ValueError("an InternVL model needs its checkpoint directory (for its processor)")
-        config = AutoConfig.from_pretrained(directory)
-        model = _vision_model(config, device, dtype)
-        if weights is not None:
-            with torch.no_grad():
-                load_vision_parts(model, weights)
-        return cls(AutoImageProcessor.from_pretrained(directory), model, config)
-
-    image_separator = "\n"
-
-    @property
-    def image_token_id(self) -> int:
-        return self.config.image_token_id
+class InternVLVisionEncoder(CheckpointVisionEncoder):
+    family = "an InternVL model"
+    build_model = staticmethod(_vision_model)
+    load_weights = staticmethod(load_vision_parts)
 
     def preprocess(
         self, image: Image.Image, options: Mapping[str, Any] | None = None
     ) -> PreparedImage:
-        out = self.image_processor(images=[image], return_tensors="pt")
-        num_tokens = int(out["num_patches"][0]) * self.tile_tokens
+        out = self.processor(images=[image], return_tensors="pt")
+        num_tokens = int(out["num_patches"][0]) * self.config.image_seq_length
         text = IMG_START + IMG_CONTEXT * num_tokens + IMG_END
         return PreparedImage(out["pixel_values"], num_tokens, text, pixel_digest(image))
 
     @torch.inference_mode()
     def encode(self, images: list[PreparedImage]) -> list[torch.Tensor]:
-        tiles = torch.cat([im.pixels for im in images])
         features = self.model.get_image_features(
-            pixel_values=tiles.to(self.device, self.dtype),
+            pixel_values=batched(images).to(self.device, self.dtype),
             vision_feature_layer=self.config.vision_feature_layer,
             vision_feature_select_strategy=self.config.vision_feature_select_strategy,
         ).pooler_output
-        rows = features.reshape(-1, features.shape[-1])
-        return list(torch.split(rows, [im.num_tokens for im in images]))
+        return per_image(features.reshape(-1, features.shape[-1]), images)

@@ -12,7 +12,6 @@ prompt. The language model runs in the engine (models/llava.py).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from ...application.ports import PreparedImage
+from .checkpoint import CheckpointVisionEncoder, batched, per_image
 from .digest import pixel_digest
 
 # Vision tensors of the checkpoint; transformers 5 prefixes them with `model.`.
@@ -62,66 +62,40 @@ def load_vision_parts(model: nn.Module, weights: Any) -> None:
         raise ValueError(f"vision weights missing from the checkpoint: {missing[:5]}")
 
 
-class LlavaVisionEncoder:
-    def __init__(self, processor: Any, model: nn.Module, config: Any) -> None:
-        self.processor = processor
-        self.model = model
-        self.config = config
-        self.image_token = processor.image_token
-        self._image_token_id = getattr(config, "image_token_id", None) or config.image_token_index
-        self.device = next(model.parameters()).device
-        self.dtype = next(model.parameters()).dtype
-
-    @classmethod
-    def load(
-        cls,
-        directory: Path | None,
-        hf_config: dict[str, Any],
-        weights: Any,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> LlavaVisionEncoder:
-        from transformers import AutoConfig, AutoProcessor
-
-        if directory is None:
-            raise ValueError("a LLaVA model needs its checkpoint directory (for its processor)")
-        config = AutoConfig.from_pretrained(directory)
-        model = _vision_model(config, device, dtype)
-        if weights is not None:
-            with torch.no_grad():
-                load_vision_parts(model, weights)
-        return cls(AutoProcessor.from_pretrained(directory), model, config)
-
-    image_separator = "\n"
+class LlavaVisionEncoder(CheckpointVisionEncoder):
+    family = "a LLaVA model"
+    processor_class = "AutoProcessor"
+    build_model = staticmethod(_vision_model)
+    load_weights = staticmethod(load_vision_parts)
 
     @property
     def image_token_id(self) -> int:
-        return self._image_token_id
+        return getattr(self.config, "image_token_id", None) or self.config.image_token_index
 
     def preprocess(
         self, image: Image.Image, options: Mapping[str, Any] | None = None
     ) -> PreparedImage:
-        out = self.processor(text=self.image_token, images=[image], return_tensors="pt")
-        num_tokens = int((out["input_ids"] == self._image_token_id).sum())
+        image_token = self.processor.image_token
+        out = self.processor(text=image_token, images=[image], return_tensors="pt")
+        num_tokens = int((out["input_ids"] == self.image_token_id).sum())
         pixels = {"pixel_values": out["pixel_values"]}
         if "image_sizes" in out:  # NeXT: one image's tiles, [num_tiles, 3, H, W]
             pixels = {"pixel_values": out["pixel_values"][0], "image_sizes": out["image_sizes"]}
-        return PreparedImage(pixels, num_tokens, self.image_token * num_tokens, pixel_digest(image))
+        return PreparedImage(pixels, num_tokens, image_token * num_tokens, pixel_digest(image))
 
     @torch.inference_mode()
     def encode(self, images: list[PreparedImage]) -> list[torch.Tensor]:
-        pixel_values = torch.cat([im.pixels["pixel_values"] for im in images])
         extra = {}
         if "image_sizes" in images[0].pixels:
-            extra["image_sizes"] = torch.cat([im.pixels["image_sizes"] for im in images])
+            extra["image_sizes"] = batched(images, "image_sizes")
         features = self.model.get_image_features(
-            pixel_values=pixel_values.to(self.device, self.dtype),
+            pixel_values=batched(images, "pixel_values").to(self.device, self.dtype),
             vision_feature_layer=self.config.vision_feature_layer,
             vision_feature_select_strategy=self.config.vision_feature_select_strategy,
             **extra,
         ).pooler_output
         if isinstance(features, torch.Tensor):  # NeXT packs every image into one tensor
-            features = torch.split(features, [im.num_tokens for im in images])
+            features = per_image(features, images)
         rows = [f.reshape(-1, f.shape[-1]) for f in features]
         assert [len(r) for r in rows] == [im.num_tokens for im in images]
         return rows

@@ -13,7 +13,6 @@ axis as transformers does. The language model runs in the engine (models/qwen2_v
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -21,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from ...application.ports import PreparedImage
+from .checkpoint import CheckpointVisionEncoder, batched, per_image
 from .digest import pixel_digest
 
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
@@ -67,49 +67,21 @@ def _load_tower_weights(tower: nn.Module, weights: Any) -> None:
         raise ValueError(f"vision weights missing from the checkpoint: {missing[:5]}")
 
 
-class Qwen2VLVisionEncoder:
-    def __init__(self, image_processor: Any, tower: nn.Module, config: Any) -> None:
-        self.image_processor = image_processor
-        self.tower = tower
-        self.merge = config.vision_config.spatial_merge_size
-        self._image_token_id = config.image_token_id
-        self.device = next(tower.parameters()).device
-        self.dtype = next(tower.parameters()).dtype
-
-    @classmethod
-    def load(
-        cls,
-        directory: Path | None,
-        hf_config: dict[str, Any],
-        weights: Any,
-        device: torch.device,
-        dtype: torch.dtype,
-    ) -> Qwen2VLVisionEncoder:
-        from transformers import AutoConfig, AutoImageProcessor
-
-        if directory is None:
-            raise ValueError("a Qwen2-VL model needs its checkpoint directory (for its processor)")
-        config = AutoConfig.from_pretrained(directory)
-        tower = _vision_tower(config, device, dtype)
-        if weights is not None:
-            with torch.no_grad():
-                _load_tower_weights(tower, weights)
-        return cls(AutoImageProcessor.from_pretrained(directory), tower, config)
-
+class Qwen2VLVisionEncoder(CheckpointVisionEncoder):
+    family = "a Qwen2-VL model"
+    build_model = staticmethod(_vision_tower)
+    load_weights = staticmethod(_load_tower_weights)
     image_separator = ""  # 0.6.5 and the model's template run the images into the text
-
-    @property
-    def image_token_id(self) -> int:
-        return self._image_token_id
 
     def preprocess(
         self, image: Image.Image, options: Mapping[str, Any] | None = None
     ) -> PreparedImage:
-        out = self.image_processor(
-            images=[image], return_tensors="pt", **_size(options or {}, self.image_processor.size)
+        out = self.processor(
+            images=[image], return_tensors="pt", **_size(options or {}, self.processor.size)
         )
+        merge = self.config.vision_config.spatial_merge_size
         t, h, w = (int(n) for n in out["image_grid_thw"][0])
-        grid = (t, h // self.merge, w // self.merge)
+        grid = (t, h // merge, w // merge)
         num_tokens = grid[0] * grid[1] * grid[2]
         pixels = {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
         text = VISION_START + IMAGE_PAD * num_tokens + VISION_END
@@ -119,9 +91,8 @@ class Qwen2VLVisionEncoder:
 
     @torch.inference_mode()
     def encode(self, images: list[PreparedImage]) -> list[torch.Tensor]:
-        pixel_values = torch.cat([im.pixels["pixel_values"] for im in images])
-        grid_thw = torch.cat([im.pixels["image_grid_thw"] for im in images])
-        features = self.tower(
-            pixel_values.to(self.device, self.dtype), grid_thw=grid_thw.to(self.device)
+        features = self.model(
+            batched(images, "pixel_values").to(self.device, self.dtype),
+            grid_thw=batched(images, "image_grid_thw").to(self.device),
         ).pooler_output
-        return list(torch.split(features, [im.num_tokens for im in images]))
+        return per_image(features, images)

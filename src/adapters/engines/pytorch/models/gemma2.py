@@ -16,10 +16,10 @@ from torch import nn
 from ..backends.attention_metadata import AttentionMetadata
 from ..layers.activation import GeluTanhAndMul, soft_cap
 from ..layers.attention import Attention
-from ..layers.linear import QKVParallelLinear, RowParallelLinear
 from ..layers.norm import GemmaRMSNorm
 from .config import ModelConfig
 from .llama import LlamaForCausalLM, LlamaMLP, LlamaModel
+from .projections import out_projection, qkv_projection
 
 
 def _layer_window(cfg: ModelConfig, layer: int) -> int | None:
@@ -34,20 +34,8 @@ class Gemma2Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size,
-            head_dim,
-            heads,
-            kv_heads,
-            bias=cfg.attention_bias,
-            quant_config=cfg.quant_config,
-        )
-        self.o_proj = RowParallelLinear(
-            heads * head_dim,
-            cfg.hidden_size,
-            bias=cfg.attention_bias,
-            quant_config=cfg.quant_config,
-        )
+        self.qkv_proj = qkv_projection(cfg, bias=cfg.attention_bias)
+        self.o_proj = out_projection(cfg, bias=cfg.attention_bias)
         self.attn = Attention(
             heads,
             kv_heads,

@@ -16,30 +16,19 @@ from ..backends.attention_metadata import AttentionMetadata
 from ..layers.activation import SiluAndMul
 from ..layers.attention import Attention
 from ..layers.embedding import ParallelLMHead, TiedLMHead, VocabEmbedding
-from ..layers.linear import GroupedQKVParallelLinear, MergedColumnParallelLinear, RowParallelLinear
+from ..layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm
 from .base import CausalLM, KVCaches
 from .config import ModelConfig
+from .projections import out_projection, qkv_projection
 
 
 class InternLM2Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.wqkv = GroupedQKVParallelLinear(
-            cfg.hidden_size,
-            head_dim,
-            heads,
-            kv_heads,
-            bias=cfg.attention_bias,
-            quant_config=cfg.quant_config,
-        )
-        self.wo = RowParallelLinear(
-            heads * head_dim,
-            cfg.hidden_size,
-            bias=cfg.attention_bias,
-            quant_config=cfg.quant_config,
-        )
+        self.wqkv = qkv_projection(cfg, bias=cfg.attention_bias, grouped=True)
+        self.wo = out_projection(cfg, bias=cfg.attention_bias)
         self.attn = Attention(heads, kv_heads, head_dim)
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:

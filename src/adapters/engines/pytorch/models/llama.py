@@ -14,27 +14,19 @@ from ..backends.attention_metadata import AttentionMetadata
 from ..layers.activation import SiluAndMul
 from ..layers.attention import Attention
 from ..layers.embedding import ParallelLMHead, TiedLMHead, VocabEmbedding
-from ..layers.linear import MergedColumnParallelLinear, QKVParallelLinear, RowParallelLinear
+from ..layers.linear import MergedColumnParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm
 from .base import CausalLM, ImageRows, KVCaches
 from .config import ModelConfig
+from .projections import out_projection, qkv_projection
 
 
 class LlamaAttention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size,
-            head_dim,
-            heads,
-            kv_heads,
-            bias=cfg.attention_bias,
-            quant_config=cfg.quant_config,
-        )
-        self.o_proj = RowParallelLinear(
-            heads * head_dim, cfg.hidden_size, bias=False, quant_config=cfg.quant_config
-        )
+        self.qkv_proj = qkv_projection(cfg, bias=cfg.attention_bias)
+        self.o_proj = out_projection(cfg, bias=False)
         # Mistral is Llama with every layer windowed (a None window: Llama).
         window = cfg.sliding_window_of(layer)
         self.attn = Attention(heads, kv_heads, head_dim, sliding_window=window)

@@ -8,21 +8,17 @@ from torch import nn
 
 from ..backends.attention_metadata import AttentionMetadata
 from ..layers.attention import Attention
-from ..layers.linear import QKVParallelLinear, RowParallelLinear
 from .config import ModelConfig
 from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
+from .projections import out_projection, qkv_projection
 
 
 class Qwen2Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size, head_dim, heads, kv_heads, bias=True, quant_config=cfg.quant_config
-        )
-        self.o_proj = RowParallelLinear(
-            heads * head_dim, cfg.hidden_size, bias=False, quant_config=cfg.quant_config
-        )
+        self.qkv_proj = qkv_projection(cfg, bias=True)
+        self.o_proj = out_projection(cfg, bias=False)
         self.attn = Attention(
             heads, kv_heads, head_dim, sliding_window=cfg.sliding_window_of(layer)
         )

@@ -9,10 +9,10 @@ from torch import nn
 
 from ..backends.attention_metadata import AttentionMetadata
 from ..layers.attention import Attention
-from ..layers.linear import QKVParallelLinear, RowParallelLinear
 from ..layers.norm import RMSNorm
 from .config import ModelConfig
 from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaModel
+from .projections import out_projection, qkv_projection
 
 
 class Qwen3Attention(nn.Module):
@@ -20,12 +20,8 @@ class Qwen3Attention(nn.Module):
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         bias = cfg.attention_bias
-        self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size, head_dim, heads, kv_heads, bias=bias, quant_config=cfg.quant_config
-        )
-        self.o_proj = RowParallelLinear(
-            heads * head_dim, cfg.hidden_size, bias=bias, quant_config=cfg.quant_config
-        )
+        self.qkv_proj = qkv_projection(cfg, bias=bias)
+        self.o_proj = out_projection(cfg, bias=bias)
         self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.attn = Attention(

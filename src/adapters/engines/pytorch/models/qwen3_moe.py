@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 from ..layers.attention import Attention
-from ..layers.linear import QKVParallelLinear, RowParallelLinear
 from ..layers.moe import FusedMoE, SparseMoeBlock, expert_weights_mapping
 from ..layers.norm import RMSNorm
 from .config import ModelConfig
 from .llama import LlamaDecoderLayer, LlamaForCausalLM, LlamaMLP, LlamaModel
+from .projections import out_projection, qkv_projection
 
 
 class Qwen3MoeAttention(nn.Module):
@@ -27,19 +27,10 @@ class Qwen3MoeAttention(nn.Module):
         super().__init__()
         heads, kv_heads, head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.head_dim = head_dim
-        self.qkv_proj = QKVParallelLinear(
-            cfg.hidden_size,
-            head_dim,
-            heads,
-            kv_heads,
-            bias=cfg.attention_bias,
-            quant_config=cfg.quant_config,
-        )
+        self.qkv_proj = qkv_projection(cfg, bias=cfg.attention_bias)
         self.q_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(head_dim, cfg.rms_norm_eps)
-        self.o_proj = RowParallelLinear(
-            heads * head_dim, cfg.hidden_size, bias=False, quant_config=cfg.quant_config
-        )
+        self.o_proj = out_projection(cfg, bias=False)
         self.attn = Attention(heads, kv_heads, head_dim)
 
     def forward(self, x, cos, sin, kv_cache, meta) -> torch.Tensor:
