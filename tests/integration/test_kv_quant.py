@@ -40,9 +40,9 @@ def int8_pipe():
     pipe.close()
 
 
-# Measured on tests/data/kv_heldout.txt (1011 tokens): int8 +0.02%, int4 +12.9%. The issue's
-# target for int4 is +6%; per-token int4 keys of this 135M model miss it (see the README).
-@pytest.mark.parametrize(("bits", "max_increase"), [(8, 0.01), (4, 0.15)])
+# Measured on tests/data/kv_heldout.txt (1011 tokens): int8 +0.02%, int4 +7.1% with each head
+# rotated (layers/kv_rotation.py; +12.9% without). The target for int4 is +6%.
+@pytest.mark.parametrize(("bits", "max_increase"), [(8, 0.01), (4, 0.08)])
 def test_perplexity_stays_close_to_the_float_cache(bits, max_increase, fp_loss, heldout_ids):
     pipe = _quant_pipe(bits)
     try:

@@ -27,6 +27,7 @@ from ..backends.torch_native.attention import (
     write_kv,
 )
 from ..distributed.parallel_state import local_kv_heads, tp_size
+from .kv_rotation import rotation_for
 from .rotary import rotate_qk
 
 
@@ -75,9 +76,14 @@ class Attention(nn.Module):
         q, k, v, written = rotate_qk(
             qkv, cos, sin, self.heads, (k_cache, v_cache), meta.slot_mapping
         )
+        spin = rotation_for(k_cache, self.heads[2], q.dtype) if scale_zero is not None else None
+        if spin is not None:  # an int4 cache (kv_rotation.py); never written by rotate_qk
+            q, k, v = q @ spin, k @ spin, v @ spin
         out = paged_attention(
             q, k, v, k_cache, v_cache, meta, self.options, written, scale_zero=scale_zero
         )
+        if spin is not None:
+            out = out @ spin.T
         return out.flatten(1)
 
 
