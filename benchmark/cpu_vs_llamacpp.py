@@ -196,21 +196,27 @@ def main() -> None:
         args,
     )  # fmt: skip
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # the same cores as llama-server's -t
-    ours = measure(
-        "lmdeploy",
-        [str(Path(sys.executable).with_name("lmdeploy")), "serve", "api_server", str(model),
-         "--server-port", "23402"],
-        "http://127.0.0.1:23402",
-        args,
-    )  # fmt: skip
-    print("\n| load | lmdeploy | llama-server | ratio |\n|---|---|---|---|")
+    lmdeploy = [str(Path(sys.executable).with_name("lmdeploy")), "serve", "api_server", str(model)]
+    ours = {
+        variant: measure(
+            f"lmdeploy {variant}",
+            [*lmdeploy, "--server-port", "23402", *extra],
+            "http://127.0.0.1:23402",
+            args,
+        )
+        for variant, extra in (("float", []), ("int kernels", ["--gguf-int-kernels"]))
+    }
+    print("\n| load | lmdeploy (float) | lmdeploy --gguf-int-kernels | llama-server | ratios |")
+    print("|---|---|---|---|---|")
     for streams in (1, 16):
-        o, t = ours[streams], theirs[streams]
-        print(f"| {streams} stream(s): output tok/s | {o['tok_s']:.1f} | {t['tok_s']:.1f} | "
-              f"{o['tok_s'] / t['tok_s']:.2f}x |")  # fmt: skip
-        print(f"| {streams} stream(s): TTFT p50 | {o['ttft_p50']:.3f} s | {t['ttft_p50']:.3f} s | "
-              f"{o['ttft_p50'] / t['ttft_p50']:.1f}x slower |")  # fmt: skip
-    print(f"| server RSS | {ours['rss_mb']:.0f} MB | {theirs['rss_mb']:.0f} MB | |")
+        f, q, t = ours["float"][streams], ours["int kernels"][streams], theirs[streams]
+        print(f"| {streams} stream(s): output tok/s | {f['tok_s']:.1f} | {q['tok_s']:.1f} | "
+              f"{t['tok_s']:.1f} | {f['tok_s'] / t['tok_s']:.2f}x, {q['tok_s'] / t['tok_s']:.2f}x |")  # fmt: skip
+        print(f"| {streams} stream(s): TTFT p50 | {f['ttft_p50']:.3f} s | {q['ttft_p50']:.3f} s | "
+              f"{t['ttft_p50']:.3f} s | {f['ttft_p50'] / t['ttft_p50']:.1f}x, "
+              f"{q['ttft_p50'] / t['ttft_p50']:.1f}x |")  # fmt: skip
+    print(f"| server RSS | {ours['float']['rss_mb']:.0f} MB | {ours['int kernels']['rss_mb']:.0f} MB "
+          f"| {theirs['rss_mb']:.0f} MB | |")  # fmt: skip
 
 
 if __name__ == "__main__":
