@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import dataclasses
+from typing import Any, TypeVar
 
 from ...application.quantization.auto_awq import AutoAwqOptions
 from ...application.quantization.calib_data import PUBLIC_DATASETS
 from ...application.quantization.smooth_quant import QUANT_DTYPES, SmoothQuantOptions
+
+Options = TypeVar("Options", AutoAwqOptions, SmoothQuantOptions)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -93,17 +96,15 @@ def _progress(desc: str, unit: str):
     return wrap
 
 
-def run_smooth_quant(args: argparse.Namespace) -> int:
-    options = SmoothQuantOptions(
-        work_dir=args.work_dir,
-        calib_dataset=args.calib_dataset,
-        calib_samples=args.calib_samples,
-        calib_seqlen=args.calib_seqlen,
-        batch_size=args.batch_size,
-        search_scale=args.search_scale,
-        dtype=args.dtype,
-        quant_dtype=args.quant_dtype,
+def _options(cls: type[Options], args: argparse.Namespace) -> Options:
+    """The use case's options from the parsed flags of the same names."""
+    return cls(
+        **{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     )
+
+
+def run_smooth_quant(args: argparse.Namespace) -> int:
+    options = _options(SmoothQuantOptions, args)
     work_dir = args.factories.smooth_quant(
         args.model, options, args.device, _progress("calibrating", "batch")
     )
@@ -112,18 +113,7 @@ def run_smooth_quant(args: argparse.Namespace) -> int:
 
 
 def run_auto_awq(args: argparse.Namespace) -> int:
-    options = AutoAwqOptions(
-        work_dir=args.work_dir,
-        calib_dataset=args.calib_dataset,
-        calib_samples=args.calib_samples,
-        calib_seqlen=args.calib_seqlen,
-        batch_size=args.batch_size,
-        w_bits=args.w_bits,
-        w_sym=args.w_sym,
-        w_group_size=args.w_group_size,
-        search_scale=args.search_scale,
-        dtype=args.dtype,
-    )
+    options = _options(AutoAwqOptions, args)
     work_dir = args.factories.auto_awq(
         args.model, options, args.device, _progress("quantising", "layer")
     )

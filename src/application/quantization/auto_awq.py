@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from ...domain.errors import InvalidArgument
-from .calib_data import calib_samples, read_calib_texts
+from .calib_data import CalibrationOptions, calib_samples, read_calib_texts
 
 # 0.6.5's ratio without --search-scale.
 FIXED_ALPHA = 0.5
@@ -59,22 +59,16 @@ class AwqModel(Protocol):
 
 
 @dataclass(frozen=True)
-class AutoAwqOptions:
-    work_dir: str = "./work_dir"
-    calib_dataset: str = "ptb"
-    calib_samples: int = 128
-    calib_seqlen: int = 2048
-    batch_size: int = 1
+class AutoAwqOptions(CalibrationOptions):
     w_bits: int = 4
     w_sym: bool = False
     w_group_size: int = 128
-    search_scale: bool = False
-    dtype: str = "auto"
     # Not flags of 0.6.5: the search's resolution (AutoAWQ's defaults), coarser in tests.
     search_grid: int = 20
     clip_grid: int = 20
 
     def validate(self) -> None:
+        self.validate_calibration()
         if self.w_bits != 4:
             raise InvalidArgument(
                 "w_bits", f"{self.w_bits}-bit weights are not supported; this build makes 4-bit"
@@ -90,8 +84,6 @@ class AutoAwqOptions:
                 "w_group_size",
                 f"must be a positive multiple of 8 (e.g. 128), got {self.w_group_size}",
             )
-        if self.batch_size < 1:
-            raise InvalidArgument("batch_size", f"must be >= 1, got {self.batch_size}")
         if self.search_grid < 1 or self.clip_grid < 0:
             raise InvalidArgument(
                 "search_grid", "search_grid must be >= 1 and clip_grid >= 0 (0: no clipping)"

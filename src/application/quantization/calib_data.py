@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from ...domain.errors import InvalidArgument
@@ -77,3 +78,24 @@ def calib_samples(
     count = min(num_samples, last_start + 1)
     starts = [round(i * last_start / max(count - 1, 1)) for i in range(count)]
     return [ids[start : start + seqlen] for start in starts]
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """What every `lmdeploy lite` calibration takes (0.6.5's flags); each method adds its own."""
+
+    work_dir: str = "./work_dir"
+    calib_dataset: str = "ptb"
+    calib_samples: int = 128
+    calib_seqlen: int = 2048
+    batch_size: int = 1
+    search_scale: bool = False
+    dtype: str = "auto"
+
+    def validate_calibration(self) -> None:
+        if self.batch_size < 1:
+            raise InvalidArgument("batch_size", f"must be >= 1, got {self.batch_size}")
+        if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
+            raise InvalidArgument(
+                "dtype", f"'{self.dtype}' is not one of auto, float16, bfloat16, float32"
+            )

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Protocol, TypeVar
 
 from ...domain.errors import InvalidArgument
-from .calib_data import calib_samples, read_calib_texts
+from .calib_data import CalibrationOptions, calib_samples, read_calib_texts
 
 # The CLI's names -> the checkpoint's `quant_dtype` (torch's dtype names, as 0.6.5 writes them).
 QUANT_DTYPES = {"int8": "int8", "fp8": "float8_e4m3fn", "float8_e4m3fn": "float8_e4m3fn"}
@@ -43,17 +43,11 @@ class SmoothQuantModel(Protocol):
 
 
 @dataclass(frozen=True)
-class SmoothQuantOptions:
-    work_dir: str = "./work_dir"
-    calib_dataset: str = "ptb"
-    calib_samples: int = 128
-    calib_seqlen: int = 2048
-    batch_size: int = 1
-    search_scale: bool = False
-    dtype: str = "auto"
+class SmoothQuantOptions(CalibrationOptions):
     quant_dtype: str = "int8"
 
     def validate(self) -> None:
+        self.validate_calibration()
         if self.quant_dtype not in QUANT_DTYPES:
             raise InvalidArgument(
                 "quant_dtype", f"'{self.quant_dtype}' is not one of {sorted(QUANT_DTYPES)}"
@@ -63,12 +57,6 @@ class SmoothQuantOptions:
                 "search_scale",
                 "the AWQ-style ratio search is not implemented for smooth_quant in this build; "
                 "drop --search-scale (SmoothQuant's fixed alpha=0.5 is used)",
-            )
-        if self.batch_size < 1:
-            raise InvalidArgument("batch_size", f"must be >= 1, got {self.batch_size}")
-        if self.dtype not in ("auto", "float16", "bfloat16", "float32"):
-            raise InvalidArgument(
-                "dtype", f"'{self.dtype}' is not one of auto, float16, bfloat16, float32"
             )
 
 
