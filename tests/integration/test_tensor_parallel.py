@@ -16,7 +16,7 @@ import transformers
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 from lmdeploy.domain.errors import InvalidConfig
 
-from .tiny_models import TINY_SHAPE, VOCAB_SIZE, save_tiny_checkpoint
+from .tiny_models import TINY_SHAPE, save_tiny_checkpoint, tiny_mixtral_config
 
 PROMPTS = ["The capital of France is", "def fibonacci(n):", "One, two, three,"]
 GREEDY_64 = GenerationConfig(max_new_tokens=64, do_sample=False, ignore_eos=True)
@@ -27,19 +27,7 @@ CONFIGS = {
     "qwen2_bias_replicated_kv": transformers.Qwen2Config(
         **{**TINY_SHAPE, "num_key_value_heads": 1}, tie_word_embeddings=True
     ),
-    "mixtral": transformers.MixtralConfig(
-        vocab_size=VOCAB_SIZE,
-        hidden_size=96,
-        intermediate_size=160,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        num_local_experts=4,
-        num_experts_per_tok=2,
-        max_position_embeddings=1024,
-        sliding_window=None,
-        tie_word_embeddings=False,
-    ),
+    "mixtral": tiny_mixtral_config(),
 }
 
 

@@ -50,6 +50,25 @@ ENGINE_CONFIGS = {
 }
 
 
+def tiny_mixtral_config() -> PretrainedConfig:
+    """Mixtral with 4 experts, 2 a token: the MoE shape the family and tensor-parallel tests share."""
+    from transformers import MixtralConfig
+
+    return MixtralConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        num_local_experts=4,
+        num_experts_per_tok=2,
+        max_position_embeddings=1024,
+        sliding_window=None,
+        tie_word_embeddings=False,
+    )
+
+
 def tiny_model(config: PretrainedConfig, seed: int = 0) -> PreTrainedModel:
     """A random float32 model of `config`. Norm weights are perturbed from one, and biases
     from zero, so that a norm or a bias applied wrongly shows in the ids."""
