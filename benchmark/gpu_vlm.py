@@ -13,6 +13,9 @@ The checkpoint directory holds only config.json, the processor and the embedded 
 extended with the family's image tokens (its vocabulary sets the text embedding's rows);
 load_format='dummy' fills every weight at random.
 Run: python benchmark/gpu_vlm.py [--model qwen2-vl-7b] [--num-requests 1000] [--out FILE]
+Without the GGUF on the device, save its tokenizer here first and point to it:
+    python -c "from benchmark.gpu_vlm import base_tokenizer; base_tokenizer().save_pretrained('TOKDIR')"
+    LMDEPLOY_VLM_TOKENIZER=TOKDIR python benchmark/gpu_vlm.py
 """
 
 from __future__ import annotations
@@ -36,12 +39,24 @@ from workloads import random_prompt, sharegpt_like  # noqa: E402
 from lmdeploy import GenerationConfig, PytorchEngineConfig, VisionConfig, pipeline  # noqa: E402
 from lmdeploy.vl.constants import IMAGE_TOKEN  # noqa: E402
 
+TOKENIZER_ENV = "LMDEPLOY_VLM_TOKENIZER"
 
-def write_llava_7b_shape(directory: Path) -> None:
+
+def base_tokenizer() -> transformers.PreTrainedTokenizerBase:
+    """The embedded default model's tokenizer, from its GGUF file, or from a directory it was
+    saved to (`$LMDEPLOY_VLM_TOKENIZER`: a few MB to carry to a device that lacks the GGUF)."""
+    import os
+
+    if os.environ.get(TOKENIZER_ENV):
+        return transformers.AutoTokenizer.from_pretrained(os.environ[TOKENIZER_ENV])
     from lmdeploy.adapters.loaders.model_source import embedded_model_file
     from lmdeploy.adapters.tokenizers.hf_tokenizer import _gguf_tokenizer
 
-    tokenizer = _gguf_tokenizer(embedded_model_file())
+    return _gguf_tokenizer(embedded_model_file())
+
+
+def write_llava_7b_shape(directory: Path) -> None:
+    tokenizer = base_tokenizer()
     tokenizer.add_tokens(["<image>"], special_tokens=True)
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     vision = transformers.CLIPVisionConfig(
@@ -82,10 +97,7 @@ def write_llava_7b_shape(directory: Path) -> None:
 
 
 def write_qwen2_vl_7b_shape(directory: Path) -> None:
-    from lmdeploy.adapters.loaders.model_source import embedded_model_file
-    from lmdeploy.adapters.tokenizers.hf_tokenizer import _gguf_tokenizer
-
-    tokenizer = _gguf_tokenizer(embedded_model_file())
+    tokenizer = base_tokenizer()
     special = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"]
     tokenizer.add_tokens(special, special_tokens=True)
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in special}

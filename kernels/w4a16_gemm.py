@@ -5,15 +5,20 @@ The layout this kernel reads (`pack_int4_rows`; the AWQ and GPTQ checkpoint layo
 converted to it once, at load): `qweight` int32 [K / 8, N], element (i, n) holding the codes of
 rows 8i .. 8i + 7 of column n, row 8i + s in bits 4s .. 4s + 3; `scales` and `zeros` [K / G, N]
 in x's dtype, G the group size; W[k, n] = (code[k, n] - zeros[k // G, n]) * scales[k // G, n].
-Packing along K lets a program load a [BLOCK_K / 8, BLOCK_N] tile of codes coalesced along N
-and expand it to [BLOCK_K, BLOCK_N] with 8 shifts; BLOCK_K divides G, so a tile has one row of
-scales and zeros.
+A program loads a [BLOCK_K / 8, BLOCK_N] tile of codes coalesced along N; BLOCK_K divides G,
+so a tile has one row of scales and zeros.
 
-Decode-sized rows are bandwidth-bound on the 0.5 byte a weight. Up to 4 rows, a GEMV kernel
-(grid `(cdiv(N, BLOCK_N), SPLIT_K, M)`) multiplies on CUDA cores; up to 64, the tensor-core
-kernel (grid `(cdiv(M, BLOCK_M), cdiv(N, BLOCK_N), SPLIT_K)`) with 16- or 64-row tiles. Both
-split K across programs, whose fp32 partial sums are added after, to fill the GPU when there
-are few tiles. Prefill-sized rows use larger tiles and no split. Bytes ~= K N / 2 + 2 (K / G) N e + M K e + M N e; FLOPs = 2 M K N.
+A code becomes a float without an int-to-float conversion (a quarter-rate instruction, which
+bounded the first version of these kernels): its bits OR-ed into the mantissa of 2^23 give the
+float 2^23 + code exactly, and one subtraction leaves the code.
+
+Decode-sized rows are bandwidth-bound on the half byte a weight. Up to `GEMV_ROWS` rows, a
+GEMV kernel (one row a program) multiplies on CUDA cores, its next tile of codes in flight
+while it computes on this one; up to `FUSED_ROWS`, tensor cores with 16- or 64-row tiles.
+Decode batches split K over programs to fill the GPU, and the last program of each output tile
+to finish adds the fp32 partial sums (a counter per tile, reset by that program): one launch a
+GEMM. Beyond `FUSED_ROWS`, W is dequantized and a dense GEMM multiplies.
+Bytes ~= K N / 2 + 2 (K / G) N e + M K e + M N e; FLOPs = 2 M K N.
 """
 
 from __future__ import annotations
@@ -23,6 +28,127 @@ import triton
 import triton.language as tl
 
 PACK = 8  # 4-bit codes in an int32
+# Measured on an H200 (benchmark/results/w4a16_tune_h200.json, 8B linears, CUDA graphs): the
+# GEMV wins at one row only (a program a row re-reads the codes), the tensor-core kernel up to
+# 64 rows, and from 128 rows dequantize + cuBLAS beats both.
+GEMV_ROWS = 1  # up to this many rows, CUDA cores; above, tensor cores
+FUSED_ROWS = 64  # above this many rows, dequantize W and multiply with a dense GEMM
+NUM_SMS = 132  # an H200's; the split-K sizing aims at a few programs per SM
+MAX_COLUMN_TILES = 1 << 16  # counters kept per device for the split-K reductions
+
+
+@triton.jit
+def _int4_as_float(q, shift: tl.constexpr):
+    """Nibble `shift / 4` of each int32 as float32 (exact: 2^23 + code, minus 2^23)."""
+    bits = ((q >> shift) & 0xF) | 0x4B000000
+    return bits.to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
+def _store_or_reduce(
+    acc,
+    offs_m,
+    offs_n,
+    mask,
+    pid_n,
+    pid_k,
+    partial_ptr,
+    out_ptr,
+    counter_ptr,
+    M,
+    N,
+    stride_om,
+    stride_on,
+    SPLIT_K: tl.constexpr,
+):
+    """Without a split, store; with one, store this program's partial sum, and the program
+    that finishes its column tile last adds all of them into `out` and resets the counter."""
+    out_ptrs = out_ptr + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
+    if SPLIT_K == 1:
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+    else:
+        tile = offs_m[:, None] * N + offs_n[None, :]
+        tl.store(partial_ptr + pid_k * M * N + tile, acc, mask=mask)
+        tl.debug_barrier()  # every thread's partial is written before the counter moves
+        done = tl.atomic_add(counter_ptr + pid_n, 1, sem="acq_rel")
+        if done == SPLIT_K - 1:
+            total = tl.zeros_like(acc)
+            for split in tl.static_range(SPLIT_K):  # unrolled: the loads go out together
+                total += tl.load(
+                    partial_ptr + split * M * N + tile, mask=mask, other=0.0, cache_modifier=".cg"
+                )
+            tl.store(out_ptrs, total.to(out_ptr.dtype.element_ty), mask=mask)
+            tl.atomic_xchg(counter_ptr + pid_n, 0)
+
+
+@triton.jit
+def _w4a16_gemv_kernel(
+    x_ptr,
+    qweight_ptr,
+    scales_ptr,
+    zeros_ptr,
+    partial_ptr,
+    out_ptr,
+    counter_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_qk,
+    stride_qn,
+    stride_sg,
+    stride_sn,
+    stride_om,
+    stride_on,
+    GROUP_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
+    """CUDA cores, one row of x a program: each nibble of a code tile meets its 8-strided slice
+    of x, and the group's zero point comes off once a tile through the sum of x
+    (sum x (q - z) s = s (sum x q - z sum x)). The next tile's codes are loaded before this
+    tile's arithmetic, so the memory latency hides behind it."""
+    pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < N
+    offs_kp = tl.arange(0, BLOCK_K // 8)
+    num_tiles = K // BLOCK_K
+    tiles_per_split = tl.cdiv(num_tiles, SPLIT_K)
+    first = pid_k * tiles_per_split
+    last = tl.minimum(first + tiles_per_split, num_tiles)
+    q_ptrs = qweight_ptr + (first * BLOCK_K // 8 + offs_kp)[:, None] * stride_qk
+    q_ptrs += offs_n[None, :] * stride_qn
+    q_step = BLOCK_K // 8 * stride_qk
+    has_rows = tl.full((BLOCK_K // 8, 1), first, tl.int32) < last
+    q_next = tl.load(q_ptrs, mask=n_mask[None, :] & has_rows, other=0)
+    acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+    for tile in range(first, last):
+        q = q_next
+        q_ptrs += q_step
+        has_rows = tl.full((BLOCK_K // 8, 1), tile + 1, tl.int32) < last
+        q_next = tl.load(q_ptrs, mask=n_mask[None, :] & has_rows, other=0)
+        k0 = tile * BLOCK_K
+        products = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
+        x_parts = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
+        for nibble in tl.static_range(8):
+            xs = tl.load(x_ptr + row * stride_xm + (k0 + offs_kp * 8 + nibble) * stride_xk)
+            xs = xs.to(tl.float32)
+            products += xs[:, None] * _int4_as_float(q, 4 * nibble)
+            x_parts += xs
+        dot, x_sum = tl.sum(products, axis=0), tl.sum(x_parts, axis=0)  # one reduction a tile
+        group = k0 // GROUP_SIZE
+        s = tl.load(scales_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
+        z = tl.load(zeros_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
+        acc += (s.to(tl.float32) * (dot - z.to(tl.float32) * x_sum))[None, :]
+    offs_m = row + tl.arange(0, 1)
+    mask = n_mask[None, :]
+    tile_id = row * tl.num_programs(0) + pid_n
+    _store_or_reduce(
+        acc, offs_m, offs_n, mask, tile_id, pid_k, partial_ptr, out_ptr, counter_ptr,
+        M, N, stride_om, stride_on, SPLIT_K,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -31,26 +157,29 @@ def _w4a16_gemm_kernel(
     qweight_ptr,
     scales_ptr,
     zeros_ptr,
+    partial_ptr,
     out_ptr,
+    counter_ptr,
     M,
     N,
     K,
-    group_size,
     stride_xm,
     stride_xk,
     stride_qk,
     stride_qn,
     stride_sg,
     stride_sn,
-    stride_os,
     stride_om,
     stride_on,
+    GROUP_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
+    """Tensor cores: the [BLOCK_K / 8, BLOCK_N] code tile expands to [BLOCK_K, BLOCK_N] with
+    8 shifts, is dequantized in x's dtype and meets a [BLOCK_M, BLOCK_K] tile of x."""
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -75,115 +204,98 @@ def _w4a16_gemm_kernel(
             mask=n_mask[None, :],
             other=0,
         )
-        codes = (q[:, None, :] >> shifts[None, :, None]) & 0xF
-        codes = tl.reshape(codes, (BLOCK_K, BLOCK_N))
-        group = k0 // group_size
+        bits = ((q[:, None, :] >> shifts[None, :, None]) & 0xF) | 0x4B000000
+        codes = tl.reshape(bits, (BLOCK_K, BLOCK_N)).to(tl.float32, bitcast=True) - 8388608.0
+        group = k0 // GROUP_SIZE
         s = tl.load(scales_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
         z = tl.load(zeros_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
-        w = (codes.to(tl.float32) - z.to(tl.float32)[None, :]) * s.to(tl.float32)[None, :]
+        w = (codes - z.to(tl.float32)[None, :]) * s.to(tl.float32)[None, :]
         acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
-    out_ptrs = (
-        out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :] * stride_on
-    )
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    mask = m_mask[:, None] & n_mask[None, :]
+    tile_id = pid_m * tl.num_programs(1) + pid_n
+    _store_or_reduce(
+        acc, offs_m, offs_n, mask, tile_id, pid_k, partial_ptr, out_ptr, counter_ptr,
+        M, N, stride_om, stride_on, SPLIT_K,
+    )  # fmt: skip
 
 
 @triton.jit
-def _w4a16_gemv_kernel(
-    x_ptr,
+def _w4a16_dequantize_kernel(
     qweight_ptr,
     scales_ptr,
     zeros_ptr,
-    out_ptr,
-    N,
+    w_ptr,
     K,
-    group_size,
-    stride_xm,
-    stride_xk,
+    N,
     stride_qk,
     stride_qn,
     stride_sg,
     stride_sn,
-    stride_os,
-    stride_om,
-    stride_on,
+    stride_wk,
+    stride_wn,
+    GROUP_SIZE: tl.constexpr,
+    BLOCK_KP: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    SPLIT_K: tl.constexpr,
 ):
-    """One row of x a program, no tensor cores: each of the 8 nibbles of a code tile meets its
-    8-strided slice of x, and the group's zero point comes off once per tile through the sum
-    of x (sum x (q - z) s = s (sum x q - z sum x))."""
-    pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    n_mask = offs_n < N
-    offs_kp = tl.arange(0, BLOCK_K // 8)
-    num_tiles = K // BLOCK_K
-    tiles_per_split = tl.cdiv(num_tiles, SPLIT_K)
-    first = pid_k * tiles_per_split
-    last = tl.minimum(first + tiles_per_split, num_tiles)
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for tile in range(first, last):
-        k0 = tile * BLOCK_K
-        q = tl.load(
-            qweight_ptr + (k0 // 8 + offs_kp)[:, None] * stride_qk + offs_n[None, :] * stride_qn,
-            mask=n_mask[None, :],
-            other=0,
-        )
-        products = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
-        x_parts = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
-        for nibble in tl.static_range(8):
-            xs = tl.load(x_ptr + row * stride_xm + (k0 + offs_kp * 8 + nibble) * stride_xk)
-            xs = xs.to(tl.float32)
-            products += xs[:, None] * ((q >> (4 * nibble)) & 0xF).to(tl.float32)
-            x_parts += xs
-        dot, x_sum = tl.sum(products, axis=0), tl.sum(x_parts, axis=0)  # one reduction a tile
-        group = k0 // group_size
-        s = tl.load(scales_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
-        z = tl.load(zeros_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
-        acc += s.to(tl.float32) * (dot - z.to(tl.float32) * x_sum)
-    out_ptrs = out_ptr + pid_k * stride_os + row * stride_om + offs_n * stride_on
-    tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=n_mask)
+    """W [K, N] in w's dtype from a [BLOCK_KP, BLOCK_N] tile of codes a program."""
+    offs_kp = tl.program_id(0) * BLOCK_KP + tl.arange(0, BLOCK_KP)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask = (offs_kp < K // 8)[:, None] & (offs_n < N)[None, :]
+    q = tl.load(qweight_ptr + offs_kp[:, None] * stride_qk + offs_n[None, :] * stride_qn, mask=mask)
+    sz_offs = (offs_kp * 8 // GROUP_SIZE)[:, None] * stride_sg + offs_n[None, :] * stride_sn
+    s = tl.load(scales_ptr + sz_offs, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(zeros_ptr + sz_offs, mask=mask, other=0.0).to(tl.float32)
+    for nibble in tl.static_range(8):
+        w = (_int4_as_float(q, 4 * nibble) - z) * s
+        rows = offs_kp * 8 + nibble
+        w_ptrs = w_ptr + rows[:, None] * stride_wk + offs_n[None, :] * stride_wn
+        tl.store(w_ptrs, w.to(w_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _sum_splits_kernel(partial_ptr, out_ptr, numel, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr):
-    """out = sum of the SPLIT_K fp32 partial results, cast to out's dtype: one pass."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < numel
-    acc = tl.zeros((BLOCK,), dtype=tl.float32)
-    for split in tl.static_range(SPLIT_K):
-        acc += tl.load(partial_ptr + split * numel + offs, mask=mask, other=0.0)
-    tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
+def w4a16_dequantize(
+    qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, group_size: int,
+    dtype: torch.dtype,
+) -> torch.Tensor:  # fmt: skip
+    """W [K, N] in `dtype`, one launch (the prefill path multiplies it with a dense GEMM)."""
+    k, n = qweight.shape[0] * PACK, qweight.shape[1]
+    w = torch.empty(k, n, dtype=dtype, device=qweight.device)
+    block_kp, block_n = 16, 128
+    grid = (triton.cdiv(k // PACK, block_kp), triton.cdiv(n, block_n))
+    _w4a16_dequantize_kernel[grid](
+        qweight, scales, zeros, w, k, n, *qweight.stride(), *scales.stride(), *w.stride(),
+        GROUP_SIZE=group_size, BLOCK_KP=block_kp, BLOCK_N=block_n,
+    )  # fmt: skip
+    return w
 
 
-GEMV_ROWS = 4  # up to this many rows, one program a row without tensor cores
-NUM_SMS = 132  # an H200's; the split-K sizing aims at a few programs per SM
+_counters: dict[torch.device, torch.Tensor] = {}
 
 
-def _split_k(column_tiles: int, k_tiles: int) -> int:
-    return max(1, min(triton.cdiv(4 * NUM_SMS, column_tiles), k_tiles // 2))
+def _split_counters(device: torch.device) -> torch.Tensor:
+    """Zeroed counters, one per column tile, kept per device: each split-K launch leaves them
+    zero again, so they are allocated once (before any CUDA graph captures a launch)."""
+    if device not in _counters:
+        _counters[device] = torch.zeros(MAX_COLUMN_TILES, dtype=torch.int32, device=device)
+    return _counters[device]
+
+
+def _split_k(tiles: int, k_tiles: int, programs_per_sm: int = 4) -> int:
+    return max(1, min(triton.cdiv(programs_per_sm * NUM_SMS, tiles), k_tiles // 2))
 
 
 def _config(m: int, n: int, k: int, group_size: int) -> dict[str, int]:
-    """Tile sizes by the rows' regime (see the module docstring). Decode batches (up to 64
-    rows) split K until the GPU has a few programs a SM; larger ones fill it with tiles."""
-    block_k = min(group_size, 128)
-    k_tiles = k // block_k
+    """Tile sizes by the rows' regime (see the module docstring): decode batches split K until
+    the GPU has a few programs a SM; larger ones fill it with tiles."""
     if m <= GEMV_ROWS:
-        block_n = 128
-        split_k = _split_k(triton.cdiv(n, block_n), k_tiles)
+        block_n, block_k = 256, min(group_size, 128)
+        split_k = _split_k(m * triton.cdiv(n, block_n), k // block_k, programs_per_sm=8)
         return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=4)
+    block_k = min(group_size, 128)
     if m <= 64:
-        block_m = 16 if m <= 16 else 64
-        block_n, num_warps = 64, 4
-        split_k = _split_k(triton.cdiv(m, block_m) * triton.cdiv(n, block_n), k_tiles)
-    elif m <= 256:
-        block_m, block_n, split_k, num_warps = 64, 128, 1, 4
-        block_k = min(group_size, 64)
+        block_m, block_n, num_warps = (16 if m <= 16 else 64), 64, 4
+        split_k = _split_k(triton.cdiv(m, block_m) * triton.cdiv(n, block_n), k // block_k)
     else:
-        block_m, block_n, split_k, num_warps = 128, 128, 1, 8
-        block_k = min(group_size, 64)
+        block_m, block_n, split_k, num_warps = 64, 128, 1, 4
     return dict(
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=num_warps
     )
@@ -195,10 +307,13 @@ def w4a16_gemm(
     scales: torch.Tensor,
     zeros: torch.Tensor,
     group_size: int,
+    config: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """x [..., K] @ W [K, N] -> [..., N] in x's dtype, W as the module docstring lays it out.
-    Split-K partial sums go to an fp32 buffer that one more kernel adds up and casts
-    (deterministic, unlike atomics)."""
+    Beyond `FUSED_ROWS` rows, W is dequantized once and a dense GEMM multiplies: there the weight bytes no longer bound the
+    time, and the dense GEMM's tiles win. `config` forces the fused kernels' tiles (benchmarks).
+    Split-K sums are deterministic: the last program of a column tile adds the partials in
+    split order."""
     k = x.shape[-1]
     n = qweight.shape[1]
     assert qweight.dtype == torch.int32 and qweight.shape[0] * PACK == k, (
@@ -210,27 +325,27 @@ def w4a16_gemm(
     assert scales.shape == zeros.shape == (k // group_size, n), "scales/zeros: [K / G, N]"
     x2 = x.reshape(-1, k)
     m = x2.shape[0]
-    cfg = _config(m, n, k, group_size)
-    split = cfg["SPLIT_K"]
-    y = torch.empty(split, m, n, dtype=torch.float32 if split > 1 else x.dtype, device=x.device)
-    if m and n:
-        args = (x2, qweight, scales, zeros, y)
-        strides = (*x2.stride(), *qweight.stride(), *scales.stride(), *y.stride())
-        if m <= GEMV_ROWS:
-            grid = (triton.cdiv(n, cfg["BLOCK_N"]), split, m)
-            _w4a16_gemv_kernel[grid](*args, n, k, group_size, *strides, **cfg)
-        else:
-            grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
-            precision = "ieee" if x.dtype == torch.float32 else "tf32"
-            _w4a16_gemm_kernel[grid](
-                *args, m, n, k, group_size, *strides, **cfg, DOT_PRECISION=precision
-            )
-    if split == 1:
-        return y[0].view(*x.shape[:-1], n)
+    fused = m <= FUSED_ROWS
+    if config is None and not fused:
+        w = w4a16_dequantize(qweight, scales, zeros, group_size, x.dtype)
+        return (x2 @ w).view(*x.shape[:-1], n)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if m and n:
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(m * n, block),)](y, out, m * n, SPLIT_K=split, BLOCK=block)
+    if not (m and n):
+        return out.view(*x.shape[:-1], n)
+    cfg = config or _config(m, n, k, group_size)
+    split = cfg["SPLIT_K"]
+    partial = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
+    strides = (*x2.stride(), *qweight.stride(), *scales.stride(), *out.stride())
+    args = (x2, qweight, scales, zeros, partial, out, _split_counters(x.device), m, n, k, *strides)
+    column_tiles = triton.cdiv(m, cfg.get("BLOCK_M", 1)) * triton.cdiv(n, cfg["BLOCK_N"])
+    assert column_tiles <= MAX_COLUMN_TILES, f"{column_tiles} output tiles: too many counters"
+    if m <= GEMV_ROWS:
+        grid = (triton.cdiv(n, cfg["BLOCK_N"]), split, m)
+        _w4a16_gemv_kernel[grid](*args, GROUP_SIZE=group_size, **cfg)
+    else:
+        grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
+        precision = "ieee" if x.dtype == torch.float32 else "tf32"
+        _w4a16_gemm_kernel[grid](*args, GROUP_SIZE=group_size, **cfg, DOT_PRECISION=precision)
     return out.view(*x.shape[:-1], n)
 
 

@@ -34,13 +34,15 @@ def test_pack_and_unpack_are_inverse_and_dequantize_is_the_affine_map():
 # (M, K, N, group): decode rows (split-K) and prefill rows, N not a multiple of the tile.
 SHAPES = [
     (1, 128, 40, 32),  # GEMV kernel
-    (2, 512, 40, 32),  # GEMV, K split over 8 programs
-    (3, 256, 72, 64),
+    (1, 512, 40, 32),  # GEMV, K split over 8 programs
+    (3, 256, 72, 64),  # tensor cores from 2 rows
     (12, 512, 50, 32),  # tensor-core kernel, K split
     (16, 256, 64, 128),
     (17, 512, 50, 32),  # 64-row tiles, K split
     (70, 128, 136, 64),
-    (300, 128, 136, 32),
+    (300, 128, 136, 32),  # dequantize + dense GEMM
+    (80, 256, 136, 128),
+    (9, 192, 40, 64),  # K split over 3 programs of one group each
     *gpu_cases((1, 4096, 6144, 128), (64, 4096, 28672, 128), (1024, 14336, 4096, 128)),
 ]
 
@@ -60,12 +62,39 @@ def test_matches_reference(m, k, n, group, dtype):
 def test_decode_rows_split_k_and_prefill_rows_do_not():
     from lmdeploy.kernels.w4a16_gemm import _config
 
-    gemv = _config(2, 40, 512, 32)
-    assert "BLOCK_M" not in gemv and gemv["SPLIT_K"] == 8
+    assert _config(1, 40, 512, 32)["SPLIT_K"] == 8 and "BLOCK_M" not in _config(1, 40, 512, 32)
     assert _config(12, 50, 512, 32)["BLOCK_M"] == 16 and _config(12, 50, 512, 32)["SPLIT_K"] > 1
     assert _config(1, 4096, 4096, 128)["SPLIT_K"] > 1
     assert _config(64, 4096, 4096, 128)["SPLIT_K"] > 1
-    assert _config(1024, 4096, 4096, 128)["SPLIT_K"] == 1
+    assert _config(100, 4096, 4096, 128)["SPLIT_K"] == 1
+
+
+@pytest.mark.parametrize("m", [1, 40])
+def test_split_k_counters_are_left_zero_so_repeated_calls_agree(m):
+    """The last program of each column tile resets its counter: a second call (a graph
+    replay) must reduce again, not skip or double the sum."""
+    from lmdeploy.kernels.w4a16_gemm import _split_counters
+
+    torch.manual_seed(2)
+    _, qweight, scales, zeros = _random_int4(512, 48, 64, torch.float32)
+    x = torch.randn(m, 512, device=DEVICE)
+    first = w4a16_gemm(x, qweight, scales, zeros, 64)
+    assert int(_split_counters(x.device).abs().sum()) == 0
+    torch.testing.assert_close(w4a16_gemm(x, qweight, scales, zeros, 64), first, rtol=0, atol=0)
+    expected = w4a16_gemm_ref(x, qweight, scales, zeros, 64)
+    torch.testing.assert_close(first, expected, **TOL[torch.float32])
+
+
+def test_fused_tiles_beyond_the_dense_threshold_when_forced():
+    """Rows past FUSED_ROWS go to dequantize + dense GEMM by default; the fused tensor-core
+    kernel still computes them right when a benchmark forces its tiles."""
+    torch.manual_seed(3)
+    _, qweight, scales, zeros = _random_int4(256, 40, 32, torch.float32)
+    x = torch.randn(80, 256, device=DEVICE)
+    cfg = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2, num_warps=4)
+    got = w4a16_gemm(x, qweight, scales, zeros, 32, config=cfg)
+    expected = w4a16_gemm_ref(x, qweight, scales, zeros, 32)
+    torch.testing.assert_close(got, expected, **TOL[torch.float32])
 
 
 def test_leading_dims_and_strided_rows():
