@@ -1,4 +1,5 @@
-"""The gated MLP's activations (SiLU-and-mul, GELU-tanh-and-mul) and the logit soft cap,\ndispatched once to a backend. Before a W8A8 linear's kernel, SiLU-and-mul quantises its output
+"""The gated MLP's activations (SiLU-and-mul, GELU-tanh-and-mul) and the logit soft cap,
+dispatched once to a backend. Before a W8A8 linear's kernel, SiLU-and-mul quantises its output
 too (`quantize_output`)."""
 
 from __future__ import annotations

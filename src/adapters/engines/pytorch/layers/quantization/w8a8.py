@@ -10,9 +10,10 @@ where the GPU has FP8 tensor cores (compute capability 8.9+), else the Triton GE
 is unavailable too and the weight is dequantised. On those 8-bit paths a linear also takes its
 input already quantised (`QuantizedActivation`) by the RMSNorm or SiLU-and-mul kernel before
 it (`fuse_input_quant`, as LMDeploy's W8A8 fuses them); o_proj's input, the attention output,
-is quantised by the separate `per_token_quant` launch. On a CPU the weight is dequantised once at
-load, and activations are quantised and dequantised per token, so the CPU computes what the
-GPU's 8-bit GEMM computes, up to float rounding.
+is quantised by the separate `per_token_quant` launch.
+
+On a CPU the weight is dequantised once at load, and activations are quantised and dequantised
+per token, so the CPU computes what the GPU's 8-bit GEMM computes, up to float rounding.
 """
 
 from __future__ import annotations
