@@ -18,14 +18,17 @@ ACT_SHAPES = [(1, 2 * 32), (5, 2 * 600), (2, 3, 2 * 70), *gpu_cases(((256, 2 * 1
 ACT_DTYPES = [torch.float32, pytest.param(torch.bfloat16, marks=cuda_only)]
 
 
-def _assert_codes_match(q, scales, q_ref, scales_ref) -> None:
-    torch.testing.assert_close(scales, scales_ref, rtol=1e-5, atol=0)
+def _assert_codes_match(q, scales, q_ref, scales_ref, act_dtype=torch.float32) -> None:
+    # In bfloat16 the kernel's and torch's norms may round a row's maximum one ulp apart.
+    rtol = 1e-5 if act_dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(scales, scales_ref, rtol=rtol, atol=0)
     if q.dtype == torch.int8:
         # One rounding step apart at most (the division by the scale in another order).
         assert (q.int() - q_ref.int()).abs().max() <= 1
         assert (q != q_ref).float().mean() < 0.01
     else:
-        torch.testing.assert_close(q.float(), q_ref.float(), rtol=2**-3, atol=0)
+        # One e4m3 step (2^-3 relative; the smallest subnormal near zero) at most.
+        torch.testing.assert_close(q.float(), q_ref.float(), rtol=2**-3, atol=2**-9)
 
 
 @pytest.mark.parametrize("act_dtype", ACT_DTYPES)
@@ -41,7 +44,7 @@ def test_rms_norm_quant_matches_reference(shape, with_residual, quant_dtype, act
     q, scales, new_r = rms_norm_quant(x, weight, 1e-6, quant_dtype, residual)
     q_ref, scales_ref, new_r_ref = rms_norm_quant_ref(x, weight, 1e-6, quant_dtype, residual)
     assert q.dtype == quant_dtype and q.shape == shape and scales.shape == (*shape[:-1], 1)
-    _assert_codes_match(q, scales, q_ref, scales_ref)
+    _assert_codes_match(q, scales, q_ref, scales_ref, act_dtype)
     if with_residual:
         torch.testing.assert_close(new_r, new_r_ref, rtol=0, atol=0)
     else:
@@ -59,7 +62,7 @@ def test_silu_and_mul_quant_matches_reference(shape, quant_dtype, act_dtype):
     q_ref, scales_ref = silu_and_mul_quant_ref(x, quant_dtype)
     d = shape[-1] // 2
     assert q.dtype == quant_dtype and q.shape == (*shape[:-1], d)
-    _assert_codes_match(q, scales, q_ref, scales_ref)
+    _assert_codes_match(q, scales, q_ref, scales_ref, act_dtype)
 
 
 def test_strided_rows_and_an_all_zero_row():
