@@ -8,7 +8,9 @@ operands in fp32. The scales are applied once, to the accumulator, in the epilog
 Grid `(cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),)` grouped along M so that neighbouring programs
 share tiles of `b` in L2. FLOPs = 2 M N K; bytes = (M K + N K) + M N * e_out. Prefill-sized
 M is compute-bound (target ~2x the bf16 GEMM); decode-sized M is bound by reading `b` once
-(half the bytes of bf16).
+(half the bytes of bf16). Decode rows fill the SMs with narrow N tiles rather than split-K,
+whose partial sums need float atomics (an order, so a result, that changes from run to run) or
+a second reduction launch.
 """
 
 from __future__ import annotations
