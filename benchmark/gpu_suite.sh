@@ -28,7 +28,7 @@ nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 echo "lmdeploy from $ROOT (tag '${TAG}')"
 for part in "$@"; do
   case "$part" in
-    tests) python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda_engine.py tests/integration/test_cuda_swap.py tests/integration/test_cache_swap.py tests/integration/test_quantized_checkpoints.py 2>&1 | tee "$OUT/cuda_tests$TAG.log" ;;
+    tests) python3 -m pytest -q -p no:cacheprovider tests/integration/test_cuda_engine.py tests/integration/test_cuda_swap.py tests/integration/test_cache_swap.py tests/integration/test_quantized_checkpoints.py tests/integration/test_smooth_quant.py 2>&1 | tee "$OUT/cuda_tests$TAG.log" ;;
     kernels) python3 -m pytest -q -p no:cacheprovider tests/kernels 2>&1 | tee "$OUT/kernel_tests$TAG.log" ;;
     generation) python3 benchmark/profile_generation.py --device cuda --load-format dummy --model-config llama-3-8b \
         --batch-sizes ${BATCHES:-1 16 64 256} --output "$OUT/profile_generation_cuda$TAG.json" ;;

@@ -27,6 +27,17 @@ def qmax(dtype: torch.dtype) -> float:
 
 
 @triton.jit
+def quantize(y, scale, QMAX: tl.constexpr, IS_INT: tl.constexpr):
+    """fp32 `y` over its row's `scale` to the 8-bit code's value (still fp32): int8 rounds to
+    nearest, halves away from zero; both clamp to +-QMAX. Shared with the fused kernels that
+    quantise their own output (`rms_norm_quant.py`, `silu_and_mul_quant.py`)."""
+    q = y / scale
+    if IS_INT:
+        q = tl.where(q >= 0, tl.floor(q + 0.5), tl.ceil(q - 0.5))
+    return tl.minimum(tl.maximum(q, -QMAX), QMAX)
+
+
+@triton.jit
 def _per_token_quant_kernel(
     x_ptr,
     q_ptr,
@@ -51,10 +62,7 @@ def _per_token_quant_kernel(
     for start in range(0, K, BLOCK):
         mask = start + offs < K
         x = tl.load(x_ptr + row * stride_xm + start + offs, mask=mask, other=0.0)
-        q = x.to(tl.float32) / scale
-        if IS_INT:
-            q = tl.where(q >= 0, tl.floor(q + 0.5), tl.ceil(q - 0.5))
-        q = tl.minimum(tl.maximum(q, -QMAX), QMAX)
+        q = quantize(x.to(tl.float32), scale, QMAX, IS_INT)
         tl.store(q_ptr + row * stride_qm + start + offs, q.to(q_ptr.dtype.element_ty), mask=mask)
 
 

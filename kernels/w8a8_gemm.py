@@ -8,7 +8,9 @@ operands in fp32. The scales are applied once, to the accumulator, in the epilog
 Grid `(cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N),)` grouped along M so that neighbouring programs
 share tiles of `b` in L2. FLOPs = 2 M N K; bytes = (M K + N K) + M N * e_out. Prefill-sized
 M is compute-bound (target ~2x the bf16 GEMM); decode-sized M is bound by reading `b` once
-(half the bytes of bf16).
+(half the bytes of bf16). Decode rows fill the SMs with narrow N tiles rather than split-K,
+whose partial sums need float atomics (an order, so a result, that changes from run to run) or
+a second reduction launch.
 """
 
 from __future__ import annotations
@@ -22,19 +24,46 @@ def _configs() -> list[triton.Config]:
     return [
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk}, num_stages=s, num_warps=w)
         for bm, bn, bk, s, w in [
-            # decode-sized rows: narrow M tiles, deep K, many stages to hide the weight reads
+            # decode-sized rows: bound by reading the weight once. Narrow N tiles so that even
+            # N = 4096 makes 128 programs (the H200 has 132 SMs: 64-wide tiles left half idle),
+            # deep K and many stages to keep enough of the weight in flight per SM.
+            (16, 32, 256, 4, 4),
             (16, 64, 128, 4, 4),
+            (16, 64, 256, 4, 4),
             (16, 128, 256, 3, 4),
+            (32, 32, 256, 4, 4),
             (32, 64, 128, 4, 4),
+            (64, 32, 256, 4, 4),
+            (64, 64, 128, 4, 4),
             (64, 128, 128, 3, 4),
             (64, 256, 128, 3, 8),
-            # prefill-sized rows: large tiles to feed the int8 tensor cores
+            # batch-256 decode: one or two M tiles, still narrow enough in N to fill the SMs
+            (128, 64, 128, 4, 4),
             (128, 128, 128, 3, 8),
+            # prefill-sized rows: large tiles to feed the int8 tensor cores
             (128, 256, 64, 3, 8),
             (128, 256, 128, 3, 8),
             (256, 128, 128, 3, 8),
         ]
     ]
+
+
+def _prune(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Tune each size class of M only over tiles that fit it: an M tile far taller than the
+    rows wastes the tensor cores, and each config tried costs start-up time."""
+    bucket = named_args["m_bucket"]
+    lo, hi = (64, 256) if bucket > 256 else (16, max(16, bucket))
+    return [c for c in configs if lo <= c.kwargs["BLOCK_M"] <= hi]
+
+
+def size_class(m: int) -> int:
+    """The size class of M that the tuning is keyed on: decode rows (<= 16, <= 64), a large
+    decode batch (<= 256), prefill chunks (<= 1024, more). Batch-256 decode and an 8k-token
+    prefill chunk want different tiles, so they are tuned apart."""
+    for bucket in (16, 64, 256, 1024):
+        if m <= bucket:
+            return bucket
+    return 4096
 
 
 @triton.jit
@@ -95,9 +124,11 @@ def _w8a8_gemm_kernel(
     tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-_w8a8_gemm_autotuned = triton.autotune(configs=_configs(), key=["m_bucket", "N", "K", "IS_INT"])(
-    _w8a8_gemm_kernel
-)
+_w8a8_gemm_autotuned = triton.autotune(
+    configs=_configs(),
+    key=["m_bucket", "N", "K", "IS_INT"],
+    prune_configs_by={"early_config_prune": _prune},
+)(_w8a8_gemm_kernel)
 
 
 def w8a8_gemm(
@@ -131,9 +162,8 @@ def w8a8_gemm(
         *a_q.stride(),
         *b_q.stride(),
         *out.stride(),
-        # Tuned once per size class of M (decode rows differ from prefill rows), not per M:
-        # three classes keep the tuning at start-up short.
-        16 if m <= 16 else 64 if m <= 64 else 256,
+        # Tuned once per size class of M, not per M: a few classes keep start-up short.
+        size_class(m),
     )
     flags = dict(HAS_BIAS=bias is not None, IS_INT=a_q.dtype == torch.int8, GROUP_M=8)
     if a_q.is_cuda:

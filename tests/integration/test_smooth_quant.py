@@ -83,3 +83,22 @@ def test_fp8_through_the_cli_loads_and_scores(tmp_path, heldout_ids, fp32_ppl, c
     fp8_ppl = _ppl(tmp_path, heldout_ids)
     print(f"held-out perplexity: fp32 {fp32_ppl:.3f}, W8A8 fp8 {fp8_ppl:.3f}")
     assert fp8_ppl <= fp32_ppl * 1.10
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the 8-bit kernels run on CUDA")
+def test_on_cuda_norms_and_activation_quantise_the_int8_linears_inputs(
+    int8_dir, heldout_ids, fp32_ppl
+):
+    """On the GPU the fused path runs end to end (CUDA graphs included) within the same bar;
+    o_proj's input, the attention output, has no producer that quantises it."""
+    pipe = pipeline(str(int8_dir), backend_config=PytorchEngineConfig(session_len=2048))
+    try:
+        for layer in pipe.service.engine.runner.model.model.layers:
+            assert layer.input_layernorm.quant_dtype == torch.int8
+            assert layer.post_attention_layernorm.quant_dtype == torch.int8
+            assert layer.mlp.act.quant_dtype == torch.int8
+        cuda_ppl = math.exp(pipe.get_ppl(heldout_ids)[0])
+    finally:
+        pipe.close()
+    print(f"held-out perplexity on CUDA: fp32 model {fp32_ppl:.3f}, W8A8 int8 {cuda_ppl:.3f}")
+    assert cuda_ppl <= fp32_ppl * 1.03

@@ -84,3 +84,16 @@ def test_gemm_refuses_mixed_operands():
     a = torch.zeros(2, 4, dtype=torch.int8)
     with pytest.raises(AssertionError, match="operands differ"):
         w8a8_gemm(a, torch.ones(2, 1), a.float(), torch.ones(2, 1), torch.float32)
+
+
+def test_decode_and_prefill_rows_are_tuned_apart_over_tiles_that_fit():
+    """Batch-256 decode and an 8k-token prefill chunk are different size classes, and each
+    class is tuned only over tiles of its height (never none)."""
+    from lmdeploy.kernels.w8a8_gemm import _configs, _prune, size_class
+
+    classes = [size_class(m) for m in (1, 16, 17, 64, 256, 1024, 8192)]
+    assert classes == [16, 16, 64, 64, 256, 1024, 4096]
+    for bucket in sorted(set(classes)):
+        tiles = [c.kwargs["BLOCK_M"] for c in _prune(_configs(), {"m_bucket": bucket})]
+        assert tiles and max(tiles) <= max(bucket, 256) and (bucket < 1024 or min(tiles) >= 64)
+    assert {c.kwargs["BLOCK_M"] for c in _prune(_configs(), {"m_bucket": 16})} == {16}

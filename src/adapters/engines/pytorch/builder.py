@@ -27,7 +27,7 @@ from .distributed.workers import (
     join_group,
     leave_group,
 )
-from .layers.linear import prepare_linears
+from .layers.linear import fuse_input_quant, prepare_linears
 from .models.base import CausalLM
 from .models.config import ModelConfig
 from .models.custom_map import load_custom_module_map
@@ -266,6 +266,8 @@ def _build_rank(
     prepare_linears(model, device, dtype)
     max_batch_size = config.max_batch_size or default_max_batch_size(device)
     lora = _adapter_pool(model, config, device, dtype, max_batch_size)
+    # After the adapters: a linear that LoRA hooks keeps its float input.
+    fuse_input_quant(model, getattr(model, "quantized_input_producers", {}))
     if device.type == "cuda":
         torch.cuda.empty_cache()
     num_blocks = _agree_on_blocks(_num_blocks(config, model_cfg, device, dtype), device)

@@ -1,4 +1,6 @@
-"""The gated MLP's activations (SiLU-and-mul, GELU-tanh-and-mul) and the logit soft cap,\ndispatched once to a backend."""
+"""The gated MLP's activations (SiLU-and-mul, GELU-tanh-and-mul) and the logit soft cap,
+dispatched once to a backend. Before a W8A8 linear's kernel, SiLU-and-mul quantises its output
+too (`quantize_output`)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,30 @@ from torch import nn
 
 from ..backends.cpu import ops as cpu_ops
 from ..backends.torch_native import ops as torch_ops
+from .quantization.quantized_activation import QuantizedActivation
 
 
 class SiluAndMul(nn.Module):
     """silu(gate) * up of [tokens, 2 x inter] -> [tokens, inter]. Off CUDA and the C kernel,
     in place in the input's gate half: the projection's output is ours to overwrite."""
 
-    def forward(self, gate_up: torch.Tensor) -> torch.Tensor:
+    def __init__(self) -> None:
+        super().__init__()
+        # Set by `fuse_input_quant` where the down projection runs an 8-bit kernel.
+        self.quant_dtype: torch.dtype | None = None
+
+    def quantize_output(self, dtype: torch.dtype) -> None:
+        """From now on return the output quantised per token to `dtype` (int8 or float8), as
+        a `QuantizedActivation`, by the fused Triton kernel."""
+        self.quant_dtype = dtype
+
+    def forward(self, gate_up: torch.Tensor) -> torch.Tensor | QuantizedActivation:
+        if self.quant_dtype is not None:
+            # Triton, as the 8-bit GEMM reading the output is (only set where that kernel runs).
+            from ..backends.cuda.ops import silu_and_mul_quant
+
+            q, scales = silu_and_mul_quant(gate_up, self.quant_dtype)
+            return QuantizedActivation(q, scales, gate_up.dtype)
         if gate_up.is_cuda:
             from ..backends.cuda.ops import silu_and_mul  # Triton: imported only where it runs
 

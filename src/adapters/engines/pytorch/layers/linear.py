@@ -21,6 +21,8 @@ runs through the CPU's quantized kernels (`backends/cpu/gguf_linear.py`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -288,3 +290,30 @@ def prepare_linears(model: nn.Module, device: torch.device, dtype: torch.dtype) 
             continue  # a quantized weight that stays so: its method's kernel runs it
         if packable and callable(getattr(module, "pack", None)):  # a linear, or a tied LM head
             module.pack()
+
+
+def fuse_input_quant(model: nn.Module, producers: Mapping[str, str]) -> list[str]:
+    """Let each producer quantise its output where the linear reading it takes a quantised
+    input (`LinearMethod.prequantized_input`: a W8A8 linear on its 8-bit kernel), so the
+    linear's own per-token quantisation launch goes. `producers` maps a module name within a
+    decoder layer to the name of the one linear that reads its output there (Llama's
+    `input_layernorm` -> `self_attn.qkv_proj`); pairs whose modules are absent, or whose
+    producer has no quantising kernel (`quantize_output`), are left as they are. A linear
+    with a hook (LoRA) keeps its float input: the hook reads it. Returns the producers set."""
+    modules = dict(model.named_modules())
+    fused = []
+    for name, producer in modules.items():
+        for producer_name, linear_name in producers.items():
+            if name != producer_name and not name.endswith("." + producer_name):
+                continue
+            linear = modules.get(name[: len(name) - len(producer_name)] + linear_name)
+            if not isinstance(linear, LinearBase) or not hasattr(producer, "quantize_output"):
+                continue
+            dtype = linear.method.prequantized_input()
+            if dtype is None or linear.packed is not None:
+                continue
+            if linear._forward_hooks or linear._forward_pre_hooks:
+                continue
+            producer.quantize_output(dtype)
+            fused.append(name)
+    return fused

@@ -34,6 +34,9 @@ class CausalLM(nn.Module):
     sets its own in `__init__`."""
 
     packed_modules_mapping: ClassVar[dict[str, tuple[str, Hashable | None]]] = {}
+    # Within a decoder layer: a norm or activation -> the one linear that reads its output,
+    # where an 8-bit linear may take that output already quantised (`fuse_input_quant`).
+    quantized_input_producers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__()

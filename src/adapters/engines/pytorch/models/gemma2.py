@@ -89,6 +89,12 @@ class Gemma2Model(LlamaModel):
 
 class Gemma2ForCausalLM(LlamaForCausalLM):
     model_cls = Gemma2Model
+    # Its post-attention norm feeds the residual add, not the MLP.
+    quantized_input_producers = {
+        "input_layernorm": "self_attn.qkv_proj",
+        "pre_feedforward_layernorm": "mlp.gate_up_proj",
+        "mlp.act": "mlp.down_proj",
+    }
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return soft_cap(self.lm_head(hidden), self.config.final_logit_softcapping)

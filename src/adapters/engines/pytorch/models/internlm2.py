@@ -96,6 +96,11 @@ class InternLM2ForCausalLM(CausalLM):
         "feed_forward.w1.": ("feed_forward.w13.", 0),
         "feed_forward.w3.": ("feed_forward.w13.", 1),
     }
+    quantized_input_producers = {
+        "attention_norm": "attention.wqkv",
+        "ffn_norm": "feed_forward.w13",
+        "feed_forward.act": "feed_forward.w2",
+    }
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__(cfg)

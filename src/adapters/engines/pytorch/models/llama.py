@@ -121,6 +121,11 @@ class LlamaForCausalLM(CausalLM):
         "gate_proj": ("gate_up_proj", 0),
         "up_proj": ("gate_up_proj", 1),
     }
+    quantized_input_producers = {
+        "input_layernorm": "self_attn.qkv_proj",
+        "post_attention_layernorm": "mlp.gate_up_proj",
+        "mlp.act": "mlp.down_proj",
+    }
     model_cls: type[LlamaModel] = LlamaModel
 
     def __init__(self, cfg: ModelConfig) -> None:

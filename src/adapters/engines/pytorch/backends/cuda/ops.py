@@ -9,16 +9,20 @@ from __future__ import annotations
 import torch
 
 from ......kernels.rms_norm import fused_add_rms_norm, rms_norm
+from ......kernels.rms_norm_quant import rms_norm_quant
 from ......kernels.rotary import rotary
 from ......kernels.silu_and_mul import silu_and_mul
+from ......kernels.silu_and_mul_quant import silu_and_mul_quant
 from ......kernels.w4a16_gemm import pack_int4_rows, w4a16_gemm
 
 __all__ = [
     "fused_add_rms_norm",
     "pack_int4_rows",
     "rms_norm",
+    "rms_norm_quant",
     "rotary_qk",
     "silu_and_mul",
+    "silu_and_mul_quant",
     "w4a16_gemm",
 ]
 

@@ -25,6 +25,12 @@ class LinearMethod:
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def prequantized_input(self) -> torch.dtype | None:
+        """The 8-bit dtype in which `apply` also takes its input already quantised per token
+        (a `QuantizedActivation`), so the op before it may quantise as it writes; None: a
+        float input only."""
+        return None
+
 
 def add_bias(layer: LinearBase, bias: bool) -> None:
     """A bias [output_size], split by output like the weight; every method's the same."""

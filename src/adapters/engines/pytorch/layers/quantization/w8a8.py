@@ -7,9 +7,13 @@ already folded into the norms' weights, which load as in any dense checkpoint.
 
 On CUDA int8 runs the Triton W8A8 GEMM (int32 accumulation); float8 runs `torch._scaled_mm`
 where the GPU has FP8 tensor cores (compute capability 8.9+), else the Triton GEMM's fp8 path
-is unavailable too and the weight is dequantised. On a CPU the weight is dequantised once at
-load, and activations are quantised and dequantised per token, so the CPU computes what the
-GPU's 8-bit GEMM computes, up to float rounding.
+is unavailable too and the weight is dequantised. On those 8-bit paths a linear also takes its
+input already quantised (`QuantizedActivation`) by the RMSNorm or SiLU-and-mul kernel before
+it (`fuse_input_quant`, as LMDeploy's W8A8 fuses them); o_proj's input, the attention output,
+is quantised by the separate `per_token_quant` launch.
+
+On a CPU the weight is dequantised once at load, and activations are quantised and dequantised
+per token, so the CPU computes what the GPU's 8-bit GEMM computes, up to float rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from ......kernels.per_token_quant import fake_per_token_quant, per_token_quant
 from ......kernels.w8a8_gemm import w8a8_gemm
 from .base import LinearMethod, QuantConfig, add_bias
 from .config import METHODS
+from .quantized_activation import QuantizedActivation
 
 if TYPE_CHECKING:
     from ..linear import LinearBase
@@ -90,18 +95,26 @@ class W8A8LinearMethod(LinearMethod):
             layer.register_parameter("scale", None)
             self.mode = "dequantized"
 
-    def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
+    def prequantized_input(self) -> torch.dtype | None:
+        return None if self.mode == "dequantized" else self.quant_dtype
+
+    def apply(self, layer: LinearBase, x: torch.Tensor | QuantizedActivation) -> torch.Tensor:
         if self.mode == "dequantized":
             if layer.weight.dtype != x.dtype:
                 layer.weight.data = layer.weight.data.to(x.dtype)
             return F.linear(fake_per_token_quant(x, self.quant_dtype), layer.weight, layer.bias)
-        x2 = x.reshape(-1, x.shape[-1])
-        x_q, x_scale = per_token_quant(x2, self.quant_dtype)
+        if isinstance(x, QuantizedActivation):  # quantised by the norm or activation before
+            x_q, x_scale, out_dtype = x
+        else:  # e.g. o_proj's input, the attention output
+            x_q, x_scale = per_token_quant(x, self.quant_dtype)
+            out_dtype = x.dtype
+        lead = x_q.shape[:-1]
+        x_q, x_scale = x_q.reshape(-1, x_q.shape[-1]), x_scale.reshape(-1, 1)
         if self.mode == "int8":
-            out = w8a8_gemm(x_q, x_scale, layer.weight, layer.scale, x.dtype, layer.bias)
+            out = w8a8_gemm(x_q, x_scale, layer.weight, layer.scale, out_dtype, layer.bias)
         else:
-            out = _fp8_gemm(x_q, x_scale, layer.weight, layer.scale, x.dtype, layer.bias)
-        return out.view(*x.shape[:-1], -1)
+            out = _fp8_gemm(x_q, x_scale, layer.weight, layer.scale, out_dtype, layer.bias)
+        return out.view(*lead, -1)
 
 
 def _fp8_gemm(x_q, x_scale, weight, scale, out_dtype, bias) -> torch.Tensor:
