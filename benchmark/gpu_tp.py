@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import tempfile
@@ -153,11 +154,20 @@ def allreduce_per_step(hidden: int, layers: int, cuda: bool) -> dict[str, Any]:
 def run_case(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--one", name, str(tp), "--device", args.device]
     command += ["--requests", str(args.requests)] + ["--tiny"] * args.tiny
-    proc = subprocess.run(command, capture_output=True, text=True)
-    sys.stderr.write(proc.stderr[-4000:])
-    lines = proc.stdout.strip().splitlines()
+    env = os.environ | {"PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=args.case_timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate()
+        stderr += f"\ncase timed out after {args.case_timeout} s"
+    sys.stderr.write(stderr[-6000:])
+    lines = stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
-        last = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        last = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         return {"model": name, "tp": tp, "error": last}
     return json.loads(lines[-1])
 
@@ -168,13 +178,16 @@ def main() -> None:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--tiny", action="store_true", help="shrunken shapes: a smoke run")
     ap.add_argument("--output", default="benchmark/results/gpu_tp.json")
+    ap.add_argument("--case-timeout", type=float, default=None, help="seconds a case may run")
+    ap.add_argument("--cases", nargs="+", help="e.g. llama-3-8b:1 llama-3-8b:2 (default: all)")
     ap.add_argument("--one", nargs=2, metavar=("SHAPE", "TP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         print(json.dumps(measure(args.one[0], int(args.one[1]), args)))
         return
     reports = []
-    for name, tp in CASES:  # each case kept as it completes: a time limit keeps the earlier ones
+    cases = [c for c in CASES if args.cases is None or f"{c[0]}:{c[1]}" in args.cases]
+    for name, tp in cases:  # each case kept as it completes: a time limit keeps the earlier ones
         reports.append(run_case(name, tp, args))
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"cases": reports}, indent=2))

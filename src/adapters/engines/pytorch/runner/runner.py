@@ -95,6 +95,10 @@ class PytorchModelRunner:
         self.decodes_ahead = self.graphs is not None if forced is None else forced == "1"
         # A forecast step would run without its rows' adapters (`AdapterPool.prepare`).
         self.decodes_ahead = self.decodes_ahead and lora is None
+        # Under tensor parallelism a step started ahead deadlocked on 2 H200s (rank 0 blocked
+        # sending the forecast replay's header while the ranks' NCCL queues disagreed): off
+        # there until its ordering against the peers' collectives is proven.
+        self.decodes_ahead = self.decodes_ahead and peers is None
         self._ahead: AheadStep | None = None
         self.ahead_counters = AheadCounters()
 
