@@ -4,7 +4,8 @@
 Each adapted linear holds stacked weights for the resident adapter slots (`LoraStack`); the
 step's rows name their slot in the shared `LoraBatch` the runner fills before each forward
 pass (-1: the base model). On CUDA the Triton shrink/expand kernels take the rows grouped by
-slot (segments) and serve every adapter of the step in one launch each; on a CPU a torch path
+slot (segments) and serve every adapter and every shard of the linear in one launch each, with
+no torch op between them (a decode graph replays just the two); on a CPU a torch path
 groups rows by adapter too (one matmul pair per adapter the step touches, not per request).
 """
 
@@ -77,7 +78,12 @@ class LoraStack(nn.Module):
     ) -> None:
         super().__init__()
         self.batch, self.shards, self.rank = batch, shards, rank
-        out_size = sum(size for _, size in shards)
+        self.shard_sizes = [size for _, size in shards]
+        # the CUDA expand finds each output column's shard from the sizes alone
+        assert [start for start, _ in shards] == [
+            sum(self.shard_sizes[:i]) for i in range(len(shards))
+        ], f"LoRA needs a linear's shards side by side from column 0, got {shards}"
+        out_size = sum(self.shard_sizes)
         self.lora_a = torch.zeros(
             num_slots, len(shards) * rank, in_size, dtype=dtype, device=device
         )
@@ -98,9 +104,7 @@ class LoraStack(nn.Module):
         from ..backends.cuda.lora import add_lora  # Triton: imported only where it runs
 
         batch = self.batch
-        add_lora(
-            x, out, self.lora_a, self.lora_b, batch.segments, batch.scales, self.shards, self.rank
-        )
+        add_lora(x, out, self.lora_a, self.lora_b, batch.segments, batch.scales, self.shard_sizes)
 
     def _add_grouped(self, x: torch.Tensor, out: torch.Tensor) -> None:
         scales, rank = self.batch.scales, self.rank

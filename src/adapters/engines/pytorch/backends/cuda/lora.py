@@ -1,5 +1,5 @@
-"""LoRA on CUDA: the step's rows grouped by adapter slot (segments, built on the host), the
-shrink kernel once for all shards, the expand kernel once per shard."""
+"""LoRA on CUDA: the step's rows grouped by adapter slot (segments, built on the host), then
+two launches per adapted linear whatever its shards: the shrink and the expand."""
 
 from __future__ import annotations
 
@@ -31,10 +31,8 @@ def add_lora(
     lora_b: torch.Tensor,
     segments: Segments,
     scales: torch.Tensor,
-    shards: list[tuple[int, int]],
-    rank: int,
+    shard_sizes: list[int],
 ) -> None:
     """out[t] += scales[s] * (x[t] @ lora_a[s]^T) @ lora_b[s]^T per shard, s = row t's slot."""
-    xa = lora_shrink(x, lora_a, *segments)
-    for i, (start, size) in enumerate(shards):
-        lora_expand(xa, lora_b, *segments, scales, out, start, size, i * rank)
+    part = lora_shrink(x, lora_a, *segments)
+    lora_expand(part, lora_b, *segments, scales, out, shard_sizes)
