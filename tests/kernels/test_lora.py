@@ -116,6 +116,7 @@ def test_decode_steps_split_the_input_prefill_steps_do_not():
 def test_the_layers_triton_and_grouped_paths_agree():
     """LoraStack's CUDA path (these kernels) and its CPU path (grouped by adapter) add the
     same delta to a packed q/k/v output, with graph rows padded by base rows."""
+    from lmdeploy.adapters.engines.pytorch.backends.cuda.lora import GraphSegments
     from lmdeploy.adapters.engines.pytorch.layers.lora import LoraBatch, LoraStack
 
     torch.manual_seed(2)
@@ -130,7 +131,7 @@ def test_the_layers_triton_and_grouped_paths_agree():
     batch.groups = [(slot, index.to(DEVICE)) for slot, index in batch.groups]
     grouped = base.clone()
     stack._add_grouped(x, grouped)
-    batch.graph_segments = torch.zeros(2 * num_slots + 8, dtype=torch.int32, device=DEVICE)
+    batch.graph_rows = GraphSegments(num_slots, 8, DEVICE)
     batch.use_graph_rows(6)
     batch.load_graph_rows(rows)
     triton_out = base.clone()

@@ -12,9 +12,13 @@ groups rows by adapter too (one matmul pair per adapter the step touches, not pe
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..backends.cuda.lora import GraphSegments
 
 
 @dataclass
@@ -28,8 +32,8 @@ class LoraBatch:
     segments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     # CPU: (slot, rows) of each adapter the step touches.
     groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    # The segments a CUDA graph reads: captured at their address, rewritten before each replay.
-    graph_segments: torch.Tensor | None = None
+    # CUDA graphs: the segments they read, rewritten before each replay.
+    graph_rows: GraphSegments | None = None
 
     def set_rows(self, row_slots: list[int], device: torch.device) -> None:
         self.active = True
@@ -48,17 +52,12 @@ class LoraBatch:
 
     def use_graph_rows(self, size: int) -> None:
         """While capturing the decode graph of `size` rows: read the persistent segments."""
-        from ..backends.cuda.lora import split_segments
-
         self.active = True
-        self.segments = split_segments(self.graph_segments, self.num_slots, size)
+        self.segments = self.graph_rows.view(size)
 
     def load_graph_rows(self, row_slots: list[int]) -> None:
         """Before a replay: each row's slot; the padding rows are the base model's."""
-        from ..backends.cuda.lora import pack_segments
-
-        max_rows = self.graph_segments.numel() - 2 * self.num_slots
-        self.graph_segments.copy_(pack_segments(row_slots, self.num_slots, max_rows))
+        self.graph_rows.load(row_slots)
 
 
 class LoraStack(nn.Module):
