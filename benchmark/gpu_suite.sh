@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|quant ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
@@ -40,6 +40,7 @@ for part in "$@"; do
         --output "$OUT/gpu_families$TAG.json" 2>&1 | tee "$OUT/gpu_families$TAG.log" ;;
     w8a8) python3 benchmark/gpu_w8a8.py --output "$OUT/gpu_w8a8$TAG.json" 2>&1 | tee "$OUT/gpu_w8a8$TAG.log" ;;
     lora) python3 benchmark/gpu_lora.py --output "$OUT/gpu_lora$TAG.json" 2>&1 | tee "$OUT/gpu_lora$TAG.log" ;;
+    lora_hook) python3 benchmark/gpu_lora_hook.py --output "$OUT/gpu_lora_hook$TAG.json" 2>&1 | tee "$OUT/gpu_lora_hook$TAG.log" ;;
     throughput) python3 benchmark/profile_throughput.py --device cuda --load-format dummy --model llama-3-8b \
         --hf-requests ${HF_REQUESTS:-64} --output "$OUT/profile_throughput_cuda$TAG.json" 2>&1 | tee "$OUT/profile_throughput_cuda$TAG.log" ;;
     quant) python3 benchmark/gpu_quant.py --batch-sizes ${BATCHES:-1 64} \

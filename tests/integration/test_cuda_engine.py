@@ -50,7 +50,7 @@ def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(5, 1000, (n,), generator=gen).tolist()
 
 
-def _config(device_type: str = "cuda", eager: bool = False, max_batch_size: int = 8):
+def _config(device_type: str = "cuda", eager: bool = False, max_batch_size: int = 8, **options):
     return PytorchEngineConfig(
         device_type=device_type,
         dtype="float32",
@@ -59,6 +59,7 @@ def _config(device_type: str = "cuda", eager: bool = False, max_batch_size: int 
         session_len=1024,
         max_batch_size=max_batch_size,
         cache_max_entry_count=0.2,
+        **options,
     )
 
 
@@ -179,3 +180,76 @@ def test_decoding_ahead_under_cuda_graphs_changes_no_output(tiny_llama, monkeypa
     assert on[1][1] == "stop" and len(on[1][0]) <= 4
     counters = runner.ahead_counters
     assert counters.used >= 40 and counters.used >= 0.7 * counters.started, counters
+
+
+def _write_lora(directory, cfg, rank: int, seed: int) -> str:
+    """A random LoRA adapter on every linear of `cfg`'s Llama, in PEFT's files."""
+    import json
+
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    hidden, inter = cfg.hidden_size, cfg.intermediate_size
+    head_dim = hidden // cfg.num_attention_heads
+    kv = cfg.num_key_value_heads * head_dim
+    sizes = {  # module -> (parent, in, out)
+        "q_proj": ("self_attn", hidden, hidden),
+        "k_proj": ("self_attn", hidden, kv),
+        "v_proj": ("self_attn", hidden, kv),
+        "o_proj": ("self_attn", hidden, hidden),
+        "gate_proj": ("mlp", hidden, inter),
+        "up_proj": ("mlp", hidden, inter),
+        "down_proj": ("mlp", inter, hidden),
+    }
+    tensors = {}
+    for layer in range(cfg.num_hidden_layers):
+        for name, (parent, in_size, out_size) in sizes.items():
+            prefix = f"base_model.model.model.layers.{layer}.{parent}.{name}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, in_size, generator=gen) * 0.1
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(out_size, rank, generator=gen) * 0.1
+    directory.mkdir()
+    save_file(tensors, str(directory / "adapter_model.safetensors"))
+    config = {"peft_type": "LORA", "r": rank, "lora_alpha": rank, "target_modules": list(sizes)}
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+def test_lora_in_cuda_graphs_with_decode_ahead_matches_the_cpu_engine(
+    tiny_llama, tmp_path, monkeypatch
+):
+    """Adapters of ranks 8/16/32 and base rows in one batch, ending at different lengths (rows
+    move up as one ends): the Triton kernels inside the decode graphs, with decode steps started
+    ahead, give the CPU engine's ids (its torch path, grouped by adapter)."""
+    monkeypatch.delenv("LMDEPLOY_DECODE_AHEAD", raising=False)  # on by default under graphs
+    path, hf = tiny_llama
+    adapters = {
+        f"r{rank}": _write_lora(tmp_path / f"r{rank}", hf.config, rank, seed)
+        for seed, rank in enumerate([8, 16, 32])
+    }
+    prompts = [_ids(n, seed) for seed, n in enumerate([5, 40, 17, 90, 33, 3])]
+    names = ["r8", None, "r16", "r32", "r8", None]
+    lengths = [6, 16, 9, 16, 3, 12]
+
+    def run(device_type: str, names: list[str | None]):
+        pipe = pipeline(str(path), backend_config=_config(device_type, adapters=adapters))
+        try:
+            service = pipe.service
+            streams = [
+                service.submit(
+                    service.prepare(
+                        p, GenerationConfig(max_new_tokens=n, ignore_eos=True), adapter_name=a
+                    )
+                )
+                for p, a, n in zip(prompts, names, lengths, strict=True)
+            ]
+            ids = [[t for out in stream for t in out.token_ids] for stream in streams]
+            return ids, pipe.service.engine.runner
+        finally:
+            pipe.close()
+
+    gpu, runner = run("cuda", names)
+    assert runner.graphs is not None and runner.ahead_counters.used > 0
+    cpu, _ = run("cpu", names)
+    assert gpu == cpu
+    base, _ = run("cpu", [None] * len(names))
+    assert all(gpu[i] != base[i] for i, name in enumerate(names) if name), "adapters no-ops"

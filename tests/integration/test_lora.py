@@ -42,10 +42,18 @@ def _pipe(setup: LoraSetup, **options):
     return pipeline(str(setup.base_dir), backend_config=config)
 
 
-def _run_together(pipe, prompt: list[int], names: list[str | None]) -> list[list[int]]:
-    """Submit every request before reading any, so the engine batches them."""
-    service, gen = pipe.service, GenerationConfig(max_new_tokens=MAX_NEW, ignore_eos=True)
-    streams = [service.submit(service.prepare(prompt, gen, adapter_name=name)) for name in names]
+def _run_together(
+    pipe, prompt: list[int], names: list[str | None], lengths: list[int] | None = None
+) -> list[list[int]]:
+    """Submit every request before reading any, so the engine batches them; `lengths`: each
+    request's new tokens (MAX_NEW)."""
+    service = pipe.service
+    gens = [GenerationConfig(max_new_tokens=n, ignore_eos=True) for n in lengths or []]
+    gens = gens or [GenerationConfig(max_new_tokens=MAX_NEW, ignore_eos=True)] * len(names)
+    streams = [
+        service.submit(service.prepare(prompt, gen, adapter_name=name))
+        for name, gen in zip(names, gens, strict=True)
+    ]
     return [[t for out in stream for t in out.token_ids] for stream in streams]
 
 
@@ -63,6 +71,21 @@ def test_mixed_batch_gives_each_row_its_solo_ids(setup, prompt, expected):
     names = ["all8", None, "qv_mlp16", "kou8", None, "all8"]
     with _pipe(setup) as pipe:
         assert _run_together(pipe, prompt, names) == [expected[n] for n in names]
+
+
+# Requests ending at different lengths: as each ends, the rows after it move up.
+AHEAD_NAMES, AHEAD_LENGTHS = ["qv_mlp16", None, "all8", "kou8", "all8"], [3, 8, 5, 8, 2]
+
+
+def test_decode_steps_started_ahead_keep_each_rows_adapter(setup, prompt, expected, monkeypatch):
+    """Decode steps started before the previous step's tokens reach the host (decode_ahead.py,
+    forced on for the CPU) run with their own rows' adapters: as requests end at different
+    lengths, the forecast batch drops rows and the others move up, and each keeps its ids."""
+    monkeypatch.setenv("LMDEPLOY_DECODE_AHEAD", "1")
+    with _pipe(setup) as pipe:
+        got = _run_together(pipe, prompt, AHEAD_NAMES, AHEAD_LENGTHS)
+        assert got == [expected[n][:k] for n, k in zip(AHEAD_NAMES, AHEAD_LENGTHS, strict=True)]
+        assert pipe.service.engine.runner.ahead_counters.used > 0, "no decode step started ahead"
 
 
 def test_pool_smaller_than_adapters_in_use_swaps_and_serves_all(setup, prompt, expected):

@@ -4,16 +4,21 @@
 Each adapted linear holds stacked weights for the resident adapter slots (`LoraStack`); the
 step's rows name their slot in the shared `LoraBatch` the runner fills before each forward
 pass (-1: the base model). On CUDA the Triton shrink/expand kernels take the rows grouped by
-slot (segments) and serve every adapter of the step in one launch each; on a CPU a torch path
+slot (segments) and serve every adapter and every shard of the linear in one launch each, with
+no torch op between them (a decode graph replays just the two); on a CPU a torch path
 groups rows by adapter too (one matmul pair per adapter the step touches, not per request).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+
+if TYPE_CHECKING:
+    from ..backends.cuda.lora import GraphSegments
 
 
 @dataclass
@@ -27,8 +32,8 @@ class LoraBatch:
     segments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     # CPU: (slot, rows) of each adapter the step touches.
     groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
-    # The segments a CUDA graph reads: captured at their address, rewritten before each replay.
-    graph_segments: torch.Tensor | None = None
+    # CUDA graphs: the segments they read, rewritten before each replay.
+    graph_rows: GraphSegments | None = None
 
     def set_rows(self, row_slots: list[int], device: torch.device) -> None:
         self.active = True
@@ -47,17 +52,12 @@ class LoraBatch:
 
     def use_graph_rows(self, size: int) -> None:
         """While capturing the decode graph of `size` rows: read the persistent segments."""
-        from ..backends.cuda.lora import split_segments
-
         self.active = True
-        self.segments = split_segments(self.graph_segments, self.num_slots, size)
+        self.segments = self.graph_rows.view(size)
 
     def load_graph_rows(self, row_slots: list[int]) -> None:
         """Before a replay: each row's slot; the padding rows are the base model's."""
-        from ..backends.cuda.lora import pack_segments
-
-        max_rows = self.graph_segments.numel() - 2 * self.num_slots
-        self.graph_segments.copy_(pack_segments(row_slots, self.num_slots, max_rows))
+        self.graph_rows.load(row_slots)
 
 
 class LoraStack(nn.Module):
@@ -77,7 +77,12 @@ class LoraStack(nn.Module):
     ) -> None:
         super().__init__()
         self.batch, self.shards, self.rank = batch, shards, rank
-        out_size = sum(size for _, size in shards)
+        self.shard_sizes = [size for _, size in shards]
+        # the CUDA expand finds each output column's shard, of up to 3, from the sizes alone
+        assert len(shards) <= 3 and [start for start, _ in shards] == [
+            sum(self.shard_sizes[:i]) for i in range(len(shards))
+        ], f"LoRA needs up to 3 shards side by side from column 0, got {shards}"
+        out_size = sum(self.shard_sizes)
         self.lora_a = torch.zeros(
             num_slots, len(shards) * rank, in_size, dtype=dtype, device=device
         )
@@ -98,9 +103,7 @@ class LoraStack(nn.Module):
         from ..backends.cuda.lora import add_lora  # Triton: imported only where it runs
 
         batch = self.batch
-        add_lora(
-            x, out, self.lora_a, self.lora_b, batch.segments, batch.scales, self.shards, self.rank
-        )
+        add_lora(x, out, self.lora_a, self.lora_b, batch.segments, batch.scales, self.shard_sizes)
 
     def _add_grouped(self, x: torch.Tensor, out: torch.Tensor) -> None:
         scales, rank = self.batch.scales, self.rank

@@ -39,9 +39,9 @@ class AdapterPool:
         self.rank = max(a.rank for a in adapters)
         self.batch = LoraBatch(num_slots, torch.zeros(num_slots, device=device))
         if device.type == "cuda":
-            self.batch.graph_segments = torch.zeros(
-                2 * num_slots + max_graph_rows, dtype=torch.int32, device=device
-            )
+            from ..backends.cuda.lora import GraphSegments  # Triton: imported where it runs
+
+            self.batch.graph_rows = GraphSegments(num_slots, max_graph_rows, device)
         self._scaling = {a.name: a.scaling for a in adapters}
         self._host: dict[str, _HostWeights] = {}
         self.stacks: dict[str, LoraStack] = {}

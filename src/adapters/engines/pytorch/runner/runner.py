@@ -93,8 +93,6 @@ class PytorchModelRunner:
         # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
         forced = os.environ.get("LMDEPLOY_DECODE_AHEAD")
         self.decodes_ahead = self.graphs is not None if forced is None else forced == "1"
-        # A forecast step would run without its rows' adapters (`AdapterPool.prepare`).
-        self.decodes_ahead = self.decodes_ahead and lora is None
         # Under tensor parallelism a step started ahead deadlocked on 2 H200s (rank 0 blocked
         # sending the forecast replay's header while the ranks' NCCL queues disagreed): off
         # there until its ordering against the peers' collectives is proven.
@@ -194,7 +192,10 @@ class PytorchModelRunner:
         graphs = self.graphs
         if graphs is not None and graphs.can_run(seqs, lag=1):
             return graphs.run(seqs, lag=1, ids_from=(tokens, rows))
-        _, positions, meta = self._prepare(StepPlan(seqs=seqs, num_scheduled=[1] * len(seqs)), 1)
+        plan = StepPlan(seqs=seqs, num_scheduled=[1] * len(seqs))
+        _, positions, meta = self._prepare(plan, 1)
+        if self.lora is not None:  # the graphs' run does it for their replay
+            self.lora.prepare(plan)
         input_ids = tokens[torch.tensor(rows, device=tokens.device)]
         cos, sin = self._cos_sin(positions, meta)
         hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)

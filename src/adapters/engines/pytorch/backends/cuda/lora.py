@@ -1,5 +1,5 @@
-"""LoRA on CUDA: the step's rows grouped by adapter slot (segments, built on the host), the
-shrink kernel once for all shards, the expand kernel once per shard."""
+"""LoRA on CUDA: the step's rows grouped by adapter slot (segments, built on the host), then
+two launches per adapted linear whatever its shards: the shrink and the expand."""
 
 from __future__ import annotations
 
@@ -24,6 +24,38 @@ def split_segments(packed: torch.Tensor, num_slots: int, num_rows: int) -> Segme
     return order, packed[:num_slots], packed[num_slots : 2 * num_slots]
 
 
+class GraphSegments:
+    """The segments a decode graph reads, at a fixed device address, and two pinned host
+    buffers that take turns staging them (each rewritten only once the copy that last read it
+    ran, an event): staging the rows of a step started ahead (decode_ahead.py) neither waits
+    for the step queued before it nor overwrites what that step reads."""
+
+    def __init__(self, num_slots: int, max_rows: int, device: torch.device) -> None:
+        self.num_slots, self.max_rows = num_slots, max_rows
+        size = 2 * num_slots + max_rows
+        self.device_buffer = torch.zeros(size, dtype=torch.int32, device=device)
+        pin = device.type == "cuda"
+        self._hosts = [torch.zeros(size, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self._copied: list[torch.cuda.Event | None] = [None, None]
+        self._turn = 0
+
+    def view(self, num_rows: int) -> Segments:
+        return split_segments(self.device_buffer, self.num_slots, num_rows)
+
+    def load(self, row_slots: list[int]) -> None:
+        """Each row's slot (-1: the base model; rows past them are padding, the base's too),
+        queued behind the work already on the stream."""
+        turn, self._turn = self._turn, self._turn ^ 1
+        if self._copied[turn] is not None:
+            self._copied[turn].synchronize()
+        host = self._hosts[turn]
+        host.copy_(pack_segments(row_slots, self.num_slots, self.max_rows))
+        self.device_buffer.copy_(host, non_blocking=True)
+        if self.device_buffer.is_cuda:
+            self._copied[turn] = torch.cuda.Event()
+            self._copied[turn].record()
+
+
 def add_lora(
     x: torch.Tensor,
     out: torch.Tensor,
@@ -31,10 +63,8 @@ def add_lora(
     lora_b: torch.Tensor,
     segments: Segments,
     scales: torch.Tensor,
-    shards: list[tuple[int, int]],
-    rank: int,
+    shard_sizes: list[int],
 ) -> None:
     """out[t] += scales[s] * (x[t] @ lora_a[s]^T) @ lora_b[s]^T per shard, s = row t's slot."""
-    xa = lora_shrink(x, lora_a, *segments)
-    for i, (start, size) in enumerate(shards):
-        lora_expand(xa, lora_b, *segments, scales, out, start, size, i * rank)
+    part = lora_shrink(x, lora_a, *segments)
+    lora_expand(part, lora_b, *segments, scales, out, shard_sizes)
