@@ -121,3 +121,12 @@ def test_default_max_batch_size_follows_gpu_memory(gib, want, monkeypatch):
     props = types.SimpleNamespace(total_memory=gib * 2**30)
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: props)
     assert CudaPlatform().default_max_batch_size() == want
+
+
+def test_grouped_lora_rows_live_on_the_steps_device():
+    """The torch path of LoRA (every device but CUDA) indexes the device's output with them."""
+    from lmdeploy.adapters.engines.pytorch.layers.lora import LoraBatch
+
+    batch = LoraBatch(2, torch.ones(2))
+    batch.set_rows([1, -1, 0, 1], torch.device("meta"))  # neither CPU nor CUDA, as an NPU
+    assert [(slot, rows.device.type) for slot, rows in batch.groups] == [(1, "meta"), (0, "meta")]
