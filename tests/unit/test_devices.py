@@ -130,3 +130,13 @@ def test_grouped_lora_rows_live_on_the_steps_device():
     batch = LoraBatch(2, torch.ones(2))
     batch.set_rows([1, -1, 0, 1], torch.device("meta"))  # neither CPU nor CUDA, as an NPU
     assert [(slot, rows.device.type) for slot, rows in batch.groups] == [(1, "meta"), (0, "meta")]
+
+
+@pytest.mark.parametrize("command", [["serve", "api_server"], ["chat"]])
+def test_the_cli_takes_0_6_5s_device_flag(command):
+    from lmdeploy.adapters.cli.main import build_parser
+    from lmdeploy.adapters.cli.options import engine_config_from
+
+    args = build_parser().parse_args([*command, "MODEL", "--device", "ascend", "--eager-mode"])
+    config = engine_config_from(args)
+    assert (config.device_type, config.eager_mode) == ("ascend", True)
