@@ -55,6 +55,18 @@ def test_ascend_without_torch_npu_names_what_to_install(monkeypatch):
         pipeline(None, backend_config=ascend())
 
 
+def test_ascend_when_torch_npu_cannot_load_cann_says_what_to_source(tmp_path, monkeypatch):
+    package = tmp_path / "torch_npu"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "raise ImportError('libascend_hal.so: cannot open shared object file')"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "torch_npu", raising=False)
+    with pytest.raises(InvalidArgument, match="libascend_hal.so.*set_env.sh"):
+        platform_for(ascend())
+
+
 def test_ascend_with_torch_npu_selects_the_npu_platform(torch_npu):
     platform = platform_for(ascend(eager_mode=True))
     assert isinstance(platform, NpuPlatform)

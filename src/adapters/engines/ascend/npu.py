@@ -6,11 +6,12 @@ torch ops of `backends/torch_native` (no Triton, no C kernels); no decode graphs
 layout; the KV cache is allocated on the NPU and sized from its free memory.
 
 torch_npu is imported when the platform is loaded (the import registers the 'npu' device with
-torch) and its runtime is reached as `torch_npu.npu` at each call, so that nothing here holds
-a module and the platform pickles to the processes of other ranks.
+torch); its runtime is reached as `torch_npu.npu` at each call, so the platform holds nothing
+but the device's index.
 
-Not run on Ascend hardware: written against torch_npu's documented `torch_npu.npu` API and
-tested with a stand-in module on the CPU (tests/unit/test_ascend_platform.py).
+Not run on Ascend hardware: written against torch_npu's `torch_npu.npu` API, tested with a
+stand-in module (tests/unit/test_devices.py) and end to end with the CPU as the device
+(tests/integration/test_ascend_torch_native.py).
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ import torch
 from ....domain.errors import InvalidArgument
 from ..pytorch.platforms import Platform
 
-# LMDeploy 0.6.5's default for 'ascend' (`get_max_batch_size`): an NPU is not a GPU with more
-# memory, and its torch-native attention pads each decode batch to its longest context.
+# LMDeploy 0.6.5's default for 'ascend' (`get_max_batch_size`). Here it also bounds the padded
+# copy of the contexts that the torch-native decode attention makes for each batch.
 _DEFAULT_MAX_BATCH_SIZE = 16
 
 
@@ -60,13 +61,21 @@ def load() -> NpuPlatform:
     install or check."""
     try:
         torch_npu = importlib.import_module("torch_npu")
-    except ModuleNotFoundError:
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) and exc.name == "torch_npu":
+            raise InvalidArgument(
+                "device_type",
+                "'ascend' runs on Huawei Ascend NPUs through torch_npu, which is not installed: "
+                "pip install torch_npu (the release that matches your torch and CANN), or use "
+                "device_type='cuda' or 'cpu'",
+            ) from None
+        # Installed, but its CANN libraries or driver are not found (e.g. libascend_hal.so).
         raise InvalidArgument(
             "device_type",
-            "'ascend' runs on Huawei Ascend NPUs through torch_npu, which is not installed: "
-            "pip install torch_npu (the release that matches your torch and CANN), or use "
-            "device_type='cuda' or 'cpu'",
-        ) from None
+            f"'ascend': torch_npu is installed but does not import ({exc}); source CANN's "
+            f"set_env.sh (/usr/local/Ascend/ascend-toolkit/set_env.sh), and in Docker use the "
+            f"Ascend Docker Runtime",
+        ) from exc
     runtime = torch_npu.npu
     if not runtime.is_available() or runtime.device_count() == 0:
         raise InvalidArgument(
