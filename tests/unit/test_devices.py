@@ -152,3 +152,25 @@ def test_the_cli_takes_0_6_5s_device_flag(command):
     args = build_parser().parse_args([*command, "MODEL", "--device", "ascend", "--eager-mode"])
     config = engine_config_from(args)
     assert (config.device_type, config.eager_mode) == ("ascend", True)
+
+
+def test_decode_context_is_built_once_a_step_off_the_cpu():
+    """On a device other than the CPU (an NPU), the torch decode path reads the contexts'
+    padded slots: built once in the step's metadata, not again in every layer."""
+    from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
+    from lmdeploy.adapters.engines.pytorch.layers.attention import prepare_metadata
+
+    def on_meta(values):
+        return torch.tensor(values, dtype=torch.int64, device="meta")
+
+    meta = AttentionMetadata(
+        slot_mapping=on_meta([20, 40]),
+        block_tables=on_meta([[0, 1], [2, 0]]),
+        context_lens=on_meta([21, 9]),
+        query_lens=[1, 1],
+        context_lens_list=[21, 9],
+        is_decode=True,
+        num_cached_list=[20, 8],
+    )
+    prepare_metadata(meta, block_size=16)
+    assert meta.context_slots is not None and meta.context_slots.shape == (2, 21)
