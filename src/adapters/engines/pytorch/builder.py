@@ -268,7 +268,8 @@ def _build_rank(
     model.eval()
     prepare_linears(model, device, dtype, pack=platform.packs_linears)
     max_batch_size = config.max_batch_size or platform.default_max_batch_size()
-    lora = _adapter_pool(model, config, device, dtype, max_batch_size)
+    use_graphs = platform.supports_graphs and not config.eager_mode
+    lora = _adapter_pool(model, config, device, dtype, max_batch_size if use_graphs else 0)
     # After the adapters: a linear that LoRA hooks keeps its float input.
     fuse_input_quant(model, getattr(model, "quantized_input_producers", {}))
     num_blocks = _agree_on_blocks(_num_blocks(config, model_cfg, platform, dtype), device)
@@ -289,7 +290,7 @@ def _build_rank(
         dtype,
         max_batch_size=max_batch_size,
         max_model_len=max_model_len,
-        use_cuda_graphs=platform.supports_graphs and not config.eager_mode,
+        use_cuda_graphs=use_graphs,
         num_cpu_blocks=config.num_cpu_blocks,
         peers=ModelBroadcaster(model, StepChannel(device)) if workers is not None else None,
         workers=workers,
@@ -304,10 +305,11 @@ def _adapter_pool(
     config: PytorchEngineConfig,
     device: torch.device,
     dtype: torch.dtype,
-    max_batch_size: int,
+    max_graph_rows: int,
 ) -> AdapterPool | None:
+    """`max_graph_rows`: the largest decode batch a graph replays (0: no graphs)."""
     if not config.adapters:
         return None
     adapters = [read_peft_adapter(name, path) for name, path in config.adapters.items()]
     num_slots = min(config.max_loras or len(adapters), len(adapters))
-    return AdapterPool(model, adapters, num_slots, device, dtype, max_graph_rows=max_batch_size)
+    return AdapterPool(model, adapters, num_slots, device, dtype, max_graph_rows=max_graph_rows)

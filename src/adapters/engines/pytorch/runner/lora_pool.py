@@ -38,7 +38,7 @@ class AdapterPool:
         self.device = device
         self.rank = max(a.rank for a in adapters)
         self.batch = LoraBatch(num_slots, torch.zeros(num_slots, device=device))
-        if device.type == "cuda":
+        if max_graph_rows:
             self.batch.graph_segments = torch.zeros(
                 2 * num_slots + max_graph_rows, dtype=torch.int32, device=device
             )
