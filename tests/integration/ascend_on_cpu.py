@@ -48,6 +48,8 @@ def main() -> None:
     sys.modules["torch_npu"] = stand_in_torch_npu(calls)
     from lmdeploy import GenerationConfig, PytorchEngineConfig
     from lmdeploy.adapters.engines.ascend.npu import NpuPlatform
+    from lmdeploy.adapters.engines.pytorch.backends.cpu import ops as cpu_ops
+    from lmdeploy.adapters.engines.pytorch.backends.cpu.linear import PackedLinear
     from lmdeploy.application.pipeline import Pipeline
     from lmdeploy.infrastructure.factory import build_container
 
@@ -82,6 +84,9 @@ def main() -> None:
             "num_blocks": runner.cache.num_blocks,
             "block_bytes": sum(t[0].nbytes for layer in runner.kv_caches for t in layer),
             "cache_device": str(runner.kv_caches[0][0].device),
+            # The torch-native path: no C kernel loaded, no linear in oneDNN's layout.
+            "cpu_kernels": cpu_ops.available(torch.zeros(1)),
+            "packed_linears": sum(isinstance(m, PackedLinear) for m in runner.model.modules()),
         }
     finally:
         pipe.close()

@@ -56,6 +56,7 @@ def test_the_npu_platform_drove_the_build(npu_run):
     assert npu_run["graphs"] is False
     assert npu_run["max_batch_size"] == 16  # 0.6.5's default for 'ascend'
     assert npu_run["cache_device"] == "cpu"
+    assert npu_run["cpu_kernels"] is False and npu_run["packed_linears"] == 0
     assert npu_run["calls"]["synchronize"] >= 1
     # The cache sized from the runtime's free memory: cache_max_entry_count (0.8) of it.
     assert npu_run["calls"]["mem_get_info"] == 1
