@@ -55,6 +55,12 @@ def test_ascend_without_torch_npu_names_what_to_install(monkeypatch):
         pipeline(None, backend_config=ascend())
 
 
+def test_the_device_is_checked_before_the_model_is_looked_up(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch_npu", None)
+    with pytest.raises(InvalidArgument, match="pip install torch_npu"):
+        pipeline(str(tmp_path / "no-such-model"), backend_config=ascend())
+
+
 def test_ascend_when_torch_npu_cannot_load_cann_says_what_to_source(tmp_path, monkeypatch):
     package = tmp_path / "torch_npu"
     package.mkdir()
