@@ -1,9 +1,12 @@
 """The device the engine runs on, as the builder and the runner see it: the torch device, how
 to wait for it, how much memory the KV cache may take, what it can run besides plain torch ops.
 
-One class per device; nothing else in the builder or the runner asks which device it is. The
-layers still pick their kernels from each tensor's device (`layers/`, `backends/`): Triton on
-CUDA, the C kernels on the CPU, torch ops everywhere else (the NPU of `engines/ascend`).
+One class per device, chosen once (`infrastructure/devices.py`); the builder asks it and hands
+the runner what it decided (the device, graphs or not). The layers still pick their kernels
+from each tensor's device (`layers/`, `backends/`): Triton on CUDA, the C kernels on the CPU,
+torch ops everywhere else (the NPU of `engines/ascend`). What else still tests the device's
+type are CUDA-only host-side savings (pinned staging buffers, graph input copies) and the CPU's
+own kernels and lazily mapped cache, which an NPU rightly goes without.
 """
 
 from __future__ import annotations
