@@ -33,7 +33,7 @@ from ..application.vision import VisionService
 from ..domain.block_allocator import BlockAllocator
 from ..domain.host_blocks import HostBlockAllocator
 from ..domain.scheduler import Scheduler, SchedulerConfig
-from .devices import require_device
+from .devices import platform_for
 
 logger = logging.getLogger("lmdeploy.container")
 
@@ -54,9 +54,7 @@ def engine_config(
             if isinstance(backend_config, TurbomindEngineConfig)
             else PytorchEngineConfig()
         )
-    config = backend_config or PytorchEngineConfig()
-    require_device(config.device_type)
-    return config
+    return backend_config or PytorchEngineConfig()
 
 
 def _session_len(config: PytorchEngineConfig, built: builder.BuiltModel) -> int:
@@ -181,7 +179,12 @@ class Container(containers.DeclarativeContainer):
         config.model_path,
         engine_config,
     )
-    built_model = providers.Singleton(builder.build, source, engine_config)
+    # Tests run the engine through another platform (a stand-in NPU on the CPU) by override.
+    platform = providers.Singleton(platform_for, engine_config)
+    # Keywords resolve in order: the device is checked before the model is fetched.
+    built_model = providers.Singleton(
+        builder.build, platform=platform, source=source, config=engine_config
+    )
     tokenizer = providers.Singleton(_tokenizer, source, built_model)
     chat_template = providers.Singleton(
         _chat_template, tokenizer, config.chat_template_config, source

@@ -44,8 +44,12 @@ ENGINE_FIELDS = (
 SAMPLING_FIELDS = ("temperature", "top_p", "top_k", "repetition_penalty", "max_new_tokens", "min_p")
 
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+# LMDeploy 0.6.5's own flag where it differs from the field's name (`--device ascend`).
+_FLAG_ALIASES = {"device_type": ("--device",)}
+
+
+def _flags(name: str) -> tuple[str, ...]:
+    return ("--" + name.replace("_", "-"), *_FLAG_ALIASES.get(name, ()))
 
 
 def _base_type(annotation: Any) -> type:
@@ -68,14 +72,14 @@ def _add_fields(
         kind = _base_type(field.type)
         if kind is bool:
             parser.add_argument(
-                _flag(field.name),
+                *_flags(field.name),
                 action="store_true",
                 default=None,
                 help=f"{cls.__name__}.{field.name}",
             )
         else:
             parser.add_argument(
-                _flag(field.name),
+                *_flags(field.name),
                 type=kind,
                 default=None,
                 help=f"{cls.__name__}.{field.name} (default {field.default})",

@@ -33,13 +33,12 @@ from .models.config import ModelConfig
 from .models.custom_map import load_custom_module_map
 from .models.registry import model_class
 from .models.weights import expected_weights, load_weights
+from .platforms import Platform
 from .runner.kv_cache import kv_bytes_per_token
 from .runner.lora_pool import AdapterPool
 from .runner.runner import PytorchModelRunner
 
 logger = logging.getLogger(__name__)
-
-_CPU_CACHE_CAP = 4 << 30  # bytes: a sane ceiling for the KV cache in host memory
 
 
 @dataclass(frozen=True)
@@ -48,20 +47,12 @@ class BuiltModel:
     config: ModelConfig
 
 
-def pick_device(config: PytorchEngineConfig) -> torch.device:
-    if config.device_type == "cuda" and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def pick_dtype(
-    config: PytorchEngineConfig, model_cfg: ModelConfig, device: torch.device
+    config: PytorchEngineConfig, model_cfg: ModelConfig, platform: Platform
 ) -> torch.dtype:
     if config.dtype != "auto":
         return getattr(torch, config.dtype)
-    if device.type == "cpu":
-        return torch.float32
-    return torch.bfloat16 if "bfloat16" in model_cfg.torch_dtype else torch.float16
+    return platform.default_dtype(model_cfg.torch_dtype)
 
 
 def read_model_config(
@@ -111,7 +102,7 @@ def _load(
 
 
 def _num_blocks(
-    config: PytorchEngineConfig, model_cfg: ModelConfig, device: torch.device, dtype: torch.dtype
+    config: PytorchEngineConfig, model_cfg: ModelConfig, platform: Platform, dtype: torch.dtype
 ) -> int:
     if config.num_gpu_blocks > 0:
         return config.num_gpu_blocks
@@ -125,20 +116,18 @@ def _num_blocks(
         config.quant_policy,
     )
     block_bytes = token_bytes * config.block_size
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-    else:
-        free = _CPU_CACHE_CAP
+    platform.synchronize()  # the loader's copies done: what is free now stays free
+    free = platform.free_memory()
     return max(1, int(free * config.cache_max_entry_count) // block_bytes)
 
 
-def build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
+def build(source: ModelSource, config: PytorchEngineConfig, platform: Platform) -> BuiltModel:
     """Load on a short-lived thread. libgomp keeps an OpenMP pool per thread that ran a parallel
     region; while the caller's pool lives, the engine thread's pool counts as oversubscribing
     the cores and its workers sleep between regions, which made CPU decode steps 20-30% slower
     (benchmark/NOTES.md). The loader's pool dies with its thread."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="lmdeploy-build") as pool:
-        return pool.submit(_build, source, config).result()
+        return pool.submit(_build, source, config, platform).result()
 
 
 def _refuse_partial_rotary(name: str, model_cfg: ModelConfig) -> None:
@@ -163,7 +152,7 @@ def _refuse_quantized_experts(name: str, model_cfg: ModelConfig) -> None:
         )
 
 
-def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
+def _build(source: ModelSource, config: PytorchEngineConfig, platform: Platform) -> BuiltModel:
     if config.node_rank != 0:
         raise InvalidConfig(
             "node_rank",
@@ -172,7 +161,13 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
             f"start lmdeploy on node 0 with --nnodes {config.nnodes} --node-rank 0",
         )
     if config.tp == 1:
-        return _build_rank(source, config)
+        return _build_rank(source, config, platform)
+    if platform.dist_backend is None:
+        raise InvalidConfig(
+            "tp",
+            f"tp={config.tp} on {platform.name}: tensor parallelism runs on CUDA (and the CPU) "
+            f"in this build; use tp=1",
+        )
     model_cfg, _ = read_model_config(source, config.model_format)
     # Refused here, before any process starts, naming tp and the head counts.
     local_kv_heads(model_cfg.num_attention_heads, model_cfg.num_key_value_heads, config.tp)
@@ -186,11 +181,10 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
             f"tp={config.tp} with a {model_cfg.quant_config.method} checkpoint: quantized "
             f"weights run at tp=1 in this build; use tp=1 or the unquantized checkpoint",
         )
-    backend = "nccl" if pick_device(config).type == "cuda" else "gloo"
-    workers, rdv, cuda_index = _start_workers(source, config, backend)
+    workers, rdv, cuda_index = _start_workers(source, config, platform)
     try:
         join_group(rdv, 0, cuda_index)
-        return _build_rank(source, config, workers)
+        return _build_rank(source, config, platform, workers)
     except BaseException:
         workers.close()
         leave_group()
@@ -198,27 +192,33 @@ def _build(source: ModelSource, config: PytorchEngineConfig) -> BuiltModel:
 
 
 def _start_workers(
-    source: ModelSource, config: PytorchEngineConfig, backend: str
+    source: ModelSource, config: PytorchEngineConfig, platform: Platform
 ) -> tuple[WatchedWorkers, Rendezvous, int | None]:
     """Ranks 1..tp-1 started, where they meet rank 0, and the GPU rank 0 drives (None: the
     default)."""
+    backend = platform.dist_backend
+    assert backend is not None, "refused by _build"
     executor = config.distributed_executor_backend or ("ray" if config.nnodes > 1 else "mp")
     if executor == "mp":
         rdv = Rendezvous("127.0.0.1", free_port(), config.tp, backend)
-        return LocalWorkers(serve_rank, (source, config), rdv), rdv, None
+        return LocalWorkers(serve_rank, (source, config, platform), rdv), rdv, None
     from .distributed.ray_workers import RayWorkers  # ray is an optional dependency
 
-    workers = RayWorkers(serve_rank, (source, config), config.tp, backend, config.nnodes)
+    workers = RayWorkers(serve_rank, (source, config, platform), config.tp, backend, config.nnodes)
     return workers, workers.rdv, workers.cuda_index
 
 
 def serve_rank(
-    rank: int, rdv: Rendezvous, source: ModelSource, config: PytorchEngineConfig
+    rank: int,
+    rdv: Rendezvous,
+    source: ModelSource,
+    config: PytorchEngineConfig,
+    platform: Platform,
 ) -> None:
     """A spawned worker process: rank `rank`'s shard of the model, serving rank 0's calls."""
     join_group(rdv, rank)
     try:
-        built = _build_rank(source, config)
+        built = _build_rank(source, config, platform)
         runner = built.runner
         with torch.inference_mode():
             serve(
@@ -244,7 +244,10 @@ def _agree_on_blocks(num_blocks: int, device: torch.device) -> int:
 
 
 def _build_rank(
-    source: ModelSource, config: PytorchEngineConfig, workers: WatchedWorkers | None = None
+    source: ModelSource,
+    config: PytorchEngineConfig,
+    platform: Platform,
+    workers: WatchedWorkers | None = None,
 ) -> BuiltModel:
     """This process's rank of the model (the whole model at tp=1); `workers`: on rank 0 of a
     tensor-parallel group, the other ranks."""
@@ -256,21 +259,20 @@ def _build_rank(
     _refuse_partial_rotary(source.name, model_cfg)
     _refuse_quantized_experts(source.name, model_cfg)
     cls = model_class(model_cfg.architectures, custom_models)
-    device = pick_device(config)
-    dtype = pick_dtype(config, model_cfg, device)
+    device = platform.device
+    dtype = pick_dtype(config, model_cfg, platform)
     with torch.device("meta"):
         model = cls(model_cfg)
     model = model.to(dtype).to_empty(device=device)
     _load(model, source, weights, quantized_types(config, device))
     model.eval()
-    prepare_linears(model, device, dtype)
-    max_batch_size = config.max_batch_size or default_max_batch_size(device)
-    lora = _adapter_pool(model, config, device, dtype, max_batch_size)
+    prepare_linears(model, device, dtype, pack=platform.packs_linears)
+    max_batch_size = config.max_batch_size or platform.default_max_batch_size()
+    use_graphs = platform.supports_graphs and not config.eager_mode
+    lora = _adapter_pool(model, config, device, dtype, max_batch_size if use_graphs else 0)
     # After the adapters: a linear that LoRA hooks keeps its float input.
     fuse_input_quant(model, getattr(model, "quantized_input_producers", {}))
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    num_blocks = _agree_on_blocks(_num_blocks(config, model_cfg, device, dtype), device)
+    num_blocks = _agree_on_blocks(_num_blocks(config, model_cfg, platform, dtype), device)
     logger.info(
         "kv cache: %d blocks of %d tokens (%d tokens at most in flight) on %s (%s, %s)",
         num_blocks,
@@ -288,7 +290,7 @@ def _build_rank(
         dtype,
         max_batch_size=max_batch_size,
         max_model_len=max_model_len,
-        use_cuda_graphs=not config.eager_mode,
+        use_cuda_graphs=use_graphs,
         num_cpu_blocks=config.num_cpu_blocks,
         peers=ModelBroadcaster(model, StepChannel(device)) if workers is not None else None,
         workers=workers,
@@ -303,21 +305,11 @@ def _adapter_pool(
     config: PytorchEngineConfig,
     device: torch.device,
     dtype: torch.dtype,
-    max_batch_size: int,
+    max_graph_rows: int,
 ) -> AdapterPool | None:
+    """`max_graph_rows`: the largest decode batch a graph replays (0: no graphs)."""
     if not config.adapters:
         return None
     adapters = [read_peft_adapter(name, path) for name, path in config.adapters.items()]
     num_slots = min(config.max_loras or len(adapters), len(adapters))
-    return AdapterPool(model, adapters, num_slots, device, dtype, max_graph_rows=max_batch_size)
-
-
-def default_max_batch_size(device: torch.device) -> int:
-    """As documented, 'set according to the device' when not given: by the GPU's memory, as
-    LMDeploy (256 on an A100, 512 on an H100) and SGLang do. On an H200, 512 against 256 gave
-    +6% output tok/s and a 31% lower TTFT p50 on the 1000-request log-normal workload
-    (benchmark/NOTES.md). On a CPU, 32."""
-    if device.type != "cuda":
-        return 32
-    total_gib = torch.cuda.get_device_properties(device).total_memory / 2**30
-    return 512 if total_gib >= 79 else 256 if total_gib >= 39 else 128
+    return AdapterPool(model, adapters, num_slots, device, dtype, max_graph_rows=max_graph_rows)

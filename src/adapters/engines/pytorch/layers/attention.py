@@ -111,7 +111,8 @@ def prepare_metadata(meta: AttentionMetadata, block_size: int) -> None:
         tables, lens = tables[rows], lens[rows]
         meta.decode_rows = tensor([starts[i] for i in single])
     meta.decode_tables, meta.decode_lens = tables, lens
-    if not cpu_decode_kernel_available():  # the torch path reads a padded copy
+    # The torch path (any device but a CPU with the C kernel) reads a padded copy.
+    if device.type != "cpu" or not cpu_decode_kernel_available():
         max_len = max(meta.context_lens_list[i] for i in single)
         meta.context_slots, meta.context_mask = decode_context(tables, lens, max_len, block_size)
 

@@ -273,14 +273,16 @@ class GroupedQKVParallelLinear(QKVParallelLinear):
         return {shard: part.movedim(0, dim) for shard, part in parts.items()}
 
 
-def prepare_linears(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+def prepare_linears(
+    model: nn.Module, device: torch.device, dtype: torch.dtype, pack: bool = True
+) -> None:
     """After loading: each linear takes its method's layout on `device` (a quantized one may
     turn dense), then GGUF blocks their kernels, then the backend's own dense weight layout,
-    where there is one."""
+    where there is one and the platform keeps one (`pack`)."""
     for module in model.modules():
         if isinstance(module, LinearBase):
             module.method.process_weights_after_loading(module, device)
-    packable = can_pack(device, dtype)
+    packable = pack and can_pack(device, dtype)
     for module in list(model.modules()):
         if getattr(module, "quantized", None) and module.pack_quantized():
             continue

@@ -30,7 +30,7 @@ class LoraBatch:
     active: bool = False  # False: no row of the step has an adapter; the hooks step aside
     # CUDA: the rows grouped by slot (order, seg_start, seg_len), int32 on the device.
     segments: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-    # CPU: (slot, rows) of each adapter the step touches.
+    # Elsewhere (CPU, NPU): (slot, rows) of each adapter the step touches.
     groups: list[tuple[int, torch.Tensor]] = field(default_factory=list)
     # CUDA graphs: the segments they read, rewritten before each replay.
     graph_rows: GraphSegments | None = None
@@ -48,7 +48,8 @@ class LoraBatch:
         for row, slot in enumerate(row_slots):
             if slot >= 0:
                 by_slot.setdefault(slot, []).append(row)
-        self.groups = [(s, torch.tensor(rows)) for s, rows in by_slot.items()]
+        # On the device: `index_add_` on an NPU's output takes no host index.
+        self.groups = [(s, torch.tensor(rows, device=device)) for s, rows in by_slot.items()]
 
     def use_graph_rows(self, size: int) -> None:
         """While capturing the decode graph of `size` rows: read the persistent segments."""

@@ -38,7 +38,7 @@ class AdapterPool:
         self.device = device
         self.rank = max(a.rank for a in adapters)
         self.batch = LoraBatch(num_slots, torch.zeros(num_slots, device=device))
-        if device.type == "cuda":
+        if max_graph_rows:  # decode graphs run on CUDA only
             from ..backends.cuda.lora import GraphSegments  # Triton: imported where it runs
 
             self.batch.graph_rows = GraphSegments(num_slots, max_graph_rows, device)

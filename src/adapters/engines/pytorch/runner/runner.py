@@ -83,7 +83,7 @@ class PytorchModelRunner:
             cfg.mrope_section,
         )
         self.graphs: DecodeGraphs | None = None
-        if use_cuda_graphs and device.type == "cuda":
+        if use_cuda_graphs:  # the builder asked the platform whether it can
             max_blocks = -(-max_len // block_size)
             if peers is not None:  # every rank captures, in the same order: collectives pair up
                 peers.capture(max_batch_size, max_blocks)

@@ -54,12 +54,13 @@ def paged_decode_attention_cpu(
         )
     if logit_softcap is not None and not logit_softcap > 0:
         raise ValueError(f"logit_softcap must be positive or None, got {logit_softcap}")
+    if q.device.type != "cpu":  # before `_kernel()`, which compiles the library
+        return None
     fn = _kernel()
     if (
         fn is None
         or q.dtype != torch.float32
         or k_cache.dtype != torch.float32
-        or q.device.type != "cpu"
         or q.stride(2) != 1
         or q.stride(1) != q.shape[2]
         or not (k_cache.is_contiguous() and v_cache.is_contiguous())
