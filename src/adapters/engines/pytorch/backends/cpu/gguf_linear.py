@@ -1,11 +1,12 @@
 """Linears over GGUF's quantized blocks on the CPU, through `csrc/gguf_quants.c`.
 
-A GGUF file's Q4_0 / Q4_1 / Q8_0 weights stay in memory as the file stores them (4.5 to 8.5
-bits a weight, against float32's 32): a decode step reads 6x fewer bytes, and the server holds
-the default model in a fraction of the memory. Each call quantizes the activations to 8-bit
-blocks per row (`q8`, llama.cpp's scheme) and takes integer dot products against the blocks;
-the result differs from the float32 path by that activation rounding (relative ~1e-2 per
-output, as llama.cpp's own CPU path does).
+A GGUF file's Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K weights stay in memory as the file stores them
+(4.5 to 8.5 bits a weight, against float32's 32): a decode step reads 4-7x fewer bytes, and the
+server holds the model in a fraction of the memory. Each call quantizes the activations per row
+to 8-bit blocks as llama.cpp does (`q8` blocks of 32 for the first three types, `q8_K` blocks
+of 256 for the k-quants) and takes integer dot products against the blocks; the result differs
+from the float32 path by that activation rounding (relative ~1e-2 per output, as llama.cpp's
+own CPU path does).
 
 `available()` is False without a compiler, without AVX2/FMA/F16C, or with
 `LMDEPLOY_CPU_KERNELS=0`; the loader then dequantizes to float32 as before.
@@ -23,9 +24,18 @@ from torch import nn
 from . import build
 
 # GGML type name -> its type id, for the types the kernels read.
-TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
-BLOCK = 32
-_Q8_BLOCK_BYTES = 40  # float d, float s, 32 int8 (`q8_block` in the C source)
+TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14}
+# GGML type name -> (weights along K, bytes) of one of its blocks (ggml-common.h).
+BLOCKS = {
+    "Q4_0": (32, 18),
+    "Q4_1": (32, 20),
+    "Q8_0": (32, 34),
+    "Q4_K": (256, 144),
+    "Q6_K": (256, 210),
+}
+# The activations' blocks, by the weights' block length: `q8_block` (float d, float s, 32 int8)
+# and `q8k_block` (float d, 256 int8, 16 int16 sums) in the C source.
+_ACTIVATION_BLOCK_BYTES = {32: 40, 256: 292}
 _i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
 
 
@@ -47,6 +57,8 @@ def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
         return None
     lib.gguf_quantize_rows_q8.restype = None
     lib.gguf_quantize_rows_q8.argtypes = [_ptr, _i64, _i64, _i64, _ptr, _int]
+    lib.gguf_quantize_rows_q8_k.restype = None
+    lib.gguf_quantize_rows_q8_k.argtypes = [_ptr, _i64, _i64, _i64, _ptr, _int]
     lib.gguf_matmul.restype = _int
     lib.gguf_matmul.argtypes = [_int, _ptr, _i64, _i64, _ptr, _i64, _ptr, _i64, _int]
     lib.gguf_dequantize_rows.restype = _int
@@ -61,7 +73,7 @@ def available() -> bool:
 
 def supports(qtype: str, in_features: int) -> bool:
     """Whether a weight of this type and row length can stay quantized here."""
-    return qtype in TYPE_IDS and in_features % BLOCK == 0 and available()
+    return qtype in TYPE_IDS and in_features % BLOCKS[qtype][0] == 0 and available()
 
 
 def matmul(
@@ -72,9 +84,11 @@ def matmul(
     rows, k = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
-    xq = torch.empty(rows * (k // BLOCK) * _Q8_BLOCK_BYTES, dtype=torch.uint8)
+    values = BLOCKS[qtype][0]
+    xq = torch.empty(rows * (k // values) * _ACTIVATION_BLOCK_BYTES[values], dtype=torch.uint8)
     threads = torch.get_num_threads()
-    lib.gguf_quantize_rows_q8(x.data_ptr(), x.stride(0), rows, k, xq.data_ptr(), threads)
+    quantize = lib.gguf_quantize_rows_q8_k if values == 256 else lib.gguf_quantize_rows_q8
+    quantize(x.data_ptr(), x.stride(0), rows, k, xq.data_ptr(), threads)
     y = torch.empty(rows, out_features)
     lib.gguf_matmul(
         TYPE_IDS[qtype],
@@ -111,7 +125,8 @@ class GGUFLinear(nn.Module):
         super().__init__()
         self.blocks, self.qtype = blocks.contiguous(), qtype
         self.out_features = blocks.shape[0]
-        self.in_features = blocks.shape[1] // _block_bytes(qtype) * BLOCK
+        values, nbytes = BLOCKS[qtype]
+        self.in_features = blocks.shape[1] // nbytes * values
         self.bias = None if bias is None else bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,7 +138,3 @@ class GGUFLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtype}"
-
-
-def _block_bytes(qtype: str) -> int:
-    return {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[qtype]
