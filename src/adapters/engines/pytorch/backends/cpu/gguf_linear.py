@@ -76,31 +76,40 @@ def supports(qtype: str, in_features: int) -> bool:
     return qtype in TYPE_IDS and in_features % BLOCKS[qtype][0] == 0 and available()
 
 
+def quantize_activations(x: torch.Tensor, values: int, lib=None) -> torch.Tensor:
+    """x [rows, K] float32 (unit stride along K) as the activation blocks of weights whose
+    blocks hold `values` along K: q8 blocks of 32, or q8_K blocks of 256 for the k-quants."""
+    lib = lib or library()
+    rows, k = x.shape
+    xq = torch.empty(rows * (k // values) * _ACTIVATION_BLOCK_BYTES[values], dtype=torch.uint8)
+    quantize = lib.gguf_quantize_rows_q8_k if values == 256 else lib.gguf_quantize_rows_q8
+    quantize(x.data_ptr(), x.stride(0), rows, k, xq.data_ptr(), torch.get_num_threads())
+    return xq
+
+
+def matmul_into(
+    y: torch.Tensor, xq: torch.Tensor, k: int, blocks: torch.Tensor, qtype: str, lib=None
+) -> None:
+    """y [rows, out_features] (any row stride, unit column stride) = x @ W^T, x given as
+    `quantize_activations` made it and W as GGUF blocks [out_features, bytes]."""
+    lib = lib or library()
+    rows, n = y.shape
+    lib.gguf_matmul(
+        TYPE_IDS[qtype], blocks.data_ptr(), n, k, xq.data_ptr(), rows, y.data_ptr(), y.stride(0),
+        torch.get_num_threads(),
+    )  # fmt: skip
+
+
 def matmul(
     x: torch.Tensor, blocks: torch.Tensor, qtype: str, out_features: int, lib=None
 ) -> torch.Tensor:
     """x [rows, K] float32 @ W^T -> [rows, out_features], W as GGUF blocks [out_features, bytes]."""
     lib = lib or library()
-    rows, k = x.shape
     if x.stride(1) != 1:
         x = x.contiguous()
-    values = BLOCKS[qtype][0]
-    xq = torch.empty(rows * (k // values) * _ACTIVATION_BLOCK_BYTES[values], dtype=torch.uint8)
-    threads = torch.get_num_threads()
-    quantize = lib.gguf_quantize_rows_q8_k if values == 256 else lib.gguf_quantize_rows_q8
-    quantize(x.data_ptr(), x.stride(0), rows, k, xq.data_ptr(), threads)
-    y = torch.empty(rows, out_features)
-    lib.gguf_matmul(
-        TYPE_IDS[qtype],
-        blocks.data_ptr(),
-        out_features,
-        k,
-        xq.data_ptr(),
-        rows,
-        y.data_ptr(),
-        out_features,
-        threads,
-    )
+    xq = quantize_activations(x, BLOCKS[qtype][0], lib)
+    y = torch.empty(x.shape[0], out_features)
+    matmul_into(y, xq, x.shape[1], blocks, qtype, lib)
     return y
 
 
@@ -138,3 +147,58 @@ class GGUFLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtype}"
+
+
+class MixedGGUFLinear(nn.Module):
+    """`y = x W^T + b` with W's output rows in runs of different GGUF types: a fused q/k/v or
+    gate/up whose checkpoint tensors differ in type (llama.cpp's Q4_K_M gives some layers' v
+    Q6_K beside Q4_K q and k). Each run writes its columns of one output; the activations are
+    quantized once per block length the runs need."""
+
+    def __init__(self, parts: list[tuple[str, torch.Tensor]], bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.parts = [(qtype, blocks.contiguous()) for qtype, blocks in parts]
+        self.qtypes = tuple(qtype for qtype, _ in self.parts)
+        self.out_features = sum(blocks.shape[0] for _, blocks in self.parts)
+        values, nbytes = BLOCKS[self.qtypes[0]]
+        self.in_features = self.parts[0][1].shape[1] // nbytes * values
+        self.bias = None if bias is None else bias.detach()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.reshape(-1, self.in_features)
+        if rows.stride(1) != 1:
+            rows = rows.contiguous()
+        y = torch.empty(rows.shape[0], self.out_features)
+        quantized: dict[int, torch.Tensor] = {}
+        start = 0
+        for qtype, blocks in self.parts:
+            values = BLOCKS[qtype][0]
+            if values not in quantized:
+                quantized[values] = quantize_activations(rows, values)
+            end = start + blocks.shape[0]
+            matmul_into(y[:, start:end], quantized[values], self.in_features, blocks, qtype)
+            start = end
+        if self.bias is not None:
+            y.add_(self.bias)
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtypes}"
+
+
+QuantizedLinear = GGUFLinear | MixedGGUFLinear
+
+
+def linear(parts: list[tuple[str, torch.Tensor]], bias: torch.Tensor | None) -> QuantizedLinear:
+    """The linear over GGUF blocks stacked along the outputs, in order (qtype, blocks): one
+    `GGUFLinear` where they share a type, else a `MixedGGUFLinear` over runs of one type."""
+    runs: list[tuple[str, list[torch.Tensor]]] = []
+    for qtype, blocks in parts:
+        if runs and runs[-1][0] == qtype:
+            runs[-1][1].append(blocks)
+        else:
+            runs.append((qtype, [blocks]))
+    merged = [(qtype, torch.cat(blocks)) for qtype, blocks in runs]
+    if len(merged) == 1:
+        return GGUFLinear(merged[0][1], merged[0][0], bias)
+    return MixedGGUFLinear(merged, bias)
