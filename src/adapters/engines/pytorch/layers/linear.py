@@ -65,7 +65,7 @@ class LinearBase(nn.Module):
         self.input_size, self.output_size = input_size, output_size
         self.packed: PackedLinear | gguf_linear.QuantizedLinear | None = None
         # GGUF blocks the loader kept quantized, by shard id (None: the weight whole), until
-        # `prepare_linears` turns them into a GGUFLinear.
+        # `prepare_linears` turns them into a quantized linear (`gguf_linear.linear`).
         self.quantized: dict[ShardId | None, QuantizedWeight] = {}
         # Output rows of each checkpoint tensor packed in this weight, by shard id (the row
         # slice of this rank's weight it fills); empty for a weight loaded whole.
