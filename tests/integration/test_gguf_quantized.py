@@ -120,6 +120,21 @@ def test_mixed_types_run_each_on_their_outputs():
     assert isinstance(single, gguf_linear.GGUFLinear) and single.out_features == 48
 
 
+@pytest.mark.parametrize("qtype", K_QUANTS)
+def test_k_quant_dequantize_rows_equals_gguf_on_any_bytes(qtype):
+    """Every byte random, the fp16 scales too (negative, subnormal; only inf/NaN left out)."""
+    kind = gguf.GGMLQuantizationType[qtype]
+    rng = np.random.default_rng(4)
+    blocks = rng.integers(0, 256, (32, gguf.GGML_QUANT_SIZES[kind][1]), dtype=np.uint8)
+    halves = slice(0, 4) if qtype == "Q4_K" else slice(208, 210)  # Q4_K: d, dmin; Q6_K: d
+    scales = blocks[:, halves].copy().view(np.float16)
+    finite = np.where(np.isfinite(scales), scales, np.float16(-3.5e-6))
+    blocks[:, halves] = finite.view(np.uint8)
+    blocks = blocks.reshape(16, -1)  # rows of 512 weights: 2 super-blocks each
+    rows = gguf_linear.dequantize_rows(torch.from_numpy(blocks), qtype, 512, torch.arange(16))
+    np.testing.assert_array_equal(rows.numpy(), gguf.quants.dequantize(blocks, kind))
+
+
 def test_linear_strided_input_and_bias():
     blocks, w = _quantized("Q4_1", 40, 64, seed=2)
     bias = torch.randn(40)
