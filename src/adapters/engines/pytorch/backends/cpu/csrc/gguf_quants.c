@@ -212,30 +212,27 @@ static inline void q4k_scales(const uint8_t *p, int *sc, int *m) {
 /* One weight super-block unpacked for the dot products of a tile of activation rows. */
 typedef struct {
     __m256i q[8];      /* the 256 unsigned codes, 32 a vector, in K order */
-    __m256i scale[8];  /* vector i's sub-block scales, one per product lane of `scaled_dot` */
+    __m256i scale[8];  /* vector i's sub-block scales, int16 per byte pair (`lane_scales`) */
     __m256i offset16;  /* per 16 codes, the integer weight of that group's bsum */
     float d, doff;     /* the integer sums' factors: d (scale) and doff (offset, subtracted) */
 } kblock;
 
-/* The 32 products u * s (u8 x s8), summed by 4 into 8 int32 lanes, times the lane's scale:
- * `vpdpbusd` then an int32 multiply (VNNI), or `vpmaddubsw` then `vpmaddwd` with the scale as
- * its int16 factor (AVX2; the pair sums, at most 2 * 63 * 128, cannot saturate). */
+/* acc + the 32 products u * s (u8 x s8), summed in pairs by `vpmaddubsw` (at most
+ * 2 * 63 * 127: no saturation), each pair times its lane's int16 scale and summed in pairs
+ * again into acc's 8 int32 lanes: `vpdpwssd` (VNNI) or `vpmaddwd` + `vpaddd` (AVX2). */
+static inline __m256i add_scaled_dot(__m256i acc, __m256i u, __m256i s, __m256i scale) {
+    const __m256i pairs = _mm256_maddubs_epi16(u, s);
 #if defined(__AVX512VNNI__) && defined(__AVX512VL__)
-static inline __m256i scaled_dot(__m256i u, __m256i s, __m256i scale) {
-    return _mm256_mullo_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s), scale);
-}
-/* Lanes 0-3 of a product cover bytes 0-15, lanes 4-7 bytes 16-31. */
-static inline __m256i lane_scales(int lo, int hi) {
-    return _mm256_set_m128i(_mm_set1_epi32(hi), _mm_set1_epi32(lo));
-}
+    return _mm256_dpwssd_epi32(acc, pairs, scale);
 #else
-static inline __m256i scaled_dot(__m256i u, __m256i s, __m256i scale) {
-    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), scale);
+    return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, scale));
+#endif
 }
+
+/* int16 scales: `lo` for bytes 0-15 of a vector, `hi` for bytes 16-31. */
 static inline __m256i lane_scales(int lo, int hi) {
     return _mm256_set_m128i(_mm_set1_epi16((int16_t)hi), _mm_set1_epi16((int16_t)lo));
 }
-#endif
 
 static inline void unpack_q4k(const uint8_t *w, kblock *b) {
     int sc[8], m[8];
@@ -296,7 +293,7 @@ kquant_row_dot(int qtype, const uint8_t *w, int64_t nb, const q8k_block *const *
             __m256i isum = _mm256_setzero_si256();
             for (int v = 0; v < 8; ++v) {
                 const __m256i s = _mm256_loadu_si256((const __m256i *)(xb->qs + 32 * v));
-                isum = _mm256_add_epi32(isum, scaled_dot(b.q[v], s, b.scale[v]));
+                isum = add_scaled_dot(isum, b.q[v], s, b.scale[v]);
             }
             const __m256i bsums = _mm256_loadu_si256((const __m256i *)xb->bsums);
             const __m256i osum = _mm256_madd_epi16(bsums, b.offset16);
