@@ -1,4 +1,5 @@
-"""Linears over GGUF's quantized blocks on the CPU, through `csrc/gguf_quants.c`.
+"""Linears over GGUF's quantized blocks on the CPU, through `csrc/gguf_quants.c` (blocks of 32)
+and `csrc/gguf_kquants.c` (the k-quants' super-blocks of 256).
 
 A GGUF file's Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K weights stay in memory as the file stores them
 (4.5 to 8.5 bits a weight, against float32's 32): a decode step reads 4-7x fewer bytes, and the
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,10 +35,15 @@ BLOCKS = {
     "Q4_K": (256, 144),
     "Q6_K": (256, 210),
 }
+QK_K = 256  # the k-quants' super-block
 # The activations' blocks, by the weights' block length: `q8_block` (float d, float s, 32 int8)
-# and `q8k_block` (float d, 256 int8, 16 int16 sums) in the C source.
-_ACTIVATION_BLOCK_BYTES = {32: 40, 256: 292}
+# and `q8k_block` (float d, 256 int8, 16 int16 sums) in the C sources.
+_ACTIVATION_BLOCK_BYTES = {32: 40, QK_K: 292}
 _i64, _ptr, _int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+# The C calls' arguments, the same in both sources.
+_MATMUL_ARGS = [_int, _ptr, _i64, _i64, _ptr, _i64, _ptr, _i64, _int]
+_DEQUANTIZE_ARGS = [_int, _ptr, _i64, _ptr, _i64, _ptr]
+_QUANTIZE_ARGS = [_ptr, _i64, _i64, _i64, _ptr, _int]
 
 
 def _cpu_flags() -> set[str]:
@@ -47,24 +54,56 @@ def _cpu_flags() -> set[str]:
     return set(next((ln for ln in text.splitlines() if ln.startswith("flags")), "").split())
 
 
+def _declare(fn, argtypes: list, restype=_int) -> None:  # noqa: ANN001 -- a ctypes function
+    fn.argtypes, fn.restype = argtypes, restype
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The two built sources, with the same calls: blocks of 32 and the k-quants'."""
+
+    blocks: ctypes.CDLL
+    kquants: ctypes.CDLL
+
+    def quantize(self, values: int):  # noqa: ANN201 -- a ctypes function
+        """The activations' quantizer for weights of `values` along K a block."""
+        if values == QK_K:
+            return self.kquants.gguf_quantize_rows_q8_k
+        return self.blocks.gguf_quantize_rows_q8
+
+    def matmul(self, qtype: str):  # noqa: ANN201
+        if BLOCKS[qtype][0] == QK_K:
+            return self.kquants.gguf_kquant_matmul
+        return self.blocks.gguf_matmul
+
+    def dequantize_rows(self, qtype: str):  # noqa: ANN201
+        if BLOCKS[qtype][0] == QK_K:
+            return self.kquants.gguf_kquant_dequantize_rows
+        return self.blocks.gguf_dequantize_rows
+
+    def uses_vnni(self) -> bool:
+        """Whether the VNNI paths were compiled in (both sources build alike)."""
+        return bool(self.blocks.gguf_uses_vnni()) and bool(self.kquants.gguf_kquant_uses_vnni())
+
+
 @functools.cache
-def library(extra_flags: tuple[str, ...] = ()) -> ctypes.CDLL | None:
+def library(extra_flags: tuple[str, ...] = ()) -> Kernels | None:
     """The built kernels; `extra_flags` build a variant (tests: the AVX2 path on a VNNI CPU)."""
     if not {"avx2", "fma", "f16c"} <= _cpu_flags():
         return None
-    lib = build.load("gguf_quants", extra_flags)
-    if lib is None:
+    blocks = build.load("gguf_quants", extra_flags)
+    kquants = build.load("gguf_kquants", extra_flags)
+    if blocks is None or kquants is None:
         return None
-    lib.gguf_quantize_rows_q8.restype = None
-    lib.gguf_quantize_rows_q8.argtypes = [_ptr, _i64, _i64, _i64, _ptr, _int]
-    lib.gguf_quantize_rows_q8_k.restype = None
-    lib.gguf_quantize_rows_q8_k.argtypes = [_ptr, _i64, _i64, _i64, _ptr, _int]
-    lib.gguf_matmul.restype = _int
-    lib.gguf_matmul.argtypes = [_int, _ptr, _i64, _i64, _ptr, _i64, _ptr, _i64, _int]
-    lib.gguf_dequantize_rows.restype = _int
-    lib.gguf_dequantize_rows.argtypes = [_int, _ptr, _i64, _ptr, _i64, _ptr]
-    lib.gguf_uses_vnni.restype = _int
-    return lib
+    _declare(blocks.gguf_quantize_rows_q8, _QUANTIZE_ARGS, None)
+    _declare(blocks.gguf_matmul, _MATMUL_ARGS)
+    _declare(blocks.gguf_dequantize_rows, _DEQUANTIZE_ARGS)
+    _declare(blocks.gguf_uses_vnni, [])
+    _declare(kquants.gguf_quantize_rows_q8_k, _QUANTIZE_ARGS, None)
+    _declare(kquants.gguf_kquant_matmul, _MATMUL_ARGS)
+    _declare(kquants.gguf_kquant_dequantize_rows, _DEQUANTIZE_ARGS)
+    _declare(kquants.gguf_kquant_uses_vnni, [])
+    return Kernels(blocks, kquants)
 
 
 def available() -> bool:
@@ -76,32 +115,36 @@ def supports(qtype: str, in_features: int) -> bool:
     return qtype in TYPE_IDS and in_features % BLOCKS[qtype][0] == 0 and available()
 
 
-def quantize_activations(x: torch.Tensor, values: int, lib=None) -> torch.Tensor:
+def quantize_activations(x: torch.Tensor, values: int, lib: Kernels | None = None) -> torch.Tensor:
     """x [rows, K] float32 (unit stride along K) as the activation blocks of weights whose
     blocks hold `values` along K: q8 blocks of 32, or q8_K blocks of 256 for the k-quants."""
     lib = lib or library()
     rows, k = x.shape
     xq = torch.empty(rows * (k // values) * _ACTIVATION_BLOCK_BYTES[values], dtype=torch.uint8)
-    quantize = lib.gguf_quantize_rows_q8_k if values == 256 else lib.gguf_quantize_rows_q8
-    quantize(x.data_ptr(), x.stride(0), rows, k, xq.data_ptr(), torch.get_num_threads())
+    lib.quantize(values)(x.data_ptr(), x.stride(0), rows, k, xq.data_ptr(), torch.get_num_threads())
     return xq
 
 
 def matmul_into(
-    y: torch.Tensor, xq: torch.Tensor, k: int, blocks: torch.Tensor, qtype: str, lib=None
+    y: torch.Tensor,
+    xq: torch.Tensor,
+    k: int,
+    blocks: torch.Tensor,
+    qtype: str,
+    lib: Kernels | None = None,
 ) -> None:
     """y [rows, out_features] (any row stride, unit column stride) = x @ W^T, x given as
     `quantize_activations` made it and W as GGUF blocks [out_features, bytes]."""
     lib = lib or library()
     rows, n = y.shape
-    lib.gguf_matmul(
+    lib.matmul(qtype)(
         TYPE_IDS[qtype], blocks.data_ptr(), n, k, xq.data_ptr(), rows, y.data_ptr(), y.stride(0),
         torch.get_num_threads(),
     )  # fmt: skip
 
 
 def matmul(
-    x: torch.Tensor, blocks: torch.Tensor, qtype: str, out_features: int, lib=None
+    x: torch.Tensor, blocks: torch.Tensor, qtype: str, out_features: int, lib: Kernels | None = None
 ) -> torch.Tensor:
     """x [rows, K] float32 @ W^T -> [rows, out_features], W as GGUF blocks [out_features, bytes]."""
     lib = lib or library()
@@ -114,13 +157,17 @@ def matmul(
 
 
 def dequantize_rows(
-    blocks: torch.Tensor, qtype: str, in_features: int, index: torch.Tensor, lib=None
+    blocks: torch.Tensor,
+    qtype: str,
+    in_features: int,
+    index: torch.Tensor,
+    lib: Kernels | None = None,
 ) -> torch.Tensor:
     """Rows `index` of W (GGUF blocks [rows, bytes]) as float32 [len(index), in_features]."""
     lib = lib or library()
     index = index.reshape(-1).to(torch.int64).contiguous()
     out = torch.empty(index.numel(), in_features)
-    lib.gguf_dequantize_rows(
+    lib.dequantize_rows(qtype)(
         TYPE_IDS[qtype], blocks.data_ptr(), in_features, index.data_ptr(), index.numel(),
         out.data_ptr(),
     )  # fmt: skip
