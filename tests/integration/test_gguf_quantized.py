@@ -276,6 +276,18 @@ def test_k_quant_model_keeps_every_matrix_quantized(k_quant_gguf):
     assert model.model.embed_tokens.gguf.qtype == "Q6_K"
 
 
+def test_tied_k_quant_head_runs_on_the_embedding_blocks(tmp_path):
+    path = tmp_path / "tied-q6_k.gguf"
+    write_tiny_gguf(path, gguf.GGMLQuantizationType.Q6_K, TinyLlamaShape(), with_output=False)
+    logits, model = _last_logits(path, "auto")
+    assert model.lm_head.packed.blocks is model.model.embed_tokens.gguf.blocks  # one copy
+    dense, _ = _last_logits(path, "float32")
+    # Only the head's q8_K activation rounding differs (the embedding rows are exact): 1.5e-3
+    # of the largest logit here.
+    scale = dense.abs().max().item()
+    torch.testing.assert_close(logits, dense, rtol=0, atol=5e-3 * scale)
+
+
 def _greedy(path, dtype: str) -> list:
     from lmdeploy import GenerationConfig, pipeline
 
