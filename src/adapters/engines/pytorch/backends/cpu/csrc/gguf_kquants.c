@@ -92,13 +92,18 @@ void gguf_quantize_rows_q8_k(const float *x, int64_t x_stride, int64_t rows, int
     }
 }
 
-/* Q4_K's 8 scales and 8 mins, 6 bits each, out of its 12 packed bytes. */
-static inline void q4k_scales(const uint8_t *p, int *sc, int *m) {
-    for (int j = 0; j < 4; ++j) {
-        sc[j] = p[j] & 63, m[j] = p[j + 4] & 63;
-        sc[j + 4] = (p[j + 8] & 0x0F) | ((p[j] >> 6) << 4);
-        m[j + 4] = (p[j + 8] >> 4) | ((p[j + 4] >> 6) << 4);
-    }
+/* Q4_K's 8 scales and 8 mins, 6 bits each, out of its 12 packed bytes, 4 at a time: bytes
+ * 0-3 hold scales 0-3 (low 6 bits), bytes 4-7 mins 0-3, bytes 8-11 the low 4 bits of scales
+ * 4-7 (low nibbles) and mins 4-7 (high nibbles), whose top 2 bits are bytes 0-7's top 2. */
+static inline void q4k_scales(const uint8_t *p, uint8_t sc[8], uint8_t m[8]) {
+    uint32_t w[3], out[4];
+    memcpy(w, p, 12);
+    out[0] = w[0] & 0x3F3F3F3Fu;
+    out[1] = (w[2] & 0x0F0F0F0Fu) | ((w[0] >> 2) & 0x30303030u);
+    out[2] = w[1] & 0x3F3F3F3Fu;
+    out[3] = ((w[2] >> 4) & 0x0F0F0F0Fu) | ((w[1] >> 2) & 0x30303030u);
+    memcpy(sc, out, 8);
+    memcpy(m, out + 2, 8);
 }
 
 /* One weight super-block unpacked for the dot products of a tile of activation rows. */
@@ -127,7 +132,7 @@ static inline __m256i lane_scales(int lo, int hi) {
 }
 
 static inline void unpack_q4k(const uint8_t *w, kblock *b) {
-    int sc[8], m[8];
+    uint8_t sc[8], m[8];
     q4k_scales(w + 4, sc, m);
     b->d = half(w);
     b->doff = half(w + 2);
@@ -137,9 +142,10 @@ static inline void unpack_q4k(const uint8_t *w, kblock *b) {
         b->q[2 * i] = _mm256_and_si256(bytes, low);
         b->q[2 * i + 1] = _mm256_and_si256(_mm256_srli_epi16(bytes, 4), low);
     }
-    for (int j = 0; j < 8; ++j) b->scale[j] = lane_scales(sc[j], sc[j]);
-    b->offset16 = _mm256_setr_epi16(m[0], m[0], m[1], m[1], m[2], m[2], m[3], m[3], m[4], m[4],
-                                    m[5], m[5], m[6], m[6], m[7], m[7]);
+    for (int j = 0; j < 8; ++j) b->scale[j] = _mm256_set1_epi16(sc[j]);
+    /* Each min twice, for the two 16-value bsums of its sub-block. */
+    const __m128i mins = _mm_loadl_epi64((const __m128i *)m);
+    b->offset16 = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(mins, mins));
 }
 
 static inline void unpack_q6k(const uint8_t *w, kblock *b) {
@@ -200,7 +206,7 @@ kquant_row_dot(int qtype, const uint8_t *w, int64_t nb, const q8k_block *const *
 /* One k-quant super-block as float32, as the `gguf` package computes it. */
 static void dequantize_kblock(int qtype, const uint8_t *w, float *dst) {
     if (qtype == Q4_K) {
-        int sc[8], m[8];
+        uint8_t sc[8], m[8];
         q4k_scales(w + 4, sc, m);
         const float d = half(w), dmin = half(w + 2);
         const uint8_t *qs = w + 16;
