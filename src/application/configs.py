@@ -234,9 +234,9 @@ class PytorchEngineConfig:
     # Not in 0.6.5: LoRA adapters resident on the device at once (0: all of `adapters`); the
     # others wait in host memory and are swapped in when a request needs them.
     max_loras: int = 0
-    # Not in 0.6.5: on a CPU, a GGUF file's Q4_0/Q4_1/Q8_0 matrices stay in their blocks and
-    # run through llama.cpp-style integer kernels (activations rounded to 8 bits): a third of
-    # the memory, faster decode. Off by default: its greedy ids do not yet always equal the
+    # Not in 0.6.5: on a CPU, a GGUF file's Q4_0/Q4_1/Q8_0/Q4_K/Q6_K matrices stay in their
+    # blocks and run through llama.cpp-style integer kernels (activations rounded to 8 bits):
+    # a third of the memory, faster decode. Off by default: its greedy ids do not yet always equal the
     # dequantized float path's (see README).
     gguf_int_kernels: bool = False
     # Multi-node tensor parallelism through Ray (distributed/ray_workers.py): the ranks span

@@ -122,6 +122,20 @@ def _add_metadata(writer: gguf.GGUFWriter, shape: TinyLlamaShape, arch: str) -> 
     writer.add_uint32(f"{arch}.vocab_size", shape.vocab_size)
 
 
+def _add_tokenizer(writer: gguf.GGUFWriter, vocab_size: int) -> None:
+    """A byte-level BPE vocabulary (the 256 byte tokens in ASCII order, then 't0', 't1', ...
+    with one merge, 't 0'): enough for the engine to start from the file alone and detokenize
+    what it generates."""
+    tokens = [chr(b) if 33 <= b < 127 else f"<0x{b:02X}>" for b in range(256)]
+    tokens += [f"t{i}" for i in range(vocab_size - len(tokens))]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([gguf.TokenType.NORMAL] * vocab_size)
+    writer.add_token_merges(["t 0"])
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+
+
 def write_tiny_gguf(
     path: Path,
     qtype: gguf.GGMLQuantizationType,
@@ -129,8 +143,14 @@ def write_tiny_gguf(
     with_output: bool = True,
     seed: int = 0,
     arch: str = "llama",
+    types: dict[str, gguf.GGMLQuantizationType] | None = None,
+    tokenizer: bool = False,
 ) -> dict[str, np.ndarray]:
     """Write the GGUF file; return the float32 originals keyed by GGUF name (HF row order).
+
+    `types` gives some tensors a type other than `qtype`, by the part of their name after the
+    layer (e.g. {'ffn_down': Q6_K, 'output': Q6_K}), as llama.cpp's mixed types (Q4_K_M) do.
+    `tokenizer` adds a vocabulary, so that pipeline() can run the file.
 
     Without `output.weight` the model ties its LM head to the token embedding, as llama.cpp reads it.
     `arch` 'qwen2' adds Qwen2's q/k/v biases and keeps Q/K rows unpermuted, as llama.cpp does
@@ -143,14 +163,17 @@ def write_tiny_gguf(
         del originals["output.weight"]
     writer = gguf.GGUFWriter(str(path), arch)
     _add_metadata(writer, shape, arch)
+    if tokenizer:
+        _add_tokenizer(writer, shape.vocab_size)
     permuted = arch == "llama"
     for name, array in originals.items():
         if permuted and name.endswith(".attn_q.weight"):
             array = llama_cpp_permute(array, shape.num_heads)
         elif permuted and name.endswith(".attn_k.weight"):
             array = llama_cpp_permute(array, shape.num_kv_heads)
-        data = _encode(array, qtype, rng)
-        raw_dtype = None if data.dtype in (np.float32, np.float16, np.float64) else qtype
+        kind = (types or {}).get(name.split(".")[-2], qtype)
+        data = _encode(array, kind, rng)
+        raw_dtype = None if data.dtype in (np.float32, np.float16, np.float64) else kind
         writer.add_tensor(name, data, raw_dtype=raw_dtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

@@ -65,9 +65,9 @@ class LinearBase(nn.Module):
         elif self.tp_dim == 1:
             input_size = divide(input_size, f"input features of {type(self).__name__}")
         self.input_size, self.output_size = input_size, output_size
-        self.packed: PackedLinear | gguf_linear.GGUFLinear | None = None
+        self.packed: PackedLinear | gguf_linear.QuantizedLinear | None = None
         # GGUF blocks the loader kept quantized, by shard id (None: the weight whole), until
-        # `prepare_linears` turns them into a GGUFLinear.
+        # `prepare_linears` turns them into a quantized linear (`gguf_linear.linear`).
         self.quantized: dict[ShardId | None, QuantizedWeight] = {}
         # Output rows of each checkpoint tensor packed in this weight, by shard id (the row
         # slice of this rank's weight it fills); empty for a weight loaded whole.
@@ -158,18 +158,16 @@ class LinearBase(nn.Module):
         self.register_parameter("bias", None)
 
     def pack_quantized(self) -> bool:
-        """Run on the GGUF blocks the loader kept (all shards of one type the kernels read);
-        False, with them dequantized into the weight, where they can't."""
+        """Run on the GGUF blocks the loader kept (every shard of a type the kernels read,
+        types mixed or not); False, with them dequantized into the weight, where they can't."""
         parts = [self.quantized[s] for s in (self.shards or [None])]
         self.quantized = {}
-        kinds = {part.qtype for part in parts}
-        if len(kinds) == 1 and gguf_linear.supports(parts[0].qtype, self.input_size):
-            blocks = torch.cat([part.blocks for part in parts])
-            self.packed = gguf_linear.GGUFLinear(blocks, parts[0].qtype, self.bias)
+        if all(gguf_linear.supports(part.qtype, self.input_size) for part in parts):
+            blocks = [(part.qtype, part.blocks) for part in parts]
+            self.packed = gguf_linear.linear(blocks, self.bias)
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
             return True
-        # Mixed types (a Q4_K_M file's Q6_K value rows beside Q4_K query rows): float32.
         for shard_id, part in zip(self.shards or [None], parts, strict=True):
             self.weight_loader(self.weight, part.dequantize(), shard_id)
         return False
