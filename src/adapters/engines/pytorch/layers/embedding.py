@@ -116,9 +116,10 @@ class TiedLMHead(nn.Module):
         """Whether the embedding kept GGUF blocks (then `pack_quantized` reads them)."""
         return self._embedding[0].gguf is not None
 
-    def pack_quantized(self) -> bool:
+    def pack_quantized(self, int8_activations: bool = False) -> bool:
         table = self._embedding[0].gguf
-        self.packed = gguf_linear.GGUFLinear(table.blocks, table.qtype, None)  # shared blocks
+        # The blocks are shared with the embedding: no second copy.
+        self.packed = gguf_linear.GGUFLinear(table.blocks, table.qtype, None, int8_activations)
         return True
 
     def pack(self) -> None:

@@ -16,7 +16,8 @@ checkpoints run at tp=1 (the builder refuses more): `rank_slice` cuts dense layo
 After loading, `prepare_linears` lets each weight take its backend's own layout: on a CPU in
 float32, oneDNN's blocked layout and the skinny-GEMM panels of decode-sized rows
 (`backends/cpu/linear.py`); a GGUF weight the loader kept quantized stays in its blocks and
-runs through the CPU's quantized kernels (`backends/cpu/gguf_linear.py`).
+runs through the CPU's quantized kernels (`backends/cpu/gguf_linear.py`: float32 activations
+by default, int8 ones on request).
 """
 
 from __future__ import annotations
@@ -155,15 +156,18 @@ class LinearBase(nn.Module):
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
 
-    def pack_quantized(self) -> bool:
-        """Run on the GGUF blocks the loader kept (all shards of one type the kernels read);
+    def pack_quantized(self, int8_activations: bool = False) -> bool:
+        """Run on the GGUF blocks the loader kept (all shards of one type the kernel reads);
         False, with them dequantized into the weight, where they can't."""
         parts = [self.quantized[s] for s in (self.shards or [None])]
         self.quantized = {}
         kinds = {part.qtype for part in parts}
-        if len(kinds) == 1 and gguf_linear.supports(parts[0].qtype, self.input_size):
+        qtype = parts[0].qtype
+        if len(kinds) == 1 and gguf_linear.kernel_supports(
+            qtype, self.input_size, int8_activations
+        ):
             blocks = torch.cat([part.blocks for part in parts])
-            self.packed = gguf_linear.GGUFLinear(blocks, parts[0].qtype, self.bias)
+            self.packed = gguf_linear.GGUFLinear(blocks, qtype, self.bias, int8_activations)
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
             return True
@@ -271,16 +275,18 @@ class GroupedQKVParallelLinear(QKVParallelLinear):
         return {shard: part.movedim(0, dim) for shard, part in parts.items()}
 
 
-def prepare_linears(model: nn.Module, device: torch.device, dtype: torch.dtype) -> None:
+def prepare_linears(
+    model: nn.Module, device: torch.device, dtype: torch.dtype, gguf_int8: bool = False
+) -> None:
     """After loading: each linear takes its method's layout on `device` (a quantized one may
-    turn dense), then GGUF blocks their kernels, then the backend's own dense weight layout,
-    where there is one."""
+    turn dense), then GGUF blocks their kernel (float32 activations, or with `gguf_int8` the
+    int8-activation one), then the backend's own dense weight layout, where there is one."""
     for module in model.modules():
         if isinstance(module, LinearBase):
             module.method.process_weights_after_loading(module, device)
     packable = can_pack(device, dtype)
     for module in list(model.modules()):
-        if getattr(module, "quantized", None) and module.pack_quantized():
+        if getattr(module, "quantized", None) and module.pack_quantized(gguf_int8):
             continue
         if isinstance(module, LinearBase) and not isinstance(
             module.method, UnquantizedLinearMethod

@@ -1,11 +1,13 @@
-"""Linears over GGUF's quantized blocks on the CPU, through `csrc/gguf_quants.c`.
+"""Linears over GGUF's quantized blocks on the CPU.
 
 A GGUF file's Q4_0 / Q4_1 / Q8_0 weights stay in memory as the file stores them (4.5 to 8.5
 bits a weight, against float32's 32): a decode step reads 6x fewer bytes, and the server holds
-the default model in a fraction of the memory. Each call quantizes the activations to 8-bit
-blocks per row (`q8`, llama.cpp's scheme) and takes integer dot products against the blocks;
-the result differs from the float32 path by that activation rounding (relative ~1e-2 per
-output, as llama.cpp's own CPU path does).
+the default model in a fraction of the memory. `GGUFLinear` runs by default on float32
+activations (`gguf_float.py`: the float32 path's result up to summation order). With
+`int8_activations` (`gguf_int_kernels`), each call quantizes the activations to 8-bit blocks
+per row (`q8`, llama.cpp's scheme) and takes integer dot products against the blocks
+(`csrc/gguf_quants.c`); the result differs from the float32 path by that activation rounding
+(relative ~1e-2 per output, as llama.cpp's own CPU path does).
 
 `available()` is False without a compiler, without AVX2/FMA/F16C, or with
 `LMDEPLOY_CPU_KERNELS=0`; the loader then dequantizes to float32 as before.
@@ -20,7 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import build
+from . import build, gguf_float
 
 # GGML type name -> its type id, for the types the kernels read.
 TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8}
@@ -64,6 +66,11 @@ def supports(qtype: str, in_features: int) -> bool:
     return qtype in TYPE_IDS and in_features % BLOCK == 0 and available()
 
 
+def kernel_supports(qtype: str, in_features: int, int8_activations: bool) -> bool:
+    """Whether a GGUFLinear of this type and row length can run on the chosen kernel."""
+    return (supports if int8_activations else gguf_float.supports)(qtype, in_features)
+
+
 def matmul(
     x: torch.Tensor, blocks: torch.Tensor, qtype: str, out_features: int, lib=None
 ) -> torch.Tensor:
@@ -105,24 +112,37 @@ def dequantize_rows(
 
 
 class GGUFLinear(nn.Module):
-    """`y = x W^T + b` with W kept as GGUF blocks (uint8 [out_features, bytes per row])."""
+    """`y = x W^T + b` with W kept as GGUF blocks (uint8 [out_features, bytes per row]): float32
+    activations against blocks dequantized in registers (`gguf_float`), or, with
+    `int8_activations`, this module's integer kernels on activations rounded to 8 bits."""
 
-    def __init__(self, blocks: torch.Tensor, qtype: str, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        blocks: torch.Tensor,
+        qtype: str,
+        bias: torch.Tensor | None,
+        int8_activations: bool = False,
+    ) -> None:
         super().__init__()
         self.blocks, self.qtype = blocks.contiguous(), qtype
         self.out_features = blocks.shape[0]
         self.in_features = blocks.shape[1] // _block_bytes(qtype) * BLOCK
         self.bias = None if bias is None else bias.detach()
+        self.int8_activations = int8_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        y = matmul(rows, self.blocks, self.qtype, self.out_features)
-        if self.bias is not None:
-            y.add_(self.bias)
+        if self.int8_activations:
+            y = matmul(rows, self.blocks, self.qtype, self.out_features)
+            if self.bias is not None:
+                y.add_(self.bias)
+        else:
+            y = gguf_float.matmul(rows, self.blocks, self.qtype, self.out_features, self.bias)
         return y.reshape(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtype}"
+        kernel = "int8 activations" if self.int8_activations else "float activations"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtype}, {kernel}"
 
 
 def _block_bytes(qtype: str) -> int:
