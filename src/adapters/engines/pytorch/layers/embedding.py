@@ -128,7 +128,7 @@ class TiedLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         embedding = self._embedding[0]
         if self.packed is not None:
-            local = self.packed(hidden)
+            local = self.packed.forward(hidden)  # no hooks on it: skip nn.Module's call
         else:
             local = F.linear(hidden, embedding.weight)
         return _gather_logits(local, embedding.vocab_size)

@@ -147,7 +147,9 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return self.packed(x)
+            # Its forward directly: hooks (LoRA's) sit on this module, not on the kernel's, and
+            # nn.Module's call machinery is Python work on every linear of every step.
+            return self.packed.forward(x)
         return self.method.apply(self, x)
 
     def pack(self) -> None:
@@ -193,8 +195,7 @@ class RowParallelLinear(LinearBase):
         if tp_size() == 1:
             return super().forward(x)
         if self.packed is not None:
-            out = self.packed(x)
-            return all_reduce(out)
+            return all_reduce(self.packed.forward(x))
         out = all_reduce(F.linear(x, self.weight))
         return out if self.bias is None else out + self.bias
 

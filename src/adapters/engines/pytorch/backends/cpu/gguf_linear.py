@@ -131,14 +131,12 @@ class GGUFLinear(nn.Module):
         self.int8_activations = int8_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        if self.int8_activations:
-            y = matmul(rows, self.blocks, self.qtype, self.out_features)
-            if self.bias is not None:
-                y.add_(self.bias)
-        else:
-            y = gguf_float.matmul(rows, self.blocks, self.qtype, self.out_features, self.bias)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        if x.dim() != 2:  # the model's rows are 2-D: no reshape (two ops a call) for them
+            return self.forward(x.reshape(-1, self.in_features)).unflatten(0, x.shape[:-1])
+        if not self.int8_activations:
+            return gguf_float.matmul(x, self.blocks, self.qtype, self.out_features, self.bias)
+        y = matmul(x, self.blocks, self.qtype, self.out_features)
+        return y if self.bias is None else y.add_(self.bias)
 
     def extra_repr(self) -> str:
         kernel = "int8 activations" if self.int8_activations else "float activations"
