@@ -20,12 +20,16 @@ import torch
 from profile_generation import OthersBusy
 
 
-def _scheduler_and_runner(batch: int):
+def _scheduler_and_runner(batch: int, gguf_int_kernels: bool = False):
     from lmdeploy import PytorchEngineConfig
     from lmdeploy.infrastructure.factory import build_container
 
     config = PytorchEngineConfig(
-        device_type="cpu", max_batch_size=batch, session_len=2048, cache_max_entry_count=0.25
+        device_type="cpu",
+        max_batch_size=batch,
+        session_len=2048,
+        cache_max_entry_count=0.25,
+        gguf_int_kernels=gguf_int_kernels,
     )
     c = build_container(None, config)
     return c.scheduler(), c.built_model().runner

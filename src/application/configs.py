@@ -234,10 +234,12 @@ class PytorchEngineConfig:
     # Not in 0.6.5: LoRA adapters resident on the device at once (0: all of `adapters`); the
     # others wait in host memory and are swapped in when a request needs them.
     max_loras: int = 0
-    # Not in 0.6.5: on a CPU, a GGUF file's Q4_0/Q4_1/Q8_0/Q4_K/Q6_K matrices stay in their
-    # blocks and run through llama.cpp-style integer kernels (activations rounded to 8 bits):
-    # a third of the memory, faster decode. Off by default: its greedy ids do not yet always equal the
-    # dequantized float path's (see README).
+    # Not in 0.6.5: on a CPU with dtype 'auto', a GGUF file's Q4_0/Q4_1/Q8_0 matrices stay in
+    # their blocks either way; by default they multiply float32 activations (the float path's
+    # results up to summation order). With this on, they and Q4_K/Q6_K run through
+    # llama.cpp-style integer kernels on activations rounded to 8 bits: faster decode, but
+    # greedy ids may leave the float path's on near-ties (see README). dtype='float32'
+    # dequantizes the weights instead.
     gguf_int_kernels: bool = False
     # Multi-node tensor parallelism through Ray (distributed/ray_workers.py): the ranks span
     # `nnodes` machines of one Ray cluster; the engine runs on node 0. `distributed_executor_backend`

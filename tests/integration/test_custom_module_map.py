@@ -20,6 +20,7 @@ from lmdeploy.adapters.engines.pytorch.models.registry import (
 )
 from lmdeploy.adapters.loaders.model_source import resolve
 from lmdeploy.domain.errors import InvalidArgument, InvalidConfig
+from lmdeploy.infrastructure.devices import platform_for
 
 from .tiny_models import VOCAB_SIZE, engine_greedy, reference_greedy, save_tiny_checkpoint
 
@@ -112,7 +113,7 @@ def test_a_dict_maps_architectures_to_dotted_class_names(tiny, tmp_path):
         num_gpu_blocks=4,
         custom_module_map={"MyLlamaForCausalLM": f"{LLAMA}.LlamaForCausalLM"},
     )
-    built = build(resolve(str(renamed)), config)
+    built = build(resolve(str(renamed)), config, platform_for(config))
     assert type(built.runner.model).__name__ == "LlamaForCausalLM"
 
 
@@ -145,7 +146,7 @@ def test_bad_file_content_names_the_argument(tiny, tmp_path, content, reason):
     module_map = write_map(tmp_path, content)
     config = PytorchEngineConfig(device_type="cpu", custom_module_map=str(module_map))
     with pytest.raises(InvalidArgument, match=f"custom_module_map: .*{reason}"):
-        build(resolve(str(tiny[0])), config)
+        build(resolve(str(tiny[0])), config, platform_for(config))
 
 
 def test_missing_file_fails_in_pipeline_naming_the_argument(tiny, tmp_path):

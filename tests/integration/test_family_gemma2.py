@@ -15,6 +15,7 @@ import transformers
 from lmdeploy import PytorchEngineConfig
 from lmdeploy.adapters.engines.pytorch.builder import build
 from lmdeploy.adapters.loaders.model_source import resolve
+from lmdeploy.infrastructure.devices import platform_for
 
 from .test_loaders import assert_logits_close, last_logits
 from .tiny_models import VOCAB_SIZE, TinyFamily, family_fixture, greedy_ids_match_test
@@ -51,7 +52,7 @@ def test_reference_runs_both_layer_types(family: TinyFamily):
 def test_soft_capped_logits_match_transformers(family: TinyFamily):
     ids = family.prompt_ids[3]  # 40 tokens: past the window
     config = PytorchEngineConfig(device_type="cpu", dtype="float32", num_gpu_blocks=4)
-    built = build(resolve(str(family.directory)), config)
+    built = build(resolve(str(family.directory)), config, platform_for(config))
     with torch.inference_mode():
         theirs = family.model(torch.tensor([ids])).logits[0, -1:]
     assert theirs.abs().max() < 5.0, "the final soft cap bounds the logits"

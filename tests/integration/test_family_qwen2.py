@@ -13,6 +13,7 @@ from lmdeploy import PytorchEngineConfig
 from lmdeploy.adapters.engines.pytorch.builder import build
 from lmdeploy.adapters.engines.pytorch.models.qwen2 import Qwen2ForCausalLM
 from lmdeploy.adapters.loaders.model_source import resolve
+from lmdeploy.infrastructure.devices import platform_for
 
 from ._gguf_fixtures import write_tiny_gguf
 from .test_loaders import (
@@ -48,7 +49,11 @@ def test_reference_qkv_biases_are_random(family: TinyFamily):
 def test_gguf_logits_match_transformers(tmp_path, type_name, tied):
     path = tmp_path / "tiny-qwen2.gguf"
     write_tiny_gguf(path, gguf.GGMLQuantizationType[type_name], with_output=not tied, arch="qwen2")
-    built = build(resolve(str(tmp_path)), PytorchEngineConfig(**CPU_CONFIG))
+    built = build(
+        resolve(str(tmp_path)),
+        PytorchEngineConfig(**CPU_CONFIG),
+        platform_for(PytorchEngineConfig(**CPU_CONFIG)),
+    )
     assert isinstance(built.runner.model, Qwen2ForCausalLM)
     assert built.config.tie_word_embeddings is tied
     reference = load_reference(tmp_path, path.name)

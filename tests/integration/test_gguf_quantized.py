@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from lmdeploy.adapters.engines.pytorch.backends.cpu import gguf_linear
+from lmdeploy.adapters.engines.pytorch.backends.cpu import gguf_float, gguf_linear
 from lmdeploy.adapters.engines.pytorch.builder import build
 from lmdeploy.adapters.loaders.gguf_file import GGUFCheckpoint, QuantizedWeight
 from lmdeploy.adapters.loaders.model_source import resolve
 from lmdeploy.application.configs import PytorchEngineConfig
+from lmdeploy.infrastructure.devices import platform_for
 
 from ._gguf_fixtures import TinyLlamaShape, random_k_quant_blocks, write_tiny_gguf
 
@@ -103,7 +104,7 @@ def test_mixed_types_run_each_on_their_outputs():
     parts = [("Q4_K", 40), ("Q4_K", 8), ("Q6_K", 24), ("Q8_0", 16)]
     made = [(qtype, *_quantized(qtype, rows, 512, seed=i)) for i, (qtype, rows) in enumerate(parts)]
     bias = torch.randn(88)
-    layer = gguf_linear.linear([(qtype, blocks) for qtype, blocks, _ in made], bias)
+    layer = gguf_linear.linear([(qtype, blocks) for qtype, blocks, _ in made], bias, True)
     assert layer.qtypes == ("Q4_K", "Q6_K", "Q8_0")  # the two Q4_K parts run as one
     x = torch.randn(2, 3, 1024)[..., ::2]
     expected = np.concatenate(
@@ -116,7 +117,7 @@ def test_mixed_types_run_each_on_their_outputs():
     np.testing.assert_allclose(
         y.reshape(6, 88).numpy(), expected + bias.numpy(), rtol=0, atol=5e-6 * scale
     )
-    single = gguf_linear.linear([("Q4_K", made[0][1]), ("Q4_K", made[1][1])], None)
+    single = gguf_linear.linear([("Q4_K", made[0][1]), ("Q4_K", made[1][1])], None, True)
     assert isinstance(single, gguf_linear.GGUFLinear) and single.out_features == 48
 
 
@@ -135,13 +136,16 @@ def test_k_quant_dequantize_rows_equals_gguf_on_any_bytes(qtype):
     np.testing.assert_array_equal(rows.numpy(), gguf.quants.dequantize(blocks, kind))
 
 
-def test_linear_strided_input_and_bias():
+@pytest.mark.parametrize("int8_activations", [False, True])
+def test_linear_strided_input_and_bias(int8_activations):
     blocks, w = _quantized("Q4_1", 40, 64, seed=2)
     bias = torch.randn(40)
-    layer = gguf_linear.GGUFLinear(blocks, "Q4_1", bias)
+    layer = gguf_linear.GGUFLinear(blocks, "Q4_1", bias, int8_activations)
     x = torch.randn(2, 3, 128)[..., ::2]  # a leading batch shape, stride 2 along K
     y = layer(x)
-    expected = _q8_dequantized(x.reshape(6, 64).numpy()) @ w.astype(np.float64).T + bias.numpy()
+    rows = x.reshape(6, 64).numpy()
+    rows = _q8_dequantized(rows) if int8_activations else rows.astype(np.float64)
+    expected = rows @ w.astype(np.float64).T + bias.numpy()
     assert y.shape == (2, 3, 40)
     np.testing.assert_allclose(y.reshape(6, 40).numpy(), expected, rtol=0, atol=1e-4)
 
@@ -168,15 +172,17 @@ def test_loader_keeps_requested_types_as_their_blocks(tiny_gguf):
         torch.testing.assert_close(value, tensor, rtol=0, atol=0, msg=name)
 
 
-def _last_logits(path, dtype: str) -> tuple[torch.Tensor, torch.nn.Module]:
+def _last_logits(
+    path, dtype: str, int_kernels: bool = True
+) -> tuple[torch.Tensor, torch.nn.Module]:
     config = PytorchEngineConfig(
         device_type="cpu",
         dtype=dtype,
         num_gpu_blocks=4,
         block_size=16,
-        gguf_int_kernels=dtype == "auto",
+        gguf_int_kernels=int_kernels and dtype == "auto",
     )
-    model = build(resolve(str(path)), config).runner.model
+    model = build(resolve(str(path)), config, platform_for(config)).runner.model
     token_ids = torch.tensor([1, 17, 42, 99, 5, 250, 3])
     with torch.no_grad():
         hidden = model.model.embed_tokens(token_ids)
@@ -184,14 +190,40 @@ def _last_logits(path, dtype: str) -> tuple[torch.Tensor, torch.nn.Module]:
     return logits, model
 
 
-def test_without_the_option_every_weight_is_dequantized(tiny_gguf):
-    _, path = tiny_gguf
-    config = PytorchEngineConfig(device_type="cpu", num_gpu_blocks=4, block_size=16)
-    model = build(resolve(str(path)), config).runner.model
-    assert not any(
-        isinstance(getattr(m, "packed", None), gguf_linear.GGUFLinear) for m in model.modules()
-    )
-    assert model.model.embed_tokens.gguf is None
+def _gguf_linears(model: torch.nn.Module) -> list[gguf_linear.GGUFLinear]:
+    return [
+        m.packed
+        for m in model.modules()
+        if isinstance(getattr(m, "packed", None), gguf_linear.GGUFLinear)
+    ]
+
+
+def test_by_default_blocks_stay_and_compute_the_float32_paths(tiny_gguf):
+    """Without the option, dtype 'auto' keeps the blocks on the float-activation kernel: every
+    linear, the LM head and the embedding give dtype='float32''s results (dequantized weights)
+    up to float32 summation order. The k-quants, which only the int8 kernels read, are
+    dequantized at load: the same results."""
+    qtype, path = tiny_gguf
+    logits, model = _last_logits(path, "auto", int_kernels=False)
+    dense_logits, dense = _last_logits(path, "float32", int_kernels=False)
+    torch.testing.assert_close(logits, dense_logits, rtol=0, atol=1e-4)
+    on_float_kernel = gguf_float.supports(qtype, 512)
+    kept = model.model.embed_tokens.gguf
+    assert (kept.qtype == qtype if on_float_kernel else kept is None) and not _gguf_linears(dense)
+    ids = torch.tensor([1, 17, 299, 5])
+    torch.testing.assert_close(model.model.embed_tokens(ids), dense.model.embed_tokens(ids))
+    dense_modules = dict(dense.named_modules())
+    checked = 0
+    for name, module in model.named_modules():
+        linear = getattr(module, "packed", None)
+        if not isinstance(linear, gguf_linear.GGUFLinear):
+            continue
+        assert not linear.int8_activations, name
+        x = torch.randn(3, linear.in_features, generator=torch.Generator().manual_seed(checked))
+        with torch.no_grad():
+            torch.testing.assert_close(module(x), dense_modules[name](x), rtol=0, atol=1e-5)
+        checked += 1
+    assert checked == (2 * 4 + 1 if on_float_kernel else 0)  # qkv, o, gate_up, down; LM head
 
 
 def test_builder_keeps_linears_and_tied_head_quantized_with_dtype_auto(tiny_gguf):
@@ -199,6 +231,7 @@ def test_builder_keeps_linears_and_tied_head_quantized_with_dtype_auto(tiny_gguf
     _, model = _last_logits(path, "auto")
     linears = [m for m in model.modules() if hasattr(m, "quantized") and hasattr(m, "packed")]
     assert linears and all(isinstance(m.packed, gguf_linear.GGUFLinear) for m in linears)
+    assert all(m.packed.int8_activations for m in linears)
     assert model.model.embed_tokens.gguf.qtype == qtype
     assert model.model.embed_tokens.weight.numel() == 0  # no float32 copy of the table
     # dtype='float32' keeps the dequantized path

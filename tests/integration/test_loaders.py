@@ -29,6 +29,7 @@ from lmdeploy.adapters.engines.pytorch.runner.runner import PytorchModelRunner
 from lmdeploy.adapters.loaders import dummy, safetensors_dir
 from lmdeploy.adapters.loaders.gguf_file import GGUFCheckpoint, _unpermute, hf_name
 from lmdeploy.adapters.loaders.model_source import ModelNotFound, resolve
+from lmdeploy.infrastructure.devices import platform_for
 
 from ._gguf_fixtures import TinyLlamaShape, llama_cpp_permute, write_tiny_gguf
 
@@ -238,7 +239,9 @@ def test_gguf_unsupported_tensor_type_is_named(tmp_path):
 def test_builder_loads_gguf_found_in_directory(gguf_case):
     source = resolve(str(gguf_case.path.parent))
     assert (source.kind, source.path) == ("gguf", gguf_case.path)
-    built = build(source, PytorchEngineConfig(**CPU_CONFIG))
+    built = build(
+        source, PytorchEngineConfig(**CPU_CONFIG), platform_for(PytorchEngineConfig(**CPU_CONFIG))
+    )
     assert_same_weights(built.runner.model, gguf_case.theirs)
 
 
@@ -311,12 +314,20 @@ def test_unknown_architecture_is_named_with_the_supported_ones(tmp_path):
     config |= {"intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2}
     (tmp_path / "config.json").write_text(json.dumps(config))
     with pytest.raises(UnsupportedArchitecture, match="NoSuchModelForCausalLM.*LlamaForCausalLM"):
-        build(resolve(str(tmp_path)), PytorchEngineConfig(**CPU_CONFIG))
+        build(
+            resolve(str(tmp_path)),
+            PytorchEngineConfig(**CPU_CONFIG),
+            platform_for(PytorchEngineConfig(**CPU_CONFIG)),
+        )
 
 
 def test_builder_loads_hf_dir(hf_dir):
     directory, reference = hf_dir
-    built = build(resolve(str(directory)), PytorchEngineConfig(**CPU_CONFIG))
+    built = build(
+        resolve(str(directory)),
+        PytorchEngineConfig(**CPU_CONFIG),
+        platform_for(PytorchEngineConfig(**CPU_CONFIG)),
+    )
     ours = last_logits(built.runner, TOKEN_IDS)
     assert_logits_close(ours, reference_logits(reference, TOKEN_IDS))
 
@@ -330,7 +341,7 @@ def test_dummy_weights_have_the_checkpoint_shapes(hf_dir):
     config = PytorchEngineConfig(load_format="dummy", **CPU_CONFIG)
     source = resolve(str(directory), config.load_format)
     assert (source.kind, source.path) == ("dummy", directory)
-    built = build(source, config)
+    built = build(source, config, platform_for(config))
     assert built.config == ModelConfig.from_hf(safetensors_dir.read_config(directory))
     ours, theirs = hf_named(built.runner.model), reference.state_dict()
     assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in theirs.items()}

@@ -13,6 +13,7 @@ import transformers
 from lmdeploy import PytorchEngineConfig
 from lmdeploy.adapters.engines.pytorch.builder import build
 from lmdeploy.adapters.loaders.model_source import resolve
+from lmdeploy.infrastructure.devices import platform_for
 
 from .test_loaders import CPU_CONFIG, TOKEN_IDS, assert_logits_close, last_logits
 
@@ -42,7 +43,11 @@ LONG_TOKEN_IDS = list(range(1, 300, 7))
 
 def test_a_window_shorter_than_the_prompt_slides_as_in_transformers(tmp_path):
     reference = write_tiny_mistral(tmp_path, sliding_window=16)
-    built = build(resolve(str(tmp_path)), PytorchEngineConfig(**CPU_CONFIG))
+    built = build(
+        resolve(str(tmp_path)),
+        PytorchEngineConfig(**CPU_CONFIG),
+        platform_for(PytorchEngineConfig(**CPU_CONFIG)),
+    )
     with torch.inference_mode():
         theirs = reference(torch.tensor([LONG_TOKEN_IDS])).logits[0, -1:]
         unwindowed = write_tiny_mistral(tmp_path / "full", sliding_window=None)
@@ -57,7 +62,7 @@ def test_a_window_shorter_than_the_prompt_slides_as_in_transformers(tmp_path):
 def test_a_window_that_never_slides_runs_as_transformers(tmp_path, sliding_window, session_len):
     reference = write_tiny_mistral(tmp_path, sliding_window)
     config = PytorchEngineConfig(session_len=session_len, **CPU_CONFIG)
-    built = build(resolve(str(tmp_path)), config)
+    built = build(resolve(str(tmp_path)), config, platform_for(config))
     with torch.inference_mode():
         theirs = reference(torch.tensor([TOKEN_IDS])).logits[0, -1:]
     assert_logits_close(last_logits(built.runner, TOKEN_IDS), theirs)

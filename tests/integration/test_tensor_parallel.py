@@ -103,3 +103,17 @@ def test_the_default_model_at_tp3_gives_the_greedy_ids_of_tp1():
         with pipeline(backend_config=_engine(tp)) as pipe:
             runs[tp] = [out.token_ids for out in pipe(PROMPTS[:2], gen_config=greedy)]
     assert runs[3] == runs[1]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_no_decode_step_is_started_ahead_under_tp_even_when_forced(checkpoints, monkeypatch):
+    """A forecast step's replay deadlocked rank 0 on two GPUs: under tp the runner must keep
+    steps in order even when LMDEPLOY_DECODE_AHEAD=1 asks for them, and lose no token."""
+    monkeypatch.setenv("LMDEPLOY_DECODE_AHEAD", "1")
+    path = checkpoints["llama"]
+    with pipeline(path, backend_config=_engine(2)) as pipe:
+        split = [out.token_ids for out in pipe(PROMPTS, gen_config=GREEDY_64)]
+        assert pipe.service.engine.runner.ahead_counters.started == 0
+    monkeypatch.delenv("LMDEPLOY_DECODE_AHEAD")
+    assert split == _greedy_ids(path, 1)

@@ -16,7 +16,7 @@ from ...loaders import dummy
 from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
 from ...loaders.peft_adapter import read_peft_adapter
-from .backends.cpu import gguf_linear
+from .backends.cpu import gguf_float, gguf_linear
 from .distributed.parallel_state import local_kv_heads, tp_size
 from .distributed.step_channel import ModelBroadcaster, StepChannel, serve
 from .distributed.workers import (
@@ -64,15 +64,13 @@ def read_model_config(
 
 
 def quantized_types(config: PytorchEngineConfig, device: torch.device) -> frozenset[str]:
-    """The GGUF types to keep quantized: with `gguf_int_kernels` on a CPU (dtype 'auto'), those
-    its kernels read; otherwise none (the dequantized float path)."""
-    if not config.gguf_int_kernels:
-        return frozenset()
+    """The GGUF types to keep quantized: on a CPU with dtype 'auto', those the float-activation
+    kernel reads (or, with `gguf_int_kernels`, the int8 kernels); otherwise none: dtype
+    'float32' keeps the exact dequantized float path."""
     if device.type != "cpu" or config.dtype != "auto" or config.tp > 1:
         return frozenset()  # blocks are kept whole: a tensor-parallel rank takes its slice
-    if not gguf_linear.available():
-        return frozenset()
-    return frozenset(gguf_linear.TYPE_IDS)
+    kernel = gguf_linear if config.gguf_int_kernels else gguf_float
+    return frozenset(kernel.TYPE_IDS) if kernel.available() else frozenset()
 
 
 def _load(
@@ -266,7 +264,9 @@ def _build_rank(
     model = model.to(dtype).to_empty(device=device)
     _load(model, source, weights, quantized_types(config, device))
     model.eval()
-    prepare_linears(model, device, dtype, pack=platform.packs_linears)
+    prepare_linears(
+        model, device, dtype, pack=platform.packs_linears, gguf_int8=config.gguf_int_kernels
+    )
     max_batch_size = config.max_batch_size or platform.default_max_batch_size()
     use_graphs = platform.supports_graphs and not config.eager_mode
     lora = _adapter_pool(model, config, device, dtype, max_batch_size if use_graphs else 0)

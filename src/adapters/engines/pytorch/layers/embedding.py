@@ -116,9 +116,11 @@ class TiedLMHead(nn.Module):
         """Whether the embedding kept GGUF blocks (then `pack_quantized` reads them)."""
         return self._embedding[0].gguf is not None
 
-    def pack_quantized(self) -> bool:
+    def pack_quantized(self, int8_activations: bool = False) -> bool:
         table = self._embedding[0].gguf
-        self.packed = gguf_linear.GGUFLinear(table.blocks, table.qtype, None)  # shared blocks
+        # The blocks are shared with the embedding: no second copy. (The loader kept them only
+        # if the chosen kernel reads their type.)
+        self.packed = gguf_linear.GGUFLinear(table.blocks, table.qtype, None, int8_activations)
         return True
 
     def pack(self) -> None:
@@ -127,7 +129,7 @@ class TiedLMHead(nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         embedding = self._embedding[0]
         if self.packed is not None:
-            local = self.packed(hidden)
+            local = self.packed.forward(hidden)  # no hooks on it: skip nn.Module's call
         else:
             local = F.linear(hidden, embedding.weight)
         return _gather_logits(local, embedding.vocab_size)

@@ -16,7 +16,8 @@ checkpoints run at tp=1 (the builder refuses more): `rank_slice` cuts dense layo
 After loading, `prepare_linears` lets each weight take its backend's own layout: on a CPU in
 float32, oneDNN's blocked layout and the skinny-GEMM panels of decode-sized rows
 (`backends/cpu/linear.py`); a GGUF weight the loader kept quantized stays in its blocks and
-runs through the CPU's quantized kernels (`backends/cpu/gguf_linear.py`).
+runs through the CPU's quantized kernels (`backends/cpu/gguf_linear.py`: float32 activations
+by default, int8 ones on request).
 """
 
 from __future__ import annotations
@@ -148,7 +149,9 @@ class LinearBase(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
-            return self.packed(x)
+            # Its forward directly: hooks (LoRA's) sit on this module, not on the kernel's, and
+            # nn.Module's call machinery is Python work on every linear of every step.
+            return self.packed.forward(x)
         return self.method.apply(self, x)
 
     def pack(self) -> None:
@@ -157,14 +160,20 @@ class LinearBase(nn.Module):
         self.register_parameter("weight", None)
         self.register_parameter("bias", None)
 
-    def pack_quantized(self) -> bool:
-        """Run on the GGUF blocks the loader kept (every shard of a type the kernels read,
-        types mixed or not); False, with them dequantized into the weight, where they can't."""
+    def pack_quantized(self, int8_activations: bool = False) -> bool:
+        """Run on the GGUF blocks the loader kept (every shard of a type the chosen kernel
+        reads; types mixed only on the int8-activation kernels); False, with them dequantized
+        into the weight, where they can't."""
         parts = [self.quantized[s] for s in (self.shards or [None])]
         self.quantized = {}
-        if all(gguf_linear.supports(part.qtype, self.input_size) for part in parts):
+        mixed = len({part.qtype for part in parts}) > 1
+        runnable = all(
+            gguf_linear.kernel_supports(part.qtype, self.input_size, int8_activations)
+            for part in parts
+        )
+        if runnable and (int8_activations or not mixed):
             blocks = [(part.qtype, part.blocks) for part in parts]
-            self.packed = gguf_linear.linear(blocks, self.bias)
+            self.packed = gguf_linear.linear(blocks, self.bias, int8_activations)
             self.register_parameter("weight", None)
             self.register_parameter("bias", None)
             return True
@@ -189,8 +198,7 @@ class RowParallelLinear(LinearBase):
         if tp_size() == 1:
             return super().forward(x)
         if self.packed is not None:
-            out = self.packed(x)
-            return all_reduce(out)
+            return all_reduce(self.packed.forward(x))
         out = all_reduce(F.linear(x, self.weight))
         return out if self.bias is None else out + self.bias
 
@@ -272,17 +280,22 @@ class GroupedQKVParallelLinear(QKVParallelLinear):
 
 
 def prepare_linears(
-    model: nn.Module, device: torch.device, dtype: torch.dtype, pack: bool = True
+    model: nn.Module,
+    device: torch.device,
+    dtype: torch.dtype,
+    pack: bool = True,
+    gguf_int8: bool = False,
 ) -> None:
     """After loading: each linear takes its method's layout on `device` (a quantized one may
-    turn dense), then GGUF blocks their kernels, then the backend's own dense weight layout,
-    where there is one and the platform keeps one (`pack`)."""
+    turn dense), then GGUF blocks their kernel (float32 activations, or with `gguf_int8` the
+    int8-activation one), then the backend's own dense weight layout, where there is one and
+    the platform keeps one (`pack`)."""
     for module in model.modules():
         if isinstance(module, LinearBase):
             module.method.process_weights_after_loading(module, device)
     packable = pack and can_pack(device, dtype)
     for module in list(model.modules()):
-        if getattr(module, "quantized", None) and module.pack_quantized():
+        if getattr(module, "quantized", None) and module.pack_quantized(gguf_int8):
             continue
         if isinstance(module, LinearBase) and not isinstance(
             module.method, UnquantizedLinearMethod

@@ -14,7 +14,9 @@ import torch
 
 from . import build
 
-_i64, _f32p, _i64p = ctypes.c_int64, ctypes.POINTER(ctypes.c_float), ctypes.POINTER(ctypes.c_int64)
+# Pointers go in as plain addresses (`data_ptr()`): a typed `ctypes.cast` per pointer was five
+# Python calls a layer of a decode step.
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 
 
 @functools.cache
@@ -24,13 +26,9 @@ def _kernel():
         return None
     fn = lib.paged_decode_attention_f32
     fn.restype = ctypes.c_int
-    fn.argtypes = [_f32p, _i64, _f32p, _f32p, _i64p, _i64p, _f32p]
+    fn.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr]
     fn.argtypes += [_i64] * 6 + [ctypes.c_float, _i64, ctypes.c_float, ctypes.c_int]
     return fn
-
-
-def _ptr(t: torch.Tensor, kind):
-    return ctypes.cast(t.data_ptr(), kind)
 
 
 def paged_decode_attention_cpu(
@@ -72,13 +70,13 @@ def paged_decode_attention_cpu(
     context_lens = context_lens.contiguous()
     out = torch.empty(num_seqs, num_heads, head_dim, dtype=q.dtype)
     status = fn(
-        _ptr(q, _f32p),
+        q.data_ptr(),
         q.stride(0),
-        _ptr(k_cache, _f32p),
-        _ptr(v_cache, _f32p),
-        _ptr(block_tables, _i64p),
-        _ptr(context_lens, _i64p),
-        _ptr(out, _f32p),
+        k_cache.data_ptr(),
+        v_cache.data_ptr(),
+        block_tables.data_ptr(),
+        context_lens.data_ptr(),
+        out.data_ptr(),
         num_seqs,
         num_heads,
         num_kv_heads,

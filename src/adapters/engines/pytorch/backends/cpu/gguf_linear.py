@@ -1,13 +1,14 @@
-"""Linears over GGUF's quantized blocks on the CPU, through `csrc/gguf_quants.c` (blocks of 32)
-and `csrc/gguf_kquants.c` (the k-quants' super-blocks of 256).
+"""Linears over GGUF's quantized blocks on the CPU.
 
 A GGUF file's Q4_0 / Q4_1 / Q8_0 / Q4_K / Q6_K weights stay in memory as the file stores them
 (4.5 to 8.5 bits a weight, against float32's 32): a decode step reads 4-7x fewer bytes, and the
-server holds the model in a fraction of the memory. Each call quantizes the activations per row
-to 8-bit blocks as llama.cpp does (`q8` blocks of 32 for the first three types, `q8_K` blocks
-of 256 for the k-quants) and takes integer dot products against the blocks; the result differs
-from the float32 path by that activation rounding (relative ~1e-2 per output, as llama.cpp's
-own CPU path does).
+server holds the model in a fraction of the memory. `GGUFLinear` runs by default on float32
+activations (`gguf_float.py`, Q4_0 / Q4_1 / Q8_0: the float32 path's result up to summation
+order). With `int8_activations` (`gguf_int_kernels`), each call quantizes the activations per
+row to 8-bit blocks as llama.cpp does (`q8` blocks of 32 for the first three types, `q8_K`
+blocks of 256 for the k-quants) and takes integer dot products against the blocks
+(`csrc/gguf_quants.c`, `csrc/gguf_kquants.c`); the result differs from the float32 path by that
+activation rounding (relative ~1e-2 per output, as llama.cpp's own CPU path does).
 
 `available()` is False without a compiler, without AVX2/FMA/F16C, or with
 `LMDEPLOY_CPU_KERNELS=0`; the loader then dequantizes to float32 as before.
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import build
+from . import build, gguf_float
 
 # GGML type name -> its type id, for the types the kernels read.
 TYPE_IDS = {"Q4_0": 2, "Q4_1": 3, "Q8_0": 8, "Q4_K": 12, "Q6_K": 14}
@@ -143,6 +144,11 @@ def matmul_into(
     )  # fmt: skip
 
 
+def kernel_supports(qtype: str, in_features: int, int8_activations: bool) -> bool:
+    """Whether a GGUFLinear of this type and row length can run on the chosen kernel."""
+    return (supports if int8_activations else gguf_float.supports)(qtype, in_features)
+
+
 def matmul(
     x: torch.Tensor, blocks: torch.Tensor, qtype: str, out_features: int, lib: Kernels | None = None
 ) -> torch.Tensor:
@@ -175,25 +181,36 @@ def dequantize_rows(
 
 
 class GGUFLinear(nn.Module):
-    """`y = x W^T + b` with W kept as GGUF blocks (uint8 [out_features, bytes per row])."""
+    """`y = x W^T + b` with W kept as GGUF blocks (uint8 [out_features, bytes per row]): float32
+    activations against blocks dequantized in registers (`gguf_float`), or, with
+    `int8_activations`, this module's integer kernels on activations rounded to 8 bits."""
 
-    def __init__(self, blocks: torch.Tensor, qtype: str, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        blocks: torch.Tensor,
+        qtype: str,
+        bias: torch.Tensor | None,
+        int8_activations: bool = False,
+    ) -> None:
         super().__init__()
         self.blocks, self.qtype = blocks.contiguous(), qtype
         self.out_features = blocks.shape[0]
         values, nbytes = BLOCKS[qtype]
         self.in_features = blocks.shape[1] // nbytes * values
         self.bias = None if bias is None else bias.detach()
+        self.int8_activations = int8_activations
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        y = matmul(rows, self.blocks, self.qtype, self.out_features)
-        if self.bias is not None:
-            y.add_(self.bias)
-        return y.reshape(*x.shape[:-1], self.out_features)
+        if x.dim() != 2:  # the model's rows are 2-D: no reshape (two ops a call) for them
+            return self.forward(x.reshape(-1, self.in_features)).unflatten(0, x.shape[:-1])
+        if not self.int8_activations:
+            return gguf_float.matmul(x, self.blocks, self.qtype, self.out_features, self.bias)
+        y = matmul(x, self.blocks, self.qtype, self.out_features)
+        return y if self.bias is None else y.add_(self.bias)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtype}"
+        kernel = "int8 activations" if self.int8_activations else "float activations"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {self.qtype}, {kernel}"
 
 
 class MixedGGUFLinear(nn.Module):
@@ -236,9 +253,14 @@ class MixedGGUFLinear(nn.Module):
 QuantizedLinear = GGUFLinear | MixedGGUFLinear
 
 
-def linear(parts: list[tuple[str, torch.Tensor]], bias: torch.Tensor | None) -> QuantizedLinear:
+def linear(
+    parts: list[tuple[str, torch.Tensor]],
+    bias: torch.Tensor | None,
+    int8_activations: bool = False,
+) -> QuantizedLinear:
     """The linear over GGUF blocks stacked along the outputs, in order (qtype, blocks): one
-    `GGUFLinear` where they share a type, else a `MixedGGUFLinear` over runs of one type."""
+    `GGUFLinear` where they share a type, else a `MixedGGUFLinear` over runs of one type (on
+    the int8-activation kernels only)."""
     runs: list[tuple[str, list[torch.Tensor]]] = []
     for qtype, blocks in parts:
         if runs and runs[-1][0] == qtype:
@@ -247,5 +269,6 @@ def linear(parts: list[tuple[str, torch.Tensor]], bias: torch.Tensor | None) -> 
             runs.append((qtype, [blocks]))
     merged = [(qtype, torch.cat(blocks)) for qtype, blocks in runs]
     if len(merged) == 1:
-        return GGUFLinear(merged[0][1], merged[0][0], bias)
+        return GGUFLinear(merged[0][1], merged[0][0], bias, int8_activations)
+    assert int8_activations, "types mixed in one linear run on the int8-activation kernels only"
     return MixedGGUFLinear(merged, bias)

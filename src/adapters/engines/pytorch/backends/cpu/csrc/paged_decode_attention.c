@@ -15,6 +15,13 @@
  *
  * Bytes moved per layer: the context's K and V rows, 2 x sum(context_lens) x kv_heads x dim
  * x 4, plus q and out. Threads: the caller's OpenMP pool (torch's libgomp, loaded first).
+ *
+ * Built with -ffast-math: the dot products' sums reassociate into vector lanes and the
+ * softmax's expf runs through glibc's vector expf (libmvec, within a few ulp): 1.6x faster
+ * for one sequence at 128-512 tokens of context (CPU time: 55 -> 34 us a layer at 256). The
+ * code keeps to finite values for it: each softmax's max starts from its first score.
+ *
+ * LMDEPLOY_CFLAGS: -ffast-math
  */
 #include <math.h>
 #include <stdint.h>
@@ -54,7 +61,7 @@ static void attend(const float *q, const float *k_cache, const float *v_cache,
         for (int64_t i = 0; i < rows * len; ++i) scores[i] = softcap * tanhf(scores[i] / softcap);
     float inv_sum[rows];
     for (int64_t r = 0; r < rows; ++r) {
-        float *s = scores + r * len, max = -INFINITY, sum = 0.f;
+        float *s = scores + r * len, max = s[0], sum = 0.f; /* len >= 1 */
         for (int64_t t = 0; t < len; ++t) max = s[t] > max ? s[t] : max;
         for (int64_t t = 0; t < len; ++t) {
             s[t] = expf(s[t] - max);
