@@ -9,7 +9,8 @@ Bytes = 4 * num_tokens * kv_heads * head_dim * e (k, v read; two cache rows writ
 8 bytes of slot per token; no FLOPs. Bandwidth-bound: target bytes / ~3 TB/s on the H100.
 
 With `quant_bits` 8 or 4 (`quant_policy`, the format of kv_quant.py) each token's head is
-quantized on the way in: min/max over its dims, then uint8 values (two nibbles a byte for int4)
+quantized on the way in: min/max over its dims (for int4 the best of seven shrinks of that
+range, as kv_quant.py's reference picks it), then uint8 values (two nibbles a byte for int4)
 and its (scale, zero) pair in the scale_zero tensors. The cache rows written shrink to
 head_dim * bits / 8 bytes plus the pair.
 """
