@@ -9,7 +9,8 @@ Bytes = 4 * num_tokens * kv_heads * head_dim * e (k, v read; two cache rows writ
 8 bytes of slot per token; no FLOPs. Bandwidth-bound: target bytes / ~3 TB/s on the H100.
 
 With `quant_bits` 8 or 4 (`quant_policy`, the format of kv_quant.py) each token's head is
-quantized on the way in: min/max over its dims, then uint8 values (two nibbles a byte for int4)
+quantized on the way in: min/max over its dims (for int4 the best of seven shrinks of that
+range, as kv_quant.py's reference picks it), then uint8 values (two nibbles a byte for int4)
 and its (scale, zero) pair in the scale_zero tensors. The cache rows written shrink to
 head_dim * bits / 8 bytes plus the pair.
 """
@@ -24,16 +25,15 @@ from .kv_quant import check_bits, packed_dim, quantize_kv_ref
 
 
 @triton.jit
-def _quant_scales(x_lo, x_hi, mask, QMAX: tl.constexpr, SZ_DTYPE: tl.constexpr):
-    """Per-row (scale, zero) of the halves x_lo, x_hi [BLOCK_H, BLOCK_HALF], rounded to the
-    stored dtype first, as quantize_kv_ref does."""
-    lo = tl.minimum(
-        tl.min(tl.where(mask, x_lo, float("inf")), 1), tl.min(tl.where(mask, x_hi, float("inf")), 1)
-    )
-    hi = tl.maximum(
-        tl.max(tl.where(mask, x_lo, float("-inf")), 1),
-        tl.max(tl.where(mask, x_hi, float("-inf")), 1),
-    )
+def _quantize(x, scale, zero, QMAX: tl.constexpr):
+    q = tl.floor(x / scale[:, None] + zero[:, None] + 0.5)
+    return tl.minimum(tl.maximum(q, 0.0), QMAX).to(tl.uint8)
+
+
+@triton.jit
+def _range_scales(lo, hi, QMAX: tl.constexpr, SZ_DTYPE: tl.constexpr):
+    """(scale, zero) of the per-row range [lo, hi], rounded to the stored dtype first, as
+    quantize_kv_ref does."""
     scale = (hi - lo) / QMAX
     scale = tl.where(scale > 0, scale, 1.0).to(SZ_DTYPE).to(tl.float32)
     zero = (-lo / scale).to(SZ_DTYPE).to(tl.float32)
@@ -41,9 +41,44 @@ def _quant_scales(x_lo, x_hi, mask, QMAX: tl.constexpr, SZ_DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _quantize(x, scale, zero, QMAX: tl.constexpr):
-    q = tl.floor(x / scale[:, None] + zero[:, None] + 0.5)
-    return tl.minimum(tl.maximum(q, 0.0), QMAX).to(tl.uint8)
+def _sq_error(x_lo, x_hi, mask, scale, zero, QMAX: tl.constexpr):
+    """Per-row squared error of the halves read back through (scale, zero)."""
+    d_lo = (_quantize(x_lo, scale, zero, QMAX).to(tl.float32) - zero[:, None]) * scale[:, None]
+    d_hi = (_quantize(x_hi, scale, zero, QMAX).to(tl.float32) - zero[:, None]) * scale[:, None]
+    e_lo = tl.where(mask, (d_lo - x_lo) * (d_lo - x_lo), 0.0)
+    e_hi = tl.where(mask, (d_hi - x_hi) * (d_hi - x_hi), 0.0)
+    return tl.sum(e_lo, 1) + tl.sum(e_hi, 1)
+
+
+@triton.jit
+def _quant_scales(x_lo, x_hi, mask, QMAX: tl.constexpr, SZ_DTYPE: tl.constexpr):
+    """Per-row (scale, zero) of the halves x_lo, x_hi [BLOCK_H, BLOCK_HALF]: their min/max, and
+    for int4 the shrink of that range that reads back closest (kv_quant.int4_range_shrinks:
+    1 - 0.05 i, i = 0..6, around the midpoint)."""
+    lo = tl.minimum(
+        tl.min(tl.where(mask, x_lo, float("inf")), 1), tl.min(tl.where(mask, x_hi, float("inf")), 1)
+    )
+    hi = tl.maximum(
+        tl.max(tl.where(mask, x_lo, float("-inf")), 1),
+        tl.max(tl.where(mask, x_hi, float("-inf")), 1),
+    )
+    lo = tl.where(lo <= hi, lo, 0.0)  # padding rows (no dims): a range of 0, not inf - inf
+    hi = tl.maximum(hi, lo)
+    scale, zero = _range_scales(lo, hi, QMAX, SZ_DTYPE)
+    if QMAX == 15:
+        mid = (lo + hi) / 2
+        err = _sq_error(x_lo, x_hi, mask, scale, zero, QMAX)
+        for i in tl.static_range(1, 7):
+            shrink = 1.0 - 0.05 * i
+            s, z = _range_scales(
+                mid + (lo - mid) * shrink, mid + (hi - mid) * shrink, QMAX, SZ_DTYPE
+            )
+            e = _sq_error(x_lo, x_hi, mask, s, z, QMAX)
+            better = e < err
+            scale = tl.where(better, s, scale)
+            zero = tl.where(better, z, zero)
+            err = tl.where(better, e, err)
+    return scale, zero
 
 
 @triton.jit

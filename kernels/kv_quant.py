@@ -2,10 +2,12 @@
 
 Each token's vector of one kv head (`head_dim` values) is quantized on its own, asymmetric:
 `scale = (max - min) / (2**bits - 1)`, `zero = -min / scale`, `q = round(x / scale + zero)`
-clamped to [0, 2**bits - 1]; it reads back as `(q - zero) * scale`. As in LMDeploy, the cache
-stays `[num_blocks, block_size, kv_heads, packed_dim]` of uint8 and a second tensor per cache,
-`[num_blocks, block_size, kv_heads, 2]` in the model's dtype, holds (scale, zero) of every
-slot: block-major like the data, so a block's scales move with it (swap, prefix reuse).
+clamped to [0, 2**bits - 1]; it reads back as `(q - zero) * scale`. int4 then tries the range
+shrunk around its midpoint (`INT4_RANGE_SHRINKS`) in place of [min, max] and keeps the
+(scale, zero) that reads back with the least squared error: the same format, a better pair.
+As in LMDeploy, the cache stays `[num_blocks, block_size, kv_heads, packed_dim]` of uint8
+and a second tensor per cache, `[num_blocks, block_size, kv_heads, 2]` in the model's dtype,
+holds (scale, zero) of every slot: block-major like the data, so a block's scales move with it (swap, prefix reuse).
 
 int8: one value a byte, `packed_dim = head_dim`. int4: two a byte, `packed_dim = head_dim / 2`;
 byte j holds dim j in its low nibble and dim j + head_dim / 2 in its high one, so a kernel
@@ -34,23 +36,40 @@ def packed_dim(head_dim: int, bits: int) -> int:
     return head_dim * bits // 8
 
 
+# int4's range shrinks tried per token, around the midpoint of [min, max]: the one whose
+# read-back has the least squared error is kept. With 16 levels the step rounding costs on
+# every dim outweighs the error of clipping the one or two extreme dims (benchmark/NOTES.md,
+# "KV int4 accuracy"); int8's 256 levels keep min/max.
+INT4_RANGE_SHRINKS = tuple(1.0 - 0.05 * i for i in range(7))  # kv_cache_write.py's too
+
+
 def quantize_kv_ref(x: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
     """x [..., head_dim] -> (uint8 [..., packed_dim], scale_zero [..., 2] in x's dtype).
-    The math is float32; a constant vector gets scale 1 (its values read back exactly)."""
+    The math is float32. int8 spans each vector's [min, max]; int4 the shrink of it
+    (INT4_RANGE_SHRINKS) that reads back closest, the widest of equals."""
     check_bits(bits)
     qmax = 2**bits - 1
     xf = x.float()
-    lo, hi = xf.amin(-1), xf.amax(-1)
+    lo, hi = xf.amin(-1, keepdim=True), xf.amax(-1, keepdim=True)  # [..., 1]: one range
+    if bits == 4:  # [..., shrinks]: every range tried, [min, max] itself first
+        mid, shrinks = (lo + hi) / 2, torch.tensor(INT4_RANGE_SHRINKS[1:], device=x.device)
+        lo = torch.cat([lo, mid + (lo - mid) * shrinks], -1)
+        hi = torch.cat([hi, mid + (hi - mid) * shrinks], -1)
     scale = (hi - lo) / qmax
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     # Rounded to x's dtype first: the stored pair is what dequantisation will read.
-    scale = scale.to(x.dtype).float()
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(x.dtype).float()
     zero = (-lo / scale).to(x.dtype).float()
-    q = torch.floor(xf / scale[..., None] + zero[..., None] + 0.5).clamp_(0, qmax).to(torch.uint8)
+    xs = xf.unsqueeze(-2)  # [..., 1, head_dim] against [..., ranges, 1]
+    q = torch.floor(xs / scale[..., None] + zero[..., None] + 0.5).clamp_(0, qmax)
+    err = ((q - zero[..., None]) * scale[..., None] - xs).square().sum(-1)
+    best = err.argmin(-1, keepdim=True)  # the first of equal minima
+    q = q.gather(-2, best[..., None].expand(*q.shape[:-2], 1, q.shape[-1])).squeeze(-2)
+    scale_zero = torch.stack([scale.gather(-1, best), zero.gather(-1, best)], -1).squeeze(-2)
+    q = q.to(torch.uint8)
     if bits == 4:
         half = x.shape[-1] // 2
         q = q[..., :half] | (q[..., half:] << 4)
-    return q, torch.stack([scale, zero], -1).to(x.dtype)
+    return q, scale_zero.to(x.dtype)
 
 
 def dequantize_kv_ref(
