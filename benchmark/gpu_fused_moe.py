@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import triton.testing
+from cuda_graph_timing import graph_ms
 
 from lmdeploy.kernels.fused_moe import fused_moe, fused_moe_ref, fused_moe_routed, moe_align, route
 from lmdeploy.kernels.moe_routing import route_and_align
@@ -34,27 +35,6 @@ TOL = {"atol": 3e-2, "rtol": 3e-2}  # the test suite's bf16 tolerance (tests/ker
 
 def _time(fn) -> float:
     return triton.testing.do_bench(fn, warmup=25, rep=200, return_mode="median")
-
-
-def _graph_ms(fn, replays: int = 200) -> float:
-    """Per-call time of `fn` captured in a CUDA graph (ten calls a graph, replayed)."""
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()  # compile and warm up outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(10):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / replays / 10
 
 
 def _inputs(shape: str, num_tokens: int) -> tuple:
@@ -94,10 +74,10 @@ def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
             return moe_align(route(logits, top_k, renorm)[1], num_experts, 16)
 
         graph = {
-            "routed_graph_ms": _graph_ms(routed),
-            "torch_routed_graph_ms": _graph_ms(torch_routed),
-            "route_align_graph_ms": _graph_ms(routing),
-            "torch_route_align_graph_ms": _graph_ms(torch_routing),
+            "routed_graph_ms": graph_ms(routed),
+            "torch_routed_graph_ms": graph_ms(torch_routed),
+            "route_align_graph_ms": graph_ms(routing),
+            "torch_route_align_graph_ms": graph_ms(torch_routing),
         }
         experts_read = int(ids.unique().numel())
         expert_bytes = experts_read * 3 * hidden * inter * w13.element_size()

@@ -19,6 +19,7 @@ import os
 from pathlib import Path
 
 import torch
+from cuda_graph_timing import graph_ms
 
 from lmdeploy.adapters.engines.pytorch.backends.cuda.lora import GraphSegments, add_lora
 from lmdeploy.kernels.lora import lora_ref
@@ -59,28 +60,6 @@ def _check(linears: dict, segments, scales, row_slots: torch.Tensor, dtype) -> N
         ref = lora_ref(lin["x"], lin["lora_a"], lin["lora_b"], row_slots, scales, shards)
         torch.testing.assert_close((out.float() - lin["out"].float()), ref, **tol, msg=name)
         print(f"{name}: matches lora_ref", flush=True)
-
-
-def _graph_us(fn, replays: int = 500) -> float:
-    """Per-call time of `fn` captured in a CUDA graph (ten calls a graph, replayed)."""
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        fn()  # compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(10):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(replays):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / replays / 10 * 1e3
 
 
 def _count_gpu_ops(fn) -> dict[str, int]:
@@ -141,8 +120,8 @@ def main(args) -> None:
         "base_rows": row_slots.count(-1),
         "gpu_ops_per_layer": sum(counts.values()),
         "gpu_ops_by_name": counts,
-        "lora_us_per_layer": _graph_us(hooks),
-        "base_gemms_us_per_layer": _graph_us(base),
+        "lora_us_per_layer": graph_ms(hooks) * 1e3,
+        "base_gemms_us_per_layer": graph_ms(base) * 1e3,
     }
     report["lora_ms_per_step"] = report["lora_us_per_layer"] * LAYERS / 1e3
     report["base_gemms_ms_per_step"] = report["base_gemms_us_per_layer"] * LAYERS / 1e3
