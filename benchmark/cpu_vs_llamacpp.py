@@ -127,7 +127,10 @@ async def load(url: str, streams: int, requests: int, max_tokens: int) -> dict[s
     prompts = [" ".join(rng.choice(WORDS) for _ in range(100)) for _ in range(requests)]
     queue = list(prompts)
     results: list[tuple[float, int]] = []
-    async with httpx.AsyncClient(base_url=url, timeout=1800) as client:
+    # A connection per request: llama-server drops idle keep-alive connections, and a request
+    # sent on one it just closed fails with "Server disconnected without sending a response".
+    no_keepalive = httpx.Limits(max_keepalive_connections=0)
+    async with httpx.AsyncClient(base_url=url, timeout=1800, limits=no_keepalive) as client:
         model = (await client.get("/v1/models")).json()["data"][0]["id"]
         await one_stream(client, model, prompts[0], 8)  # warm up (kernel builds, first allocations)
 
