@@ -172,16 +172,18 @@ class Container(containers.DeclarativeContainer):
     config = providers.Configuration()
 
     engine_config = providers.Singleton(engine_config, config.backend, config.backend_config)
+    # Tests run the engine through another platform (a stand-in NPU on the CPU) by override.
+    platform = providers.Singleton(platform_for, engine_config)
+    # The platform is an argument of the source so that, whichever provider resources resolve
+    # first, the device is checked before the model is looked up or fetched.
     source = providers.Singleton(
-        lambda path, cfg: model_source.resolve(
+        lambda path, cfg, _platform: model_source.resolve(
             path, cfg.load_format, cfg.download_dir, cfg.revision
         ),
         config.model_path,
         engine_config,
+        platform,
     )
-    # Tests run the engine through another platform (a stand-in NPU on the CPU) by override.
-    platform = providers.Singleton(platform_for, engine_config)
-    # Keywords resolve in order: the device is checked before the model is fetched.
     built_model = providers.Singleton(
         builder.build, platform=platform, source=source, config=engine_config
     )
