@@ -38,10 +38,33 @@ MAX_COLUMN_TILES = 1 << 16  # counters kept per device for the split-K reduction
 
 
 @triton.jit
+def _codes_as_float(codes):
+    """4-bit codes (int32, 0..15) as float32, exactly: 2^23 + code, minus 2^23."""
+    return (codes | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+
+
+@triton.jit
 def _int4_as_float(q, shift: tl.constexpr):
-    """Nibble `shift / 4` of each int32 as float32 (exact: 2^23 + code, minus 2^23)."""
-    bits = ((q >> shift) & 0xF) | 0x4B000000
-    return bits.to(tl.float32, bitcast=True) - 8388608.0
+    """Nibble `shift / 4` of each int32 as float32."""
+    return _codes_as_float((q >> shift) & 0xF)
+
+
+@triton.jit
+def _split_tiles(pid_k, K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
+    """The K tiles [first, last) of split `pid_k`."""
+    num_tiles = K // BLOCK_K
+    tiles_per_split = tl.cdiv(num_tiles, SPLIT_K)
+    first = pid_k * tiles_per_split
+    return first, tl.minimum(first + tiles_per_split, num_tiles)
+
+
+@triton.jit
+def _group_scales(scales_ptr, zeros_ptr, group, offs_n, n_mask, stride_sg, stride_sn):
+    """One group's scales and zero points over the columns `offs_n`, as float32."""
+    offs = group * stride_sg + offs_n * stride_sn
+    s = tl.load(scales_ptr + offs, mask=n_mask, other=0.0).to(tl.float32)
+    z = tl.load(zeros_ptr + offs, mask=n_mask, other=0.0).to(tl.float32)
+    return s, z
 
 
 @triton.jit
@@ -114,10 +137,7 @@ def _w4a16_gemv_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
     offs_kp = tl.arange(0, BLOCK_K // 8)
-    num_tiles = K // BLOCK_K
-    tiles_per_split = tl.cdiv(num_tiles, SPLIT_K)
-    first = pid_k * tiles_per_split
-    last = tl.minimum(first + tiles_per_split, num_tiles)
+    first, last = _split_tiles(pid_k, K, BLOCK_K, SPLIT_K)
     q_ptrs = qweight_ptr + (first * BLOCK_K // 8 + offs_kp)[:, None] * stride_qk
     q_ptrs += offs_n[None, :] * stride_qn
     q_step = BLOCK_K // 8 * stride_qk
@@ -138,10 +158,10 @@ def _w4a16_gemv_kernel(
             products += xs[:, None] * _int4_as_float(q, 4 * nibble)
             x_parts += xs
         dot, x_sum = tl.sum(products, axis=0), tl.sum(x_parts, axis=0)  # one reduction a tile
-        group = k0 // GROUP_SIZE
-        s = tl.load(scales_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
-        z = tl.load(zeros_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
-        acc += (s.to(tl.float32) * (dot - z.to(tl.float32) * x_sum))[None, :]
+        s, z = _group_scales(
+            scales_ptr, zeros_ptr, k0 // GROUP_SIZE, offs_n, n_mask, stride_sg, stride_sn
+        )
+        acc += (s * (dot - z * x_sum))[None, :]
     offs_m = row + tl.arange(0, 1)
     mask = n_mask[None, :]
     tile_id = row * tl.num_programs(0) + pid_n
@@ -187,10 +207,7 @@ def _w4a16_gemm_kernel(
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_K // 8)
     shifts = tl.arange(0, 8) * 4
-    num_tiles = K // BLOCK_K
-    tiles_per_split = tl.cdiv(num_tiles, SPLIT_K)
-    first = pid_k * tiles_per_split
-    last = tl.minimum(first + tiles_per_split, num_tiles)
+    first, last = _split_tiles(pid_k, K, BLOCK_K, SPLIT_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(first, last):
         k0 = tile * BLOCK_K
@@ -204,12 +221,12 @@ def _w4a16_gemm_kernel(
             mask=n_mask[None, :],
             other=0,
         )
-        bits = ((q[:, None, :] >> shifts[None, :, None]) & 0xF) | 0x4B000000
-        codes = tl.reshape(bits, (BLOCK_K, BLOCK_N)).to(tl.float32, bitcast=True) - 8388608.0
-        group = k0 // GROUP_SIZE
-        s = tl.load(scales_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
-        z = tl.load(zeros_ptr + group * stride_sg + offs_n * stride_sn, mask=n_mask, other=0.0)
-        w = (codes - z.to(tl.float32)[None, :]) * s.to(tl.float32)[None, :]
+        codes = (q[:, None, :] >> shifts[None, :, None]) & 0xF
+        codes = _codes_as_float(tl.reshape(codes, (BLOCK_K, BLOCK_N)))
+        s, z = _group_scales(
+            scales_ptr, zeros_ptr, k0 // GROUP_SIZE, offs_n, n_mask, stride_sg, stride_sn
+        )
+        w = (codes - z[None, :]) * s[None, :]
         acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
     mask = m_mask[:, None] & n_mask[None, :]
     tile_id = pid_m * tl.num_programs(1) + pid_n
