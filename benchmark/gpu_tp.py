@@ -109,6 +109,8 @@ def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
         "batch1_fraction_of_floor": rows[0]["decode_tokens_per_s"] / floor,
         "throughput": throughput(pipe, args.requests),
     }
+    # Reported before the close: a close that hangs (as NCCL's destroy once did) keeps the row.
+    print(json.dumps(report), flush=True)
     pipe.close()
     return report
 
@@ -183,7 +185,7 @@ def main() -> None:
     ap.add_argument("--one", nargs=2, metavar=("SHAPE", "TP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        print(json.dumps(measure(args.one[0], int(args.one[1]), args)))
+        measure(args.one[0], int(args.one[1]), args)
         return
     reports = []
     cases = [c for c in CASES if args.cases is None or f"{c[0]}:{c[1]}" in args.cases]

@@ -9,11 +9,19 @@ import multiprocessing
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
+import torch.distributed as dist
 import transformers
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+from lmdeploy.adapters.engines.pytorch import builder
+from lmdeploy.adapters.engines.pytorch.distributed.parallel_state import set_tp_group, tp_rank
+from lmdeploy.adapters.engines.pytorch.distributed.workers import free_port, leave_group
+from lmdeploy.adapters.engines.pytorch.platforms import CpuPlatform
+from lmdeploy.adapters.engines.pytorch.runner.runner import PytorchModelRunner
+from lmdeploy.adapters.loaders.model_source import ModelSource
 from lmdeploy.domain.errors import InvalidConfig
 
 from .tiny_models import TINY_SHAPE, save_tiny_checkpoint, tiny_mixtral_config
@@ -107,13 +115,43 @@ def test_the_default_model_at_tp3_gives_the_greedy_ids_of_tp1():
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_no_decode_step_is_started_ahead_under_tp_even_when_forced(checkpoints, monkeypatch):
-    """A forecast step's replay deadlocked rank 0 on two GPUs: under tp the runner must keep
-    steps in order even when LMDEPLOY_DECODE_AHEAD=1 asks for them, and lose no token."""
+def test_decode_steps_started_ahead_under_tp_give_the_greedy_ids_of_tp1(checkpoints, monkeypatch):
+    """Rank 0 queues a forecast step's broadcast and replay before the current step's tokens
+    reach the host (on by default under CUDA graphs; forced here on the CPU): the other ranks
+    serve the calls in the same order and no token is lost or changed."""
     monkeypatch.setenv("LMDEPLOY_DECODE_AHEAD", "1")
     path = checkpoints["llama"]
     with pipeline(path, backend_config=_engine(2)) as pipe:
         split = [out.token_ids for out in pipe(PROMPTS, gen_config=GREEDY_64)]
-        assert pipe.service.engine.runner.ahead_counters.started == 0
+        counters = pipe.service.engine.runner.ahead_counters
+        assert counters.used >= 48  # of the batch's 63 decode steps
     monkeypatch.delenv("LMDEPLOY_DECODE_AHEAD")
     assert split == _greedy_ids(path, 1)
+
+
+class _GraphsCpuPlatform(CpuPlatform):
+    """The CPU with a yes to CUDA graphs: the builder's graphs decision, without a GPU."""
+
+    supports_graphs = True
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_0_captures_graphs_while_building(checkpoints, monkeypatch, rank):
+    """A rank > 0 that captured on its own ran its warm-up all-reduces against rank 0's CAPTURE
+    header broadcast: NCCL paired them and both ranks hung (seen on 2 H200s). The other ranks
+    capture when rank 0 announces it, from the step channel."""
+    captured = []
+    monkeypatch.setattr(
+        PytorchModelRunner, "capture_graphs", lambda self, *sizes: captured.append(tp_rank())
+    )
+    # This process plays one rank of two; a group of one carries the build's block agreement.
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    set_tp_group(rank, 2, None)
+    try:
+        source = ModelSource("hf", Path(checkpoints["llama"]), "tp-llama")
+        builder._build_rank(source, _engine(2), _GraphsCpuPlatform())
+    finally:
+        leave_group()
+    assert captured == ([0] if rank == 0 else [])

@@ -17,7 +17,7 @@ from ...loaders.checkpoint import Weights, open_checkpoint
 from ...loaders.model_source import ModelSource
 from ...loaders.peft_adapter import read_peft_adapter
 from .backends.cpu import gguf_float, gguf_linear
-from .distributed.parallel_state import local_kv_heads, tp_size
+from .distributed.parallel_state import local_kv_heads, tp_rank, tp_size
 from .distributed.step_channel import ModelBroadcaster, StepChannel, serve
 from .distributed.workers import (
     LocalWorkers,
@@ -290,7 +290,9 @@ def _build_rank(
         dtype,
         max_batch_size=max_batch_size,
         max_model_len=max_model_len,
-        use_cuda_graphs=use_graphs,
+        # Ranks other than 0 capture when rank 0 announces it (step_channel's CAPTURE), so
+        # the collectives of every rank's warm-up and capture pair up in one order.
+        use_cuda_graphs=use_graphs and tp_rank() == 0,
         num_cpu_blocks=config.num_cpu_blocks,
         peers=ModelBroadcaster(model, StepChannel(device)) if workers is not None else None,
         workers=workers,

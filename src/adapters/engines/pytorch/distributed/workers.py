@@ -61,8 +61,15 @@ def join_group(rdv: Rendezvous, rank: int, cuda_index: int | None = None) -> Non
 
 
 def leave_group() -> None:
+    """Leave without waiting on the other ranks. NCCL's graceful destroy finalizes each
+    communicator with its peers: rank 0 closing after a worker had exited (or been killed)
+    waited forever in it (seen on 2 H200s); an abort releases the same state at once."""
     reset_tp_group()
-    if dist.is_initialized():
+    if not dist.is_initialized():
+        return
+    if dist.get_backend() == "nccl":
+        _abort_collectives()
+    if dist.is_initialized():  # the abort deregisters every group; gloo still needs this
         dist.destroy_process_group()
 
 

@@ -93,10 +93,6 @@ class PytorchModelRunner:
         # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
         forced = os.environ.get("LMDEPLOY_DECODE_AHEAD")
         self.decodes_ahead = self.graphs is not None if forced is None else forced == "1"
-        # Under tensor parallelism a step started ahead deadlocked on 2 H200s (rank 0 blocked
-        # sending the forecast replay's header while the ranks' NCCL queues disagreed): off
-        # there until its ordering against the peers' collectives is proven.
-        self.decodes_ahead = self.decodes_ahead and peers is None
         self._ahead: AheadStep | None = None
         self.ahead_counters = AheadCounters()
 
