@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|tp|vlm ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
@@ -9,12 +9,14 @@
 #   FAMILIES="mixtral-8x7b qwen3-30b-a3b"  shapes of `families` (default: all of gpu_families.py's).
 #   HF_REQUESTS=N      requests transformers runs in `throughput` (default 64; 0 for ours only).
 #   LMDEPLOY_DECODE_AHEAD=0  the engine without decode steps started ahead (A/B runs).
+#   VLM_MODEL=llava-1.5-7b  the shape of `vlm` (default qwen2-vl-7b); without the default GGUF on the
+#                      device, LMDEPLOY_VLM_TOKENIZER=DIR names its saved tokenizer (gpu_vlm.py).
 #   GRAMMAR_MODEL=DIR  a local HF Llama directory with a tokenizer for `grammar` (random weights do).
 set -uo pipefail
 OUT=${OUT:-benchmark/results}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: a part may run from another directory
 TAG=${TAG:-}
 ROOT=$(cd "${LMDEPLOY_ROOT:-$PWD}" && pwd)
-mkdir -p "$OUT"
 if [ -d .whl ] && [ ! -d /tmp/site ]; then  # the device image lacks a few pure-Python dependencies
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
 fi
@@ -43,6 +45,8 @@ for part in "$@"; do
     lora_hook) python3 benchmark/gpu_lora_hook.py --output "$OUT/gpu_lora_hook$TAG.json" 2>&1 | tee "$OUT/gpu_lora_hook$TAG.log" ;;
     throughput) python3 benchmark/profile_throughput.py --device cuda --load-format dummy --model llama-3-8b \
         --hf-requests ${HF_REQUESTS:-64} --output "$OUT/profile_throughput_cuda$TAG.json" 2>&1 | tee "$OUT/profile_throughput_cuda$TAG.log" ;;
+    tp) (cd benchmark && python3 gpu_tp.py --requests 1000 --case-timeout 230 --output "$OUT/gpu_tp$TAG.json" 2>&1 | tee "$OUT/gpu_tp$TAG.log") ;;  # needs 2 GPUs
+    vlm) python3 benchmark/gpu_vlm.py --model ${VLM_MODEL:-qwen2-vl-7b} --out "$OUT/gpu_vlm$TAG.json" 2>&1 | tee "$OUT/gpu_vlm$TAG.log" ;;
     quant) python3 benchmark/gpu_quant.py --batch-sizes ${BATCHES:-1 64} \
         --output "$OUT/gpu_quant$TAG.json" 2>&1 | tee "$OUT/gpu_quant$TAG.log" ;;
   esac
