@@ -5,6 +5,9 @@
 `positions=None`, rows already gathered per token). q `[tokens, heads, dim]` and k
 `[tokens, kv_heads, dim]` may be strided views (e.g. slices of a fused qkv output).
 
+With `q_norm` / `k_norm` weights ([dim], Qwen3's q/k norm), each head is first RMS-normalized
+over its dim and scaled by the weight, in the same pass: the normalized heads never go to memory.
+
 Grid `(tokens,)`: each program loads its position's cos/sin row once and rotates every head of
 q and of k. Bytes = 2 * tokens * (heads + kv_heads) * dim * e + tokens * dim * 8 (cos/sin,
 fp32); FLOPs ~= 3 * tokens * (heads + kv_heads) * dim. Bandwidth-bound.
@@ -19,12 +22,22 @@ import triton.language as tl
 
 @triton.jit
 def _rotate_heads(x_ptr, out_ptr, row, num_heads, stride_t, stride_h, stride_ot, stride_oh,
-                  offs_h, offs_d, half, c1, c2, s1, s2):  # fmt: skip
-    """Rotate all heads of one token: x1 = x[:half], x2 = x[half:] (unit stride on dim)."""
+                  offs_h, offs_d, half, c1, c2, s1, s2, norm_ptr, eps,
+                  HAS_NORM: tl.constexpr):  # fmt: skip
+    """Rotate all heads of one token: x1 = x[:half], x2 = x[half:] (unit stride on dim); with
+    HAS_NORM, RMS-normalize each head and scale it by the weight at `norm_ptr` first."""
     mask = (offs_h[:, None] < num_heads) & (offs_d[None, :] < half)
     base = x_ptr + row * stride_t + offs_h[:, None] * stride_h + offs_d[None, :]
     x1 = tl.load(base, mask=mask, other=0.0).to(tl.float32)
     x2 = tl.load(base + half, mask=mask, other=0.0).to(tl.float32)
+    if HAS_NORM:
+        d_mask = offs_d < half
+        w1 = tl.load(norm_ptr + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        w2 = tl.load(norm_ptr + half + offs_d, mask=d_mask, other=0.0).to(tl.float32)
+        mean_sq = (tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)) / (2 * half)
+        inv_rms = tl.rsqrt(mean_sq + eps)[:, None]
+        x1 = x1 * inv_rms * w1[None, :]
+        x2 = x2 * inv_rms * w2[None, :]
     out1 = x1 * c1[None, :] - x2 * s1[None, :]
     out2 = x2 * c2[None, :] + x1 * s2[None, :]
     obase = out_ptr + row * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :]
@@ -54,7 +67,11 @@ def _rotary_kernel(
     stride_koh,
     stride_cos,
     stride_sin,
+    q_norm_ptr,
+    k_norm_ptr,
+    eps,
     HAS_POSITIONS: tl.constexpr,
+    HAS_NORM: tl.constexpr,
     BLOCK_HQ: tl.constexpr,
     BLOCK_HK: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -71,9 +88,11 @@ def _rotary_kernel(
     s1 = tl.load(sin_ptr + pos * stride_sin + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     s2 = tl.load(sin_ptr + pos * stride_sin + half + offs_d, mask=d_mask, other=0.0).to(tl.float32)
     _rotate_heads(q_ptr, q_out_ptr, row, num_heads, stride_qt, stride_qh, stride_qot, stride_qoh,
-                  tl.arange(0, BLOCK_HQ), offs_d, half, c1, c2, s1, s2)  # fmt: skip
+                  tl.arange(0, BLOCK_HQ), offs_d, half, c1, c2, s1, s2, q_norm_ptr, eps,
+                  HAS_NORM)  # fmt: skip
     _rotate_heads(k_ptr, k_out_ptr, row, num_kv_heads, stride_kt, stride_kh, stride_kot,
-                  stride_koh, tl.arange(0, BLOCK_HK), offs_d, half, c1, c2, s1, s2)  # fmt: skip
+                  stride_koh, tl.arange(0, BLOCK_HK), offs_d, half, c1, c2, s1, s2, k_norm_ptr,
+                  eps, HAS_NORM)  # fmt: skip
 
 
 def _unit_dim(t: torch.Tensor) -> torch.Tensor:
@@ -87,9 +106,11 @@ def rotary(
     sin: torch.Tensor,
     positions: torch.Tensor | None = None,
     inplace: bool = False,
+    qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [tokens, heads, dim]; k: [tokens, kv_heads, dim]; cos/sin: [max_positions, dim]
-    (fp32 usually) indexed by `positions` [tokens], or [tokens, dim] when positions is None.
+    (fp32 usually) indexed by `positions` [tokens], or [tokens, dim] when positions is None;
+    `qk_norm`: (q weight [dim], k weight [dim], eps) to RMS-normalize each head before rotating.
     Returns rotated (q, k); with inplace=True they are q and k themselves."""
     num_tokens, num_heads, head_dim = q.shape
     assert k.dim() == 3 and k.shape[0] == num_tokens and k.shape[2] == head_dim, (
@@ -110,6 +131,13 @@ def rotary(
     k_out = k if inplace else torch.empty_like(k, memory_format=torch.contiguous_format)
     if num_tokens == 0:
         return q_out, k_out
+    if qk_norm is not None:
+        assert qk_norm[0].shape == (head_dim,) and qk_norm[1].shape == (head_dim,), (
+            f"q/k norm weights must be [{head_dim}]"
+        )
+        q_norm, k_norm, eps = _unit_dim(qk_norm[0]), _unit_dim(qk_norm[1]), float(qk_norm[2])
+    else:
+        q_norm, k_norm, eps = cos, cos, 0.0  # unread
     half = head_dim // 2
     _rotary_kernel[(num_tokens,)](
         q,
@@ -132,7 +160,11 @@ def rotary(
         k_out.stride(1),
         cos.stride(0),
         sin.stride(0),
+        q_norm,
+        k_norm,
+        eps,
         HAS_POSITIONS=positions is not None,
+        HAS_NORM=qk_norm is not None,
         BLOCK_HQ=triton.next_power_of_2(num_heads),
         BLOCK_HK=triton.next_power_of_2(k.shape[1]),
         BLOCK_D=triton.next_power_of_2(half),
@@ -147,15 +179,20 @@ def rotary_ref(
     cos: torch.Tensor,
     sin: torch.Tensor,
     positions: torch.Tensor | None = None,
+    qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Plain torch, fp32 math, out of place."""
     if positions is not None:
         cos, sin = cos[positions.long()], sin[positions.long()]
     cos, sin = cos.float()[:, None, :], sin.float()[:, None, :]
 
-    def rot(x: torch.Tensor) -> torch.Tensor:
+    def rot(x: torch.Tensor, norm: torch.Tensor | None) -> torch.Tensor:
+        y = x.float()
+        if norm is not None:
+            y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + qk_norm[2]) * norm.float()
         half = x.shape[-1] // 2
-        rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1).float()
-        return (x.float() * cos + rotated * sin).to(x.dtype)
+        rotated = torch.cat([-y[..., half:], y[..., :half]], dim=-1)
+        return (y * cos + rotated * sin).to(x.dtype)
 
-    return rot(q), rot(k)
+    q_norm, k_norm = (qk_norm[0], qk_norm[1]) if qk_norm is not None else (None, None)
+    return rot(q, q_norm), rot(k, k_norm)

@@ -42,6 +42,31 @@ def test_matches_reference(num_tokens, heads, kv_heads, head_dim, dtype, inplace
         assert out_q.data_ptr() == q.data_ptr() and out_k.data_ptr() == k.data_ptr()
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("num_tokens", "heads", "kv_heads", "head_dim"), CASES[:4])
+def test_heads_rms_normalized_before_rotating_match_reference(
+    num_tokens, heads, kv_heads, head_dim, dtype
+):
+    """Qwen3's q/k norm in the same pass: each head over its dim, then scaled, then rotated."""
+    torch.manual_seed(2)
+    cos, sin = _tables(head_dim)
+    positions = torch.randint(0, cos.shape[0], (num_tokens,), device=DEVICE)
+    q = 3 * torch.randn(num_tokens, heads, head_dim, dtype=dtype, device=DEVICE)
+    k = torch.randn(num_tokens, kv_heads, head_dim, dtype=dtype, device=DEVICE)
+    norms = (
+        torch.rand(head_dim, dtype=dtype, device=DEVICE) + 0.5,
+        torch.rand(head_dim, dtype=dtype, device=DEVICE) + 0.5,
+        1e-6,
+    )
+    ref_q, ref_k = rotary_ref(q, k, cos, sin, positions, qk_norm=norms)
+    # The norm changes the result: a kernel that skipped it would not pass the checks below.
+    plain_q, _ = rotary_ref(q, k, cos, sin, positions)
+    assert not torch.allclose(plain_q.float(), ref_q.float(), atol=0.1)
+    out_q, out_k = rotary(q, k, cos, sin, positions, inplace=True, qk_norm=norms)
+    torch.testing.assert_close(out_q, ref_q, **TOL[dtype])
+    torch.testing.assert_close(out_k, ref_k, **TOL[dtype])
+
+
 def test_fused_qkv_views_in_place_match_engine():
     """q and k as views of one qkv output, rotated in place; cos/sin gathered per token
     (positions=None), as the engine passes them to apply_rotary."""

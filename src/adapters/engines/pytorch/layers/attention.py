@@ -28,6 +28,7 @@ from ..backends.torch_native.attention import (
 )
 from ..distributed.parallel_state import local_kv_heads, tp_size
 from .kv_rotation import rotation_for
+from .norm import RMSNorm
 from .rotary import rotate_qk
 
 
@@ -70,11 +71,13 @@ class Attention(nn.Module):
         sin: torch.Tensor,
         kv_cache: tuple[torch.Tensor, ...],
         meta: AttentionMetadata,
+        qk_norm: tuple[RMSNorm, RMSNorm] | None = None,
     ) -> torch.Tensor:
+        """`qk_norm`: the norms each query and key head goes through before rotary (Qwen3)."""
         k_cache, v_cache = kv_cache[0], kv_cache[1]
         scale_zero = (kv_cache[2], kv_cache[3]) if len(kv_cache) == 4 else None
         q, k, v, written = rotate_qk(
-            qkv, cos, sin, self.heads, (k_cache, v_cache), meta.slot_mapping
+            qkv, cos, sin, self.heads, (k_cache, v_cache), meta.slot_mapping, qk_norm
         )
         spin = rotation_for(k_cache, self.heads[2], q.dtype) if scale_zero is not None else None
         if spin is not None:  # an int4 cache (kv_rotation.py); never written by rotate_qk

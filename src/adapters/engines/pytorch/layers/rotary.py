@@ -28,12 +28,15 @@ as before; only a prefill step past M builds its own cos/sin per token (`RotaryT
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ..backends.cpu import ops as cpu_ops
 from ..backends.torch_native.ops import apply_rotary
+
+if TYPE_CHECKING:
+    from .norm import RMSNorm
 
 
 def _llama3_inv_freq(inv_freq: torch.Tensor, scaling: dict[str, Any]) -> torch.Tensor:
@@ -177,10 +180,12 @@ def rotate_qk(
     heads: tuple[int, int, int],
     kv_cache: tuple[torch.Tensor, torch.Tensor],
     slot_mapping: torch.Tensor,
+    qk_norm: tuple[RMSNorm, RMSNorm] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """q, k, v heads of qkv [tokens, (heads + 2 kv_heads) x head_dim], q and k rotated, for
-    `heads` = (num_heads, num_kv_heads, head_dim). On a CPU in float32 the C kernel also writes
-    k and v to their cache slots as it goes (the flag: already written)."""
+    `heads` = (num_heads, num_kv_heads, head_dim); with `qk_norm`, each q and k head goes
+    through its norm first (on CUDA in the rotary kernel's pass). On a CPU in float32 the C
+    kernel also writes k and v to their cache slots as it goes (the flag: already written)."""
     num_heads, num_kv_heads, head_dim = heads
     sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
     if qkv.is_cuda:
@@ -189,8 +194,15 @@ def rotate_qk(
         q, k, v = qkv.split(sizes, dim=-1)
         q = q.view(-1, num_heads, head_dim)
         k = k.view(-1, num_kv_heads, head_dim)
-        rotary_qk(q, k, cos, sin)
-    elif cpu_ops.available(qkv) and cpu_ops.rotary_write_kv(
+        norms = None
+        if qk_norm is not None:
+            q_norm, k_norm = qk_norm
+            norms = (q_norm.weight, k_norm.weight, q_norm.eps)
+        rotary_qk(q, k, cos, sin, norms)
+        return q, k, v.view(-1, num_kv_heads, head_dim), False
+    if qk_norm is not None:
+        _normalize_heads(qkv, sizes, head_dim, qk_norm)
+    if cpu_ops.available(qkv) and cpu_ops.rotary_write_kv(
         qkv, cos, sin, *kv_cache, slot_mapping, *heads
     ):
         # Split as heads: one view and one split (two aten ops fewer than views of a split).
@@ -198,9 +210,18 @@ def rotate_qk(
             [num_heads, num_kv_heads, num_kv_heads], dim=1
         )
         return q, k, v, True
-    else:
-        qk, v = qkv.split([sizes[0] + sizes[1], sizes[2]], dim=-1)
-        # One rotary pass over the query and key heads together.
-        qk = apply_rotary(qk.view(-1, num_heads + num_kv_heads, head_dim), cos, sin)
-        q, k = qk.split([num_heads, num_kv_heads], dim=1)
+    qk, v = qkv.split([sizes[0] + sizes[1], sizes[2]], dim=-1)
+    # One rotary pass over the query and key heads together.
+    qk = apply_rotary(qk.view(-1, num_heads + num_kv_heads, head_dim), cos, sin)
+    q, k = qk.split([num_heads, num_kv_heads], dim=1)
     return q, k, v.view(-1, num_kv_heads, head_dim), False
+
+
+def _normalize_heads(
+    qkv: torch.Tensor, sizes: list[int], head_dim: int, qk_norm: tuple[RMSNorm, RMSNorm]
+) -> None:
+    """Each query and key head of qkv through its norm, written back in place."""
+    tokens = qkv.shape[0]
+    q, k, _ = qkv.split(sizes, dim=-1)
+    for part, norm in zip((q, k), qk_norm, strict=True):
+        part.copy_(norm(part.reshape(-1, head_dim)).view(tokens, -1))

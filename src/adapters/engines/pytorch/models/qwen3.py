@@ -27,15 +27,11 @@ class Qwen3Attention(nn.Module):
         self.attn = Attention(
             heads, kv_heads, head_dim, sliding_window=cfg.sliding_window_of(layer)
         )
-        self.head_dim = head_dim
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
-        q, k, v = self.qkv_proj(x).split(self.qkv_proj.local_sizes, dim=-1)
-        tokens = x.shape[0]
-        q = self.q_norm(q.reshape(-1, self.head_dim)).view(tokens, -1)
-        k = self.k_norm(k.reshape(-1, self.head_dim)).view(tokens, -1)
-        qkv = torch.cat([q, k, v], dim=-1)
-        return self.o_proj(self.attn(qkv, cos, sin, kv_cache, meta))
+        qkv = self.qkv_proj(x)
+        qk_norm = (self.q_norm, self.k_norm)  # each query and key head, before the rotary
+        return self.o_proj(self.attn(qkv, cos, sin, kv_cache, meta, qk_norm))
 
 
 class Qwen3DecoderLayer(LlamaDecoderLayer):

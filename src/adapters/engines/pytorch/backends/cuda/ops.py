@@ -27,6 +27,13 @@ __all__ = [
 ]
 
 
-def rotary_qk(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """Rotate q [tokens, heads, dim] and k [tokens, kv_heads, dim] in place (cos/sin per token)."""
-    rotary(q, k, cos, sin, positions=None, inplace=True)
+def rotary_qk(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+) -> None:
+    """Rotate q [tokens, heads, dim] and k [tokens, kv_heads, dim] in place (cos/sin per token),
+    each head RMS-normalized first with `qk_norm` (q weight, k weight, eps)."""
+    rotary(q, k, cos, sin, positions=None, inplace=True, qk_norm=qk_norm)
