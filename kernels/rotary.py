@@ -7,6 +7,8 @@
 
 With `q_norm` / `k_norm` weights ([dim], Qwen3's q/k norm), each head is first RMS-normalized
 over its dim and scaled by the weight, in the same pass: the normalized heads never go to memory.
+With `kv_write`, the rotated key and the value also go to the token's slot of an unquantized
+paged cache (kv_cache_write.py's contract): one launch fewer a layer.
 
 Grid `(tokens,)`: each program loads its position's cos/sin row once and rotates every head of
 q and of k. Bytes = 2 * tokens * (heads + kv_heads) * dim * e + tokens * dim * 8 (cos/sin,
@@ -43,6 +45,15 @@ def _rotate_heads(x_ptr, out_ptr, row, num_heads, stride_t, stride_h, stride_ot,
     obase = out_ptr + row * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :]
     tl.store(obase, out1.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(obase + half, out2.to(out_ptr.dtype.element_ty), mask=mask)
+    return out1, out2, mask
+
+
+@triton.jit
+def _store_heads(ptr, slot, stride_slot, offs_h, offs_d, half, mask, x1, x2):
+    """Both halves of every head of one token into cache row `slot` (heads at unit dim)."""
+    base = ptr + slot * stride_slot + offs_h[:, None] * (2 * half) + offs_d[None, :]
+    tl.store(base, x1.to(ptr.dtype.element_ty), mask=mask)
+    tl.store(base + half, x2.to(ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -70,8 +81,16 @@ def _rotary_kernel(
     q_norm_ptr,
     k_norm_ptr,
     eps,
+    v_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slot_ptr,
+    stride_vt,
+    stride_vh,
+    stride_cache_slot,
     HAS_POSITIONS: tl.constexpr,
     HAS_NORM: tl.constexpr,
+    WRITE_KV: tl.constexpr,
     BLOCK_HQ: tl.constexpr,
     BLOCK_HK: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -90,9 +109,20 @@ def _rotary_kernel(
     _rotate_heads(q_ptr, q_out_ptr, row, num_heads, stride_qt, stride_qh, stride_qot, stride_qoh,
                   tl.arange(0, BLOCK_HQ), offs_d, half, c1, c2, s1, s2, q_norm_ptr, eps,
                   HAS_NORM)  # fmt: skip
-    _rotate_heads(k_ptr, k_out_ptr, row, num_kv_heads, stride_kt, stride_kh, stride_kot,
-                  stride_koh, tl.arange(0, BLOCK_HK), offs_d, half, c1, c2, s1, s2, k_norm_ptr,
-                  eps, HAS_NORM)  # fmt: skip
+    offs_hk = tl.arange(0, BLOCK_HK)
+    k1, k2, k_mask = _rotate_heads(k_ptr, k_out_ptr, row, num_kv_heads, stride_kt, stride_kh,
+                                   stride_kot, stride_koh, offs_hk, offs_d, half, c1, c2, s1, s2,
+                                   k_norm_ptr, eps, HAS_NORM)  # fmt: skip
+    if WRITE_KV:  # the rotated key and the value into the token's cache slot (-1: padding)
+        slot = tl.load(slot_ptr + row).to(tl.int64)
+        if slot >= 0:
+            _store_heads(k_cache_ptr, slot, stride_cache_slot, offs_hk, offs_d, half, k_mask,
+                         k1, k2)  # fmt: skip
+            v_base = v_ptr + row * stride_vt + offs_hk[:, None] * stride_vh + offs_d[None, :]
+            v1 = tl.load(v_base, mask=k_mask, other=0.0)
+            v2 = tl.load(v_base + half, mask=k_mask, other=0.0)
+            _store_heads(v_cache_ptr, slot, stride_cache_slot, offs_hk, offs_d, half, k_mask,
+                         v1, v2)  # fmt: skip
 
 
 def _unit_dim(t: torch.Tensor) -> torch.Tensor:
@@ -107,10 +137,14 @@ def rotary(
     positions: torch.Tensor | None = None,
     inplace: bool = False,
     qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    kv_write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """q: [tokens, heads, dim]; k: [tokens, kv_heads, dim]; cos/sin: [max_positions, dim]
     (fp32 usually) indexed by `positions` [tokens], or [tokens, dim] when positions is None;
-    `qk_norm`: (q weight [dim], k weight [dim], eps) to RMS-normalize each head before rotating.
+    `qk_norm`: (q weight [dim], k weight [dim], eps) to RMS-normalize each head before rotating;
+    `kv_write`: (v [tokens, kv_heads, dim], k_cache, v_cache, slot_mapping [tokens]) to also
+    write the rotated k and v into an unquantized paged cache [blocks, block_size, kv_heads,
+    dim] at each token's slot (-1 skips), as kv_cache_write does.
     Returns rotated (q, k); with inplace=True they are q and k themselves."""
     num_tokens, num_heads, head_dim = q.shape
     assert k.dim() == 3 and k.shape[0] == num_tokens and k.shape[2] == head_dim, (
@@ -138,6 +172,17 @@ def rotary(
         q_norm, k_norm, eps = _unit_dim(qk_norm[0]), _unit_dim(qk_norm[1]), float(qk_norm[2])
     else:
         q_norm, k_norm, eps = cos, cos, 0.0  # unread
+    if kv_write is not None:
+        v, k_cache, v_cache, slots = kv_write
+        assert v.shape == k.shape and v.stride(-1) == 1, "v must be k's shape, unit stride on dim"
+        assert k_cache.shape == v_cache.shape and k_cache.shape[2:] == k.shape[1:], (
+            f"caches [blocks, block_size, kv_heads, dim] must end in {tuple(k.shape[1:])}"
+        )
+        assert k_cache.is_contiguous() and v_cache.is_contiguous(), "caches must be contiguous"
+        assert slots.shape == (num_tokens,), "slot_mapping must be [num_tokens]"
+        slot_stride = k_cache.stride(1)
+    else:
+        v, k_cache, v_cache, slots, slot_stride = k, k, k, cos, 0  # unread
     half = head_dim // 2
     _rotary_kernel[(num_tokens,)](
         q,
@@ -163,8 +208,16 @@ def rotary(
         q_norm,
         k_norm,
         eps,
+        v,
+        k_cache,
+        v_cache,
+        slots,
+        v.stride(0),
+        v.stride(1),
+        slot_stride,
         HAS_POSITIONS=positions is not None,
         HAS_NORM=qk_norm is not None,
+        WRITE_KV=kv_write is not None,
         BLOCK_HQ=triton.next_power_of_2(num_heads),
         BLOCK_HK=triton.next_power_of_2(k.shape[1]),
         BLOCK_D=triton.next_power_of_2(half),

@@ -183,14 +183,14 @@ def paged_attention(
     scale_zero: ScaleZero | None = None,
 ) -> torch.Tensor:
     """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim].
-    `kv_written`: k and v are already in their cache slots (the CPU's fused rotary).
+    `kv_written`: k and v are already in their cache slots (the fused rotary kernels).
     `scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache."""
     window, cap = opts.sliding_window, opts.logit_softcap
     if q.is_cuda:
         from ..backends.cuda.attention import paged_attention_cuda  # Triton: only where it runs
 
         return paged_attention_cuda(
-            q, k, v, k_cache, v_cache, meta, opts.scale, window, cap, scale_zero
+            q, k, v, k_cache, v_cache, meta, opts.scale, window, cap, scale_zero, kv_written
         )
     if not kv_written:
         write_kv(k_cache, v_cache, k, v, meta.slot_mapping, scale_zero)

@@ -184,22 +184,13 @@ def rotate_qk(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
     """q, k, v heads of qkv [tokens, (heads + 2 kv_heads) x head_dim], q and k rotated, for
     `heads` = (num_heads, num_kv_heads, head_dim); with `qk_norm`, each q and k head goes
-    through its norm first (on CUDA in the rotary kernel's pass). On a CPU in float32 the C
-    kernel also writes k and v to their cache slots as it goes (the flag: already written)."""
+    through its norm first (on CUDA in the rotary kernel's pass). Where the cache is stored
+    unquantized, the CUDA kernel and the CPU's C kernel (float32) also write k and v to their
+    cache slots as they go (the flag: already written)."""
     num_heads, num_kv_heads, head_dim = heads
     sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
     if qkv.is_cuda:
-        from ..backends.cuda.ops import rotary_qk  # Triton: imported only where it runs
-
-        q, k, v = qkv.split(sizes, dim=-1)
-        q = q.view(-1, num_heads, head_dim)
-        k = k.view(-1, num_kv_heads, head_dim)
-        norms = None
-        if qk_norm is not None:
-            q_norm, k_norm = qk_norm
-            norms = (q_norm.weight, k_norm.weight, q_norm.eps)
-        rotary_qk(q, k, cos, sin, norms)
-        return q, k, v.view(-1, num_kv_heads, head_dim), False
+        return rotate_qk_triton(qkv, cos, sin, heads, kv_cache, slot_mapping, qk_norm)
     if qk_norm is not None:
         _normalize_heads(qkv, sizes, head_dim, qk_norm)
     if cpu_ops.available(qkv) and cpu_ops.rotary_write_kv(
@@ -215,6 +206,32 @@ def rotate_qk(
     qk = apply_rotary(qk.view(-1, num_heads + num_kv_heads, head_dim), cos, sin)
     q, k = qk.split([num_heads, num_kv_heads], dim=1)
     return q, k, v.view(-1, num_kv_heads, head_dim), False
+
+
+def rotate_qk_triton(
+    qkv: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    heads: tuple[int, int, int],
+    kv_cache: tuple[torch.Tensor, torch.Tensor],
+    slot_mapping: torch.Tensor,
+    qk_norm: tuple[RMSNorm, RMSNorm] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, bool]:
+    """`rotate_qk` through the Triton kernel (CUDA's path; any device under TRITON_INTERPRET):
+    q/k norms, rotation and, for an unquantized cache, the K/V write in one launch."""
+    from ..backends.cuda.ops import rotary_qk  # Triton: imported only where it runs
+
+    num_heads, num_kv_heads, head_dim = heads
+    sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
+    q, k, v = (x.view(qkv.shape[0], -1, head_dim) for x in qkv.split(sizes, dim=-1))
+    norms = None
+    if qk_norm is not None:
+        q_norm, k_norm = qk_norm
+        norms = (q_norm.weight, k_norm.weight, q_norm.eps)
+    k_cache, v_cache = kv_cache
+    writes = k_cache.dtype == qkv.dtype  # a quantized cache is written by its own kernel
+    rotary_qk(q, k, cos, sin, norms, (v, k_cache, v_cache, slot_mapping) if writes else None)
+    return q, k, v, writes
 
 
 def _normalize_heads(

@@ -26,13 +26,16 @@ def paged_attention_cuda(
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
     scale_zero: tuple[torch.Tensor, torch.Tensor] | None = None,
+    kv_written: bool = False,
 ) -> torch.Tensor:
     """`scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache, whose bits a
-    value follow from its last dim against the head dim (kernels/kv_quant.py)."""
+    value follow from its last dim against the head dim (kernels/kv_quant.py); `kv_written`:
+    the rotary kernel already wrote k and v to their slots."""
     bits = 0 if scale_zero is None else k_cache.shape[-1] * 8 // q.shape[-1]
     k_sz, v_sz = scale_zero or (None, None)
     quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
-    kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping, **quant)
+    if not kv_written:
+        kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping, **quant)
     window = dict(sliding_window=sliding_window, logit_softcap=logit_softcap)
     if meta.is_decode:
         return paged_decode_attention(

@@ -33,7 +33,9 @@ def rotary_qk(
     cos: torch.Tensor,
     sin: torch.Tensor,
     qk_norm: tuple[torch.Tensor, torch.Tensor, float] | None = None,
+    kv_write: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Rotate q [tokens, heads, dim] and k [tokens, kv_heads, dim] in place (cos/sin per token),
-    each head RMS-normalized first with `qk_norm` (q weight, k weight, eps)."""
-    rotary(q, k, cos, sin, positions=None, inplace=True, qk_norm=qk_norm)
+    each head RMS-normalized first with `qk_norm` (q weight, k weight, eps); with `kv_write`
+    (v, k_cache, v_cache, slot_mapping) the rotated k and v also go to their cache slots."""
+    rotary(q, k, cos, sin, positions=None, inplace=True, qk_norm=qk_norm, kv_write=kv_write)
