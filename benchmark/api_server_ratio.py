@@ -1,0 +1,141 @@
+"""The api_server against the offline pipeline on the same requests: output tok/s of N streaming
+chat completions at C concurrent clients over HTTP, as a fraction of `pipe()`'s output tok/s on
+the same prompts and lengths in the same run (the serving issue's row: >= 85% at 256 streams on
+the H200). What the ratio charges to the server: HTTP, the chat template per request,
+detokenization and SSE framing, and the event loop they share.
+
+    python benchmark/api_server_ratio.py [--model llama-3-8b] [--num-prompts 1000] [--concurrency 256]
+    python benchmark/api_server_ratio.py --device cpu --tiny --num-prompts 32 --concurrency 8  # smoke
+
+The model is a shipped dummy shape (random weights) with the embedded default model's tokenizer
+(from its GGUF, or `LMDEPLOY_VLM_TOKENIZER=DIR` where it was saved; its vocabulary sets the
+embedding's rows), so both runs detokenize real text. The offline run goes first in this
+process and is closed before the server starts, each with the whole GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).parent))
+from gpu_families import tiny_config  # noqa: E402
+from gpu_vlm import base_tokenizer  # noqa: E402
+from profile_restful_api import make_workload, print_report, run  # noqa: E402
+
+from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
+from lmdeploy.adapters.engines.pytorch.distributed.workers import free_port  # noqa: E402
+from lmdeploy.adapters.loaders import dummy  # noqa: E402
+
+
+def write_model(name: str, directory: Path, tiny: bool) -> None:
+    tokenizer = base_tokenizer()
+    cfg = dummy.shipped_config(name)
+    if cfg is None:
+        raise SystemExit(f"{name} is not a shipped shape: one of {sorted(dummy.SHIPPED_CONFIGS)}")
+    cfg = tiny_config(cfg) if tiny else cfg | {"vocab_size": len(tokenizer)}
+    cfg |= {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    (directory / "config.json").write_text(json.dumps(cfg))
+    tokenizer.save_pretrained(directory)
+
+
+def offline(path: str, args: argparse.Namespace, workload: list[tuple[str, int]]) -> dict:
+    config = PytorchEngineConfig(
+        device_type=args.device,
+        load_format="dummy",
+        session_len=args.session_len,
+        max_batch_size=args.concurrency,
+    )
+    with pipeline(path, backend_config=config) as pipe:
+        warm = GenerationConfig(max_new_tokens=4, ignore_eos=True)
+        pipe([[{"role": "user", "content": workload[0][0]}]], gen_config=warm)
+        prompts = [[{"role": "user", "content": p}] for p, _ in workload]
+        gens = [
+            GenerationConfig(max_new_tokens=n, ignore_eos=True, do_sample=False)
+            for _, n in workload
+        ]
+        start = time.perf_counter()
+        outs = pipe(prompts, gen_config=gens)
+        elapsed = time.perf_counter() - start
+    tokens = sum(o.generate_token_len for o in outs)
+    return {"elapsed_s": elapsed, "output_tokens": tokens, "output_tokens_per_s": tokens / elapsed}
+
+
+def serve(path: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    # The console script's function: the GPU image imports the checkout without installing it.
+    cli = "from lmdeploy.infrastructure.entrypoint import main; main()"
+    command = [sys.executable, "-c", cli, "serve", "api_server", path, "--backend", "pytorch"]
+    command += ["--server-port", str(port), "--device", args.device, "--load-format", "dummy"]
+    command += ["--session-len", str(args.session_len), "--max-batch-size", str(args.concurrency)]
+    command += ["--log-level", "WARNING"]
+    server = subprocess.Popen(command)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + args.startup_timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the api_server exited with {server.returncode} before it answered")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return server, url
+        except httpx.HTTPError:
+            pass
+        time.sleep(1)
+    server.kill()
+    raise SystemExit(f"the api_server did not answer /health within {args.startup_timeout} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="llama-3-8b", help="a shipped dummy shape")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="the shape shrunk to 2 layers: a smoke run")
+    ap.add_argument("--num-prompts", type=int, default=1000)
+    ap.add_argument("--concurrency", type=int, default=256)
+    ap.add_argument("--min-input", type=int, default=50)
+    ap.add_argument("--max-input", type=int, default=400)
+    ap.add_argument("--min-output", type=int, default=50)
+    ap.add_argument("--max-output", type=int, default=350)
+    ap.add_argument("--session-len", type=int, default=4096)
+    ap.add_argument("--startup-timeout", type=float, default=600)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--output", default="benchmark/results/api_server_ratio.json")
+    args = ap.parse_args()
+    lengths = (args.min_input, args.max_input, args.min_output, args.max_output)
+    workload = make_workload(args.num_prompts, args.seed, *lengths)
+    with tempfile.TemporaryDirectory() as tmp:
+        write_model(args.model, Path(tmp), args.tiny)
+        ours = offline(tmp, args, workload)
+        print(f"offline pipeline     {ours['output_tokens_per_s']:8.1f} tok/s", flush=True)
+        server, url = serve(tmp, args)
+        try:
+            client_args = argparse.Namespace(
+                url=url, api_key=None, model=None, timeout=1800, concurrency=args.concurrency,
+                num_prompts=args.num_prompts, seed=args.seed, min_input=args.min_input,
+                max_input=args.max_input, min_output=args.min_output, max_output=args.max_output,
+            )  # fmt: skip
+            asyncio.run(run(argparse.Namespace(**{**vars(client_args), "num_prompts": 2})))
+            served = asyncio.run(run(client_args))
+        finally:
+            server.terminate()
+            server.wait(timeout=60)
+    print_report(served)
+    ratio = served["output_tokens_per_s"] / ours["output_tokens_per_s"]
+    print(f"api_server / offline {ratio:8.3f} (target >= 0.85 at 256 streams on the H200)")
+    result = {"args": vars(args), "offline": ours, "api_server": served, "ratio": ratio}
+    if os.path.dirname(args.output):
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
