@@ -4,6 +4,7 @@ device and dtype, load weights, size and allocate the cache."""
 from __future__ import annotations
 
 import logging
+import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -298,8 +299,25 @@ def _build_rank(
         workers=workers,
         quant_policy=config.quant_policy,
         lora=lora,
+        cpu_fused_decode=_cpu_fused_decode(config, device, dtype, lora),
     )
     return BuiltModel(runner, model_cfg)
+
+
+def _cpu_fused_decode(
+    config: PytorchEngineConfig, device: torch.device, dtype: torch.dtype, lora: AdapterPool | None
+) -> bool:
+    """Whether one sequence's decode steps may run their layers in one C call (the runner
+    still checks the model's layout): a CPU in float32 at tp=1, without LoRA or a quantized KV
+    cache; `LMDEPLOY_CPU_FUSED_DECODE=0` keeps the layer-by-layer path (A/B runs)."""
+    return (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and config.tp == 1
+        and lora is None
+        and config.quant_policy == 0
+        and os.environ.get("LMDEPLOY_CPU_FUSED_DECODE", "1") != "0"
+    )
 
 
 def _adapter_pool(

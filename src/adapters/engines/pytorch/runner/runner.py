@@ -23,6 +23,7 @@ from ..sampling.grammar_mask import GrammarMask
 from ..sampling.logits_processing import LogitsProcessorHook, wants_processors
 from ..sampling.sampler import sample, top_logprobs
 from .cache_swap import CacheSwapper
+from .cpu_decode_step import CpuDecodeStep
 from .cuda_graph import DecodeGraphs
 from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
 from .image_rows import gather_image_rows, touches_images
@@ -48,11 +49,13 @@ class PytorchModelRunner:
         workers: WatchedWorkers | None = None,
         quant_policy: int = 0,
         lora: AdapterPool | None = None,
+        cpu_fused_decode: bool = False,
     ) -> None:
         """`peers`: on rank 0 of a tensor-parallel group, `model` wrapped so that each call
         reaches the other ranks first (distributed/step_channel.py); `workers`: the other
         ranks' processes, watched. `quant_policy` 8 or 4 stores the KV cache as int8 / int4
-        (runner/kv_cache.py)."""
+        (runner/kv_cache.py). `cpu_fused_decode`: one sequence's decode steps run the decoder
+        layers in one C call where the model fits it (runner/cpu_decode_step.py)."""
         cfg = model.config
         self.lora = lora
         self.max_batch_size = max_batch_size
@@ -82,6 +85,7 @@ class PytorchModelRunner:
             device,
             cfg.mrope_section,
         )
+        self.cpu_step = CpuDecodeStep(model, self.kv_caches) if cpu_fused_decode else None
         self.graphs: DecodeGraphs | None = None
         if use_cuda_graphs:  # the builder asked the platform whether it can
             max_blocks = -(-max_len // block_size)
@@ -229,7 +233,9 @@ class PytorchModelRunner:
             self.lora.prepare(plan)
         image_rows = gather_image_rows(plan, self.device)
         if image_rows is None:
-            hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
+            hidden = self.cpu_step.run(input_ids, cos, sin, meta) if self.cpu_step else None
+            if hidden is None:
+                hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
         else:
             hidden = self.model(input_ids, cos, sin, self.kv_caches, meta, image_rows)
         if meta.cu_seqlens_q is not None:

@@ -56,8 +56,10 @@ def _source_flags(text: str) -> list[str]:
 def _build(source: Path, compiler: str, extra_flags: tuple[str, ...]) -> Path:
     text = source.read_text()
     flags = _FLAGS + _source_flags(text) + list(extra_flags)
+    # The shared headers are part of every source: a changed prototype rebuilds them all.
+    headers = "".join(path.read_text() for path in sorted(source.parent.glob("*.h")))
     digest = hashlib.sha256(
-        text.encode() + " ".join(flags).encode() + _cpu_signature().encode()
+        (text + headers).encode() + " ".join(flags).encode() + _cpu_signature().encode()
     ).hexdigest()[:16]
     target = _cache_dir() / f"{source.stem}-{digest}.so"
     if target.exists():

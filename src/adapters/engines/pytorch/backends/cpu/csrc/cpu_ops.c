@@ -15,6 +15,8 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+
+#include "decode_parts.h"
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
@@ -22,59 +24,67 @@
 /* Below this many elements a parallel region costs more than it saves (decode steps). */
 #define PARALLEL_MIN (1 << 16)
 
-/* Per row: x = residual + h (stored back into residual), or x = h when residual is NULL;
+add_rms_norm_row_fn add_rms_norm_row_f32;
+/* One row: x = residual + h (stored back into residual), or x = h when residual is NULL;
  * out = weight * (x * 1 / sqrt(mean(x^2) + eps)). */
+void add_rms_norm_row_f32(const float *h, float *residual, const float *weight, float *out,
+                          int64_t dim, float eps) {
+    const float *x = h;
+    if (residual != NULL) {
+#pragma omp simd
+        for (int64_t d = 0; d < dim; ++d) residual[d] = residual[d] + h[d];
+        x = residual;
+    }
+    double squares = 0.0;
+#pragma omp simd reduction(+ : squares)
+    for (int64_t d = 0; d < dim; ++d) squares += (double)x[d] * (double)x[d];
+    const float inv = 1.0f / sqrtf((float)(squares / (double)dim) + eps);
+#pragma omp simd
+    for (int64_t d = 0; d < dim; ++d) out[d] = weight[d] * (x[d] * inv);
+}
+
 void add_rms_norm_f32(const float *h, float *residual, const float *weight, float *out,
                       int64_t rows, int64_t dim, float eps, int num_threads) {
 #pragma omp parallel for num_threads(num_threads) if (rows * dim >= PARALLEL_MIN) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-        const float *x = h + r * dim;
-        if (residual != NULL) {
-            float *res = residual + r * dim;
+    for (int64_t r = 0; r < rows; ++r)
+        add_rms_norm_row_f32(h + r * dim, residual == NULL ? NULL : residual + r * dim, weight,
+                             out + r * dim, dim, eps);
+}
+
+rotary_write_kv_row_fn rotary_write_kv_row_f32;
+/* One token's row of q | k | v heads: rotates the q and k heads in place (rotate-half:
+ * x1 * cos - x2 * sin, x2 * cos + x1 * sin), then copies its k and v heads to cache slot
+ * `slot` (< 0: none) of caches [slots, kv_heads * dim]. */
+void rotary_write_kv_row_f32(float *row, const float *c, const float *s, int64_t slot,
+                             float *k_cache, float *v_cache, int64_t heads, int64_t kv_heads,
+                             int64_t dim) {
+    const int64_t half = dim / 2, kv_width = kv_heads * dim;
+    for (int64_t h = 0; h < heads + kv_heads; ++h) {
+        float *x = row + h * dim;
 #pragma omp simd
-            for (int64_t d = 0; d < dim; ++d) res[d] = res[d] + x[d];
-            x = res;
+        for (int64_t i = 0; i < half; ++i) {
+            const float x1 = x[i], x2 = x[i + half];
+            x[i] = x1 * c[i] - x2 * s[i];
+            x[i + half] = x2 * c[i + half] + x1 * s[i + half];
         }
-        double squares = 0.0;
-#pragma omp simd reduction(+ : squares)
-        for (int64_t d = 0; d < dim; ++d) squares += (double)x[d] * (double)x[d];
-        const float inv = 1.0f / sqrtf((float)(squares / (double)dim) + eps);
-        float *o = out + r * dim;
-#pragma omp simd
-        for (int64_t d = 0; d < dim; ++d) o[d] = weight[d] * (x[d] * inv);
+    }
+    if (slot >= 0) {
+        memcpy(k_cache + slot * kv_width, row + heads * dim, sizeof(float) * kv_width);
+        memcpy(v_cache + slot * kv_width, row + (heads + kv_heads) * dim, sizeof(float) * kv_width);
     }
 }
 
-/* qkv: [tokens, (heads + 2 * kv_heads) * dim] with row stride qkv_stride, q | k | v per row.
- * Rotates the q and k heads in place (rotate-half: x1 * cos - x2 * sin, x2 * cos + x1 * sin),
- * then copies each token's k and v heads to its cache slot (slot < 0: none).
- * cos, sin: [tokens, dim] with row stride cs_stride; caches: [slots, kv_heads * dim]. */
+/* qkv: [tokens, (heads + 2 * kv_heads) * dim] with row stride qkv_stride, q | k | v per row;
+ * cos, sin: [tokens, dim] with row stride cs_stride; slots: each token's cache slot. */
 void rotary_write_kv_f32(float *qkv, int64_t qkv_stride, const float *cos, const float *sin,
                          int64_t cs_stride, const int64_t *slots, float *k_cache, float *v_cache,
                          int64_t tokens, int64_t heads, int64_t kv_heads, int64_t dim,
                          int num_threads) {
-    const int64_t half = dim / 2, kv_width = kv_heads * dim;
 #pragma omp parallel for num_threads(num_threads) \
     if (tokens * (heads + kv_heads) * dim >= PARALLEL_MIN) schedule(static)
-    for (int64_t t = 0; t < tokens; ++t) {
-        float *row = qkv + t * qkv_stride;
-        const float *c = cos + t * cs_stride, *s = sin + t * cs_stride;
-        for (int64_t h = 0; h < heads + kv_heads; ++h) {
-            float *x = row + h * dim;
-#pragma omp simd
-            for (int64_t i = 0; i < half; ++i) {
-                const float x1 = x[i], x2 = x[i + half];
-                x[i] = x1 * c[i] - x2 * s[i];
-                x[i + half] = x2 * c[i + half] + x1 * s[i + half];
-            }
-        }
-        const int64_t slot = slots[t];
-        if (slot >= 0) {
-            memcpy(k_cache + slot * kv_width, row + heads * dim, sizeof(float) * kv_width);
-            memcpy(v_cache + slot * kv_width, row + (heads + kv_heads) * dim,
-                   sizeof(float) * kv_width);
-        }
-    }
+    for (int64_t t = 0; t < tokens; ++t)
+        rotary_write_kv_row_f32(qkv + t * qkv_stride, cos + t * cs_stride, sin + t * cs_stride,
+                                slots[t], k_cache, v_cache, heads, kv_heads, dim);
 }
 
 /* SiLU-and-mul over 8 lanes with its own e^x (libm's expf is a call per element): x = n ln2 + r
@@ -98,24 +108,27 @@ static inline __m256 exp8(__m256 x) {
 
 static inline float silu_mul(float x, float up) { return x / (1.f + expf(-x)) * up; }
 
+silu_and_mul_columns_fn silu_and_mul_columns_f32;
+/* out[j] = silu(gate[j]) * up[j] for j in [j0, j1). */
+void silu_and_mul_columns_f32(const float *g, const float *u, float *o, int64_t j0, int64_t j1) {
+    int64_t j = j0;
+#ifdef __AVX2__
+    const __m256 one = _mm256_set1_ps(1.f), lo = _mm256_set1_ps(-88.f), hi = _mm256_set1_ps(88.f);
+    for (; j + 8 <= j1; j += 8) {
+        const __m256 x = _mm256_loadu_ps(g + j);
+        const __m256 neg = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), lo), hi);
+        const __m256 silu = _mm256_div_ps(x, _mm256_add_ps(one, exp8(neg)));
+        _mm256_storeu_ps(o + j, _mm256_mul_ps(silu, _mm256_loadu_ps(u + j)));
+    }
+#endif
+    for (; j < j1; ++j) o[j] = silu_mul(g[j], u[j]);
+}
+
 /* gate_up: [rows, 2 * inter] (gate | up); out: [rows, inter] = silu(gate) * up. */
 void silu_and_mul_f32(const float *gate_up, float *out, int64_t rows, int64_t inter,
                       int num_threads) {
 #pragma omp parallel for num_threads(num_threads) if (rows * inter >= PARALLEL_MIN) schedule(static)
-    for (int64_t r = 0; r < rows; ++r) {
-        const float *g = gate_up + r * 2 * inter, *u = g + inter;
-        float *o = out + r * inter;
-        int64_t j = 0;
-#ifdef __AVX2__
-        const __m256 one = _mm256_set1_ps(1.f), lo = _mm256_set1_ps(-88.f),
-                     hi = _mm256_set1_ps(88.f);
-        for (; j + 8 <= inter; j += 8) {
-            const __m256 x = _mm256_loadu_ps(g + j);
-            const __m256 neg = _mm256_min_ps(_mm256_max_ps(_mm256_sub_ps(_mm256_setzero_ps(), x), lo), hi);
-            const __m256 silu = _mm256_div_ps(x, _mm256_add_ps(one, exp8(neg)));
-            _mm256_storeu_ps(o + j, _mm256_mul_ps(silu, _mm256_loadu_ps(u + j)));
-        }
-#endif
-        for (; j < inter; ++j) o[j] = silu_mul(g[j], u[j]);
-    }
+    for (int64_t r = 0; r < rows; ++r)
+        silu_and_mul_columns_f32(gate_up + r * 2 * inter, gate_up + r * 2 * inter + inter,
+                                 out + r * inter, 0, inter);
 }

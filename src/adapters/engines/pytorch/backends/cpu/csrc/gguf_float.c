@@ -18,6 +18,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <omp.h>
+
+#include "decode_parts.h"
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -216,16 +220,18 @@ tile_dot(int qtype, const uint8_t *w, int64_t nb, const float *const *x, int R, 
     default: tile_dot(QT, wrow, nb, xs, 1, out); break;                       \
     }
 
-/* Decode: each weight row read once, dequantized in registers, for all (<= TILE) rows. */
-static void matmul_few_rows(int qtype, const uint8_t *w, int64_t n, int64_t k, const float *x,
-                            int64_t x_stride, int64_t rows, const float *bias, float *y,
-                            int64_t y_stride, int num_threads) {
+/* Columns [col0, col1) of a decode step's (<= TILE) rows: each weight row read once,
+ * dequantized in registers, for all rows. The unit of work of matmul_few_rows's threads, and
+ * of fused_decode.c's. */
+gguf_float_columns_fn gguf_float_columns;
+void gguf_float_columns(int qtype, const uint8_t *w, int64_t k, const float *x, int64_t x_stride,
+                        int64_t rows, const float *bias, float *y, int64_t y_stride, int64_t col0,
+                        int64_t col1) {
     const int64_t nb = k / QK, row_bytes = nb * block_bytes(qtype);
     const float *xs[TILE];
     for (int r = 0; r < rows; ++r) xs[r] = x + r * x_stride;
     const int R = (int)rows;
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t col = 0; col < n; ++col) {
+    for (int64_t col = col0; col < col1; ++col) {
         const uint8_t *wrow = w + col * row_bytes;
         float out[TILE];
         /* The type is a constant in each branch, so each inlines to its own loop. */
@@ -238,6 +244,17 @@ static void matmul_few_rows(int qtype, const uint8_t *w, int64_t n, int64_t k, c
         }
         const float b = bias ? bias[col] : 0.f;
         for (int r = 0; r < R; ++r) y[r * y_stride + col] = out[r] + b;
+    }
+}
+
+static void matmul_few_rows(int qtype, const uint8_t *w, int64_t n, int64_t k, const float *x,
+                            int64_t x_stride, int64_t rows, const float *bias, float *y,
+                            int64_t y_stride, int num_threads) {
+#pragma omp parallel num_threads(num_threads)
+    {
+        int64_t col0, col1;
+        thread_share(n, omp_get_thread_num(), omp_get_num_threads(), &col0, &col1);
+        gguf_float_columns(qtype, w, k, x, x_stride, rows, bias, y, y_stride, col0, col1);
     }
 }
 

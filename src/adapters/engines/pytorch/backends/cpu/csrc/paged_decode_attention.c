@@ -31,6 +31,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "decode_parts.h"
+
 static inline float dot(const float *a, const float *b, int64_t n) {
     float sum = 0.f;
 #pragma omp simd reduction(+ : sum)
@@ -43,10 +45,12 @@ static inline float dot(const float *a, const float *b, int64_t n) {
  * head of a sequence in one item, a block's rows are read front to back (one sequential
  * stream the hardware prefetcher follows), where one item per KV head read 1/kv_heads of
  * each row at a stride and ran at a fraction of the memory bandwidth once K/V left the cache. */
-static void attend(const float *q, const float *k_cache, const float *v_cache,
-                   const int64_t *table, int64_t first, int64_t end, int64_t h0, int64_t h1,
-                   int64_t group, int64_t head_dim, int64_t block_size, int64_t token_stride,
-                   float scale, float softcap, float *scores, float *out) {
+paged_decode_attend_fn paged_decode_attend_f32; /* exported: fused_decode.c calls it per thread */
+void paged_decode_attend_f32(const float *q, const float *k_cache, const float *v_cache,
+                             const int64_t *table, int64_t first, int64_t end, int64_t h0,
+                             int64_t h1, int64_t group, int64_t head_dim, int64_t block_size,
+                             int64_t token_stride, float scale, float softcap, float *scores,
+                             float *out) {
     const int64_t block_stride = block_size * token_stride;
     const int64_t rows = (h1 - h0) * group; /* query heads of this item, in order */
     const int64_t len = end - first;          /* tokens [first, end) are attended */
@@ -122,10 +126,11 @@ int paged_decode_attention_f32(const float *q, int64_t q_token_stride, const flo
                 const int64_t h0 = part * heads_per_item, end = context_lens[s];
                 const int64_t first =
                     sliding_window > 0 && end > sliding_window ? end - sliding_window : 0;
-                attend(q + s * q_token_stride + h0 * group * head_dim, k_cache, v_cache,
-                       block_tables + s * max_blocks, first, end, h0, h0 + heads_per_item,
-                       group, head_dim, block_size, token_stride, scale, softcap, scores,
-                       out + (s * num_heads + h0 * group) * head_dim);
+                paged_decode_attend_f32(
+                    q + s * q_token_stride + h0 * group * head_dim, k_cache, v_cache,
+                    block_tables + s * max_blocks, first, end, h0, h0 + heads_per_item, group,
+                    head_dim, block_size, token_stride, scale, softcap, scores,
+                    out + (s * num_heads + h0 * group) * head_dim);
             }
         free(scores);
     }

@@ -14,6 +14,10 @@
 #include <stdint.h>
 #include <string.h>
 
+#include <omp.h>
+
+#include "decode_parts.h"
+
 #define LANES 16
 #define ROWS 16
 #define TILE 6
@@ -59,16 +63,21 @@ static void tile(const float *xt, int64_t row0, const float *w, int64_t k, float
     EACH_ROW(STORE);
 }
 
-/* x: [rows, k] with row stride x_stride, 1 <= rows <= 16; packed: from pack_panels_f32;
- * y: [rows, n] contiguous; scratch: 16 * k floats (x transposed, zero rows past `rows`). */
-void skinny_gemm_f32(const float *x, int64_t x_stride, const float *packed, float *y,
-                     float *scratch, int64_t rows, int64_t n, int64_t k, int num_threads) {
+skinny_transpose_fn skinny_transpose_f32;
+/* x: [rows, k] with row stride x_stride, 1 <= rows <= 16, into scratch: 16 * k floats (x
+ * transposed, zero rows past `rows`). */
+void skinny_transpose_f32(const float *x, int64_t x_stride, int64_t rows, int64_t k,
+                          float *scratch) {
     memset(scratch, 0, sizeof(float) * ROWS * k);
     for (int64_t m = 0; m < rows; ++m)
         for (int64_t kk = 0; kk < k; ++kk) scratch[kk * ROWS + m] = x[m * x_stride + kk];
-    const int64_t panels = (n + LANES - 1) / LANES;
-#pragma omp parallel for num_threads(num_threads) schedule(static)
-    for (int64_t p = 0; p < panels; ++p) {
+}
+
+skinny_panels_fn skinny_panels_f32;
+/* Panels [p0, p1) of y [rows, n] (contiguous) from the transposed input: a thread's work. */
+void skinny_panels_f32(const float *scratch, const float *packed, float *y, int64_t rows,
+                       int64_t n, int64_t k, int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
         const int64_t cols = n - p * LANES < LANES ? n - p * LANES : LANES;
         float acc[TILE][LANES];
         for (int64_t row0 = 0; row0 < rows; row0 += TILE) {
@@ -79,5 +88,19 @@ void skinny_gemm_f32(const float *x, int64_t x_stride, const float *packed, floa
             for (int64_t m = row0; m < rows && m < row0 + TILE; ++m)
                 memcpy(y + m * n + p * LANES, acc[m - start], sizeof(float) * cols);
         }
+    }
+}
+
+/* x: [rows, k] with row stride x_stride, 1 <= rows <= 16; packed: from pack_panels_f32;
+ * y: [rows, n] contiguous; scratch: 16 * k floats. Panels are split over the threads. */
+void skinny_gemm_f32(const float *x, int64_t x_stride, const float *packed, float *y,
+                     float *scratch, int64_t rows, int64_t n, int64_t k, int num_threads) {
+    skinny_transpose_f32(x, x_stride, rows, k, scratch);
+    const int64_t panels = (n + LANES - 1) / LANES;
+#pragma omp parallel num_threads(num_threads)
+    {
+        int64_t p0, p1;
+        thread_share(panels, omp_get_thread_num(), omp_get_num_threads(), &p0, &p1);
+        skinny_panels_f32(scratch, packed, y, rows, n, k, p0, p1);
     }
 }
