@@ -4,6 +4,9 @@
  * gate/up GEMV, SiLU-and-mul, down GEMV. Barriers sit between the phases, as in llama.cpp's
  * thread pool: one fork/join a step instead of ~10 a layer (each ~10-20 us on 2 threads).
  *
+ * A `single` ends in a barrier, so one that would only transpose for float32 panels is
+ * skipped for GGUF blocks (the condition is the same on every thread).
+ *
  * Nothing here computes: every phase calls the other kernels' per-thread units of work
  * (decode_parts.h) through the pointers of the plan, so each keeps its own library, flags and
  * vector paths, and the result is the layer-by-layer path's up to the order of float sums
@@ -103,8 +106,10 @@ int fused_decode_layers_f32(const fd_model *m, float *h, float *residual, const 
                           kv, kv + 1, group, hd, m->block_size, m->kv_heads * hd, m->scale, 0.f,
                           scores + t * scores_len, attn + kv * group * hd);
 #pragma omp barrier
+            if (L->o.kind == F32_PANELS) { /* the same on every thread: a legal single */
 #pragma omp single
-            prepare_input(m, &L->o, attn, xt);
+                prepare_input(m, &L->o, attn, xt);
+            }
             linear_part(m, &L->o, attn, xt, h, t, T);
 #pragma omp barrier
 #pragma omp single
@@ -120,8 +125,10 @@ int fused_decode_layers_f32(const fd_model *m, float *h, float *residual, const 
                 m->silu(gate_up, gate_up + m->inter, act, j0, j1);
             }
 #pragma omp barrier
+            if (L->down.kind == F32_PANELS) {
 #pragma omp single
-            prepare_input(m, &L->down, act, xt);
+                prepare_input(m, &L->down, act, xt);
+            }
             linear_part(m, &L->down, act, xt, h, t, T);
 #pragma omp barrier
         }
