@@ -124,7 +124,8 @@ groups(int qtype, const uint8_t *packed, int64_t nb, const float *x, const float
 }
 
 /* Groups [g0, g1) (output columns 16 g0 .. 16 g1) of one row's y = x W^T (+ bias), W repacked:
- * the unit of work of gguf_repack_gemv's threads. */
+ * the unit of work of gguf_repack_gemv's threads, and of fused_decode.c's. */
+gguf_repack_columns_fn gguf_repack_columns;
 void gguf_repack_columns(int qtype, const uint8_t *packed, int64_t k, const float *x,
                          const float *bias, float *y, int64_t g0, int64_t g1) {
     const int64_t nb = k / QK;
