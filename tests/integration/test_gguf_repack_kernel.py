@@ -46,6 +46,13 @@ def test_repack_rejects_what_the_layout_cannot_hold(qtype, n, k):
         gguf_repack.repack(blocks, qtype, n)
 
 
+def test_supports_only_q4_with_whole_groups_and_blocks():
+    assert gguf_repack.supports("Q4_0", 576, 1536) and gguf_repack.supports("Q4_1", 16, 32)
+    assert not gguf_repack.supports("Q8_0", 576, 1536)
+    assert not gguf_repack.supports("Q4_1", 0, 32) and not gguf_repack.supports("Q4_1", 16, 0)
+    assert not gguf_repack.supports("Q4_1", 24, 32) and not gguf_repack.supports("Q4_1", 16, 48)
+
+
 @needs_gemv
 def test_gemv_rejects_more_than_one_row():
     blocks, _ = _quantized("Q4_1", 16, 64)

@@ -44,7 +44,8 @@ def gemv_available(lib: ctypes.CDLL | None = None) -> bool:
 
 def supports(qtype: str, out_features: int, in_features: int) -> bool:
     """Whether a weight of this type and shape can be repacked."""
-    return qtype in TYPE_IDS and out_features % ROWS == 0 and in_features % BLOCK == 0
+    shape_ok = out_features > 0 and in_features > 0
+    return qtype in TYPE_IDS and shape_ok and out_features % ROWS == 0 and in_features % BLOCK == 0
 
 
 def repack(
@@ -68,6 +69,8 @@ def repack(
 
 def _in_features(blocks: torch.Tensor, qtype: str, out_features: int) -> int:
     block_bytes = {"Q4_0": 18, "Q4_1": 20}.get(qtype, 0)
+    if out_features <= 0:
+        return 0
     row_bytes = blocks.numel() // out_features
     if block_bytes == 0 or blocks.numel() != row_bytes * out_features or row_bytes % block_bytes:
         return 0
