@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmdeploy.adapters.engines.pytorch.backends.cpu import fused_decode
+from lmdeploy.adapters.engines.pytorch.backends.cpu import fused_decode, gguf_repack
 from lmdeploy.adapters.engines.pytorch.backends.cpu.gguf_linear import GGUFLinear
 from lmdeploy.adapters.engines.pytorch.backends.cpu.linear import PackedLinear
 
@@ -75,14 +75,18 @@ def _reference(layers, dense, h, cos, sin, slot):
     return h, residual
 
 
+@pytest.mark.parametrize("repack", [True, False])
 @pytest.mark.parametrize("threads", [1, 2, 3])
-def test_layers_in_one_call_equal_their_torch_math(threads):
+def test_layers_in_one_call_equal_their_torch_math(threads, repack):
     gen = torch.Generator().manual_seed(threads)
     kinds = [("Q4_1", "Q4_0", "Q8_0", "Q4_1"), ("f32", "f32", "f32", "f32")]
     built = [_layer(k, gen) for k in kinds]
     layers, dense = [b[0] for b in built], [b[1] for b in built]
     shape = fused_decode.DecoderShape(HIDDEN, HEADS, KV_HEADS, HEAD_DIM, INTER, BLOCK, EPS, SCALE)
-    plan = fused_decode.DecodeLayers(shape, layers)
+    plan = fused_decode.DecodeLayers(shape, layers, repack=repack)
+    # The Q4 linears (every row count here a multiple of 16) read the repacked copy on AVX-512.
+    repackable = repack and gguf_repack.gemv_available()
+    assert plan.num_repacked == (3 if repackable else 0)
     h = torch.randn(1, HIDDEN, generator=gen)
     angles = torch.rand(HEAD_DIM // 2, generator=gen) * 6
     cos, sin = torch.cat([angles.cos()] * 2)[None], torch.cat([angles.sin()] * 2)[None]

@@ -7,9 +7,13 @@ MLP) whose linears have no bias and no hook (LoRA) and run on kernels it reads, 
 unquantized caches, one sequence and one token. The builder decides the rest (CPU, float32,
 tp=1, no LoRA, no KV quantization; `LMDEPLOY_CPU_FUSED_DECODE=0` turns it off). The plan
 (every pointer) is built at the first such step; a model it does not fit is looked at once.
+The plan reads Q4 weights from a copy repacked 16 rows a group where it can
+(`LMDEPLOY_CPU_REPACK=0` keeps their GGUF blocks: A/B runs).
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 
@@ -86,7 +90,8 @@ def plan_for(model: CausalLM, kv_caches: KVCaches) -> fused_decode.DecodeLayers 
         eps=eps.pop(),
         scale=scales.pop(),
     )
-    return fused_decode.DecodeLayers(shape, layers)
+    repack = os.environ.get("LMDEPLOY_CPU_REPACK", "1") != "0"
+    return fused_decode.DecodeLayers(shape, layers, repack=repack)
 
 
 class CpuDecodeStep:

@@ -10,6 +10,10 @@
 typedef void gguf_float_columns_fn(int qtype, const uint8_t *w, int64_t k, const float *x,
                                    int64_t x_stride, int64_t rows, const float *bias, float *y,
                                    int64_t y_stride, int64_t col0, int64_t col1);
+/* gguf_repack.c: groups [g0, g1) (output columns 16 g0 .. 16 g1) of one row's y = x W^T
+ * (+ bias), W as Q4 blocks repacked 16 rows a group (AVX-512 builds only). */
+typedef void gguf_repack_columns_fn(int qtype, const uint8_t *packed, int64_t k, const float *x,
+                                    const float *bias, float *y, int64_t g0, int64_t g1);
 /* skinny_gemm.c: x [rows, k] transposed into the 16-row scratch the panels read ... */
 typedef void skinny_transpose_fn(const float *x, int64_t x_stride, int64_t rows, int64_t k,
                                  float *scratch);

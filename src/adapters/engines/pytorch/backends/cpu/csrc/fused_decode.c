@@ -21,11 +21,15 @@
 #include "decode_parts.h"
 
 #define PANEL 16 /* skinny_gemm.c's panel width */
-enum { F32_PANELS = 0 }; /* a linear's kind; else a GGML block type (gguf_float.c) */
+#define GROUP 16 /* gguf_repack.c's rows a group */
+/* A linear's kind: float32 panels, a GGML block type (gguf_float.c), or REPACKED | a Q4 type
+ * (gguf_repack.c). */
+enum { F32_PANELS = 0, REPACKED = 256 };
 
 typedef struct {
     int32_t kind, pad;
-    const void *weight; /* skinny panels [ceil(n/16), k, 16], or GGUF blocks [n, k/32] */
+    const void *weight; /* skinny panels [ceil(n/16), k, 16], GGUF blocks [n, k/32], or the
+                           repacked blocks [n/16, k/32] chunks */
     int64_t n, k;
 } fd_linear;
 
@@ -43,6 +47,7 @@ typedef struct {
     rotary_write_kv_row_fn *rotary;
     silu_and_mul_columns_fn *silu;
     paged_decode_attend_fn *attend;
+    gguf_repack_columns_fn *repack_columns; /* NULL where no linear is REPACKED */
     int64_t num_layers, hidden, heads, kv_heads, head_dim, inter, block_size;
     float eps, scale;
     const fd_layer *layers;
@@ -55,6 +60,9 @@ static void linear_part(const fd_model *m, const fd_linear *l, const float *x, c
     if (l->kind == F32_PANELS) {
         thread_share((l->n + PANEL - 1) / PANEL, t, T, &begin, &end);
         m->panels(xt, l->weight, y, 1, l->n, l->k, begin, end);
+    } else if (l->kind & REPACKED) {
+        thread_share(l->n / GROUP, t, T, &begin, &end);
+        m->repack_columns(l->kind & ~REPACKED, l->weight, l->k, x, NULL, y, begin, end);
     } else {
         thread_share(l->n, t, T, &begin, &end);
         m->gguf_columns(l->kind, l->weight, l->k, x, l->k, 1, NULL, y, l->n, begin, end);
