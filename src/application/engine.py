@@ -158,10 +158,15 @@ class EngineLoop:
 
     # -- the engine thread --------------------------------------------------------------------
     def _run(self) -> None:
+        stepped = False
         while not self._stopping.is_set():
+            if stepped and not self.scheduler.has_work:
+                self.runner.idle()
+                stepped = False
             self._drain_inbox(block=not self.scheduler.has_work)
             if self.scheduler.has_work:
                 self._step()
+                stepped = True
         self._abort_everything("the engine was closed")
 
     def _drain_inbox(self, block: bool) -> None:

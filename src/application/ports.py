@@ -47,6 +47,10 @@ class ModelRunner(Protocol):
 
     def step(self, plan: StepPlan) -> StepOutput: ...
 
+    # Called by the engine loop when it runs out of work after a step: a moment to hand memory
+    # that bursts of steps freed back to the system (nothing waits on it).
+    def idle(self) -> None: ...
+
 
 # Joins host-tensor rows of several steps into one [num_rows, dim] tensor; the container wires
 # the torch implementation (the application never imports torch).

@@ -38,6 +38,9 @@ class FailingRunner:
             raise RuntimeError("CUDA error: an illegal memory access was encountered")
         return self._runner.step(plan)
 
+    def idle(self):
+        self._runner.idle()
+
 
 @pytest.fixture(scope="module")
 def served():

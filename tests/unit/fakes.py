@@ -17,6 +17,7 @@ class CountingRunner:
         self._cache = CacheGeometry(num_blocks, block_size)
         self.vocab_size = vocab_size
         self.plans: list[list[tuple[int, int]]] = []  # (seq_id, num_new_tokens) per step
+        self.idles = 0  # times the engine loop ran out of work after a step
 
     @property
     def cache(self) -> CacheGeometry:
@@ -28,6 +29,9 @@ class CountingRunner:
             assert len(seq.block_table) >= needed, "ran a sequence without enough KV blocks"
         self.plans.append([(s.seq_id, s.num_new_tokens) for s in plan.seqs])
         return StepOutput([(s.token_ids[-1] + 1) % self.vocab_size for s in plan.seqs])
+
+    def idle(self) -> None:
+        self.idles += 1
 
 
 class CharTokenizer:

@@ -45,6 +45,18 @@ def test_counts_up_and_stops_at_max_new_tokens(pipe):
     )
 
 
+def test_the_runner_is_told_once_when_the_engine_runs_out_of_work(pipe):
+    import time
+
+    assert pipe.runner.idles == 0  # no step yet: nothing to release
+    pipe("abc", gen_config=GenerationConfig(max_new_tokens=4))
+    deadline = time.monotonic() + 5
+    while pipe.runner.idles == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # an idle loop must not call it again and again
+    assert pipe.runner.idles == 1
+
+
 def test_eos_stops_and_is_not_returned(pipe):
     out = pipe("x", gen_config=GenerationConfig(max_new_tokens=10, stop_token_ids=[26]))
     assert out.token_ids == [24, 25] and out.finish_reason == "stop"

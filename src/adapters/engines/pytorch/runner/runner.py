@@ -26,6 +26,7 @@ from .cache_swap import CacheSwapper
 from .cpu_decode_step import CpuDecodeStep
 from .cuda_graph import DecodeGraphs
 from .decode_ahead import AheadCounters, AheadStep, HostTokens, is_plain
+from .host_memory import release_freed_heap
 from .image_rows import gather_image_rows, touches_images
 from .kv_cache import allocate_kv_caches
 from .lora_pool import AdapterPool
@@ -254,6 +255,10 @@ class PytorchModelRunner:
         except Exception:
             self.workers.check(wait_s=2.0)  # a dead rank, rather than this step, is the cause
             raise
+
+    def idle(self) -> None:
+        """The engine ran out of work: return the heap that its steps freed (host_memory.py)."""
+        release_freed_heap()
 
     def on_failure(self, listener: Callable[[str], None]) -> None:
         """Call `listener(reason)` once another tensor-parallel rank dies (never at tp=1)."""
