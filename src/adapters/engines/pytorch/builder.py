@@ -300,6 +300,8 @@ def _build_rank(
         quant_policy=config.quant_policy,
         lora=lora,
         cpu_fused_decode=_cpu_fused_decode(config, device, dtype, lora),
+        # A/B runs: LMDEPLOY_CPU_REPACK=0 keeps the step on the GGUF blocks.
+        cpu_repack=os.environ.get("LMDEPLOY_CPU_REPACK", "1") != "0",
     )
     return BuiltModel(runner, model_cfg)
 

@@ -187,10 +187,10 @@ def rotate_qk(
     through its norm first (on CUDA in the rotary kernel's pass). Where the cache is stored
     unquantized, the CUDA kernel and the CPU's C kernel (float32) also write k and v to their
     cache slots as they go (the flag: already written)."""
-    num_heads, num_kv_heads, head_dim = heads
-    sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
     if qkv.is_cuda:
         return rotate_qk_triton(qkv, cos, sin, heads, kv_cache, slot_mapping, qk_norm)
+    num_heads, num_kv_heads, head_dim = heads
+    sizes = _head_sizes(heads)
     if qk_norm is not None:
         _normalize_heads(qkv, sizes, head_dim, qk_norm)
     if cpu_ops.available(qkv) and cpu_ops.rotary_write_kv(
@@ -221,9 +221,8 @@ def rotate_qk_triton(
     q/k norms, rotation and, for an unquantized cache, the K/V write in one launch."""
     from ..backends.cuda.ops import rotary_qk  # Triton: imported only where it runs
 
-    num_heads, num_kv_heads, head_dim = heads
-    sizes = [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
-    q, k, v = (x.view(qkv.shape[0], -1, head_dim) for x in qkv.split(sizes, dim=-1))
+    head_dim = heads[2]
+    q, k, v = (x.view(qkv.shape[0], -1, head_dim) for x in qkv.split(_head_sizes(heads), dim=-1))
     norms = None
     if qk_norm is not None:
         q_norm, k_norm = qk_norm
@@ -232,6 +231,12 @@ def rotate_qk_triton(
     writes = k_cache.dtype == qkv.dtype  # a quantized cache is written by its own kernel
     rotary_qk(q, k, cos, sin, norms, (v, k_cache, v_cache, slot_mapping) if writes else None)
     return q, k, v, writes
+
+
+def _head_sizes(heads: tuple[int, int, int]) -> list[int]:
+    """Widths of the q, k and v parts of a qkv row."""
+    num_heads, num_kv_heads, head_dim = heads
+    return [num_heads * head_dim, num_kv_heads * head_dim, num_kv_heads * head_dim]
 
 
 def _normalize_heads(

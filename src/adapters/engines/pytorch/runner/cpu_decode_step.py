@@ -7,13 +7,11 @@ MLP) whose linears have no bias and no hook (LoRA) and run on kernels it reads, 
 unquantized caches, one sequence and one token. The builder decides the rest (CPU, float32,
 tp=1, no LoRA, no KV quantization; `LMDEPLOY_CPU_FUSED_DECODE=0` turns it off). The plan
 (every pointer) is built at the first such step; a model it does not fit is looked at once.
-The plan reads Q4 weights from a copy repacked 16 rows a group where it can
-(`LMDEPLOY_CPU_REPACK=0` keeps their GGUF blocks: A/B runs).
+With `repack` (the builder's, `LMDEPLOY_CPU_REPACK`), the plan reads Q4 weights from a copy
+repacked 16 rows a group where it can.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 
@@ -60,7 +58,9 @@ def _layer_weights(
     )
 
 
-def plan_for(model: CausalLM, kv_caches: KVCaches) -> fused_decode.DecodeLayers | None:
+def plan_for(
+    model: CausalLM, kv_caches: KVCaches, repack: bool = True
+) -> fused_decode.DecodeLayers | None:
     """The fused step over `model`'s layers and caches, or None where one does not fit."""
     inner = getattr(model, "model", None)
     if type(inner) is not LlamaModel or not fused_decode.available():
@@ -90,15 +90,14 @@ def plan_for(model: CausalLM, kv_caches: KVCaches) -> fused_decode.DecodeLayers 
         eps=eps.pop(),
         scale=scales.pop(),
     )
-    repack = os.environ.get("LMDEPLOY_CPU_REPACK", "1") != "0"
     return fused_decode.DecodeLayers(shape, layers, repack=repack)
 
 
 class CpuDecodeStep:
     """The runner's fused one-row decode step over one model (the plan built at first use)."""
 
-    def __init__(self, model: CausalLM, kv_caches: KVCaches) -> None:
-        self._model, self._kv_caches = model, kv_caches
+    def __init__(self, model: CausalLM, kv_caches: KVCaches, repack: bool = True) -> None:
+        self._model, self._kv_caches, self._repack = model, kv_caches, repack
         self._plan: fused_decode.DecodeLayers | None = None
         self._looked = False
         self.steps = 0  # steps it ran: where a benchmark or a test sees that it did
@@ -111,7 +110,8 @@ class CpuDecodeStep:
         if not meta.is_decode or len(meta.query_lens) != 1 or cos.dtype != torch.float32:
             return None
         if not self._looked:
-            self._plan, self._looked = plan_for(self._model, self._kv_caches), True
+            self._plan = plan_for(self._model, self._kv_caches, self._repack)
+            self._looked = True
         if self._plan is None:
             return None
         inner = self._model.model

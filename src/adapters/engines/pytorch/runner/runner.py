@@ -51,12 +51,14 @@ class PytorchModelRunner:
         quant_policy: int = 0,
         lora: AdapterPool | None = None,
         cpu_fused_decode: bool = False,
+        cpu_repack: bool = True,
     ) -> None:
         """`peers`: on rank 0 of a tensor-parallel group, `model` wrapped so that each call
         reaches the other ranks first (distributed/step_channel.py); `workers`: the other
         ranks' processes, watched. `quant_policy` 8 or 4 stores the KV cache as int8 / int4
         (runner/kv_cache.py). `cpu_fused_decode`: one sequence's decode steps run the decoder
-        layers in one C call where the model fits it (runner/cpu_decode_step.py)."""
+        layers in one C call where the model fits it (runner/cpu_decode_step.py), reading Q4
+        weights from a repacked copy with `cpu_repack`."""
         cfg = model.config
         self.lora = lora
         self.max_batch_size = max_batch_size
@@ -86,7 +88,9 @@ class PytorchModelRunner:
             device,
             cfg.mrope_section,
         )
-        self.cpu_step = CpuDecodeStep(model, self.kv_caches) if cpu_fused_decode else None
+        self.cpu_step = (
+            CpuDecodeStep(model, self.kv_caches, cpu_repack) if cpu_fused_decode else None
+        )
         self.graphs: DecodeGraphs | None = None
         if use_cuda_graphs:  # the builder asked the platform whether it can
             max_blocks = -(-max_len // block_size)
