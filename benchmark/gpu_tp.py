@@ -109,9 +109,12 @@ def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
         "batch1_fraction_of_floor": rows[0]["decode_tokens_per_s"] / floor,
         "throughput": throughput(pipe, args.requests),
     }
-    # Reported before the close: a close that hangs (as NCCL's destroy once did) keeps the row.
+    # Reported before the close too: a close that hangs (as NCCL's teardown did) keeps the row.
     print(json.dumps(report), flush=True)
+    start = time.perf_counter()
     pipe.close()
+    report["close_s"] = time.perf_counter() - start
+    print(json.dumps(report), flush=True)
     return report
 
 
@@ -167,11 +170,13 @@ def run_case(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
         stdout, stderr = proc.communicate()
         stderr += f"\ncase timed out after {args.case_timeout} s"
     sys.stderr.write(stderr[-6000:])
-    lines = stdout.strip().splitlines()
-    if proc.returncode != 0 or not lines:
+    rows = [json.loads(line) for line in stdout.splitlines() if line.startswith('{"model"')]
+    if not rows:
         last = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         return {"model": name, "tp": tp, "error": last}
-    return json.loads(lines[-1])
+    if "close_s" not in rows[-1]:  # measured, then the close failed or hung
+        rows[-1]["close_error"] = (stderr.strip().splitlines() or ["?"])[-1]
+    return rows[-1]
 
 
 def main() -> None:

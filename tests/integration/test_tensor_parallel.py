@@ -8,6 +8,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -18,8 +19,13 @@ import transformers
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 from lmdeploy.adapters.engines.pytorch import builder
 from lmdeploy.adapters.engines.pytorch.distributed.parallel_state import set_tp_group, tp_rank
-from lmdeploy.adapters.engines.pytorch.distributed.workers import free_port, leave_group
+from lmdeploy.adapters.engines.pytorch.distributed.workers import (
+    LocalWorkers,
+    free_port,
+    leave_group,
+)
 from lmdeploy.adapters.engines.pytorch.platforms import CpuPlatform
+from lmdeploy.adapters.engines.pytorch.runner import runner as runner_module
 from lmdeploy.adapters.engines.pytorch.runner.runner import PytorchModelRunner
 from lmdeploy.adapters.loaders.model_source import ModelSource
 from lmdeploy.domain.errors import InvalidConfig
@@ -94,6 +100,47 @@ def test_a_rank_that_dies_fails_the_requests_in_flight_within_seconds(checkpoint
         assert last.finish_reason == "error"
         # A later request ends at once with the same error instead of waiting on the dead rank.
         assert pipe(PROMPTS[1], gen_config=GREEDY_64).finish_reason == "error"
+
+
+def test_closing_drops_the_graphs_and_leaves_beside_the_workers(checkpoints, monkeypatch):
+    """NCCL's teardown waits on CUDA graphs that captured collectives (pytorch#115388), and its
+    graceful destroy finalizes with the peers: rank 0 drops its graphs, then leaves the group
+    while the workers leave theirs (after its STOP), and only then waits for them to exit."""
+    events = []
+    real_leave, real_close = runner_module.leave_group, LocalWorkers.close
+
+    def leave(orderly=True):
+        events.append(("leave", orderly, runner.graphs is None))
+        real_leave(orderly)
+
+    def close(self, timeout=10):
+        events.append(("join",))
+        real_close(self, timeout)
+
+    monkeypatch.setattr(runner_module, "leave_group", leave)
+    monkeypatch.setattr(LocalWorkers, "close", close)
+    with pipeline(checkpoints["llama"], backend_config=_engine(2)) as pipe:
+        runner = pipe.service.engine.runner
+        pipe(PROMPTS[0], gen_config=GenerationConfig(max_new_tokens=2))
+    assert events == [("leave", True, True), ("join",)]
+    assert not [p for p in multiprocessing.active_children() if p.name == "tp-1"]
+
+
+@pytest.mark.timeout(60)
+def test_a_teardown_that_hangs_does_not_hang_the_close(monkeypatch, caplog):
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1
+    )
+    real_destroy, release = dist.destroy_process_group, threading.Event()
+    monkeypatch.setattr(dist, "destroy_process_group", lambda: release.wait())
+    try:
+        start = time.monotonic()
+        leave_group(timeout_s=0.5)
+        assert time.monotonic() - start < 5
+        assert "leaving the tensor-parallel group took over" in caplog.text
+    finally:
+        release.set()
+        real_destroy()
 
 
 # Four loads of the 135M model on the CPU (tp=1, then three ranks) took 151 s on the shared

@@ -186,7 +186,7 @@ def _build(source: ModelSource, config: PytorchEngineConfig, platform: Platform)
         return _build_rank(source, config, platform, workers)
     except BaseException:
         workers.close()
-        leave_group()
+        leave_group(orderly=False)
         raise
 
 
@@ -216,6 +216,7 @@ def serve_rank(
 ) -> None:
     """A spawned worker process: rank `rank`'s shard of the model, serving rank 0's calls."""
     join_group(rdv, rank)
+    orderly = False
     try:
         built = _build_rank(source, config, platform)
         runner = built.runner
@@ -229,8 +230,9 @@ def serve_rank(
                 runner.capture_graphs,
                 runner.swapper.apply if runner.swapper is not None else None,
             )
+        orderly = True  # rank 0 said STOP and leaves the group now too
     finally:
-        leave_group()
+        leave_group(orderly)
 
 
 def _agree_on_blocks(num_blocks: int, device: torch.device) -> int:

@@ -6,6 +6,7 @@ fails instead of waiting on a collective."""
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -26,6 +27,7 @@ logger = logging.getLogger(__name__)
 # A collective that waits longer than this on a silent peer raises instead of hanging.
 _COLLECTIVE_TIMEOUT = timedelta(seconds=60)
 _WATCH_INTERVAL_S = 0.2
+_LEAVE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -60,17 +62,34 @@ def join_group(rdv: Rendezvous, rank: int, cuda_index: int | None = None) -> Non
     set_tp_group(rank, rdv.world_size, None)
 
 
-def leave_group() -> None:
-    """Leave without waiting on the other ranks. NCCL's graceful destroy finalizes each
-    communicator with its peers: rank 0 closing after a worker had exited (or been killed)
-    waited forever in it (seen on 2 H200s); an abort releases the same state at once."""
+def leave_group(orderly: bool = True, timeout_s: float = _LEAVE_TIMEOUT_S) -> None:
+    """Leave this rank's group. `orderly`: every rank leaves now, together (rank 0 after its
+    STOP, a worker on receiving it), so NCCL's graceful destroy can finalize with the peers;
+    otherwise (a rank died) the communicators are aborted, which needs no peer.
+    CUDA graphs that captured collectives must be gone first: NCCL's teardown waits on them
+    (pytorch/pytorch#115388; both the destroy and the abort hung on 2 H200s while the decode
+    graphs lived). A teardown that still exceeds `timeout_s` is logged and left behind, so
+    that closing an engine never hangs."""
     reset_tp_group()
     if not dist.is_initialized():
         return
-    if dist.get_backend() == "nccl":
-        _abort_collectives()
-    if dist.is_initialized():  # the abort deregisters every group; gloo still needs this
-        dist.destroy_process_group()
+    gc.collect()  # graphs the caller dropped but a reference cycle still holds
+    if torch.cuda.is_available() and dist.get_backend() == "nccl":
+        torch.cuda.synchronize()
+    nccl = dist.get_backend() == "nccl"
+    if nccl and not orderly:
+        _bounded(_abort_collectives, timeout_s, "aborting the tensor-parallel group")
+    if dist.is_initialized():  # an abort deregisters every group; gloo still needs this
+        _bounded(dist.destroy_process_group, timeout_s, "leaving the tensor-parallel group")
+
+
+def _bounded(step: Callable[[], None], timeout_s: float, what: str) -> None:
+    """Run `step` in a daemon thread, waiting at most `timeout_s` for it."""
+    thread = threading.Thread(target=step, name="tp-leave", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        logger.error("%s took over %.0f s; going on without it", what, timeout_s)
 
 
 def _abort_collectives() -> None:

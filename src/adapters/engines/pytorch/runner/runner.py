@@ -273,10 +273,12 @@ class PytorchModelRunner:
         """Stop the other tensor-parallel ranks and leave their group (nothing at tp=1)."""
         if self.workers is None:
             return
-        if self.workers.failure is None and self.peers is not None:
-            self.peers.stop()
+        orderly = self.workers.failure is None
+        if orderly and self.peers is not None:
+            self.peers.stop()  # the workers release their graphs and leave the group now
+        self.graphs, self._ahead = None, None  # captured all-reduces block NCCL's teardown
+        leave_group(orderly)  # beside the workers, before waiting for them to exit
         self.workers.close()
-        leave_group()
         self.workers = None
 
     @torch.inference_mode()
