@@ -33,7 +33,13 @@ SHAPE_70B = {
     "num_key_value_heads": 8,
     "intermediate_size": 28672,
 }
-CASES = [("llama-3-8b", 1), ("llama-3-8b", 2), ("llama-3-70b", 2)]
+# (shape, tp, variant): "nccl" turns the one-shot all-reduce of small sums off (the A/B).
+CASES = [
+    ("llama-3-8b", 1, ""),
+    ("llama-3-8b", 2, ""),
+    ("llama-3-8b", 2, "nccl"),
+    ("llama-3-70b", 2, ""),
+]
 SESSION_LEN = 4096
 
 
@@ -74,6 +80,7 @@ def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
     from step_trace import StepTrace
 
     from lmdeploy import PytorchEngineConfig, pipeline
+    from lmdeploy.adapters.engines.pytorch.distributed import parallel_state
 
     cuda = args.device == "cuda"
     bandwidth = copy_bandwidth(device=args.device, num_bytes=(2 << 30) if cuda else (64 << 20))
@@ -101,6 +108,7 @@ def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
         "tp": tp,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "cuda_graphs": runner.graphs is not None,
+        "one_shot_small_all_reduce": parallel_state.has_small_all_reduce(),
         "startup_s": startup,
         "copy_bandwidth_GBps_one_gpu": bandwidth / 1e9,
         "weight_bytes_all_ranks": all_weights,
@@ -119,27 +127,48 @@ def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _allreduce_rank(rank: int, port: int, hidden: int, calls: int, out: str, cuda: bool) -> None:
+    """`calls` all-reduces of [1, hidden], as a decode step's: replayed from a CUDA graph on
+    the GPU (as the engine runs them), through NCCL and through the one-shot path."""
     import torch
     import torch.distributed as dist
+
+    from lmdeploy.adapters.engines.pytorch.distributed.symmetric_all_reduce import (
+        try_symmetric_all_reduce,
+    )
 
     backend = "nccl" if cuda else "gloo"
     if cuda:
         torch.cuda.set_device(rank)
     dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    device = torch.device("cuda" if cuda else "cpu")
+    device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     x = torch.ones(1, hidden, dtype=torch.bfloat16 if cuda else torch.float32, device=device)
-    for _ in range(50):
-        dist.all_reduce(x)
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    sync()
-    repeats = 20
-    start = time.perf_counter()
-    for _ in range(repeats * calls):
-        dist.all_reduce(x)
-    sync()
-    per_step = (time.perf_counter() - start) / repeats
+    ways = {"nccl": lambda t: dist.all_reduce(t)}
+    one_shot = try_symmetric_all_reduce(device) if cuda else None
+    if one_shot is not None:
+        ways["one_shot"] = one_shot
+    result = {"hidden": hidden, "calls": calls}
+    for name, reduce in ways.items():
+        step = lambda: [reduce(x) for _ in range(calls)]  # noqa: B023, E731
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                step()
+            step = graph.replay
+            for _ in range(3):
+                step()
+            torch.cuda.synchronize()
+        repeats = 20
+        start = time.perf_counter()
+        for _ in range(repeats):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        result[f"{name}_step_s"] = (time.perf_counter() - start) / repeats
     if rank == 0:
-        Path(out).write_text(json.dumps({"hidden": hidden, "calls": calls, "step_s": per_step}))
+        Path(out).write_text(json.dumps(result))
     dist.destroy_process_group()
 
 
@@ -156,10 +185,12 @@ def allreduce_per_step(hidden: int, layers: int, cuda: bool) -> dict[str, Any]:
         return json.loads(Path(out).read_text())
 
 
-def run_case(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_case(name: str, tp: int, variant: str, args: argparse.Namespace) -> dict[str, Any]:
     command = [sys.executable, __file__, "--one", name, str(tp), "--device", args.device]
     command += ["--requests", str(args.requests)] + ["--tiny"] * args.tiny
     env = os.environ | {"PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack
+    if variant == "nccl":
+        env["LMDEPLOY_SYMM_ALLREDUCE"] = "0"
     proc = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
@@ -173,10 +204,10 @@ def run_case(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
     rows = [json.loads(line) for line in stdout.splitlines() if line.startswith('{"model"')]
     if not rows:
         last = (stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
-        return {"model": name, "tp": tp, "error": last}
+        return {"model": name, "tp": tp, "variant": variant, "error": last}
     if "close_s" not in rows[-1]:  # measured, then the close failed or hung
         rows[-1]["close_error"] = (stderr.strip().splitlines() or ["?"])[-1]
-    return rows[-1]
+    return rows[-1] | {"variant": variant}
 
 
 def main() -> None:
@@ -186,30 +217,37 @@ def main() -> None:
     ap.add_argument("--tiny", action="store_true", help="shrunken shapes: a smoke run")
     ap.add_argument("--output", default="benchmark/results/gpu_tp.json")
     ap.add_argument("--case-timeout", type=float, default=None, help="seconds a case may run")
-    ap.add_argument("--cases", nargs="+", help="e.g. llama-3-8b:1 llama-3-8b:2 (default: all)")
+    ap.add_argument(
+        "--cases", nargs="+", help="e.g. llama-3-8b:1 llama-3-8b:2 llama-3-8b:2:nccl (default: all)"
+    )
     ap.add_argument("--one", nargs=2, metavar=("SHAPE", "TP"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
         measure(args.one[0], int(args.one[1]), args)
         return
     reports = []
-    cases = [c for c in CASES if args.cases is None or f"{c[0]}:{c[1]}" in args.cases]
-    for name, tp in cases:  # each case kept as it completes: a time limit keeps the earlier ones
-        reports.append(run_case(name, tp, args))
+    cases = [
+        c for c in CASES if args.cases is None or ":".join(map(str, c)).strip(":") in args.cases
+    ]
+    for name, tp, variant in cases:  # each kept as it completes: a time limit keeps the earlier
+        reports.append(run_case(name, tp, variant, args))
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps({"cases": reports}, indent=2))
         print(json.dumps(reports[-1]), file=sys.stderr, flush=True)
     cuda = args.device == "cuda"
     for r in reports:
-        if "error" in r or r["tp"] == 1:
+        if "error" in r or r["tp"] == 1 or r["variant"]:
             continue
         shape = SHAPE_70B if r["model"].startswith("llama-3-70b") else {"hidden_size": 4096}
         layers = shape.get("num_hidden_layers", 32)
         hidden = 64 if args.tiny else shape["hidden_size"]
         ar = allreduce_per_step(hidden, 2 if args.tiny else layers, cuda)
-        ar["fraction_of_step"] = ar["step_s"] / (r["batch1"]["step_p50_ms"] / 1e3)
+        step_s = r["batch1"]["step_p50_ms"] / 1e3
+        for way in ("nccl", "one_shot"):
+            if f"{way}_step_s" in ar:
+                ar[f"{way}_fraction_of_step"] = ar[f"{way}_step_s"] / step_s
         r["allreduce_batch1_step"] = ar
-    by = {(r["model"], r["tp"]): r for r in reports if "error" not in r}
+    by = {(r["model"], r["tp"]): r for r in reports if "error" not in r and not r["variant"]}
     base, split = by.get((reports[0]["model"], 1)), by.get((reports[0]["model"], 2))
     summary = {}
     if base and split:

@@ -9,6 +9,7 @@ so single-device code pays nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.distributed as dist
@@ -19,19 +20,33 @@ from .....domain.errors import InvalidConfig
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
+class SmallAllReduce(Protocol):
+    """A faster path for small sums (symmetric_all_reduce.py), where the GPUs allow one."""
+
+    def fits(self, x: torch.Tensor) -> bool: ...
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 @dataclass(frozen=True)
 class TPGroup:
     rank: int = 0
     size: int = 1
     group: dist.ProcessGroup | None = None
+    small_all_reduce: SmallAllReduce | None = None
 
 
 _current = TPGroup()
 
 
-def set_tp_group(rank: int, size: int, group: dist.ProcessGroup | None) -> None:
+def set_tp_group(
+    rank: int,
+    size: int,
+    group: dist.ProcessGroup | None,
+    small_all_reduce: SmallAllReduce | None = None,
+) -> None:
     global _current
-    _current = TPGroup(rank, size, group)
+    _current = TPGroup(rank, size, group, small_all_reduce)
 
 
 def reset_tp_group() -> None:
@@ -50,10 +65,19 @@ def tp_group() -> dist.ProcessGroup | None:
     return _current.group
 
 
+def has_small_all_reduce() -> bool:
+    """Whether small sums take the one-shot path (symmetric_all_reduce.py) instead of NCCL."""
+    return _current.small_all_reduce is not None
+
+
 def all_reduce(x: torch.Tensor) -> torch.Tensor:
     """Sum of `x` over the ranks, in place (the partial sums of a row-parallel matmul)."""
-    if _current.size > 1:
-        dist.all_reduce(x, group=_current.group)
+    if _current.size == 1:
+        return x
+    small = _current.small_all_reduce
+    if small is not None and small.fits(x):
+        return small(x)
+    dist.all_reduce(x, group=_current.group)
     return x
 
 

@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 
 from .....domain.errors import EngineFailed
 from .parallel_state import reset_tp_group, set_tp_group
+from .symmetric_all_reduce import try_symmetric_all_reduce
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ def join_group(rdv: Rendezvous, rank: int, cuda_index: int | None = None) -> Non
         world_size=rdv.world_size,
         timeout=_COLLECTIVE_TIMEOUT,
     )
-    set_tp_group(rank, rdv.world_size, None)
+    small = None
+    if rdv.backend == "nccl" and os.environ.get("LMDEPLOY_SYMM_ALLREDUCE", "1") != "0":
+        small = try_symmetric_all_reduce(torch.device("cuda", torch.cuda.current_device()))
+    set_tp_group(rank, rdv.world_size, None, small)
 
 
 def leave_group(orderly: bool = True, timeout_s: float = _LEAVE_TIMEOUT_S) -> None:
