@@ -93,8 +93,9 @@ def main() -> None:
     ap.add_argument("--warps", type=int, nargs="+", default=[2, 4])
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from lmdeploy.kernels.w4a16_gemm import _w4a16_gemv_kernel
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent)]  # the benchmark-local old kernel; kernels/
+    from kernels.w4a16_gemm import _w4a16_gemv_kernel
 
     kernels = {"new": _w4a16_gemv_kernel}
     if args.old:
