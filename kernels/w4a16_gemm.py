@@ -332,8 +332,8 @@ def _config(m: int, n: int, k: int, group_size: int) -> dict[str, int]:
     """Tile sizes by the rows' regime (see the module docstring): decode batches split K until
     the GPU has a few programs a SM; larger ones fill it with tiles."""
     if m <= GEMV_ROWS:
-        # One warp of 8 columns a thread: 167 registers at 64-row tiles (84 at 32), about 3.2
-        # SASS instructions a weight (benchmark/w4a16_sass.py), 12 programs a SM.
+        # One warp, 8 columns a thread: ~3.2 SASS instructions a weight at 134 registers under
+        # Triton 3.6 (167 under 3.9), 12-15 programs a SM (benchmark/w4a16_sass.py, NOTES.md).
         block_n, block_k = 256, min(group_size, 64)
         split_k = _split_k(m * triton.cdiv(n, block_n), k // block_k, programs_per_sm=12)
         return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=1)
