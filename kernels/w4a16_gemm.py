@@ -9,8 +9,10 @@ A program loads a [BLOCK_K / 8, BLOCK_N] tile of codes coalesced along N; BLOCK_
 so a tile has one row of scales and zeros.
 
 A code becomes a float without an int-to-float conversion (a quarter-rate instruction, which
-bounded the first version of these kernels): its bits OR-ed into the mantissa of 2^23 give the
-float 2^23 + code exactly, and one subtraction leaves the code.
+bounded the first version of these kernels): in the tensor-core and dequantize kernels its bits
+OR-ed into the mantissa of 2^23 give the float 2^23 + code exactly, and one subtraction leaves
+the code; the GEMV, which spends every instruction on one weight, reads it as a denormal
+(`DOT_SHIFT` below) with no subtraction at all.
 
 Decode-sized rows are bandwidth-bound on the half byte a weight. Up to `GEMV_ROWS` rows, a
 GEMV kernel (one row a program) multiplies on CUDA cores, its next tile of codes in flight
@@ -47,6 +49,28 @@ def _codes_as_float(codes):
 def _int4_as_float(q, shift: tl.constexpr):
     """Nibble `shift / 4` of each int32 as float32."""
     return _codes_as_float((q >> shift) & 0xF)
+
+
+# The GEMV reads a nibble as a float with one AND and no conversion: masked in place, code c at
+# bits 4p .. 4p + 3 of an int32 (p = 0..3) is the bit pattern of the denormal c 2^(4p - 149),
+# exact, and x scaled by 2^(149 - 4p - DOT_SHIFT) makes each product x c 2^-DOT_SHIFT, a
+# normal float: one FFMA a weight. DOT_SHIFT = 64 keeps x 2^85 finite for |x| < 2^43 and the
+# products normal for |x| >= 2^-62 (below that a product is off by at most 2^-85 absolute).
+# FFMA takes denormal operands in hardware; it would flush them only with .ftz, which Triton
+# does not emit here (benchmark/w4a16_sass.py checks the PTX).
+DOT_SHIFT = tl.constexpr(64)
+
+
+@triton.jit
+def _nibble_as_denormal(half, p: tl.constexpr):
+    """Nibble `p` (0..3) of each int32's low 16 bits, c, as the float c 2^(4p - 149)."""
+    return (half & (0xF << (4 * p))).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _denormal_x_scale(p: tl.constexpr):
+    """What x is multiplied by to meet nibble `p`: 2^(149 - 4p - DOT_SHIFT)."""
+    return 2.0 ** (149 - DOT_SHIFT - 4 * p)
 
 
 @triton.jit
@@ -129,8 +153,9 @@ def _w4a16_gemv_kernel(
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
 ):
-    """CUDA cores, one row of x a program: each nibble of a code tile meets its 8-strided slice
-    of x, and the group's zero point comes off once a tile through the sum of x
+    """CUDA cores, one row of x a program, at heart an AND and an FFMA a weight (see
+    `DOT_SHIFT`): a thread holds every row of its columns' code tile, so the sum over K stays in its
+    registers, and a column's zero point comes off once a tile through the sum of x
     (sum x (q - z) s = s (sum x q - z sum x)). The next tile's codes are loaded before this
     tile's arithmetic, so the memory latency hides behind it."""
     pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -143,7 +168,8 @@ def _w4a16_gemv_kernel(
     q_step = BLOCK_K // 8 * stride_qk
     has_rows = tl.full((BLOCK_K // 8, 1), first, tl.int32) < last
     q_next = tl.load(q_ptrs, mask=n_mask[None, :] & has_rows, other=0)
-    acc = tl.zeros((1, BLOCK_N), dtype=tl.float32)
+    x_row = x_ptr + row * stride_xm
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for tile in range(first, last):
         q = q_next
         q_ptrs += q_step
@@ -153,20 +179,22 @@ def _w4a16_gemv_kernel(
         products = tl.zeros((BLOCK_K // 8, BLOCK_N), dtype=tl.float32)
         x_parts = tl.zeros((BLOCK_K // 8,), dtype=tl.float32)
         for nibble in tl.static_range(8):
-            xs = tl.load(x_ptr + row * stride_xm + (k0 + offs_kp * 8 + nibble) * stride_xk)
-            xs = xs.to(tl.float32)
-            products += xs[:, None] * _int4_as_float(q, 4 * nibble)
+            xs = tl.load(x_row + (k0 + offs_kp * 8 + nibble) * stride_xk).to(tl.float32)
             x_parts += xs
-        dot, x_sum = tl.sum(products, axis=0), tl.sum(x_parts, axis=0)  # one reduction a tile
+            # Nibbles 4-7 shifted to the low 16 bits (the mask drops the sign extension).
+            codes = _nibble_as_denormal(q >> (16 * (nibble // 4)), nibble % 4)
+            products += (xs * _denormal_x_scale(nibble % 4))[:, None] * codes
+        # One reduction a tile, in the thread's registers; the products are x q 2^-DOT_SHIFT.
+        dot, x_sum = tl.sum(products, axis=0) * 2.0**DOT_SHIFT, tl.sum(x_parts, axis=0)
         s, z = _group_scales(
             scales_ptr, zeros_ptr, k0 // GROUP_SIZE, offs_n, n_mask, stride_sg, stride_sn
         )
-        acc += (s * (dot - z * x_sum))[None, :]
+        acc += s * (dot - z * x_sum)
     offs_m = row + tl.arange(0, 1)
     mask = n_mask[None, :]
     tile_id = row * tl.num_programs(0) + pid_n
     _store_or_reduce(
-        acc, offs_m, offs_n, mask, tile_id, pid_k, partial_ptr, out_ptr, counter_ptr,
+        acc[None, :], offs_m, offs_n, mask, tile_id, pid_k, partial_ptr, out_ptr, counter_ptr,
         M, N, stride_om, stride_on, SPLIT_K,
     )  # fmt: skip
 
@@ -304,9 +332,11 @@ def _config(m: int, n: int, k: int, group_size: int) -> dict[str, int]:
     """Tile sizes by the rows' regime (see the module docstring): decode batches split K until
     the GPU has a few programs a SM; larger ones fill it with tiles."""
     if m <= GEMV_ROWS:
-        block_n, block_k = 256, min(group_size, 128)
-        split_k = _split_k(m * triton.cdiv(n, block_n), k // block_k, programs_per_sm=8)
-        return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=4)
+        # One warp, 8 columns a thread: ~3.2 SASS instructions a weight at 134 registers under
+        # Triton 3.6 (167 under 3.9), 12-15 programs a SM (benchmark/w4a16_sass.py, NOTES.md).
+        block_n, block_k = 256, min(group_size, 64)
+        split_k = _split_k(m * triton.cdiv(n, block_n), k // block_k, programs_per_sm=12)
+        return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=1)
     block_k = min(group_size, 128)
     if m <= 64:
         block_m, block_n, num_warps = (16 if m <= 16 else 64), 64, 4

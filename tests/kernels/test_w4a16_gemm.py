@@ -106,3 +106,36 @@ def test_leading_dims_and_strided_rows():
     torch.testing.assert_close(
         got, w4a16_gemm_ref(x, qweight, scales, zeros, 32), **TOL[torch.float32]
     )
+
+
+# The one-row GEMV (codes read as denormals, x scaled to meet them): N not a multiple of its
+# 256-column tile, each group size, K split over programs.
+GEMV_SHAPES = [(256, 300, 32), (512, 260, 64), (512, 100, 128)]
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("k, n, group", GEMV_SHAPES)
+def test_the_one_row_gemv_matches_the_reference(k, n, group, x_dtype):
+    from lmdeploy.kernels.w4a16_gemm import _config
+
+    assert _config(1, n, k, group)["SPLIT_K"] > 1 and n % _config(1, n, k, group)["BLOCK_N"]
+    torch.manual_seed(4)
+    _, qweight, scales, zeros = _random_int4(k, n, group, x_dtype)
+    x = torch.randn(1, k, device=DEVICE).to(x_dtype)
+    got = w4a16_gemm(x, qweight, scales, zeros, group).float()
+    expected = w4a16_gemm_ref(x, qweight, scales, zeros, group).float()
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got / scale, expected / scale, **TOL[x_dtype])
+
+
+@pytest.mark.parametrize("magnitude", [2.0**-40, 2.0**40])
+def test_the_one_row_gemv_keeps_its_precision_far_from_unit_activations(magnitude):
+    """The products are x q 2^-64 (x scaled by up to 2^85): activations near the ends of the
+    range the kernel documents neither overflow nor fall into denormals."""
+    torch.manual_seed(5)
+    _, qweight, scales, zeros = _random_int4(256, 40, 64, torch.float32)
+    x = torch.randn(1, 256, device=DEVICE) * magnitude
+    got = w4a16_gemm(x, qweight, scales, zeros, 64)
+    expected = w4a16_gemm_ref(x, qweight, scales, zeros, 64)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got / magnitude, expected / magnitude, **TOL[torch.float32])
