@@ -16,7 +16,15 @@ from ._util import DEVICE, TOL
 @pytest.mark.parametrize("renormalize", [True, False])
 @pytest.mark.parametrize(
     "num_tokens, num_experts, top_k, block_m",
-    [(1, 8, 2, 16), (5, 6, 2, 4), (37, 8, 3, 16), (20, 128, 8, 16), (70, 16, 4, 64)],
+    [
+        (1, 8, 2, 16),
+        (5, 6, 2, 4),
+        (1, 128, 8, 16),
+        (2, 128, 8, 64),
+        (37, 8, 3, 16),
+        (20, 128, 8, 16),
+        (70, 16, 4, 64),
+    ],
 )
 def test_equals_route_then_align(num_tokens, num_experts, top_k, block_m, renormalize):
     torch.manual_seed(num_tokens * num_experts)
