@@ -1,4 +1,5 @@
-"""Where a batch-1 decode step's time goes on the GPU: torch.profiler over ~20 decode steps.
+"""Where a decode step's time goes on the GPU: torch.profiler over ~20 decode steps of
+`--batch` sequences (default 1) with `--context` prompt tokens each.
 
 Drives the scheduler and the runner in this thread (no engine thread, so every launch and
 each step's `decode_step` range land in one trace), over the Llama-3-8B shape with dummy
@@ -9,7 +10,9 @@ event to this step's first. With decode steps started ahead (the default under C
 step's range launches the next step's work, so the timeline over the whole window says more:
 GPU busy share, idle time per step, and the largest idle gaps between kernels. Run it with
 LMDEPLOY_DECODE_AHEAD=0 for the step-by-step engine. Prints the tables; writes the trace and
-the numbers to --out-dir.
+the numbers to --out-dir, with the GPU time a step by kind of kernel (GEMM, attention, ...).
+At batch 256 (`--batch 256 --context 300`) it answers the serving issue's open question: how a
+big decode step splits between the GEMMs and attention.
 """
 
 from __future__ import annotations
@@ -24,6 +27,39 @@ from pathlib import Path
 import torch
 
 GPU_CATS = {"kernel", "gpu_memcpy", "gpu_memset"}
+KINDS = {  # first match wins, on the lower-cased kernel name
+    "all_reduce": ("allreduce", "all_reduce", "one_shot"),
+    "broadcast": ("broadcast",),
+    "attention": ("paged", "attention", "flash"),
+    "gemm": ("nvjet", "gemm", "gemv", "cutlass", "sm90_xmma", "splitk", "fused_moe"),
+    "copy": ("memcpy", "memset", "copy"),
+}
+
+
+def kind_of(name: str) -> str:
+    low = name.lower()
+    return next((k for k, keys in KINDS.items() if any(key in low for key in keys)), "other")
+
+
+def by_kind(trace: dict, steps: int) -> dict[str, dict[str, float]]:
+    """GPU microseconds and launches a step for each kind of kernel, and the five kernels
+    that take the most time (their names cut to 60 characters)."""
+    times: dict[str, float] = {}
+    launches: dict[str, int] = {}
+    names: dict[str, float] = {}
+    for e in trace["traceEvents"]:
+        if e.get("ph") != "X" or e.get("cat") not in GPU_CATS:
+            continue
+        kind = kind_of(e["name"])
+        times[kind] = times.get(kind, 0.0) + e["dur"]
+        launches[kind] = launches.get(kind, 0) + 1
+        names[e["name"][:60]] = names.get(e["name"][:60], 0.0) + e["dur"]
+    top = sorted(names.items(), key=lambda kv: -kv[1])[:5]
+    return {
+        "us_per_step": {k: round(v / steps, 1) for k, v in sorted(times.items())},
+        "launches_per_step": {k: round(v / steps, 1) for k, v in sorted(launches.items())},
+        "top_kernels_us_per_step": {k: round(v / steps, 1) for k, v in top},
+    }
 
 
 def _scheduler_and_runner(model: str, max_batch: int):
@@ -161,11 +197,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model-config", default="llama-3-8b")
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=1, help="sequences decoding together")
+    ap.add_argument("--context", type=int, default=128, help="prompt tokens of each sequence")
     ap.add_argument("--out-dir", type=Path, default=Path("benchmark/results"))
     ap.add_argument("--tag", default="", help="suffix of the output files (e.g. a baseline)")
     args = ap.parse_args()
-    sched, runner = _scheduler_and_runner(args.model_config, max_batch=8)
-    sched.add(_seq(128, args.steps + 100))
+    sched, runner = _scheduler_and_runner(args.model_config, max_batch=max(8, args.batch))
+    for i in range(args.batch):
+        sched.add(_seq(args.context + i % 7, args.steps + 100))  # lengths differ a little
+    while sched.waiting or any(s.num_output_tokens == 0 for s in sched.running):
+        _step(sched, runner)  # prefill every sequence first
     for _ in range(10):  # prefill, then warm decode steps (compiles, first touches)
         _step(sched, runner)
     torch.cuda.synchronize()
@@ -203,11 +244,16 @@ def main() -> None:
     window["ahead_started"] = runner.ahead_counters.started
     window["ahead_used"] = runner.ahead_counters.used
     print("timeline:", json.dumps(window))
+    kinds = by_kind(json.loads(trace_path.read_text()), args.steps)
+    print("by kind:", json.dumps(kinds))
     report = {
         "device": torch.cuda.get_device_name(),
         "steps": rows,
         "summary": summary,
         "timeline": window,
+        "by_kind": kinds,
+        "batch": args.batch,
+        "context": args.context,
     }
     (args.out_dir / f"decode_profile{args.tag}.json").write_text(json.dumps(report, indent=2))
 
