@@ -5,8 +5,9 @@ The layout this kernel reads (`pack_int4_rows`; the AWQ and GPTQ checkpoint layo
 converted to it once, at load): `qweight` int32 [K / 8, N], element (i, n) holding the codes of
 rows 8i .. 8i + 7 of column n, row 8i + s in bits 4s .. 4s + 3; `scales` and `zeros` [K / G, N]
 in x's dtype, G the group size; W[k, n] = (code[k, n] - zeros[k // G, n]) * scales[k // G, n].
-A program loads a [BLOCK_K / 8, BLOCK_N] tile of codes coalesced along N; BLOCK_K divides G,
-so a tile has one row of scales and zeros.
+A program loads a [BLOCK_K / 8, BLOCK_N] tile of codes coalesced along N. In the GEMV and the
+dequantize kernel BLOCK_K divides G, so a tile has one row of scales and zeros; the
+tensor-core kernel's 128-row tiles may span groups (G = 32, 64) and K need not divide them.
 
 A code becomes a float without an int-to-float conversion (a quarter-rate instruction, which
 bounded the first version of these kernels): in the tensor-core and dequantize kernels its bits
@@ -76,7 +77,7 @@ def _denormal_x_scale(p: tl.constexpr):
 @triton.jit
 def _split_tiles(pid_k, K, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr):
     """The K tiles [first, last) of split `pid_k`."""
-    num_tiles = K // BLOCK_K
+    num_tiles = tl.cdiv(K, BLOCK_K)  # the tensor-core kernel's last tile may be partial
     tiles_per_split = tl.cdiv(num_tiles, SPLIT_K)
     first = pid_k * tiles_per_split
     return first, tl.minimum(first + tiles_per_split, num_tiles)
@@ -200,6 +201,36 @@ def _w4a16_gemv_kernel(
 
 
 @triton.jit
+def _x_planes(x, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """x's [BLOCK_M, BLOCK_K] tile as 8 [BLOCK_M, BLOCK_K / 8] planes, plane p holding columns
+    8i + p (the rows nibble p of the code tile holds): three splits in registers."""
+    a0, a1 = tl.split(tl.reshape(x, (BLOCK_M, BLOCK_K // 8, 2, 2, 2)))  # bit 0 of p
+    b00, b01 = tl.split(a0)
+    b10, b11 = tl.split(a1)
+    p0, p4 = tl.split(b00)
+    p2, p6 = tl.split(b01)
+    p1, p5 = tl.split(b10)
+    p3, p7 = tl.split(b11)
+    return p0, p1, p2, p3, p4, p5, p6, p7
+
+
+@triton.jit
+def _tile_scales(scales_ptr, zeros_ptr, k0, K, offs_kp, offs_n, n_mask, stride_sg, stride_sn,
+                 GROUP_SIZE: tl.constexpr, BLOCK_K: tl.constexpr):  # fmt: skip
+    """The scales and zero points of a code tile's rows as float32: one row broadcast over the
+    tile when a group spans it, else a row per code row (rows 8i .. 8i + 7 share a group)."""
+    if GROUP_SIZE >= BLOCK_K:
+        rows = tl.full((1,), 0, tl.int32) + k0
+    else:
+        rows = k0 + offs_kp * 8
+    offs = (rows // GROUP_SIZE)[:, None] * stride_sg + offs_n[None, :] * stride_sn
+    mask = (rows < K)[:, None] & n_mask[None, :]
+    s = tl.load(scales_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    z = tl.load(zeros_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    return s, z
+
+
+@triton.jit
 def _w4a16_gemm_kernel(
     x_ptr,
     qweight_ptr,
@@ -226,36 +257,47 @@ def _w4a16_gemm_kernel(
     SPLIT_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    """Tensor cores: the [BLOCK_K / 8, BLOCK_N] code tile expands to [BLOCK_K, BLOCK_N] with
-    8 shifts, is dequantized in x's dtype and meets a [BLOCK_M, BLOCK_K] tile of x."""
+    """Tensor cores, one dot a nibble plane: nibble p of the [BLOCK_K / 8, BLOCK_N] code tile
+    holds W's rows 8i + p, which meet x's columns 8i + p (a plane of x's tile, split out in
+    registers). Each plane is dequantized element by element in the layout the dot reads, so
+    the codes are never rearranged: expanding the tile to [BLOCK_K, BLOCK_N] first cost a trip
+    through shared memory and ~9 instructions a weight (benchmark/NOTES.md, w4a16_tc_sass.py).
+    A plane's nibble is masked in place under the exponent of 2^23 (OR-ed once per half of
+    the int32), so one AND makes the float 2^23 + c 16^p exactly."""
     pid_m, pid_n, pid_k = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask, n_mask = offs_m < M, offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
     offs_kp = tl.arange(0, BLOCK_K // 8)
-    shifts = tl.arange(0, 8) * 4
     first, last = _split_tiles(pid_k, K, BLOCK_K, SPLIT_K)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for tile in range(first, last):
         k0 = tile * BLOCK_K
+        # Rows past K (a last, partial tile) read codes 0 against x 0: they add nothing.
         x = tl.load(
             x_ptr + offs_m[:, None] * stride_xm + (k0 + offs_k)[None, :] * stride_xk,
-            mask=m_mask[:, None],
+            mask=m_mask[:, None] & (k0 + offs_k < K)[None, :],
             other=0.0,
         )
         q = tl.load(
             qweight_ptr + (k0 // 8 + offs_kp)[:, None] * stride_qk + offs_n[None, :] * stride_qn,
-            mask=n_mask[None, :],
+            mask=(k0 + offs_kp * 8 < K)[:, None] & n_mask[None, :],
             other=0,
         )
-        codes = (q[:, None, :] >> shifts[None, :, None]) & 0xF
-        codes = _codes_as_float(tl.reshape(codes, (BLOCK_K, BLOCK_N)))
-        s, z = _group_scales(
-            scales_ptr, zeros_ptr, k0 // GROUP_SIZE, offs_n, n_mask, stride_sg, stride_sn
-        )
-        w = (codes - z[None, :]) * s[None, :]
-        acc = tl.dot(x, w.to(x.dtype), acc, input_precision=DOT_PRECISION)
+        xs = _x_planes(x, BLOCK_M, BLOCK_K)
+        s, z = _tile_scales(
+            scales_ptr, zeros_ptr, k0, K, offs_kp, offs_n, n_mask, stride_sg, stride_sn,
+            GROUP_SIZE, BLOCK_K,
+        )  # fmt: skip
+        zs = z * s
+        halves = ((q & 0xFFFF) | 0x4B000000, ((q >> 16) & 0xFFFF) | 0x4B000000)
+        for h in tl.static_range(2):
+            for p in tl.static_range(4):
+                # Keep the sign and exponent (-2^23 as int32 is 0xFF800000) and nibble p.
+                f = (halves[h] & (-8388608 | (0xF << (4 * p)))).to(tl.float32, bitcast=True)
+                w = (f - 8388608.0) * (s * 16.0**-p) - zs  # (c - z) s
+                acc = tl.dot(xs[4 * h + p], w.to(x.dtype), acc, input_precision=DOT_PRECISION)
     mask = m_mask[:, None] & n_mask[None, :]
     tile_id = pid_m * tl.num_programs(1) + pid_n
     _store_or_reduce(
@@ -337,10 +379,11 @@ def _config(m: int, n: int, k: int, group_size: int) -> dict[str, int]:
         block_n, block_k = 256, min(group_size, 64)
         split_k = _split_k(m * triton.cdiv(n, block_n), k // block_k, programs_per_sm=12)
         return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=1)
-    block_k = min(group_size, 128)
+    block_k = 128  # a nibble plane of 16 rows: the smallest tile a dot takes
     if m <= 64:
         block_m, block_n, num_warps = (16 if m <= 16 else 64), 64, 4
-        split_k = _split_k(triton.cdiv(m, block_m) * triton.cdiv(n, block_n), k // block_k)
+        tiles = triton.cdiv(m, block_m) * triton.cdiv(n, block_n)
+        split_k = _split_k(tiles, triton.cdiv(k, block_k))
     else:
         block_m, block_n, split_k, num_warps = 64, 128, 1, 4
     return dict(
@@ -390,6 +433,7 @@ def w4a16_gemm(
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), split, m)
         _w4a16_gemv_kernel[grid](*args, GROUP_SIZE=group_size, **cfg)
     else:
+        assert cfg["BLOCK_K"] >= 128, "BLOCK_K >= 128: each nibble plane feeds a dot 16 rows deep"
         grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
         precision = "ieee" if x.dtype == torch.float32 else "tf32"
         _w4a16_gemm_kernel[grid](*args, GROUP_SIZE=group_size, **cfg, DOT_PRECISION=precision)

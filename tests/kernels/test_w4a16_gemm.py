@@ -13,7 +13,7 @@ from lmdeploy.kernels.w4a16_gemm import (
     w4a16_gemm_ref,
 )
 
-from ._util import DEVICE, DTYPES, TOL, gpu_cases
+from ._util import DEVICE, DTYPES, TOL, cuda_only, gpu_cases
 
 
 def _random_int4(k: int, n: int, group: int, dtype: torch.dtype):
@@ -91,7 +91,7 @@ def test_fused_tiles_beyond_the_dense_threshold_when_forced():
     torch.manual_seed(3)
     _, qweight, scales, zeros = _random_int4(256, 40, 32, torch.float32)
     x = torch.randn(80, 256, device=DEVICE)
-    cfg = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=32, SPLIT_K=2, num_warps=4)
+    cfg = dict(BLOCK_M=128, BLOCK_N=64, BLOCK_K=128, SPLIT_K=2, num_warps=4)
     got = w4a16_gemm(x, qweight, scales, zeros, 32, config=cfg)
     expected = w4a16_gemm_ref(x, qweight, scales, zeros, 32)
     torch.testing.assert_close(got, expected, **TOL[torch.float32])
@@ -139,3 +139,40 @@ def test_the_one_row_gemv_keeps_its_precision_far_from_unit_activations(magnitud
     expected = w4a16_gemm_ref(x, qweight, scales, zeros, 64)
     assert torch.isfinite(got).all()
     torch.testing.assert_close(got / magnitude, expected / magnitude, **TOL[torch.float32])
+
+
+# The tensor-core kernel (2..64 rows, a dot per nibble plane): odd rows and columns, each group
+# size (32 and 64: a 128-row tile spans groups), K split or not, K not a multiple of its
+# 128-row tile (the last tile partial), x in float32 (bfloat16 on the GPU: the interpreter's
+# bfloat16 dot is wrong, numpy having no bfloat16).
+TC_SHAPES = [
+    (2, 256, 40, 128, 1),
+    (5, 384, 72, 32, 3),
+    (15, 576, 50, 64, 2),
+    (17, 192, 24, 64, 1),
+    (33, 320, 40, 32, 2),
+    (63, 256, 72, 128, 2),
+]
+
+
+@pytest.mark.parametrize("x_dtype", [torch.float32, pytest.param(torch.bfloat16, marks=cuda_only)])
+@pytest.mark.parametrize("m, k, n, group, split", TC_SHAPES)
+def test_the_tensor_core_kernel_matches_the_reference(m, k, n, group, split, x_dtype):
+    from lmdeploy.kernels.w4a16_gemm import _config
+
+    torch.manual_seed(6)
+    _, qweight, scales, zeros = _random_int4(k, n, group, x_dtype)
+    x = torch.randn(m, k, device=DEVICE).to(x_dtype)
+    cfg = _config(m, n, k, group) | {"SPLIT_K": split}
+    got = w4a16_gemm(x, qweight, scales, zeros, group, config=cfg).float()
+    expected = w4a16_gemm_ref(x, qweight, scales, zeros, group).float()
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got / scale, expected / scale, **TOL[x_dtype])
+
+
+def test_the_tensor_core_kernel_refuses_planes_shallower_than_a_dot():
+    _, qweight, scales, zeros = _random_int4(256, 40, 64, torch.float32)
+    x = torch.randn(4, 256, device=DEVICE)
+    cfg = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SPLIT_K=1, num_warps=4)
+    with pytest.raises(AssertionError, match="BLOCK_K >= 128"):
+        w4a16_gemm(x, qweight, scales, zeros, 64, config=cfg)
