@@ -287,6 +287,12 @@ class PytorchEngineConfig:
                 f"-> 'package.module.Class'), got {self.custom_module_map!r}",
             )
         _check_nodes(self)
+        if not isinstance(self.prefill_interval, int) or self.prefill_interval < 0:
+            raise InvalidConfig(
+                "prefill_interval",
+                f"must be an int >= 0 (decode steps a new prompt may wait for a full batch; "
+                f"0 admits at once), got {self.prefill_interval!r}",
+            )
         _check_adapters(self.adapters, self.max_loras)
 
 

@@ -33,6 +33,11 @@ class SchedulerConfig:
     # LoRA adapters the runner holds at once (0: no limit); a request for another adapter
     # waits until a running one's adapter is no longer in use.
     max_adapters: int = 0
+    # New prompts wait while a busy batch decodes: up to `prefill_interval` steps when the
+    # batch is full, proportionally fewer when it is not, none when nothing runs (LMDeploy
+    # 0.6.5's dynamic prefill interval). Fewer, fuller prefill steps for a little TTFT;
+    # 0 admits at once.
+    prefill_interval: int = 0
 
 
 @dataclass
@@ -109,6 +114,7 @@ class Scheduler:
         self.swapped: deque[Sequence] = deque()  # swapped-out sequences, oldest request first
         self.parked: dict[int, Sequence] = {}  # finished turns of live sessions, oldest first
         self.counters = SchedulerCounters()
+        self._steps_without_admission = 0
 
     @property
     def num_preemptions(self) -> int:
@@ -174,9 +180,19 @@ class Scheduler:
         # before anything new is admitted, so they cannot starve.
         if not plan.preempted:
             budget = self._schedule_swapped(plan, budget)
-        if not self.swapped:
-            self._schedule_waiting(plan, budget)
+        admitted = 0
+        if not self.swapped and self._admission_due(len(self.running)):
+            admitted = self._schedule_waiting(plan, budget)
+        if admitted:
+            self._steps_without_admission = 0
+        elif plan:
+            self._steps_without_admission += 1
         return plan
+
+    def _admission_due(self, running: int) -> bool:
+        """Whether waiting prompts may join a step that runs `running` sequences."""
+        wait = self.config.prefill_interval * running / self.config.max_batch_size
+        return self._steps_without_admission >= wait
 
     def _forecast(self, plan: StepPlan) -> list[Sequence]:
         """The sequences of this all-decode step that do not reach a length limit with its
@@ -192,7 +208,11 @@ class Scheduler:
         ):
             return []
         nexts = [seq for seq in plan.seqs if not seq.ends_by_length_within(1)]
-        if self.waiting and len(nexts) < self.config.max_batch_size:
+        if (
+            self.waiting
+            and len(nexts) < self.config.max_batch_size
+            and self._admission_due(len(nexts))
+        ):
             return []  # the next step admits a waiting request
         needed = sum(self.allocator.blocks_needed(seq, seq.num_tokens + 1) for seq in nexts)
         if needed > self.allocator.num_free_blocks:
@@ -259,7 +279,9 @@ class Scheduler:
                 budget -= 0 if decoding else chunk
         return budget
 
-    def _schedule_waiting(self, plan: StepPlan, budget: int) -> None:
+    def _schedule_waiting(self, plan: StepPlan, budget: int) -> int:
+        """Admit waiting sequences while the batch, the budget and the blocks allow; how many."""
+        admitted = 0
         while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
             seq = self._next_admissible()
             if seq is None:
@@ -280,6 +302,8 @@ class Scheduler:
             self.running.append(seq)
             plan.add(seq, chunk)
             budget -= chunk
+            admitted += 1
+        return admitted
 
     def _next_admissible(self) -> Sequence | None:
         """The oldest waiting sequence whose LoRA adapter can be resident: a request for an

@@ -74,6 +74,7 @@ def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Schedu
             max_model_len=_session_len(config, built),
             forecast_decodes=built.runner.decodes_ahead,
             max_adapters=built.runner.lora.num_slots if built.runner.lora else 0,
+            prefill_interval=config.prefill_interval,
         ),
         BlockAllocator(cache.num_blocks, cache.block_size, config.enable_prefix_caching),
         HostBlockAllocator(cache.num_cpu_blocks) if cache.num_cpu_blocks else None,
