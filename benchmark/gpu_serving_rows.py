@@ -126,6 +126,9 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=512)
     ap.add_argument("--cache-max-entry-count", type=float, default=0.8)
     ap.add_argument(
+        "--prefill-interval", type=int, default=16, help="0: admit new prompts at once (A/B)"
+    )
+    ap.add_argument(
         "--rows", nargs="+", default=["prefill", "d256", "d512", "uniform", "lognormal", "b1"]
     )
     ap.add_argument("--output", type=Path, default=Path("benchmark/results/serving_rows_cuda.json"))
@@ -136,6 +139,7 @@ def main() -> None:
         max_batch_size=args.max_batch_size,
         session_len=4096,
         cache_max_entry_count=args.cache_max_entry_count,
+        prefill_interval=args.prefill_interval,
     )
     pipe = pipeline(args.model, backend_config=config)
     model = pipe.service.engine.runner.model
@@ -198,6 +202,7 @@ def main() -> None:
         "copy_bandwidth_GBps": bandwidth / 1e9,
         "gemm_tflops": tflops,
         "max_batch_size": args.max_batch_size,
+        "prefill_interval": args.prefill_interval,
         "rows": rows,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
