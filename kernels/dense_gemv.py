@@ -108,6 +108,15 @@ def gemv_config(m: int, n: int, k: int, programs_per_sm: int = 4) -> dict[str, i
     return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=4)
 
 
+def gemv_candidates(n: int, k: int) -> list[dict[str, int]]:
+    """The one-row tiles the engine times against cuBLAS at load: the default split, half and
+    twice its programs a SM (occupancy and wave tails fall differently by shape), and
+    narrower K tiles."""
+    configs = [gemv_config(1, n, k, per_sm) for per_sm in (4, 2, 8)]
+    configs.append(gemv_config(1, n, k, 4) | {"BLOCK_K": 256})
+    return list({tuple(sorted(c.items())): c for c in configs}.values())
+
+
 def dense_gemv(
     x: torch.Tensor,
     weight: torch.Tensor,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lmdeploy.kernels.dense_gemv import dense_gemv, dense_gemv_ref, gemv_config
+from lmdeploy.kernels.dense_gemv import dense_gemv, dense_gemv_ref, gemv_candidates, gemv_config
 
 from ._util import DEVICE, gpu_cases
 
@@ -62,3 +62,9 @@ def test_config_splits_k_only_until_the_gpu_is_full():
     assert gemv_config(1, 28672, 4096)["SPLIT_K"] == 1  # 3584 column tiles fill 132 SMs
     o_proj = gemv_config(1, 4096, 4096)
     assert o_proj["SPLIT_K"] > 1 and 4096 // o_proj["BLOCK_K"] >= 2 * o_proj["SPLIT_K"]
+
+
+def test_load_time_candidates_are_distinct_and_include_the_default():
+    configs = gemv_candidates(4096, 4096)
+    assert gemv_config(1, 4096, 4096) in configs
+    assert len({tuple(sorted(c.items())) for c in configs}) == len(configs) >= 3

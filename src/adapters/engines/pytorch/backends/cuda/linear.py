@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from ......kernels.dense_gemv import dense_gemv, gemv_config
+from ......kernels.dense_gemv import dense_gemv, gemv_candidates
 from ...distributed.parallel_state import tp_group, tp_rank, tp_size
 
 logger = logging.getLogger(__name__)
@@ -73,14 +73,6 @@ class DecodeGemv:
         return F.linear(x, weight, bias)
 
 
-def candidates(shape: GemvShape) -> list[Config]:
-    """The GEMV tiles timed against cuBLAS: the default split and a half and twice its programs
-    a SM (where occupancy and wave tails fall differs by shape), and narrower K tiles."""
-    configs = [gemv_config(1, shape.n, shape.k, per_sm) for per_sm in (4, 2, 8)]
-    configs.append(gemv_config(1, shape.n, shape.k, 4) | {"BLOCK_K": 256})
-    return [dict(c) for c in {tuple(sorted(c.items())): c for c in configs}.values()]
-
-
 def _graph_us(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], weights) -> float:
     """Microseconds a call of `fn` over `weights` in turn, replayed from one CUDA graph."""
     for w, b in weights[:1]:
@@ -121,7 +113,8 @@ def time_shape(
     x = torch.randn(1, shape.k, dtype=cold[0][0].dtype, device=cold[0][0].device)
     cublas = _graph_us(lambda w, b: F.linear(x, w, b), cold)
     timed = [
-        (c, _graph_us(lambda w, b, c=c: dense_gemv(x, w, b, c), cold)) for c in candidates(shape)
+        (c, _graph_us(lambda w, b, c=c: dense_gemv(x, w, b, c), cold))
+        for c in gemv_candidates(shape.n, shape.k)
     ]
     return cublas, timed
 
@@ -144,6 +137,8 @@ def choose_decode_gemvs(
     `DecodeGemv` where the GEMV beat cuBLAS on its shape (`timer`: `time_shape`), else None.
     Every tensor-parallel rank must call this with weights of the same shapes, in the same
     order (their shards are)."""
+    if not weights:
+        return []
     by_shape: dict[GemvShape, list[tuple[torch.Tensor, torch.Tensor | None]]] = {}
     for w, b in weights:
         by_shape.setdefault(GemvShape.of(w, b), []).append((w, b))
