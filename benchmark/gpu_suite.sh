@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|tp|tp_profile|profile256|vlm ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|tp|tp_profile|profile256|vlm ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
@@ -52,6 +52,7 @@ for part in "$@"; do
     vlm) python3 benchmark/gpu_vlm.py --model ${VLM_MODEL:-qwen2-vl-7b} --out "$OUT/gpu_vlm$TAG.json" 2>&1 | tee "$OUT/gpu_vlm$TAG.log" ;;
     w4tc) python3 benchmark/gpu_w4a16_tc.py --sweep --output "$OUT/gpu_w4a16_tc$TAG.json" 2>&1 | tee "$OUT/gpu_w4a16_tc$TAG.log" ;;
     w4gemv) python3 benchmark/gpu_w4a16_gemv.py --sweep --output "$OUT/gpu_w4a16_gemv$TAG.json" 2>&1 | tee "$OUT/gpu_w4a16_gemv$TAG.log" ;;
+    dense_gemv) python3 benchmark/gpu_dense_gemv.py --sweep --output "$OUT/gpu_dense_gemv$TAG.json" 2>&1 | tee "$OUT/gpu_dense_gemv$TAG.log" ;;
     quant) python3 benchmark/gpu_quant.py --batch-sizes ${BATCHES:-1 64} \
         --output "$OUT/gpu_quant$TAG.json" 2>&1 | tee "$OUT/gpu_quant$TAG.log" ;;
   esac

@@ -267,11 +267,18 @@ def _build_rank(
     model = model.to(dtype).to_empty(device=device)
     _load(model, source, weights, quantized_types(config, device))
     model.eval()
+    use_graphs = platform.supports_graphs and not config.eager_mode
     prepare_linears(
-        model, device, dtype, pack=platform.packs_linears, gguf_int8=config.gguf_int_kernels
+        model,
+        device,
+        dtype,
+        pack=platform.packs_linears,
+        gguf_int8=config.gguf_int_kernels,
+        # One-row kernels timed against cuBLAS as the decode graphs replay them (eager steps
+        # pay Triton's launch on the CPU); LMDEPLOY_DENSE_GEMV=0 keeps cuBLAS (A/B runs).
+        decode_gemv=use_graphs and os.environ.get("LMDEPLOY_DENSE_GEMV", "1") != "0",
     )
     max_batch_size = config.max_batch_size or platform.default_max_batch_size()
-    use_graphs = platform.supports_graphs and not config.eager_mode
     lora = _adapter_pool(model, config, device, dtype, max_batch_size if use_graphs else 0)
     # After the adapters: a linear that LoRA hooks keeps its float input.
     fuse_input_quant(model, getattr(model, "quantized_input_producers", {}))

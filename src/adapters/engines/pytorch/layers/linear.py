@@ -17,7 +17,9 @@ After loading, `prepare_linears` lets each weight take its backend's own layout:
 float32, oneDNN's blocked layout and the skinny-GEMM panels of decode-sized rows
 (`backends/cpu/linear.py`); a GGUF weight the loader kept quantized stays in its blocks and
 runs through the CPU's quantized kernels (`backends/cpu/gguf_linear.py`: float32 activations
-by default, int8 ones on request).
+by default, int8 ones on request). On CUDA, with `decode_gemv`, each dense shape's one-row
+product is timed against cuBLAS there and takes the decode GEMV where it is faster
+(`backends/cuda/linear.py`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ....loaders.gguf_file import QuantizedWeight
@@ -147,6 +148,10 @@ class LinearBase(nn.Module):
         sizes = [self.full_sizes[s] // pack for s in self.shards]
         return dict(zip(self.shards, loaded.split(sizes, dim), strict=True))
 
+    def kernel_bias(self) -> torch.Tensor | None:
+        """The bias the matmul itself adds."""
+        return self.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
             # Its forward directly: hooks (LoRA's) sit on this module, not on the kernel's, and
@@ -199,8 +204,13 @@ class RowParallelLinear(LinearBase):
             return super().forward(x)
         if self.packed is not None:
             return all_reduce(self.packed.forward(x))
-        out = all_reduce(F.linear(x, self.weight))
+        method = self.method
+        assert isinstance(method, UnquantizedLinearMethod), "quantized checkpoints run at tp=1"
+        out = all_reduce(method.kernel(x, self.weight, None))
         return out if self.bias is None else out + self.bias
+
+    def kernel_bias(self) -> torch.Tensor | None:
+        return None if tp_size() > 1 else self.bias  # at tp > 1, added after the all-reduce
 
     def pack(self) -> None:
         if tp_size() > 1 and self.bias is not None:
@@ -285,11 +295,13 @@ def prepare_linears(
     dtype: torch.dtype,
     pack: bool = True,
     gguf_int8: bool = False,
+    decode_gemv: bool = False,
 ) -> None:
     """After loading: each linear takes its method's layout on `device` (a quantized one may
     turn dense), then GGUF blocks their kernel (float32 activations, or with `gguf_int8` the
     int8-activation one), then the backend's own dense weight layout, where there is one and
-    the platform keeps one (`pack`)."""
+    the platform keeps one (`pack`). With `decode_gemv`, on CUDA, each dense shape's one-row
+    kernel is chosen by timing (every tensor-parallel rank must pass the same flag)."""
     for module in model.modules():
         if isinstance(module, LinearBase):
             module.method.process_weights_after_loading(module, device)
@@ -303,6 +315,25 @@ def prepare_linears(
             continue  # a quantized weight that stays so: its method's kernel runs it
         if packable and callable(getattr(module, "pack", None)):  # a linear, or a tied LM head
             module.pack()
+    if decode_gemv and device.type == "cuda":
+        _choose_decode_gemvs(model)
+
+
+def _choose_decode_gemvs(model: nn.Module) -> None:
+    """Give each dense linear the one-row kernel timed fastest for its shape."""
+    from ..backends.cuda.linear import choose_decode_gemvs  # Triton: only where it runs
+
+    dense = [
+        m
+        for m in model.modules()
+        if isinstance(m, LinearBase)
+        and isinstance(m.method, UnquantizedLinearMethod)
+        and m.packed is None
+    ]
+    kernels = choose_decode_gemvs([(m.weight, m.kernel_bias()) for m in dense])
+    for module, kernel in zip(dense, kernels, strict=True):
+        if kernel is not None:
+            module.method.kernel = kernel
 
 
 def fuse_input_quant(model: nn.Module, producers: Mapping[str, str]) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -39,7 +40,12 @@ def add_bias(layer: LinearBase, bias: bool) -> None:
 
 
 class UnquantizedLinearMethod(LinearMethod):
-    """y = x W^T + b, W [output_size, input_size] as the checkpoint stores it."""
+    """y = x W^T + b, W [output_size, input_size] as the checkpoint stores it, multiplied by
+    `kernel(x, weight, bias)`: F.linear, or on CUDA the decode GEMV where `prepare_linears`
+    measured it faster for this shape (backends/cuda/linear.py's `DecodeGemv`)."""
+
+    def __init__(self) -> None:
+        self.kernel: Callable[..., torch.Tensor] = F.linear
 
     def create_weights(self, layer: LinearBase, bias: bool) -> None:
         layer.weight = nn.Parameter(torch.empty(layer.output_size, layer.input_size))
@@ -47,7 +53,7 @@ class UnquantizedLinearMethod(LinearMethod):
         add_bias(layer, bias)
 
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, layer.weight, layer.bias)
+        return self.kernel(x, layer.weight, layer.bias)
 
 
 @dataclass(frozen=True)

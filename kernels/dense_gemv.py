@@ -1,0 +1,158 @@
+"""Dense half-precision GEMV for decode: y [M, N] = x [M, K] @ W [N, K]^T (+ bias), M <= 4,
+W row-major as `nn.Linear` holds it (no re-layout), fp32 accumulation.
+
+At one row, a linear is bound by reading W once: bytes ~= 2 N K + 2 (M K + M N), FLOPs =
+2 M N K. cuBLAS reaches ~100% of the byte floor on the wide gate/up projections but 58-88% on
+the q/k/v, o and down ones of an 8B model (benchmark/NOTES.md), whose output tiles alone do
+not keep 132 SMs' loads in flight. This kernel gives each program a [BLOCK_N, BLOCK_K] tile of
+W read 16 contiguous bytes a thread along K, multiplies it into an fp32 accumulator of the
+tile's shape (the sum over K stays elementwise in registers: one FFMA a weight per row of x),
+loads the next tile before it multiplies this one, and reduces across threads once, at the
+end. K is split over programs until there are a few a SM; the program that finishes a column
+tile last adds the fp32 partial sums in split order (deterministic, one launch: the split-K
+reduction of `w4a16_gemm`). Whether it beats cuBLAS is measured per shape at load
+(backends/cuda/linear.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# The split-K helpers of the W4A16 kernels: the same counters and the same last-program sum.
+from .w4a16_gemm import MAX_COLUMN_TILES, NUM_SMS, _split_counters, _split_tiles, _store_or_reduce
+
+MAX_ROWS = 4  # beyond this many rows of x the weight is no longer the only cost: cuBLAS
+
+
+@triton.jit
+def _dense_gemv_kernel(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    partial_ptr,
+    out_ptr,
+    counter_ptr,
+    M,
+    N,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    stride_om,
+    stride_on,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
+):
+    """Program (column tile, split): W's rows [BLOCK_N] over this split's K tiles, against every
+    row of x. Rows of W past N read row N - 1 (wrapped, not masked: the loads stay unpredicated
+    and 16 bytes wide) and are never stored."""
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    first, last = _split_tiles(pid_k, K, BLOCK_K, SPLIT_K)
+    rows = tl.minimum(offs_n, N - 1)
+    w_ptrs = w_ptr + rows[None, :, None] * stride_wn + (first * BLOCK_K + offs_k)[None, None, :]
+    x_ptrs = x_ptr + offs_m[:, None, None] * stride_xm + (first * BLOCK_K + offs_k)[None, None, :]
+    w_step = BLOCK_K * stride_wk
+    m_mask = (offs_m < M)[:, None, None]
+    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
+    k0 = first * BLOCK_K
+    # A tensor, not a scalar, as the mask: the interpreter takes no scalar mask.
+    has_tile = tl.full((1, 1, 1), first, tl.int32) < last
+    if EVEN_K:
+        w_next = tl.load(w_ptrs, mask=has_tile, other=0.0)
+    else:
+        w_next = tl.load(w_ptrs, mask=has_tile & (k0 + offs_k < K)[None, None, :], other=0.0)
+    for tile in range(first, last):
+        w = w_next
+        w_ptrs += w_step
+        k0 = tile * BLOCK_K
+        # The next tile is in flight while this one is multiplied.
+        has_tile = tl.full((1, 1, 1), tile + 1, tl.int32) < last
+        if EVEN_K:
+            w_next = tl.load(w_ptrs, mask=has_tile, other=0.0)
+            x = tl.load(x_ptrs, mask=m_mask, other=0.0)
+        else:
+            k_next = (k0 + BLOCK_K + offs_k < K)[None, None, :]
+            w_next = tl.load(w_ptrs, mask=has_tile & k_next, other=0.0)
+            x = tl.load(x_ptrs, mask=m_mask & (k0 + offs_k < K)[None, None, :], other=0.0)
+        x_ptrs += BLOCK_K * stride_xk
+        acc += x.to(tl.float32) * w.to(tl.float32)
+    out = tl.sum(acc, axis=2)
+    if HAS_BIAS:  # added once: by the first split's partial sum
+        bias = tl.load(bias_ptr + rows).to(tl.float32)
+        out += tl.where(pid_k == 0, bias, 0.0)[None, :]
+    mask = (offs_m < M)[:, None] & (offs_n < N)[None, :]
+    _store_or_reduce(
+        out, offs_m, offs_n, mask, pid_n, pid_k, partial_ptr, out_ptr, counter_ptr,
+        M, N, stride_om, stride_on, SPLIT_K,
+    )  # fmt: skip
+
+
+def gemv_config(m: int, n: int, k: int, programs_per_sm: int = 4) -> dict[str, int]:
+    """Tiles for M rows: a 4-warp program reads [8, 512] bf16 (8 KiB) a tile at one row (32
+    accumulators a thread; BLOCK_K shrinks as rows multiply them), and K is split until
+    there are `programs_per_sm` programs a SM, each with two K tiles or more."""
+    block_m = triton.next_power_of_2(m)
+    block_n, block_k = 8, max(128, 512 // block_m)
+    tiles = triton.cdiv(n, block_n)
+    split_k = max(1, min(triton.cdiv(programs_per_sm * NUM_SMS, tiles), k // block_k // 2))
+    return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=4)
+
+
+def gemv_candidates(n: int, k: int) -> list[dict[str, int]]:
+    """The one-row tiles the engine times against cuBLAS at load: the default split, half and
+    twice its programs a SM (occupancy and wave tails fall differently by shape), and
+    narrower K tiles."""
+    configs = [gemv_config(1, n, k, per_sm) for per_sm in (4, 2, 8)]
+    configs.append(gemv_config(1, n, k, 4) | {"BLOCK_K": 256})
+    return list({tuple(sorted(c.items())): c for c in configs}.values())
+
+
+def dense_gemv(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    config: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """x [..., K] @ weight [N, K]^T (+ bias [N]) -> [..., N] in x's dtype, for at most
+    `MAX_ROWS` rows; `config` forces the tiles (benchmarks)."""
+    k = x.shape[-1]
+    n = weight.shape[0]
+    assert weight.shape == (n, k), f"weight {tuple(weight.shape)} is not [N, K={k}]"
+    assert weight.stride(1) == 1, "weight must be contiguous along K (nn.Linear's layout)"
+    assert bias is None or bias.shape == (n,), f"bias {tuple(bias.shape)} is not [N={n}]"
+    x2 = x.reshape(-1, k)
+    m = x2.shape[0]
+    assert 0 < m <= MAX_ROWS, f"{m} rows: the GEMV takes 1..{MAX_ROWS}; use F.linear"
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if n == 0:
+        return out.view(*x.shape[:-1], n)
+    cfg = dict(config or gemv_config(m, n, k))
+    split = cfg["SPLIT_K"]
+    assert triton.cdiv(n, cfg["BLOCK_N"]) <= MAX_COLUMN_TILES, f"N={n}: too many column tiles"
+    partial = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
+    grid = (triton.cdiv(n, cfg["BLOCK_N"]), split)
+    _dense_gemv_kernel[grid](
+        x2, weight, bias if bias is not None else weight, partial, out,
+        _split_counters(x.device), m, n, k, *x2.stride(), *weight.stride(), *out.stride(),
+        HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0,
+        BLOCK_M=triton.next_power_of_2(m), **cfg,
+    )  # fmt: skip
+    return out.view(*x.shape[:-1], n)
+
+
+def dense_gemv_ref(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The same in float32, cast to x's dtype."""
+    y = x.float() @ weight.float().t()
+    return (y if bias is None else y + bias.float()).to(x.dtype)
