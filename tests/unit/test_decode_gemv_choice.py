@@ -103,3 +103,14 @@ def test_prepare_linears_times_nothing_off_cuda():
         torch.nn.init.normal_(p)
     prepare_linears(model, torch.device("cpu"), torch.float32, pack=False, decode_gemv=True)
     assert all(m.method.kernel is F.linear for m in model)
+
+
+def test_a_timing_that_fails_keeps_cublas_everywhere(caplog):
+    linear = _cuda_linear()
+
+    def failing(shape, weights):
+        raise RuntimeError("capture failed")
+
+    weights = [(torch.empty(48, 32), None), (torch.empty(32, 32), None)]
+    assert linear.choose_decode_gemvs(weights, timer=failing) == [None, None]
+    assert "cuBLAS for every shape" in caplog.text

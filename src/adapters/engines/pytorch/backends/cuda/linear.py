@@ -144,18 +144,22 @@ def choose_decode_gemvs(
         by_shape.setdefault(GemvShape.of(w, b), []).append((w, b))
     shapes = sorted(by_shape)
     configs: dict[GemvShape, list[Config]] = {}
-    choices = []
-    for shape in shapes:
-        cublas, timed = timer(shape, by_shape[shape])
-        configs[shape] = [c for c, _ in timed]
-        best = fastest(cublas, [us for _, us in timed])
-        choices.append(0 if best is None else best + 1)
-        logger.info(
-            "decode GEMV %d x %d %s%s: cuBLAS %.1f us, ours %s -> %s",
-            shape.k, shape.n, shape.dtype, " +bias" if shape.bias else "", cublas,
-            ", ".join(f"{us:.1f}" for _, us in timed),
-            "cuBLAS" if best is None else f"ours {timed[best][0]}",
-        )  # fmt: skip
+    choices = [0] * len(shapes)
+    try:
+        for i, shape in enumerate(shapes):
+            cublas, timed = timer(shape, by_shape[shape])
+            configs[shape] = [c for c, _ in timed]
+            best = fastest(cublas, [us for _, us in timed])
+            choices[i] = 0 if best is None else best + 1
+            logger.info(
+                "decode GEMV %d x %d %s%s: cuBLAS %.1f us, ours %s -> %s",
+                shape.k, shape.n, shape.dtype, " +bias" if shape.bias else "", cublas,
+                ", ".join(f"{us:.1f}" for _, us in timed),
+                "cuBLAS" if best is None else f"ours {timed[best][0]}",
+            )  # fmt: skip
+    except Exception:  # an optimisation only: a failed timing must not fail the engine
+        logger.warning("timing the decode GEMV failed: cuBLAS for every shape", exc_info=True)
+        choices = [0] * len(shapes)  # still joins the broadcast below, as every rank must
     torch.cuda.empty_cache()  # the copies and graphs: the KV cache is sized after this
     chosen = {
         shape: DecodeGemv(shape, configs[shape][choice - 1])
