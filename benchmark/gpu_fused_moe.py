@@ -10,20 +10,37 @@ In the engine a decode step runs under a CUDA graph, where launch overhead is no
 but each kernel still costs its few microseconds: the `graph` columns replay one layer's MoE
 from the router logits, routed and aligned in one launch (`fused_moe_routed`) against the torch
 routing and alignment (`route` + `fused_moe`), and the routing/alignment alone both ways (what
-sets `moe_routing.MAX_FUSED_WORK`).
+sets `moe_routing.MAX_FUSED_WORK`). The w2 stage runs both ways: the one-launch product and
+token sum (`moe_down_sum`, the default where `down_sum_fits`) and the grouped GEMM then a torch
+sum (`down_sum=False`): `routed_graph_ms` against `routed_grouped_graph_ms` for the layer, and
+the w2 stage alone (`w2_*_us`, same act and routing), each replay through a different random
+permutation of the experts so that every call reads its experts from HBM, not L2, with its
+bytes floor (the picked experts' w2 at `HBM_BYTES_PER_S`). The one-launch path is timed up to
+`FORCED_PAIRS` pairs, past its default bound too, to show where the bound falls.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import triton.testing
 from cuda_graph_timing import graph_ms
+from triton.testing import do_bench_cudagraph
 
-from lmdeploy.kernels.fused_moe import fused_moe, fused_moe_ref, fused_moe_routed, moe_align, route
+from lmdeploy.kernels.fused_moe import (
+    _grouped_gemm,  # private, with _moe_config: the w2 stage alone, as fused_moe runs it
+    _moe_config,
+    fused_moe,
+    fused_moe_ref,
+    fused_moe_routed,
+    moe_align,
+    route,
+)
+from lmdeploy.kernels.moe_down_sum import down_sum_config, down_sum_fits, moe_down_sum
 from lmdeploy.kernels.moe_routing import route_and_align
 
 SHAPES = {  # num_experts, top_k, hidden, intermediate, renormalize
@@ -31,6 +48,11 @@ SHAPES = {  # num_experts, top_k, hidden, intermediate, renormalize
     "mixtral-8x7b": (8, 2, 4096, 14336, True),
 }
 TOL = {"atol": 3e-2, "rtol": 3e-2}  # the test suite's bf16 tolerance (tests/kernels)
+HBM_BYTES_PER_S = 4.25e12  # what an H200's HBM3e sustains (copy rate, benchmark/NOTES.md)
+L2_BYTES = 50 << 20  # the H200's
+FORCED_PAIRS = 256  # the one-launch w2 path is timed up to this many pairs, past its bound
+# (BLOCK_P, BLOCK_N, num_warps) of the one-launch w2 path tried by --sweep, BLOCK_K as default.
+SWEEP = [(1, 8, 4), (2, 8, 4), (4, 8, 4), (2, 16, 4), (4, 16, 8), (4, 8, 8), (4, 4, 4)]
 
 
 def _time(fn) -> float:
@@ -50,7 +72,51 @@ def _inputs(shape: str, num_tokens: int) -> tuple:
     return x, w13, w2, weights, ids, logits
 
 
-def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
+def w2_stage(w2: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, sweep: bool) -> dict:
+    """The w2 stage alone, both ways, in microseconds a call: each call's experts permuted at
+    random (same sharing between tokens), calls cycling past 4 L2s of expert bytes."""
+    num_experts, hidden, inter = w2.shape
+    num_tokens, top_k = ids.shape
+    gen = torch.Generator("cuda").manual_seed(num_tokens)
+    act = torch.randn(ids.numel(), inter, device="cuda", generator=gen).bfloat16()
+    picked = int(ids.unique().numel()) * hidden * inter * w2.element_size()
+    num_calls = max(2, min(64, -(-4 * L2_BYTES // picked)))
+    perms = [torch.randperm(num_experts, device="cuda", generator=gen) for _ in range(num_calls)]
+    call_ids = [p[ids].to(ids.dtype).contiguous() for p in perms]
+    cfg = _moe_config(ids.numel(), num_experts, w2.dtype)
+    aligns = [moe_align(i, num_experts, cfg["BLOCK_M"]) for i in call_ids]
+    down = torch.empty(ids.numel(), hidden, dtype=w2.dtype, device="cuda")
+
+    def grouped(i: int) -> torch.Tensor:
+        _grouped_gemm(act, w2, down, aligns[i], weights, 1, cfg)
+        return down.view(-1, top_k, hidden).sum(dim=1)
+
+    def one_launch(i: int) -> torch.Tensor:
+        return moe_down_sum(act, w2, weights, call_ids[i])
+
+    torch.testing.assert_close(one_launch(0), grouped(0), **TOL)
+    floor_us = (picked + (ids.numel() * inter + num_tokens * hidden) * 2) / HBM_BYTES_PER_S * 1e6
+    row = {"w2_floor_us": floor_us, "w2_grouped_sum_us": _cycled_us(grouped, num_calls)}
+    if ids.numel() <= FORCED_PAIRS:
+        row["w2_one_launch_us"] = _cycled_us(one_launch, num_calls)
+    for block_p, block_n, warps in SWEEP if sweep and ids.numel() <= FORCED_PAIRS else []:
+        tiles = down_sum_config(top_k, inter, w2.dtype)
+        tiles |= dict(BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
+
+        def tiled(i: int, tiles=tiles) -> torch.Tensor:
+            return moe_down_sum(act, w2, weights, call_ids[i], config=tiles)
+
+        torch.testing.assert_close(tiled(0), grouped(0), **TOL)
+        row[f"w2_one_launch_us_p{block_p}_n{block_n}_w{warps}"] = _cycled_us(tiled, num_calls)
+    return row
+
+
+def _cycled_us(fn: Callable[[int], object], num_calls: int) -> float:
+    """Microseconds a call, calls 0..num_calls-1 in turn replayed from one CUDA graph."""
+    return do_bench_cudagraph(lambda: [fn(i) for i in range(num_calls)]) * 1e3 / num_calls
+
+
+def run(shape: str, token_counts: list[int], peak_gbps: float, sweep: bool) -> list[dict]:
     rows = []
     num_experts, top_k, hidden, inter, renorm = SHAPES[shape]
     for t in token_counts:
@@ -58,11 +124,14 @@ def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
         args = (x, w13, w2, weights, ids)
         got, want = fused_moe(*args), fused_moe_ref(*args)
         torch.testing.assert_close(got, want, **TOL, msg=lambda m, t=t: f"{shape} T={t}: {m}")
-        got_routed = fused_moe_routed(x, logits, w13, w2, top_k, renorm)
-        torch.testing.assert_close(got_routed, want, **TOL, msg=lambda m, t=t: f"routed T={t}: {m}")
+        for down_sum in (None, True, False):
+            got_routed = fused_moe_routed(x, logits, w13, w2, top_k, renorm, down_sum=down_sum)
+            torch.testing.assert_close(
+                got_routed, want, **TOL, msg=lambda m, t=t, d=down_sum: f"routed {d} T={t}: {m}"
+            )
 
-        def routed(x=x, logits=logits, w13=w13, w2=w2):
-            return fused_moe_routed(x, logits, w13, w2, top_k, renorm)
+        def routed(x=x, logits=logits, w13=w13, w2=w2, down_sum=None):
+            return fused_moe_routed(x, logits, w13, w2, top_k, renorm, down_sum=down_sum)
 
         def torch_routed(x=x, logits=logits, w13=w13, w2=w2):
             return fused_moe(x, w13, w2, *route(logits, top_k, renorm))
@@ -75,6 +144,7 @@ def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
 
         graph = {
             "routed_graph_ms": graph_ms(routed),
+            "routed_grouped_graph_ms": graph_ms(lambda: routed(down_sum=False)),
             "torch_routed_graph_ms": graph_ms(torch_routed),
             "route_align_graph_ms": graph_ms(routing),
             "torch_route_align_graph_ms": graph_ms(torch_routing),
@@ -98,7 +168,9 @@ def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
                 "fused_gbps": gbps,
                 "fraction_of_peak": gbps / peak_gbps,
                 "max_abs_err": float((got.float() - want.float()).abs().max()),
+                "down_sum_default": down_sum_fits(t, top_k, num_experts),
                 **graph,
+                **w2_stage(w2, weights, ids, sweep),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -110,11 +182,12 @@ def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 4, 16, 64, 128, 256, 512])
+    ap.add_argument("--tokens", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64, 128, 256, 512])
     ap.add_argument("--peak-gbps", type=float, default=4800.0, help="HBM peak (H200: 4.8 TB/s)")
     ap.add_argument("--out", type=Path, default=Path("benchmark/results/fused_moe_cuda.json"))
+    ap.add_argument("--sweep", action="store_true", help="the one-launch w2 path's SWEEP tiles too")
     args = ap.parse_args()
-    rows = [r for shape in args.shapes for r in run(shape, args.tokens, args.peak_gbps)]
+    rows = [r for s in args.shapes for r in run(s, args.tokens, args.peak_gbps, args.sweep)]
     head = f"{'shape':>14} {'T':>4} {'experts':>7} {'MB':>8} {'fused ms':>9} {'ref ms':>8}"
     print(head + f" {'align ms':>9} {'GB/s':>7} {'of peak':>8} {'speed-up':>9}")
     for r in rows:
@@ -125,16 +198,30 @@ def main() -> None:
             f"{r['ref_ms'] / r['fused_ms']:>8.2f}x"
         )
     print(
-        "\nUnder a CUDA graph, ms a call (one layer's MoE from the router logits; routing alone):"
+        "\nUnder a CUDA graph, ms a call (one layer's MoE from the router logits, routed and aligned"
+        " in one launch, w2 by default or grouped; torch's routing; routing alone):"
     )
     print(
-        f"{'shape':>14} {'T':>4} {'one-launch':>11} {'torch-routed':>13} {'route+align':>12} {'torch':>8}"
+        f"{'shape':>14} {'T':>4} {'routed':>11} {'w2 grouped':>11} {'torch-routed':>13}"
+        f" {'route+align':>12} {'torch':>8}"
     )
     for r in rows:
         print(
             f"{r['shape']:>14} {r['tokens']:>4} {r['routed_graph_ms']:>11.4f} "
+            f"{r['routed_grouped_graph_ms']:>11.4f} "
             f"{r['torch_routed_graph_ms']:>13.4f} {r['route_align_graph_ms']:>12.4f} "
             f"{r['torch_route_align_graph_ms']:>8.4f}"
+        )
+    print("\nThe w2 stage alone, us a call, experts read from HBM (default: the path taken):")
+    print(
+        f"{'shape':>14} {'T':>4} {'floor':>7} {'grouped+sum':>12} {'one-launch':>11} {'default':>8}"
+    )
+    for r in rows:
+        one = r.get("w2_one_launch_us")
+        print(
+            f"{r['shape']:>14} {r['tokens']:>4} {r['w2_floor_us']:>7.1f} "
+            f"{r['w2_grouped_sum_us']:>12.1f} {one if one is not None else float('nan'):>11.1f} "
+            f"{'one-launch' if r['down_sum_default'] else 'grouped':>10}"
         )
     report = {
         "device": torch.cuda.get_device_name(),
