@@ -12,18 +12,13 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import re
 import sys
 from pathlib import Path
-
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # w4a16_sass's helpers; kernels/
 
-from w4a16_sass import loop_body, resources  # noqa: E402
+from w4a16_sass import compile_sm90, loop_body, op_counts, resources  # noqa: E402
 
 POINTERS = {
     "x_ptr": "*bf16", "w_ptr": "*bf16", "bias_ptr": "*bf16", "partial_ptr": "*fp32",
@@ -34,28 +29,21 @@ POINTERS = {
 UNIT_STRIDES = ("stride_xk", "stride_wk", "stride_on")
 
 
-def compile_sm90(constants: dict[str, int], num_warps: int):
+def compile_kernel(constants: dict[str, int], num_warps: int):
     from kernels.dense_gemv import _dense_gemv_kernel as kernel
 
-    names = kernel.arg_names
-    constants = constants | dict.fromkeys(UNIT_STRIDES, 1)
-    signature = {n: POINTERS.get(n, "constexpr" if n in constants else "i32") for n in names}
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n not in constants}
-    source = ASTSource(kernel, signature, constexprs=constants, attrs=attrs)
-    return triton.compile(
-        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}
-    )
+    return compile_sm90(kernel, constants, num_warps, POINTERS, UNIT_STRIDES)
 
 
 def count(rows: int, block_n: int, block_k: int, warps: int) -> dict:
     consts = dict(
         HAS_BIAS=False, EVEN_K=True, BLOCK_M=rows, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=4
     )
-    compiled = compile_sm90(consts, warps)
+    compiled = compile_kernel(consts, warps)
     regs, stack = resources(compiled.asm["cubin"])
     body = loop_body(compiled.asm["sass"])
     weights = block_n * block_k / (32 * warps)
-    ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", x).group(2) for x in body)
+    ops = op_counts(body)
     loads = [x for x in body if "LDG" in x]
     return {
         "rows": rows, "block_n": block_n, "block_k": block_k, "warps": warps,

@@ -25,16 +25,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gpu_profile import GPU_CATS, kind_of  # noqa: E402
-
-
-def _union(intervals: list[tuple[float, float]]) -> float:
-    total, end = 0.0, -float("inf")
-    for a, b in sorted(intervals):
-        if b > end:
-            total += b - max(a, end)
-            end = b
-    return total
+from gpu_profile import GPU_CATS, _union, kind_of  # noqa: E402
 
 
 def analyze(trace: dict[str, Any], steps: int) -> dict[str, Any]:

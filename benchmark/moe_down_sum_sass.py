@@ -13,18 +13,13 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import re
 import sys
 from pathlib import Path
-
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.compiler import ASTSource
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # w4a16_sass's helpers; kernels/
 
-from w4a16_sass import loop_body, resources  # noqa: E402
+from w4a16_sass import compile_sm90, loop_body, op_counts, resources  # noqa: E402
 
 POINTERS = {
     "act_ptr": "*bf16", "w2_ptr": "*bf16", "topk_weights_ptr": "*fp32", "topk_ids_ptr": "*i32",
@@ -35,26 +30,19 @@ POINTERS = {
 UNIT_STRIDES = ("stride_ak", "stride_wk", "stride_on")
 
 
-def compile_sm90(constants: dict[str, int], num_warps: int):
+def compile_kernel(constants: dict[str, int], num_warps: int):
     from kernels.moe_down_sum import _moe_down_sum_kernel as kernel
 
-    names = kernel.arg_names
-    constants = constants | dict.fromkeys(UNIT_STRIDES, 1)
-    signature = {n: POINTERS.get(n, "constexpr" if n in constants else "i32") for n in names}
-    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n not in constants}
-    source = ASTSource(kernel, signature, constexprs=constants, attrs=attrs)
-    return triton.compile(
-        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps}
-    )
+    return compile_sm90(kernel, constants, num_warps, POINTERS, UNIT_STRIDES)
 
 
 def count(top_k: int, block_p: int, block_n: int, block_k: int, warps: int) -> dict:
     consts = dict(TOP_K=top_k, EVEN_K=True, BLOCK_P=block_p, BLOCK_N=block_n, BLOCK_K=block_k)
-    compiled = compile_sm90(consts, warps)
+    compiled = compile_kernel(consts, warps)
     regs, stack = resources(compiled.asm["cubin"])
     body = loop_body(compiled.asm["sass"])
     weights = block_p * block_n * block_k / (32 * warps)
-    ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", x).group(2) for x in body)
+    ops = op_counts(body)
     loads = [x.split()[0 if not x.startswith("@") else 1] for x in body if "LDG" in x]
     return {
         "top_k": top_k, "block_p": block_p, "block_n": block_n, "block_k": block_k,

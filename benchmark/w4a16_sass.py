@@ -34,10 +34,18 @@ POINTERS = {
 UNIT_STRIDES = ("stride_xk", "stride_qn", "stride_sn", "stride_on")
 
 
-def compile_sm90(kernel, constants: dict[str, int], num_warps: int):
+def compile_sm90(
+    kernel,
+    constants: dict[str, int],
+    num_warps: int,
+    pointers: dict[str, str] = POINTERS,
+    unit_strides: tuple[str, ...] = UNIT_STRIDES,
+):
+    """`kernel` compiled for sm_90a as its launcher would specialize it (the other benchmark
+    kernels' counters pass their own pointer types and unit strides)."""
     names = kernel.arg_names
-    constants = constants | dict.fromkeys(UNIT_STRIDES, 1)
-    signature = {n: POINTERS.get(n, "constexpr" if n in constants else "i32") for n in names}
+    constants = constants | dict.fromkeys(unit_strides, 1)
+    signature = {n: pointers.get(n, "constexpr" if n in constants else "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if n not in constants}
     source = ASTSource(kernel, signature, constexprs=constants, attrs=attrs)
     return triton.compile(
@@ -69,13 +77,18 @@ def loop_body(sass: str) -> list[str]:
     return best
 
 
+def op_counts(body: list[str]) -> collections.Counter:
+    """Instructions of a SASS loop body by opcode (predicates dropped)."""
+    return collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", x).group(2) for x in body)
+
+
 def count(kernel, block_n: int, block_k: int, warps: int) -> dict:
     consts = dict(GROUP_SIZE=128, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=16)
     compiled = compile_sm90(kernel, consts, warps)
     regs, stack = resources(compiled.asm["cubin"])
     body = loop_body(compiled.asm["sass"])
     weights = block_n * block_k / (32 * warps)
-    ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", x).group(2) for x in body)
+    ops = op_counts(body)
     ptx = compiled.asm["ptx"]
     return {
         "block_n": block_n, "block_k": block_k, "warps": warps, "registers": regs,

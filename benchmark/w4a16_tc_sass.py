@@ -10,7 +10,6 @@ A tile is BLOCK_M,BLOCK_N,BLOCK_K,num_warps (group size 128, split K 4, bf16 x).
 from __future__ import annotations
 
 import argparse
-import collections
 import os
 import re
 import sys
@@ -21,7 +20,7 @@ import triton
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark-local old kernel; kernels/
 
-from w4a16_sass import compile_sm90, loop_body, resources  # noqa: E402
+from w4a16_sass import compile_sm90, loop_body, op_counts, resources  # noqa: E402
 
 
 def count(kernel, block_m: int, block_n: int, block_k: int, warps: int) -> dict:
@@ -33,7 +32,7 @@ def count(kernel, block_m: int, block_n: int, block_k: int, warps: int) -> dict:
     loop = re.search(r"scf\.for.*?scf\.yield", compiled.asm["ttgir"], re.S).group(0)
     regs, stack = resources(compiled.asm["cubin"])
     body = loop_body(compiled.asm["sass"])
-    ops = collections.Counter(re.match(r"(@!?U?P\w+\s+)?([A-Z0-9_]+)", x).group(2) for x in body)
+    ops = op_counts(body)
     weights = block_n * block_k / (32 * warps)
     return {
         "tile": [block_m, block_n, block_k, warps], "registers": regs, "stack_bytes": stack,
