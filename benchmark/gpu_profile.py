@@ -87,7 +87,7 @@ def _step(sched, runner) -> None:
     sched.postprocess(plan, runner.step(plan).token_ids)
 
 
-def _union(intervals: list[tuple[float, float]]) -> float:
+def union_length(intervals: list[tuple[float, float]]) -> float:
     total, end = 0.0, -float("inf")
     for a, b in sorted(intervals):
         if b > end:
@@ -123,7 +123,7 @@ def analyze(trace: dict) -> list[dict]:
         if not gpu:
             continue
         first, last = min(a for a, _ in gpu), max(b for _, b in gpu)
-        busy = _union(gpu)
+        busy = union_length(gpu)
         rows.append(
             {
                 "wall_us": e - s,

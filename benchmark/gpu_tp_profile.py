@@ -25,7 +25,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from gpu_profile import GPU_CATS, _union, kind_of  # noqa: E402
+from gpu_profile import GPU_CATS, kind_of, union_length  # noqa: E402
 
 
 def analyze(trace: dict[str, Any], steps: int) -> dict[str, Any]:
@@ -52,7 +52,7 @@ def analyze(trace: dict[str, Any], steps: int) -> dict[str, Any]:
     return {
         "window_us": end - begin,
         "step_us": (end - begin) / steps,
-        "busy_share": _union(spans) / (end - begin),
+        "busy_share": union_length(spans) / (end - begin),
         "us_per_step": {k: round(v / steps, 1) for k, v in sorted(per_kind.items())},
         "launches_per_step": {k: round(v / steps, 1) for k, v in sorted(count.items())},
         "largest_gaps_us": [round(g, 1) for g in gaps[:5]],
