@@ -18,17 +18,17 @@ import argparse
 import json
 import math
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 import triton
-from triton.testing import do_bench_cudagraph
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE.parent)]  # kernels/
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # gpu_w4a16_gemv's helpers; kernels/
+
+from gpu_w4a16_gemv import HBM_BYTES_PER_S, copies_for, graph_us, max_error  # noqa: E402
 
 from kernels.dense_gemv import NUM_SMS, dense_gemv, gemv_candidates, gemv_config  # noqa: E402
 
@@ -50,8 +50,6 @@ LINEARS = [
     ("qwen3-30b-a3b", "o", 4096, 2048, False),
     ("qwen3-30b-a3b", "router", 2048, 128, False),
 ]
-HBM_BYTES_PER_S = 4.25e12  # the issue's figure for what an H200's HBM3e sustains
-L2_BYTES = 50 << 20  # the H200's
 # (BLOCK_N, BLOCK_K, num_warps, programs a SM the split aims at) tried by --sweep.
 SWEEP = [
     (8, 512, 4, 2),
@@ -70,16 +68,6 @@ def floor_bytes(m: int, k: int, n: int) -> int:
     return 2 * (n * k + m * k + m * n)
 
 
-def graph_us(fn: Callable[[Any], Any], weights: list) -> float:
-    """Microseconds a call, the calls over `weights` in turn replayed from one CUDA graph."""
-    return do_bench_cudagraph(lambda: [fn(w) for w in weights]) * 1e3 / len(weights)
-
-
-def max_error(got: torch.Tensor, expected: torch.Tensor) -> float:
-    """Largest difference over the largest reference value."""
-    return ((got.float() - expected).abs().max() / expected.abs().max()).item()
-
-
 def sweep_config(m: int, k: int, n: int, block_n: int, block_k: int, warps: int, per_sm: int):
     split = max(1, min(math.ceil(per_sm * NUM_SMS / math.ceil(n / block_n)), k // block_k // 2))
     return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=warps)
@@ -93,7 +81,7 @@ def timed(x, weights, bias, ref, config) -> dict[str, Any]:
 
 
 def linear_rows(model: str, name: str, k: int, n: int, has_bias: bool, args) -> list[dict]:
-    copies = max(2, math.ceil(4 * L2_BYTES / (2 * n * k)))
+    copies = copies_for(2 * n * k)
     weights = [torch.randn(n, k, device="cuda", dtype=torch.bfloat16) for _ in range(copies)]
     bias = torch.randn(n, device="cuda", dtype=torch.bfloat16) if has_bias else None
     rows = []
