@@ -10,13 +10,10 @@ In the engine a decode step runs under a CUDA graph, where launch overhead is no
 but each kernel still costs its few microseconds: the `graph` columns replay one layer's MoE
 from the router logits, routed and aligned in one launch (`fused_moe_routed`) against the torch
 routing and alignment (`route` + `fused_moe`), and the routing/alignment alone both ways (what
-sets `moe_routing.MAX_FUSED_WORK`). The w2 stage runs both ways: the one-launch product and
-token sum (`moe_down_sum`, the default where `down_sum_fits`) and the grouped GEMM then a torch
-sum (`down_sum=False`): `routed_graph_ms` against `routed_grouped_graph_ms` for the layer, and
-the w2 stage alone (`w2_*_us`, same act and routing), each replay through a different random
-permutation of the experts so that every call reads its experts from HBM, not L2, with its
-bytes floor (the picked experts' w2 at `HBM_BYTES_PER_S`). The one-launch path is timed up to
-`FORCED_PAIRS` pairs, past its default bound too, to show where the bound falls.
+sets `moe_routing.MAX_FUSED_WORK`). The w2 stage (grouped GEMM, then each token's sum) is also
+timed alone (`w2_grouped_sum_us`), each replay through a different random permutation of the
+experts so that every call reads its experts from HBM, not L2, against its bytes floor (the
+picked experts' w2 at `HBM_BYTES_PER_S`).
 """
 
 from __future__ import annotations
@@ -40,7 +37,6 @@ from lmdeploy.kernels.fused_moe import (
     moe_align,
     route,
 )
-from lmdeploy.kernels.moe_down_sum import down_sum_config, down_sum_fits, moe_down_sum
 from lmdeploy.kernels.moe_routing import route_and_align
 
 SHAPES = {  # num_experts, top_k, hidden, intermediate, renormalize
@@ -50,9 +46,6 @@ SHAPES = {  # num_experts, top_k, hidden, intermediate, renormalize
 TOL = {"atol": 3e-2, "rtol": 3e-2}  # the test suite's bf16 tolerance (tests/kernels)
 HBM_BYTES_PER_S = 4.25e12  # what an H200's HBM3e sustains (copy rate, benchmark/NOTES.md)
 L2_BYTES = 50 << 20  # the H200's
-FORCED_PAIRS = 256  # the one-launch w2 path is timed up to this many pairs, past its bound
-# (BLOCK_P, BLOCK_N, num_warps) of the one-launch w2 path tried by --sweep, BLOCK_K as default.
-SWEEP = [(1, 8, 4), (2, 8, 4), (4, 8, 4), (2, 16, 4), (4, 16, 8), (4, 8, 8), (4, 4, 4)]
 
 
 def _time(fn) -> float:
@@ -72,8 +65,8 @@ def _inputs(shape: str, num_tokens: int) -> tuple:
     return x, w13, w2, weights, ids, logits
 
 
-def w2_stage(w2: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, sweep: bool) -> dict:
-    """The w2 stage alone, both ways, in microseconds a call: each call's experts permuted at
+def w2_stage(w2: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> dict:
+    """The w2 stage alone, in microseconds a call: each call's experts permuted at
     random (same sharing between tokens), calls cycling past 4 L2s of expert bytes."""
     num_experts, hidden, inter = w2.shape
     num_tokens, top_k = ids.shape
@@ -91,24 +84,8 @@ def w2_stage(w2: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, sweep: 
         _grouped_gemm(act, w2, down, aligns[i], weights, 1, cfg)
         return down.view(-1, top_k, hidden).sum(dim=1)
 
-    def one_launch(i: int) -> torch.Tensor:
-        return moe_down_sum(act, w2, weights, call_ids[i])
-
-    torch.testing.assert_close(one_launch(0), grouped(0), **TOL)
     floor_us = (picked + (ids.numel() * inter + num_tokens * hidden) * 2) / HBM_BYTES_PER_S * 1e6
-    row = {"w2_floor_us": floor_us, "w2_grouped_sum_us": _cycled_us(grouped, num_calls)}
-    if ids.numel() <= FORCED_PAIRS:
-        row["w2_one_launch_us"] = _cycled_us(one_launch, num_calls)
-    for block_p, block_n, warps in SWEEP if sweep and ids.numel() <= FORCED_PAIRS else []:
-        tiles = down_sum_config(top_k, inter, w2.dtype)
-        tiles |= dict(BLOCK_P=block_p, BLOCK_N=block_n, num_warps=warps)
-
-        def tiled(i: int, tiles=tiles) -> torch.Tensor:
-            return moe_down_sum(act, w2, weights, call_ids[i], config=tiles)
-
-        torch.testing.assert_close(tiled(0), grouped(0), **TOL)
-        row[f"w2_one_launch_us_p{block_p}_n{block_n}_w{warps}"] = _cycled_us(tiled, num_calls)
-    return row
+    return {"w2_floor_us": floor_us, "w2_grouped_sum_us": _cycled_us(grouped, num_calls)}
 
 
 def _cycled_us(fn: Callable[[int], object], num_calls: int) -> float:
@@ -116,7 +93,7 @@ def _cycled_us(fn: Callable[[int], object], num_calls: int) -> float:
     return do_bench_cudagraph(lambda: [fn(i) for i in range(num_calls)]) * 1e3 / num_calls
 
 
-def run(shape: str, token_counts: list[int], peak_gbps: float, sweep: bool) -> list[dict]:
+def run(shape: str, token_counts: list[int], peak_gbps: float) -> list[dict]:
     rows = []
     num_experts, top_k, hidden, inter, renorm = SHAPES[shape]
     for t in token_counts:
@@ -124,14 +101,11 @@ def run(shape: str, token_counts: list[int], peak_gbps: float, sweep: bool) -> l
         args = (x, w13, w2, weights, ids)
         got, want = fused_moe(*args), fused_moe_ref(*args)
         torch.testing.assert_close(got, want, **TOL, msg=lambda m, t=t: f"{shape} T={t}: {m}")
-        for down_sum in (None, True, False):
-            got_routed = fused_moe_routed(x, logits, w13, w2, top_k, renorm, down_sum=down_sum)
-            torch.testing.assert_close(
-                got_routed, want, **TOL, msg=lambda m, t=t, d=down_sum: f"routed {d} T={t}: {m}"
-            )
+        got_routed = fused_moe_routed(x, logits, w13, w2, top_k, renorm)
+        torch.testing.assert_close(got_routed, want, **TOL, msg=lambda m, t=t: f"routed T={t}: {m}")
 
-        def routed(x=x, logits=logits, w13=w13, w2=w2, down_sum=None):
-            return fused_moe_routed(x, logits, w13, w2, top_k, renorm, down_sum=down_sum)
+        def routed(x=x, logits=logits, w13=w13, w2=w2):
+            return fused_moe_routed(x, logits, w13, w2, top_k, renorm)
 
         def torch_routed(x=x, logits=logits, w13=w13, w2=w2):
             return fused_moe(x, w13, w2, *route(logits, top_k, renorm))
@@ -144,7 +118,6 @@ def run(shape: str, token_counts: list[int], peak_gbps: float, sweep: bool) -> l
 
         graph = {
             "routed_graph_ms": graph_ms(routed),
-            "routed_grouped_graph_ms": graph_ms(lambda: routed(down_sum=False)),
             "torch_routed_graph_ms": graph_ms(torch_routed),
             "route_align_graph_ms": graph_ms(routing),
             "torch_route_align_graph_ms": graph_ms(torch_routing),
@@ -168,9 +141,8 @@ def run(shape: str, token_counts: list[int], peak_gbps: float, sweep: bool) -> l
                 "fused_gbps": gbps,
                 "fraction_of_peak": gbps / peak_gbps,
                 "max_abs_err": float((got.float() - want.float()).abs().max()),
-                "down_sum_default": down_sum_fits(t, top_k, num_experts),
                 **graph,
-                **w2_stage(w2, weights, ids, sweep),
+                **w2_stage(w2, weights, ids),
             }
         )
         print(json.dumps(rows[-1]), flush=True)
@@ -185,9 +157,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, nargs="+", default=[1, 2, 4, 8, 16, 64, 128, 256, 512])
     ap.add_argument("--peak-gbps", type=float, default=4800.0, help="HBM peak (H200: 4.8 TB/s)")
     ap.add_argument("--out", type=Path, default=Path("benchmark/results/fused_moe_cuda.json"))
-    ap.add_argument("--sweep", action="store_true", help="the one-launch w2 path's SWEEP tiles too")
     args = ap.parse_args()
-    rows = [r for s in args.shapes for r in run(s, args.tokens, args.peak_gbps, args.sweep)]
+    rows = [r for s in args.shapes for r in run(s, args.tokens, args.peak_gbps)]
     head = f"{'shape':>14} {'T':>4} {'experts':>7} {'MB':>8} {'fused ms':>9} {'ref ms':>8}"
     print(head + f" {'align ms':>9} {'GB/s':>7} {'of peak':>8} {'speed-up':>9}")
     for r in rows:
@@ -199,29 +170,24 @@ def main() -> None:
         )
     print(
         "\nUnder a CUDA graph, ms a call (one layer's MoE from the router logits, routed and aligned"
-        " in one launch, w2 by default or grouped; torch's routing; routing alone):"
+        " in one launch; torch's routing; routing alone):"
     )
     print(
-        f"{'shape':>14} {'T':>4} {'routed':>11} {'w2 grouped':>11} {'torch-routed':>13}"
+        f"{'shape':>14} {'T':>4} {'routed':>11} {'torch-routed':>13}"
         f" {'route+align':>12} {'torch':>8}"
     )
     for r in rows:
         print(
             f"{r['shape']:>14} {r['tokens']:>4} {r['routed_graph_ms']:>11.4f} "
-            f"{r['routed_grouped_graph_ms']:>11.4f} "
             f"{r['torch_routed_graph_ms']:>13.4f} {r['route_align_graph_ms']:>12.4f} "
             f"{r['torch_route_align_graph_ms']:>8.4f}"
         )
-    print("\nThe w2 stage alone, us a call, experts read from HBM (default: the path taken):")
-    print(
-        f"{'shape':>14} {'T':>4} {'floor':>7} {'grouped+sum':>12} {'one-launch':>11} {'default':>8}"
-    )
+    print("\nThe w2 stage alone, us a call, experts read from HBM:")
+    print(f"{'shape':>14} {'T':>4} {'floor':>7} {'grouped+sum':>12}")
     for r in rows:
-        one = r.get("w2_one_launch_us")
         print(
             f"{r['shape']:>14} {r['tokens']:>4} {r['w2_floor_us']:>7.1f} "
-            f"{r['w2_grouped_sum_us']:>12.1f} {one if one is not None else float('nan'):>11.1f} "
-            f"{'one-launch' if r['down_sum_default'] else 'grouped':>10}"
+            f"{r['w2_grouped_sum_us']:>12.1f}"
         )
     report = {
         "device": torch.cuda.get_device_name(),

@@ -98,22 +98,30 @@ def _dense_gemv_kernel(
 
 
 def gemv_config(m: int, n: int, k: int, programs_per_sm: int = 4) -> dict[str, int]:
-    """Tiles for M rows: a 4-warp program reads [8, 512] bf16 (8 KiB) a tile at one row (32
-    accumulators a thread; BLOCK_K shrinks as rows multiply them), and K is split until
-    there are `programs_per_sm` programs a SM, each with two K tiles or more."""
+    """Tiles for M rows. One row reads [4, 1024] bf16 (8 KiB) a tile with 4 warps, the fastest
+    tile of the H200 sweep on every 7-8B projection it beat cuBLAS on (benchmark/NOTES.md);
+    more rows read [8, 512 / M] (the accumulators a thread multiply with the rows). K is split
+    only until there are `programs_per_sm` programs a SM, each with two K tiles or more: on
+    those shapes the column tiles alone fill the GPU and a split only added the reduction."""
     block_m = triton.next_power_of_2(m)
-    block_n, block_k = 8, max(128, 512 // block_m)
+    block_n, block_k = (4, 1024) if m == 1 else (8, max(128, 512 // block_m))
     tiles = triton.cdiv(n, block_n)
     split_k = max(1, min(triton.cdiv(programs_per_sm * NUM_SMS, tiles), k // block_k // 2))
     return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split_k, num_warps=4)
 
 
 def gemv_candidates(n: int, k: int) -> list[dict[str, int]]:
-    """The one-row tiles the engine times against cuBLAS at load: the default split, half and
-    twice its programs a SM (occupancy and wave tails fall differently by shape), and
-    narrower K tiles."""
-    configs = [gemv_config(1, n, k, per_sm) for per_sm in (4, 2, 8)]
-    configs.append(gemv_config(1, n, k, 4) | {"BLOCK_K": 256})
+    """The one-row tiles the engine times against cuBLAS at load: the default, and the tiles
+    that won the H200 sweep on the shapes where the default did not (narrow K tiles on the
+    q/k/v projections, 2 warps on Qwen2.5's gate/up, 8-row tiles where occupancy differs)."""
+    default = gemv_config(1, n, k)
+    split = default["SPLIT_K"]
+    configs = [
+        default,
+        dict(BLOCK_N=8, BLOCK_K=256, SPLIT_K=split, num_warps=4),
+        dict(BLOCK_N=4, BLOCK_K=512, SPLIT_K=split, num_warps=2),
+        dict(BLOCK_N=8, BLOCK_K=512, SPLIT_K=split, num_warps=4),
+    ]
     return list({tuple(sorted(c.items())): c for c in configs}.values())
 
 

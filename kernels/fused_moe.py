@@ -16,8 +16,7 @@ share its weight tile through L2. A program gathers its `BLOCK_M` rows (`A[pair 
 `A[pair]` for w2), multiplies by `BLOCK_N` columns of its expert's weight, optionally scales
 each row by its routing weight, and scatters to `C[pair]`. `fused_moe` calls it for w13 with
 the SwiGLU fused (gate and up columns in one program), then for w2 with the routing weights,
-then sums each token's `k` rows; at decode sizes (`down_sum_fits`) the w2 product and the sum
-are one launch instead (`moe_down_sum.py`). `fused_moe_routed` starts from the router's logits
+then sums each token's `k` rows. `fused_moe_routed` starts from the router's logits
 and, at decode sizes, routes and aligns in one launch (`moe_routing.py`).
 
 Cost, for T tokens, U experts picked by at least one token, e bytes an element:
@@ -36,7 +35,6 @@ import triton
 import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
-from .moe_down_sum import down_sum_fits, moe_down_sum
 from .moe_routing import MAX_FUSED_WORK, max_aligned_blocks, route_and_align
 
 
@@ -247,18 +245,16 @@ def fused_moe(
     w2: torch.Tensor,
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
-    down_sum: bool | None = None,
 ) -> torch.Tensor:
     """hidden [T, H]; w13 [E, 2 * I, H] (gate rows then up rows); w2 [E, H, I]; topk_weights
     and topk_ids [T, k] (ids in 0..E-1, unchecked: that would sync). Returns [T, H] in
-    hidden's dtype. `down_sum` forces the one-launch w2 product and token sum (True) or the
-    grouped GEMM then a torch sum (False); by default `down_sum_fits` picks."""
+    hidden's dtype."""
     _check(hidden, w13, w2, topk_weights, topk_ids)
     if _nothing_to_do(hidden, w13, topk_ids.shape[1]):
         return torch.zeros_like(hidden)
     cfg = _moe_config(topk_ids.numel(), w13.shape[0], hidden.dtype)
     align = moe_align(topk_ids, w13.shape[0], cfg["BLOCK_M"])
-    return _experts(hidden, w13, w2, topk_weights.float(), topk_ids, align, cfg, down_sum)
+    return _experts(hidden, w13, w2, topk_weights.float(), topk_ids, align, cfg)
 
 
 def fused_moe_routed(
@@ -268,9 +264,8 @@ def fused_moe_routed(
     w2: torch.Tensor,
     top_k: int,
     renormalize: bool,
-    down_sum: bool | None = None,
 ) -> torch.Tensor:
-    """`route` then `fused_moe` (`down_sum` as there), from the router's logits [T, E]:
+    """`route` then `fused_moe`, from the router's logits [T, E]:
     decode-sized batches route and align in one launch (`moe_routing`), larger ones in torch
     ops."""
     num_experts = w13.shape[0]
@@ -287,7 +282,7 @@ def fused_moe_routed(
         weights, ids = route(router_logits, top_k, renormalize)
         align = moe_align(ids, num_experts, cfg["BLOCK_M"])
     _check(hidden, w13, w2, weights, ids)
-    return _experts(hidden, w13, w2, weights, ids, align, cfg, down_sum)
+    return _experts(hidden, w13, w2, weights, ids, align, cfg)
 
 
 def _nothing_to_do(hidden: torch.Tensor, w13: torch.Tensor, top_k: int) -> bool:
@@ -302,20 +297,15 @@ def _experts(
     topk_ids: torch.Tensor,
     align: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     cfg: dict,
-    down_sum: bool | None,
 ) -> torch.Tensor:
-    """The w13 grouped GEMM (SwiGLU fused), then w2 and each token's sum over its k rows: in
-    one launch at decode sizes, else a grouped GEMM and a torch sum (fp32 accumulation inside
-    the reduction)."""
+    """The w13 grouped GEMM (SwiGLU fused), then the w2 grouped GEMM and each token's sum over
+    its k rows in torch (fp32 accumulation inside the reduction). One launch for w2 and the sum
+    measured 10x slower on the H200 (benchmark/NOTES.md)."""
     num_tokens, top_k = topk_ids.shape
     num_pairs = num_tokens * top_k
     inter, h = w2.shape[2], w2.shape[1]
     act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
     _grouped_gemm(hidden, w13, act, align, None, top_k, cfg, swiglu=True)
-    if down_sum is None:
-        down_sum = down_sum_fits(num_tokens, top_k, w2.shape[0])
-    if down_sum:
-        return moe_down_sum(act, w2, topk_weights, topk_ids)
     down = torch.empty(num_pairs, h, dtype=hidden.dtype, device=hidden.device)
     _grouped_gemm(act, w2, down, align, topk_weights, 1, cfg)
     return down.view(-1, top_k, h).sum(dim=1)

@@ -60,8 +60,9 @@ def test_reference_is_x_times_w_transposed_plus_bias():
 
 def test_config_splits_k_only_until_the_gpu_is_full():
     assert gemv_config(1, 28672, 4096)["SPLIT_K"] == 1  # 3584 column tiles fill 132 SMs
-    o_proj = gemv_config(1, 4096, 4096)
-    assert o_proj["SPLIT_K"] > 1 and 4096 // o_proj["BLOCK_K"] >= 2 * o_proj["SPLIT_K"]
+    assert gemv_config(1, 4096, 4096)["SPLIT_K"] == 1  # 1024 column tiles of 4 rows
+    narrow = gemv_config(1, 512, 4096)  # a tensor-parallel shard's k/v: 128 column tiles
+    assert narrow["SPLIT_K"] > 1 and 4096 // narrow["BLOCK_K"] >= 2 * narrow["SPLIT_K"]
 
 
 def test_load_time_candidates_are_distinct_and_include_the_default():
