@@ -8,9 +8,9 @@ SHAPE is a shipped config (src/configs/; default: every family's). For each, in 
 process (a shape's memory is gone before the next loads): B requests of `--input-len` random
 tokens generate `--output-len` tokens each, for every batch size B, timed per step as
 gpu_generation.py does. The batch-1 floor is the device copy bandwidth measured in the same
-run over the bytes one decode step must read: every weight for a dense model (as NOTES.md
-counts Llama-3-8B's); for a mixture of experts the weights outside the experts plus, in each
-MoE layer, the `num_experts_per_tok` experts one token is routed to.
+run over the bytes one decode step must read: every weight but an untied input embedding table
+(one row of it a token) for a dense model; for a mixture of experts the weights outside the
+experts plus, in each MoE layer, the `num_experts_per_tok` experts one token is routed to.
 
 `--tiny` shrinks each shape (2 layers, hidden 64, at most 4 experts) and writes it with the
 default model's tokenizer to a temporary directory: the same code path, seconds on a CPU.
@@ -48,7 +48,8 @@ def moe_shape(cfg: dict[str, Any]) -> tuple[int, int, int, int] | None:
 
 
 def decode_step_bytes(cfg: dict[str, Any], weight_bytes: int, dtype_bytes: int) -> int:
-    """All weights, less the experts a batch-1 token is not routed to (gate, up, down each)."""
+    """The weights a step reads (`step_weight_bytes`), less the experts a batch-1 token is not
+    routed to (gate, up, down each)."""
     moe = moe_shape(cfg)
     if moe is None:
         return weight_bytes
@@ -94,7 +95,7 @@ def write_tiny(name: str, directory: Path) -> Path:
 # -- one shape (in its own process) ---------------------------------------------------------------
 def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from gpu_generation import copy_bandwidth, decode_rows, weight_bytes
+    from gpu_generation import copy_bandwidth, decode_rows, step_weight_bytes, weight_bytes
     from step_trace import StepTrace
 
     from lmdeploy import PytorchEngineConfig, pipeline
@@ -123,7 +124,9 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
     rows = decode_rows(pipe, trace, args.batch_sizes, args.input_len, args.output_len)
     raw = _raw_config(name, args.tiny)
     wbytes = weight_bytes(pipe)
-    step_bytes = decode_step_bytes(raw, wbytes, torch.finfo(runner.dtype).bits // 8)
+    step_bytes = decode_step_bytes(
+        raw, step_weight_bytes(pipe), torch.finfo(runner.dtype).bits // 8
+    )
     report = {
         "model": name + (" (tiny)" if args.tiny else ""),
         "architecture": runner.model.config.architectures[0],

@@ -73,12 +73,12 @@ def _scheduler_and_runner(model: str, max_batch: int):
     return c.scheduler(), c.built_model().runner
 
 
-def _seq(prompt_len: int, max_new: int):
+def _seq(prompt_len: int, max_new: int, seed: int):
     from lmdeploy import GenerationConfig
     from lmdeploy.domain.sequence import Sequence
 
     params = GenerationConfig(max_new_tokens=max_new, ignore_eos=True).to_sampling_params()
-    g = torch.Generator().manual_seed(prompt_len)
+    g = torch.Generator().manual_seed(seed)  # distinct prompts: each its own KV to read
     # Ids under 32000: inside the smallest vocabulary of the shipped shapes (Mistral, Mixtral).
     return Sequence(torch.randint(100, 32000, (prompt_len,), generator=g).tolist(), params, 4096)
 
@@ -205,7 +205,7 @@ def main() -> None:
     args = ap.parse_args()
     sched, runner = _scheduler_and_runner(args.model_config, max_batch=max(8, args.batch))
     for i in range(args.batch):
-        sched.add(_seq(args.context + i % 7, args.steps + 100))  # lengths differ a little
+        sched.add(_seq(args.context + i % 7, args.steps + 100, seed=i))  # lengths differ a little
     while sched.waiting or any(s.num_output_tokens == 0 for s in sched.running):
         _step(sched, runner)  # prefill every sequence first
     for _ in range(10):  # prefill, then warm decode steps (compiles, first touches)

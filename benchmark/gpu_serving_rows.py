@@ -11,8 +11,9 @@ One engine (Llama-3-8B shape, bf16, random weights, CUDA graphs) runs, through `
 | log-normal | 1000 requests, means 220 / 200, sigma 0.9, cap 2048 | same |
 | batch 1 | 1 sequence, 128 in / 256 out | weight bytes / copy bandwidth |
 
-Bytes of a decode step: the weights once plus every sequence's K/V context; FLOPs: 2 x the
-parameters a token (the LM head included) plus attention's 4 x context x hidden per layer. The
+Bytes of a decode step: the weights once (all but the input embedding table, of which a step
+reads a row a token) plus every sequence's K/V context; FLOPs: 2 x those parameters a token
+(the LM head included) plus attention's 4 x context x hidden per layer. The
 limits ignore everything else (sampling, small kernels, host time), so they are bounds, not
 predictions. TTFT p50/p99 of the log-normal row come from `stream_infer` (the first response of
 each request, all submitted at once). Prints a table; writes JSON to --output.
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_generation import copy_bandwidth, weight_bytes  # noqa: E402
+from gpu_generation import copy_bandwidth, step_weight_bytes  # noqa: E402
 from workloads import random_prompt, sharegpt_like  # noqa: E402
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
@@ -144,7 +145,7 @@ def main() -> None:
     pipe = pipeline(args.model, backend_config=config)
     model = pipe.service.engine.runner.model
     vocab = model.config.vocab_size
-    limits = Limits(model.config, weight_bytes(pipe), bandwidth, tflops)
+    limits = Limits(model.config, step_weight_bytes(pipe), bandwidth, tflops)
     _run(pipe, [(64, 8)] * 8, vocab, seed=0)  # warm-up: kernels compiled, graphs captured
     rows = []
 

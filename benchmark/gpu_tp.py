@@ -76,7 +76,7 @@ def throughput(pipe, num: int) -> dict[str, Any]:
 
 def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
     import torch
-    from gpu_generation import copy_bandwidth, decode_rows, weight_bytes
+    from gpu_generation import copy_bandwidth, decode_rows, step_weight_bytes
     from step_trace import StepTrace
 
     from lmdeploy import PytorchEngineConfig, pipeline
@@ -101,7 +101,7 @@ def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
     trace.install(runner)
     rows = decode_rows(pipe, trace, [1], 128, 128)
     # Rank 0's weights times tp: the other ranks hold the same shapes (padding aside).
-    all_weights = weight_bytes(pipe) * tp
+    all_weights = step_weight_bytes(pipe) * tp
     floor = tp * bandwidth / all_weights
     report = {
         "model": name + (" (tiny)" if args.tiny else ""),
@@ -111,7 +111,7 @@ def measure(name: str, tp: int, args: argparse.Namespace) -> dict[str, Any]:
         "one_shot_small_all_reduce": parallel_state.has_small_all_reduce(),
         "startup_s": startup,
         "copy_bandwidth_GBps_one_gpu": bandwidth / 1e9,
-        "weight_bytes_all_ranks": all_weights,
+        "step_weight_bytes_all_ranks": all_weights,
         "floor_batch1_tokens_per_s": floor,
         "batch1": rows[0],
         "batch1_fraction_of_floor": rows[0]["decode_tokens_per_s"] / floor,

@@ -1,0 +1,106 @@
+"""Where a big decode batch's time goes through `pipeline()`: the GPU's busy share and its time by
+kind of kernel, for the serving rows' decode workload (N sequences, 32 in / `--output-len` out).
+
+`gpu_profile.py` drives the scheduler and runner on one thread; this script runs the whole engine
+(engine thread, request streams, `pipe()` collecting) the way `gpu_serving_rows.py` does, so
+whatever the host adds at a large batch shows as GPU idle time. The workload runs twice: timed
+(output tok/s, ms a step), then under torch.profiler with CUDA activity only (no CPU ops: the
+profiler's host cost would itself slow the engine). From the trace: the window from the first
+to the last GPU event, the share of it the GPU was busy, the idle time a step, and the GPU time
+a step by kind of kernel (`gpu_profile.by_kind`).
+
+    python benchmark/gpu_pipeline_profile.py --batch 256 --output-len 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_profile import GPU_CATS, by_kind, union_length  # noqa: E402
+from workloads import random_prompt  # noqa: E402
+
+from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
+
+
+def _decode_run(pipe, batch: int, output_len: int, vocab: int, seed: int) -> tuple[float, int]:
+    rng = random.Random(seed)
+    prompts = [random_prompt(32, vocab, rng) for _ in range(batch)]
+    config = GenerationConfig(max_new_tokens=output_len, ignore_eos=True)
+    start = time.perf_counter()
+    outs = pipe(prompts, gen_config=config)
+    return time.perf_counter() - start, sum(o.generate_token_len for o in outs)
+
+
+def gpu_window(trace: dict) -> dict[str, float]:
+    """The GPU from its first to its last event: window, busy time and busy share (us)."""
+    spans = [
+        (e["ts"], e["ts"] + e["dur"])
+        for e in trace["traceEvents"]
+        if e.get("ph") == "X" and e.get("cat") in GPU_CATS
+    ]
+    begin, end = min(a for a, _ in spans), max(b for _, b in spans)
+    busy = union_length(spans)
+    return {"window_us": end - begin, "busy_us": busy, "busy_share": busy / (end - begin)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="llama-3-8b")
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--output-len", type=int, default=256)
+    ap.add_argument("--max-batch-size", type=int, default=512)
+    ap.add_argument("--output", type=Path, default=Path("benchmark/results/pipeline_profile.json"))
+    args = ap.parse_args()
+    config = PytorchEngineConfig(
+        load_format="dummy", max_batch_size=args.max_batch_size, session_len=4096
+    )
+    pipe = pipeline(args.model, backend_config=config)
+    vocab = pipe.service.engine.runner.model.config.vocab_size
+    _decode_run(pipe, 8, 8, vocab, seed=0)  # warm-up: kernels compiled, graphs captured
+    elapsed, tokens = _decode_run(pipe, args.batch, args.output_len, vocab, seed=1)
+    timed = {
+        "output_tok_s": tokens / elapsed,
+        "ms_per_step": elapsed / args.output_len * 1e3,
+    }
+    print(json.dumps(timed), flush=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        p_elapsed, p_tokens = _decode_run(pipe, args.batch, args.output_len, vocab, seed=2)
+    pipe.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(path))
+        trace = json.loads(path.read_text())
+    window = gpu_window(trace)
+    steps = args.output_len
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "model": args.model,
+        "batch": args.batch,
+        "output_len": args.output_len,
+        "timed": timed,
+        "profiled": {
+            "output_tok_s": p_tokens / p_elapsed,
+            "ms_per_step": p_elapsed / steps * 1e3,
+            "gpu_busy_share": window["busy_share"],
+            "gpu_idle_us_per_step": (window["window_us"] - window["busy_us"]) / steps,
+            "gpu_busy_us_per_step": window["busy_us"] / steps,
+        },
+        "by_kind": by_kind(trace, steps),
+    }
+    print(json.dumps(report["profiled"]))
+    print("by kind:", json.dumps(report["by_kind"]))
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
