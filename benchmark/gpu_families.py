@@ -110,6 +110,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         session_len=SESSION_LEN,
         eager_mode=args.eager,
         cache_max_entry_count=0.8 if cuda else 0.1,
+        prefill_interval=args.prefill_interval,
     )
     with tempfile.TemporaryDirectory() as tmp:
         model = str(write_tiny(name, Path(tmp))) if args.tiny else name
@@ -164,6 +165,7 @@ def run_shape(name: str, args: argparse.Namespace) -> dict[str, Any]:
     command += ["--batch-sizes", *map(str, args.batch_sizes)]
     command += ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
     command += ["--tiny"] * args.tiny + ["--eager"] * args.eager
+    command += ["--prefill-interval", str(args.prefill_interval)]
     proc = subprocess.run(command, capture_output=True, text=True)
     sys.stderr.write(proc.stderr)
     lines = proc.stdout.strip().splitlines()
@@ -202,6 +204,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--tiny", action="store_true", help="shrunken shapes: a smoke run")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
+    ap.add_argument(
+        "--prefill-interval", type=int, default=16, help="0: admit new prompts at once (A/B)"
+    )
     ap.add_argument("--output", type=Path, default=Path("benchmark/results/gpu_families.json"))
     ap.add_argument("--one", help=argparse.SUPPRESS)
     return ap.parse_args()
