@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gpu_profile import GPU_CATS, by_kind, union_length  # noqa: E402
+from gpu_profile import GPU_CATS, by_kind, kind_of, union_length  # noqa: E402
+from step_trace import StepTrace, percentile  # noqa: E402
 from workloads import random_prompt  # noqa: E402
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
@@ -56,6 +57,44 @@ def gpu_window(trace: dict) -> dict[str, float]:
     return {"window_us": end - begin, "busy_us": busy, "busy_share": busy / (end - begin)}
 
 
+def gemm_launches(trace: dict, steps: int, top: int = 6) -> list[dict]:
+    """The GEMM kernels by time, each name with its grid (the grid tells the rows it ran)."""
+    totals: dict[tuple[str, str], list[float]] = {}
+    for e in trace["traceEvents"]:
+        if e.get("ph") != "X" or e.get("cat") != "kernel" or kind_of(e["name"]) != "gemm":
+            continue
+        key = (e["name"][:60], str(e.get("args", {}).get("grid")))
+        totals.setdefault(key, [0.0, 0])
+        totals[key][0] += e["dur"]
+        totals[key][1] += 1
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1][0])[:top]
+    return [
+        {
+            "kernel": k[0],
+            "grid": k[1],
+            "us_per_step": v[0] / steps,
+            "launches_per_step": v[1] / steps,
+        }
+        for k, v in ranked
+    ]
+
+
+def step_summary(trace: StepTrace) -> dict:
+    """The engine's forward passes: how many, their batch sizes, decode inter-token times."""
+    sizes: dict[int, int] = {}
+    for _, _, seqs, _, decode in trace.steps:
+        if decode:
+            sizes[seqs] = sizes.get(seqs, 0) + 1
+    latencies = trace.decode_latencies()
+    return {
+        "forward_passes": len(trace.steps),
+        "non_decode_passes": sum(not d for *_, d in trace.steps),
+        "decode_batch_sizes": dict(sorted(sizes.items())),
+        "decode_step_ms_p50": percentile(latencies, 0.5) * 1e3,
+        "decode_step_ms_p90": percentile(latencies, 0.9) * 1e3,
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="llama-3-8b")
@@ -70,10 +109,13 @@ def main() -> None:
     pipe = pipeline(args.model, backend_config=config)
     vocab = pipe.service.engine.runner.model.config.vocab_size
     _decode_run(pipe, 8, 8, vocab, seed=0)  # warm-up: kernels compiled, graphs captured
+    steps_trace = StepTrace()
+    steps_trace.install(pipe.service.engine.runner)
     elapsed, tokens = _decode_run(pipe, args.batch, args.output_len, vocab, seed=1)
     timed = {
         "output_tok_s": tokens / elapsed,
         "ms_per_step": elapsed / args.output_len * 1e3,
+        **step_summary(steps_trace),
     }
     print(json.dumps(timed), flush=True)
     cuda = torch.cuda.is_available()
@@ -101,9 +143,12 @@ def main() -> None:
             "gpu_busy_us_per_step": window["busy_us"] / steps,
         },
         "by_kind": by_kind(trace, steps),
+        "gemm_kernels": gemm_launches(trace, steps),
     }
     print(json.dumps(report["profiled"]))
     print("by kind:", json.dumps(report["by_kind"]))
+    for row in report["gemm_kernels"]:
+        print("gemm:", json.dumps(row))
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2))
 
