@@ -42,6 +42,7 @@ import triton.language as tl
 
 from .attention_scores import check_window, score_scales, soft_cap
 from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile
+from .split_counters import ticket_counters
 
 
 @triton.jit
@@ -232,29 +233,6 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-# Zeroed int32 counters a device, one a (seq, kv head) of a split launch; each launch leaves them
-# zero again. A buffer that grows is kept alive: a CUDA graph captured earlier still uses it.
-_counters: dict[torch.device, list[torch.Tensor]] = {}
-MIN_COUNTERS = 1024
-
-
-def _ticket_counters(device: torch.device, count: int) -> torch.Tensor:
-    """At least `count` zeroed counters on `device`. Growing allocates, which a CUDA graph
-    capture cannot do: the engine's warm-up runs each batch size eagerly before capturing."""
-    buffers = _counters.setdefault(device, [])
-    if buffers and buffers[-1].numel() >= count:
-        return buffers[-1]
-    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-        raise RuntimeError(
-            f"paged_decode_attention needs {count} split counters while a CUDA graph is being "
-            "captured; run the same batch once outside the capture first (a warm-up) so that "
-            "they are allocated before it"
-        )
-    size = max(MIN_COUNTERS, triton.next_power_of_2(count))
-    buffers.append(torch.zeros(size, dtype=torch.int32, device=device))
-    return buffers[-1]
-
-
 def _default_num_splits(num_seqs: int, kv_heads: int, max_context: int, device: torch.device):
     """One split once (seq, kv head) programs fill the SMs; below that, about 8 programs per SM
     with chunks of at least 256 tokens (from a sweep on the H100). Uses only shapes, no host
@@ -326,7 +304,7 @@ def paged_decode_attention(
         part_lse = torch.empty(
             num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device
         )
-        counters = _ticket_counters(q.device, num_seqs * kv_heads)
+        counters = ticket_counters(q.device, num_seqs * kv_heads)
     else:
         part_out = part_lse = counters = out  # unused
     precision = "ieee" if q.dtype == torch.float32 else "tf32"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lmdeploy.kernels.paged_decode_attention as pda
+import lmdeploy.kernels.split_counters as split_counters
 from lmdeploy.kernels.paged_decode_attention import (
     paged_decode_attention,
     paged_decode_attention_ref,
@@ -260,14 +260,16 @@ def test_one_launch_combine_matches_reference(heads, kv_heads, lens, splits, win
     for _ in range(2):
         again = paged_decode_attention(*args, 0.2, splits, **options)
         assert torch.equal(again, first)
-    assert not pda._ticket_counters(DEVICE, len(lens) * kv_heads).any(), "counters left set"
+    assert not split_counters.ticket_counters(DEVICE, len(lens) * kv_heads).any(), (
+        "counters left set"
+    )
 
 
 def test_counters_grow_and_keep_earlier_buffers(monkeypatch):
     """A batch needing more counters than there are gets a bigger buffer; the smaller one stays
     alive, since a CUDA graph captured with it still uses it, and both stay zero."""
-    monkeypatch.setattr(pda, "_counters", {})
-    monkeypatch.setattr(pda, "MIN_COUNTERS", 4)
+    monkeypatch.setattr(split_counters, "_counters", {})
+    monkeypatch.setattr(split_counters, "MIN_COUNTERS", 4)
     torch.manual_seed(8)
     small = _inputs(4, 2, 16, 16, [5, 40], torch.float32, torch.int32)  # 4 counters
     large = _inputs(4, 2, 16, 16, [5, 40, 0, 23, 17], torch.float32, torch.int32)  # 10
@@ -276,6 +278,6 @@ def test_counters_grow_and_keep_earlier_buffers(monkeypatch):
         torch.testing.assert_close(
             out, paged_decode_attention_ref(*inputs, 0.3), **TOL[torch.float32]
         )
-    buffers = pda._counters[torch.device(DEVICE)]
+    buffers = split_counters._counters[torch.device(DEVICE)]
     assert [b.numel() for b in buffers] == [4, 16]
     assert not any(b.any() for b in buffers)
