@@ -3,20 +3,16 @@
 The cache is `[num_blocks, block_size, kv_heads, head_dim]`; sequence `s` owns the blocks listed
 in `block_tables[s]` and its first `context_lens[s]` slots hold its keys and values.
 
-Flash-decoding in one launch, grid `(num_seqs, kv_heads, num_splits)`: each program takes the
-query heads that share one kv head (GQA: K/V are read once for the whole group), walks its
-chunk of the context in `BLOCK_N`-token tiles (each token's page looked up in the block table),
-and keeps an online softmax (running max, sum, output) in fp32. With one split it writes the
-output directly. With more, it writes the chunk's normalised output and log-sum-exp, then draws
-a ticket from its (seq, kv head)'s counter; the program that draws the last one weights all the
-chunks by `exp(lse - max lse)`, sums them in split order (deterministic whoever comes last),
-writes the output and zeroes the counter. The same pattern as w4a16_gemm.py's split-K: no second
-launch (~1.8 us a layer, almost all launch latency, at batch 1 on the H200).
+Flash-decoding in two launches. Stage 1, grid `(num_seqs, kv_heads, num_splits)`: each program
+takes the query heads that share one kv head (GQA: K/V are read once for the whole group),
+walks its chunk of the context in `BLOCK_N`-token tiles (each token's page looked up in the
+block table), and keeps an online softmax (running max, sum, output) in fp32. It writes the
+chunk's normalised output and log-sum-exp. Stage 2, grid `(num_seqs, heads)`: weights the
+chunks by `exp(lse - max lse)` and sums. With one split, stage 1 writes the output directly.
 
 Cost per step, for C = sum(context_lens), H heads, KV kv heads, D head_dim, e bytes/element:
 bytes ~= 2 * C * KV * D * e (K and V read once) + 2 * num_seqs * H * D * e (q in, out back)
-+ num_seqs * H * num_splits * (D + 1) * 4 * 2 (fp32 partials written and read back,
-the reads by the last program of each (seq, kv head));
++ num_seqs * H * num_splits * (D + 1) * 4 * 2 (fp32 partials written and read back);
 FLOPs = 4 * C * H * D (q.k and p.v). Arithmetic intensity ~ H / KV FLOPs per byte (at e=2):
 far under the H100's ridge point, so the kernel is bandwidth-bound and the target is
 bytes / ~3 TB/s. Split-K exists to fill 132 SMs when num_seqs * kv_heads is small.
@@ -42,7 +38,6 @@ import triton.language as tl
 
 from .attention_scores import check_window, score_scales, soft_cap
 from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile
-from .split_counters import ticket_counters
 
 
 @triton.jit
@@ -55,7 +50,6 @@ def _paged_decode_kernel(
     out_ptr,
     part_out_ptr,
     part_lse_ptr,
-    counter_ptr,
     k_sz_ptr,
     v_sz_ptr,
     qk_scale,
@@ -87,7 +81,6 @@ def _paged_decode_kernel(
     GROUP: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
-    BLOCK_S: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -151,81 +144,56 @@ def _paged_decode_kernel(
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
 
-    # An empty chunk keeps l_i == 0: write zeros and lse = -inf so the combine gives it no weight.
+    # An empty chunk keeps l_i == 0: write zeros and lse = -inf so stage 2 gives it no weight.
     has_keys = l_i > 0
     out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
     store_mask = h_mask[:, None] & d_mask[None, :]
-    o_ptrs = out_ptr + seq * stride_os + offs_h[:, None] * stride_oh + offs_d[None, :] * stride_od
     if NUM_SPLITS == 1:
+        o_ptrs = (
+            out_ptr + seq * stride_os + offs_h[:, None] * stride_oh + offs_d[None, :] * stride_od
+        )
         tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_mask)
     else:
         # Partials are contiguous [num_seqs, num_heads, NUM_SPLITS, BLOCK_D] and [.., NUM_SPLITS].
-        rows = (seq * num_heads + offs_h) * NUM_SPLITS
-        tl.store(
-            part_out_ptr + (rows + split)[:, None] * BLOCK_D + offs_d[None, :], out, mask=store_mask
-        )
+        row = (seq * num_heads + offs_h) * NUM_SPLITS + split
+        tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], out, mask=store_mask)
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
-        tl.store(part_lse_ptr + rows + split, lse, mask=h_mask)
-        # Every thread's partial is written before thread 0 draws the ticket: the barrier orders
-        # them inside the program, and the atomic's release (gpu scope, cumulative) publishes
-        # them to the program that draws the last ticket, whose acquire orders its loads after.
-        tl.debug_barrier()
-        counter = counter_ptr + seq * tl.num_programs(1) + kv_head
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel")
-        if ticket == NUM_SPLITS - 1:
-            _combine_splits(
-                part_out_ptr, part_lse_ptr, o_ptrs, rows, offs_d, h_mask, store_mask,
-                NUM_SPLITS, BLOCK_S, BLOCK_H, BLOCK_D,
-            )  # fmt: skip
-            tl.atomic_xchg(counter, 0)  # the next launch (or graph replay) counts from zero
+        tl.store(part_lse_ptr + row, lse, mask=h_mask)
 
 
 @triton.jit
-def _combine_splits(
+def _paged_decode_reduce_kernel(
     part_out_ptr,
     part_lse_ptr,
-    o_ptrs,
-    rows,
-    offs_d,
-    h_mask,
-    store_mask,
+    out_ptr,
+    num_heads,
+    head_dim,
+    stride_os,
+    stride_oh,
+    stride_od,
     NUM_SPLITS: tl.constexpr,
     BLOCK_S: tl.constexpr,
-    BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    """Weights each split's partial output by exp2(lse - max lse) and sums them in split order,
-    so the result does not depend on which program came last. The loads are `.cg` (from L2):
-    other SMs wrote the partials, and L1 is not coherent across SMs."""
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
-    lse_mask = h_mask[:, None] & (offs_s < NUM_SPLITS)[None, :]
-    lse = tl.load(
-        part_lse_ptr + rows[:, None] + offs_s[None, :],
-        mask=lse_mask,
-        other=float("-inf"),
-        cache_modifier=".cg",
-    )
-    lse_max = tl.max(lse, axis=1)
+    offs_d = tl.arange(0, BLOCK_D)
+    s_mask = offs_s < NUM_SPLITS
+    row = (seq * num_heads + head) * NUM_SPLITS + offs_s
+
+    lse = tl.load(part_lse_ptr + row, mask=s_mask, other=float("-inf"))
+    lse_max = tl.max(lse, axis=0)
     # A zero-length context leaves every lse at -inf: weight nothing and write zeros.
     lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    total = tl.sum(tl.exp2(lse - lse_max[:, None]), axis=1)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
-    for split in range(NUM_SPLITS):
-        w = tl.exp2(
-            tl.load(
-                part_lse_ptr + rows + split, mask=h_mask, other=float("-inf"), cache_modifier=".cg"
-            )
-            - lse_max
-        )
-        part = tl.load(
-            part_out_ptr + (rows + split)[:, None] * BLOCK_D + offs_d[None, :],
-            mask=store_mask,
-            other=0.0,
-            cache_modifier=".cg",
-        )
-        acc += part * w[:, None]
-    out = acc / tl.where(total > 0, total, 1.0)[:, None]
-    tl.store(o_ptrs, out.to(o_ptrs.dtype.element_ty), mask=store_mask)
+    w = tl.exp2(lse - lse_max)
+    parts = tl.load(
+        part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], mask=s_mask[:, None], other=0.0
+    )
+    total = tl.sum(w, axis=0)
+    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
+    o_ptrs = out_ptr + seq * stride_os + head * stride_oh + offs_d * stride_od
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_d < head_dim)
 
 
 @functools.lru_cache
@@ -304,9 +272,8 @@ def paged_decode_attention(
         part_lse = torch.empty(
             num_seqs, num_heads, num_splits, dtype=torch.float32, device=q.device
         )
-        counters = ticket_counters(q.device, num_seqs * kv_heads)
     else:
-        part_out = part_lse = counters = out  # unused
+        part_out = part_lse = out  # unused
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     _paged_decode_kernel[(num_seqs, kv_heads, num_splits)](
         q,
@@ -317,7 +284,6 @@ def paged_decode_attention(
         out,
         part_out,
         part_lse,
-        counters,
         k_scale_zero,
         v_scale_zero,
         qk_scale,
@@ -335,7 +301,6 @@ def paged_decode_attention(
         GROUP=group,
         BLOCK_SIZE=block_size,
         NUM_SPLITS=num_splits,
-        BLOCK_S=triton.next_power_of_2(num_splits),
         BLOCK_H=block_h,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
@@ -346,6 +311,19 @@ def paged_decode_attention(
         num_warps=4,
         num_stages=2,
     )
+    if num_splits > 1:
+        _paged_decode_reduce_kernel[(num_seqs, num_heads)](
+            part_out,
+            part_lse,
+            out,
+            num_heads,
+            head_dim,
+            *out.stride(),
+            NUM_SPLITS=num_splits,
+            BLOCK_S=triton.next_power_of_2(num_splits),
+            BLOCK_D=block_d,
+            num_warps=4,
+        )
     return out
 
 

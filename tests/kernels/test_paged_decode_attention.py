@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-import lmdeploy.kernels.split_counters as split_counters
 from lmdeploy.kernels.paged_decode_attention import (
     paged_decode_attention,
     paged_decode_attention_ref,
@@ -217,67 +216,3 @@ def test_quantized_cache_matches_reference(bits, window, splits):
         q, k_cache, v_cache, tables, context_lens, 0.2, sliding_window=window
     )
     assert (out - exact).abs().max() < (0.05 if bits == 8 else 0.6)
-
-
-# The one-launch combine: the last program of a (seq, kv head) to draw its ticket sums the splits.
-# heads, kv_heads, context_lens, num_splits, sliding_window, quant_bits
-ONE_LAUNCH_CASES = [
-    (4, 4, [1, 3, 17], 8, None, 0),  # short contexts: most of the 8 chunks are empty
-    (8, 2, [0, 45, 1, 0, 130], 5, None, 0),  # GQA 4, zero-length contexts among the others
-    (6, 3, [0, 0], 4, None, 0),  # every context empty: zeros, never NaN
-    (8, 2, [0, 70, 33, 9], 6, 20, 0),  # window: the splits share its 20 keys
-    (8, 2, [0, 50, 16, 3], 7, None, 8),  # 8-bit cache
-    (8, 1, [64, 0, 29], 3, 11, 4),  # 4-bit cache, GQA 8, window
-]
-
-
-def _one_launch_inputs(heads, kv_heads, lens, bits):
-    from lmdeploy.kernels.kv_quant import quantize_kv_ref
-
-    q, k_cache, v_cache, tables, context_lens = _inputs(
-        heads, kv_heads, 32, 16, lens, torch.float32, torch.int32
-    )
-    if not bits:
-        return (q, k_cache, v_cache, tables, context_lens), {}
-    (k_q, k_sz), (v_q, v_sz) = quantize_kv_ref(k_cache, bits), quantize_kv_ref(v_cache, bits)
-    quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
-    return (q, k_q, v_q, tables, context_lens), quant
-
-
-@pytest.mark.parametrize(
-    ("heads", "kv_heads", "lens", "splits", "window", "bits"), ONE_LAUNCH_CASES
-)
-def test_one_launch_combine_matches_reference(heads, kv_heads, lens, splits, window, bits):
-    """Repeated calls reuse the counters (each leaves them zero) and give the same bits: the
-    combine reads the splits in order, whichever program comes last."""
-    torch.manual_seed(7)
-    args, quant = _one_launch_inputs(heads, kv_heads, lens, bits)
-    options = dict(sliding_window=window, **quant)
-    ref = paged_decode_attention_ref(*args, 0.2, **options)
-    first = paged_decode_attention(*args, 0.2, splits, **options)
-    torch.testing.assert_close(first, ref, **TOL[torch.float32])
-    assert not first[torch.tensor(lens) == 0].any(), "a zero-length context writes zeros"
-    for _ in range(2):
-        again = paged_decode_attention(*args, 0.2, splits, **options)
-        assert torch.equal(again, first)
-    assert not split_counters.ticket_counters(DEVICE, len(lens) * kv_heads).any(), (
-        "counters left set"
-    )
-
-
-def test_counters_grow_and_keep_earlier_buffers(monkeypatch):
-    """A batch needing more counters than there are gets a bigger buffer; the smaller one stays
-    alive, since a CUDA graph captured with it still uses it, and both stay zero."""
-    monkeypatch.setattr(split_counters, "_counters", {})
-    monkeypatch.setattr(split_counters, "MIN_COUNTERS", 4)
-    torch.manual_seed(8)
-    small = _inputs(4, 2, 16, 16, [5, 40], torch.float32, torch.int32)  # 4 counters
-    large = _inputs(4, 2, 16, 16, [5, 40, 0, 23, 17], torch.float32, torch.int32)  # 10
-    for inputs in (small, large, small):
-        out = paged_decode_attention(*inputs, 0.3, 3)
-        torch.testing.assert_close(
-            out, paged_decode_attention_ref(*inputs, 0.3), **TOL[torch.float32]
-        )
-    buffers = split_counters._counters[torch.device(DEVICE)]
-    assert [b.numel() for b in buffers] == [4, 16]
-    assert not any(b.any() for b in buffers)
