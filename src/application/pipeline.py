@@ -119,11 +119,77 @@ class Pipeline:
             self._prepare(p, c, do_preprocess, adapter_name)
             for p, c in zip(items, configs, strict=True)
         ]
-        streams = [self._submit(r, c.n) for r, c in zip(requests, configs, strict=True)]
-        flat = [(i, s) for i, choices in enumerate(streams) for s in choices]
+        # Every stream is read as its tokens come (not one stream after another), so the
+        # detokenising overlaps the generation instead of piling up behind the first stream.
+        collectors: dict[int, _Collector] = {}
+        responses: dict[int, Response] = {}
+        with _progress(use_tqdm, total=sum(c.n for c in configs)) as progress:
+            outputs = self._outputs(requests, configs, hold=BATCH_READ_TOKENS)
+            for index, session_id, out, finished in outputs:
+                if isinstance(out, Response):  # ended at once (e.g. an over-long prompt)
+                    responses[session_id] = out
+                else:
+                    if session_id not in collectors:
+                        collectors[session_id] = self._collector(index, session_id)
+                    if out is not None:
+                        collectors[session_id].add(out)
+                    if finished:
+                        responses[session_id] = collectors.pop(session_id).finish()
+                if finished:
+                    progress.update(1)
         # As 0.6.5: the batch's streams are sessions 0..n-1, so their outputs can be grouped.
-        responses = [self._collect(s, i, sid) for sid, (i, s) in enumerate(flat)]
-        return responses[0] if single and len(responses) == 1 else responses
+        ordered = [responses[session_id] for session_id in sorted(responses)]
+        return ordered[0] if single and len(ordered) == 1 else ordered
+
+    def _outputs(
+        self,
+        requests: list[PreparedRequest | Response],
+        configs: list[GenerationConfig],
+        hold: int = 1,
+    ) -> Iterator[tuple[int, int, GenOut | Response | None, bool]]:
+        """Submits every request (n streams each, sessions 0.. in order) on one shared queue
+        and yields (prompt index, session id, output, finished) as the engine produces them:
+        a request that ended at once as its Response, finished. A stream's tokens are read
+        once `hold` of them wait (fewer, larger reads when no one watches the deltas), at its
+        end, and at once when it has stop words (found on the host, they stop the request).
+        Leaving the loop early (the caller stopped reading, or raised) cancels the streams
+        still generating."""
+        shared: queue.SimpleQueue = queue.SimpleQueue()
+        live: dict[int, tuple[int, int, RequestStream]] = {}  # id(stream) -> index, session, stream
+        submitted = [
+            (i, s)
+            for i, (r, c) in enumerate(zip(requests, configs, strict=True))
+            for s in self._submit(r, c.n, shared=shared)
+        ]
+        for session_id, (i, stream) in enumerate(submitted):
+            if isinstance(stream, Response):
+                stream.index, stream.session_id = i, session_id
+                yield i, session_id, stream, True
+            else:
+                live[id(stream)] = (i, session_id, stream)
+        pending: dict[int, list] = {}
+        try:
+            while live:
+                batch = [shared.get()]
+                while not shared.empty():
+                    batch.append(shared.get_nowait())
+                for stream, event in batch:
+                    pending.setdefault(id(stream), []).append(event)
+                for key in [k for k, events in pending.items() if k not in live]:
+                    del pending[key]  # a stream already finished: late events of an abort
+                for key, events in list(pending.items()):
+                    index, session_id, stream = live[key]
+                    ready = len(events) >= hold or events[-1].finished
+                    if not (ready or stream.request.stop_words):
+                        continue
+                    out = stream.consume(pending.pop(key))
+                    if stream.finished:
+                        del live[key]
+                    if out is not None or stream.finished:
+                        yield index, session_id, out, stream.finished
+        finally:
+            for _, _, stream in live.values():
+                stream.cancel()
 
     def _submit(
         self,
@@ -162,15 +228,6 @@ class Pipeline:
         )
         return _Collector(response, self.service)
 
-    def _collect(self, stream: RequestStream | Response, index: int, session_id: int) -> Response:
-        if isinstance(stream, Response):
-            stream.index, stream.session_id = index, session_id
-            return stream
-        collector = self._collector(index, session_id)
-        for out in stream:
-            collector.add(out)
-        return collector.finish()
-
     # -- streaming --------------------------------------------------------------------------
     def stream_infer(
         self,
@@ -188,39 +245,11 @@ class Pipeline:
             self._prepare(p, c, do_preprocess, adapter_name)
             for p, c in zip(items, configs, strict=True)
         ]
-        shared: queue.SimpleQueue = queue.SimpleQueue()
-        live: dict[int, tuple[int, int, RequestStream]] = {}  # id(stream) -> index, session, stream
-        submitted = [
-            (i, s)
-            for i, (r, c) in enumerate(zip(requests, configs, strict=True))
-            for s in self._submit(r, c.n, shared=shared)
-        ]
-        for session_id, (i, stream) in enumerate(submitted):
-            if isinstance(stream, Response):  # ended at once (e.g. an over-long prompt)
-                stream.index, stream.session_id = i, session_id
-                yield stream
-            else:
-                live[id(stream)] = (i, session_id, stream)
-        try:
-            while live:
-                batch = [shared.get()]
-                while not shared.empty():
-                    batch.append(shared.get_nowait())
-                by_stream: dict[int, list] = {}
-                for stream, event in batch:
-                    by_stream.setdefault(id(stream), []).append(event)
-                for key, events in by_stream.items():
-                    if key not in live:
-                        continue
-                    index, session_id, stream = live[key]
-                    out = stream.consume(events)
-                    if out is not None:
-                        yield _delta_response(out, index, session_id)
-                    if stream.finished:
-                        del live[key]
-        finally:  # the caller stopped reading: the rest stop generating
-            for _, _, stream in live.values():
-                stream.cancel()
+        for index, session_id, out, _ in self._outputs(requests, configs):
+            if isinstance(out, Response):  # ended at once (e.g. an over-long prompt)
+                yield out
+            elif out is not None:
+                yield _delta_response(out, index, session_id)
 
     # -- async ------------------------------------------------------------------------------
     async def async_batch_infer(
@@ -311,6 +340,31 @@ class Pipeline:
             self.close()
         except Exception:
             pass
+
+
+# batch_infer reads a stream once this many of its tokens wait: each read detokenises and
+# builds an output, so reading every token costs several times the work of reading in runs.
+BATCH_READ_TOKENS = 32
+
+
+class _NoProgress:
+    def __enter__(self) -> _NoProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def update(self, n: int = 1) -> None:
+        return None
+
+
+def _progress(enabled: bool, total: int) -> Any:
+    """A progress bar over the batch's streams on stderr (0.6.5's `use_tqdm`), or nothing."""
+    if not enabled:
+        return _NoProgress()
+    from tqdm import tqdm  # imported only when a bar is asked for
+
+    return tqdm(total=total, desc="Processing", unit="request")
 
 
 class _Collector:

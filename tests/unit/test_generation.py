@@ -1,6 +1,7 @@
 """The engine loop and the generation service, run for real over fakes of the ports."""
 
 import asyncio
+import time
 
 import pytest
 
@@ -87,6 +88,53 @@ def test_stream_infer_yields_deltas_that_add_up(pipe):
     for r in pipe.stream_infer(["ab", "cd"], gen_config=GenerationConfig(max_new_tokens=3)):
         deltas.setdefault(r.index, []).append(r.text)
     assert "".join(deltas[0]) == "cde" and "".join(deltas[1]) == "efg"
+
+
+def test_use_tqdm_shows_a_progress_bar_over_the_requests(pipe, capsys):
+    prompts = ["ab", "cd", "ef"]
+    config = GenerationConfig(max_new_tokens=3)
+    quiet = pipe(prompts, gen_config=config)
+    assert "Processing" not in capsys.readouterr().err
+    shown = pipe(prompts, gen_config=config, use_tqdm=True)
+    assert "3/3" in capsys.readouterr().err
+    assert [o.text for o in shown] == [o.text for o in quiet] == ["cde", "efg", "ghi"]
+
+
+def test_batch_outputs_keep_prompt_order_whatever_finishes_first(pipe):
+    # The longest request is first and an over-long one (ended at once) sits in the middle.
+    configs = [GenerationConfig(max_new_tokens=n) for n in (9, 1, 1, 2)]
+    outs = pipe(["ab", "c", "a" * 100, "d"], gen_config=configs)
+    assert [o.index for o in outs] == [0, 1, 2, 3] and [o.session_id for o in outs] == [0, 1, 2, 3]
+    assert [o.text for o in outs] == ["cdefghijk", "d", "", "ef"]
+    assert outs[2].finish_reason == "length" and outs[2].input_token_len == 100
+
+
+def test_a_stop_word_stops_its_request_while_the_batch_still_runs():
+    # The stop word is found on the host: the batch must read every stream as it goes, not
+    # the second only once the first is done (it would generate until then for nothing).
+    class SlowRunner(CountingRunner):
+        def step(self, plan):
+            time.sleep(0.005)
+            return super().step(plan)
+
+    runner = SlowRunner(num_blocks=32, block_size=4)
+    engine = EngineLoop(runner, Scheduler(SchedulerConfig(4, 64, 64), BlockAllocator(32, 4)))
+    engine.start()
+    service = GenerationService(
+        engine, CharTokenizer(), builtin_template(ChatTemplateConfig("base")), session_len=64
+    )
+    pipe = Pipeline(service, "fake", engine.stop)
+    try:
+        configs = [
+            GenerationConfig(max_new_tokens=40),
+            GenerationConfig(max_new_tokens=40, stop_words=["za"]),  # two tokens: host-side
+        ]
+        long, stopped = pipe(["a", "x"], gen_config=configs)
+    finally:
+        pipe.close()
+    assert long.generate_token_len == 40 and (stopped.text, stopped.finish_reason) == ("y", "stop")
+    first, second = sorted({seq_id for step in runner.plans for seq_id, _ in step})
+    assert sum(any(i == second for i, _ in step) for step in runner.plans) < 15
 
 
 def test_async_batch_infer(pipe):
