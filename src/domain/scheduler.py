@@ -12,6 +12,7 @@ nothing recomputed), else its blocks are freed and it is recomputed later.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -36,7 +37,8 @@ class SchedulerConfig:
     # New prompts wait while a busy batch decodes: up to `prefill_interval` steps when the
     # batch is full, proportionally fewer when it is not, none when nothing runs (LMDeploy
     # 0.6.5's dynamic prefill interval). Fewer, fuller prefill steps for a little TTFT;
-    # 0 admits at once.
+    # 0 admits at once. Prompts that would fill a whole prefill step's token budget are
+    # admitted at once whatever the interval: waiting cannot make that step any fuller.
     prefill_interval: int = 0
 
 
@@ -181,7 +183,7 @@ class Scheduler:
         if not plan.preempted:
             budget = self._schedule_swapped(plan, budget)
         admitted = 0
-        if not self.swapped and self._admission_due(len(self.running)):
+        if not self.swapped and self._admission_due(len(self.running), budget):
             admitted = self._schedule_waiting(plan, budget)
         if admitted:
             self._steps_without_admission = 0
@@ -189,10 +191,24 @@ class Scheduler:
             self._steps_without_admission += 1
         return plan
 
-    def _admission_due(self, running: int) -> bool:
-        """Whether waiting prompts may join a step that runs `running` sequences."""
+    def _admission_due(self, running: int, budget: int) -> bool:
+        """Whether waiting prompts may join a step that runs `running` sequences and has
+        `budget` prompt tokens left: once the interval has passed, or at once when they
+        would fill that budget (a burst of requests fills the batch in back-to-back full
+        prefill steps; the interval only spaces out the small refills as requests finish)."""
         wait = self.config.prefill_interval * running / self.config.max_batch_size
-        return self._steps_without_admission >= wait
+        return self._steps_without_admission >= wait or self._fills_budget(running, budget)
+
+    def _fills_budget(self, running: int, budget: int) -> bool:
+        """Whether the prompts the free batch slots could admit hold `budget` tokens."""
+        if budget <= 0:
+            return False
+        tokens = 0
+        for seq in itertools.islice(self.waiting, self.config.max_batch_size - running):
+            tokens += seq.num_new_tokens
+            if tokens >= budget:
+                return True
+        return False
 
     def _forecast(self, plan: StepPlan) -> list[Sequence]:
         """The sequences of this all-decode step that do not reach a length limit with its
@@ -211,7 +227,7 @@ class Scheduler:
         if (
             self.waiting
             and len(nexts) < self.config.max_batch_size
-            and self._admission_due(len(nexts))
+            and self._admission_due(len(nexts), self.config.max_num_batched_tokens)
         ):
             return []  # the next step admits a waiting request
         needed = sum(self.allocator.blocks_needed(seq, seq.num_tokens + 1) for seq in nexts)

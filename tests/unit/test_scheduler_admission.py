@@ -25,8 +25,9 @@ def make_scheduler(interval, max_batch_size=8, forecast=False):
     )
 
 
-def make_seq(max_new_tokens=50):
-    return Sequence([1, 2, 3], SamplingParams(max_new_tokens=max_new_tokens), max_len=1000)
+def make_seq(max_new_tokens=50, prompt_len=3):
+    prompt = [1 + i % 50 for i in range(prompt_len)]
+    return Sequence(prompt, SamplingParams(max_new_tokens=max_new_tokens), max_len=1000)
 
 
 def step(sched):
@@ -91,6 +92,30 @@ def test_decode_steps_are_forecast_while_a_waiting_prompt_is_not_yet_due():
     forecasts = [len(step(sched).forecast) for _ in range(9)]
     # 8 steps of waiting (16 x 4 / 8): the step before the admission forecasts nothing.
     assert forecasts[:7] == [4] * 7 and forecasts[7] == 0
+
+
+def test_prompts_that_fill_a_prefill_step_are_admitted_at_once():
+    sched = make_scheduler(interval=16, max_batch_size=8)
+    for _ in range(4):
+        sched.add(make_seq())
+    step(sched)  # 4 running: a small refill would wait 8 steps
+    burst = [make_seq(prompt_len=20) for _ in range(4)]  # 80 tokens for the 64-token budget
+    for seq in burst:
+        sched.add(seq)
+    assert any(seq in step(sched).seqs for seq in burst)
+
+
+def test_a_burst_fills_the_batch_in_back_to_back_prefill_steps():
+    sched = make_scheduler(interval=16, max_batch_size=8)
+    # 192 prompt tokens, 64 a step; with their outputs they fit the 64 blocks of 4 tokens.
+    burst = [make_seq(max_new_tokens=2, prompt_len=24) for _ in range(8)]
+    for seq in burst:
+        sched.add(seq)
+    steps = 0
+    while any(seq.num_output_tokens == 0 for seq in burst):
+        step(sched)
+        steps += 1
+    assert steps == 3  # every step a full prefill: 192 / 64
 
 
 @pytest.mark.parametrize("bad", [-1, 1.5, "16"])
