@@ -49,16 +49,13 @@ def step_weight_bytes(pipe) -> int:
     """The weight bytes one decode step reads: every parameter but an untied input embedding
     table, of which a step reads one row a token (a table tied to the LM head is read whole, as
     the head)."""
+    from lmdeploy.adapters.engines.pytorch.layers.embedding import VocabEmbedding
+
     model = pipe.service.engine.runner.model
     tables = (
         []
         if model.config.tie_word_embeddings
-        else [
-            p
-            for m in model.modules()
-            if type(m).__name__ == "VocabEmbedding"
-            for p in m.parameters(recurse=False)
-        ]
+        else [m.weight for m in model.modules() if isinstance(m, VocabEmbedding)]
     )
     return weight_bytes(pipe) - sum(p.numel() * p.element_size() for p in tables)
 
