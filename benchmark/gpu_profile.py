@@ -11,8 +11,9 @@ step's range launches the next step's work, so the timeline over the whole windo
 GPU busy share, idle time per step, and the largest idle gaps between kernels. Run it with
 LMDEPLOY_DECODE_AHEAD=0 for the step-by-step engine. Prints the tables; writes the trace and
 the numbers to --out-dir, with the GPU time a step by kind of kernel (GEMM, attention, ...).
-At batch 256 (`--batch 256 --context 300`) it answers the serving issue's open question: how a
-big decode step splits between the GEMMs and attention.
+At large batches its figures disagreed with the whole engine's (its batch-256 decode attention
+read less than 256 distinct contexts must, benchmark/NOTES.md session 6): use
+`gpu_pipeline_profile.py` there until that is understood.
 """
 
 from __future__ import annotations
