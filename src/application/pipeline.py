@@ -8,6 +8,7 @@ import itertools
 import logging
 import queue
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from typing import Any
 
 from ..domain.errors import InvalidArgument, PromptTooLong
@@ -123,8 +124,8 @@ class Pipeline:
         # detokenising overlaps the generation instead of piling up behind the first stream.
         collectors: dict[int, _Collector] = {}
         responses: dict[int, Response] = {}
-        with _progress(use_tqdm, total=sum(c.n for c in configs)) as progress:
-            outputs = self._outputs(requests, configs, hold=BATCH_READ_TOKENS)
+        outputs = self._outputs(requests, configs, hold=BATCH_READ_TOKENS)
+        with _progress(use_tqdm, total=sum(c.n for c in configs)) as progress, closing(outputs):
             for index, session_id, out, finished in outputs:
                 if isinstance(out, Response):  # ended at once (e.g. an over-long prompt)
                     responses[session_id] = out
@@ -245,11 +246,13 @@ class Pipeline:
             self._prepare(p, c, do_preprocess, adapter_name)
             for p, c in zip(items, configs, strict=True)
         ]
-        for index, session_id, out, _ in self._outputs(requests, configs):
-            if isinstance(out, Response):  # ended at once (e.g. an over-long prompt)
-                yield out
-            elif out is not None:
-                yield _delta_response(out, index, session_id)
+        # Closed with this generator: a caller that stops reading cancels what still runs.
+        with closing(self._outputs(requests, configs)) as outputs:
+            for index, session_id, out, _ in outputs:
+                if isinstance(out, Response):  # ended at once (e.g. an over-long prompt)
+                    yield out
+                elif out is not None:
+                    yield _delta_response(out, index, session_id)
 
     # -- async ------------------------------------------------------------------------------
     async def async_batch_infer(

@@ -109,32 +109,52 @@ def test_batch_outputs_keep_prompt_order_whatever_finishes_first(pipe):
     assert outs[2].finish_reason == "length" and outs[2].input_token_len == 100
 
 
-def test_a_stop_word_stops_its_request_while_the_batch_still_runs():
-    # The stop word is found on the host: the batch must read every stream as it goes, not
-    # the second only once the first is done (it would generate until then for nothing).
-    class SlowRunner(CountingRunner):
-        def step(self, plan):
-            time.sleep(0.005)
-            return super().step(plan)
+class SlowRunner(CountingRunner):
+    """5 ms a step: long enough for a reader on another thread to act while a request runs."""
 
+    def step(self, plan):
+        time.sleep(0.005)
+        return super().step(plan)
+
+
+@pytest.fixture
+def slow_pipe():
     runner = SlowRunner(num_blocks=32, block_size=4)
     engine = EngineLoop(runner, Scheduler(SchedulerConfig(4, 64, 64), BlockAllocator(32, 4)))
     engine.start()
     service = GenerationService(
         engine, CharTokenizer(), builtin_template(ChatTemplateConfig("base")), session_len=64
     )
-    pipe = Pipeline(service, "fake", engine.stop)
-    try:
-        configs = [
-            GenerationConfig(max_new_tokens=40),
-            GenerationConfig(max_new_tokens=40, stop_words=["za"]),  # two tokens: host-side
-        ]
-        long, stopped = pipe(["a", "x"], gen_config=configs)
-    finally:
-        pipe.close()
+    p = Pipeline(service, "fake", engine.stop)
+    p.runner, p.engine = runner, engine
+    yield p
+    p.close()
+
+
+def test_a_stop_word_stops_its_request_while_the_batch_still_runs(slow_pipe):
+    # The stop word is found on the host: the batch must read every stream as it goes, not
+    # the second only once the first is done (it would generate until then for nothing).
+    configs = [
+        GenerationConfig(max_new_tokens=40),
+        GenerationConfig(max_new_tokens=40, stop_words=["za"]),  # two tokens: host-side
+    ]
+    long, stopped = slow_pipe(["a", "x"], gen_config=configs)
     assert long.generate_token_len == 40 and (stopped.text, stopped.finish_reason) == ("y", "stop")
-    first, second = sorted({seq_id for step in runner.plans for seq_id, _ in step})
-    assert sum(any(i == second for i, _ in step) for step in runner.plans) < 15
+    plans = slow_pipe.runner.plans
+    first, second = sorted({seq_id for step in plans for seq_id, _ in step})
+    assert sum(any(i == second for i, _ in step) for step in plans) < 15
+
+
+def test_a_stream_infer_reader_that_stops_cancels_its_requests(slow_pipe):
+    deltas = slow_pipe.stream_infer(["a"], gen_config=GenerationConfig(max_new_tokens=60))
+    next(deltas)
+    deltas.close()
+    deadline = time.monotonic() + 5
+    while slow_pipe.engine.stats().num_running and time.monotonic() < deadline:
+        time.sleep(0.01)
+    stats = slow_pipe.engine.stats()
+    assert stats.num_running == 0 and stats.num_free_blocks == stats.num_blocks
+    assert len(slow_pipe.runner.plans) < 40  # cancelled, not run to its 60 tokens
 
 
 def test_async_batch_infer(pipe):
