@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -23,9 +24,9 @@ from lmdeploy.domain.scheduler import Scheduler, SchedulerConfig
 from .fakes import CharTokenizer, CountingRunner
 
 
-@pytest.fixture
-def pipe():
-    runner = CountingRunner(num_blocks=32, block_size=4)
+def _pipeline_over(runner: CountingRunner) -> Iterator[Pipeline]:
+    """A pipeline over the real engine loop, scheduler and service, with `runner` as the model;
+    closed when the fixture that yields from this ends."""
     scheduler = Scheduler(SchedulerConfig(4, 64, 64), BlockAllocator(32, 4))
     engine = EngineLoop(runner, scheduler)
     engine.start()
@@ -36,6 +37,11 @@ def pipe():
     p.runner, p.engine = runner, engine
     yield p
     p.close()
+
+
+@pytest.fixture
+def pipe():
+    yield from _pipeline_over(CountingRunner(num_blocks=32, block_size=4))
 
 
 def test_counts_up_and_stops_at_max_new_tokens(pipe):
@@ -119,16 +125,7 @@ class SlowRunner(CountingRunner):
 
 @pytest.fixture
 def slow_pipe():
-    runner = SlowRunner(num_blocks=32, block_size=4)
-    engine = EngineLoop(runner, Scheduler(SchedulerConfig(4, 64, 64), BlockAllocator(32, 4)))
-    engine.start()
-    service = GenerationService(
-        engine, CharTokenizer(), builtin_template(ChatTemplateConfig("base")), session_len=64
-    )
-    p = Pipeline(service, "fake", engine.stop)
-    p.runner, p.engine = runner, engine
-    yield p
-    p.close()
+    yield from _pipeline_over(SlowRunner(num_blocks=32, block_size=4))
 
 
 def test_a_stop_word_stops_its_request_while_the_batch_still_runs(slow_pipe):
