@@ -222,9 +222,12 @@ def test_api_client(server):
         MODEL, [{"role": "user", "content": "Say this is a test!"}], max_tokens=8
     )
     assert reply["choices"][0]["message"]["content"]
-    chunks = list(client.chat_completions_v1(MODEL, "hi", max_tokens=5, stream=True))
+    # Sampled replies may end early on EOS ('stop'): ignore_eos makes the length the limit.
+    chunks = list(
+        client.chat_completions_v1(MODEL, "hi", max_tokens=5, stream=True, ignore_eos=True)
+    )
     assert chunks and chunks[-1]["choices"][0]["finish_reason"] == "length"
-    [completion] = client.completions_v1(MODEL, "hi", max_tokens=4)
+    [completion] = client.completions_v1(MODEL, "hi", max_tokens=4, ignore_eos=True)
     assert completion["usage"]["completion_tokens"] == 4
 
 
