@@ -175,9 +175,8 @@ class Pipeline:
                 while not shared.empty():
                     batch.append(shared.get_nowait())
                 for stream, event in batch:
-                    pending.setdefault(id(stream), []).append(event)
-                for key in [k for k, events in pending.items() if k not in live]:
-                    del pending[key]  # a stream already finished: late events of an abort
+                    if id(stream) in live:  # else late events of a stream already finished
+                        pending.setdefault(id(stream), []).append(event)
                 for key, events in list(pending.items()):
                     index, session_id, stream = live[key]
                     ready = len(events) >= hold or events[-1].finished
