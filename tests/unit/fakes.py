@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from lmdeploy.application.ports import CacheGeometry, StepOutput
-from lmdeploy.domain.scheduler import StepPlan
+from lmdeploy.domain.block_allocator import BlockAllocator
+from lmdeploy.domain.scheduler import Scheduler, SchedulerConfig, StepPlan
 
 
 class CountingRunner:
@@ -53,3 +54,10 @@ class CharTokenizer:
 
     def apply_chat_template(self, messages, add_generation_prompt: bool = True) -> str:
         return "".join(m["content"] for m in messages)
+
+
+def build_scheduler(num_blocks: int, block_size: int, **config: object) -> Scheduler:
+    """A scheduler over a fresh block allocator: batches of 8, 64 prompt tokens a step and
+    1000-token sequences unless `config` (SchedulerConfig's fields) says otherwise."""
+    fields = dict(max_batch_size=8, max_num_batched_tokens=64, max_model_len=1000) | config
+    return Scheduler(SchedulerConfig(**fields), BlockAllocator(num_blocks, block_size))

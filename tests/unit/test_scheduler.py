@@ -1,18 +1,15 @@
 import pytest
 
-from lmdeploy.domain.block_allocator import BlockAllocator
 from lmdeploy.domain.errors import OutOfBlocks
 from lmdeploy.domain.sampling_params import SamplingParams
-from lmdeploy.domain.scheduler import Scheduler, SchedulerConfig
 from lmdeploy.domain.sequence import FinishReason, Sequence, SequenceStatus
+
+from .fakes import build_scheduler
 
 
 def make_scheduler(num_blocks=16, block_size=4, max_batch_size=8, max_tokens=64):
-    return Scheduler(
-        SchedulerConfig(
-            max_batch_size=max_batch_size, max_num_batched_tokens=max_tokens, max_model_len=1000
-        ),
-        BlockAllocator(num_blocks, block_size),
+    return build_scheduler(
+        num_blocks, block_size, max_batch_size=max_batch_size, max_num_batched_tokens=max_tokens
     )
 
 

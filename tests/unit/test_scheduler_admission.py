@@ -5,23 +5,16 @@ when the batch is full, none when nothing runs."""
 import pytest
 
 from lmdeploy import PytorchEngineConfig
-from lmdeploy.domain.block_allocator import BlockAllocator
 from lmdeploy.domain.errors import InvalidConfig
 from lmdeploy.domain.sampling_params import SamplingParams
-from lmdeploy.domain.scheduler import Scheduler, SchedulerConfig
 from lmdeploy.domain.sequence import Sequence
+
+from .fakes import build_scheduler
 
 
 def make_scheduler(interval, max_batch_size=8, forecast=False):
-    return Scheduler(
-        SchedulerConfig(
-            max_batch_size=max_batch_size,
-            max_num_batched_tokens=64,
-            max_model_len=1000,
-            forecast_decodes=forecast,
-            prefill_interval=interval,
-        ),
-        BlockAllocator(64, 4),
+    return build_scheduler(
+        64, 4, max_batch_size=max_batch_size, forecast_decodes=forecast, prefill_interval=interval
     )
 
 

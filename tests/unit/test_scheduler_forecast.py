@@ -1,21 +1,15 @@
 """The scheduler's forecast of the next decode batch (StepPlan.forecast), for a runner that
 starts the next decode step before the current step's tokens reach the host."""
 
-from lmdeploy.domain.block_allocator import BlockAllocator
 from lmdeploy.domain.sampling_params import SamplingParams
-from lmdeploy.domain.scheduler import Scheduler, SchedulerConfig
 from lmdeploy.domain.sequence import Sequence
+
+from .fakes import build_scheduler
 
 
 def make_scheduler(num_blocks=32, block_size=4, max_batch_size=8, forecast=True):
-    return Scheduler(
-        SchedulerConfig(
-            max_batch_size=max_batch_size,
-            max_num_batched_tokens=64,
-            max_model_len=1000,
-            forecast_decodes=forecast,
-        ),
-        BlockAllocator(num_blocks, block_size),
+    return build_scheduler(
+        num_blocks, block_size, max_batch_size=max_batch_size, forecast_decodes=forecast
     )
 
 
