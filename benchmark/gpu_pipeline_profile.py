@@ -3,11 +3,13 @@ kind of kernel, for the serving rows' decode workload (N sequences, 32 in / `--o
 
 `gpu_profile.py` drives the scheduler and runner on one thread; this script runs the whole engine
 (engine thread, request streams, `pipe()` collecting) the way `gpu_serving_rows.py` does, so
-whatever the host adds at a large batch shows as GPU idle time. The workload runs twice: timed
-(output tok/s, ms a step), then under torch.profiler with CUDA activity only (no CPU ops: the
-profiler's host cost would itself slow the engine). From the trace: the window from the first
-to the last GPU event, the share of it the GPU was busy, the idle time a step, and the GPU time
-a step by kind of kernel (`gpu_profile.by_kind`).
+whatever the host adds at a large batch shows as GPU idle time. The workload runs timed
+`--timed-runs` times (output tok/s, ms a step, where the wall time went, kernels compiled and
+full GC passes: the first run at a batch size may pay one-off costs); with `--host-profile` once
+more under cProfile (`host_profile`); then under torch.profiler with CUDA activity only (no CPU
+ops: the profiler's host cost would itself slow the engine). From the trace: the window from
+the first to the last GPU event, the share of it the GPU was busy, the idle time a step, and
+the GPU time a step by kind of kernel (`gpu_profile.by_kind`).
 
     python benchmark/gpu_pipeline_profile.py --batch 256 --output-len 256
 
@@ -17,11 +19,17 @@ Without a GPU it runs the same path as a smoke test (the GPU figures come out em
 from __future__ import annotations
 
 import argparse
+import contextlib
+import cProfile
+import gc
+import io
 import json
+import pstats
 import random
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,13 +42,112 @@ from workloads import random_prompt  # noqa: E402
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
 
 
-def _decode_run(pipe, batch: int, output_len: int, vocab: int, seed: int) -> tuple[float, int]:
+def _decode_run(
+    pipe, batch: int, output_len: int, vocab: int, seed: int
+) -> tuple[float, int, tuple[float, float]]:
+    """Elapsed seconds, output tokens, and the run's (start, end) on perf_counter's clock."""
     rng = random.Random(seed)
     prompts = [random_prompt(32, vocab, rng) for _ in range(batch)]
     config = GenerationConfig(max_new_tokens=output_len, ignore_eos=True)
     start = time.perf_counter()
     outs = pipe(prompts, gen_config=config)
-    return time.perf_counter() - start, sum(o.generate_token_len for o in outs)
+    end = time.perf_counter()
+    return end - start, sum(o.generate_token_len for o in outs), (start, end)
+
+
+def phases(trace: StepTrace, run: tuple[float, float]) -> dict:
+    """Where a run's wall time went, ms: before the first forward pass, in passes that carry
+    prompt tokens, in decode-only passes (each from the previous pass's end to its own, so the
+    host work between them is in it), after the last pass (collecting the outputs); and the
+    slowest decode passes (a mean far above the median is a few slow steps, not slow steps)."""
+    start, end = run
+    steps = trace.steps
+    if not steps:
+        return {}
+    prefill = decode = 0.0
+    prev_end = steps[0][0]
+    for _, s_end, _, _, is_decode in steps:
+        if is_decode:
+            decode += s_end - prev_end
+        else:
+            prefill += s_end - prev_end
+        prev_end = s_end
+    latencies = sorted(trace.decode_latencies(), reverse=True)
+    return {
+        "wall_ms": (end - start) * 1e3,
+        "before_first_pass_ms": (steps[0][0] - start) * 1e3,
+        "prefill_passes_ms": prefill * 1e3,
+        "decode_passes_ms": decode * 1e3,
+        "after_last_pass_ms": (end - steps[-1][1]) * 1e3,
+        "slowest_decode_ms": [round(x * 1e3, 2) for x in latencies[:5]],
+    }
+
+
+@contextlib.contextmanager
+def one_off_costs() -> Iterator[dict]:
+    """Triton kernels compiled and the garbage collector's full passes while the block runs:
+    a new specialization (an integer argument that turns divisible by 16, say) compiles for
+    hundreds of ms in the middle of a step, and a full collection pauses every thread."""
+    seen: dict = {"compiled": [], "gc_full_ms": []}
+    gc_start: list[float] = []
+
+    def on_compile(*, fn, **_) -> bool:
+        seen["compiled"].append(getattr(fn, "name", str(fn)))
+        return False  # compile as usual
+
+    def on_gc(phase: str, info: dict) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            gc_start.append(time.perf_counter())
+        elif gc_start:
+            seen["gc_full_ms"].append(round((time.perf_counter() - gc_start.pop()) * 1e3, 2))
+
+    try:
+        from triton import knobs
+
+        previous = knobs.runtime.jit_cache_hook
+        knobs.runtime.jit_cache_hook = on_compile
+    except (ImportError, AttributeError):  # a Triton without knobs: compiles go unrecorded
+        knobs = None
+    gc.callbacks.append(on_gc)
+    try:
+        yield seen
+    finally:
+        gc.callbacks.remove(on_gc)
+        if knobs is not None:
+            knobs.runtime.jit_cache_hook = previous
+
+
+def host_profile(pipe, batch: int, output_len: int, vocab: int, top: int = 25) -> dict[str, str]:
+    """One more run with cProfile on the engine thread's steps and on the caller's `pipe()`
+    (each profiler sees only its own thread): where the host's time goes, GPU waits included
+    (they show as time in the call that synchronizes). cProfile slows Python ~2x: read shares."""
+    engine = pipe.service.engine
+    engine_prof, caller_prof = cProfile.Profile(), cProfile.Profile()
+    original = engine._step
+
+    def profiled_step() -> None:
+        engine_prof.enable()
+        try:
+            original()
+        finally:
+            engine_prof.disable()
+
+    engine._step = profiled_step
+    try:
+        caller_prof.enable()
+        _decode_run(pipe, batch, output_len, vocab, seed=98)
+        caller_prof.disable()
+    finally:
+        engine._step = original
+
+    def table(prof: cProfile.Profile) -> str:
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+        return text.getvalue()
+
+    return {"engine_thread": table(engine_prof), "caller": table(caller_prof)}
 
 
 def gpu_window(trace: dict) -> dict[str, float]:
@@ -101,6 +208,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--output-len", type=int, default=256)
     ap.add_argument("--max-batch-size", type=int, default=512)
+    ap.add_argument("--timed-runs", type=int, default=2)
+    ap.add_argument("--host-profile", action="store_true", help="one more run under cProfile")
     ap.add_argument("--output", type=Path, default=Path("benchmark/results/pipeline_profile.json"))
     args = ap.parse_args()
     config = PytorchEngineConfig(
@@ -111,17 +220,28 @@ def main() -> None:
     _decode_run(pipe, 8, 8, vocab, seed=0)  # warm-up: kernels compiled, graphs captured
     steps_trace = StepTrace()
     steps_trace.install(pipe.service.engine.runner)
-    elapsed, tokens = _decode_run(pipe, args.batch, args.output_len, vocab, seed=1)
-    timed = {
-        "output_tok_s": tokens / elapsed,
-        "ms_per_step": elapsed / args.output_len * 1e3,
-        **step_summary(steps_trace),
-    }
-    print(json.dumps(timed), flush=True)
+    timed = []
+    for seed in range(1, 1 + args.timed_runs):  # the first run at this batch may pay one-off costs
+        steps_trace.clear()
+        with one_off_costs() as one_off:
+            elapsed, tokens, run = _decode_run(pipe, args.batch, args.output_len, vocab, seed)
+        timed.append(
+            {
+                "output_tok_s": tokens / elapsed,
+                "ms_per_step": elapsed / args.output_len * 1e3,
+                **step_summary(steps_trace),
+                "phases": phases(steps_trace, run),
+                **one_off,
+            }
+        )
+        print(json.dumps(timed[-1]), flush=True)
+    host = host_profile(pipe, args.batch, args.output_len, vocab) if args.host_profile else {}
+    for name, text in host.items():
+        print(f"host profile, {name}:\n{text}", flush=True)
     cuda = torch.cuda.is_available()
     activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
     with torch.profiler.profile(activities=[activity]) as prof:
-        p_elapsed, p_tokens = _decode_run(pipe, args.batch, args.output_len, vocab, seed=2)
+        p_elapsed, p_tokens, _ = _decode_run(pipe, args.batch, args.output_len, vocab, seed=99)
     pipe.close()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "trace.json"
@@ -135,6 +255,7 @@ def main() -> None:
         "batch": args.batch,
         "output_len": args.output_len,
         "timed": timed,
+        "host_profile": host,
         "profiled": {
             "output_tok_s": p_tokens / p_elapsed,
             "ms_per_step": p_elapsed / steps * 1e3,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|tp|tp_profile|vlm ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
@@ -52,6 +52,7 @@ for part in "$@"; do
     w4gemv) python3 benchmark/gpu_w4a16_gemv.py --sweep --output "$OUT/gpu_w4a16_gemv$TAG.json" 2>&1 | tee "$OUT/gpu_w4a16_gemv$TAG.log" ;;
     gemm_rows) python3 benchmark/gpu_gemm_rows.py --output "$OUT/gpu_gemm_rows$TAG.json" 2>&1 | tee "$OUT/gpu_gemm_rows$TAG.log" ;;
     pipeline_profile) python3 benchmark/gpu_pipeline_profile.py --output "$OUT/pipeline_profile$TAG.json" 2>&1 | tee "$OUT/pipeline_profile$TAG.log" ;;
+    decode_attention) python3 benchmark/gpu_decode_attention.py --output "$OUT/gpu_decode_attention$TAG.json" 2>&1 | tee "$OUT/gpu_decode_attention$TAG.log" ;;
     dense_gemv) python3 benchmark/gpu_dense_gemv.py --sweep --output "$OUT/gpu_dense_gemv$TAG.json" 2>&1 | tee "$OUT/gpu_dense_gemv$TAG.log" ;;
     quant) python3 benchmark/gpu_quant.py --batch-sizes ${BATCHES:-1 64} \
         --output "$OUT/gpu_quant$TAG.json" 2>&1 | tee "$OUT/gpu_quant$TAG.log" ;;

@@ -228,6 +228,8 @@ def paged_decode_attention(
     k_scale_zero: torch.Tensor | None = None,
     v_scale_zero: torch.Tensor | None = None,
     quant_bits: int = 0,
+    num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """q: [num_seqs, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks] int32/int64; context_lens: [num_seqs].
@@ -235,6 +237,7 @@ def paged_decode_attention(
     logit_softcap: scores = softcap * tanh(scores / softcap) after the scale.
     quant_bits 8 or 4: uint8 caches [.., packed_dim] with their (scale, zero) in
     k_scale_zero / v_scale_zero [num_blocks, block_size, kv_heads, 2] (kv_quant.py).
+    num_splits, block_n, num_warps, num_stages: the launch (None: picked from the shapes).
     Returns [num_seqs, heads, dim] in q's dtype."""
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
@@ -308,8 +311,8 @@ def paged_decode_attention(
         SLIDING=sliding_window is not None,
         SOFTCAP=logit_softcap is not None,
         QUANT_BITS=quant_bits,
-        num_warps=4,
-        num_stages=2,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if num_splits > 1:
         _paged_decode_reduce_kernel[(num_seqs, num_heads)](
