@@ -6,7 +6,7 @@ kind of kernel, for the serving rows' decode workload (N sequences, 32 in / `--o
 whatever the host adds at a large batch shows as GPU idle time. The workload runs timed
 `--timed-runs` times (output tok/s, ms a step, where the wall time went, kernels compiled and
 full GC passes: the first run at a batch size may pay one-off costs); with `--host-profile` once
-more under cProfile (`host_profile`); then under torch.profiler with CUDA activity only (no CPU
+more under cProfile at a quarter of the length (`host_profile`); then under torch.profiler with CUDA activity only (no CPU
 ops: the profiler's host cost would itself slow the engine). From the trace: the window from
 the first to the last GPU event, the share of it the GPU was busy, the idle time a step, and
 the GPU time a step by kind of kernel (`gpu_profile.by_kind`).
@@ -85,23 +85,27 @@ def phases(trace: StepTrace, run: tuple[float, float]) -> dict:
 
 @contextlib.contextmanager
 def one_off_costs() -> Iterator[dict]:
-    """Triton kernels compiled and the garbage collector's full passes while the block runs:
-    a new specialization (an integer argument that turns divisible by 16, say) compiles for
-    hundreds of ms in the middle of a step, and a full collection pauses every thread."""
-    seen: dict = {"compiled": [], "gc_full_ms": []}
+    """Triton kernels compiled and the garbage collector's passes while the block runs: a new
+    specialization (an integer argument that turns divisible by 16, say) compiles for hundreds
+    of ms in the middle of a step, and a full collection pauses every thread."""
+    seen: dict = {"compiled": [], "gc_ms": {0: 0.0, 1: 0.0}, "gc_full_ms": []}
     gc_start: list[float] = []
 
-    def on_compile(*, fn, **_) -> bool:
-        seen["compiled"].append(getattr(fn, "name", str(fn)))
+    def on_compile(*, fn, repr: str = "", **_) -> bool:  # noqa: A002 - Triton's keyword
+        seen["compiled"].append(repr[:400] or getattr(fn, "name", str(fn)))
         return False  # compile as usual
 
     def on_gc(phase: str, info: dict) -> None:
-        if info.get("generation") != 2:
-            return
         if phase == "start":
             gc_start.append(time.perf_counter())
-        elif gc_start:
-            seen["gc_full_ms"].append(round((time.perf_counter() - gc_start.pop()) * 1e3, 2))
+            return
+        if not gc_start:
+            return
+        ms = (time.perf_counter() - gc_start.pop()) * 1e3
+        if info["generation"] == 2:
+            seen["gc_full_ms"].append(round(ms, 2))
+        else:
+            seen["gc_ms"][info["generation"]] += ms
 
     try:
         from triton import knobs
@@ -235,7 +239,9 @@ def main() -> None:
             }
         )
         print(json.dumps(timed[-1]), flush=True)
-    host = host_profile(pipe, args.batch, args.output_len, vocab) if args.host_profile else {}
+    # A quarter of the output length: cProfile slows the engine thread several-fold.
+    host_len = max(16, args.output_len // 4)
+    host = host_profile(pipe, args.batch, host_len, vocab) if args.host_profile else {}
     for name, text in host.items():
         print(f"host profile, {name}:\n{text}", flush=True)
     cuda = torch.cuda.is_available()

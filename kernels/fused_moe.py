@@ -95,7 +95,9 @@ def _moe_config(num_pairs: int, num_experts: int, dtype: torch.dtype) -> dict:
     return cfg | dict(num_stages=3 if half else 2)
 
 
-@triton.jit
+# num_pairs changes from step to step: specialising on it (== 1, divisible by 16) would
+# compile a new variant in the middle of serving, ~1 s of stall the first time each shows up.
+@triton.jit(do_not_specialize=["num_pairs"])
 def _fused_moe_kernel(
     a_ptr,
     b_ptr,

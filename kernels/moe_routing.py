@@ -32,7 +32,9 @@ import triton.language as tl
 MAX_FUSED_WORK = 64 * 1024
 
 
-@triton.jit
+# num_tokens changes from step to step: specialising on it (== 1, divisible by 16) would
+# compile a new variant in the middle of serving, ~1 s of stall the first time each shows up.
+@triton.jit(do_not_specialize=["num_tokens"])
 def _route_align_kernel(
     logits_ptr,
     weights_ptr,

@@ -40,7 +40,9 @@ from .attention_scores import check_window, score_scales, soft_cap
 from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile
 
 
-@triton.jit
+# stride_bts changes from step to step: specialising on it (== 1, divisible by 16) would
+# compile a new variant in the middle of serving, ~1 s of stall the first time each shows up.
+@triton.jit(do_not_specialize=["stride_bts"])
 def _paged_decode_kernel(
     q_ptr,
     k_cache_ptr,

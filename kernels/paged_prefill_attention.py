@@ -124,7 +124,9 @@ def _attend_tiles(
     return acc, l_i, m_i
 
 
-@triton.jit
+# stride_bts changes from step to step: specialising on it (== 1, divisible by 16) would
+# compile a new variant in the middle of serving, ~1 s of stall the first time each shows up.
+@triton.jit(do_not_specialize=["stride_bts"])
 def _paged_prefill_kernel(
     q_ptr,
     k_cache_ptr,

@@ -230,7 +230,9 @@ def _tile_scales(scales_ptr, zeros_ptr, k0, K, offs_kp, offs_n, n_mask, stride_s
     return s, z
 
 
-@triton.jit
+# M changes from step to step: specialising on it (== 1, divisible by 16) would
+# compile a new variant in the middle of serving, ~1 s of stall the first time each shows up.
+@triton.jit(do_not_specialize=["M"])
 def _w4a16_gemm_kernel(
     x_ptr,
     qweight_ptr,

@@ -7,6 +7,7 @@ sampled ids, which is the step's one device-to-host sync.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -66,6 +67,16 @@ class EngineStats:
     num_step_failures: int = 0
 
 
+def _freeze_startup_objects() -> None:
+    """Move every object alive now (the imported modules of torch, transformers and triton, the
+    model, the tokenizer: millions of them) out of the collector's sight. A full collection
+    otherwise walks them all, and on an H200 one did so in the middle of a 256-row decode run
+    for 185 ms, stalling every request (benchmark/NOTES.md). Garbage is collected first so no
+    dead cycle is frozen; `stop` unfreezes."""
+    gc.collect()
+    gc.freeze()
+
+
 class EngineLoop:
     def __init__(self, runner: ModelRunner, scheduler: Scheduler) -> None:
         self.runner = runner
@@ -83,6 +94,7 @@ class EngineLoop:
     # -- called from any thread ---------------------------------------------------------------
     def start(self) -> None:
         if self._thread is None:
+            _freeze_startup_objects()
             self._thread = threading.Thread(target=self._run, name="lmdeploy-engine", daemon=True)
             self._thread.start()
 
@@ -92,6 +104,8 @@ class EngineLoop:
         if self._thread is not None:
             self._thread.join(timeout=30)
             self._thread = None
+            # What this engine held may now be cyclic garbage: let the collector see it again.
+            gc.unfreeze()
 
     def submit(self, seq: Sequence, sink: Sink) -> None:
         if self._stopping.is_set():
