@@ -6,10 +6,10 @@ kind of kernel, for the serving rows' decode workload (N sequences, 32 in / `--o
 whatever the host adds at a large batch shows as GPU idle time. The workload runs timed
 `--timed-runs` times (output tok/s, ms a step, where the wall time went, kernels compiled and
 full GC passes: the first run at a batch size may pay one-off costs); with `--host-profile` once
-more under cProfile at a quarter of the length (`host_profile`); then under torch.profiler with CUDA activity only (no CPU
-ops: the profiler's host cost would itself slow the engine). From the trace: the window from
-the first to the last GPU event, the share of it the GPU was busy, the idle time a step, and
-the GPU time a step by kind of kernel (`gpu_profile.by_kind`).
+more under cProfile at a quarter of the length (`host_profile`); then under torch.profiler with
+CUDA activity only (no CPU ops: the profiler's host cost would itself slow the engine). From the
+trace: the window from the first to the last GPU event, the share of it the GPU was busy, the
+idle time a step, and the GPU time a step by kind of kernel (`gpu_profile.by_kind`).
 
     python benchmark/gpu_pipeline_profile.py --batch 256 --output-len 256
 
@@ -123,35 +123,21 @@ def one_off_costs() -> Iterator[dict]:
             knobs.runtime.jit_cache_hook = previous
 
 
-def host_profile(pipe, batch: int, output_len: int, vocab: int, top: int = 25) -> dict[str, str]:
-    """One more run with cProfile on the engine thread's steps and on the caller's `pipe()`
-    (each profiler sees only its own thread): where the host's time goes, GPU waits included
-    (they show as time in the call that synchronizes). cProfile slows Python ~2x: read shares."""
-    engine = pipe.service.engine
-    engine_prof, caller_prof = cProfile.Profile(), cProfile.Profile()
-    original = engine._step
-
-    def profiled_step() -> None:
-        engine_prof.enable()
-        try:
-            original()
-        finally:
-            engine_prof.disable()
-
-    engine._step = profiled_step
+def host_profile(pipe, batch: int, output_len: int, vocab: int, top: int = 30) -> str:
+    """One more run under cProfile: where the host's time goes, GPU waits included (they show
+    as time in the call that synchronizes). From Python 3.12 cProfile sees every thread (the
+    engine's and the caller's) through sys.monitoring, and only one profiler can be active;
+    before 3.12 it sees the caller's thread alone. cProfile slows Python severalfold: read
+    shares, not milliseconds."""
+    prof = cProfile.Profile()
+    prof.enable()
     try:
-        caller_prof.enable()
         _decode_run(pipe, batch, output_len, vocab, seed=98)
-        caller_prof.disable()
     finally:
-        engine._step = original
-
-    def table(prof: cProfile.Profile) -> str:
-        text = io.StringIO()
-        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
-        return text.getvalue()
-
-    return {"engine_thread": table(engine_prof), "caller": table(caller_prof)}
+        prof.disable()
+    text = io.StringIO()
+    pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(top)
+    return text.getvalue()
 
 
 def gpu_window(trace: dict) -> dict[str, float]:
@@ -241,9 +227,9 @@ def main() -> None:
         print(json.dumps(timed[-1]), flush=True)
     # A quarter of the output length: cProfile slows the engine thread several-fold.
     host_len = max(16, args.output_len // 4)
-    host = host_profile(pipe, args.batch, host_len, vocab) if args.host_profile else {}
-    for name, text in host.items():
-        print(f"host profile, {name}:\n{text}", flush=True)
+    host = host_profile(pipe, args.batch, host_len, vocab) if args.host_profile else ""
+    if host:
+        print(f"host profile:\n{host}", flush=True)
     cuda = torch.cuda.is_available()
     activity = torch.profiler.ProfilerActivity.CUDA if cuda else torch.profiler.ProfilerActivity.CPU
     with torch.profiler.profile(activities=[activity]) as prof:
