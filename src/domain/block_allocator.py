@@ -93,6 +93,10 @@ class BlockAllocator:
         revived = sum(1 for b in matched if self._ref[b] == 0)
         return fresh + revived
 
+    def covers(self, seq: Sequence, num_tokens: int) -> bool:
+        """Whether seq's blocks already hold `num_tokens` tokens (no allocation to make)."""
+        return num_blocks_for(num_tokens, self.block_size) <= len(seq.block_table)
+
     def blocks_needed(self, seq: Sequence, num_tokens: int | None = None) -> int:
         return self._needed(seq, num_tokens, self._matched_blocks(seq))
 

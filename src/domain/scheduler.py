@@ -240,20 +240,20 @@ class Scheduler:
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         """Decodes first (one token each, whatever the budget), then unfinished prefills."""
         queue = deque(sorted(self.running, key=lambda s: not _is_decoding(s)))
-        kept: list[Sequence] = []
+        kept: set[int] = set()
         while queue:
             seq = queue.popleft()
             decoding = _is_decoding(seq)
             chunk = 1 if decoding else min(seq.num_new_tokens, budget)
             if chunk <= 0:
-                kept.append(seq)  # a prefill that waits for budget keeps its blocks
+                kept.add(id(seq))  # a prefill that waits for budget keeps its blocks
                 continue
             if not self._make_room(seq, seq.num_cached_tokens + chunk, queue, plan):
                 continue  # seq itself was preempted
-            kept.append(seq)
+            kept.add(id(seq))
             plan.add(seq, chunk)
             budget -= 0 if decoding else chunk
-        self.running = [s for s in self.running if s in kept]
+        self.running = [s for s in self.running if id(s) in kept]
         return budget
 
     def _make_room(
@@ -261,6 +261,8 @@ class Scheduler:
     ) -> bool:
         """Allocate blocks for seq, evicting parked sessions, then preempting the newest
         running sequences. False when seq itself had to be preempted."""
+        if self.allocator.covers(seq, num_tokens):  # most decode steps: nothing to allocate
+            return True
         while not self.allocator.can_allocate(seq, num_tokens):
             if self._evict_parked():
                 continue

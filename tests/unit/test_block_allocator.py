@@ -36,6 +36,16 @@ def test_append_needs_a_new_block_only_at_a_block_boundary():
     assert alloc.blocks_needed(seq) == 0
 
 
+def test_covers_says_whether_the_blocks_already_hold_a_token_count():
+    alloc = BlockAllocator(num_blocks=3, block_size=4)
+    seq = make_seq(3)
+    assert not alloc.covers(seq, 1)  # no blocks yet
+    alloc.allocate(seq)
+    assert alloc.covers(seq, 4) and not alloc.covers(seq, 5)
+    assert alloc.covers(seq, 4) == (alloc.blocks_needed(seq, 4) == 0)
+    assert alloc.covers(seq, 5) == (alloc.blocks_needed(seq, 5) == 0)
+
+
 def test_cannot_allocate_beyond_free_blocks():
     alloc = BlockAllocator(num_blocks=2, block_size=4)
     big = make_seq(9)
