@@ -200,8 +200,17 @@ def main() -> None:
     ap.add_argument("--max-batch-size", type=int, default=512)
     ap.add_argument("--timed-runs", type=int, default=2)
     ap.add_argument("--host-profile", action="store_true", help="one more run under cProfile")
+    ap.add_argument(
+        "--switch-interval",
+        type=float,
+        default=None,
+        help="sys.setswitchinterval (s) for the run: how long the engine thread may wait for "
+        "the GIL while the caller detokenizes (A/B; Python's default 0.005)",
+    )
     ap.add_argument("--output", type=Path, default=Path("benchmark/results/pipeline_profile.json"))
     args = ap.parse_args()
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     config = PytorchEngineConfig(
         load_format="dummy", max_batch_size=args.max_batch_size, session_len=4096
     )
@@ -246,6 +255,7 @@ def main() -> None:
         "model": args.model,
         "batch": args.batch,
         "output_len": args.output_len,
+        "switch_interval_s": sys.getswitchinterval(),
         "timed": timed,
         "host_profile": host,
         "profiled": {
