@@ -230,10 +230,11 @@ class Scheduler:
             and self._admission_due(len(nexts), self.config.max_num_batched_tokens)
         ):
             return []  # the next step admits a waiting request
-        needed = sum(self.allocator.blocks_needed(seq, seq.num_tokens + 1) for seq in nexts)
+        growing = [s for s in nexts if not self.allocator.covers(s, s.num_tokens + 1)]
+        needed = sum(self.allocator.blocks_needed(seq, seq.num_tokens + 1) for seq in growing)
         if needed > self.allocator.num_free_blocks:
             return []
-        for seq in nexts:
+        for seq in growing:
             self.allocator.allocate(seq, seq.num_tokens + 1)
         return nexts
 
