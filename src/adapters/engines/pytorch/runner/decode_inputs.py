@@ -21,6 +21,9 @@ while the previous one's copy still waits in the GPU queue.
 
 from __future__ import annotations
 
+import itertools
+
+import numpy as np
 import torch
 
 from .....domain.sequence import Sequence
@@ -69,22 +72,19 @@ class DecodeInputs:
         self._turn ^= 1
         host.wait_for_copy()
         n, bs, num = self.max_seqs, self.block_size, len(seqs)
-        ids, positions, slots, context_lens = [], [], [], []
         tables = host.tables
-        for row, seq in enumerate(seqs):
-            pos = seq.num_cached_tokens + lag
-            table = seq.block_table
-            if ids_from is None:
-                ids.append(seq.token_ids[pos])
-            positions.append(pos + rope_delta(seq.images))  # rotary: after M-RoPE images
-            context_lens.append(pos + 1)
-            slots.append(table[pos // bs] * bs + pos % bs)
-            tables[row, : len(table)] = table
+        _write_tables(tables, [seq.block_table for seq in seqs])
+        pos = np.fromiter((s.num_cached_tokens for s in seqs), dtype=np.int64, count=num) + lag
         values = host.values
-        values[:num] = ids if ids_from is None else ids_from[1]
-        values[n : n + num] = positions
-        values[2 * n : 2 * n + num] = slots
-        values[3 * n : 3 * n + num] = context_lens
+        if ids_from is None:
+            values[:num] = [seq.token_ids[p] for seq, p in zip(seqs, pos.tolist(), strict=True)]
+        else:
+            values[:num] = ids_from[1]
+        values[n : n + num] = pos
+        if any(seq.images for seq in seqs):  # rotary positions shift after M-RoPE images
+            values[n : n + num] += [rope_delta(seq.images) for seq in seqs]
+        values[2 * n : 2 * n + num] = tables[np.arange(num), pos // bs] * bs + pos % bs
+        values[3 * n : 3 * n + num] = pos + 1
         if host.num_filled > num:
             values[2 * n + num : 2 * n + host.num_filled] = -1
             values[3 * n + num : 3 * n + host.num_filled] = 1
@@ -95,6 +95,17 @@ class DecodeInputs:
         if ids_from is not None:
             tokens, _ = ids_from
             self.input_ids[:num] = tokens.index_select(0, self.input_ids[:num])
+
+
+def _write_tables(tables: np.ndarray, rows: list[list[int]]) -> None:
+    """tables[i, :len(rows[i])] = rows[i] for every i, in one scatter (a numpy assignment a
+    row cost ~1 us each, ~0.5 ms a 512-row step)."""
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    total = int(lengths.sum())
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.int64, count=total)
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    col_of = np.arange(total) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    tables[row_of, col_of] = flat
 
 
 class _HostBuffer:
