@@ -53,10 +53,24 @@ class IncrementalDetokenizer:
 
     def push(self, token_id: int) -> str:
         """Adds a token; returns the text it completes ('' while a character is incomplete)."""
-        self.token_ids.append(token_id)
-        text, self._prefix_offset, self._read_offset = text_delta(
-            self._decode, self.token_ids, self._prefix_offset, self._read_offset
-        )
+        return self.push_many((token_id,))
+
+    def push_many(self, token_ids: Sequence[int]) -> str:
+        """Adds tokens; returns the text they complete, from two decodes whatever their count
+        (a reader that takes a run of tokens at once pays for one window, not one a token)."""
+        self.token_ids.extend(token_ids)
+        ids, prefix, read = self.token_ids, self._prefix_offset, self._read_offset
+        text, self._prefix_offset, self._read_offset = text_delta(self._decode, ids, prefix, read)
+        if text or len(token_ids) == 1:
+            return text
+        # The run may end inside a character: emit what the tokens before that one complete,
+        # or a reply cut there would lose the whole run's text, not just the broken character.
+        for end in range(len(ids) - 1, read, -1):
+            text, self._prefix_offset, self._read_offset = text_delta(
+                self._decode, ids[:end], prefix, read
+            )
+            if text:
+                break
         return text
 
 

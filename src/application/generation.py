@@ -155,6 +155,7 @@ class RequestStream:
         return self._consume(events)
 
     def _consume(self, events: list[TokenEvent]) -> GenOut | None:
+        stop_words = self.request.stop_words
         new_ids: list[int] = []
         logprobs: list[dict[int, float]] = []
         finish: str | None = None
@@ -173,14 +174,17 @@ class RequestStream:
                 new_ids.append(event.token_id)
                 if event.logprobs is not None:
                     logprobs.append(event.logprobs)
-                self._text += self._detok.push(event.token_id)
-                if self._hit_stop_word():
-                    finish = FinishReason.STOP.value
+                if stop_words:  # the reply may end at any of these tokens: text token by token
+                    self._text += self._detok.push(event.token_id)
+                    if self._hit_stop_word():
+                        finish = FinishReason.STOP.value
             if event.finished and finish is None:
                 finish = (self.seq.finish_reason or FinishReason.ABORT).value
                 error = event.error
             if finish is not None:
                 self.finished = True
+        if new_ids and not stop_words:
+            self._text += self._detok.push_many(new_ids)
         self._num_tokens += len(new_ids)
         if not self.finished and not new_ids:
             return None

@@ -186,6 +186,23 @@ def test_detokenizer_waits_for_complete_characters():
     assert pieces == ["a", "", "", "€", "b"]
 
 
+def test_pushing_a_run_of_tokens_gives_the_text_of_pushing_them_one_by_one():
+    class ByteTokenizer(CharTokenizer):
+        def decode(self, ids, skip_special_tokens=True):
+            return bytes(ids).decode("utf-8", errors="replace")
+
+    reply = list("a€b€cd€".encode())
+    one_by_one = IncrementalDetokenizer(ByteTokenizer())
+    expected = "".join(one_by_one.push(b) for b in reply)
+    for run in (2, 3, 5, len(reply)):  # runs that end inside a character, too
+        detok = IncrementalDetokenizer(ByteTokenizer())
+        pieces = [detok.push_many(reply[i : i + run]) for i in range(0, len(reply), run)]
+        assert "".join(pieces) == expected == "a€b€cd€"
+        assert not any("\ufffd" in piece for piece in pieces)  # a broken character waits
+    cut = IncrementalDetokenizer(ByteTokenizer())  # a reply that ends inside a character
+    assert cut.push_many(list("ab€".encode())[:-1]) == "ab"
+
+
 def test_detokenize_incrementally_takes_any_number_of_new_ids_per_call():
     """0.6.5's state-passing form: the ids so far each call, a prompt skipped by its offset."""
 
