@@ -21,7 +21,11 @@ from lmdeploy.adapters.engines.pytorch.layers.linear import prepare_linears
 from lmdeploy.adapters.engines.pytorch.models.config import ModelConfig
 from lmdeploy.adapters.engines.pytorch.models.registry import model_class
 from lmdeploy.adapters.engines.pytorch.models.weights import load_weights
-from lmdeploy.adapters.engines.pytorch.runner.piecewise_graph import PiecewiseGraphs, enabled
+from lmdeploy.adapters.engines.pytorch.runner.piecewise_graph import (
+    PiecewiseGraphs,
+    enabled,
+    token_buckets,
+)
 from lmdeploy.adapters.engines.pytorch.runner.runner import PytorchModelRunner
 from lmdeploy.domain.sampling_params import SamplingParams
 from lmdeploy.domain.scheduler import StepPlan
@@ -177,6 +181,24 @@ def test_a_prefill_step_gives_the_eager_logits(runner, lengths):
     torch.testing.assert_close(got, eager, rtol=1e-9, atol=1e-9)
 
 
+def test_a_shorter_step_pads_the_rows_a_longer_one_wrote_with_no_slot(runner):
+    """On CUDA the rotary kernel writes K/V inside the segments: a padding row's slot -1
+    writes nothing, where a stale slot would overwrite a token of the longer step's cache."""
+    blocks = _Blocks()
+    longer = StepPlan([blocks.seq(40, seed=7), blocks.seq(20, seed=8)])  # 60 tokens, bucket 64
+    shorter = StepPlan([blocks.seq(42, seed=9)])  # bucket 48
+    for plan in (longer, shorter):
+        _, _, replayed = _eager_then_pieces(runner, plan)
+        assert replayed
+    slots = runner.piecewise.slot_mapping
+    assert (slots[42:48] == -1).all()
+    assert slots[:42].tolist() == _slots(shorter.seqs[0])
+
+
+def _slots(seq: Sequence) -> list[int]:
+    return [seq.block_table[p // BLOCK_SIZE] * BLOCK_SIZE + p % BLOCK_SIZE for p in range(42)]
+
+
 @pytest.mark.parametrize(
     "decodes, chunk, prompt",
     [((12, 30), 10, 7), ((20, 33, 3), 13, 16)],
@@ -250,3 +272,10 @@ def test_only_cuda_at_tp1_without_lora_and_with_the_flag_captures(monkeypatch):
     assert not enabled(cpu, tensor_parallel=False, lora=False)
     assert not enabled(cuda, tensor_parallel=True, lora=False)
     assert not enabled(cuda, tensor_parallel=False, lora=True)
+
+
+def test_buckets_are_fine_where_steps_are_short_and_end_at_the_step_budget():
+    sizes = token_buckets(4096 + 256)
+    assert sizes[:4] == [16, 32, 48, 64] and 512 in sizes and 2048 in sizes
+    assert sizes[-3:] == [3072, 4096, 4352]
+    assert token_buckets(40) == [16, 32, 40]

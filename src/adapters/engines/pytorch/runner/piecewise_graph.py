@@ -93,11 +93,12 @@ class _Site:
     out: torch.Tensor
 
     def attend(self, n: int, meta: AttentionMetadata) -> None:
+        """The real attention of the step's n rows, into the output the next segment reads."""
         c = self.call
+        q, k, v = c.q[:n], c.k[:n], c.v[:n]
         out = paged_attention(
-            c.q[:n], c.k[:n], c.v[:n], c.k_cache, c.v_cache, meta, c.opts, c.kv_written,
-            c.scale_zero,
-        )  # fmt: skip
+            q, k, v, c.k_cache, c.v_cache, meta, c.opts, c.kv_written, c.scale_zero
+        )
         self.out[:n].copy_(out)
 
 
@@ -145,7 +146,7 @@ class PiecewiseGraphs:
             self._shared[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
         return self._shared[key][:rows]
 
-    def _forward(self, size: int, on_break: Callable[[], None]) -> tuple[torch.Tensor, list]:
+    def _forward(self, size: int, on_break: Callable[[], None]) -> tuple[torch.Tensor, list[_Site]]:
         """The model over the static inputs' first `size` rows, cut at each attention:
         `on_break()` runs between one segment and the next."""
         sites: list[_Site] = []
