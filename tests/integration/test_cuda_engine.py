@@ -182,6 +182,32 @@ def test_decoding_ahead_under_cuda_graphs_changes_no_output(tiny_llama, monkeypa
     assert counters.used >= 40 and counters.used >= 0.7 * counters.started, counters
 
 
+def test_piecewise_graphs_change_no_greedy_output(tiny_llama, monkeypatch):
+    """Steps with prompt tokens replayed as piecewise graphs around eager attention
+    (LMDEPLOY_PIECEWISE_GRAPHS=1) give the ids of the eager steps: three slots for seven
+    requests, refilled at once (prefill_interval 0) while the others decode, so most prefill
+    steps are mixed; a 300-token prompt arrives in chunks of the 128-token budget."""
+    path, _ = tiny_llama
+    prompts = [_ids(n, seed) for seed, n in enumerate([3, 20, 50, 90, 300, 17, 64])]
+    gens = [GenerationConfig(max_new_tokens=n, ignore_eos=True) for n in (9, 30, 14, 22, 6, 25, 11)]
+
+    def run(flag: str):
+        monkeypatch.setenv("LMDEPLOY_PIECEWISE_GRAPHS", flag)
+        config = _config(max_batch_size=3, prefill_interval=0, max_prefill_token_num=128)
+        pipe = pipeline(str(path), backend_config=config)
+        try:
+            return [o.token_ids for o in pipe(prompts, gen_config=gens)], pipe.service.engine
+        finally:
+            pipe.close()
+
+    on, engine = run("1")
+    off, plain = run("0")
+    assert on == off
+    pieces = engine.runner.piecewise
+    assert plain.runner.piecewise is None and pieces is not None
+    assert pieces.sizes[-1] == 128 + 3 and pieces.replays >= len(prompts) - 3, pieces.replays
+
+
 def _write_lora(directory, cfg, rank: int, seed: int) -> str:
     """A random LoRA adapter on every linear of `cfg`'s Llama, in PEFT's files."""
     import json

@@ -300,6 +300,8 @@ def _build_rank(
         dtype,
         max_batch_size=max_batch_size,
         max_model_len=max_model_len,
+        # Decodes take no prefill budget: a step carries up to one token a running sequence more.
+        max_step_tokens=config.max_prefill_token_num + max_batch_size,
         # Ranks other than 0 capture when rank 0 announces it (step_channel's CAPTURE), so
         # the collectives of every rank's warm-up and capture pair up in one order.
         use_cuda_graphs=use_graphs and tp_rank() == 0,

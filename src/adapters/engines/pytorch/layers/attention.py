@@ -27,6 +27,7 @@ from ..backends.torch_native.attention import (
     write_kv,
 )
 from ..distributed.parallel_state import local_kv_heads, tp_size
+from .graph_break import AttentionCall, current_break
 from .kv_rotation import rotation_for
 from .norm import RMSNorm
 from .rotary import rotate_qk
@@ -184,7 +185,11 @@ def paged_attention(
 ) -> torch.Tensor:
     """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim].
     `kv_written`: k and v are already in their cache slots (the fused rotary kernels).
-    `scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache."""
+    `scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache. While piecewise
+    graphs are captured, the call goes to their hook instead (layers/graph_break.py)."""
+    hook = current_break()
+    if hook is not None:
+        return hook(AttentionCall(q, k, v, k_cache, v_cache, opts, kv_written, scale_zero))
     window, cap = opts.sliding_window, opts.logit_softcap
     if q.is_cuda:
         from ..backends.cuda.attention import paged_attention_cuda  # Triton: only where it runs

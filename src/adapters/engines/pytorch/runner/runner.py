@@ -31,6 +31,7 @@ from .image_rows import gather_image_rows, touches_images
 from .kv_cache import allocate_kv_caches
 from .lora_pool import AdapterPool
 from .mrope import has_grids, mrope_positions
+from .piecewise_graph import PiecewiseGraphs, enabled
 from .step_extras import collect_extras, wants_extras
 
 
@@ -52,13 +53,16 @@ class PytorchModelRunner:
         lora: AdapterPool | None = None,
         cpu_fused_decode: bool = False,
         cpu_repack: bool = True,
+        max_step_tokens: int | None = None,
     ) -> None:
         """`peers`: on rank 0 of a tensor-parallel group, `model` wrapped so that each call
         reaches the other ranks first (distributed/step_channel.py); `workers`: the other
         ranks' processes, watched. `quant_policy` 8 or 4 stores the KV cache as int8 / int4
         (runner/kv_cache.py). `cpu_fused_decode`: one sequence's decode steps run the decoder
         layers in one C call where the model fits it (runner/cpu_decode_step.py), reading Q4
-        weights from a repacked copy with `cpu_repack`."""
+        weights from a repacked copy with `cpu_repack`. `max_step_tokens`: the most tokens a
+        step carries (the scheduler's budget plus one decode a sequence), the largest bucket
+        of the piecewise graphs (runner/piecewise_graph.py; `LMDEPLOY_PIECEWISE_GRAPHS=1`)."""
         cfg = model.config
         self.lora = lora
         self.max_batch_size = max_batch_size
@@ -97,6 +101,9 @@ class PytorchModelRunner:
             if peers is not None:  # every rank captures, in the same order: collectives pair up
                 peers.capture(max_batch_size, max_blocks)
             self.graphs = self.capture_graphs(max_batch_size, max_blocks)
+        self.piecewise: PiecewiseGraphs | None = None
+        if use_cuda_graphs and enabled(device, peers is not None, lora is not None):
+            self.piecewise = self.capture_piecewise(max_step_tokens or 8192 + max_batch_size)
         # Start each forecast decode step before the current step's tokens reach the host
         # (decode_ahead.py): on by default where it overlaps anything, i.e. under CUDA graphs;
         # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
@@ -121,6 +128,15 @@ class PytorchModelRunner:
         )
         graphs.capture()
         return graphs
+
+    def capture_piecewise(self, max_tokens: int) -> PiecewiseGraphs:
+        """The piecewise graphs of the steps that carry prompt tokens, up to `max_tokens`."""
+        rope = self.rope
+        pieces = PiecewiseGraphs(
+            self.model, self.kv_caches, rope.cos.shape[1], rope.cos.dtype, max_tokens, self.device
+        )
+        pieces.capture()
+        return pieces
 
     @property
     def cache(self) -> CacheGeometry:
@@ -225,7 +241,8 @@ class PytorchModelRunner:
     def _forward(self, plan: StepPlan) -> tuple[torch.Tensor, list | None]:
         """Logits [num_seqs, vocab] of the step's last tokens, and the per-sequence rows asked
         for by output_logits / output_last_hidden_state / get_ppl (None when none asks): a graph
-        replay for a decode step (inputs staged in one copy), else the eager model."""
+        replay for a decode step (inputs staged in one copy), piecewise graphs around eager
+        attention for other steps where captured, else the eager model."""
         graphs, extras_wanted = self.graphs, wants_extras(plan)
         # A one-token prefill chunk at an image position looks like a decode step; it runs
         # eagerly, as graphs embed token ids only.
@@ -237,12 +254,15 @@ class PytorchModelRunner:
         if self.lora is not None:
             self.lora.prepare(plan)
         image_rows = gather_image_rows(plan, self.device)
-        if image_rows is None:
+        pieces = self.piecewise
+        if image_rows is not None:
+            hidden = self.model(input_ids, cos, sin, self.kv_caches, meta, image_rows)
+        elif pieces is not None and not extras_wanted and pieces.fits(len(input_ids)):
+            hidden = pieces.run(input_ids, cos, sin, meta)
+        else:
             hidden = self.cpu_step.run(input_ids, cos, sin, meta) if self.cpu_step else None
             if hidden is None:
                 hidden = self.model(input_ids, cos, sin, self.kv_caches, meta)
-        else:
-            hidden = self.model(input_ids, cos, sin, self.kv_caches, meta, image_rows)
         if meta.cu_seqlens_q is not None:
             last = meta.cu_seqlens_q[1:] - 1
         else:
