@@ -40,6 +40,7 @@ def _scheduler_and_runner(model: str, device: str, max_batch: int):
         max_batch_size=max_batch,
         session_len=4096,
         cache_max_entry_count=0.5,
+        prefill_interval=0,  # the new prompts join the very next step: that step is the mixed one
     )
     c = build_container(model, config)
     return c.scheduler(), c.built_model().runner
