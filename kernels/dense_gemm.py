@@ -202,7 +202,8 @@ def stream_k_tiles(tiles: int, num_sms: int, stream_k: bool | None = None) -> in
 
 
 @functools.cache
-def _num_sms(device: torch.device) -> int:
+def device_sms(device: torch.device) -> int:
+    """The persistent grid's size: the GPU's SM count (an H200's off the GPU)."""
     if device.type != "cuda":
         return NUM_SMS
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -231,7 +232,7 @@ def dense_gemm(
     assert k > 0, "K = 0: nothing to multiply; use torch.zeros"
     cfg = dict(config or gemm_config(m, n, k))
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    sms = num_sms or _num_sms(x.device)
+    sms = num_sms or device_sms(x.device)
     sk_tiles = stream_k_tiles(tiles, sms, stream_k)
     sk_iters = sk_tiles * triton.cdiv(k, cfg["BLOCK_K"])
     # A program a tile without stream-K; else a program a SM, none without an iteration.
