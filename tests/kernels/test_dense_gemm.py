@@ -19,7 +19,7 @@ from lmdeploy.kernels.dense_gemm import (
     stream_k_tiles,
 )
 
-from ._util import DEVICE, ON_CUDA
+from ._util import DEVICE, ON_CUDA, cuda_only
 
 TOL = {
     torch.float32: {"atol": 1e-4, "rtol": 1e-4},
@@ -82,6 +82,22 @@ def test_dense_gemm_matches_reference(m, k, n, bias, config, num_sms, stream_k, 
     y = dense_gemm(x, w, b, config, stream_k=stream_k, num_sms=num_sms)
     assert y.shape == (m, n) and y.dtype == dtype
     torch.testing.assert_close(y, dense_gemm_ref(x, w, b), **TOL[dtype])
+
+
+@cuda_only
+@pytest.mark.parametrize("m", [64, 256])
+def test_every_hopper_candidate_compiles_and_matches_on_a_decode_shape(m):
+    """The benchmark's tiles on Llama-3-8B's q/k/v at decode rows, both schedules, with the
+    GPU's own SM count: they fit the shared memory and sum right at full size."""
+    torch.manual_seed(m)
+    x = torch.randn(m, 4096, device=DEVICE, dtype=torch.bfloat16)
+    w = torch.randn(6144, 4096, device=DEVICE, dtype=torch.bfloat16) / 64
+    b = torch.randn(6144, device=DEVICE, dtype=torch.bfloat16)
+    expected = dense_gemm_ref(x, w, b)
+    for config in gemm_candidates(m):
+        for stream_k in (True, False):
+            y = dense_gemm(x, w, b, config, stream_k=stream_k)
+            torch.testing.assert_close(y, expected, **TOL[torch.bfloat16])
 
 
 def test_stream_k_sums_are_bit_identical_and_leave_the_counters_zero():
