@@ -87,16 +87,16 @@ def linear_rows(name: str, k: int, n: int, rows: list[int], peak: float) -> list
         correct = [p for p in points if p["error"] < MAX_ERROR]
         row["wrong"] = [p for p in points if p["error"] >= MAX_ERROR]
         row["best"] = min(correct, key=lambda p: p["us"]) if correct else None
-        row["default"] = _default_point(points, m, n, k)
+        row["default"] = _default_point(points, m, n)
         row["points"] = points
         print(json.dumps({key: v for key, v in row.items() if key != "points"}), flush=True)
         out.append(row)
     return out
 
 
-def _default_point(points: list[dict[str, Any]], m: int, n: int, k: int) -> dict[str, Any] | None:
+def _default_point(points: list[dict[str, Any]], m: int, n: int) -> dict[str, Any] | None:
     """The point `dense_gemm` runs without arguments: the default config, the chosen schedule."""
-    cfg = gemm_config(m, n, k)
+    cfg = gemm_config(m)
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     sk_tiles = stream_k_tiles(tiles, device_sms(torch.device("cuda")))
     matches = [p for p in points if p["config"] == cfg and p["sk_tiles"] == sk_tiles]

@@ -25,7 +25,6 @@ import triton.language as tl
 
 from .w4a16_gemm import MAX_COLUMN_TILES, NUM_SMS, _split_counters
 
-MIN_ROWS, MAX_ROWS = 16, 512  # decode buckets this kernel is for; prefill stays on cuBLAS
 # Tiled, not stream-K, from this many waves of tiles on: the last wave's idle share is small.
 TILED_WAVES = 8
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) timed on Hopper by
@@ -173,7 +172,7 @@ def _dense_gemm_kernel(
         it += k_last - k_first
 
 
-def gemm_config(m: int, n: int, k: int) -> dict[str, int]:
+def gemm_config(m: int) -> dict[str, int]:
     """Default tiles (a guess until benchmark/gpu_dense_gemm.py has timed the candidates): 64
     rows a tile up to 64 rows, 128 beyond; 128 columns; K tiles of 64 four deep."""
     if m <= 64:
@@ -231,7 +230,7 @@ def dense_gemm(
     if not (m and n):
         return out.view(*x.shape[:-1], n)
     assert k > 0, "K = 0: nothing to multiply; use torch.zeros"
-    cfg = dict(config or gemm_config(m, n, k))
+    cfg = dict(config or gemm_config(m))
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
     sms = num_sms or device_sms(x.device)
     sk_tiles = stream_k_tiles(tiles, sms, stream_k)
