@@ -6,13 +6,15 @@ at 64-512 rows (issue 15; the shapes and rows of gpu_gemm_rows.py, Llama-3-8B, b
 Per linear and row count, microseconds a GEMM replayed in a CUDA graph over enough weight
 copies that every call reads its weight from HBM (`graph_us`): cuBLAS (`F.linear`, the engine's
 path today), then every Hopper candidate of the new kernel (`gemm_candidates`: 2 at 64 rows, 4
-at 128, 6 at 256 and 512) under both schedules (stream-K and the plain tiled one; timed once
-where both come out the same), each checked against `x.float() @ W.float().T` first. Prints
-per linear the best config beside cuBLAS and the floor (the larger of the FLOP floor at the
-measured bf16 GEMM peak and the byte floor), and per row count the decode step's GEMM totals
-(32 layers + the LM head): floor, cuBLAS, our default config and schedule, our best per linear.
-A run times 5 linears x 18 (config, rows) pairs x 2 schedules = ~180 points plus 20 cuBLAS ones,
-with 6 compiles (~1 s each): about 2-3 minutes on an H200.
+at 128, 6 at 256 and 512) with TMA loads under both schedules (stream-K and the plain tiled
+one; timed once where both come out the same) and with pointer loads under the chosen schedule,
+each checked against `x.float() @ W.float().T` first. Prints per linear the best point beside
+cuBLAS and the floor (the larger of the FLOP floor at the measured bf16 GEMM peak and the byte
+floor), and per row count the decode step's GEMM totals (32 layers + the LM head): floor,
+cuBLAS, our default (config, schedule and loads `dense_gemm` picks unasked), our best per
+linear. A run times 5 linears x 18 (config, rows) pairs x up to 3 points = ~250 points plus 20
+cuBLAS ones (~0.3 s each: a 20 ms graph replayed 10 times, plus its capture) after 12 compiles
+(~1 s each): about 2-3 minutes on an H200.
 """
 
 from __future__ import annotations
@@ -38,28 +40,47 @@ from kernels.dense_gemm import (  # noqa: E402
     device_sms,
     gemm_candidates,
     gemm_config,
-    stream_k_tiles,
+    launch_plan,
 )
 
 MAX_ERROR = 2e-2  # bf16 output against fp32: a larger error means a wrong sum, not rounding
 
 
-def time_config(
-    x: torch.Tensor, weights: list, ref: torch.Tensor, cfg: dict[str, int], stream_k: bool
+def time_point(
+    x: torch.Tensor,
+    weights: list,
+    ref: torch.Tensor,
+    cfg: dict[str, int],
+    stream_k: bool | None,
+    tma: bool,
 ) -> dict[str, Any]:
-    m, n = x.shape[0], weights[0].shape[0]
-    sms = device_sms(x.device)
+    m, n, k = x.shape[0], weights[0].shape[0], x.shape[1]
+    programs, sk_tiles = launch_plan(m, n, k, cfg, device_sms(x.device), stream_k)
     tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    point: dict[str, Any] = {"config": cfg, "stream_k": stream_k, "tiles": tiles}
-    point["waves"] = tiles / sms
-    point["sk_tiles"] = stream_k_tiles(tiles, sms, stream_k)
+    point: dict[str, Any] = {"config": cfg, "tma": tma, "tiles": tiles, "sk_tiles": sk_tiles}
+    point.update(waves=tiles / device_sms(x.device), programs=programs)
+
+    def run(w: torch.Tensor) -> torch.Tensor:
+        return dense_gemm(x, w, None, cfg, stream_k, tma=tma)
+
     try:
-        point["error"] = max_error(dense_gemm(x, weights[0], None, cfg, stream_k), ref)
+        point["error"] = max_error(run(weights[0]), ref)
     except Exception as e:  # a config past the shared memory fails to compile: note, go on
         point.update(error=float("inf"), us=float("inf"), failed=repr(e)[:300])
         return point
-    point["us"] = graph_us(lambda w: dense_gemm(x, w, None, cfg, stream_k), weights)
+    point["us"] = graph_us(run, weights)
     return point
+
+
+def candidate_points(m: int, n: int, k: int) -> list[tuple[dict[str, int], bool | None, bool]]:
+    """(config, stream_k, tma) to time: TMA under each distinct schedule, pointers under the
+    chosen one (stream-K of whole waves is the tiled schedule: timed once)."""
+    sms = device_sms(torch.device("cuda"))
+    points = []
+    for cfg in gemm_candidates(m):
+        plans = {launch_plan(m, n, k, cfg, sms, sk): sk for sk in (False, True)}
+        points += [(cfg, sk, True) for sk in plans.values()] + [(cfg, None, False)]
+    return points
 
 
 def linear_rows(name: str, k: int, n: int, rows: list[int], peak: float) -> list[dict[str, Any]]:
@@ -76,30 +97,22 @@ def linear_rows(name: str, k: int, n: int, rows: list[int], peak: float) -> list
         row["floor_us"] = max(flop_us, 2 * (n * k + m * k + m * n) / HBM_BYTES_PER_S * 1e6)
         row["cublas_error"] = max_error(F.linear(x, weights[0]), ref)
         row["cublas_us"] = graph_us(lambda w, x=x: F.linear(x, w), weights)
-        points, seen = [], set()
-        for cfg in gemm_candidates(m):
-            for stream_k in (True, False):
-                tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-                key = (tuple(cfg.values()), stream_k_tiles(tiles, device_sms(x.device), stream_k))
-                if key not in seen:  # stream-K of whole waves is the tiled schedule
-                    seen.add(key)
-                    points.append(time_config(x, weights, ref, cfg, stream_k))
+        points = [time_point(x, weights, ref, *p) for p in candidate_points(m, n, k)]
         correct = [p for p in points if p["error"] < MAX_ERROR]
         row["wrong"] = [p for p in points if p["error"] >= MAX_ERROR]
         row["best"] = min(correct, key=lambda p: p["us"]) if correct else None
-        row["default"] = _default_point(points, m, n)
+        row["default"] = _default_point(points, m, n, k)
         row["points"] = points
         print(json.dumps({key: v for key, v in row.items() if key != "points"}), flush=True)
         out.append(row)
     return out
 
 
-def _default_point(points: list[dict[str, Any]], m: int, n: int) -> dict[str, Any] | None:
-    """The point `dense_gemm` runs without arguments: the default config, the chosen schedule."""
+def _default_point(points: list[dict[str, Any]], m: int, n: int, k: int) -> dict[str, Any] | None:
+    """The point `dense_gemm` runs unasked: the default config, the chosen schedule, TMA."""
     cfg = gemm_config(m)
-    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    sk_tiles = stream_k_tiles(tiles, device_sms(torch.device("cuda")))
-    matches = [p for p in points if p["config"] == cfg and p["sk_tiles"] == sk_tiles]
+    _, sk_tiles = launch_plan(m, n, k, cfg, device_sms(torch.device("cuda")))
+    matches = [p for p in points if (p["config"], p["sk_tiles"], p["tma"]) == (cfg, sk_tiles, True)]
     return matches[0] if matches else None
 
 
@@ -121,7 +134,8 @@ def _label(point: dict[str, Any] | None) -> str:
         return "none correct"
     c = point["config"]
     shape = f"{c['BLOCK_M']}x{c['BLOCK_N']}x{c['BLOCK_K']} w{c['num_warps']} s{c['num_stages']}"
-    return f"{shape} {'sk' if point['sk_tiles'] else 'tiled'} ({point['tiles']} tiles)"
+    loads = "tma" if point["tma"] else "ptr"
+    return f"{shape} {loads} {'sk' if point['sk_tiles'] else 'tiled'} ({point['tiles']} tiles)"
 
 
 def main() -> None:

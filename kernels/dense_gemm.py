@@ -22,6 +22,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from .w4a16_gemm import MAX_COLUMN_TILES, NUM_SMS, _split_counters
 
@@ -42,20 +43,28 @@ HOPPER_CANDIDATES = [
 
 
 @triton.jit
-def _tile_sum(x_ptr, w_ptr, tile, k_first, k_last, M, N, K, stride_xm, stride_xk, stride_wn,
-              stride_wk, EVEN_K: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-              BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
+def _tile_sum(x_in, w_in, tile, k_first, k_last, M, N, K, stride_xm, stride_xk, stride_wn,
+              stride_wk, EVEN_K: tl.constexpr, USE_TMA: tl.constexpr, BLOCK_M: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, DOT_PRECISION: tl.constexpr):  # fmt: skip
     """x [BLOCK_M, K tiles k_first..k_last) @ W^T for output tile `tile`, in fp32. Tiles run
     along M first, so the programs that read one column tile of W run side by side and its
-    second read comes from L2. Rows past M and N read row M - 1 / N - 1 (clamped, not masked:
-    the loads stay unpredicated) and are never stored."""
+    second read comes from L2. With USE_TMA, `x_in` and `w_in` are tensor descriptors and the
+    tensor-memory accelerator copies each tile (rows and columns past M, N, K read as zeros);
+    else they are pointers, rows past M and N read row M - 1 / N - 1 (clamped, not masked: the
+    loads stay unpredicated); either way those rows are never stored."""
     num_m = tl.cdiv(M, BLOCK_M)
-    offs_m = (tile % num_m) * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = (tile // num_m) * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = k_first * BLOCK_K + tl.arange(0, BLOCK_K)
-    x_ptrs = x_ptr + tl.minimum(offs_m, M - 1)[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = w_ptr + tl.minimum(offs_n, N - 1)[None, :] * stride_wn + offs_k[:, None] * stride_wk
+    m0, n0 = (tile % num_m) * BLOCK_M, (tile // num_m) * BLOCK_N
+    offs_m, offs_n = m0 + tl.arange(0, BLOCK_M), n0 + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if USE_TMA:
+        for kt in range(k_first, k_last):
+            x = x_in.load([m0, kt * BLOCK_K])
+            w = w_in.load([n0, kt * BLOCK_K])
+            acc = tl.dot(x, w.T, acc, input_precision=DOT_PRECISION)
+        return acc, offs_m, offs_n
+    offs_k = k_first * BLOCK_K + tl.arange(0, BLOCK_K)
+    x_ptrs = x_in + tl.minimum(offs_m, M - 1)[:, None] * stride_xm + offs_k[None, :] * stride_xk
+    w_ptrs = w_in + tl.minimum(offs_n, N - 1)[None, :] * stride_wn + offs_k[:, None] * stride_wk
     for kt in range(k_first, k_last):
         if EVEN_K:
             x = tl.load(x_ptrs)
@@ -95,8 +104,8 @@ def _share_start(pid, base, rem):
 
 @triton.jit(do_not_specialize=["M", "SK_TILES"])
 def _dense_gemm_kernel(
-    x_ptr,
-    w_ptr,
+    x_in,
+    w_in,
     bias_ptr,
     partial_ptr,
     out_ptr,
@@ -113,6 +122,7 @@ def _dense_gemm_kernel(
     SK_TILES,
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
+    USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -127,8 +137,8 @@ def _dense_gemm_kernel(
     dp_tiles = tl.cdiv(M, BLOCK_M) * tl.cdiv(N, BLOCK_N) - SK_TILES
     for tile in range(pid, dp_tiles, num_programs):
         acc, offs_m, offs_n = _tile_sum(
-            x_ptr, w_ptr, tile, 0, iters, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
-            EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+            x_in, w_in, tile, 0, iters, M, N, K, stride_xm, stride_xk, stride_wn, stride_wk,
+            EVEN_K, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )  # fmt: skip
         _store_tile(acc, offs_m, offs_n, bias_ptr, out_ptr, M, N, stride_om, stride_on, HAS_BIAS)
     base, rem = SK_TILES * iters // num_programs, SK_TILES * iters % num_programs
@@ -141,8 +151,8 @@ def _dense_gemm_kernel(
         k_first = it - sk_tile * iters
         k_last = tl.minimum(iters, k_first + end - it)
         acc, offs_m, offs_n = _tile_sum(
-            x_ptr, w_ptr, dp_tiles + sk_tile, k_first, k_last, M, N, K, stride_xm, stride_xk,
-            stride_wn, stride_wk, EVEN_K, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
+            x_in, w_in, dp_tiles + sk_tile, k_first, k_last, M, N, K, stride_xm, stride_xk,
+            stride_wn, stride_wk, EVEN_K, USE_TMA, BLOCK_M, BLOCK_N, BLOCK_K, DOT_PRECISION,
         )  # fmt: skip
         if k_last - k_first == iters:
             _store_tile(
@@ -209,6 +219,44 @@ def device_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+@functools.cache
+def _has_tma(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _tma_ready(t: torch.Tensor) -> bool:
+    """A tensor descriptor needs rows contiguous and each row's start 16-byte aligned."""
+    row_bytes = t.stride(0) * t.element_size()
+    return t.stride(1) == 1 and row_bytes % 16 == 0 and t.data_ptr() % 16 == 0
+
+
+def _operands(x2: torch.Tensor, weight: torch.Tensor, cfg: dict[str, int], tma: bool | None):
+    """x and W as the kernel reads them: tensor descriptors of the config's tiles (Hopper and
+    later, where the operands allow, or when `tma` asks), else the tensors themselves."""
+    ready = _tma_ready(x2) and _tma_ready(weight)
+    assert not tma or ready, "TMA needs rows contiguous and 16-byte aligned; pass tma=False"
+    use_tma = ready and _has_tma(x2.device) if tma is None else tma
+    if not use_tma:
+        return x2, weight, False
+    x_in = TensorDescriptor.from_tensor(x2, [cfg["BLOCK_M"], cfg["BLOCK_K"]])
+    w_in = TensorDescriptor.from_tensor(weight, [cfg["BLOCK_N"], cfg["BLOCK_K"]])
+    return x_in, w_in, True
+
+
+def launch_plan(
+    m: int, n: int, k: int, cfg: dict[str, int], sms: int, stream_k: bool | None = None
+) -> tuple[int, int]:
+    """(programs, stream-K tiles): a program a tile without stream-K; else a program a SM,
+    none without an iteration."""
+    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
+    sk_tiles = stream_k_tiles(tiles, sms, stream_k)
+    if sk_tiles == 0:
+        return tiles, 0
+    if sk_tiles < tiles:  # whole tiles first: every program has at least one
+        return sms, sk_tiles
+    return min(sms, sk_tiles * triton.cdiv(k, cfg["BLOCK_K"])), sk_tiles
+
+
 def dense_gemm(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -216,10 +264,11 @@ def dense_gemm(
     config: dict[str, int] | None = None,
     stream_k: bool | None = None,
     num_sms: int | None = None,
+    tma: bool | None = None,
 ) -> torch.Tensor:
     """x [..., K] @ weight [N, K]^T (+ bias [N]) -> [..., N] in x's dtype. `config` forces the
     tiles, `stream_k` the schedule (None: `stream_k_tiles` chooses), `num_sms` the persistent
-    grid (default: the device's SM count)."""
+    grid (default: the device's SM count), `tma` the loads (None: TMA on Hopper and later)."""
     k = x.shape[-1]
     n = weight.shape[0]
     assert weight.shape == (n, k), f"weight {tuple(weight.shape)} is not [N, K={k}]"
@@ -231,19 +280,15 @@ def dense_gemm(
         return out.view(*x.shape[:-1], n)
     assert k > 0, "K = 0: nothing to multiply; use torch.zeros"
     cfg = dict(config or gemm_config(m))
-    tiles = triton.cdiv(m, cfg["BLOCK_M"]) * triton.cdiv(n, cfg["BLOCK_N"])
-    sms = num_sms or device_sms(x.device)
-    sk_tiles = stream_k_tiles(tiles, sms, stream_k)
-    sk_iters = sk_tiles * triton.cdiv(k, cfg["BLOCK_K"])
-    # A program a tile without stream-K; else a program a SM, none without an iteration.
-    programs = tiles if sk_tiles == 0 else min(sms, sk_iters) if sk_tiles == tiles else sms
+    programs, sk_tiles = launch_plan(m, n, k, cfg, num_sms or device_sms(x.device), stream_k)
     assert sk_tiles <= MAX_COLUMN_TILES, f"{sk_tiles} stream-K tiles: too many counters"
     slot_shape = (2 * programs, cfg["BLOCK_M"] * cfg["BLOCK_N"])
     partial = torch.empty(slot_shape, dtype=torch.float32, device=x.device) if sk_tiles else out
+    x_in, w_in, use_tma = _operands(x2, weight, cfg, tma)
     _dense_gemm_kernel[(programs,)](
-        x2, weight, bias if bias is not None else weight, partial, out, _split_counters(x.device),
+        x_in, w_in, bias if bias is not None else weight, partial, out, _split_counters(x.device),
         m, n, k, *x2.stride(), *weight.stride(), *out.stride(), sk_tiles,
-        HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0,
+        HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0, USE_TMA=use_tma,
         DOT_PRECISION="ieee" if x.dtype == torch.float32 else "tf32", **cfg,
     )  # fmt: skip
     return out.view(*x.shape[:-1], n)

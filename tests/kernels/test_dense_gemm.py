@@ -1,6 +1,7 @@
 """The stream-K dense GEMM against its reference: ragged rows and columns, K not a multiple of
-the tile, bias, each dtype, stream-K shares that cut tiles unevenly, the data-parallel + stream-K
-hybrid, the plain tiled path, and bit-identical repeats. Tiles are small and the persistent grid
+the tile, bias, each dtype, pointer and TMA (tensor-descriptor) loads, stream-K shares that cut
+tiles unevenly, the data-parallel + stream-K hybrid, the plain tiled path, and bit-identical
+repeats. Tiles are small and the persistent grid
 a few programs, so the interpreter runs each case in well under a second."""
 
 from __future__ import annotations
@@ -72,21 +73,23 @@ CASES = [
 ]
 
 
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
 @pytest.mark.parametrize(("m", "k", "n", "bias", "config", "num_sms", "stream_k"), CASES)
-def test_dense_gemm_matches_reference(m, k, n, bias, config, num_sms, stream_k, dtype):
+def test_dense_gemm_matches_reference(m, k, n, bias, config, num_sms, stream_k, dtype, tma):
     torch.manual_seed(m * k + n)
     x = torch.randn(m, k, device=DEVICE).to(dtype)
     w = (torch.randn(n, k, device=DEVICE) / k**0.5).to(dtype)
     b = torch.randn(n, device=DEVICE).to(dtype) if bias else None
-    y = dense_gemm(x, w, b, config, stream_k=stream_k, num_sms=num_sms)
+    y = dense_gemm(x, w, b, config, stream_k=stream_k, num_sms=num_sms, tma=tma)
     assert y.shape == (m, n) and y.dtype == dtype
     torch.testing.assert_close(y, dense_gemm_ref(x, w, b), **TOL[dtype])
 
 
 @cuda_only
+@pytest.mark.parametrize("tma", [False, True], ids=["pointers", "tma"])
 @pytest.mark.parametrize("m", [64, 256])
-def test_every_hopper_candidate_compiles_and_matches_on_a_decode_shape(m):
+def test_every_hopper_candidate_compiles_and_matches_on_a_decode_shape(m, tma):
     """The benchmark's tiles on Llama-3-8B's q/k/v at decode rows, both schedules, with the
     GPU's own SM count: they fit the shared memory and sum right at full size."""
     torch.manual_seed(m)
@@ -96,7 +99,7 @@ def test_every_hopper_candidate_compiles_and_matches_on_a_decode_shape(m):
     expected = dense_gemm_ref(x, w, b)
     for config in gemm_candidates(m):
         for stream_k in (True, False):
-            y = dense_gemm(x, w, b, config, stream_k=stream_k)
+            y = dense_gemm(x, w, b, config, stream_k=stream_k, tma=tma)
             torch.testing.assert_close(y, expected, **TOL[torch.bfloat16])
 
 
