@@ -1,18 +1,19 @@
 """Dense half-precision GEMM for 16-512-row decode steps: y [M, N] = x [M, K] @ W [N, K]^T
 (+ bias), W row-major as `nn.Linear` holds it, fp32 accumulation, output in x's dtype.
 
-FLOPs = 2 M N K; bytes ~= 2 (N K + M K + M N). At 64-512 rows an 8B model's linears are
-compute-bound, yet cuBLAS reaches only 64-77% of the FLOP floor on them (benchmark/NOTES.md,
-session 7): at M = 256 a 128- or 256-row output tile gives the narrow linears one wave of
-~64-128 tiles, or two waves of which the second is partly idle, on 132 SMs. Here a persistent
-grid of one program a SM shares the work out by K iterations instead of by tiles (stream-K,
-Osama et al. 2023): the (tile, K iteration) space of the last one to two waves' tiles is cut
-into equal, contiguous shares, so every SM runs the same number of MMA iterations; the tiles
-before them go whole to the programs in turn (data-parallel). A tile cut between programs is
-summed by the one that finishes its share of it last, which adds the fp32 partials in
-program order (deterministic, one launch: the "last program sums" of `w4a16_gemm`).
-Shapes whose tiles fill the SMs in whole waves take the plain tiled path: the same kernel with
-a program a tile and no stream-K share.
+FLOPs = 2 M N K; bytes ~= 2 (N K + M K + M N). At 256-512 rows an 8B model's linears are
+compute-bound, yet cuBLAS reaches only 64-77% of the FLOP floor on them at 256 rows
+(benchmark/NOTES.md, session 7). To fill 132 SMs it either cuts small tiles (96 x 128 or
+128 x 64: 128 of them on q/k/v and o, each moving more operand bytes per FLOP), splits K with a
+reduction (down), or runs 1.7 waves of large tiles (gate/up, the second wave part idle). Here a
+persistent grid of one program a SM shares the work out by K iterations instead of by tiles
+(stream-K, Osama et al. 2023), so large tiles fill every SM: the (tile, K iteration) space of
+the last one to two waves' tiles is cut into equal, contiguous shares, and the tiles before them
+go whole to the programs in turn (data-parallel). A tile cut between programs is summed by the
+one that finishes its share of it last, which adds the fp32 partials in program order
+(deterministic, one launch: the "last program sums" of `w4a16_gemm`). Shapes whose tiles fill
+the SMs in whole waves take the plain tiled path: the same kernel with a program a tile. On
+Hopper the tiles load through TMA tensor descriptors; elsewhere, through pointers.
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ from .w4a16_gemm import MAX_COLUMN_TILES, NUM_SMS, _split_counters
 
 # Tiled, not stream-K, from this many waves of tiles on: the last wave's idle share is small.
 TILED_WAVES = 8
-# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) timed on Hopper by
-# benchmark/gpu_dense_gemm.py: 64-row tiles for <= 64 rows, 128 and 256 (cuBLAS's own gate/up
+# (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages) for benchmark/gpu_dense_gemm.py to time on
+# Hopper (not yet measured): 64-row tiles for <= 64 rows, 128 and 256 (cuBLAS's own gate/up
 # tile, one M tile at 256 rows) for more; K tiles of 64 with 3-4 stages in flight, or 128 deep;
 # each within ~192 KB of shared memory (an H200 SM has 228 KB) with the epilogue's room.
 HOPPER_CANDIDATES = [
