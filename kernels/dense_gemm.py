@@ -57,26 +57,28 @@ def _tile_sum(x_in, w_in, tile, k_first, k_last, M, N, K, stride_xm, stride_xk, 
     m0, n0 = (tile % num_m) * BLOCK_M, (tile // num_m) * BLOCK_N
     offs_m, offs_n = m0 + tl.arange(0, BLOCK_M), n0 + tl.arange(0, BLOCK_N)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    if USE_TMA:
+    if USE_TMA:  # one return at the end: no early return out of a constexpr branch
         for kt in range(k_first, k_last):
             x = x_in.load([m0, kt * BLOCK_K])
             w = w_in.load([n0, kt * BLOCK_K])
             acc = tl.dot(x, w.T, acc, input_precision=DOT_PRECISION)
-        return acc, offs_m, offs_n
-    offs_k = k_first * BLOCK_K + tl.arange(0, BLOCK_K)
-    x_ptrs = x_in + tl.minimum(offs_m, M - 1)[:, None] * stride_xm + offs_k[None, :] * stride_xk
-    w_ptrs = w_in + tl.minimum(offs_n, N - 1)[None, :] * stride_wn + offs_k[:, None] * stride_wk
-    for kt in range(k_first, k_last):
-        if EVEN_K:
-            x = tl.load(x_ptrs)
-            w = tl.load(w_ptrs)
-        else:
-            k_mask = kt * BLOCK_K + tl.arange(0, BLOCK_K) < K
-            x = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
-            w = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
-        acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)
-        x_ptrs += BLOCK_K * stride_xk
-        w_ptrs += BLOCK_K * stride_wk
+    else:
+        offs_k = k_first * BLOCK_K + tl.arange(0, BLOCK_K)
+        x_ptrs = x_in + tl.minimum(offs_m, M - 1)[:, None] * stride_xm
+        x_ptrs += offs_k[None, :] * stride_xk
+        w_ptrs = w_in + tl.minimum(offs_n, N - 1)[None, :] * stride_wn
+        w_ptrs += offs_k[:, None] * stride_wk
+        for kt in range(k_first, k_last):
+            if EVEN_K:
+                x = tl.load(x_ptrs)
+                w = tl.load(w_ptrs)
+            else:
+                k_mask = kt * BLOCK_K + tl.arange(0, BLOCK_K) < K
+                x = tl.load(x_ptrs, mask=k_mask[None, :], other=0.0)
+                w = tl.load(w_ptrs, mask=k_mask[:, None], other=0.0)
+            acc = tl.dot(x, w, acc, input_precision=DOT_PRECISION)
+            x_ptrs += BLOCK_K * stride_xk
+            w_ptrs += BLOCK_K * stride_wk
     return acc, offs_m, offs_n
 
 
