@@ -32,8 +32,13 @@ import triton
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # gpu_gemm_rows' helpers; kernels/
 
-from gpu_gemm_rows import LINEARS, gemm_peak_tflops  # noqa: E402
-from gpu_w4a16_gemv import HBM_BYTES_PER_S, copies_for, graph_us, max_error  # noqa: E402
+from gpu_gemm_rows import (  # noqa: E402
+    LINEARS,
+    cold_weights,
+    gemm_peak_tflops,
+    input_and_reference,
+)
+from gpu_w4a16_gemv import HBM_BYTES_PER_S, graph_us, max_error  # noqa: E402
 
 from kernels.dense_gemm import (  # noqa: E402
     dense_gemm,
@@ -84,14 +89,10 @@ def candidate_points(m: int, n: int, k: int) -> list[tuple[dict[str, int], bool 
 
 
 def linear_rows(name: str, k: int, n: int, rows: list[int], peak: float) -> list[dict[str, Any]]:
-    weights = [
-        torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
-        for _ in range(copies_for(2 * n * k))
-    ]
+    weights = cold_weights(k, n)
     out = []
     for m in rows:
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        ref = x.float() @ weights[0].float().T
+        x, ref = input_and_reference(m, weights[0])
         row: dict[str, Any] = {"linear": name, "M": m, "K": k, "N": n}
         flop_us = 2 * m * n * k / (peak * 1e12) * 1e6
         row["floor_us"] = max(flop_us, 2 * (n * k + m * k + m * n) / HBM_BYTES_PER_S * 1e6)

@@ -47,15 +47,25 @@ def gemm_peak_tflops() -> float:
     return 2 * 8192 * 4096 * 14336 / ms / 1e9
 
 
-def linear_rows(name: str, k: int, n: int, rows: list[int], peak: float) -> list[dict[str, Any]]:
-    weights = [
+def cold_weights(k: int, n: int) -> list[torch.Tensor]:
+    """Enough [n, k] bf16 weight copies that calls taking them in turn read each from HBM."""
+    return [
         torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
         for _ in range(copies_for(2 * n * k))
     ]
+
+
+def input_and_reference(m: int, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random [m, k] input and its product with `weight` in fp32."""
+    x = torch.randn(m, weight.shape[1], device="cuda", dtype=torch.bfloat16)
+    return x, x.float() @ weight.float().T
+
+
+def linear_rows(name: str, k: int, n: int, rows: list[int], peak: float) -> list[dict[str, Any]]:
+    weights = cold_weights(k, n)
     out = []
     for m in rows:
-        x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
-        ref = x.float() @ weights[0].float().T
+        x, ref = input_and_reference(m, weights[0])
         row: dict[str, Any] = {"linear": name, "M": m, "K": k, "N": n}
         row["flop_floor_us"] = 2 * m * n * k / (peak * 1e12) * 1e6
         row["byte_floor_us"] = 2 * (n * k + m * k + m * n) / HBM_BYTES_PER_S * 1e6
