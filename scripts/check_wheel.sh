@@ -30,7 +30,7 @@ expected = {
     f"{dest}/{path.relative_to(tree / src).as_posix()}"
     for src, dest in (("src", "lmdeploy"), ("kernels", "lmdeploy/kernels"))
     for path in (tree / src).rglob("*")
-    if path.suffix in (".py", ".json", ".c") and "__pycache__" not in path.parts
+    if path.suffix in (".py", ".json", ".c", ".h") and "__pycache__" not in path.parts
 }
 missing = sorted(expected - shipped)
 if missing:
@@ -67,4 +67,16 @@ out = pipe(["Shanghai is"], gen_config=GenerationConfig(max_new_tokens=8))[0]
 pipe.close()
 assert out.generate_token_len > 0, out
 print(f"installed wheel generates: {out.text!r}")
+
+# Every C kernel builds from the installed sources (a missing header fell back to torch ops).
+import os
+import shutil
+
+from lmdeploy.adapters.engines.pytorch.backends.cpu import build
+
+if shutil.which(os.environ.get("CC") or "cc") or shutil.which("gcc"):
+    csrc = Path(build.__file__).parent / "csrc"
+    failed = [c.stem for c in sorted(csrc.glob("*.c")) if build.load(c.stem) is None]
+    assert not failed, f"the installed C kernels {failed} do not build"
+    print(f"installed wheel builds its {len(list(csrc.glob('*.c')))} C kernels")
 PY
