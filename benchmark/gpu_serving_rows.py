@@ -16,7 +16,8 @@ reads a row a token) plus every sequence's K/V context; FLOPs: 2 x those paramet
 (the LM head included) plus attention's 4 x context x hidden per layer. The
 limits ignore everything else (sampling, small kernels, host time), so they are bounds, not
 predictions. TTFT p50/p99 of the log-normal row come from `stream_infer` (the first response of
-each request, all submitted at once). Prints a table; writes JSON to --output.
+each request, all submitted at once); each row also records the SM clock, temperature and
+power as it ends (NVML, where present). Prints a table; writes JSON to --output.
 
     python benchmark/gpu_serving_rows.py --max-batch-size 512
 """
@@ -52,6 +53,22 @@ def gemm_tflops(device: str = "cuda") -> float:
         a @ b
     torch.cuda.synchronize()
     return 2 * 8192 * 4096 * 14336 * 20 / (time.perf_counter() - start) / 1e12
+
+
+def gpu_state() -> dict[str, float]:
+    """The SM clock (MHz), temperature (C) and power (W) as a row ends, where NVML answers: a
+    row that follows a long compute-bound one may run at lower clocks (a thermal or power cap)."""
+    state = {}
+    for key, read in (
+        ("sm_clock_mhz", torch.cuda.clock_rate),
+        ("temperature_c", torch.cuda.temperature),
+        ("power_w", lambda: torch.cuda.power_draw() / 1000),
+    ):
+        try:
+            state[key] = read()
+        except Exception:  # noqa: BLE001 - no NVML (pynvml) on this machine: nothing to add
+            pass
+    return state
 
 
 class Limits:
@@ -154,6 +171,7 @@ def main() -> None:
     rows = []
 
     def row(name: str, unit: str, ours: float, limit: float, **extra) -> None:
+        extra |= gpu_state()
         rows.append({"row": name, "unit": unit, "ours": ours, "limit": limit, **extra})
         print(json.dumps(rows[-1]), flush=True)
 
