@@ -8,10 +8,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels import pdl
-from kernels.dense_gemv import dense_gemv
-from kernels.rms_norm import fused_add_rms_norm
-from kernels.silu_and_mul import silu_and_mul
+from lmdeploy.kernels import pdl
+from lmdeploy.kernels.dense_gemv import dense_gemv
+from lmdeploy.kernels.rms_norm import fused_add_rms_norm
+from lmdeploy.kernels.silu_and_mul import silu_and_mul
 
 from ._util import ON_CUDA
 
