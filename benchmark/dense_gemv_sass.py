@@ -37,8 +37,9 @@ def compile_kernel(constants: dict[str, int], num_warps: int):
 
 def count(rows: int, block_n: int, block_k: int, warps: int) -> dict:
     consts = dict(
-        HAS_BIAS=False, EVEN_K=True, BLOCK_M=rows, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=4
-    )
+        HAS_BIAS=False, EVEN_K=True, BLOCK_M=rows, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=4,
+        PDL=False,
+    )  # fmt: skip
     compiled = compile_kernel(consts, warps)
     regs, stack = resources(compiled.asm["cubin"])
     body = loop_body(compiled.asm["sass"])

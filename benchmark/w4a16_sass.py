@@ -41,20 +41,22 @@ def compile_sm90(
     pointers: dict[str, str] = POINTERS,
     unit_strides: tuple[str, ...] = UNIT_STRIDES,
     num_stages: int | None = None,
+    launch_pdl: bool = False,
 ):
     """`kernel` compiled for sm_90a as its launcher would specialize it (the other benchmark
     kernels' counters pass their own pointer types and unit strides; tensor descriptors, typed
-    `tensordesc<...>` in `pointers`, take no divisibility hint)."""
+    `tensordesc<...>` in `pointers`, and float scalars, `fp32`, take no divisibility hint)."""
     names = kernel.arg_names
     constants = constants | dict.fromkeys(unit_strides, 1)
     signature = {n: pointers.get(n, "constexpr" if n in constants else "i32") for n in names}
     attrs = {
         (names.index(n),): [["tt.divisibility", 16]]
         for n in names
-        if n not in constants and not signature[n].startswith("tensordesc")
+        if n not in constants and not signature[n].startswith(("tensordesc", "fp"))
     }
     source = ASTSource(kernel, signature, constexprs=constants, attrs=attrs)
     options = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})
+    options |= {"launch_pdl": True} if launch_pdl else {}
     return triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
 
 

@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 # The split-K helpers of the W4A16 kernels: the same counters and the same last-program sum.
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 from .w4a16_gemm import MAX_COLUMN_TILES, NUM_SMS, _split_counters, _split_tiles, _store_or_reduce
 
 MAX_ROWS = 4  # beyond this many rows of x the weight is no longer the only cost: cuBLAS
@@ -49,10 +50,13 @@ def _dense_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Program (column tile, split): W's rows [BLOCK_N] over this split's K tiles, against every
     row of x. Rows of W past N read row N - 1 (wrapped, not masked: the loads stay unpredicated
-    and 16 bytes wide) and are never stored."""
+    and 16 bytes wide) and are never stored. With PDL the first weight tile is in flight while
+    the predecessor finishes; x, the partials and the split counters (reset by the last program
+    of the previous GEMV) are touched only after the wait."""
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -71,6 +75,7 @@ def _dense_gemv_kernel(
         w_next = tl.load(w_ptrs, mask=has_tile, other=0.0)
     else:
         w_next = tl.load(w_ptrs, mask=has_tile & (k0 + offs_k < K)[None, None, :], other=0.0)
+    pdl_wait_then_release(PDL)
     for tile in range(first, last):
         w = w_next
         w_ptrs += w_step
@@ -149,11 +154,12 @@ def dense_gemv(
     assert triton.cdiv(n, cfg["BLOCK_N"]) <= MAX_COLUMN_TILES, f"N={n}: too many column tiles"
     partial = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
     grid = (triton.cdiv(n, cfg["BLOCK_N"]), split)
+    pdl = pdl_enabled(x.device)
     _dense_gemv_kernel[grid](
         x2, weight, bias if bias is not None else weight, partial, out,
         _split_counters(x.device), m, n, k, *x2.stride(), *weight.stride(), *out.stride(),
         HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0,
-        BLOCK_M=triton.next_power_of_2(m), **cfg,
+        BLOCK_M=triton.next_power_of_2(m), PDL=pdl, **cfg, **pdl_launch_options(pdl),
     )  # fmt: skip
     return out.view(*x.shape[:-1], n)
 

@@ -38,6 +38,7 @@ import triton.language as tl
 
 from .attention_scores import check_window, score_scales, soft_cap
 from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 
 
 # stride_bts changes from step to step: specialising on it (== 1, divisible by 16) would
@@ -90,7 +91,11 @@ def _paged_decode_kernel(
     SLIDING: tl.constexpr,
     SOFTCAP: tl.constexpr,
     QUANT_BITS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    # q, the caches (the rotary kernel writes this step's key and value), the block tables and
+    # the lengths may all be written in the step: nothing is worth loading before the wait.
+    pdl_wait_then_release(PDL)
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
@@ -176,7 +181,9 @@ def _paged_decode_reduce_kernel(
     NUM_SPLITS: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    pdl_wait_then_release(PDL)  # the partials are stage 1's output
     seq = tl.program_id(0)
     head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
@@ -280,6 +287,7 @@ def paged_decode_attention(
     else:
         part_out = part_lse = out  # unused
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
+    pdl = pdl_enabled(q.device)
     _paged_decode_kernel[(num_seqs, kv_heads, num_splits)](
         q,
         k_cache,
@@ -313,8 +321,10 @@ def paged_decode_attention(
         SLIDING=sliding_window is not None,
         SOFTCAP=logit_softcap is not None,
         QUANT_BITS=quant_bits,
+        PDL=pdl,
         num_warps=num_warps,
         num_stages=num_stages,
+        **pdl_launch_options(pdl),
     )
     if num_splits > 1:
         _paged_decode_reduce_kernel[(num_seqs, num_heads)](
@@ -327,7 +337,9 @@ def paged_decode_attention(
             NUM_SPLITS=num_splits,
             BLOCK_S=triton.next_power_of_2(num_splits),
             BLOCK_D=block_d,
+            PDL=pdl,
             num_warps=4,
+            **pdl_launch_options(pdl),
         )
     return out
 

@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
+
 _MAX_HIDDEN = 65536
 
 
@@ -34,10 +36,14 @@ def _rms_norm_kernel(
     stride_nr,
     ADD_RESIDUAL: tl.constexpr,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < hidden
+    # The norm weight is written by nobody during a step: loaded before the wait.
+    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    pdl_wait_then_release(PDL)
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0).to(tl.float32)
     if ADD_RESIDUAL:
         r = tl.load(residual_ptr + row * stride_r + offs, mask=mask, other=0.0)
@@ -45,7 +51,6 @@ def _rms_norm_kernel(
         tl.store(new_residual_ptr + row * stride_nr + offs, summed, mask=mask)
         x = summed.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / hidden + eps)
-    w = tl.load(weight_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(
         out_ptr + row * stride_o + offs, (x * rstd * w).to(out_ptr.dtype.element_ty), mask=mask
     )
@@ -66,6 +71,7 @@ def _launch(x, residual, weight, eps):
     new_r = torch.empty(r2.shape, dtype=r2.dtype, device=x.device) if residual is not None else out
     if x2.shape[0]:
         block = triton.next_power_of_2(hidden)
+        pdl = pdl_enabled(x.device)
         _rms_norm_kernel[(x2.shape[0],)](
             x2,
             r2,
@@ -80,7 +86,9 @@ def _launch(x, residual, weight, eps):
             new_r.stride(0),
             ADD_RESIDUAL=residual is not None,
             BLOCK=block,
+            PDL=pdl,
             num_warps=min(16, max(1, block // 256)),
+            **pdl_launch_options(pdl),
         )
     return out.view(x.shape), new_r.view(x.shape)
 

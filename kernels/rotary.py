@@ -21,6 +21,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
+
 
 @triton.jit
 def _rotate_heads(x_ptr, out_ptr, row, num_heads, stride_t, stride_h, stride_ot, stride_oh,
@@ -94,7 +96,11 @@ def _rotary_kernel(
     BLOCK_HQ: tl.constexpr,
     BLOCK_HK: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    # Everything this kernel reads may be written in the step: q/k/v by the projection, and
+    # positions or per-token cos/sin rows by the runner's gathers. So it waits first.
+    pdl_wait_then_release(PDL)
     row = tl.program_id(0).to(tl.int64)
     if HAS_POSITIONS:
         pos = tl.load(positions_ptr + row).to(tl.int64)
@@ -184,6 +190,7 @@ def rotary(
     else:
         v, k_cache, v_cache, slots, slot_stride = k, k, k, cos, 0  # unread
     half = head_dim // 2
+    pdl = pdl_enabled(q.device)
     _rotary_kernel[(num_tokens,)](
         q,
         k,
@@ -221,7 +228,9 @@ def rotary(
         BLOCK_HQ=triton.next_power_of_2(num_heads),
         BLOCK_HK=triton.next_power_of_2(k.shape[1]),
         BLOCK_D=triton.next_power_of_2(half),
+        PDL=pdl,
         num_warps=4,
+        **pdl_launch_options(pdl),
     )
     return q_out, k_out
 

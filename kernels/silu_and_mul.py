@@ -13,6 +13,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
+
 
 @triton.jit
 def _silu_and_mul_kernel(
@@ -24,10 +26,12 @@ def _silu_and_mul_kernel(
     stride_ot,
     stride_od,
     BLOCK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < d
+    pdl_wait_then_release(PDL)  # x is the predecessor's output
     gate = tl.load(x_ptr + row * stride_xt + offs * stride_xd, mask=mask, other=0.0)
     up = tl.load(x_ptr + row * stride_xt + (offs + d) * stride_xd, mask=mask, other=0.0)
     gate = gate.to(tl.float32)
@@ -45,9 +49,11 @@ def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     out = torch.empty(x2.shape[0], d, dtype=x.dtype, device=x.device)
     if x2.shape[0] and d:
         block = min(1024, triton.next_power_of_2(d))
+        pdl = pdl_enabled(x.device)
         _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(d, block))](
-            x2, out, d, *x2.stride(), *out.stride(), BLOCK=block, num_warps=4
-        )
+            x2, out, d, *x2.stride(), *out.stride(), BLOCK=block, PDL=pdl, num_warps=4,
+            **pdl_launch_options(pdl),
+        )  # fmt: skip
     return out.view(*x.shape[:-1], d)
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+from lmdeploy.kernels.pdl import pdl_enabled
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -206,6 +207,29 @@ def test_piecewise_graphs_change_no_greedy_output(tiny_llama, monkeypatch):
     pieces = engine.runner.piecewise
     assert plain.runner.piecewise is None and pieces is not None
     assert pieces.sizes[-1] == 128 + 3 and pieces.replays >= len(prompts) - 3, pieces.replays
+
+
+def test_pdl_changes_no_greedy_output(tiny_llama, monkeypatch):
+    """The decode chain's kernels launched with programmatic dependent launch
+    (LMDEPLOY_PDL=1, kernels/pdl.py) under CUDA graphs give the ids of the launches without
+    it: one sequence alone (the batch-1 chain PDL is for), then several at once."""
+    monkeypatch.setenv("LMDEPLOY_PDL", "1")
+    if not pdl_enabled(torch.device("cuda")):
+        pytest.skip("PDL needs compute capability 9.0 or later")
+    path, _ = tiny_llama
+    alone = [_ids(40, 0)]
+    several = [_ids(n, seed) for seed, n in enumerate([3, 20, 90, 17], start=1)]
+    gen = GenerationConfig(max_new_tokens=40, ignore_eos=True)
+
+    def run(flag: str):
+        monkeypatch.setenv("LMDEPLOY_PDL", flag)
+        pipe = pipeline(str(path), backend_config=_config())
+        try:
+            return [[o.token_ids for o in pipe(p, gen_config=gen)] for p in (alone, several)]
+        finally:
+            pipe.close()
+
+    assert run("1") == run("0")
 
 
 def _write_lora(directory, cfg, rank: int, seed: int) -> str:

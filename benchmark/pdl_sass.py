@@ -1,0 +1,109 @@
+"""Offline check of programmatic dependent launch in the batch-1 decode chain's kernels
+(kernels/pdl.py), compiled with `PDL=True` for an H200 (sm_90a) by the installed Triton, no GPU
+needed:
+
+    python benchmark/pdl_sass.py
+
+For each kernel, at a Llama-3-8B decode shape: whether the PTX holds `griddepcontrol.wait` and
+`griddepcontrol.launch_dependents`, how many global loads (PTX `ld.global`, SASS `LDG`) come
+before the wait, and how many stores (`st.global`, `STG`, atomics) do (must be 0). Expected:
+the norm weight's loads before the wait in rms_norm, the first weight tile's in dense_gemv,
+none elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # w4a16_sass's helpers; kernels/
+
+from w4a16_sass import compile_sm90  # noqa: E402
+
+BF16 = "*bf16"
+
+
+def _variants() -> list[tuple[str, object, dict, dict, tuple[str, ...], int]]:
+    """(name, kernel, pointer and float types, constexprs, unit strides, warps) a kernel."""
+    from kernels.dense_gemv import _dense_gemv_kernel
+    from kernels.paged_decode_attention import _paged_decode_kernel, _paged_decode_reduce_kernel
+    from kernels.rms_norm import _rms_norm_kernel
+    from kernels.rotary import _rotary_kernel
+    from kernels.silu_and_mul import _silu_and_mul_kernel
+
+    norm = dict.fromkeys(
+        ["x_ptr", "residual_ptr", "weight_ptr", "out_ptr", "new_residual_ptr"], BF16
+    )
+    gemv = dict.fromkeys(["x_ptr", "w_ptr", "bias_ptr", "out_ptr"], BF16)
+    gemv |= {"partial_ptr": "*fp32", "counter_ptr": "*i32"}
+    rotary = dict.fromkeys(["q_ptr", "k_ptr", "q_out_ptr", "k_out_ptr", "v_ptr"], BF16)
+    rotary |= dict.fromkeys(["k_cache_ptr", "v_cache_ptr"], BF16)
+    rotary |= dict.fromkeys(["cos_ptr", "sin_ptr", "q_norm_ptr", "k_norm_ptr"], "*fp32")
+    rotary |= {"positions_ptr": "*i64", "slot_ptr": "*i64", "eps": "fp32"}
+    attn = dict.fromkeys(["q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr"], BF16)
+    attn |= dict.fromkeys(["k_sz_ptr", "v_sz_ptr"], BF16)
+    attn |= {"block_tables_ptr": "*i32", "context_lens_ptr": "*i32"}
+    attn |= dict.fromkeys(["part_out_ptr", "part_lse_ptr"], "*fp32")
+    attn |= dict.fromkeys(["qk_scale", "softcap_log2"], "fp32")
+    attn_consts = dict(
+        GROUP=4, BLOCK_SIZE=64, NUM_SPLITS=16, BLOCK_H=16, BLOCK_N=64, BLOCK_D=128,
+        DOT_PRECISION="tf32", SLIDING=False, SOFTCAP=False, QUANT_BITS=0,
+    )  # fmt: skip
+    attn_units = ("stride_qd", "stride_kd", "stride_vd", "stride_sd", "stride_btb", "stride_od")
+    reduce = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": BF16}
+    return [
+        ("rms_norm + residual", _rms_norm_kernel, norm | {"eps": "fp32"},
+         dict(ADD_RESIDUAL=True, BLOCK=4096), (), 16),
+        ("dense_gemv (split-K)", _dense_gemv_kernel, gemv,
+         dict(HAS_BIAS=False, EVEN_K=True, BLOCK_M=1, BLOCK_N=4, BLOCK_K=1024, SPLIT_K=4),
+         ("stride_xk", "stride_wk", "stride_on"), 4),
+        ("silu_and_mul", _silu_and_mul_kernel, {"x_ptr": BF16, "out_ptr": BF16},
+         dict(BLOCK=1024), ("stride_xd", "stride_od"), 4),
+        ("rotary + kv write", _rotary_kernel, rotary,
+         dict(HAS_POSITIONS=True, HAS_NORM=False, WRITE_KV=True, BLOCK_HQ=32, BLOCK_HK=8,
+              BLOCK_D=64), (), 4),
+        ("paged_decode (stage 1)", _paged_decode_kernel, attn, attn_consts, attn_units, 4),
+        ("paged_decode reduce", _paged_decode_reduce_kernel, reduce,
+         dict(NUM_SPLITS=16, BLOCK_S=16, BLOCK_D=128), ("stride_od",), 4),
+    ]  # fmt: skip
+
+
+def _before(lines: list[str], marker: str, pattern: str) -> int | None:
+    """How many lines matching `pattern` come before the first line holding `marker`."""
+    at = next((i for i, line in enumerate(lines) if marker in line), None)
+    if at is None:
+        return None
+    return sum(1 for line in lines[:at] if re.search(pattern, line))
+
+
+def check(name, kernel, types, constants, unit_strides, warps) -> dict:
+    compiled = compile_sm90(
+        kernel, constants | {"PDL": True}, warps, types, unit_strides, launch_pdl=True
+    )
+    ptx = compiled.asm["ptx"].splitlines()
+    sass = compiled.asm["sass"].splitlines()
+    # griddepcontrol.wait is ACQBULK in SASS, launch_dependents is PREEXIT.
+    return {
+        "kernel": name,
+        "ptx_wait": any("griddepcontrol.wait" in x for x in ptx),
+        "ptx_launch_dependents": any("griddepcontrol.launch_dependents" in x for x in ptx),
+        "ptx_loads_before_wait": _before(ptx, "griddepcontrol.wait", r"\bld\.global"),
+        "ptx_stores_before_wait": _before(ptx, "griddepcontrol.wait", r"\b(st|atom|red)\.global"),
+        "sass_wait": any("ACQBULK" in x for x in sass),
+        "sass_launch_dependents": any("PREEXIT" in x for x in sass),
+        "sass_loads_before_wait": _before(sass, "ACQBULK", r"\bLDG"),
+        "sass_stores_before_wait": _before(sass, "ACQBULK", r"\b(STG|ATOMG|REDG|RED)\b"),
+    }
+
+
+def main() -> None:
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    for variant in _variants():
+        print(check(*variant), flush=True)
+
+
+if __name__ == "__main__":
+    main()

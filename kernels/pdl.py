@@ -1,0 +1,54 @@
+"""Programmatic dependent launch (PDL) for the batch-1 decode chain, behind `LMDEPLOY_PDL=1`.
+
+On Hopper and later a kernel launched with `launch_pdl=True` may start while its predecessor in
+the stream is still running: its programs run their prologue (and may load data no kernel of
+the step writes, such as weights), then block in `griddepcontrol.wait` until the predecessor
+grid has completed and its writes are visible. The contract every kernel with a `PDL`
+constexpr keeps:
+
+- before `pdl_wait_then_release`: only loads of data nothing in the step writes (weights, norm
+  weights), and no store at all (a CUDA graph's pool reuses buffers, so a predecessor may still
+  be reading what this kernel would overwrite);
+- `pdl_wait_then_release` lets this kernel's own dependent launch right after the wait: the
+  dependent waits for this grid's completion in turn, so nothing it does after its own wait can
+  race, and its pre-wait part (weights only) starts no earlier than after our predecessor ended.
+
+A kernel launched without PDL (cuBLAS, torch ops) is a full barrier on either side. Off by
+default until timed on the H200 (benchmark/NOTES.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+
+@functools.cache
+def _is_hopper_or_later(device: torch.device) -> bool:
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def pdl_enabled(device: torch.device) -> bool:
+    """Whether launches on `device` use PDL: `LMDEPLOY_PDL=1`, a CUDA device of compute
+    capability 9.0 or later, and not Triton's interpreter (which has no griddepcontrol)."""
+    if os.environ.get("LMDEPLOY_PDL") != "1" or os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    return device.type == "cuda" and _is_hopper_or_later(device)
+
+
+def pdl_launch_options(enabled: bool) -> dict[str, bool]:
+    """The launch keywords: none when off, so a launch without PDL is the one it always was."""
+    return {"launch_pdl": True} if enabled else {}
+
+
+@triton.jit
+def pdl_wait_then_release(PDL: tl.constexpr):
+    """Block until the predecessor grid has completed (its writes visible), then let the
+    dependent grid launch. Without PDL: nothing."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
