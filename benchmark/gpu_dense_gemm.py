@@ -37,6 +37,7 @@ from gpu_gemm_rows import (  # noqa: E402
     cold_weights,
     gemm_peak_tflops,
     input_and_reference,
+    write_report,
 )
 from gpu_w4a16_gemv import HBM_BYTES_PER_S, graph_us, max_error  # noqa: E402
 
@@ -167,10 +168,7 @@ def main() -> None:
             f"{'':<27}{m:>4} {t['floor']:>6.2f} {t['cublas']:>7.2f} {t['default']:>8.2f} "
             f"{t['best']:>6.2f}"
         )
-    report = {"device": torch.cuda.get_device_name(), "peak_tflops": peak, "rows": rows}
-    report["step_ms"] = {str(m): t for m, t in totals.items()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(args.output, peak, rows, totals)
 
 
 if __name__ == "__main__":

@@ -92,6 +92,14 @@ def step_totals(rows: list[dict[str, Any]], counts: dict[str, int]) -> dict[int,
     return totals
 
 
+def write_report(output: Path, peak: float, rows: list[dict], totals: dict[int, dict]) -> None:
+    """The per-linear rows and the per-step totals as JSON."""
+    report = {"device": torch.cuda.get_device_name(), "peak_tflops": peak, "rows": rows}
+    report["step_ms"] = {str(m): t for m, t in totals.items()}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(report, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, nargs="+", default=[64, 128, 256, 512])
@@ -115,10 +123,7 @@ def main() -> None:
     )
     for m, t in sorted(totals.items()):
         print(f"{'':<39}{m:>4} {t['floor']:>7.2f} {t['cublas']:>8.2f} {t['cublaslt']:>9.2f}")
-    report = {"device": torch.cuda.get_device_name(), "peak_tflops": peak, "rows": rows}
-    report["step_ms"] = {str(m): t for m, t in totals.items()}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(report, indent=2))
+    write_report(args.output, peak, rows, totals)
 
 
 if __name__ == "__main__":
