@@ -35,11 +35,12 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]  # gpu_gemm_rows' helpers; kernels/
 from gpu_gemm_rows import (  # noqa: E402
     LINEARS,
     cold_weights,
+    floors_us,
     gemm_peak_tflops,
     input_and_reference,
     write_report,
 )
-from gpu_w4a16_gemv import HBM_BYTES_PER_S, graph_us, max_error  # noqa: E402
+from gpu_w4a16_gemv import graph_us, max_error  # noqa: E402
 
 from kernels.dense_gemm import (  # noqa: E402
     dense_gemm,
@@ -95,8 +96,7 @@ def linear_rows(name: str, k: int, n: int, rows: list[int], peak: float) -> list
     for m in rows:
         x, ref = input_and_reference(m, weights[0])
         row: dict[str, Any] = {"linear": name, "M": m, "K": k, "N": n}
-        flop_us = 2 * m * n * k / (peak * 1e12) * 1e6
-        row["floor_us"] = max(flop_us, 2 * (n * k + m * k + m * n) / HBM_BYTES_PER_S * 1e6)
+        row["floor_us"] = max(floors_us(m, n, k, peak))
         row["cublas_error"] = max_error(F.linear(x, weights[0]), ref)
         row["cublas_us"] = graph_us(lambda w, x=x: F.linear(x, w), weights)
         points = [time_point(x, weights, ref, *p) for p in candidate_points(m, n, k)]

@@ -61,14 +61,18 @@ def input_and_reference(m: int, weight: torch.Tensor) -> tuple[torch.Tensor, tor
     return x, x.float() @ weight.float().T
 
 
+def floors_us(m: int, n: int, k: int, peak: float) -> tuple[float, float]:
+    """The product's FLOP floor at `peak` TFLOP/s and its byte floor (bf16 W, x and y), us."""
+    return 2 * m * n * k / (peak * 1e12) * 1e6, 2 * (n * k + m * k + m * n) / HBM_BYTES_PER_S * 1e6
+
+
 def linear_rows(name: str, k: int, n: int, rows: list[int], peak: float) -> list[dict[str, Any]]:
     weights = cold_weights(k, n)
     out = []
     for m in rows:
         x, ref = input_and_reference(m, weights[0])
         row: dict[str, Any] = {"linear": name, "M": m, "K": k, "N": n}
-        row["flop_floor_us"] = 2 * m * n * k / (peak * 1e12) * 1e6
-        row["byte_floor_us"] = 2 * (n * k + m * k + m * n) / HBM_BYTES_PER_S * 1e6
+        row["flop_floor_us"], row["byte_floor_us"] = floors_us(m, n, k, peak)
         for library in LIBRARIES:
             torch.backends.cuda.preferred_blas_library(library)
             row[f"{library}_error"] = max_error(F.linear(x, weights[0]), ref)

@@ -62,7 +62,8 @@ class PytorchModelRunner:
         layers in one C call where the model fits it (runner/cpu_decode_step.py), reading Q4
         weights from a repacked copy with `cpu_repack`. `max_step_tokens`: the most tokens a
         step carries (the scheduler's budget plus one decode a sequence), the largest bucket
-        of the piecewise graphs (runner/piecewise_graph.py; `LMDEPLOY_PIECEWISE_GRAPHS=1`)."""
+        of the piecewise graphs (runner/piecewise_graph.py; `LMDEPLOY_PIECEWISE_GRAPHS=1`; None:
+        none are captured)."""
         cfg = model.config
         self.lora = lora
         self.max_batch_size = max_batch_size
@@ -102,8 +103,12 @@ class PytorchModelRunner:
                 peers.capture(max_batch_size, max_blocks)
             self.graphs = self.capture_graphs(max_batch_size, max_blocks)
         self.piecewise: PiecewiseGraphs | None = None
-        if use_cuda_graphs and enabled(device, peers is not None, lora is not None):
-            self.piecewise = self.capture_piecewise(max_step_tokens or 8192 + max_batch_size)
+        if (
+            use_cuda_graphs
+            and max_step_tokens
+            and enabled(device, peers is not None, lora is not None)
+        ):
+            self.piecewise = self.capture_piecewise(max_step_tokens)
         # Start each forecast decode step before the current step's tokens reach the host
         # (decode_ahead.py): on by default where it overlaps anything, i.e. under CUDA graphs;
         # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
