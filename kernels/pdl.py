@@ -1,4 +1,5 @@
-"""Programmatic dependent launch (PDL) for the batch-1 decode chain, behind `LMDEPLOY_PDL=1`.
+"""Programmatic dependent launch (PDL) for the batch-1 decode chain: on by default on Hopper and
+later, `LMDEPLOY_PDL=0` turns it off.
 
 On Hopper and later a kernel launched with `launch_pdl=True` may start while its predecessor in
 the stream is still running: its programs run their prologue (and may load data no kernel of
@@ -13,8 +14,9 @@ constexpr keeps:
   dependent waits for this grid's completion in turn, so nothing it does after its own wait can
   race, and its pre-wait part (weights only) starts no earlier than after our predecessor ended.
 
-A kernel launched without PDL (cuBLAS, torch ops) is a full barrier on either side. Off by
-default until timed on the H200 (benchmark/NOTES.md).
+A kernel launched without PDL (cuBLAS, torch ops) is a full barrier on either side. On an H200
+it saved ~0.8-0.9 us a kernel pair at batch 1 (Mistral-7B 237.3 -> 252.3 tok/s, Llama-3-8B
+226.1 -> 235.6: benchmark/NOTES.md, session 8).
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ def _is_hopper_or_later(device: torch.device) -> bool:
 
 
 def pdl_enabled(device: torch.device) -> bool:
-    """Whether launches on `device` use PDL: `LMDEPLOY_PDL=1`, a CUDA device of compute
-    capability 9.0 or later, and not Triton's interpreter (which has no griddepcontrol)."""
-    if os.environ.get("LMDEPLOY_PDL") != "1" or os.environ.get("TRITON_INTERPRET") == "1":
+    """Whether launches on `device` use PDL: a CUDA device of compute capability 9.0 or later,
+    not Triton's interpreter (which has no griddepcontrol), and not `LMDEPLOY_PDL=0`."""
+    if os.environ.get("LMDEPLOY_PDL") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
     return device.type == "cuda" and _is_hopper_or_later(device)
 

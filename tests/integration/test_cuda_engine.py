@@ -211,8 +211,8 @@ def test_piecewise_graphs_change_no_greedy_output(tiny_llama, monkeypatch):
 
 def test_pdl_changes_no_greedy_output(tiny_llama, monkeypatch):
     """The decode chain's kernels launched with programmatic dependent launch
-    (LMDEPLOY_PDL=1, kernels/pdl.py) under CUDA graphs give the ids of the launches without
-    it: one sequence alone (the batch-1 chain PDL is for), then several at once."""
+    (kernels/pdl.py, on by default on Hopper) under CUDA graphs give the ids of the launches
+    without it (LMDEPLOY_PDL=0): one sequence alone (the batch-1 chain PDL is for), then several at once."""
     monkeypatch.setenv("LMDEPLOY_PDL", "1")
     if not pdl_enabled(torch.device("cuda")):
         pytest.skip("PDL needs compute capability 9.0 or later")

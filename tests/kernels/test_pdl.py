@@ -24,9 +24,9 @@ def hopper(monkeypatch):
     return torch.device("cuda")
 
 
-def test_pdl_is_on_only_with_the_flag(hopper, monkeypatch):
+def test_pdl_is_on_by_default_and_off_with_the_flag(hopper, monkeypatch):
     monkeypatch.delenv("LMDEPLOY_PDL", raising=False)
-    assert not pdl.pdl_enabled(hopper)
+    assert pdl.pdl_enabled(hopper)
     monkeypatch.setenv("LMDEPLOY_PDL", "0")
     assert not pdl.pdl_enabled(hopper)
     monkeypatch.setenv("LMDEPLOY_PDL", "1")
@@ -68,7 +68,7 @@ def _mlp_chain(x: torch.Tensor, layers: list[tuple[torch.Tensor, ...]]) -> torch
 
 @pytest.mark.skipif(not ON_CUDA, reason="PDL needs a CUDA device")
 def test_mlp_chain_in_a_graph_with_pdl_matches_eager_without(monkeypatch):
-    monkeypatch.delenv("LMDEPLOY_PDL", raising=False)
+    monkeypatch.setenv("LMDEPLOY_PDL", "0")
     layers = _layers(hidden=2048, inter=5632, num_layers=8)
     inputs = [torch.randn(1, 2048, device="cuda").bfloat16() for _ in range(4)]
     expected = [_mlp_chain(x, layers) for x in inputs]

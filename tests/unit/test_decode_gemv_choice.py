@@ -30,6 +30,13 @@ def test_fastest_keeps_the_faster_and_ties_go_to_cublas():
     assert fastest(10.0, []) is None
 
 
+def test_a_credit_moves_near_ties_to_the_gemv_and_no_more():
+    fastest = _cuda_linear().fastest
+    assert fastest(10.0, [11.0], credit_us=1.6) == 0
+    assert fastest(10.0, [11.6], credit_us=1.6) is None
+    assert fastest(10.0, [12.0], credit_us=1.6) is None
+
+
 def _timer(table: dict[tuple[int, int], tuple[float, list[float]]], calls: list):
     def timer(shape, weights):
         calls.append((shape, len(weights)))
@@ -49,6 +56,18 @@ def test_each_distinct_shape_is_timed_once_and_its_linears_share_the_choice():
     assert sorted((s.n, count) for s, count in calls) == [(32, 2), (48, 2), (64, 1)]
     assert kernels[0] is kernels[2] and kernels[0].config["SPLIT_K"] == 2  # the faster tiles
     assert kernels[1] is kernels[3] is kernels[4] is None  # cuBLAS faster; a tie keeps cuBLAS
+
+
+def test_with_pdl_the_gemv_is_credited_the_chain_cublas_would_break(monkeypatch):
+    linear = _cuda_linear()
+    w, near, far = torch.empty(48, 32), torch.empty(32, 32), torch.empty(64, 32)
+    weights = [(w, None), (near, None), (far, None)]
+    table = {(48, 32): (16.4, [12.1]), (32, 32): (7.0, [8.0]), (64, 32): (5.0, [7.0])}
+    chosen = linear.choose_decode_gemvs(weights, timer=_timer(table, []))
+    assert [k is not None for k in chosen] == [True, False, False]
+    monkeypatch.setattr(linear, "pdl_enabled", lambda device: True)
+    chosen = linear.choose_decode_gemvs(weights, timer=_timer(table, []))
+    assert [k is not None for k in chosen] == [True, True, False]  # within 2 pairs' overlap
 
 
 def test_bias_and_dtype_are_part_of_the_shape():

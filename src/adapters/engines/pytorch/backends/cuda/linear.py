@@ -6,8 +6,11 @@ and which ones depends on the GPU and the library versions: so each distinct (N,
 bias) of the model's dense linears is timed at M = 1 as a CUDA-graph replay over weights that
 do not fit in L2 (the model's own of that shape, plus copies where they are fewer than
 `COLD_L2_MULTIPLE` L2s), cuBLAS against a few tile choices of the GEMV, and the fastest
-strictly faster than cuBLAS is kept; a tie keeps cuBLAS. Rank 0's choice is broadcast, so
-every tensor-parallel rank runs the same kernels. Imported only where CUDA runs.
+strictly faster than cuBLAS is kept; a tie keeps cuBLAS. Where the decode chain runs with
+programmatic dependent launch (kernels/pdl.py), a timing alone misses that cuBLAS breaks the
+chain on both sides: the GEMV is credited the two overlaps it keeps (`PDL_PAIR_US` each, measured).
+Rank 0's choice is broadcast, so every tensor-parallel rank runs the same kernels. Imported only
+where CUDA runs.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ......kernels.dense_gemv import dense_gemv, gemv_candidates
+from ......kernels.pdl import pdl_enabled
 from ...distributed.parallel_state import tp_group, tp_rank, tp_size
 
 logger = logging.getLogger(__name__)
@@ -30,6 +34,9 @@ Kernel = Callable[..., torch.Tensor]
 COLD_L2_MULTIPLE = 2  # weights cycled per replay span at least this many L2s
 REPLAYS = 5  # timed replays a round; the best round counts
 ROUNDS = 5
+# What one kernel boundary of the batch-1 chain gained with PDL on an H200: 0.78 (Mistral-7B)
+# and 0.93 us (Llama-3-8B) a pair (benchmark/NOTES.md, session 8).
+PDL_PAIR_US = 0.8
 
 
 @dataclass(frozen=True, order=True)
@@ -46,11 +53,12 @@ class GemvShape:
         return cls(weight.shape[0], weight.shape[1], str(weight.dtype), bias is not None)
 
 
-def fastest(cublas_us: float, gemv_us: Sequence[float]) -> int | None:
-    """The index of the fastest GEMV candidate strictly faster than cuBLAS; None keeps cuBLAS
-    (ties included: the library is the default)."""
+def fastest(cublas_us: float, gemv_us: Sequence[float], credit_us: float = 0.0) -> int | None:
+    """The index of the fastest GEMV candidate strictly faster than cuBLAS once `credit_us` (what
+    the GEMV saves beside the kernel itself) is taken off it; None keeps cuBLAS (ties included:
+    the library is the default)."""
     best = min(range(len(gemv_us)), key=gemv_us.__getitem__, default=None)
-    return best if best is not None and gemv_us[best] < cublas_us else None
+    return best if best is not None and gemv_us[best] - credit_us < cublas_us else None
 
 
 class DecodeGemv:
@@ -143,18 +151,19 @@ def choose_decode_gemvs(
     for w, b in weights:
         by_shape.setdefault(GemvShape.of(w, b), []).append((w, b))
     shapes = sorted(by_shape)
+    credit = 2 * PDL_PAIR_US if pdl_enabled(weights[0][0].device) else 0.0
     configs: dict[GemvShape, list[Config]] = {}
     choices = [0] * len(shapes)
     try:
         for i, shape in enumerate(shapes):
             cublas, timed = timer(shape, by_shape[shape])
             configs[shape] = [c for c, _ in timed]
-            best = fastest(cublas, [us for _, us in timed])
+            best = fastest(cublas, [us for _, us in timed], credit)
             choices[i] = 0 if best is None else best + 1
             logger.info(
-                "decode GEMV %d x %d %s%s: cuBLAS %.1f us, ours %s -> %s",
+                "decode GEMV %d x %d %s%s: cuBLAS %.1f us, ours %s (credit %.1f) -> %s",
                 shape.k, shape.n, shape.dtype, " +bias" if shape.bias else "", cublas,
-                ", ".join(f"{us:.1f}" for _, us in timed),
+                ", ".join(f"{us:.1f}" for _, us in timed), credit,
                 "cuBLAS" if best is None else f"ours {timed[best][0]}",
             )  # fmt: skip
     except Exception:  # an optimisation only: a failed timing must not fail the engine
