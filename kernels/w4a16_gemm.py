@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
+
 PACK = 8  # 4-bit codes in an int32
 # Measured on an H200 (benchmark/results/w4a16_tune_h200.json, 8B linears, CUDA graphs): the
 # GEMV wins at one row only (a program a row re-reads the codes), the tensor-core kernel up to
@@ -153,12 +155,15 @@ def _w4a16_gemv_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """CUDA cores, one row of x a program, at heart an AND and an FFMA a weight (see
     `DOT_SHIFT`): a thread holds every row of its columns' code tile, so the sum over K stays in its
     registers, and a column's zero point comes off once a tile through the sum of x
     (sum x (q - z) s = s (sum x q - z sum x)). The next tile's codes are loaded before this
-    tile's arithmetic, so the memory latency hides behind it."""
+    tile's arithmetic, so the memory latency hides behind it. With PDL (kernels/pdl.py) the
+    first tile of codes is in flight while the predecessor finishes; everything else (x, the
+    scales, the partials, the split counters) is touched only after the wait."""
     pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -169,6 +174,7 @@ def _w4a16_gemv_kernel(
     q_step = BLOCK_K // 8 * stride_qk
     has_rows = tl.full((BLOCK_K // 8, 1), first, tl.int32) < last
     q_next = tl.load(q_ptrs, mask=n_mask[None, :] & has_rows, other=0)
+    pdl_wait_then_release(PDL)
     x_row = x_ptr + row * stride_xm
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for tile in range(first, last):
@@ -433,7 +439,12 @@ def w4a16_gemm(
     assert column_tiles <= MAX_COLUMN_TILES, f"{column_tiles} output tiles: too many counters"
     if m <= GEMV_ROWS:
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), split, m)
-        _w4a16_gemv_kernel[grid](*args, GROUP_SIZE=group_size, **cfg)
+        # The batch-1 decode chain's link: one launch (the split-K sum and the counter reset
+        # are inside it), so with PDL it overlaps both neighbours.
+        pdl = pdl_enabled(x.device)
+        _w4a16_gemv_kernel[grid](
+            *args, GROUP_SIZE=group_size, PDL=pdl, **cfg, **pdl_launch_options(pdl)
+        )
     else:
         assert cfg["BLOCK_K"] >= 128, "BLOCK_K >= 128: each nibble plane feeds a dot 16 rows deep"
         grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
