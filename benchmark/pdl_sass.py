@@ -44,7 +44,7 @@ def _w4a16_gemv_variants() -> list[tuple[tuple, int]]:
         cfg = _config(1, n, k, AWQ_GROUP)
         warps = cfg.pop("num_warps")
         tile_bytes = cfg["BLOCK_K"] // 8 * cfg["BLOCK_N"] * 4 // (32 * warps)
-        consts = cfg | {"GROUP_SIZE": AWQ_GROUP}
+        consts = cfg | {"GROUP_SIZE": AWQ_GROUP, "HAS_BIAS": False}
         variant = (f"w4a16_gemv {name} (split {cfg['SPLIT_K']})", _w4a16_gemv_kernel,
                    W4A16_POINTERS, consts, W4A16_UNIT_STRIDES, warps)  # fmt: skip
         variants.append((variant, tile_bytes))
