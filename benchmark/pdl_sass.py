@@ -7,8 +7,9 @@ needed:
 For each kernel, at a Llama-3-8B decode shape: whether the PTX holds `griddepcontrol.wait` and
 `griddepcontrol.launch_dependents`, how many global loads (PTX `ld.global`, SASS `LDG`) come
 before the wait, and how many stores (`st.global`, `STG`, atomics) do (must be 0). Expected:
-the norm weight's loads before the wait in rms_norm, the first weight tile's in dense_gemv,
-none elsewhere.
+the norm weight's loads before the wait in rms_norm, the first weight tile's in dense_gemv and
+in the W4A16 GEMV (at the engine's launch for each of Llama-3-8B's four linears: the tile
+choice of `_config`, which differs only in its split), none elsewhere.
 """
 
 from __future__ import annotations
@@ -21,9 +22,33 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]  # w4a16_sass's helpers; kernels/
 
+from w4a16_sass import POINTERS as W4A16_POINTERS  # noqa: E402
+from w4a16_sass import UNIT_STRIDES as W4A16_UNIT_STRIDES  # noqa: E402
 from w4a16_sass import compile_sm90  # noqa: E402
 
 BF16 = "*bf16"
+# Llama-3-8B's linears at tp=1 as (N, K): qkv, o, gate_up, down.
+LLAMA3_8B_LINEARS = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096),
+                     "down": (4096, 14336)}  # fmt: skip
+AWQ_GROUP = 128
+
+
+def _w4a16_gemv_variants() -> list[tuple[tuple, int]]:
+    """The W4A16 GEMV as the engine launches it at one row on each of the 8B's linears, with
+    the bytes of its first code tile a thread loads ([BLOCK_K / 8, BLOCK_N] int32 over the
+    threads): what must be in flight before the wait, and nothing else."""
+    from kernels.w4a16_gemm import _config, _w4a16_gemv_kernel
+
+    variants = []
+    for name, (n, k) in LLAMA3_8B_LINEARS.items():
+        cfg = _config(1, n, k, AWQ_GROUP)
+        warps = cfg.pop("num_warps")
+        tile_bytes = cfg["BLOCK_K"] // 8 * cfg["BLOCK_N"] * 4 // (32 * warps)
+        consts = cfg | {"GROUP_SIZE": AWQ_GROUP, "HAS_BIAS": False}
+        variant = (f"w4a16_gemv {name} (split {cfg['SPLIT_K']})", _w4a16_gemv_kernel,
+                   W4A16_POINTERS, consts, W4A16_UNIT_STRIDES, warps)  # fmt: skip
+        variants.append((variant, tile_bytes))
+    return variants
 
 
 def _variants() -> list[tuple[str, object, dict, dict, tuple[str, ...], int]]:
@@ -94,13 +119,26 @@ def check(name, kernel, types, constants, unit_strides, warps) -> dict:
         "sass_launch_dependents": any("PREEXIT" in x for x in sass),
         "sass_loads_before_wait": _before(sass, "ACQBULK", r"\bLDG"),
         "sass_stores_before_wait": _before(sass, "ACQBULK", r"\b(STG|ATOMG|REDG|RED)\b"),
+        "sass_bytes_loaded_before_wait": _bytes_loaded_before(sass, "ACQBULK"),
     }
+
+
+def _bytes_loaded_before(sass: list[str], marker: str) -> int | None:
+    """A thread's bytes of global loads (by each LDG's width suffix) before `marker`."""
+    at = next((i for i, line in enumerate(sass) if marker in line), None)
+    if at is None:
+        return None
+    widths = (re.search(r"\bLDG\S*?(?:\.(128|64|U16|S16|U8|S8))?\s", line) for line in sass[:at])
+    sizes = {"128": 16, "64": 8, "U16": 2, "S16": 2, "U8": 1, "S8": 1, None: 4}
+    return sum(sizes[w.group(1)] for w in widths if w)
 
 
 def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     for variant in _variants():
         print(check(*variant), flush=True)
+    for variant, tile_bytes in _w4a16_gemv_variants():
+        print(check(*variant) | {"first_code_tile_bytes": tile_bytes}, flush=True)
 
 
 if __name__ == "__main__":

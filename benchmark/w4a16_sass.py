@@ -25,7 +25,7 @@ from triton.compiler import ASTSource
 
 POINTERS = {
     "x_ptr": "*bf16", "qweight_ptr": "*i32", "scales_ptr": "*bf16", "zeros_ptr": "*bf16",
-    "partial_ptr": "*fp32", "out_ptr": "*bf16", "counter_ptr": "*i32",
+    "partial_ptr": "*fp32", "out_ptr": "*bf16", "counter_ptr": "*i32", "bias_ptr": "*bf16",
 }  # fmt: skip
 
 
@@ -91,6 +91,8 @@ def op_counts(body: list[str]) -> collections.Counter:
 
 def count(kernel, block_n: int, block_k: int, warps: int) -> dict:
     consts = dict(GROUP_SIZE=128, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=16)
+    if "PDL" in kernel.arg_names:  # the current kernel's switches; the old one has none
+        consts |= {"HAS_BIAS": False, "PDL": False}
     compiled = compile_sm90(kernel, consts, warps)
     regs, stack = resources(compiled.asm["cubin"])
     body = loop_body(compiled.asm["sass"])

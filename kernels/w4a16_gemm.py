@@ -30,6 +30,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
+
 PACK = 8  # 4-bit codes in an int32
 # Measured on an H200 (benchmark/results/w4a16_tune_h200.json, 8B linears, CUDA graphs): the
 # GEMV wins at one row only (a program a row re-reads the codes), the tensor-core kernel up to
@@ -149,16 +151,23 @@ def _w4a16_gemv_kernel(
     stride_sn,
     stride_om,
     stride_on,
+    bias_ptr,
     GROUP_SIZE: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """CUDA cores, one row of x a program, at heart an AND and an FFMA a weight (see
     `DOT_SHIFT`): a thread holds every row of its columns' code tile, so the sum over K stays in its
     registers, and a column's zero point comes off once a tile through the sum of x
     (sum x (q - z) s = s (sum x q - z sum x)). The next tile's codes are loaded before this
-    tile's arithmetic, so the memory latency hides behind it."""
+    tile's arithmetic, so the memory latency hides behind it. With PDL (kernels/pdl.py) the
+    first tile of codes is in flight while the predecessor finishes; everything else (x, the
+    scales, the partials, the split counters) is touched only after the wait. A bias is added
+    in here, by the first split's partial sum: a torch add after the launch would break the
+    PDL chain on both its sides."""
     pid_n, pid_k, row = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
@@ -169,6 +178,7 @@ def _w4a16_gemv_kernel(
     q_step = BLOCK_K // 8 * stride_qk
     has_rows = tl.full((BLOCK_K // 8, 1), first, tl.int32) < last
     q_next = tl.load(q_ptrs, mask=n_mask[None, :] & has_rows, other=0)
+    pdl_wait_then_release(PDL)
     x_row = x_ptr + row * stride_xm
     acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
     for tile in range(first, last):
@@ -191,6 +201,9 @@ def _w4a16_gemv_kernel(
             scales_ptr, zeros_ptr, k0 // GROUP_SIZE, offs_n, n_mask, stride_sg, stride_sn
         )
         acc += s * (dot - z * x_sum)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        acc += tl.where(pid_k == 0, bias, 0.0)
     offs_m = row + tl.arange(0, 1)
     mask = n_mask[None, :]
     tile_id = row * tl.num_programs(0) + pid_n
@@ -400,10 +413,12 @@ def w4a16_gemm(
     zeros: torch.Tensor,
     group_size: int,
     config: dict[str, int] | None = None,
+    bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x [..., K] @ W [K, N] -> [..., N] in x's dtype, W as the module docstring lays it out.
-    Beyond `FUSED_ROWS` rows, W is dequantized once and a dense GEMM multiplies: there the weight bytes no longer bound the
-    time, and the dense GEMM's tiles win. `config` forces the fused kernels' tiles (benchmarks).
+    """x [..., K] @ W [K, N] (+ bias [N]) -> [..., N] in x's dtype, W as the module docstring
+    lays it out; the one-row GEMV adds the bias in its sum, larger inputs after the product.
+    Beyond `FUSED_ROWS` rows, W is dequantized once and a dense GEMM multiplies: there the
+    weight bytes no longer bound the time, and the dense GEMM's tiles win. `config` forces the fused kernels' tiles (benchmarks).
     Split-K sums are deterministic: the last program of a column tile adds the partials in
     split order."""
     k = x.shape[-1]
@@ -415,31 +430,54 @@ def w4a16_gemm(
         f"group size {group_size} must be 32, 64 or 128 and divide K={k}"
     )
     assert scales.shape == zeros.shape == (k // group_size, n), "scales/zeros: [K / G, N]"
+    assert bias is None or bias.shape == (n,), f"bias {tuple(bias.shape)} is not [N={n}]"
     x2 = x.reshape(-1, k)
-    m = x2.shape[0]
-    fused = m <= FUSED_ROWS
-    if config is None and not fused:
-        w = w4a16_dequantize(qweight, scales, zeros, group_size, x.dtype)
-        return (x2 @ w).view(*x.shape[:-1], n)
-    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    one_row = x2.shape[0] <= GEMV_ROWS
+    out = _w4a16_gemm(x2, qweight, scales, zeros, group_size, config, bias if one_row else None)
+    if bias is not None and not one_row:
+        out = out + bias
+    return out.view(*x.shape[:-1], n)
+
+
+def _w4a16_gemm(
+    x2: torch.Tensor,
+    qweight: torch.Tensor,
+    scales: torch.Tensor,
+    zeros: torch.Tensor,
+    group_size: int,
+    config: dict[str, int] | None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """`w4a16_gemm` of rows x2 [M, K]; `bias` only at M <= GEMV_ROWS."""
+    (m, k), n = x2.shape, qweight.shape[1]
+    if config is None and m > FUSED_ROWS:
+        return x2 @ w4a16_dequantize(qweight, scales, zeros, group_size, x2.dtype)
+    out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
     if not (m and n):
-        return out.view(*x.shape[:-1], n)
+        return out
     cfg = config or _config(m, n, k, group_size)
     split = cfg["SPLIT_K"]
-    partial = torch.empty(split, m, n, dtype=torch.float32, device=x.device) if split > 1 else out
+    partial = torch.empty(split, m, n, dtype=torch.float32, device=x2.device) if split > 1 else out
     strides = (*x2.stride(), *qweight.stride(), *scales.stride(), *out.stride())
-    args = (x2, qweight, scales, zeros, partial, out, _split_counters(x.device), m, n, k, *strides)
+    args = (x2, qweight, scales, zeros, partial, out, _split_counters(x2.device), m, n, k, *strides)
     column_tiles = triton.cdiv(m, cfg.get("BLOCK_M", 1)) * triton.cdiv(n, cfg["BLOCK_N"])
     assert column_tiles <= MAX_COLUMN_TILES, f"{column_tiles} output tiles: too many counters"
     if m <= GEMV_ROWS:
         grid = (triton.cdiv(n, cfg["BLOCK_N"]), split, m)
-        _w4a16_gemv_kernel[grid](*args, GROUP_SIZE=group_size, **cfg)
+        # The batch-1 decode chain's link: one launch (the split-K sum and the counter reset
+        # are inside it), so with PDL it overlaps both neighbours.
+        pdl = pdl_enabled(x2.device)
+        _w4a16_gemv_kernel[grid](
+            *args, bias if bias is not None else scales, GROUP_SIZE=group_size,
+            HAS_BIAS=bias is not None, PDL=pdl, **cfg, **pdl_launch_options(pdl),
+        )  # fmt: skip
     else:
+        assert bias is None, "the tensor-core kernel takes no bias"
         assert cfg["BLOCK_K"] >= 128, "BLOCK_K >= 128: each nibble plane feeds a dot 16 rows deep"
         grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]), split)
-        precision = "ieee" if x.dtype == torch.float32 else "tf32"
+        precision = "ieee" if x2.dtype == torch.float32 else "tf32"
         _w4a16_gemm_kernel[grid](*args, GROUP_SIZE=group_size, **cfg, DOT_PRECISION=precision)
-    return out.view(*x.shape[:-1], n)
+    return out
 
 
 def pack_int4_rows(codes: torch.Tensor) -> torch.Tensor:

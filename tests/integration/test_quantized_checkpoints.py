@@ -18,6 +18,7 @@ from safetensors.torch import save_file
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
 from lmdeploy.domain.errors import InvalidArgument
+from lmdeploy.kernels.pdl import pdl_enabled
 from tests.conftest import LONG_TEXT
 
 from .quant_formats import LINEARS, quantize_rtn, to_awq, to_gptq
@@ -136,6 +137,33 @@ def test_on_cuda_the_packed_weights_and_kernel_give_the_dequantised_models_outpu
     expected_ids, expected_logits = reference_outputs(quantized.reference, prompt_ids)
     assert ids == expected_ids
     torch.testing.assert_close(logits.float().cpu(), expected_logits, atol=2e-3, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the W4A16 kernel runs on CUDA")
+def test_on_cuda_pdl_changes_no_greedy_ids(quantized, hf_tokenizer, monkeypatch):
+    """The batch-1 decode chain, the W4A16 GEMV included, launched with programmatic
+    dependent launch (LMDEPLOY_PDL=1, kernels/pdl.py) under CUDA graphs gives the ids of the
+    launches without it."""
+    monkeypatch.setenv("LMDEPLOY_PDL", "1")
+    if not pdl_enabled(torch.device("cuda")):
+        pytest.skip("PDL needs compute capability 9.0 or later")
+    text_ids = hf_tokenizer.encode(LONG_TEXT, add_special_tokens=False)
+    prompt_ids = [text_ids[i : i + n] for i, n in enumerate(PROMPT_LENGTHS)]
+
+    greedy = GenerationConfig(max_new_tokens=NEW_TOKENS, ignore_eos=True)
+
+    def greedy_ids(flag: str) -> list[list[int]]:
+        monkeypatch.setenv("LMDEPLOY_PDL", flag)
+        config = PytorchEngineConfig(
+            session_len=256, block_size=16, device_type="cuda", dtype="float32"
+        )
+        pipe = pipeline(str(quantized.directory), backend_config=config)
+        try:  # one prompt at a time: batch 1 is where the one-row GEMV runs
+            return [pipe([p], gen_config=greedy)[0].token_ids for p in prompt_ids]
+        finally:
+            pipe.close()
+
+    assert greedy_ids("1") == greedy_ids("0")
 
 
 def _with_quant(directory: Path, tmp_path: Path, **changes) -> Path:

@@ -12,6 +12,7 @@ from lmdeploy.kernels import pdl
 from lmdeploy.kernels.dense_gemv import dense_gemv
 from lmdeploy.kernels.rms_norm import fused_add_rms_norm
 from lmdeploy.kernels.silu_and_mul import silu_and_mul
+from lmdeploy.kernels.w4a16_gemm import _config, pack_int4_rows, w4a16_gemm
 
 from ._util import ON_CUDA
 
@@ -66,12 +67,12 @@ def _mlp_chain(x: torch.Tensor, layers: list[tuple[torch.Tensor, ...]]) -> torch
     return x + residual
 
 
-@pytest.mark.skipif(not ON_CUDA, reason="PDL needs a CUDA device")
-def test_mlp_chain_in_a_graph_with_pdl_matches_eager_without(monkeypatch):
+def _replays_with_pdl_match_eager_without(monkeypatch, chain, hidden: int) -> None:
+    """`chain` of one bf16 row, eager without PDL, then captured in a CUDA graph with PDL and
+    replayed 200 times over 4 inputs in turn: every replay must equal the eager result."""
     monkeypatch.setenv("LMDEPLOY_PDL", "0")
-    layers = _layers(hidden=2048, inter=5632, num_layers=8)
-    inputs = [torch.randn(1, 2048, device="cuda").bfloat16() for _ in range(4)]
-    expected = [_mlp_chain(x, layers) for x in inputs]
+    inputs = [torch.randn(1, hidden, device="cuda").bfloat16() for _ in range(4)]
+    expected = [chain(x) for x in inputs]
     monkeypatch.setenv("LMDEPLOY_PDL", "1")
     if not pdl.pdl_enabled(torch.device("cuda")):
         pytest.skip("PDL needs compute capability 9.0 or later")
@@ -79,13 +80,64 @@ def test_mlp_chain_in_a_graph_with_pdl_matches_eager_without(monkeypatch):
     stream = torch.cuda.Stream()
     stream.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(stream):  # compiles the PDL variants outside the capture
-        assert torch.equal(_mlp_chain(static_x, layers), expected[0])
+        assert torch.equal(chain(static_x), expected[0])
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        static_out = _mlp_chain(static_x, layers)
+        static_out = chain(static_x)
     for replay in range(200):
         which = replay % len(inputs)
         static_x.copy_(inputs[which])
         graph.replay()
         assert torch.equal(static_out, expected[which]), f"replay {replay} differs"
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="PDL needs a CUDA device")
+def test_mlp_chain_in_a_graph_with_pdl_matches_eager_without(monkeypatch):
+    layers = _layers(hidden=2048, inter=5632, num_layers=8)
+    _replays_with_pdl_match_eager_without(monkeypatch, lambda x: _mlp_chain(x, layers), 2048)
+
+
+W4A16_GROUP = 128
+
+
+def _w4a16_weight(k: int, n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Random 4-bit codes in the kernel's layout, scales and zero points for y = x W [K, N]."""
+    codes = torch.randint(0, 16, (k, n), generator=gen, device="cuda")
+    groups = k // W4A16_GROUP
+    scales = (torch.rand(groups, n, generator=gen, device="cuda") * 0.004 + 0.001).bfloat16()
+    zeros = torch.randint(0, 16, (groups, n), generator=gen, device="cuda").bfloat16()
+    return pack_int4_rows(codes), scales, zeros
+
+
+def _w4a16_mlp_chain(x: torch.Tensor, layers: list[tuple], configs: list[dict | None]):
+    """The AWQ batch-1 MLP per layer: add + RMSNorm -> gate/up W4A16 GEMV -> SwiGLU -> down
+    W4A16 GEMV, each layer's GEMVs under its config (None: the engine's, K split)."""
+    residual = torch.zeros_like(x)
+    for (norm_w, gate_up, down), config in zip(layers, configs, strict=True):
+        h, residual = fused_add_rms_norm(x, residual, norm_w, 1e-5)
+        h = silu_and_mul(w4a16_gemm(h, *gate_up, W4A16_GROUP, config))
+        x = w4a16_gemm(h, *down, W4A16_GROUP, config)
+    return x + residual
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="PDL needs a CUDA device")
+def test_w4a16_mlp_chain_in_a_graph_with_pdl_matches_eager_without(monkeypatch):
+    """The W4A16 GEMV with and without its split-K (the partials, the last program's sum and
+    the counters it resets are what a premature load or store would corrupt)."""
+    hidden, inter, num_layers = 2048, 5632, 8
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    layers = [
+        (
+            (torch.randn(hidden, generator=gen, device="cuda")).bfloat16(),
+            _w4a16_weight(hidden, 2 * inter, gen),
+            _w4a16_weight(inter, hidden, gen),
+        )
+        for _ in range(num_layers)
+    ]
+    whole_k = _config(1, hidden, inter, W4A16_GROUP) | {"SPLIT_K": 1}
+    assert _config(1, hidden, inter, W4A16_GROUP)["SPLIT_K"] > 1, "the engine's config splits"
+    configs = [None if layer % 2 else whole_k for layer in range(num_layers)]
+    _replays_with_pdl_match_eager_without(
+        monkeypatch, lambda x: _w4a16_mlp_chain(x, layers, configs), hidden
+    )

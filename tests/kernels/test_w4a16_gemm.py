@@ -176,3 +176,16 @@ def test_the_tensor_core_kernel_refuses_planes_shallower_than_a_dot():
     cfg = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=64, SPLIT_K=1, num_warps=4)
     with pytest.raises(AssertionError, match="BLOCK_K >= 128"):
         w4a16_gemm(x, qweight, scales, zeros, 64, config=cfg)
+
+
+# One row with the K split (the first split's partial carries the bias) and whole, then rows
+# past the GEMV (the bias added after the product).
+@pytest.mark.parametrize("m, k, n, group", [(1, 512, 260, 64), (1, 64, 40, 32), (5, 256, 72, 64)])
+def test_the_bias_is_added_once(m, k, n, group):
+    torch.manual_seed(5)
+    _, qweight, scales, zeros = _random_int4(k, n, group, torch.float32)
+    x = torch.randn(m, k, device=DEVICE)
+    bias = torch.randn(n, device=DEVICE)
+    got = w4a16_gemm(x, qweight, scales, zeros, group, bias=bias)
+    expected = w4a16_gemm_ref(x, qweight, scales, zeros, group) + bias
+    torch.testing.assert_close(got, expected, **TOL[torch.float32])

@@ -22,21 +22,27 @@ FORMATS = {
 }
 
 
+@pytest.mark.parametrize("bias", [False, True], ids=["", "bias"])
 @pytest.mark.parametrize("rows", [1, 5, 40])
 @pytest.mark.parametrize("fmt", FORMATS.values(), ids=FORMATS.keys())
-def test_a_gate_up_linear_loaded_by_shards_runs_the_kernel_as_its_dense_weight(fmt, rows):
+def test_a_gate_up_linear_loaded_by_shards_runs_the_kernel_as_its_dense_weight(fmt, rows, bias):
+    """With a bias too (Qwen2's q/k/v): one row adds it in the GEMV, more after the product."""
     quant_config, write, group = fmt
     torch.manual_seed(0)
-    layer = MergedColumnParallelLinear(128, [48, 48], quant_config=quant_config)
-    dense = []
+    layer = MergedColumnParallelLinear(128, [48, 48], bias=bias, quant_config=quant_config)
+    dense, biases = [], []
     for shard in (0, 1):
         codes, zeros, scales, dequant = quantize_rtn(torch.randn(48, 128) * 0.1, group, sym=False)
         for name, tensor in write(codes, zeros, scales).items():
             layer.weight_loader(getattr(layer, name), tensor, shard)
         dense.append(dequant)
+        if bias:
+            biases.append(torch.randn(48))
+            layer.weight_loader(layer.bias, biases[-1], shard)
     layer.to(DEVICE)
     layer.method.process_weights_after_loading(layer, torch.device("cuda"))
     assert layer.qweight.shape == (128 // 8, 96) and not hasattr(layer, "qzeros")
     x = torch.randn(rows, 128, device=DEVICE)
-    expected = F.linear(x, torch.cat(dense).to(DEVICE))
+    expected_bias = torch.cat(biases).to(DEVICE) if bias else None
+    expected = F.linear(x, torch.cat(dense).to(DEVICE), expected_bias)
     torch.testing.assert_close(layer(x), expected, **TOL[torch.float32])
