@@ -38,6 +38,7 @@ from lmdeploy.kernels.fused_moe import (
     route,
 )
 from lmdeploy.kernels.moe_routing import route_and_align
+from lmdeploy.kernels.moe_sum import moe_token_sum
 
 SHAPES = {  # num_experts, top_k, hidden, intermediate, renormalize
     "qwen3-30b-a3b": (128, 8, 2048, 768, True),
@@ -82,7 +83,7 @@ def w2_stage(w2: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> dict
 
     def grouped(i: int) -> torch.Tensor:
         _grouped_gemm(act, w2, down, aligns[i], weights, 1, cfg)
-        return down.view(-1, top_k, hidden).sum(dim=1)
+        return moe_token_sum(down, top_k)
 
     floor_us = (picked + (ids.numel() * inter + num_tokens * hidden) * 2) / HBM_BYTES_PER_S * 1e6
     return {"w2_floor_us": floor_us, "w2_grouped_sum_us": _cycled_us(grouped, num_calls)}

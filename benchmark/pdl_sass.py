@@ -4,12 +4,14 @@ needed:
 
     python benchmark/pdl_sass.py
 
-For each kernel, at a Llama-3-8B decode shape: whether the PTX holds `griddepcontrol.wait` and
+For each kernel, at a Llama-3-8B decode shape (the MoE block's at Qwen3-30B-A3B's, one token):
+whether the PTX holds `griddepcontrol.wait` and
 `griddepcontrol.launch_dependents`, how many global loads (PTX `ld.global`, SASS `LDG`) come
 before the wait, and how many stores (`st.global`, `STG`, atomics) do (must be 0). Expected:
 the norm weight's loads before the wait in rms_norm, the first weight tile's in dense_gemv and
 in the W4A16 GEMV (at the engine's launch for each of Llama-3-8B's four linears: the tile
-choice of `_config`, which differs only in its split), none elsewhere.
+choice of `_config`, which differs only in its split), none elsewhere (the MoE kernels read
+only step data, and the grouped GEMM's expert comes from this step's routing).
 """
 
 from __future__ import annotations
@@ -51,8 +53,9 @@ def _w4a16_gemv_variants() -> list[tuple[tuple, int]]:
     return variants
 
 
-def _variants() -> list[tuple[str, object, dict, dict, tuple[str, ...], int]]:
-    """(name, kernel, pointer and float types, constexprs, unit strides, warps) a kernel."""
+def _variants() -> list[tuple]:
+    """(name, kernel, pointer and float types, constexprs, unit strides, warps[, stages]) a
+    kernel."""
     from kernels.dense_gemv import _dense_gemv_kernel
     from kernels.paged_decode_attention import _paged_decode_kernel
     from kernels.rms_norm import _rms_norm_kernel
@@ -91,6 +94,36 @@ def _variants() -> list[tuple[str, object, dict, dict, tuple[str, ...], int]]:
               BLOCK_D=64), (), 4),
         ("paged_decode (splits combined in it)", _paged_decode_kernel, attn, attn_consts,
          attn_units, 4),
+    ] + _moe_variants()  # fmt: skip
+
+
+def _moe_variants() -> list[tuple]:
+    """The MoE decode block at Qwen3-30B-A3B's one token: 128 experts, top 8, hidden 2048,
+    expert width 768, with `fused_moe_routed`'s decode tiles and launch sizes."""
+    from kernels.fused_moe import _fused_moe_kernel
+    from kernels.moe_routing import _route_align_kernel
+    from kernels.moe_sum import _moe_sum_kernel
+
+    route = {"logits_ptr": BF16, "weights_ptr": "*fp32", "ids_ptr": "*i32"}
+    route |= dict.fromkeys(["sorted_ids_ptr", "expert_ids_ptr", "num_padded_ptr"], "*i32")
+    route_consts = dict(
+        TOP_K=8, RENORMALIZE=True, BLOCK_M=16, BLOCK_E=128, CHUNK_T=1, CHUNK_P=8
+    )  # fmt: skip
+    gemm = dict.fromkeys(["a_ptr", "b_ptr", "c_ptr"], BF16) | {"topk_weights_ptr": "*fp32"}
+    gemm |= dict.fromkeys(["sorted_ids_ptr", "expert_ids_ptr", "num_padded_ptr"], "*i32")
+    tiles = dict(
+        BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, DOT_PRECISION="tf32", DOT_IN_FP32=False
+    )  # fmt: skip
+    gemm_units = ("stride_ak", "stride_bk", "stride_cn")
+    return [
+        ("moe route + align (1 warp)", _route_align_kernel, route, route_consts,
+         ("stride_le",), 1),
+        ("moe w13 grouped GEMM + SwiGLU", _fused_moe_kernel, gemm,
+         tiles | dict(A_ROWS_PER_PAIR=8, MUL_ROUTED_WEIGHT=False, SWIGLU=True), gemm_units, 4, 4),
+        ("moe w2 grouped GEMM", _fused_moe_kernel, gemm,
+         tiles | dict(A_ROWS_PER_PAIR=1, MUL_ROUTED_WEIGHT=True, SWIGLU=False), gemm_units, 4, 4),
+        ("moe token sum", _moe_sum_kernel, {"x_ptr": BF16, "out_ptr": BF16},
+         dict(TOP_K=8, BLOCK_J=8, BLOCK_H=512), (), 2),
     ]  # fmt: skip
 
 
@@ -102,9 +135,9 @@ def _before(lines: list[str], marker: str, pattern: str) -> int | None:
     return sum(1 for line in lines[:at] if re.search(pattern, line))
 
 
-def check(name, kernel, types, constants, unit_strides, warps) -> dict:
+def check(name, kernel, types, constants, unit_strides, warps, stages=None) -> dict:
     compiled = compile_sm90(
-        kernel, constants | {"PDL": True}, warps, types, unit_strides, launch_pdl=True
+        kernel, constants | {"PDL": True}, warps, types, unit_strides, stages, launch_pdl=True
     )
     ptx = compiled.asm["ptx"].splitlines()
     sass = compiled.asm["sass"].splitlines()

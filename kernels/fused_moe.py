@@ -36,6 +36,8 @@ import triton.language as tl
 from triton.runtime.interpreter import InterpretedFunction
 
 from .moe_routing import MAX_FUSED_WORK, max_aligned_blocks, route_and_align
+from .moe_sum import moe_token_sum
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 
 
 def route(
@@ -124,6 +126,7 @@ def _fused_moe_kernel(
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """C[pair] = A[pair // A_ROWS_PER_PAIR] @ B[expert].T (* routing weight of pair). With
     SWIGLU, B holds 2 * N rows (gate, then up) and C[pair] = silu(A @ gate.T) * (A @ up.T):
@@ -131,6 +134,9 @@ def _fused_moe_kernel(
     registers."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    # Which expert's weights a program reads comes from this step's routing: no weight tile
+    # can be loaded before the wait, so PDL only hides the launch here.
+    pdl_wait_then_release(PDL)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -189,6 +195,7 @@ def _grouped_gemm(
     sorted_ids, expert_ids, num_padded = align
     n, k = out.shape[1], b.shape[2]  # with swiglu, b holds 2 * n rows
     grid = (expert_ids.shape[0], triton.cdiv(n, cfg["BLOCK_N"]))
+    pdl = pdl_enabled(a.device)
     _fused_moe_kernel[grid](
         a,
         b,
@@ -210,7 +217,9 @@ def _grouped_gemm(
         # Triton's interpreter multiplies bf16 bit patterns in tl.dot (triton-lang/triton#11584,
         # "not supported yet"); exact in fp32, so the GPU's bf16 products, fp32 sums, are kept.
         DOT_IN_FP32=isinstance(_fused_moe_kernel, InterpretedFunction),
+        PDL=pdl,
         **cfg,
+        **pdl_launch_options(pdl),
     )
 
 
@@ -300,9 +309,10 @@ def _experts(
     align: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
     cfg: dict,
 ) -> torch.Tensor:
-    """The w13 grouped GEMM (SwiGLU fused), then the w2 grouped GEMM and each token's sum over
-    its k rows in torch (fp32 accumulation inside the reduction). One launch for w2 and the sum
-    measured 10x slower on the H200 (benchmark/NOTES.md)."""
+    """The w13 grouped GEMM (SwiGLU fused), then the w2 grouped GEMM, then each token's sum over
+    its k rows (`moe_sum`: a Triton kernel, so the chain's programmatic dependent launch
+    continues through it to the next layer's norm). One launch for w2 and the sum measured 10x
+    slower on the H200 (benchmark/NOTES.md)."""
     num_tokens, top_k = topk_ids.shape
     num_pairs = num_tokens * top_k
     inter, h = w2.shape[2], w2.shape[1]
@@ -310,7 +320,7 @@ def _experts(
     _grouped_gemm(hidden, w13, act, align, None, top_k, cfg, swiglu=True)
     down = torch.empty(num_pairs, h, dtype=hidden.dtype, device=hidden.device)
     _grouped_gemm(act, w2, down, align, topk_weights, 1, cfg)
-    return down.view(-1, top_k, h).sum(dim=1)
+    return moe_token_sum(down, top_k)
 
 
 def fused_moe_ref(

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
+
 # pairs x next_power_of_2(experts) up to which the single program wins. Measured on an H200
 # under CUDA graphs (benchmark/gpu_fused_moe.py): 128 experts, 8 a token: 0.014 ms against
 # torch's 0.060 at 8 pairs, 0.071 against 0.091 at 512, 0.269 against 0.098 at 2048; 8
@@ -53,7 +55,10 @@ def _route_align_kernel(
     BLOCK_E: tl.constexpr,
     CHUNK_T: tl.constexpr,
     CHUNK_P: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    # Everything this kernel reads (the router's logits) is step data: nothing before the wait.
+    pdl_wait_then_release(PDL)
     offs_e = tl.arange(0, BLOCK_E)
     e_mask = offs_e < num_experts
     counts = tl.zeros([BLOCK_E], dtype=tl.int32)
@@ -159,6 +164,7 @@ def route_and_align(
     expert_ids = torch.empty(max_blocks, dtype=torch.int32, device=device)
     num_padded = torch.empty(1, dtype=torch.int32, device=device)
     block_e = triton.next_power_of_2(num_experts)
+    pdl = pdl_enabled(device)
     _route_align_kernel[(1,)](
         router_logits,
         weights,
@@ -174,6 +180,8 @@ def route_and_align(
         RENORMALIZE=renormalize,
         BLOCK_M=block_m,
         BLOCK_E=block_e,
+        PDL=pdl,
         **_launch_sizes(num_tokens, num_pairs, max_blocks, block_e),
+        **pdl_launch_options(pdl),
     )
     return weights, ids, (sorted_ids, expert_ids, num_padded)

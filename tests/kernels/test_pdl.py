@@ -10,6 +10,7 @@ import torch
 
 from lmdeploy.kernels import pdl
 from lmdeploy.kernels.dense_gemv import dense_gemv
+from lmdeploy.kernels.fused_moe import fused_moe_routed
 from lmdeploy.kernels.rms_norm import fused_add_rms_norm
 from lmdeploy.kernels.silu_and_mul import silu_and_mul
 from lmdeploy.kernels.w4a16_gemm import _config, pack_int4_rows, w4a16_gemm
@@ -141,3 +142,35 @@ def test_w4a16_mlp_chain_in_a_graph_with_pdl_matches_eager_without(monkeypatch):
     _replays_with_pdl_match_eager_without(
         monkeypatch, lambda x: _w4a16_mlp_chain(x, layers, configs), hidden
     )
+
+
+def _moe_layers(hidden: int, inter: int, num_experts: int, num_layers: int):
+    gen = torch.Generator(device="cuda").manual_seed(1)
+
+    def rand(*shape: int, scale: float) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen, device="cuda") * scale).bfloat16()
+
+    return [
+        (rand(hidden, scale=1.0), rand(num_experts, hidden, scale=hidden**-0.5),
+         rand(num_experts, 2 * inter, hidden, scale=hidden**-0.5),
+         rand(num_experts, hidden, inter, scale=inter**-0.5))
+        for _ in range(num_layers)
+    ]  # fmt: skip
+
+
+def _moe_chain(x: torch.Tensor, layers: list[tuple[torch.Tensor, ...]]) -> torch.Tensor:
+    """Per layer, Qwen3-MoE's MLP at one token: add + RMSNorm -> router GEMV -> route+align ->
+    w13 grouped GEMM (SwiGLU) -> w2 grouped GEMM -> token sum, all Triton kernels."""
+    residual = torch.zeros_like(x)
+    for norm_w, router_w, w13, w2 in layers:
+        h, residual = fused_add_rms_norm(x, residual, norm_w, 1e-6)
+        x = fused_moe_routed(h, dense_gemv(h, router_w), w13, w2, top_k=8, renormalize=True)
+    return x + residual
+
+
+@pytest.mark.skipif(not ON_CUDA, reason="PDL needs a CUDA device")
+def test_moe_block_in_a_graph_with_pdl_matches_eager_without(monkeypatch):
+    # Qwen3-30B-A3B's routing (128 experts, top 8: the one-warp route+align and the decode
+    # tiles), narrower experts so that 8 layers stay small.
+    layers = _moe_layers(hidden=1024, inter=256, num_experts=128, num_layers=8)
+    _replays_with_pdl_match_eager_without(monkeypatch, lambda x: _moe_chain(x, layers), 1024)
