@@ -57,7 +57,7 @@ def _variants() -> list[tuple]:
     """(name, kernel, pointer and float types, constexprs, unit strides, warps[, stages]) a
     kernel."""
     from kernels.dense_gemv import _dense_gemv_kernel
-    from kernels.paged_decode_attention import _paged_decode_kernel
+    from kernels.paged_decode_attention import _paged_decode_kernel, _paged_decode_reduce_kernel
     from kernels.rms_norm import _rms_norm_kernel
     from kernels.rotary import _rotary_kernel
     from kernels.silu_and_mul import _silu_and_mul_kernel
@@ -74,13 +74,14 @@ def _variants() -> list[tuple]:
     attn = dict.fromkeys(["q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr"], BF16)
     attn |= dict.fromkeys(["k_sz_ptr", "v_sz_ptr"], BF16)
     attn |= {"block_tables_ptr": "*i32", "context_lens_ptr": "*i32"}
-    attn |= dict.fromkeys(["part_out_ptr", "part_lse_ptr"], "*fp32") | {"counter_ptr": "*i32"}
+    attn |= dict.fromkeys(["part_out_ptr", "part_lse_ptr"], "*fp32")
     attn |= dict.fromkeys(["qk_scale", "softcap_log2"], "fp32")
     attn_consts = dict(
-        GROUP=4, BLOCK_SIZE=64, NUM_SPLITS=16, BLOCK_S=16, BLOCK_H=16, BLOCK_N=64, BLOCK_D=128,
+        GROUP=4, BLOCK_SIZE=64, NUM_SPLITS=16, BLOCK_H=16, BLOCK_N=64, BLOCK_D=128,
         DOT_PRECISION="tf32", SLIDING=False, SOFTCAP=False, QUANT_BITS=0,
     )  # fmt: skip
     attn_units = ("stride_qd", "stride_kd", "stride_vd", "stride_sd", "stride_btb", "stride_od")
+    reduce = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": BF16}
     return [
         ("rms_norm + residual", _rms_norm_kernel, norm | {"eps": "fp32"},
          dict(ADD_RESIDUAL=True, BLOCK=4096), (), 16),
@@ -92,8 +93,9 @@ def _variants() -> list[tuple]:
         ("rotary + kv write", _rotary_kernel, rotary,
          dict(HAS_POSITIONS=True, HAS_NORM=False, WRITE_KV=True, BLOCK_HQ=32, BLOCK_HK=8,
               BLOCK_D=64), (), 4),
-        ("paged_decode (splits combined in it)", _paged_decode_kernel, attn, attn_consts,
-         attn_units, 4),
+        ("paged_decode (stage 1)", _paged_decode_kernel, attn, attn_consts, attn_units, 4),
+        ("paged_decode reduce", _paged_decode_reduce_kernel, reduce,
+         dict(NUM_SPLITS=16, BLOCK_S=16, BLOCK_D=128), ("stride_od",), 4),
     ] + _moe_variants()  # fmt: skip
 
 

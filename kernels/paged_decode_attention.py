@@ -53,7 +53,6 @@ def _paged_decode_kernel(
     out_ptr,
     part_out_ptr,
     part_lse_ptr,
-    counter_ptr,
     k_sz_ptr,
     v_sz_ptr,
     qk_scale,
@@ -85,7 +84,6 @@ def _paged_decode_kernel(
     GROUP: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
-    BLOCK_S: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
@@ -168,26 +166,13 @@ def _paged_decode_kernel(
         tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], out, mask=store_mask)
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         tl.store(part_lse_ptr + row, lse, mask=h_mask)
-        # The split of (seq, kv_head) that finishes last combines them all: no second launch,
-        # which at batch 1 cost about as much as the splits' work (benchmark/NOTES.md).
-        tl.debug_barrier()  # every thread's partials are written before the counter moves
-        counter = counter_ptr + seq * tl.num_programs(1) + kv_head
-        if tl.atomic_add(counter, 1, sem="acq_rel") == NUM_SPLITS - 1:
-            for g in tl.static_range(GROUP):
-                _combine_splits(
-                    part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head * GROUP + g, num_heads,
-                    head_dim, stride_os, stride_oh, stride_od, NUM_SPLITS, BLOCK_S, BLOCK_D,
-                )  # fmt: skip
-            tl.atomic_xchg(counter, 0)  # zero again for the next launch (and graph replay)
 
 
 @triton.jit
-def _combine_splits(
+def _paged_decode_reduce_kernel(
     part_out_ptr,
     part_lse_ptr,
     out_ptr,
-    seq,
-    head,
     num_heads,
     head_dim,
     stride_os,
@@ -196,43 +181,28 @@ def _combine_splits(
     NUM_SPLITS: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
-    """out[seq, head] from the splits' partial outputs, weighted by their log-sum-exps. Read
-    through L2 (`.cg`): other programs wrote them, after the counter's acquire."""
+    pdl_wait_then_release(PDL)  # the partials are stage 1's output
+    seq = tl.program_id(0)
+    head = tl.program_id(1)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     s_mask = offs_s < NUM_SPLITS
     row = (seq * num_heads + head) * NUM_SPLITS + offs_s
-    lse = tl.load(part_lse_ptr + row, mask=s_mask, other=float("-inf"), cache_modifier=".cg")
+
+    lse = tl.load(part_lse_ptr + row, mask=s_mask, other=float("-inf"))
     lse_max = tl.max(lse, axis=0)
     # A zero-length context leaves every lse at -inf: weight nothing and write zeros.
     lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
     w = tl.exp2(lse - lse_max)
     parts = tl.load(
-        part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :],
-        mask=s_mask[:, None],
-        other=0.0,
-        cache_modifier=".cg",
+        part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], mask=s_mask[:, None], other=0.0
     )
     total = tl.sum(w, axis=0)
     out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
     o_ptrs = out_ptr + seq * stride_os + head * stride_oh + offs_d * stride_od
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_d < head_dim)
-
-
-_counters: dict[torch.device, torch.Tensor] = {}
-MAX_SPLIT_COUNTERS = 1 << 16  # (seq, kv head) pairs a split launch may have
-
-
-def _split_counters(device: torch.device, needed: int) -> torch.Tensor:
-    """Zeroed counters, one per (seq, kv head), kept per device: each split launch leaves them
-    zero again, so they are allocated once (before a CUDA graph captures a launch)."""
-    assert needed <= MAX_SPLIT_COUNTERS, (
-        f"{needed} (seq, kv head) pairs; at most {MAX_SPLIT_COUNTERS}"
-    )
-    if device not in _counters:
-        _counters[device] = torch.zeros(MAX_SPLIT_COUNTERS, dtype=torch.int32, device=device)
-    return _counters[device]
 
 
 @functools.lru_cache
@@ -327,7 +297,6 @@ def paged_decode_attention(
         out,
         part_out,
         part_lse,
-        _split_counters(q.device, num_seqs * kv_heads),
         k_scale_zero,
         v_scale_zero,
         qk_scale,
@@ -345,7 +314,6 @@ def paged_decode_attention(
         GROUP=group,
         BLOCK_SIZE=block_size,
         NUM_SPLITS=num_splits,
-        BLOCK_S=triton.next_power_of_2(num_splits),
         BLOCK_H=block_h,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
@@ -358,6 +326,21 @@ def paged_decode_attention(
         num_stages=num_stages,
         **pdl_launch_options(pdl),
     )
+    if num_splits > 1:
+        _paged_decode_reduce_kernel[(num_seqs, num_heads)](
+            part_out,
+            part_lse,
+            out,
+            num_heads,
+            head_dim,
+            *out.stride(),
+            NUM_SPLITS=num_splits,
+            BLOCK_S=triton.next_power_of_2(num_splits),
+            BLOCK_D=block_d,
+            PDL=pdl,
+            num_warps=4,
+            **pdl_launch_options(pdl),
+        )
     return out
 
 
