@@ -48,17 +48,45 @@ from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 
 
 @triton.jit
+def _nibble_offset(DTYPE: tl.constexpr):
+    """What `_nibbles` adds to each code: its exponent bits' value (0 where it converts)."""
+    if DTYPE == tl.bfloat16:
+        return 128.0
+    elif DTYPE == tl.float16:
+        return 1024.0
+    else:
+        return 0.0
+
+
+@triton.jit
+def _nibbles(codes, HIGH: tl.constexpr, DTYPE: tl.constexpr):
+    """One nibble n of each uint8 code as DTYPE: for bf16 the bits 0x4300 | n, which read as
+    128 + n (fp16: 0x6400 | n, 1024 + n), a logical op where a conversion would go through the
+    quarter-rate I2F; the caller adds `_nibble_offset` to the zero. Float32 converts."""
+    nibble = (codes >> 4) if HIGH else (codes & 15)
+    if DTYPE == tl.bfloat16:
+        return (nibble.to(tl.uint16) | 0x4300).to(tl.bfloat16, bitcast=True)
+    elif DTYPE == tl.float16:
+        return (nibble.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
+    else:
+        return nibble.to(DTYPE)
+
+
+@triton.jit
 def _quantized_scores(
     q, q_hi, q_sum, codes, scale, zero, DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     QUANT_BITS: tl.constexpr,
 ):  # fmt: skip
     """q . k of each head and token, k = (codes - zero) * scale, as s * (q . codes - z * sum q):
     the codes go to the dot as they are (0..255 are exact in bf16/fp16), so the per-element work
-    is one conversion; int4 dots each nibble with its half of q (the low nibble holds dim c, the
-    high one dim c + half, kv_quant.py)."""
+    is one conversion (int8) or logical op (int4, `_nibbles`); int4 dots each nibble with its
+    half of q (the low nibble holds dim c, the high one dim c + half, kv_quant.py)."""
     if QUANT_BITS == 4:
-        raw = tl.dot(q, tl.trans((codes & 15).to(DTYPE)), input_precision=DOT_PRECISION)
-        raw = tl.dot(q_hi, tl.trans((codes >> 4).to(DTYPE)), raw, input_precision=DOT_PRECISION)
+        raw = tl.dot(q, tl.trans(_nibbles(codes, False, DTYPE)), input_precision=DOT_PRECISION)
+        raw = tl.dot(
+            q_hi, tl.trans(_nibbles(codes, True, DTYPE)), raw, input_precision=DOT_PRECISION
+        )
+        zero = zero + _nibble_offset(DTYPE)
     else:
         raw = tl.dot(q, tl.trans(codes.to(DTYPE)), input_precision=DOT_PRECISION)
     return (raw - q_sum[:, None] * zero[None, :]) * scale[None, :]
@@ -240,15 +268,21 @@ def _paged_decode_kernel(
                 stride_sb, stride_st, stride_sh, stride_sd,
             )  # fmt: skip
             ps = (p * v_scale[None, :]).to(dtype)
-            v_corr = v_corr * alpha + tl.sum(ps.to(tl.float32) * v_zero[None, :], axis=1)
             if QUANT_BITS == 4:
-                acc = acc * alpha[:, None]
-                acc = tl.dot(ps, (v_codes & 15).to(dtype), acc, input_precision=DOT_PRECISION)
-                acc_hi = acc_hi * alpha[:, None]
-                acc_hi = tl.dot(ps, (v_codes >> 4).to(dtype), acc_hi, input_precision=DOT_PRECISION)
+                v_zero = v_zero + _nibble_offset(dtype)
+                acc = tl.dot(
+                    ps, _nibbles(v_codes, False, dtype), acc * alpha[:, None],
+                    input_precision=DOT_PRECISION,
+                )  # fmt: skip
+                acc_hi = tl.dot(
+                    ps, _nibbles(v_codes, True, dtype), acc_hi * alpha[:, None],
+                    input_precision=DOT_PRECISION,
+                )  # fmt: skip
             else:
-                acc = acc * alpha[:, None]
-                acc = tl.dot(ps, v_codes.to(dtype), acc, input_precision=DOT_PRECISION)
+                acc = tl.dot(
+                    ps, v_codes.to(dtype), acc * alpha[:, None], input_precision=DOT_PRECISION
+                )
+            v_corr = v_corr * alpha + tl.sum(ps.to(tl.float32) * v_zero[None, :], axis=1)
         m_i = m_new
 
     # An empty chunk keeps l_i == 0: write zeros and lse = -inf so stage 2 gives it no weight.
