@@ -23,9 +23,12 @@ transformers' `kv_idx > q_idx - W`; the splits then share just those keys, so th
 before the window are never read (C above becomes sum(min(context_lens, W))).
 `logit_softcap` caps the scaled scores at +-softcap through a tanh (see attention_scores.py).
 
-A quantized cache (`quant_bits` 8 or 4, the format of kv_quant.py) is a third constexpr branch:
-each K/V tile is unpacked and dequantised with its tokens' (scale, zero) as it is loaded, so the
-bytes of K and V above shrink to bits / 8 a value plus 2 * e a token and head.
+A quantized cache (`quant_bits` 8 or 4, the format of kv_quant.py) is a third constexpr branch,
+and the bytes of K and V above shrink to bits / 8 a value plus 2 * e a token and head. Its codes
+are never dequantised element by element (that made the loop issue-bound, benchmark/NOTES.md):
+with k = (c - z) s and v likewise, q . k = s (q . c - z sum q) and sum_n p_n v_n =
+(p s) . c - sum_n p_n s_n z_n, so the codes go to the dots as they are and each token's
+(scale, zero) corrects the scores and the output after.
 """
 
 from __future__ import annotations
