@@ -6,10 +6,12 @@ Llama-3-8B shape (32 heads, 8 KV heads, head_dim 128, bf16, blocks of 64 tokens 
 the cache) at batch sizes and contexts of the serving rows, for the launch the engine picks
 today and for a sweep of (BLOCK_N, num_warps, num_stages, num_splits). Each case cycles over
 enough layer caches that every call reads its K/V from HBM; each timed inside a CUDA graph.
-The floor is the K/V bytes (plus q and out) at the copy rate measured here. The engine's and
-the best launch are checked against the torch reference.
+Each case runs over a bf16 cache and over the int8 and int4 caches quantized from it
+(`--quant-bits`, kernels/kv_quant.py). The floor is the bytes a launch reads (the codes and each
+slot's [.., 2] scale_zero of a quantized cache; q and out) at the copy rate measured here. The
+engine's and the best launch are checked against the torch reference.
 
-    python benchmark/gpu_decode_attention.py [--output FILE]
+    python benchmark/gpu_decode_attention.py [--quant-bits 0 8 4] [--output FILE]
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ sys.path.insert(0, str(HERE.parent))
 from gpu_generation import copy_bandwidth  # noqa: E402
 from gpu_w4a16_gemv import L2_BYTES, graph_us, max_error  # noqa: E402
 
+from kernels.kv_quant import packed_dim, quantize_kv_ref  # noqa: E402
 from kernels.paged_decode_attention import (  # noqa: E402
     paged_decode_attention,
     paged_decode_attention_ref,
@@ -38,11 +41,30 @@ from kernels.paged_decode_attention import (  # noqa: E402
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 32, 8, 128, 64
 # (batch, context): batch 1 and the serving rows' decode batches at their mean contexts.
 CASES = [(1, 1024), (1, 4096), (64, 1024), (256, 160), (256, 288), (256, 1024), (512, 288)]
-SWEEP = list(itertools.product((32, 64, 128), (4, 8), (2, 3, 4)))  # BLOCK_N, warps, stages
+# Stage 1 for the quantized caches: unpipelined, their loop counts ~15% fewer SASS
+# instructions (kv_attention_sass.py --stages 1 2).
+SWEEP = list(itertools.product((32, 64, 128), (4, 8), (1, 2, 3, 4)))  # BLOCK_N, warps, stages
 
 
-def layer_caches(batch: int, context: int, copies: int, seed: int) -> list[dict[str, torch.Tensor]]:
-    """`copies` layers' K/V caches with every sequence's blocks scattered at random."""
+def kv_read_bytes(batch: int, context: int, bits: int) -> int:
+    """K and V bytes one launch reads: bf16 values, or the codes and each slot's (scale, zero)
+    in bf16."""
+    slots = batch * context * KV_HEADS
+    if bits == 0:
+        return 2 * slots * HEAD_DIM * 2
+    return 2 * slots * (packed_dim(HEAD_DIM, bits) + 2 * 2)
+
+
+def floor_bytes(batch: int, context: int, bits: int) -> int:
+    """A launch's bytes: K/V as read, q in and out back (bf16)."""
+    return kv_read_bytes(batch, context, bits) + 2 * batch * HEADS * HEAD_DIM * 2
+
+
+def layer_caches(
+    batch: int, context: int, copies: int, seed: int, bits: int
+) -> list[dict[str, torch.Tensor]]:
+    """`copies` layers' K/V caches with every sequence's blocks scattered at random; with
+    `bits`, quantized from the bf16 ones (codes in "k"/"v", their "k_sz"/"v_sz")."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     per_seq = math.ceil(context / BLOCK_SIZE)
     num_blocks = batch * per_seq
@@ -50,39 +72,47 @@ def layer_caches(batch: int, context: int, copies: int, seed: int) -> list[dict[
     out = []
     for _ in range(copies):
         table = torch.randperm(num_blocks, device="cuda", generator=g).view(batch, per_seq)
-        out.append(
-            {
-                "k": torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g),
-                "v": torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g),
-                "table": table.to(torch.int32),
-            }
-        )
+        layer = {"table": table.to(torch.int32)}
+        for name in ("k", "v"):
+            x = torch.randn(shape, device="cuda", dtype=torch.bfloat16, generator=g)
+            if bits:
+                layer[name], layer[f"{name}_sz"] = quantize_kv_ref(x, bits)
+                del x  # one bf16 cache at a time: int4's search holds 7 fp32 copies of it
+            else:
+                layer[name] = x
+        out.append(layer)
     return out
 
 
-def case_rows(batch: int, context: int, bandwidth: float) -> dict[str, Any]:
-    kv_bytes = 2 * batch * context * KV_HEADS * HEAD_DIM * 2
+def case_rows(batch: int, context: int, bits: int, bandwidth: float) -> dict[str, Any]:
+    kv_bytes = kv_read_bytes(batch, context, bits)
     copies = max(2, math.ceil(4 * L2_BYTES / kv_bytes))
-    caches = layer_caches(batch, context, copies, seed=batch * 7919 + context)
+    caches = layer_caches(batch, context, copies, seed=batch * 7919 + context, bits=bits)
     q = torch.randn(batch, HEADS, HEAD_DIM, device="cuda", dtype=torch.bfloat16)
     lens = torch.full((batch,), context, device="cuda", dtype=torch.int32)
     scale = HEAD_DIM**-0.5
-    floor_us = (kv_bytes + 2 * 2 * q.numel()) / bandwidth * 1e6
+    floor_us = floor_bytes(batch, context, bits) / bandwidth * 1e6
+
+    def quant(c: dict[str, torch.Tensor]) -> dict[str, Any]:
+        if not bits:
+            return {}
+        return dict(k_scale_zero=c["k_sz"], v_scale_zero=c["v_sz"], quant_bits=bits)
 
     def timed(**launch) -> float:
         return graph_us(
-            lambda c: paged_decode_attention(q, c["k"], c["v"], c["table"], lens, scale, **launch),
+            lambda c: paged_decode_attention(
+                q, c["k"], c["v"], c["table"], lens, scale, **quant(c), **launch
+            ),
             caches,
         )
 
     def error(**launch) -> float:
         c = caches[0]
-        got = paged_decode_attention(q, c["k"], c["v"], c["table"], lens, scale, **launch)
-        return max_error(
-            got, paged_decode_attention_ref(q, c["k"], c["v"], c["table"], lens, scale)
-        )
+        args = (q, c["k"], c["v"], c["table"], lens, scale)
+        got = paged_decode_attention(*args, **quant(c), **launch)
+        return max_error(got, paged_decode_attention_ref(*args, **quant(c)))
 
-    row: dict[str, Any] = {"batch": batch, "context": context, "floor_us": floor_us}
+    row: dict[str, Any] = {"bits": bits, "batch": batch, "context": context, "floor_us": floor_us}
     row["engine_us"] = timed()
     row["engine_error"] = error()
     splits = [None, 1, 2, 4] if batch * KV_HEADS < 1024 else [None, 2]
@@ -110,16 +140,22 @@ def case_rows(batch: int, context: int, bandwidth: float) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", type=Path, default=HERE / "results/gpu_decode_attention.json")
+    ap.add_argument(
+        "--quant-bits", type=int, nargs="+", default=[0, 8, 4], choices=[0, 8, 4],
+        help="KV caches to run: 0 bf16, 8 int8, 4 int4 (quantized from the bf16 ones)",
+    )  # fmt: skip
     args = ap.parse_args()
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    rows = [case_rows(b, c, bandwidth) for b, c in CASES]
+    rows = [case_rows(b, c, bits, bandwidth) for b, c in CASES for bits in args.quant_bits]
     print(
-        f"\n{'batch':>5} {'ctx':>5} {'floor':>7} {'engine':>7} {'best':>7} {'eng%':>5} {'best%':>6}  best"
+        f"\n{'bits':>4} {'batch':>5} {'ctx':>5} {'floor':>7} {'engine':>7} {'best':>7} "
+        f"{'eng%':>5} {'best%':>6}  best"
     )
     for r in rows:
         print(
-            f"{r['batch']:>5} {r['context']:>5} {r['floor_us']:>7.1f} {r['engine_us']:>7.1f} "
+            f"{r['bits']:>4} {r['batch']:>5} {r['context']:>5} {r['floor_us']:>7.1f} "
+            f"{r['engine_us']:>7.1f} "
             f"{r['best_us']:>7.1f} {r['engine_of_floor']:>5.0%} {r['best_of_floor']:>6.0%}  "
             f"{r['best_launch']}"
         )

@@ -78,7 +78,7 @@ def _variants() -> list[tuple]:
     attn |= dict.fromkeys(["qk_scale", "softcap_log2"], "fp32")
     attn_consts = dict(
         GROUP=4, BLOCK_SIZE=64, NUM_SPLITS=16, BLOCK_H=16, BLOCK_N=64, BLOCK_D=128,
-        DOT_PRECISION="tf32", SLIDING=False, SOFTCAP=False, QUANT_BITS=0,
+        BLOCK_C=64, DOT_PRECISION="tf32", SLIDING=False, SOFTCAP=False, QUANT_BITS=0,
     )  # fmt: skip
     attn_units = ("stride_qd", "stride_kd", "stride_vd", "stride_sd", "stride_btb", "stride_od")
     reduce = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": BF16}

@@ -42,17 +42,21 @@ def compile_sm90(
     unit_strides: tuple[str, ...] = UNIT_STRIDES,
     num_stages: int | None = None,
     launch_pdl: bool = False,
+    unhinted: tuple[str, ...] = (),
 ):
     """`kernel` compiled for sm_90a as its launcher would specialize it (the other benchmark
     kernels' counters pass their own pointer types and unit strides; tensor descriptors, typed
-    `tensordesc<...>` in `pointers`, and float scalars, `fp32`, take no divisibility hint)."""
+    `tensordesc<...>` in `pointers`, and float scalars, `fp32`, take no divisibility hint, nor
+    the integers named in `unhinted`: those the launcher sees as not multiples of 16)."""
     names = kernel.arg_names
     constants = constants | dict.fromkeys(unit_strides, 1)
     signature = {n: pointers.get(n, "constexpr" if n in constants else "i32") for n in names}
     attrs = {
         (names.index(n),): [["tt.divisibility", 16]]
         for n in names
-        if n not in constants and not signature[n].startswith(("tensordesc", "fp"))
+        if n not in constants
+        and n not in unhinted
+        and not signature[n].startswith(("tensordesc", "fp"))
     }
     source = ASTSource(kernel, signature, constexprs=constants, attrs=attrs)
     options = {"num_warps": num_warps} | ({"num_stages": num_stages} if num_stages else {})

@@ -117,11 +117,30 @@ def load_kv_tile(
             quant = (byte.to(tl.int32) >> ((offs_d // half) * 4)[None, :]) & 15
         else:
             quant = tl.load(row + offs_d[None, :] * stride_d, mask=kv_mask, other=0)
-        sz = sz_ptr + block * stride_sb + slot * stride_st + head * stride_sh
-        scale = tl.load(sz, mask=n_mask, other=0.0).to(tl.float32)
-        zero = tl.load(sz + stride_sd, mask=n_mask, other=0.0).to(tl.float32)
+        scale, zero = load_scale_zero(
+            sz_ptr, block, slot, head, n_mask, stride_sb, stride_st, stride_sh, stride_sd
+        )
         tile = ((quant.to(tl.float32) - zero[:, None]) * scale[:, None]).to(OUT_DTYPE)
     return tile
+
+
+@triton.jit
+def load_scale_zero(sz_ptr, block, slot, head, n_mask, stride_sb, stride_st, stride_sh, stride_sd):
+    """(scale, zero) in float32 of tokens (block, slot) of one kv head, [BLOCK_N] each; 0 for
+    masked tokens."""
+    sz = sz_ptr + block * stride_sb + slot * stride_st + head * stride_sh
+    scale = tl.load(sz, mask=n_mask, other=0.0).to(tl.float32)
+    zero = tl.load(sz + stride_sd, mask=n_mask, other=0.0).to(tl.float32)
+    return scale, zero
+
+
+@triton.jit
+def load_codes(cache_ptr, block, slot, head, offs_c, mask, stride_b, stride_t, stride_h, stride_d):
+    """The stored bytes [BLOCK_N, len(offs_c)] of tokens (block, slot) of one kv head, as they
+    are (masked ones 0): the decode kernel dots the codes and corrects for (scale, zero) per
+    token after, instead of dequantising every element."""
+    row = cache_ptr + block[:, None] * stride_b + slot[:, None] * stride_t + head * stride_h
+    return tl.load(row + offs_c[None, :] * stride_d, mask=mask, other=0)
 
 
 def check_quantized_caches(

@@ -23,9 +23,12 @@ transformers' `kv_idx > q_idx - W`; the splits then share just those keys, so th
 before the window are never read (C above becomes sum(min(context_lens, W))).
 `logit_softcap` caps the scaled scores at +-softcap through a tanh (see attention_scores.py).
 
-A quantized cache (`quant_bits` 8 or 4, the format of kv_quant.py) is a third constexpr branch:
-each K/V tile is unpacked and dequantised with its tokens' (scale, zero) as it is loaded, so the
-bytes of K and V above shrink to bits / 8 a value plus 2 * e a token and head.
+A quantized cache (`quant_bits` 8 or 4, the format of kv_quant.py) is a third constexpr branch,
+and the bytes of K and V above shrink to bits / 8 a value plus 2 * e a token and head. Its codes
+are never dequantised element by element (that made the loop issue-bound, benchmark/NOTES.md):
+with k = (c - z) s and v likewise, q . k = s (q . c - z sum q) and sum_n p_n v_n =
+(p s) . c - sum_n p_n s_n z_n, so the codes go to the dots as they are and each token's
+(scale, zero) corrects the scores and the output after.
 """
 
 from __future__ import annotations
@@ -37,8 +40,78 @@ import triton
 import triton.language as tl
 
 from .attention_scores import check_window, score_scales, soft_cap
-from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile
+from .kv_quant import (
+    check_quantized_caches,
+    dequantize_kv_ref,
+    load_codes,
+    load_kv_tile,
+    load_scale_zero,
+)
 from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
+
+
+@triton.jit
+def _nibble_offset(DTYPE: tl.constexpr):
+    """What `_nibbles` adds to each code: its exponent bits' value (0 where it converts)."""
+    if DTYPE == tl.bfloat16:
+        return 128.0
+    elif DTYPE == tl.float16:
+        return 1024.0
+    else:
+        return 0.0
+
+
+@triton.jit
+def _nibbles(codes, HIGH: tl.constexpr, DTYPE: tl.constexpr):
+    """One nibble n of each uint8 code as DTYPE: for bf16 the bits 0x4300 | n, which read as
+    128 + n (fp16: 0x6400 | n, 1024 + n), a logical op where a conversion would go through the
+    quarter-rate I2F; the caller adds `_nibble_offset` to the zero. Float32 converts."""
+    nibble = (codes >> 4) if HIGH else (codes & 15)
+    if DTYPE == tl.bfloat16:
+        return (nibble.to(tl.uint16) | 0x4300).to(tl.bfloat16, bitcast=True)
+    elif DTYPE == tl.float16:
+        return (nibble.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
+    else:
+        return nibble.to(DTYPE)
+
+
+@triton.jit
+def _quantized_scores(
+    q, q_hi, q_sum, codes, scale, zero, DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    QUANT_BITS: tl.constexpr,
+):  # fmt: skip
+    """q . k of each head and token, k = (codes - zero) * scale, as s * (q . codes - z * sum q):
+    the codes go to the dot as they are (0..255 are exact in bf16/fp16), so the per-element work
+    is one conversion (int8) or logical op (int4, `_nibbles`); int4 dots each nibble with its
+    half of q (the low nibble holds dim c, the high one dim c + half, kv_quant.py)."""
+    if QUANT_BITS == 4:
+        raw = tl.dot(q, tl.trans(_nibbles(codes, False, DTYPE)), input_precision=DOT_PRECISION)
+        raw = tl.dot(
+            q_hi, tl.trans(_nibbles(codes, True, DTYPE)), raw, input_precision=DOT_PRECISION
+        )
+        zero = zero + _nibble_offset(DTYPE)
+    else:
+        raw = tl.dot(q, tl.trans(codes.to(DTYPE)), input_precision=DOT_PRECISION)
+    return (raw - q_sum[:, None] * zero[None, :]) * scale[None, :]
+
+
+@triton.jit
+def _write_out(
+    out, offs_d, d_mask, out_ptr, part_out_ptr, seq, offs_h, h_mask, split, num_heads,
+    stride_os, stride_oh, stride_od, NUM_SPLITS: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The normalised output columns `offs_d` of this program's heads: the output itself with
+    one split, else this split's partial."""
+    store_mask = h_mask[:, None] & d_mask[None, :]
+    if NUM_SPLITS == 1:
+        o_ptrs = (
+            out_ptr + seq * stride_os + offs_h[:, None] * stride_oh + offs_d[None, :] * stride_od
+        )
+        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_mask)
+    else:
+        # Partials are contiguous [num_seqs, num_heads, NUM_SPLITS, BLOCK_D] and [.., NUM_SPLITS].
+        row = (seq * num_heads + offs_h) * NUM_SPLITS + split
+        tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], out, mask=store_mask)
 
 
 # stride_bts changes from step to step: specialising on it (== 1, divisible by 16) would
@@ -87,6 +160,7 @@ def _paged_decode_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BLOCK_C: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     SLIDING: tl.constexpr,
     SOFTCAP: tl.constexpr,
@@ -105,6 +179,7 @@ def _paged_decode_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     h_mask = tl.arange(0, BLOCK_H) < GROUP
     d_mask = offs_d < head_dim
+    dtype = q_ptr.dtype.element_ty
 
     ctx_len = tl.load(context_lens_ptr + seq).to(tl.int32)
     first = 0
@@ -116,12 +191,30 @@ def _paged_decode_kernel(
     start = first + split * chunk
     end = tl.minimum(start + chunk, ctx_len)
 
-    q_ptrs = q_ptr + seq * stride_qs + offs_h[:, None] * stride_qh + offs_d[None, :] * stride_qd
-    q = tl.load(q_ptrs, mask=h_mask[:, None] & d_mask[None, :], other=0.0)
+    q_row = q_ptr + seq * stride_qs + offs_h[:, None] * stride_qh
+    if QUANT_BITS == 4:
+        # A byte c holds dims c and c + half: q, acc and the output go in those two halves
+        # ([BLOCK_H, BLOCK_C] each), so each byte is loaded once and split in registers.
+        offs_d = tl.arange(0, BLOCK_C)
+        d_mask = offs_d < half
+        q_mask = h_mask[:, None] & d_mask[None, :]
+        q = tl.load(q_row + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+        q_hi = tl.load(q_row + (half + offs_d)[None, :] * stride_qd, mask=q_mask, other=0.0)
+        q_sum = tl.sum(q.to(tl.float32), axis=1) + tl.sum(q_hi.to(tl.float32), axis=1)
+        acc_hi = tl.zeros([BLOCK_H, BLOCK_C], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_H, BLOCK_C], dtype=tl.float32)
+    else:
+        q_mask = h_mask[:, None] & d_mask[None, :]
+        q = tl.load(q_row + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+        q_hi = q  # int4 only
+        q_sum = tl.sum(q.to(tl.float32), axis=1)  # the float cache never uses it: compiled out
+        acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
+    # sum_n p_n * s_n * z_n of the quantized V (times the same alphas as acc): subtracted once
+    # at the end rather than from every [BLOCK_H, BLOCK_D] tile.
+    v_corr = tl.zeros([BLOCK_H], dtype=tl.float32)
 
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bts
     for tile in range(start, end, BLOCK_N):
         pos = tile + offs_n
@@ -130,12 +223,26 @@ def _paged_decode_kernel(
         block = block.to(tl.int64)
         slot_in_block = pos % BLOCK_SIZE
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        k = load_kv_tile(
-            k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask, half,
-            stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st, stride_sh, stride_sd,
-            q_ptr.dtype.element_ty, QUANT_BITS,
-        )  # fmt: skip
-        qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
+        if QUANT_BITS == 0:
+            k = load_kv_tile(
+                k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                half, stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
+                stride_sh, stride_sd, dtype, QUANT_BITS,
+            )  # fmt: skip
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
+        else:
+            k_codes = load_codes(
+                k_cache_ptr, block, slot_in_block, kv_head, offs_d, kv_mask,
+                stride_kb, stride_kt, stride_kh, stride_kd,
+            )  # fmt: skip
+            k_scale, k_zero = load_scale_zero(
+                k_sz_ptr, block, slot_in_block, kv_head, n_mask,
+                stride_sb, stride_st, stride_sh, stride_sd,
+            )  # fmt: skip
+            qk = _quantized_scores(
+                q, q_hi, q_sum, k_codes, k_scale * qk_scale, k_zero, dtype, DOT_PRECISION,
+                QUANT_BITS,
+            )  # fmt: skip
         if SOFTCAP:
             qk = soft_cap(qk, softcap_log2)
         qk = tl.where(n_mask[None, :], qk, float("-inf"))
@@ -143,28 +250,62 @@ def _paged_decode_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(qk - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = load_kv_tile(
-            v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask, half,
-            stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st, stride_sh, stride_sd,
-            q_ptr.dtype.element_ty, QUANT_BITS,
-        )  # fmt: skip
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        if QUANT_BITS == 0:
+            v = load_kv_tile(
+                v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                half, stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
+                stride_sh, stride_sd, dtype, QUANT_BITS,
+            )  # fmt: skip
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        else:
+            # sum_n p_n (v_n - z_n) s_n = (p s) . codes - sum_n p_n s_n z_n, with p s rounded
+            # to the dot's dtype once and that same value in both terms.
+            v_codes = load_codes(
+                v_cache_ptr, block, slot_in_block, kv_head, offs_d, kv_mask,
+                stride_vb, stride_vt, stride_vh, stride_vd,
+            )  # fmt: skip
+            v_scale, v_zero = load_scale_zero(
+                v_sz_ptr, block, slot_in_block, kv_head, n_mask,
+                stride_sb, stride_st, stride_sh, stride_sd,
+            )  # fmt: skip
+            ps = (p * v_scale[None, :]).to(dtype)
+            if QUANT_BITS == 4:
+                v_zero = v_zero + _nibble_offset(dtype)
+                acc = tl.dot(
+                    ps, _nibbles(v_codes, False, dtype), acc * alpha[:, None],
+                    input_precision=DOT_PRECISION,
+                )  # fmt: skip
+                acc_hi = tl.dot(
+                    ps, _nibbles(v_codes, True, dtype), acc_hi * alpha[:, None],
+                    input_precision=DOT_PRECISION,
+                )  # fmt: skip
+            else:
+                acc = tl.dot(
+                    ps, v_codes.to(dtype), acc * alpha[:, None], input_precision=DOT_PRECISION
+                )
+            v_corr = v_corr * alpha + tl.sum(ps.to(tl.float32) * v_zero[None, :], axis=1)
         m_i = m_new
 
     # An empty chunk keeps l_i == 0: write zeros and lse = -inf so stage 2 gives it no weight.
     has_keys = l_i > 0
-    out = acc / tl.where(has_keys, l_i, 1.0)[:, None]
-    store_mask = h_mask[:, None] & d_mask[None, :]
-    if NUM_SPLITS == 1:
-        o_ptrs = (
-            out_ptr + seq * stride_os + offs_h[:, None] * stride_oh + offs_d[None, :] * stride_od
-        )
-        tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=store_mask)
+    l_safe = tl.where(has_keys, l_i, 1.0)[:, None]
+    if QUANT_BITS == 0:
+        out = acc / l_safe
     else:
-        # Partials are contiguous [num_seqs, num_heads, NUM_SPLITS, BLOCK_D] and [.., NUM_SPLITS].
-        row = (seq * num_heads + offs_h) * NUM_SPLITS + split
-        tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], out, mask=store_mask)
+        out = (acc - v_corr[:, None]) / l_safe
+    _write_out(
+        out, offs_d, d_mask, out_ptr, part_out_ptr, seq, offs_h, h_mask, split, num_heads,
+        stride_os, stride_oh, stride_od, NUM_SPLITS, BLOCK_D,
+    )  # fmt: skip
+    if QUANT_BITS == 4:
+        out_hi = (acc_hi - v_corr[:, None]) / l_safe
+        _write_out(
+            out_hi, half + offs_d, d_mask, out_ptr, part_out_ptr, seq, offs_h, h_mask, split,
+            num_heads, stride_os, stride_oh, stride_od, NUM_SPLITS, BLOCK_D,
+        )  # fmt: skip
+    if NUM_SPLITS > 1:
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
+        row = (seq * num_heads + offs_h) * NUM_SPLITS + split
         tl.store(part_lse_ptr + row, lse, mask=h_mask)
 
 
@@ -317,6 +458,7 @@ def paged_decode_attention(
         BLOCK_H=block_h,
         BLOCK_N=block_n,
         BLOCK_D=block_d,
+        BLOCK_C=max(16, triton.next_power_of_2(head_dim // 2)),
         DOT_PRECISION=precision,
         SLIDING=sliding_window is not None,
         SOFTCAP=logit_softcap is not None,

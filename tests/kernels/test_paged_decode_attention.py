@@ -216,3 +216,32 @@ def test_quantized_cache_matches_reference(bits, window, splits):
         q, k_cache, v_cache, tables, context_lens, 0.2, sliding_window=window
     )
     assert (out - exact).abs().max() < (0.05 if bits == 8 else 0.6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "softcap"),
+    [
+        (4, 4, 64, None),  # MHA (group 1), int4's halves of 32 dims
+        (8, 1, 64, 2.0),  # GQA 8, softcap on the corrected scores
+        (6, 2, 48, None),  # head_dim not a power of two: int4 halves of 24 in tiles of 32
+        (4, 2, 16, None),  # int4 halves of 8 dims in the smallest dot tile (16)
+    ],
+)
+def test_quantized_cache_shapes_match_reference(bits, heads, kv_heads, head_dim, softcap, dtype):
+    """The codes dotted raw and corrected per token: every head grouping and head size (and,
+    on the GPU, p * scale rounded to bf16/fp16 for the V dot)."""
+    from lmdeploy.kernels.kv_quant import quantize_kv_ref
+
+    torch.manual_seed(7)
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        heads, kv_heads, head_dim, 16, [3, 40, 77], dtype, torch.int32
+    )
+    (k_q, k_sz), (v_q, v_sz) = quantize_kv_ref(k_cache, bits), quantize_kv_ref(v_cache, bits)
+    quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits, logit_softcap=softcap)
+    args = (q, k_q, v_q, tables, context_lens, head_dim**-0.5)
+    for splits in (1, 3):
+        out = paged_decode_attention(*args, num_splits=splits, **quant)
+        ref = paged_decode_attention_ref(*args, **quant)
+        torch.testing.assert_close(out, ref, **TOL[dtype])
