@@ -84,7 +84,9 @@ def layer_caches(
     return out
 
 
-def case_rows(batch: int, context: int, bits: int, bandwidth: float) -> dict[str, Any]:
+def case_rows(
+    batch: int, context: int, bits: int, bandwidth: float, sweep_launches: bool = True
+) -> dict[str, Any]:
     kv_bytes = kv_read_bytes(batch, context, bits)
     copies = max(2, math.ceil(4 * L2_BYTES / kv_bytes))
     caches = layer_caches(batch, context, copies, seed=batch * 7919 + context, bits=bits)
@@ -118,7 +120,9 @@ def case_rows(batch: int, context: int, bits: int, bandwidth: float) -> dict[str
     splits = [None, 1, 2, 4] if batch * KV_HEADS < 1024 else [None, 2]
     best = (row["engine_us"], {})
     sweep = []
-    for (block_n, warps, stages), num_splits in itertools.product(SWEEP, splits):
+    for (block_n, warps, stages), num_splits in itertools.product(
+        SWEEP if sweep_launches else [], splits
+    ):
         launch = dict(block_n=block_n, num_warps=warps, num_stages=stages, num_splits=num_splits)
         try:
             us = timed(**launch)
@@ -144,10 +148,20 @@ def main() -> None:
         "--quant-bits", type=int, nargs="+", default=[0, 8, 4], choices=[0, 8, 4],
         help="KV caches to run: 0 bf16, 8 int8, 4 int4 (quantized from the bf16 ones)",
     )  # fmt: skip
+    ap.add_argument(
+        "--cases", nargs="+", metavar="BATCH:CONTEXT", default=[f"{b}:{c}" for b, c in CASES],
+        help="the (batch, context) cases (default: the serving rows')",
+    )  # fmt: skip
+    ap.add_argument("--no-sweep", action="store_true", help="the engine's launch only")
     args = ap.parse_args()
+    cases = [tuple(int(x) for x in case.split(":")) for case in args.cases]
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
-    rows = [case_rows(b, c, bits, bandwidth) for b, c in CASES for bits in args.quant_bits]
+    rows = [
+        case_rows(b, c, bits, bandwidth, sweep_launches=not args.no_sweep)
+        for b, c in cases
+        for bits in args.quant_bits
+    ]
     print(
         f"\n{'bits':>4} {'batch':>5} {'ctx':>5} {'floor':>7} {'engine':>7} {'best':>7} "
         f"{'eng%':>5} {'best%':>6}  best"
