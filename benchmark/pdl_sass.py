@@ -10,8 +10,8 @@ whether the PTX holds `griddepcontrol.wait` and
 before the wait, and how many stores (`st.global`, `STG`, atomics) do (must be 0). Expected:
 the norm weight's loads before the wait in rms_norm, the first weight tile's in dense_gemv and
 in the W4A16 GEMV (at the engine's launch for each of Llama-3-8B's four linears: the tile
-choice of `_config`, which differs only in its split), none elsewhere (the MoE kernels read
-only step data, and the grouped GEMM's expert comes from this step's routing).
+choice of `_config`, which differs only in its split), none elsewhere (the MoE routing and
+token sum read only step data; the grouped GEMM between them launches without PDL).
 """
 
 from __future__ import annotations
@@ -100,9 +100,8 @@ def _variants() -> list[tuple]:
 
 
 def _moe_variants() -> list[tuple]:
-    """The MoE decode block at Qwen3-30B-A3B's one token: 128 experts, top 8, hidden 2048,
-    expert width 768, with `fused_moe_routed`'s decode tiles and launch sizes."""
-    from kernels.fused_moe import _fused_moe_kernel
+    """The MoE decode block's PDL kernels at Qwen3-30B-A3B's one token: 128 experts, top 8,
+    hidden 2048, with `fused_moe_routed`'s launch sizes."""
     from kernels.moe_routing import _route_align_kernel
     from kernels.moe_sum import _moe_sum_kernel
 
@@ -111,19 +110,9 @@ def _moe_variants() -> list[tuple]:
     route_consts = dict(
         TOP_K=8, RENORMALIZE=True, BLOCK_M=16, BLOCK_E=128, CHUNK_T=1, CHUNK_P=8
     )  # fmt: skip
-    gemm = dict.fromkeys(["a_ptr", "b_ptr", "c_ptr"], BF16) | {"topk_weights_ptr": "*fp32"}
-    gemm |= dict.fromkeys(["sorted_ids_ptr", "expert_ids_ptr", "num_padded_ptr"], "*i32")
-    tiles = dict(
-        BLOCK_M=16, BLOCK_N=64, BLOCK_K=128, DOT_PRECISION="tf32", DOT_IN_FP32=False
-    )  # fmt: skip
-    gemm_units = ("stride_ak", "stride_bk", "stride_cn")
     return [
         ("moe route + align (1 warp)", _route_align_kernel, route, route_consts,
          ("stride_le",), 1),
-        ("moe w13 grouped GEMM + SwiGLU", _fused_moe_kernel, gemm,
-         tiles | dict(A_ROWS_PER_PAIR=8, MUL_ROUTED_WEIGHT=False, SWIGLU=True), gemm_units, 4, 4),
-        ("moe w2 grouped GEMM", _fused_moe_kernel, gemm,
-         tiles | dict(A_ROWS_PER_PAIR=1, MUL_ROUTED_WEIGHT=True, SWIGLU=False), gemm_units, 4, 4),
         ("moe token sum", _moe_sum_kernel, {"x_ptr": BF16, "out_ptr": BF16},
          dict(TOP_K=8, BLOCK_J=8, BLOCK_H=512), (), 2),
     ]  # fmt: skip

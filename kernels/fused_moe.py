@@ -37,7 +37,6 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from .moe_routing import MAX_FUSED_WORK, max_aligned_blocks, route_and_align
 from .moe_sum import moe_token_sum
-from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 
 
 def route(
@@ -126,7 +125,6 @@ def _fused_moe_kernel(
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
-    PDL: tl.constexpr,
 ):
     """C[pair] = A[pair // A_ROWS_PER_PAIR] @ B[expert].T (* routing weight of pair). With
     SWIGLU, B holds 2 * N rows (gate, then up) and C[pair] = silu(A @ gate.T) * (A @ up.T):
@@ -134,9 +132,6 @@ def _fused_moe_kernel(
     registers."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
-    # Which expert's weights a program reads comes from this step's routing: no weight tile
-    # can be loaded before the wait, so PDL only hides the launch here.
-    pdl_wait_then_release(PDL)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -195,7 +190,9 @@ def _grouped_gemm(
     sorted_ids, expert_ids, num_padded = align
     n, k = out.shape[1], b.shape[2]  # with swiglu, b holds 2 * n rows
     grid = (expert_ids.shape[0], triton.cdiv(n, cfg["BLOCK_N"]))
-    pdl = pdl_enabled(a.device)
+    # Launched without PDL (a barrier between route+align and the token sum, which have it):
+    # on an H200 at batch 1 it cost Mixtral-8x7B 85.5 -> 78.8% of its floor and gave
+    # Qwen3-30B-A3B 49.5 -> 50.4% (benchmark/NOTES.md, session 8); why, not established.
     _fused_moe_kernel[grid](
         a,
         b,
@@ -217,9 +214,7 @@ def _grouped_gemm(
         # Triton's interpreter multiplies bf16 bit patterns in tl.dot (triton-lang/triton#11584,
         # "not supported yet"); exact in fp32, so the GPU's bf16 products, fp32 sums, are kept.
         DOT_IN_FP32=isinstance(_fused_moe_kernel, InterpretedFunction),
-        PDL=pdl,
         **cfg,
-        **pdl_launch_options(pdl),
     )
 
 
