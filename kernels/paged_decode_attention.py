@@ -76,14 +76,46 @@ def _nibbles(codes, HIGH: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _bytes(codes, DTYPE: tl.constexpr):
+    """int8 codes c as a dot operand: for a 16-bit DTYPE the fp16 bits 0x6400 | c, which read as
+    1024 + c (exact: bf16 would hold 128 + c only for c < 128), a logical op where a conversion
+    goes through the quarter-rate I2F; the caller adds `_byte_offset` to the zero and gives the
+    dot's other operand as `_byte_operand`. Float32 converts."""
+    if DTYPE == tl.float32:
+        return codes.to(tl.float32)
+    else:
+        return (codes.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
+
+
+@triton.jit
+def _byte_offset(DTYPE: tl.constexpr):
+    """What `_bytes` adds to each code."""
+    if DTYPE == tl.float32:
+        return 0.0
+    else:
+        return 1024.0
+
+
+@triton.jit
+def _byte_operand(x, DTYPE: tl.constexpr):
+    """The other operand of a dot with `_bytes`: fp16 for a 16-bit DTYPE (a bf16 value clamped to
+    fp16's range first; every bf16 value inside it converts exactly), else x as it is."""
+    if DTYPE == tl.float32:
+        return x
+    else:
+        return tl.clamp(x.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
+
+
+@triton.jit
 def _quantized_scores(
     q, q_hi, q_sum, codes, scale, zero, DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
     QUANT_BITS: tl.constexpr,
 ):  # fmt: skip
     """q . k of each head and token, k = (codes - zero) * scale, as s * (q . codes - z * sum q):
-    the codes go to the dot as they are (0..255 are exact in bf16/fp16), so the per-element work
-    is one conversion (int8) or logical op (int4, `_nibbles`); int4 dots each nibble with its
-    half of q (the low nibble holds dim c, the high one dim c + half, kv_quant.py)."""
+    the codes go to the dot as they are, offset by a constant that `zero` takes too, so the
+    per-element work is a logical op (`_nibbles`, `_bytes`); int4 dots each nibble with its half
+    of q (the low nibble holds dim c, the high one dim c + half, kv_quant.py); int8's q comes
+    as `_byte_operand`."""
     if QUANT_BITS == 4:
         raw = tl.dot(q, tl.trans(_nibbles(codes, False, DTYPE)), input_precision=DOT_PRECISION)
         raw = tl.dot(
@@ -91,7 +123,8 @@ def _quantized_scores(
         )
         zero = zero + _nibble_offset(DTYPE)
     else:
-        raw = tl.dot(q, tl.trans(codes.to(DTYPE)), input_precision=DOT_PRECISION)
+        raw = tl.dot(q, tl.trans(_bytes(codes, DTYPE)), input_precision=DOT_PRECISION)
+        zero = zero + _byte_offset(DTYPE)
     return (raw - q_sum[:, None] * zero[None, :]) * scale[None, :]
 
 
@@ -206,6 +239,8 @@ def _paged_decode_kernel(
     else:
         q_mask = h_mask[:, None] & d_mask[None, :]
         q = tl.load(q_row + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
+        if QUANT_BITS == 8:
+            q = _byte_operand(q, dtype)  # its sum below is of the values the dot multiplies
         q_hi = q  # int4 only
         q_sum = tl.sum(q.to(tl.float32), axis=1)  # the float cache never uses it: compiled out
         acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
@@ -268,8 +303,8 @@ def _paged_decode_kernel(
                 v_sz_ptr, block, slot_in_block, kv_head, n_mask,
                 stride_sb, stride_st, stride_sh, stride_sd,
             )  # fmt: skip
-            ps = (p * v_scale[None, :]).to(dtype)
             if QUANT_BITS == 4:
+                ps = (p * v_scale[None, :]).to(dtype)
                 v_zero = v_zero + _nibble_offset(dtype)
                 acc = tl.dot(
                     ps, _nibbles(v_codes, False, dtype), acc * alpha[:, None],
@@ -280,8 +315,10 @@ def _paged_decode_kernel(
                     input_precision=DOT_PRECISION,
                 )  # fmt: skip
             else:
+                ps = _byte_operand(p * v_scale[None, :], dtype)
+                v_zero = v_zero + _byte_offset(dtype)
                 acc = tl.dot(
-                    ps, v_codes.to(dtype), acc * alpha[:, None], input_precision=DOT_PRECISION
+                    ps, _bytes(v_codes, dtype), acc * alpha[:, None], input_precision=DOT_PRECISION
                 )
             v_corr = v_corr * alpha + tl.sum(ps.to(tl.float32) * v_zero[None, :], axis=1)
         m_i = m_new
