@@ -34,12 +34,19 @@ def _is_hopper_or_later(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
+def _triton_has_pdl() -> bool:
+    """Triton 3.3 and later: `gdc_wait` / `gdc_launch_dependents` and the `launch_pdl` option."""
+    cuda = getattr(getattr(tl, "extra", None), "cuda", None)
+    return hasattr(cuda, "gdc_wait") and hasattr(cuda, "gdc_launch_dependents")
+
+
 def pdl_enabled(device: torch.device) -> bool:
     """Whether launches on `device` use PDL: a CUDA device of compute capability 9.0 or later,
-    not Triton's interpreter (which has no griddepcontrol), and not `LMDEPLOY_PDL=0`."""
+    a Triton that has it, not Triton's interpreter (which has no griddepcontrol), and not
+    `LMDEPLOY_PDL=0`."""
     if os.environ.get("LMDEPLOY_PDL") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
         return False
-    return device.type == "cuda" and _is_hopper_or_later(device)
+    return device.type == "cuda" and _triton_has_pdl() and _is_hopper_or_later(device)
 
 
 def pdl_launch_options(enabled: bool) -> dict[str, bool]:

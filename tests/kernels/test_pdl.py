@@ -42,6 +42,16 @@ def test_pdl_is_off_under_the_interpreter_and_off_cuda(hopper, monkeypatch):
     assert not pdl.pdl_enabled(hopper)
 
 
+def test_pdl_is_off_with_a_triton_that_lacks_it(hopper, monkeypatch):
+    monkeypatch.delenv("LMDEPLOY_PDL", raising=False)
+    monkeypatch.setattr(pdl, "_triton_has_pdl", lambda: False)
+    assert not pdl.pdl_enabled(hopper)
+
+
+def test_this_triton_has_pdl():  # pyproject's floor is older: the check above must not lie here
+    assert pdl._triton_has_pdl()
+
+
 def test_launch_options_are_empty_when_off():
     assert pdl.pdl_launch_options(False) == {}
     assert pdl.pdl_launch_options(True) == {"launch_pdl": True}
