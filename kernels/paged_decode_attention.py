@@ -103,7 +103,7 @@ def _byte_operand(x, DTYPE: tl.constexpr):
     if DTYPE == tl.float32:
         return x
     else:
-        return tl.clamp(x.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
+        return tl.minimum(tl.maximum(x.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
 
 
 @triton.jit
