@@ -97,13 +97,17 @@ def _byte_offset(DTYPE: tl.constexpr):
 
 
 @triton.jit
-def _byte_operand(x, DTYPE: tl.constexpr):
+def _byte_operand(x, DTYPE: tl.constexpr, NONNEGATIVE: tl.constexpr):
     """The other operand of a dot with `_bytes`: fp16 for a 16-bit DTYPE (a bf16 value clamped to
-    fp16's range first; every bf16 value inside it converts exactly), else x as it is."""
+    fp16's range first, from above only where x >= 0; every bf16 value inside it converts
+    exactly), else x as it is."""
     if DTYPE == tl.float32:
         return x
     else:
-        return tl.minimum(tl.maximum(x.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
+        x = tl.minimum(x.to(tl.float32), 65504.0)
+        if not NONNEGATIVE:
+            x = tl.maximum(x, -65504.0)
+        return x.to(tl.float16)
 
 
 @triton.jit
@@ -240,7 +244,7 @@ def _paged_decode_kernel(
         q_mask = h_mask[:, None] & d_mask[None, :]
         q = tl.load(q_row + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
         if QUANT_BITS == 8:
-            q = _byte_operand(q, dtype)  # its sum below is of the values the dot multiplies
+            q = _byte_operand(q, dtype, False)  # its sum below is of the values the dot multiplies
         q_hi = q  # int4 only
         q_sum = tl.sum(q.to(tl.float32), axis=1)  # the float cache never uses it: compiled out
         acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
@@ -315,7 +319,7 @@ def _paged_decode_kernel(
                     input_precision=DOT_PRECISION,
                 )  # fmt: skip
             else:
-                ps = _byte_operand(p * v_scale[None, :], dtype)
+                ps = _byte_operand(p * v_scale[None, :], dtype, True)  # p, s >= 0
                 v_zero = v_zero + _byte_offset(dtype)
                 acc = tl.dot(
                     ps, _bytes(v_codes, dtype), acc * alpha[:, None], input_precision=DOT_PRECISION
