@@ -30,17 +30,8 @@ from lmdeploy.adapters.engines.pytorch.runner.runner import PytorchModelRunner
 from lmdeploy.domain.sampling_params import SamplingParams
 from lmdeploy.domain.scheduler import StepPlan
 from lmdeploy.domain.sequence import Sequence
-from tests.integration.tiny_models import tiny_model
+from tests.integration.tiny_models import TINY_SHAPE, tiny_model
 
-SHAPE = dict(
-    vocab_size=300,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-)
 BLOCK_SIZE, MAX_TOKENS = 16, 80  # buckets 16, 32, 48, 64, 80
 
 
@@ -125,11 +116,11 @@ def _pieces(runner: PytorchModelRunner, new_graph=RecordedGraph) -> PiecewiseGra
 def runner(request) -> PytorchModelRunner:
     if request.param == "llama":
         config = transformers.LlamaConfig(
-            **SHAPE, tie_word_embeddings=False, architectures=["LlamaForCausalLM"]
+            **TINY_SHAPE, tie_word_embeddings=False, architectures=["LlamaForCausalLM"]
         )
     else:  # biases on q/k/v, a tied LM head
         config = transformers.Qwen2Config(
-            **SHAPE, tie_word_embeddings=True, architectures=["Qwen2ForCausalLM"]
+            **TINY_SHAPE, tie_word_embeddings=True, architectures=["Qwen2ForCausalLM"]
         )
     runner = _runner(config)
     pieces = _pieces(runner)
@@ -147,7 +138,7 @@ class _Blocks:
 
     def seq(self, length: int, seed: int, **sampling) -> Sequence:
         gen = torch.Generator().manual_seed(seed)
-        ids = torch.randint(1, SHAPE["vocab_size"], (length,), generator=gen).tolist()
+        ids = torch.randint(1, TINY_SHAPE["vocab_size"], (length,), generator=gen).tolist()
         seq = Sequence(ids, SamplingParams(**sampling), 256)
         num = -(-length // BLOCK_SIZE)
         seq.block_table = list(range(self.next, self.next + num))
