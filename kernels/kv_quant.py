@@ -135,12 +135,19 @@ def load_scale_zero(sz_ptr, block, slot, head, n_mask, stride_sb, stride_st, str
 
 
 @triton.jit
-def load_codes(cache_ptr, block, slot, head, offs_c, mask, stride_b, stride_t, stride_h, stride_d):
+def load_codes(
+    cache_ptr, sz_ptr, block, slot, head, offs_c, n_mask, mask, stride_b, stride_t, stride_h,
+    stride_d, stride_sb, stride_st, stride_sh, stride_sd,
+):  # fmt: skip
     """The stored bytes [BLOCK_N, len(offs_c)] of tokens (block, slot) of one kv head, as they
-    are (masked ones 0): the decode kernel dots the codes and corrects for (scale, zero) per
-    token after, instead of dequantising every element."""
+    are (masked ones 0), with each token's (scale, zero): the decode kernel dots the codes and
+    corrects for (scale, zero) per token after, instead of dequantising every element."""
     row = cache_ptr + block[:, None] * stride_b + slot[:, None] * stride_t + head * stride_h
-    return tl.load(row + offs_c[None, :] * stride_d, mask=mask, other=0)
+    codes = tl.load(row + offs_c[None, :] * stride_d, mask=mask, other=0)
+    scale, zero = load_scale_zero(
+        sz_ptr, block, slot, head, n_mask, stride_sb, stride_st, stride_sh, stride_sd
+    )
+    return codes, scale, zero
 
 
 def check_quantized_caches(

@@ -45,7 +45,6 @@ from .kv_quant import (
     dequantize_kv_ref,
     load_codes,
     load_kv_tile,
-    load_scale_zero,
 )
 from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 
@@ -270,13 +269,10 @@ def _paged_decode_kernel(
             )  # fmt: skip
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
         else:
-            k_codes = load_codes(
-                k_cache_ptr, block, slot_in_block, kv_head, offs_d, kv_mask,
-                stride_kb, stride_kt, stride_kh, stride_kd,
-            )  # fmt: skip
-            k_scale, k_zero = load_scale_zero(
-                k_sz_ptr, block, slot_in_block, kv_head, n_mask,
-                stride_sb, stride_st, stride_sh, stride_sd,
+            k_codes, k_scale, k_zero = load_codes(
+                k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
+                stride_sh, stride_sd,
             )  # fmt: skip
             qk = _quantized_scores(
                 q, q_hi, q_sum, k_codes, k_scale * qk_scale, k_zero, dtype, DOT_PRECISION,
@@ -299,13 +295,10 @@ def _paged_decode_kernel(
         else:
             # sum_n p_n (v_n - z_n) s_n = (p s) . codes - sum_n p_n s_n z_n, with p s rounded
             # to the dot's dtype once and that same value in both terms.
-            v_codes = load_codes(
-                v_cache_ptr, block, slot_in_block, kv_head, offs_d, kv_mask,
-                stride_vb, stride_vt, stride_vh, stride_vd,
-            )  # fmt: skip
-            v_scale, v_zero = load_scale_zero(
-                v_sz_ptr, block, slot_in_block, kv_head, n_mask,
-                stride_sb, stride_st, stride_sh, stride_sd,
+            v_codes, v_scale, v_zero = load_codes(
+                v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
+                stride_sh, stride_sd,
             )  # fmt: skip
             if QUANT_BITS == 4:
                 ps = (p * v_scale[None, :]).to(dtype)
