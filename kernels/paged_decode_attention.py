@@ -61,6 +61,12 @@ def _nibble_offset(DTYPE: tl.constexpr):
 
 
 @triton.jit
+def _fp16_1024_plus(codes):
+    """Codes c < 1024 as the fp16 bits 0x6400 | c, which read as 1024 + c: one logical op."""
+    return (codes.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
+
+
+@triton.jit
 def _nibbles(codes, HIGH: tl.constexpr, DTYPE: tl.constexpr):
     """One nibble n of each uint8 code as DTYPE: for bf16 the bits 0x4300 | n, which read as
     128 + n (fp16: 0x6400 | n, 1024 + n), a logical op where a conversion would go through the
@@ -69,7 +75,7 @@ def _nibbles(codes, HIGH: tl.constexpr, DTYPE: tl.constexpr):
     if DTYPE == tl.bfloat16:
         return (nibble.to(tl.uint16) | 0x4300).to(tl.bfloat16, bitcast=True)
     elif DTYPE == tl.float16:
-        return (nibble.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
+        return _fp16_1024_plus(nibble)
     else:
         return nibble.to(DTYPE)
 
@@ -83,7 +89,7 @@ def _bytes(codes, DTYPE: tl.constexpr):
     if DTYPE == tl.float32:
         return codes.to(tl.float32)
     else:
-        return (codes.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
+        return _fp16_1024_plus(codes)
 
 
 @triton.jit
