@@ -34,6 +34,7 @@ def _is_hopper_or_later(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device)[0] >= 9
 
 
+@functools.cache
 def _triton_has_pdl() -> bool:
     """Triton 3.3 and later: `gdc_wait` / `gdc_launch_dependents` and the `launch_pdl` option."""
     cuda = getattr(getattr(tl, "extra", None), "cuda", None)
