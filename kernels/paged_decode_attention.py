@@ -391,6 +391,12 @@ def _num_sms(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
+# The int8 cache's loop holds ~186 registers a thread under Triton 3.6 (2 programs of 4 warps a
+# SM): an H200 sweep at 256 x 1024 (benchmark/NOTES.md, session 9) ran it fastest with 128-key
+# tiles, no software pipelining and two splits: 301 us against 448 us at 64 keys, 2 stages, 1.
+_INT8_BLOCK_N = 128
+
+
 def _default_num_splits(num_seqs: int, kv_heads: int, max_context: int, device: torch.device):
     """One split once (seq, kv head) programs fill the SMs; below that, about 8 programs per SM
     with chunks of at least 256 tokens (from a sweep on the H100). Uses only shapes, no host
@@ -419,7 +425,7 @@ def paged_decode_attention(
     v_scale_zero: torch.Tensor | None = None,
     quant_bits: int = 0,
     num_warps: int = 4,
-    num_stages: int = 2,
+    num_stages: int | None = None,
 ) -> torch.Tensor:
     """q: [num_seqs, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks] int32/int64; context_lens: [num_seqs].
@@ -451,13 +457,20 @@ def paged_decode_attention(
     max_context = block_tables.shape[1] * block_size
     if sliding_window is not None:
         max_context = min(max_context, sliding_window)
-    if num_splits is None:
-        num_splits = _default_num_splits(num_seqs, kv_heads, max_context, q.device)
-    assert num_splits >= 1, "num_splits must be positive"
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_h = max(16, triton.next_power_of_2(group))  # tl.dot needs M >= 16
+    int8_half = quant_bits == 8 and q.dtype.itemsize == 2 and q.device.type == "cuda"
+    if num_splits is None:
+        num_splits = _default_num_splits(num_seqs, kv_heads, max_context, q.device)
+        if int8_half and num_splits == 1 and max_context >= 2 * _INT8_BLOCK_N:
+            num_splits = 2  # shorter programs: the low-occupancy int8 loop balances better
+    assert num_splits >= 1, "num_splits must be positive"
     if block_n is None:
-        block_n = 64 if block_d <= 64 or q.dtype.itemsize == 2 else 32
+        block_n = (
+            _INT8_BLOCK_N if int8_half else 64 if block_d <= 64 or q.dtype.itemsize == 2 else 32
+        )
+    if num_stages is None:
+        num_stages = 1 if int8_half else 2
     if num_splits > 1:
         part_out = torch.empty(
             num_seqs, num_heads, num_splits, block_d, dtype=torch.float32, device=q.device
