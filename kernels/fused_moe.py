@@ -37,6 +37,10 @@ from triton.runtime.interpreter import InterpretedFunction
 
 from .moe_routing import MAX_FUSED_WORK, max_aligned_blocks, route_and_align
 from .moe_sum import moe_token_sum
+from .pdl import pdl_enabled, pdl_launch_options, pdl_wait, pdl_wait_then_release
+from .w4a16_gemm import NUM_SMS
+
+SHARED_MEMORY_PER_SM = 228 << 10  # Hopper's, the bound on resident programs of the PDL rule
 
 
 def route(
@@ -125,13 +129,25 @@ def _fused_moe_kernel(
     BLOCK_K: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_IN_FP32: tl.constexpr,
+    PDL: tl.constexpr,
+    RELEASE_EARLY: tl.constexpr,
+    PREFETCH_B: tl.constexpr,
 ):
     """C[pair] = A[pair // A_ROWS_PER_PAIR] @ B[expert].T (* routing weight of pair). With
     SWIGLU, B holds 2 * N rows (gate, then up) and C[pair] = silu(A @ gate.T) * (A @ up.T):
     each program multiplies the same columns of both halves, so the activation never leaves
-    registers."""
+    registers.
+
+    PDL: the alignment (sorted_ids, expert_ids, num_padded) is read before the wait only with
+    PREFETCH_B, where the launch follows the w13 product of the same alignment: that kernel
+    releases its dependents only after its own wait, so the routing kernel that wrote the
+    alignment has completed. PREFETCH_B then also loads the first weight tile before the wait.
+    RELEASE_EARLY: the dependents launch right after the wait (a grid of one wave), else at
+    this grid's exit."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
+    if not PREFETCH_B:
+        _wait(PDL, RELEASE_EARLY)
     if pid_m * BLOCK_M >= tl.load(num_padded_ptr):
         return
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -151,7 +167,16 @@ def _fused_moe_kernel(
     up_ptrs = b_ptrs + N * stride_bn  # read only with SWIGLU
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc_up = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    if PREFETCH_B:  # the first K tile, its weights loaded before the wait (not with SWIGLU)
+        b = tl.load(b_ptrs, mask=(offs_k < K)[:, None] & n_mask[None, :], other=0.0)
+        _wait(PDL, RELEASE_EARLY)
+        a = tl.load(a_ptrs, mask=m_mask[:, None] & (offs_k < K)[None, :], other=0.0)
+        if DOT_IN_FP32:
+            a, b = a.to(tl.float32), b.to(tl.float32)
+        acc = tl.dot(a, b, acc, input_precision=DOT_PRECISION)
+        a_ptrs += BLOCK_K * stride_ak
+        b_ptrs += BLOCK_K * stride_bk
+    for k0 in range(BLOCK_K if PREFETCH_B else 0, K, BLOCK_K):
         k_mask = offs_k < K - k0
         a = tl.load(a_ptrs, mask=m_mask[:, None] & k_mask[None, :], other=0.0)
         b = tl.load(b_ptrs, mask=k_mask[:, None] & n_mask[None, :], other=0.0)
@@ -177,6 +202,14 @@ def _fused_moe_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
+@triton.jit
+def _wait(PDL: tl.constexpr, RELEASE_EARLY: tl.constexpr):
+    if RELEASE_EARLY:
+        pdl_wait_then_release(PDL)
+    else:
+        pdl_wait(PDL)
+
+
 def _grouped_gemm(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -186,13 +219,19 @@ def _grouped_gemm(
     a_rows_per_pair: int,
     cfg: dict,
     swiglu: bool = False,
+    follows_w13: bool = False,
 ) -> None:
+    """`follows_w13`: launched right after the w13 product over the same `align` (the w2
+    product), so its first weight tile may load before the PDL wait."""
     sorted_ids, expert_ids, num_padded = align
     n, k = out.shape[1], b.shape[2]  # with swiglu, b holds 2 * n rows
     grid = (expert_ids.shape[0], triton.cdiv(n, cfg["BLOCK_N"]))
-    # Launched without PDL (a barrier between route+align and the token sum, which have it):
-    # on an H200 at batch 1 it cost Mixtral-8x7B 85.5 -> 78.8% of its floor and gave
-    # Qwen3-30B-A3B 49.5 -> 50.4% (benchmark/NOTES.md, session 8); why, not established.
+    # A grid of several waves releases its dependents only at its exit: released early, their
+    # waiting programs took the slots its later waves needed (with early release Mixtral-8x7B's
+    # w13, 448 programs, cost it 85.5 -> 78.8% of its batch-1 floor on an H200; NOTES.md s8).
+    tile_elems = cfg["BLOCK_M"] * cfg["BLOCK_K"] + (1 + swiglu) * cfg["BLOCK_K"] * cfg["BLOCK_N"]
+    per_sm = max(1, SHARED_MEMORY_PER_SM // (cfg["num_stages"] * tile_elems * b.element_size()))
+    pdl = pdl_enabled(a.device)
     _fused_moe_kernel[grid](
         a,
         b,
@@ -214,7 +253,11 @@ def _grouped_gemm(
         # Triton's interpreter multiplies bf16 bit patterns in tl.dot (triton-lang/triton#11584,
         # "not supported yet"); exact in fp32, so the GPU's bf16 products, fp32 sums, are kept.
         DOT_IN_FP32=isinstance(_fused_moe_kernel, InterpretedFunction),
+        PDL=pdl,
+        RELEASE_EARLY=grid[0] * grid[1] <= per_sm * NUM_SMS,
+        PREFETCH_B=follows_w13 and not swiglu,
         **cfg,
+        **pdl_launch_options(pdl),
     )
 
 
@@ -314,7 +357,7 @@ def _experts(
     act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
     _grouped_gemm(hidden, w13, act, align, None, top_k, cfg, swiglu=True)
     down = torch.empty(num_pairs, h, dtype=hidden.dtype, device=hidden.device)
-    _grouped_gemm(act, w2, down, align, topk_weights, 1, cfg)
+    _grouped_gemm(act, w2, down, align, topk_weights, 1, cfg, follows_w13=True)
     return moe_token_sum(down, top_k)
 
 

@@ -62,3 +62,12 @@ def pdl_wait_then_release(PDL: tl.constexpr):
     if PDL:
         tl.extra.cuda.gdc_wait()
         tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """Block until the predecessor grid has completed, without releasing the dependent grid:
+    for a kernel of several waves, whose dependents would take SM slots its later programs
+    need (released at its exit, or by `pdl_release` after its main loop)."""
+    if PDL:
+        tl.extra.cuda.gdc_wait()
