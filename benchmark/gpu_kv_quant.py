@@ -3,8 +3,10 @@
 The 1000-request ShareGPT-like workload of profile_throughput.py runs once per quant_policy
 with the KV cache given the same number of bytes (`--kv-gib`): each policy gets as many
 blocks as those bytes hold (int8 about 2x, int4 about 4x the float blocks), so more sequences
-fit at once. Prints requests/s side by side and each one's ratio to quant_policy 0; writes
-benchmark/results/gpu_kv_quant.json. Pick a budget under which the float cache limits
+fit at once. Each policy runs in its own process, after its own unmeasured warm-up requests: in
+one process a second engine ran up to ~20% slower than alone (an H200, benchmark/NOTES.md
+session 9), whichever policy it had. Prints requests/s side by side and each one's ratio to
+quant_policy 0; writes benchmark/results/gpu_kv_quant.json. Pick a budget under which the float cache limits
 concurrency (a few GiB on Llama-3-8B at max batch 512), else every policy runs the same batch.
 
     python benchmark/gpu_kv_quant.py --load-format dummy --model llama-3-8b --kv-gib 4
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -39,6 +43,22 @@ def blocks_for(model: str, budget_bytes: int, dtype_bytes: int, quant_policy: in
     return budget_bytes // (per_token * BLOCK_SIZE)
 
 
+def run_policy(args: argparse.Namespace, policy: int) -> dict:
+    """The measured run of one policy (after `--warmup-requests` unmeasured ones)."""
+    requests = sharegpt_like(args.num_requests, args.seed, args.mean_in, args.mean_out)
+    vocab = 128256 if args.load_format == "dummy" else 49152
+    dtype_bytes = 4 if args.dtype == "float32" else 2
+    run_args = argparse.Namespace(
+        **vars(args),
+        cache_max_entry_count=0.8,
+        quant_policy=policy,
+        num_gpu_blocks=blocks_for(args.model, int(args.kv_gib * 2**30), dtype_bytes, policy),
+    )
+    if args.warmup_requests:  # the first engine of a process runs ~10% slow
+        run_ours(run_args, requests[: args.warmup_requests], vocab)
+    return run_ours(run_args, requests, vocab)[0]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama-3-8b")
@@ -57,26 +77,18 @@ def main() -> None:
         "--warmup-requests", type=int, default=100, help="an unmeasured first run (0: none)"
     )
     parser.add_argument("--output", default="benchmark/results/gpu_kv_quant.json")
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # a policy, in this process
+    parser.add_argument("--row-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    requests = sharegpt_like(args.num_requests, args.seed, args.mean_in, args.mean_out)
-    vocab = 128256 if args.load_format == "dummy" else 49152
-    dtype_bytes = 4 if args.dtype == "float32" else 2
-    budget = int(args.kv_gib * 2**30)
+    if args.one is not None:
+        Path(args.row_file).write_text(json.dumps(run_policy(args, args.one)))
+        return
     rows = {}
-    if args.warmup_requests:  # the first engine of a process runs ~10% slow, whatever its policy
-        warm = argparse.Namespace(
-            **vars(args), cache_max_entry_count=0.8, quant_policy=args.policies[0],
-            num_gpu_blocks=blocks_for(args.model, budget, dtype_bytes, args.policies[0]),
-        )  # fmt: skip
-        run_ours(warm, requests[: args.warmup_requests], vocab)
     for policy in args.policies:
-        run_args = argparse.Namespace(
-            **vars(args),
-            cache_max_entry_count=0.8,
-            quant_policy=policy,
-            num_gpu_blocks=blocks_for(args.model, budget, dtype_bytes, policy),
-        )
-        rows[policy], _ = run_ours(run_args, requests, vocab)
+        with tempfile.NamedTemporaryFile(suffix=".json") as row_file:
+            cmd = [sys.executable, __file__, *sys.argv[1:], "--one", str(policy)]
+            subprocess.run([*cmd, "--row-file", row_file.name], check=True)
+            rows[policy] = json.loads(Path(row_file.name).read_text())
         print(f"quant_policy={policy}: {json.dumps(rows[policy])}", flush=True)
     base = rows.get(0)
     print(f"{args.num_requests} requests, KV cache {args.kv_gib} GiB, {args.model} ({args.dtype})")
