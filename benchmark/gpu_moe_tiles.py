@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from gpu_fused_moe import HBM_BYTES_PER_S, L2_BYTES, SHAPES
+from gpu_fused_moe import HBM_BYTES_PER_S, L2_BYTES, SHAPES, _inputs
 from triton.testing import do_bench_cudagraph
 
-from lmdeploy.kernels.fused_moe import _grouped_gemm, _moe_config, moe_align, route
+from lmdeploy.kernels.fused_moe import _grouped_gemm, _moe_config, moe_align
 
 CONFIGS = [
     dict(BLOCK_M=16, BLOCK_N=n, BLOCK_K=k, num_warps=w, num_stages=s)
@@ -33,13 +33,10 @@ CONFIGS = [
 
 
 def _calls(shape: str, num_tokens: int) -> dict:
-    num_experts, top_k, hidden, inter, renorm = SHAPES[shape]
-    gen = torch.Generator("cuda").manual_seed(num_tokens)
+    x, w13, w2, weights, ids, _ = _inputs(shape, num_tokens)
+    num_experts, top_k, hidden, inter, _ = SHAPES[shape]
+    gen = torch.Generator("cuda").manual_seed(num_tokens + 1)
     kw = dict(device="cuda", generator=gen)
-    w13 = (torch.randn(num_experts, 2 * inter, hidden, **kw) / hidden**0.5).bfloat16()
-    w2 = (torch.randn(num_experts, hidden, inter, **kw) / inter**0.5).bfloat16()
-    x = torch.randn(num_tokens, hidden, **kw).bfloat16()
-    weights, ids = route(torch.randn(num_tokens, num_experts, **kw), top_k, renorm)
     picked = int(ids.unique().numel())
     num_calls = max(2, min(64, -(-4 * L2_BYTES // (picked * 3 * hidden * inter * 2))))
     perms = [torch.randperm(num_experts, device="cuda", generator=gen) for _ in range(num_calls)]
