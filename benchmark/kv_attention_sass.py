@@ -3,6 +3,7 @@ int4 KV cache (kernels/paged_decode_attention.py), compiled for an H200 (sm_90a)
 installed Triton's ptxas, no GPU needed: does the quantized loop issue more than its bytes allow?
 
     python benchmark/kv_attention_sass.py [--bits 0 8 4] [--stages 2] [--repo PATH]
+                                          [--combine-splits 16]
 
 At the engine's launch for a batch of 256 on the Llama-3-8B shape (32 heads, 8 KV heads,
 head_dim 128, blocks of 64 tokens: one split, BLOCK_N 64, 4 warps, 2 stages; `--stages` for
@@ -29,6 +30,7 @@ HEAD_DIM, BLOCK_N, WARPS = 128, 64, 4
 CONSTANTS = dict(
     GROUP=4, BLOCK_SIZE=64, NUM_SPLITS=1, BLOCK_S=1, BLOCK_H=16, BLOCK_N=BLOCK_N, BLOCK_D=HEAD_DIM,
     BLOCK_C=HEAD_DIM // 2, DOT_PRECISION="tf32", SLIDING=False, SOFTCAP=False, PDL=False,
+    COMBINE=False, BLOCK_G=4,
 )  # fmt: skip
 # As the launcher sees a contiguous [blocks, 64, 8, packed] cache and its [.., 2] scale_zero.
 UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_sd", "stride_btb", "stride_od")
@@ -45,9 +47,11 @@ def pointers(bits: int) -> dict[str, str]:
     return types | dict.fromkeys(["qk_scale", "softcap_log2"], "fp32")
 
 
-def count(kernel, bits: int, stages: int) -> dict:
+def count(kernel, bits: int, stages: int, combine_splits: int = 0) -> dict:
     # An older kernel may lack a constexpr (BLOCK_C): give it only those it declares.
     consts = {k: v for k, v in CONSTANTS.items() if k in kernel.arg_names} | {"QUANT_BITS": bits}
+    if combine_splits:  # a batch-1 launch: its splits combined by the last one's program
+        consts |= dict(NUM_SPLITS=combine_splits, BLOCK_S=combine_splits, COMBINE=True)
     compiled = compile_sm90(
         kernel, consts, WARPS, pointers(bits), UNIT_STRIDES, stages, unhinted=UNHINTED[bits]
     )
@@ -58,7 +62,7 @@ def count(kernel, bits: int, stages: int) -> dict:
     element_bytes = {0: 2, 8: 1, 4: 0.5}[bits]
     opcodes = " ".join(x.split()[1] if x.startswith("@") else x.split()[0] for x in body)
     return {
-        "bits": bits, "stages": stages, "registers": regs, "stack_bytes": stack, "loop_instructions": len(body),
+        "bits": bits, "stages": stages, "combine_splits": combine_splits, "registers": regs, "stack_bytes": stack, "loop_instructions": len(body),
         "elements_per_thread": elements, "per_element": round(len(body) / elements, 2),
         "per_byte": round(len(body) / (elements * element_bytes), 2),
         "loop_digest": hashlib.sha1(opcodes.encode()).hexdigest()[:12],
@@ -71,6 +75,9 @@ def main() -> None:
     ap.add_argument("--bits", type=int, nargs="+", default=[0, 8, 4])
     ap.add_argument("--stages", type=int, nargs="+", default=[2], help="num_stages to count")
     ap.add_argument("--repo", type=Path, default=HERE.parent, help="the checkout to count")
+    ap.add_argument(
+        "--combine-splits", type=int, default=0, help="count the in-kernel combine of N splits"
+    )
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     sys.path.insert(0, str(args.repo.resolve()))
@@ -78,7 +85,7 @@ def main() -> None:
 
     for stages in args.stages:
         for bits in args.bits:
-            print(count(_paged_decode_kernel, bits, stages), flush=True)
+            print(count(_paged_decode_kernel, bits, stages, args.combine_splits), flush=True)
 
 
 if __name__ == "__main__":

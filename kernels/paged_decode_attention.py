@@ -9,6 +9,8 @@ walks its chunk of the context in `BLOCK_N`-token tiles (each token's page looke
 block table), and keeps an online softmax (running max, sum, output) in fp32. It writes the
 chunk's normalised output and log-sum-exp. Stage 2, grid `(num_seqs, heads)`: weights the
 chunks by `exp(lse - max lse)` and sums. With one split, stage 1 writes the output directly.
+With `combine_splits` stage 2 runs inside stage 1 instead: the program of each (seq, kv head)
+that finishes last (an atomic counter) combines its group's heads.
 
 Cost per step, for C = sum(context_lens), H heads, KV kv heads, D head_dim, e bytes/element:
 bytes ~= 2 * C * KV * D * e (K and V read once) + 2 * num_seqs * H * D * e (q in, out back)
@@ -34,6 +36,7 @@ with k = (c - z) s and v likewise, q . k = s (q . c - z sum q) and sum_n p_n v_n
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
@@ -168,6 +171,7 @@ def _paged_decode_kernel(
     out_ptr,
     part_out_ptr,
     part_lse_ptr,
+    counter_ptr,
     k_sz_ptr,
     v_sz_ptr,
     qk_scale,
@@ -207,6 +211,9 @@ def _paged_decode_kernel(
     SLIDING: tl.constexpr,
     SOFTCAP: tl.constexpr,
     QUANT_BITS: tl.constexpr,
+    COMBINE: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_S: tl.constexpr,
     PDL: tl.constexpr,
 ):
     # q, the caches (the rotary kernel writes this step's key and value), the block tables and
@@ -347,6 +354,51 @@ def _paged_decode_kernel(
         lse = tl.where(has_keys, m_i + tl.log2(tl.where(has_keys, l_i, 1.0)), float("-inf"))
         row = (seq * num_heads + offs_h) * NUM_SPLITS + split
         tl.store(part_lse_ptr + row, lse, mask=h_mask)
+        if COMBINE:  # the split of (seq, kv head) that finishes last combines all of them
+            tl.debug_barrier()  # every thread's partials are written before the counter moves
+            counter = counter_ptr + seq * tl.num_programs(1) + kv_head
+            if tl.atomic_add(counter, 1, sem="acq_rel") == NUM_SPLITS - 1:
+                _combine_group(
+                    part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head, num_heads, head_dim,
+                    stride_os, stride_oh, stride_od, GROUP, NUM_SPLITS, BLOCK_G, BLOCK_S,
+                    BLOCK_D,
+                )  # fmt: skip
+                tl.atomic_xchg(counter, 0)  # zero again for the next launch (and graph replay)
+
+
+@triton.jit
+def _combine_group(
+    part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head, num_heads, head_dim, stride_os,
+    stride_oh, stride_od, GROUP: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """out[seq, the GROUP heads of kv_head] from their splits' partials, weighted by their
+    log-sum-exps: every head's every split in one [BLOCK_G, BLOCK_S, BLOCK_D] load, so the
+    loads go out together (a head at a time, each a round trip to L2, made the combine slower
+    than the second launch it replaced: benchmark/NOTES.md, session 8). Read through L2
+    (`.cg`): other programs wrote them, before the counter's acquire."""
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, BLOCK_D)
+    heads = kv_head * GROUP + offs_g
+    rows = (seq * num_heads + heads)[:, None] * NUM_SPLITS + offs_s[None, :]  # [G, S]
+    gs_mask = (offs_g < GROUP)[:, None] & (offs_s < NUM_SPLITS)[None, :]
+    lse = tl.load(part_lse_ptr + rows, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
+    lse_max = tl.max(lse, axis=1)
+    # A zero-length context leaves every lse at -inf: weight nothing and write zeros.
+    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+    w = tl.exp2(lse - lse_max[:, None])
+    parts = tl.load(
+        part_out_ptr + rows[:, :, None] * BLOCK_D + offs_d[None, None, :],
+        mask=gs_mask[:, :, None],
+        other=0.0,
+        cache_modifier=".cg",
+    )
+    total = tl.sum(w, axis=1)
+    out = tl.sum(parts * w[:, :, None], axis=1) / tl.where(total > 0, total, 1.0)[:, None]
+    o_ptrs = out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :] * stride_od
+    o_mask = (offs_g < GROUP)[:, None] & (offs_d < head_dim)[None, :]
+    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=o_mask)
 
 
 @triton.jit
@@ -384,6 +436,21 @@ def _paged_decode_reduce_kernel(
     out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
     o_ptrs = out_ptr + seq * stride_os + head * stride_oh + offs_d * stride_od
     tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_d < head_dim)
+
+
+# The in-kernel combine holds a group's partials [BLOCK_G, BLOCK_S, BLOCK_D] in fp32 registers:
+# at most 128 a thread over 4 warps; past that (GQA 8 with 32 splits and more) the second launch.
+MAX_COMBINE_ELEMENTS = 16384
+MAX_SPLIT_COUNTERS = 1 << 16  # (seq, kv head) pairs an in-kernel combine may count
+_counters: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device) -> torch.Tensor:
+    """Zeroed counters, one per (seq, kv head), kept per device: each combining launch leaves
+    them zero again, so they are allocated once (before a CUDA graph captures a launch)."""
+    if device not in _counters:
+        _counters[device] = torch.zeros(MAX_SPLIT_COUNTERS, dtype=torch.int32, device=device)
+    return _counters[device]
 
 
 @functools.lru_cache
@@ -426,6 +493,7 @@ def paged_decode_attention(
     quant_bits: int = 0,
     num_warps: int = 4,
     num_stages: int | None = None,
+    combine_splits: bool | None = None,
 ) -> torch.Tensor:
     """q: [num_seqs, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks] int32/int64; context_lens: [num_seqs].
@@ -434,6 +502,9 @@ def paged_decode_attention(
     quant_bits 8 or 4: uint8 caches [.., packed_dim] with their (scale, zero) in
     k_scale_zero / v_scale_zero [num_blocks, block_size, kv_heads, 2] (kv_quant.py).
     num_splits, block_n, num_warps, num_stages: the launch (None: picked from the shapes).
+    combine_splits: the last split of each (seq, kv head) combines the splits' partials in the
+    same launch instead of a second one (None: `LMDEPLOY_ATTN_COMBINE=1`; off by default until
+    measured, benchmark/NOTES.md session 9).
     Returns [num_seqs, heads, dim] in q's dtype."""
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
@@ -482,6 +553,15 @@ def paged_decode_attention(
         part_out = part_lse = out  # unused
     precision = "ieee" if q.dtype == torch.float32 else "tf32"
     pdl = pdl_enabled(q.device)
+    block_g, block_s = triton.next_power_of_2(group), triton.next_power_of_2(num_splits)
+    if combine_splits is None:
+        combine_splits = os.environ.get("LMDEPLOY_ATTN_COMBINE") == "1"
+    combine = (
+        combine_splits
+        and num_splits > 1
+        and block_g * block_s * block_d <= MAX_COMBINE_ELEMENTS
+        and num_seqs * kv_heads <= MAX_SPLIT_COUNTERS
+    )
     _paged_decode_kernel[(num_seqs, kv_heads, num_splits)](
         q,
         k_cache,
@@ -491,6 +571,7 @@ def paged_decode_attention(
         out,
         part_out,
         part_lse,
+        _split_counters(q.device) if combine else out,  # unread without COMBINE
         k_scale_zero,
         v_scale_zero,
         qk_scale,
@@ -516,12 +597,15 @@ def paged_decode_attention(
         SLIDING=sliding_window is not None,
         SOFTCAP=logit_softcap is not None,
         QUANT_BITS=quant_bits,
+        COMBINE=combine,
+        BLOCK_G=block_g,
+        BLOCK_S=block_s,
         PDL=pdl,
         num_warps=num_warps,
         num_stages=num_stages,
         **pdl_launch_options(pdl),
     )
-    if num_splits > 1:
+    if num_splits > 1 and not combine:
         _paged_decode_reduce_kernel[(num_seqs, num_heads)](
             part_out,
             part_lse,

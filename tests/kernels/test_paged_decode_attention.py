@@ -249,3 +249,34 @@ def test_quantized_cache_shapes_match_reference(bits, heads, kv_heads, head_dim,
         out = paged_decode_attention(*args, num_splits=splits, **quant)
         ref = paged_decode_attention_ref(*args, **quant)
         torch.testing.assert_close(out, ref, **TOL[dtype])
+
+
+@pytest.mark.parametrize("bits", [0, 8, 4])
+@pytest.mark.parametrize(("heads", "kv_heads", "window", "splits"), [
+    (8, 2, None, 3),  # GQA 4, a split of a short sequence left empty
+    (7, 1, 9, 5),  # a group of 7 (padded to 8), a window, more splits than tiles
+    (4, 4, None, 2),  # MHA
+])  # fmt: skip
+def test_splits_combined_in_kernel_match_the_second_launch(
+    heads, kv_heads, window, splits, bits, monkeypatch
+):
+    """The last split's program combines its group's partials (one launch): the same output as
+    the reduce launch, and the counters are left zero for the next launch."""
+    from lmdeploy.kernels import paged_decode_attention as pda
+    from lmdeploy.kernels.kv_quant import quantize_kv_ref
+
+    torch.manual_seed(heads * splits + bits)
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        heads, kv_heads, 32, 16, [3, 40, 77], torch.float32, torch.int32
+    )
+    quant = dict(sliding_window=window)
+    if bits:
+        (k_cache, k_sz), (v_cache, v_sz) = (quantize_kv_ref(c, bits) for c in (k_cache, v_cache))
+        quant |= dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
+    args = (q, k_cache, v_cache, tables, context_lens, 32**-0.5)
+    want = paged_decode_attention(*args, num_splits=splits, combine_splits=False, **quant)
+    monkeypatch.setattr(pda, "_paged_decode_reduce_kernel", None)  # a second launch would fail
+    for _ in range(2):  # the second launch reuses the counters the first left
+        got = paged_decode_attention(*args, num_splits=splits, combine_splits=True, **quant)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    assert not pda._split_counters(q.device).any()
