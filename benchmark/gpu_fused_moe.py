@@ -77,7 +77,7 @@ def w2_stage(w2: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> dict
     num_calls = max(2, min(64, -(-4 * L2_BYTES // picked)))
     perms = [torch.randperm(num_experts, device="cuda", generator=gen) for _ in range(num_calls)]
     call_ids = [p[ids].to(ids.dtype).contiguous() for p in perms]
-    cfg = _moe_config(ids.numel(), num_experts, w2.dtype)
+    cfg = _moe_config(ids.numel(), num_experts, w2.dtype, k=inter)
     aligns = [moe_align(i, num_experts, cfg["BLOCK_M"]) for i in call_ids]
     down = torch.empty(ids.numel(), hidden, dtype=w2.dtype, device="cuda")
 

@@ -84,9 +84,9 @@ def _time_stage(c: dict, stage: str, cfg: dict) -> float:
 def run(shape: str, num_tokens: int) -> list[dict]:
     c = _calls(shape, num_tokens)
     num_experts, top_k, hidden, inter, _ = SHAPES[shape]
-    engine = _moe_config(num_tokens * top_k, num_experts, torch.bfloat16)
     rows = []
-    for stage, mats in (("w13", 2), ("w2", 1)):
+    for stage, mats, k in (("w13", 2, hidden), ("w2", 1, inter)):
+        engine = _moe_config(num_tokens * top_k, num_experts, torch.bfloat16, k=k)
         floor_us = c["picked"] * mats * hidden * inter * 2 / HBM_BYTES_PER_S * 1e6
         for cfg in [engine] + [x for x in CONFIGS if x != engine]:
             try:

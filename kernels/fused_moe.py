@@ -40,6 +40,7 @@ from .moe_sum import moe_token_sum
 from .pdl import pdl_enabled, pdl_launch_options, pdl_wait, pdl_wait_then_release
 from .w4a16_gemm import NUM_SMS
 
+DEEP_K = 4096  # a decode-sized product over at least this many takes _moe_config's deep tiles
 SHARED_MEMORY_PER_SM = 228 << 10  # Hopper's, the bound on resident programs of the PDL rule
 
 
@@ -86,14 +87,19 @@ def moe_align(
     return sorted_ids, expert_ids, num_padded
 
 
-def _moe_config(num_pairs: int, num_experts: int, dtype: torch.dtype) -> dict:
-    """Tiles by the rows an expert gets on average. Up to 16 (decode, small batches) the
-    kernel streams the weights: 16-row blocks (one an expert, mostly), wide K tiles, deep
-    pipelining; taller blocks would only add padding rows. Past that (prefill) each weight
-    tile serves many rows: 64-row blocks, wider N. fp32 tiles keep to fit shared memory.
-    Not tuned on hardware yet: benchmark/gpu_fused_moe.py measures them."""
+def _moe_config(num_pairs: int, num_experts: int, dtype: torch.dtype, k: int = 0) -> dict:
+    """Tiles by the rows an expert gets on average, for a product over `k` (its reduction
+    length). Up to 16 (decode, small batches) the kernel streams the weights: 16-row blocks
+    (one an expert, mostly), wide K tiles, deep pipelining; taller blocks would only add padding
+    rows. A deep reduction (k >= DEEP_K: Mixtral's w13 and w2) takes narrower, deeper tiles: on
+    an H200 at one token 111.6 + 57.2 us against 120.7 + 58.5 (no gain on Qwen3-MoE's shallower
+    products, benchmark/results/gpu_moe_tiles_s9.json). Past 16 rows (prefill) each weight tile
+    serves many rows: 64-row blocks, wider N. fp32 tiles keep to fit shared memory. BLOCK_M
+    does not depend on k: both products share one alignment."""
     half = dtype.itemsize == 2
     if num_pairs <= 16 * num_experts:
+        if half and k >= DEEP_K:
+            return dict(BLOCK_M=16, BLOCK_N=32, BLOCK_K=256, num_warps=4, num_stages=3)
         cfg = dict(BLOCK_M=16, BLOCK_N=64, BLOCK_K=128 if half else 64, num_warps=4)
         return cfg | dict(num_stages=4 if half else 2)
     cfg = dict(BLOCK_M=64, BLOCK_N=128 if half else 64, BLOCK_K=64 if half else 32, num_warps=8)
@@ -301,9 +307,9 @@ def fused_moe(
     _check(hidden, w13, w2, topk_weights, topk_ids)
     if _nothing_to_do(hidden, w13, topk_ids.shape[1]):
         return torch.zeros_like(hidden)
-    cfg = _moe_config(topk_ids.numel(), w13.shape[0], hidden.dtype)
-    align = moe_align(topk_ids, w13.shape[0], cfg["BLOCK_M"])
-    return _experts(hidden, w13, w2, topk_weights.float(), topk_ids, align, cfg)
+    block_m = _moe_config(topk_ids.numel(), w13.shape[0], hidden.dtype)["BLOCK_M"]
+    align = moe_align(topk_ids, w13.shape[0], block_m)
+    return _experts(hidden, w13, w2, topk_weights.float(), topk_ids, align)
 
 
 def fused_moe_routed(
@@ -324,14 +330,14 @@ def fused_moe_routed(
     if _nothing_to_do(hidden, w13, top_k):
         return torch.zeros_like(hidden)
     num_pairs = hidden.shape[0] * top_k
-    cfg = _moe_config(num_pairs, num_experts, hidden.dtype)
+    block_m = _moe_config(num_pairs, num_experts, hidden.dtype)["BLOCK_M"]
     if num_pairs * triton.next_power_of_2(num_experts) <= MAX_FUSED_WORK:
-        weights, ids, align = route_and_align(router_logits, top_k, renormalize, cfg["BLOCK_M"])
+        weights, ids, align = route_and_align(router_logits, top_k, renormalize, block_m)
     else:
         weights, ids = route(router_logits, top_k, renormalize)
-        align = moe_align(ids, num_experts, cfg["BLOCK_M"])
+        align = moe_align(ids, num_experts, block_m)
     _check(hidden, w13, w2, weights, ids)
-    return _experts(hidden, w13, w2, weights, ids, align, cfg)
+    return _experts(hidden, w13, w2, weights, ids, align)
 
 
 def _nothing_to_do(hidden: torch.Tensor, w13: torch.Tensor, top_k: int) -> bool:
@@ -345,7 +351,6 @@ def _experts(
     topk_weights: torch.Tensor,
     topk_ids: torch.Tensor,
     align: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-    cfg: dict,
 ) -> torch.Tensor:
     """The w13 grouped GEMM (SwiGLU fused), then the w2 grouped GEMM, then each token's sum over
     its k rows (`moe_sum`: a Triton kernel, so the chain's programmatic dependent launch
@@ -354,10 +359,13 @@ def _experts(
     num_tokens, top_k = topk_ids.shape
     num_pairs = num_tokens * top_k
     inter, h = w2.shape[2], w2.shape[1]
-    act = torch.empty(num_pairs, inter, dtype=hidden.dtype, device=hidden.device)
-    _grouped_gemm(hidden, w13, act, align, None, top_k, cfg, swiglu=True)
-    down = torch.empty(num_pairs, h, dtype=hidden.dtype, device=hidden.device)
-    _grouped_gemm(act, w2, down, align, topk_weights, 1, cfg, follows_w13=True)
+    num_experts, dtype = w13.shape[0], hidden.dtype
+    act = torch.empty(num_pairs, inter, dtype=dtype, device=hidden.device)
+    cfg13 = _moe_config(num_pairs, num_experts, dtype, k=h)
+    _grouped_gemm(hidden, w13, act, align, None, top_k, cfg13, swiglu=True)
+    down = torch.empty(num_pairs, h, dtype=dtype, device=hidden.device)
+    cfg2 = _moe_config(num_pairs, num_experts, dtype, k=inter)
+    _grouped_gemm(act, w2, down, align, topk_weights, 1, cfg2, follows_w13=True)
     return moe_token_sum(down, top_k)
 
 

@@ -45,6 +45,26 @@ def test_matches_reference(num_tokens, num_experts, top_k, dtype):
     torch.testing.assert_close(got, fused_moe_ref(x, w13, w2, weights, ids), **MOE_TOL[dtype])
 
 
+@pytest.mark.parametrize("hidden, inter", [(4100, 24), (48, 4096)])  # a deep w13, a deep w2
+def test_deep_reductions_take_their_own_tiles_and_match_reference(hidden, inter):
+    """At decode sizes a product over K >= DEEP_K (Mixtral's) runs narrower, deeper tiles than
+    the other product of the same layer, over the one alignment both share."""
+    from lmdeploy.kernels.fused_moe import DEEP_K
+
+    assert _moe_config(4, 4, torch.bfloat16, k=max(hidden, inter)) != _moe_config(
+        4, 4, torch.bfloat16, k=min(hidden, inter)
+    )
+    assert max(hidden, inter) >= DEEP_K > min(hidden, inter)
+    torch.manual_seed(hidden)
+    w13, w2 = _weights(4, hidden, inter, torch.bfloat16)
+    x = torch.randn(2, hidden, device=DEVICE).bfloat16()
+    weights, ids = _routing(2, 4, 2)
+    got = fused_moe(x, w13, w2, weights, ids)
+    torch.testing.assert_close(
+        got, fused_moe_ref(x, w13, w2, weights, ids), **MOE_TOL[torch.bfloat16]
+    )
+
+
 def test_cases_above_cover_decode_and_prefill_tiles():
     assert {
         _moe_config(t * k, e, torch.float32)["BLOCK_M"] for t, e, k in [(33, 8, 2), (70, 4, 1)]
