@@ -5,9 +5,10 @@ with the KV cache given the same number of bytes (`--kv-gib`): each policy gets 
 blocks as those bytes hold (int8 about 2x, int4 about 4x the float blocks), so more sequences
 fit at once. Each policy runs in its own process, after its own unmeasured warm-up requests: in
 one process an engine that followed another's full run ran up to ~20% slower than alone (an
-H200, benchmark/NOTES.md session 9), whichever policy it had. Prints requests/s side by side and each one's ratio to
-quant_policy 0; writes benchmark/results/gpu_kv_quant.json. Pick a budget under which the float cache limits
-concurrency (a few GiB on Llama-3-8B at max batch 512), else every policy runs the same batch.
+H200, benchmark/NOTES.md session 9), whichever policy it had. Prints requests/s side by side
+and each one's ratio to quant_policy 0; writes benchmark/results/gpu_kv_quant.json. Pick a
+budget under which the float cache limits concurrency (a few GiB on Llama-3-8B at max batch
+512), else every policy runs the same batch.
 
     python benchmark/gpu_kv_quant.py --load-format dummy --model llama-3-8b --kv-gib 4
 """

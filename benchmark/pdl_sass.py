@@ -56,8 +56,9 @@ def _w4a16_gemv_variants() -> list[tuple[tuple, int]]:
 def _variants() -> list[tuple]:
     """(name, kernel, pointer and float types, constexprs, unit strides, warps[, stages]) a
     kernel."""
+    from kernels.decode_split_combine import _paged_decode_reduce_kernel
     from kernels.dense_gemv import _dense_gemv_kernel
-    from kernels.paged_decode_attention import _paged_decode_kernel, _paged_decode_reduce_kernel
+    from kernels.paged_decode_attention import _paged_decode_kernel
     from kernels.rms_norm import _rms_norm_kernel
     from kernels.rotary import _rotary_kernel
     from kernels.silu_and_mul import _silu_and_mul_kernel
@@ -73,12 +74,13 @@ def _variants() -> list[tuple]:
     rotary |= {"positions_ptr": "*i64", "slot_ptr": "*i64", "eps": "fp32"}
     attn = dict.fromkeys(["q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr"], BF16)
     attn |= dict.fromkeys(["k_sz_ptr", "v_sz_ptr"], BF16)
-    attn |= {"block_tables_ptr": "*i32", "context_lens_ptr": "*i32"}
+    attn |= {"block_tables_ptr": "*i32", "context_lens_ptr": "*i32", "counter_ptr": "*i32"}
     attn |= dict.fromkeys(["part_out_ptr", "part_lse_ptr"], "*fp32")
     attn |= dict.fromkeys(["qk_scale", "softcap_log2"], "fp32")
     attn_consts = dict(
         GROUP=4, BLOCK_SIZE=64, NUM_SPLITS=16, BLOCK_H=16, BLOCK_N=64, BLOCK_D=128,
         BLOCK_C=64, DOT_PRECISION="tf32", SLIDING=False, SOFTCAP=False, QUANT_BITS=0,
+        COMBINE=False, BLOCK_G=4, BLOCK_S=16,
     )  # fmt: skip
     attn_units = ("stride_qd", "stride_kd", "stride_vd", "stride_sd", "stride_btb", "stride_od")
     reduce = {"part_out_ptr": "*fp32", "part_lse_ptr": "*fp32", "out_ptr": BF16}

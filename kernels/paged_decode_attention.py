@@ -43,6 +43,11 @@ import triton
 import triton.language as tl
 
 from .attention_scores import check_window, score_scales, soft_cap
+from .decode_split_combine import (
+    MAX_COMBINE_ELEMENTS,
+    combine_splits_of_heads,
+    reduce_splits,
+)
 from .kv_quant import (
     check_quantized_caches,
     dequantize_kv_ref,
@@ -50,6 +55,7 @@ from .kv_quant import (
     load_kv_tile,
 )
 from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
+from .w4a16_gemm import MAX_COLUMN_TILES, _split_counters
 
 
 @triton.jit
@@ -358,99 +364,12 @@ def _paged_decode_kernel(
             tl.debug_barrier()  # every thread's partials are written before the counter moves
             counter = counter_ptr + seq * tl.num_programs(1) + kv_head
             if tl.atomic_add(counter, 1, sem="acq_rel") == NUM_SPLITS - 1:
-                _combine_group(
-                    part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head, num_heads, head_dim,
-                    stride_os, stride_oh, stride_od, GROUP, NUM_SPLITS, BLOCK_G, BLOCK_S,
-                    BLOCK_D,
+                combine_splits_of_heads(
+                    part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head * GROUP, num_heads,
+                    head_dim, stride_os, stride_oh, stride_od, GROUP, NUM_SPLITS, BLOCK_G,
+                    BLOCK_S, BLOCK_D,
                 )  # fmt: skip
                 tl.atomic_xchg(counter, 0)  # zero again for the next launch (and graph replay)
-
-
-@triton.jit
-def _combine_group(
-    part_out_ptr, part_lse_ptr, out_ptr, seq, kv_head, num_heads, head_dim, stride_os,
-    stride_oh, stride_od, GROUP: tl.constexpr, NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr,
-    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
-):  # fmt: skip
-    """out[seq, the GROUP heads of kv_head] from their splits' partials, weighted by their
-    log-sum-exps: every head's every split in one [BLOCK_G, BLOCK_S, BLOCK_D] load, so the
-    loads go out together (a head at a time, each a round trip to L2, made the combine slower
-    than the second launch it replaced: benchmark/NOTES.md, session 8). Read through L2
-    (`.cg`): other programs wrote them, before the counter's acquire."""
-    offs_g = tl.arange(0, BLOCK_G)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    heads = kv_head * GROUP + offs_g
-    rows = (seq * num_heads + heads)[:, None] * NUM_SPLITS + offs_s[None, :]  # [G, S]
-    gs_mask = (offs_g < GROUP)[:, None] & (offs_s < NUM_SPLITS)[None, :]
-    lse = tl.load(part_lse_ptr + rows, mask=gs_mask, other=float("-inf"), cache_modifier=".cg")
-    lse_max = tl.max(lse, axis=1)
-    # A zero-length context leaves every lse at -inf: weight nothing and write zeros.
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    w = tl.exp2(lse - lse_max[:, None])
-    parts = tl.load(
-        part_out_ptr + rows[:, :, None] * BLOCK_D + offs_d[None, None, :],
-        mask=gs_mask[:, :, None],
-        other=0.0,
-        cache_modifier=".cg",
-    )
-    total = tl.sum(w, axis=1)
-    out = tl.sum(parts * w[:, :, None], axis=1) / tl.where(total > 0, total, 1.0)[:, None]
-    o_ptrs = out_ptr + seq * stride_os + heads[:, None] * stride_oh + offs_d[None, :] * stride_od
-    o_mask = (offs_g < GROUP)[:, None] & (offs_d < head_dim)[None, :]
-    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=o_mask)
-
-
-@triton.jit
-def _paged_decode_reduce_kernel(
-    part_out_ptr,
-    part_lse_ptr,
-    out_ptr,
-    num_heads,
-    head_dim,
-    stride_os,
-    stride_oh,
-    stride_od,
-    NUM_SPLITS: tl.constexpr,
-    BLOCK_S: tl.constexpr,
-    BLOCK_D: tl.constexpr,
-    PDL: tl.constexpr,
-):
-    pdl_wait_then_release(PDL)  # the partials are stage 1's output
-    seq = tl.program_id(0)
-    head = tl.program_id(1)
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_d = tl.arange(0, BLOCK_D)
-    s_mask = offs_s < NUM_SPLITS
-    row = (seq * num_heads + head) * NUM_SPLITS + offs_s
-
-    lse = tl.load(part_lse_ptr + row, mask=s_mask, other=float("-inf"))
-    lse_max = tl.max(lse, axis=0)
-    # A zero-length context leaves every lse at -inf: weight nothing and write zeros.
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    w = tl.exp2(lse - lse_max)
-    parts = tl.load(
-        part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], mask=s_mask[:, None], other=0.0
-    )
-    total = tl.sum(w, axis=0)
-    out = tl.sum(parts * w[:, None], axis=0) / tl.where(total > 0, total, 1.0)
-    o_ptrs = out_ptr + seq * stride_os + head * stride_oh + offs_d * stride_od
-    tl.store(o_ptrs, out.to(out_ptr.dtype.element_ty), mask=offs_d < head_dim)
-
-
-# The in-kernel combine holds a group's partials [BLOCK_G, BLOCK_S, BLOCK_D] in fp32 registers:
-# at most 128 a thread over 4 warps; past that (GQA 8 with 32 splits and more) the second launch.
-MAX_COMBINE_ELEMENTS = 16384
-MAX_SPLIT_COUNTERS = 1 << 16  # (seq, kv head) pairs an in-kernel combine may count
-_counters: dict[torch.device, torch.Tensor] = {}
-
-
-def _split_counters(device: torch.device) -> torch.Tensor:
-    """Zeroed counters, one per (seq, kv head), kept per device: each combining launch leaves
-    them zero again, so they are allocated once (before a CUDA graph captures a launch)."""
-    if device not in _counters:
-        _counters[device] = torch.zeros(MAX_SPLIT_COUNTERS, dtype=torch.int32, device=device)
-    return _counters[device]
 
 
 @functools.lru_cache
@@ -560,7 +479,7 @@ def paged_decode_attention(
         combine_splits
         and num_splits > 1
         and block_g * block_s * block_d <= MAX_COMBINE_ELEMENTS
-        and num_seqs * kv_heads <= MAX_SPLIT_COUNTERS
+        and num_seqs * kv_heads <= MAX_COLUMN_TILES
     )
     _paged_decode_kernel[(num_seqs, kv_heads, num_splits)](
         q,
@@ -571,7 +490,7 @@ def paged_decode_attention(
         out,
         part_out,
         part_lse,
-        _split_counters(q.device) if combine else out,  # unread without COMBINE
+        _split_counters(q.device, "decode_splits") if combine else out,  # read with COMBINE
         k_scale_zero,
         v_scale_zero,
         qk_scale,
@@ -606,20 +525,7 @@ def paged_decode_attention(
         **pdl_launch_options(pdl),
     )
     if num_splits > 1 and not combine:
-        _paged_decode_reduce_kernel[(num_seqs, num_heads)](
-            part_out,
-            part_lse,
-            out,
-            num_heads,
-            head_dim,
-            *out.stride(),
-            NUM_SPLITS=num_splits,
-            BLOCK_S=triton.next_power_of_2(num_splits),
-            BLOCK_D=block_d,
-            PDL=pdl,
-            num_warps=4,
-            **pdl_launch_options(pdl),
-        )
+        reduce_splits(part_out, part_lse, out, pdl)
     return out
 
 

@@ -370,15 +370,18 @@ def w4a16_dequantize(
     return w
 
 
-_counters: dict[torch.device, torch.Tensor] = {}
+_counters: dict[tuple[torch.device, str], torch.Tensor] = {}
 
 
-def _split_counters(device: torch.device) -> torch.Tensor:
-    """Zeroed counters, one per column tile, kept per device: each split-K launch leaves them
-    zero again, so they are allocated once (before any CUDA graph captures a launch)."""
-    if device not in _counters:
-        _counters[device] = torch.zeros(MAX_COLUMN_TILES, dtype=torch.int32, device=device)
-    return _counters[device]
+def _split_counters(device: torch.device, purpose: str = "split_k") -> torch.Tensor:
+    """MAX_COLUMN_TILES zeroed int32 counters for the "last program combines" pattern, kept per
+    device and `purpose` (one set per kind of kernel: the split-K GEMMs' column tiles, the decode
+    attention's (seq, kv head) pairs): each launch leaves them zero again, so they are allocated
+    once (before any CUDA graph captures a launch)."""
+    key = (device, purpose)
+    if key not in _counters:
+        _counters[key] = torch.zeros(MAX_COLUMN_TILES, dtype=torch.int32, device=device)
+    return _counters[key]
 
 
 def _split_k(tiles: int, k_tiles: int, programs_per_sm: int = 4) -> int:

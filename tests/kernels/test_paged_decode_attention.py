@@ -275,8 +275,8 @@ def test_splits_combined_in_kernel_match_the_second_launch(
         quant |= dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
     args = (q, k_cache, v_cache, tables, context_lens, 32**-0.5)
     want = paged_decode_attention(*args, num_splits=splits, combine_splits=False, **quant)
-    monkeypatch.setattr(pda, "_paged_decode_reduce_kernel", None)  # a second launch would fail
+    monkeypatch.setattr(pda, "reduce_splits", None)  # a second launch would fail
     for _ in range(2):  # the second launch reuses the counters the first left
         got = paged_decode_attention(*args, num_splits=splits, combine_splits=True, **quant)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
-    assert not pda._split_counters(q.device).any()
+    assert not pda._split_counters(q.device, "decode_splits").any()
