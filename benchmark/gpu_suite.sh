@@ -26,6 +26,9 @@ export PYTHONPATH=/tmp/shim:/tmp/site PYTHONUNBUFFERED=1
 if [ -f /root/g/part_aa ] && [ -f .gguf/part_ab ]; then  # the default model, carried in two parts
   cat /root/g/part_aa .gguf/part_ab > /tmp/smollm2.gguf && export LMDEPLOY_EMBEDDED_GGUF=/tmp/smollm2.gguf
 fi
+if [ -d .carry/tokenizer ]; then  # the default model's tokenizer alone (scripts/save_test_tokenizer.sh)
+  export LMDEPLOY_TEST_TOKENIZER=$PWD/.carry/tokenizer
+fi
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv
 echo "lmdeploy from $ROOT (tag '${TAG}')"
 for part in "$@"; do

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 LONG_TEXT = (
@@ -19,10 +21,17 @@ def gguf_path():
 
 
 @pytest.fixture(scope="session")
-def hf_tokenizer(gguf_path):
+def hf_tokenizer(request):
+    """The embedded model's tokenizer; LMDEPLOY_TEST_TOKENIZER names a saved copy of it where
+    the 98 MB GGUF cannot travel (the GPU machine: benchmark/gpu_suite.sh)."""
+    saved = os.environ.get("LMDEPLOY_TEST_TOKENIZER")
+    if saved:
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(saved)
     from lmdeploy.adapters.tokenizers.hf_tokenizer import _gguf_tokenizer
 
-    return _gguf_tokenizer(gguf_path)
+    return _gguf_tokenizer(request.getfixturevalue("gguf_path"))
 
 
 @pytest.fixture(scope="session")
