@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4mma|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
@@ -52,7 +52,6 @@ for part in "$@"; do
     tp) (cd benchmark && python3 gpu_tp.py --requests 1000 --case-timeout 230 --output "$OUT/gpu_tp$TAG.json" 2>&1 | tee "$OUT/gpu_tp$TAG.log") ;;  # needs 2 GPUs
     vlm) python3 benchmark/gpu_vlm.py --model ${VLM_MODEL:-qwen2-vl-7b} --out "$OUT/gpu_vlm$TAG.json" 2>&1 | tee "$OUT/gpu_vlm$TAG.log" ;;
     w4tc) python3 benchmark/gpu_w4a16_tc.py --sweep --output "$OUT/gpu_w4a16_tc$TAG.json" 2>&1 | tee "$OUT/gpu_w4a16_tc$TAG.log" ;;
-    w4mma) python3 benchmark/gpu_w4a16_mma.py --sweep --output "$OUT/gpu_w4a16_mma$TAG.json" 2>&1 | tee "$OUT/gpu_w4a16_mma$TAG.log" ;;
     w4gemv) python3 benchmark/gpu_w4a16_gemv.py --sweep --output "$OUT/gpu_w4a16_gemv$TAG.json" 2>&1 | tee "$OUT/gpu_w4a16_gemv$TAG.log" ;;
     gemm_rows) python3 benchmark/gpu_gemm_rows.py --output "$OUT/gpu_gemm_rows$TAG.json" 2>&1 | tee "$OUT/gpu_gemm_rows$TAG.log" ;;
     pipeline_profile) python3 benchmark/gpu_pipeline_profile.py --output "$OUT/pipeline_profile$TAG.json" 2>&1 | tee "$OUT/pipeline_profile$TAG.log" ;;

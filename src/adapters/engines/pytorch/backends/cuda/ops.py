@@ -14,12 +14,9 @@ from ......kernels.rotary import rotary
 from ......kernels.silu_and_mul import silu_and_mul
 from ......kernels.silu_and_mul_quant import silu_and_mul_quant
 from ......kernels.w4a16_gemm import pack_int4_rows, w4a16_gemm
-from ......kernels.w4a16_mma import mma_zeros, pack_int4_mma, w4a16_mma_gemm
 
 __all__ = [
     "fused_add_rms_norm",
-    "mma_zeros",
-    "pack_int4_mma",
     "pack_int4_rows",
     "rms_norm",
     "rms_norm_quant",
@@ -27,7 +24,6 @@ __all__ = [
     "silu_and_mul",
     "silu_and_mul_quant",
     "w4a16_gemm",
-    "w4a16_mma_gemm",
 ]
 
 

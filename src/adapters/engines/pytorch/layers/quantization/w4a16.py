@@ -4,8 +4,6 @@ loading into the W4A16 kernel's layout on CUDA or a dense weight on a CPU."""
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -58,7 +56,6 @@ class W4A16LinearMethod(LinearMethod):
 
     def __init__(self, group_size: int) -> None:
         self.group_size = group_size
-        self.gemm: Callable[..., torch.Tensor] | None = None  # chosen with the layout on CUDA
 
     def check_shape(self, layer: LinearBase) -> None:
         if layer.input_size % self.group_size:
@@ -85,7 +82,11 @@ class W4A16LinearMethod(LinearMethod):
         for name in self.checkpoint_tensors:
             delattr(layer, name)
         if device.type == "cuda":
-            self._pack_for_cuda(layer, codes, zeros, scales)
+            from ...backends.cuda.ops import pack_int4_rows  # Triton: only where it runs
+
+            layer.qweight = nn.Parameter(pack_int4_rows(codes), requires_grad=False)
+            layer.scales = nn.Parameter(scales, requires_grad=False)
+            layer.zeros = nn.Parameter(zeros.to(scales.dtype), requires_grad=False)
             return
         # A CPU runs the dense weight: dequantised once here, then packed like any other.
         groups = self.group_size
@@ -95,32 +96,10 @@ class W4A16LinearMethod(LinearMethod):
         layer.weight = nn.Parameter(weight.t().contiguous().to(scales.dtype), requires_grad=False)
         layer.method = UnquantizedLinearMethod()
 
-    def _pack_for_cuda(
-        self, layer: LinearBase, codes: torch.Tensor, zeros: torch.Tensor, scales: torch.Tensor
-    ) -> None:
-        """The codes in a W4A16 kernel's layout: the row layout of `kernels/w4a16_gemm.py`, or
-        with LMDEPLOY_W4A16_KERNEL=mma (bf16 and fp16 activations) the tensor-core one of
-        `kernels/w4a16_mma.py` (A/B runs)."""
-        from ...backends.cuda import ops  # Triton: only where it runs
-
-        mma = scales.dtype in (torch.bfloat16, torch.float16) and (
-            os.environ.get("LMDEPLOY_W4A16_KERNEL") == "mma"
-        )
-        if mma:
-            qweight, zeros, self.gemm = (
-                ops.pack_int4_mma(codes, self.group_size), ops.mma_zeros(zeros, scales.dtype),
-                ops.w4a16_mma_gemm,
-            )  # fmt: skip
-        else:
-            qweight, zeros = ops.pack_int4_rows(codes), zeros.to(scales.dtype)
-            self.gemm = ops.w4a16_gemm
-        layer.qweight = nn.Parameter(qweight, requires_grad=False)
-        layer.scales = nn.Parameter(scales, requires_grad=False)
-        layer.zeros = nn.Parameter(zeros, requires_grad=False)
-
     def apply(self, layer: LinearBase, x: torch.Tensor) -> torch.Tensor:
-        # On CUDA only (CPUs run dense). The bias goes in: at one row the kernel adds it in its
-        # sum (no torch op in the PDL chain).
-        return self.gemm(
+        from ...backends.cuda.ops import w4a16_gemm  # on CUDA only (CPUs run dense)
+
+        # The bias goes in: at one row the GEMV adds it in its sum (no torch op in the chain).
+        return w4a16_gemm(
             x, layer.qweight, layer.scales, layer.zeros, self.group_size, bias=layer.bias
         )
