@@ -59,6 +59,7 @@ def _variants() -> list[tuple]:
     from kernels.decode_split_combine import _paged_decode_reduce_kernel
     from kernels.dense_gemv import _dense_gemv_kernel
     from kernels.paged_decode_attention import _paged_decode_kernel
+    from kernels.qkv_rotary_gemv import _qkv_rotary_gemv_kernel
     from kernels.rms_norm import _rms_norm_kernel
     from kernels.rotary import _rotary_kernel
     from kernels.silu_and_mul import _silu_and_mul_kernel
@@ -72,6 +73,9 @@ def _variants() -> list[tuple]:
     rotary |= dict.fromkeys(["k_cache_ptr", "v_cache_ptr"], BF16)
     rotary |= dict.fromkeys(["cos_ptr", "sin_ptr", "q_norm_ptr", "k_norm_ptr"], "*fp32")
     rotary |= {"positions_ptr": "*i64", "slot_ptr": "*i64", "eps": "fp32"}
+    qkv_rotary = dict.fromkeys(["x_ptr", "w_ptr", "bias_ptr", "q_ptr"], BF16)
+    qkv_rotary |= dict.fromkeys(["k_cache_ptr", "v_cache_ptr"], BF16)
+    qkv_rotary |= {"cos_ptr": "*fp32", "sin_ptr": "*fp32", "slot_ptr": "*i64"}
     attn = dict.fromkeys(["q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr"], BF16)
     attn |= dict.fromkeys(["k_sz_ptr", "v_sz_ptr"], BF16)
     attn |= {"block_tables_ptr": "*i32", "context_lens_ptr": "*i32", "counter_ptr": "*i32"}
@@ -95,6 +99,9 @@ def _variants() -> list[tuple]:
         ("rotary + kv write", _rotary_kernel, rotary,
          dict(HAS_POSITIONS=True, HAS_NORM=False, WRITE_KV=True, BLOCK_HQ=32, BLOCK_HK=8,
               BLOCK_D=64), (), 4),
+        ("qkv gemv + rotary + kv write", _qkv_rotary_gemv_kernel, qkv_rotary,
+         dict(HEAD_DIM=128, HAS_BIAS=True, EVEN_K=True, BLOCK_M=1, BLOCK_N=4, BLOCK_K=1024),
+         ("stride_xk", "stride_wk"), 4),
         ("paged_decode (stage 1)", _paged_decode_kernel, attn, attn_consts, attn_units, 4),
         ("paged_decode reduce", _paged_decode_reduce_kernel, reduce,
          dict(NUM_SPLITS=16, BLOCK_S=16, BLOCK_D=128), ("stride_od",), 4),

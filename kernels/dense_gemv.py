@@ -28,6 +28,95 @@ MAX_ROWS = 4  # beyond this many rows of x the weight is no longer the only cost
 
 
 @triton.jit
+def gemv_tile(
+    x_ptr,
+    w_ptr,
+    rows,
+    M,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    first,
+    last,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """x's rows [BLOCK_M] against W's `rows` [BLOCK_N] over the K tiles [first, last): the fp32
+    sums [BLOCK_M, BLOCK_N]. `rows` may be any row indices of W (each row is read contiguous
+    along K). With PDL the first weight tile is loaded before the wait (weights are written by
+    no kernel of the step) and x only after it."""
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_k = tl.arange(0, BLOCK_K)
+    w_ptrs = w_ptr + rows[None, :, None] * stride_wn + (first * BLOCK_K + offs_k)[None, None, :]
+    x_ptrs = x_ptr + offs_m[:, None, None] * stride_xm + (first * BLOCK_K + offs_k)[None, None, :]
+    w_step = BLOCK_K * stride_wk
+    m_mask = (offs_m < M)[:, None, None]
+    acc = tl.zeros((BLOCK_M, rows.shape[0], BLOCK_K), dtype=tl.float32)
+    k0 = first * BLOCK_K
+    # A tensor, not a scalar, as the mask: the interpreter takes no scalar mask.
+    has_tile = tl.full((1, 1, 1), first, tl.int32) < last
+    if EVEN_K:
+        w_next = tl.load(w_ptrs, mask=has_tile, other=0.0)
+    else:
+        w_next = tl.load(w_ptrs, mask=has_tile & (k0 + offs_k < K)[None, None, :], other=0.0)
+    pdl_wait_then_release(PDL)
+    for tile in range(first, last):
+        w = w_next
+        w_ptrs += w_step
+        k0 = tile * BLOCK_K
+        # The next tile is in flight while this one is multiplied.
+        has_tile = tl.full((1, 1, 1), tile + 1, tl.int32) < last
+        if EVEN_K:
+            w_next = tl.load(w_ptrs, mask=has_tile, other=0.0)
+            x = tl.load(x_ptrs, mask=m_mask, other=0.0)
+        else:
+            k_next = (k0 + BLOCK_K + offs_k < K)[None, None, :]
+            w_next = tl.load(w_ptrs, mask=has_tile & k_next, other=0.0)
+            x = tl.load(x_ptrs, mask=m_mask & (k0 + offs_k < K)[None, None, :], other=0.0)
+        x_ptrs += BLOCK_K * stride_xk
+        acc += x.to(tl.float32) * w.to(tl.float32)
+    return tl.sum(acc, axis=2)
+
+
+@triton.jit
+def gemv_row_pairs(
+    x_ptr,
+    w_ptr,
+    bias_ptr,
+    rows,
+    pair_offset,
+    M,
+    K,
+    stride_xm,
+    stride_xk,
+    stride_wn,
+    stride_wk,
+    HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """The outputs of W's `rows` [P] and of `rows + pair_offset`, over the whole of K (+ bias),
+    rounded to x's dtype as `_dense_gemv_kernel` stores them and returned as fp32: two
+    [BLOCK_M, P]. For an epilogue that combines two rows of one output (rotary's halves of a
+    head, SwiGLU's gate and up) in the program that computed them."""
+    both = tl.reshape(tl.join(rows, rows + pair_offset), (2 * rows.shape[0],))
+    acc = gemv_tile(
+        x_ptr, w_ptr, both, M, K, stride_xm, stride_xk, stride_wn, stride_wk,
+        0, tl.cdiv(K, BLOCK_K), EVEN_K, BLOCK_M, BLOCK_K, PDL,
+    )  # fmt: skip
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + both).to(tl.float32)[None, :]
+    acc = acc.to(x_ptr.dtype.element_ty).to(tl.float32)
+    return tl.split(tl.reshape(acc, (BLOCK_M, rows.shape[0], 2)))
+
+
+@triton.jit
 def _dense_gemv_kernel(
     x_ptr,
     w_ptr,
@@ -54,44 +143,17 @@ def _dense_gemv_kernel(
 ):
     """Program (column tile, split): W's rows [BLOCK_N] over this split's K tiles, against every
     row of x. Rows of W past N read row N - 1 (wrapped, not masked: the loads stay unpredicated
-    and 16 bytes wide) and are never stored. With PDL the first weight tile is in flight while
-    the predecessor finishes; x, the partials and the split counters (reset by the last program
-    of the previous GEMV) are touched only after the wait."""
+    and 16 bytes wide) and are never stored. x, the partials and the split counters (reset by
+    the last program of the previous GEMV) are touched only after the PDL wait."""
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_k = tl.arange(0, BLOCK_K)
     first, last = _split_tiles(pid_k, K, BLOCK_K, SPLIT_K)
     rows = tl.minimum(offs_n, N - 1)
-    w_ptrs = w_ptr + rows[None, :, None] * stride_wn + (first * BLOCK_K + offs_k)[None, None, :]
-    x_ptrs = x_ptr + offs_m[:, None, None] * stride_xm + (first * BLOCK_K + offs_k)[None, None, :]
-    w_step = BLOCK_K * stride_wk
-    m_mask = (offs_m < M)[:, None, None]
-    acc = tl.zeros((BLOCK_M, BLOCK_N, BLOCK_K), dtype=tl.float32)
-    k0 = first * BLOCK_K
-    # A tensor, not a scalar, as the mask: the interpreter takes no scalar mask.
-    has_tile = tl.full((1, 1, 1), first, tl.int32) < last
-    if EVEN_K:
-        w_next = tl.load(w_ptrs, mask=has_tile, other=0.0)
-    else:
-        w_next = tl.load(w_ptrs, mask=has_tile & (k0 + offs_k < K)[None, None, :], other=0.0)
-    pdl_wait_then_release(PDL)
-    for tile in range(first, last):
-        w = w_next
-        w_ptrs += w_step
-        k0 = tile * BLOCK_K
-        # The next tile is in flight while this one is multiplied.
-        has_tile = tl.full((1, 1, 1), tile + 1, tl.int32) < last
-        if EVEN_K:
-            w_next = tl.load(w_ptrs, mask=has_tile, other=0.0)
-            x = tl.load(x_ptrs, mask=m_mask, other=0.0)
-        else:
-            k_next = (k0 + BLOCK_K + offs_k < K)[None, None, :]
-            w_next = tl.load(w_ptrs, mask=has_tile & k_next, other=0.0)
-            x = tl.load(x_ptrs, mask=m_mask & (k0 + offs_k < K)[None, None, :], other=0.0)
-        x_ptrs += BLOCK_K * stride_xk
-        acc += x.to(tl.float32) * w.to(tl.float32)
-    out = tl.sum(acc, axis=2)
+    out = gemv_tile(
+        x_ptr, w_ptr, rows, M, K, stride_xm, stride_xk, stride_wn, stride_wk, first, last,
+        EVEN_K, BLOCK_M, BLOCK_K, PDL,
+    )  # fmt: skip
     if HAS_BIAS:  # added once: by the first split's partial sum
         bias = tl.load(bias_ptr + rows).to(tl.float32)
         out += tl.where(pid_k == 0, bias, 0.0)[None, :]

@@ -12,7 +12,15 @@ from ..backends.torch_native import ops as torch_ops
 from .quantization.quantized_activation import QuantizedActivation
 
 
-class SiluAndMul(nn.Module):
+class GatedActivation(nn.Module):
+    """act(gate) * up of a gated MLP's [tokens, 2 x inter] gate/up projection."""
+
+    def from_hidden(self, x: torch.Tensor, gate_up_proj: nn.Module) -> torch.Tensor:
+        """`forward(gate_up_proj(x))`, where a backend may fuse the two."""
+        return self(gate_up_proj(x))
+
+
+class SiluAndMul(GatedActivation):
     """silu(gate) * up of [tokens, 2 x inter] -> [tokens, inter]. Off CUDA and the C kernel,
     in place in the input's gate half: the projection's output is ours to overwrite."""
 
@@ -41,8 +49,19 @@ class SiluAndMul(nn.Module):
             return cpu_ops.silu_and_mul(gate_up)
         return torch_ops.silu_and_mul(gate_up)
 
+    def from_hidden(self, x: torch.Tensor, gate_up_proj: nn.Module) -> torch.Tensor:
+        """`forward(gate_up_proj(x))`; a one-row step on CUDA whose projection runs the decode
+        GEMV may instead do both in one launch (`backends/cuda/gemv_epilogues.py`)."""
+        if x.is_cuda and self.quant_dtype is None:
+            from ..backends.cuda.gemv_epilogues import project_silu_and_mul  # Triton
 
-class GeluTanhAndMul(nn.Module):
+            out = project_silu_and_mul(gate_up_proj, x)
+            if out is not None:
+                return out
+        return super().from_hidden(x, gate_up_proj)
+
+
+class GeluTanhAndMul(GatedActivation):
     """gelu_tanh(gate) * up of [tokens, 2 x inter] -> [tokens, inter] (Gemma's MLP). Torch ops
     on every device, CUDA included: no fused kernel of ours computes it."""
 

@@ -90,6 +90,28 @@ class Attention(nn.Module):
             out = out @ spin.T
         return out.flatten(1)
 
+    def from_hidden(
+        self,
+        x: torch.Tensor,
+        qkv_proj: nn.Module,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        kv_cache: tuple[torch.Tensor, ...],
+        meta: AttentionMetadata,
+    ) -> torch.Tensor:
+        """`forward(qkv_proj(x), ...)`; a one-row decode step on CUDA may instead project, rotate
+        and write K/V in one launch (`backends/cuda/gemv_epilogues.py`)."""
+        if x.is_cuda and meta.is_decode and current_break() is None:
+            from ..backends.cuda.gemv_epilogues import project_rotate_write  # Triton: where it runs
+
+            q = project_rotate_write(qkv_proj, x, cos, sin, kv_cache, meta.slot_mapping, self.heads)
+            if q is not None:
+                k_cache, v_cache = kv_cache
+                return paged_attention(
+                    q, None, None, k_cache, v_cache, meta, self.options, kv_written=True
+                ).flatten(1)
+        return self(qkv_proj(x), cos, sin, kv_cache, meta)
+
 
 def prepare_metadata(meta: AttentionMetadata, block_size: int) -> None:
     """Add what this step's backend reads besides the common fields: query offsets for the
@@ -174,8 +196,8 @@ def _decode_attention(
 
 def paged_attention(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
@@ -184,7 +206,8 @@ def paged_attention(
     scale_zero: ScaleZero | None = None,
 ) -> torch.Tensor:
     """q: [tokens, heads, dim]; k, v: [tokens, kv_heads, dim]. Returns [tokens, heads, dim].
-    `kv_written`: k and v are already in their cache slots (the fused rotary kernels).
+    `kv_written`: k and v are already in their cache slots (the fused rotary kernels; they may
+    then be None).
     `scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache. While piecewise
     graphs are captured, the call goes to their hook instead (layers/graph_break.py)."""
     hook = current_break()

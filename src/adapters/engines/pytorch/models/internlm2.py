@@ -32,7 +32,7 @@ class InternLM2Attention(nn.Module):
         self.attn = Attention(heads, kv_heads, head_dim)
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
-        return self.wo(self.attn(self.wqkv(x), cos, sin, kv_cache, meta))
+        return self.wo(self.attn.from_hidden(x, self.wqkv, cos, sin, kv_cache, meta))
 
 
 class InternLM2FeedForward(nn.Module):
@@ -50,7 +50,7 @@ class InternLM2FeedForward(nn.Module):
         self.act = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.w2(self.act(self.w13(x)))
+        return self.w2(self.act.from_hidden(x, self.w13))
 
 
 class InternLM2DecoderLayer(nn.Module):

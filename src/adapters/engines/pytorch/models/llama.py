@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from ..backends.attention_metadata import AttentionMetadata
-from ..layers.activation import SiluAndMul
+from ..layers.activation import GatedActivation, SiluAndMul
 from ..layers.attention import Attention
 from ..layers.embedding import ParallelLMHead, TiedLMHead, VocabEmbedding
 from ..layers.linear import MergedColumnParallelLinear, RowParallelLinear
@@ -32,12 +32,12 @@ class LlamaAttention(nn.Module):
         self.attn = Attention(heads, kv_heads, head_dim, sliding_window=window)
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
-        return self.o_proj(self.attn(self.qkv_proj(x), cos, sin, kv_cache, meta))
+        return self.o_proj(self.attn.from_hidden(x, self.qkv_proj, cos, sin, kv_cache, meta))
 
 
 class LlamaMLP(nn.Module):
     # Gated MLPs of this layout with another gate activation (Gemma's GELU) subclass with theirs.
-    act_cls: type[nn.Module] = SiluAndMul
+    act_cls: type[GatedActivation] = SiluAndMul
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -51,7 +51,7 @@ class LlamaMLP(nn.Module):
         self.act = self.act_cls()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(self.act(self.gate_up_proj(x)))
+        return self.down_proj(self.act.from_hidden(x, self.gate_up_proj))
 
 
 class LlamaDecoderLayer(nn.Module):

@@ -24,7 +24,7 @@ class Qwen2Attention(nn.Module):
         )
 
     def forward(self, x, cos, sin, kv_cache, meta: AttentionMetadata) -> torch.Tensor:
-        return self.o_proj(self.attn(self.qkv_proj(x), cos, sin, kv_cache, meta))
+        return self.o_proj(self.attn.from_hidden(x, self.qkv_proj, cos, sin, kv_cache, meta))
 
 
 class Qwen2DecoderLayer(LlamaDecoderLayer):

@@ -17,8 +17,8 @@ from ..attention_metadata import AttentionMetadata
 
 def paged_attention_cuda(
     q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
+    k: torch.Tensor | None,
+    v: torch.Tensor | None,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
     meta: AttentionMetadata,
@@ -30,11 +30,12 @@ def paged_attention_cuda(
 ) -> torch.Tensor:
     """`scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache, whose bits a
     value follow from its last dim against the head dim (kernels/kv_quant.py); `kv_written`:
-    the rotary kernel already wrote k and v to their slots."""
+    the rotary kernel already wrote k and v to their slots (k and v may then be None)."""
     bits = 0 if scale_zero is None else k_cache.shape[-1] * 8 // q.shape[-1]
     k_sz, v_sz = scale_zero or (None, None)
     quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
     if not kv_written:
+        assert k is not None and v is not None, "k and v to write"
         kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping, **quant)
     window = dict(sliding_window=sliding_window, logit_softcap=logit_softcap)
     if meta.is_decode:

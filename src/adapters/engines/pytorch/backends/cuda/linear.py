@@ -68,15 +68,19 @@ class DecodeGemv:
         self.shape, self.config, self.kernel = shape, config, kernel
         self._dims = (shape.n, shape.k)
 
-    def __call__(
-        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def covers(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+        """Whether this call is the one-row product of the shape it was timed on."""
         one_row = x.numel() == x.shape[-1]
-        if (
+        return (
             one_row
             and tuple(weight.shape) == self._dims
             and GemvShape.of(weight, bias) == self.shape
-        ):
+        )
+
+    def __call__(
+        self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        if self.covers(x, weight, bias):
             return self.kernel(x, weight, bias, self.config)
         return F.linear(x, weight, bias)
 
