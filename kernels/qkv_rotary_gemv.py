@@ -26,6 +26,7 @@ import triton.language as tl
 
 from .dense_gemv import MAX_ROWS, gemv_row_pairs
 from .pdl import pdl_enabled, pdl_launch_options
+from .rotary import rotate_half
 
 
 @triton.jit
@@ -87,7 +88,7 @@ def _qkv_rotary_gemv_kernel(
         c2 = tl.load(cos_row + HALF, mask=mask, other=0.0).to(tl.float32)
         s1 = tl.load(sin_row, mask=mask, other=0.0).to(tl.float32)
         s2 = tl.load(sin_row + HALF, mask=mask, other=0.0).to(tl.float32)
-        x1, x2 = x1 * c1 - x2 * s1, x2 * c2 + x1 * s2
+        x1, x2 = rotate_half(x1, x2, c1, c2, s1, s2)
     if head < num_heads:
         q_row = q_ptr + offs_m[:, None] * stride_qm + head * HEAD_DIM
         _store_pair(q_row, j, HALF, x1, x2, mask)

@@ -25,6 +25,14 @@ from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 
 
 @triton.jit
+def rotate_half(x1, x2, c1, c2, s1, s2):
+    """(x1 c1 - x2 s1, x2 c2 + x1 s2), fp32, each with one explicit FMA: a contraction left to
+    the compiler may round differently in another kernel, and the q/k/v GEMV's epilogue
+    (qkv_rotary_gemv.py) must give these bits."""
+    return tl.fma(x1, c1, -(x2 * s1)), tl.fma(x2, c2, x1 * s2)
+
+
+@triton.jit
 def _rotate_heads(x_ptr, out_ptr, row, num_heads, stride_t, stride_h, stride_ot, stride_oh,
                   offs_h, offs_d, half, c1, c2, s1, s2, norm_ptr, eps,
                   HAS_NORM: tl.constexpr):  # fmt: skip
@@ -42,8 +50,7 @@ def _rotate_heads(x_ptr, out_ptr, row, num_heads, stride_t, stride_h, stride_ot,
         inv_rms = tl.rsqrt(mean_sq + eps)[:, None]
         x1 = x1 * inv_rms * w1[None, :]
         x2 = x2 * inv_rms * w2[None, :]
-    out1 = x1 * c1[None, :] - x2 * s1[None, :]
-    out2 = x2 * c2[None, :] + x1 * s2[None, :]
+    out1, out2 = rotate_half(x1, x2, c1[None, :], c2[None, :], s1[None, :], s2[None, :])
     obase = out_ptr + row * stride_ot + offs_h[:, None] * stride_oh + offs_d[None, :]
     tl.store(obase, out1.to(out_ptr.dtype.element_ty), mask=mask)
     tl.store(obase + half, out2.to(out_ptr.dtype.element_ty), mask=mask)
