@@ -30,9 +30,9 @@ from pathlib import Path
 SWITCHES = ("LMDEPLOY_FUSED_QKV_ROTARY", "LMDEPLOY_FUSED_GATE_UP_SILU")
 
 
-def greedy_ids(name: str, prompts: list[list[int]], tokens: int) -> tuple[list, Counter]:
-    """Each prompt's greedy ids, and how many one-launch calls each epilogue made (while the
-    decode graphs were captured, and eagerly)."""
+def greedy_ids(name: str, prompts: list[list[int]], tokens: int) -> tuple[list, Counter, dict]:
+    """Each prompt's greedy ids, how many one-launch calls each epilogue made (while the decode
+    graphs were captured, and eagerly), and layer 0's kernel choices (`kernel_choices`)."""
     import torch
 
     from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
@@ -58,12 +58,25 @@ def greedy_ids(name: str, prompts: list[list[int]], tokens: int) -> tuple[list, 
         pipe = pipeline(name, backend_config=config)
         gen = GenerationConfig(max_new_tokens=tokens, ignore_eos=True, top_k=1)
         ids = [pipe([p], gen_config=gen)[0].token_ids for p in prompts]
+        chosen = kernel_choices(pipe.service.engine.runner.model)
         pipe.close()
     finally:
         for fn_name, fn in originals.items():
             setattr(gemv_epilogues, fn_name, fn)
     torch.cuda.empty_cache()
-    return ids, calls
+    return ids, calls, chosen
+
+
+def kernel_choices(model) -> dict[str, dict]:
+    """Each dense linear's one-row GEMV tiles and epilogue tiles, where it runs the GEMV."""
+    from lmdeploy.adapters.engines.pytorch.backends.cuda.linear import DecodeGemv
+
+    chosen = {}
+    for name, module in model.named_modules():
+        kernel = getattr(getattr(module, "method", None), "kernel", None)
+        if isinstance(kernel, DecodeGemv) and ".0." in f".{name}.":  # layer 0 stands for all
+            chosen[name] = {"gemv": kernel.config, "epilogue": kernel.epilogue}
+    return chosen
 
 
 # (model, (heads, kv_heads, dim), hidden, q/k/v bias, intermediate size)
@@ -177,7 +190,9 @@ def main() -> None:
             for switch in SWITCHES:
                 os.environ[switch] = on
             runs[on] = greedy_ids(name, prompts, args.tokens)
-        (ids_on, calls_on), (ids_off, calls_off) = runs["1"], runs["0"]
+        (ids_on, calls_on, chosen_on), (ids_off, calls_off, chosen_off) = runs["1"], runs["0"]
+        gemv_on = {n: c["gemv"] for n, c in chosen_on.items()}
+        gemv_off = {n: c["gemv"] for n, c in chosen_off.items()}
         first_diff = [
             next((i for i, (a, b) in enumerate(zip(x, y, strict=True)) if a != b), None)
             for x, y in zip(ids_on, ids_off, strict=True)
@@ -188,6 +203,10 @@ def main() -> None:
             "first_differing_token": first_diff,
             "one_launch_calls_on": dict(calls_on),
             "one_launch_calls_off": dict(calls_off),
+            # Timed at each engine's load: the same tiles in both, or the ids may differ anyway.
+            "same_gemv_tiles": gemv_on == gemv_off,
+            "layer0_kernels_on": chosen_on,
+            "layer0_kernels_off": chosen_off,
         }
         print(json.dumps(row), flush=True)
         report.append(row)

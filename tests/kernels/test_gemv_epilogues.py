@@ -1,5 +1,6 @@
 """Which decode steps run a projection and the op after it in one launch (the engine's dispatch,
-backends/cuda/gemv_epilogues.py), and that what they compute is what the separate launches do."""
+backends/cuda/gemv_epilogues.py): chosen at load from timings (injected here), taken only where
+chosen, and computing what the separate launches do."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 from lmdeploy.kernels.rotary import rotary
 from lmdeploy.kernels.silu_and_mul import silu_and_mul
 
-from ._util import DEVICE
+from ._util import DEVICE, cuda_only
 
 HEADS = (4, 2, 16)
 HIDDEN = 64
@@ -21,8 +22,9 @@ def _epilogues():
     return gemv_epilogues
 
 
-def _with_gemv(proj, tiles: dict | None = GEMV_TILES):
-    """`proj` as `prepare_linears` leaves it where the GEMV won its shape's timing with `tiles`."""
+def _with_gemv(proj, tiles: dict | None = GEMV_TILES, epilogue: bool = True):
+    """`proj` as `prepare_linears` leaves it where the GEMV won its shape's timing with `tiles`,
+    and (`epilogue`) its one-launch kernel with the same tiles beat the separate launches."""
     from lmdeploy.adapters.engines.pytorch.backends.cuda.linear import DecodeGemv, GemvShape
 
     torch.manual_seed(0)
@@ -32,19 +34,22 @@ def _with_gemv(proj, tiles: dict | None = GEMV_TILES):
             param.normal_(0, HIDDEN**-0.5)
     if tiles is not None:
         proj.method.kernel = DecodeGemv(GemvShape.of(proj.weight, proj.kernel_bias()), tiles)
+        if epilogue:
+            proj.method.kernel = proj.method.kernel.with_epilogue(tiles)
     return proj
 
 
-def _qkv(tiles: dict | None = GEMV_TILES):
+def _qkv(tiles: dict | None = GEMV_TILES, epilogue: bool = True):
     from lmdeploy.adapters.engines.pytorch.layers.linear import QKVParallelLinear
 
-    return _with_gemv(QKVParallelLinear(HIDDEN, HEADS[2], HEADS[0], HEADS[1], bias=True), tiles)
+    proj = QKVParallelLinear(HIDDEN, HEADS[2], HEADS[0], HEADS[1], bias=True)
+    return _with_gemv(proj, tiles, epilogue)
 
 
-def _gate_up(tiles: dict | None = GEMV_TILES, sizes=(24, 24)):
+def _gate_up(tiles: dict | None = GEMV_TILES, sizes=(24, 24), epilogue: bool = True):
     from lmdeploy.adapters.engines.pytorch.layers.linear import MergedColumnParallelLinear
 
-    return _with_gemv(MergedColumnParallelLinear(HIDDEN, list(sizes)), tiles)
+    return _with_gemv(MergedColumnParallelLinear(HIDDEN, list(sizes)), tiles, epilogue)
 
 
 def _step(tokens: int = 1):
@@ -82,8 +87,7 @@ def test_qkv_rotary_steps_that_take_the_separate_launches(monkeypatch):
 
     assert fused() is not None
     assert fused(_qkv(tiles=None)) is None  # cuBLAS won the shape
-    assert fused(_qkv(tiles=dict(GEMV_TILES, SPLIT_K=2))) is None  # a K split
-    assert fused(_qkv(tiles=dict(GEMV_TILES, BLOCK_N=32))) is None  # a tile across two heads
+    assert fused(_qkv(epilogue=False)) is None  # the separate launches timed faster
     two = _step(2)
     assert fused(x=two[0], cos=two[1], sin=two[2], slots=two[4]) is None  # not one row
     hooked = _qkv()
@@ -110,12 +114,80 @@ def test_gate_up_silu_steps_that_take_the_separate_launches(monkeypatch):
 
     assert fused(_gate_up(), x) is not None
     assert fused(_gate_up(tiles=None), x) is None  # cuBLAS won the shape
-    assert fused(_gate_up(tiles=dict(GEMV_TILES, SPLIT_K=3)), x) is None  # a K split
-    assert fused(_gate_up(tiles=dict(GEMV_TILES, BLOCK_N=16), sizes=(20, 20)), x) is None
-    assert fused(_gate_up(sizes=(16, 32)), x) is None  # not [gate; up] of one width
+    assert fused(_gate_up(epilogue=False), x) is None  # the separate launches timed faster
     assert fused(_gate_up(), _step(2)[0]) is None  # not one row
     hooked = _gate_up()
     hooked.register_forward_pre_hook(lambda module, args: None)
     assert fused(hooked, x) is None
     monkeypatch.setenv("LMDEPLOY_FUSED_GATE_UP_SILU", "0")
     assert fused(_gate_up(), x) is None
+
+
+def test_a_quantized_projection_takes_the_separate_launches():
+    from lmdeploy.adapters.engines.pytorch.layers.linear import MergedColumnParallelLinear
+    from lmdeploy.adapters.engines.pytorch.layers.quantization.awq import AWQConfig
+
+    awq = AWQConfig.from_hf({"quant_method": "awq", "bits": 4, "group_size": 32})
+    proj = MergedColumnParallelLinear(HIDDEN, [32, 32], quant_config=awq)
+    assert not hasattr(proj, "weight") or proj.weight is None
+    assert _epilogues().project_silu_and_mul(proj, _step()[0]) is None
+
+
+# -- the choice at load, from injected timings ----------------------------------------------------
+def _timings(separate_us: float, epilogue_us: list[float], calls: list):
+    def timer(*args):
+        calls.append(args[-1])  # the weights of one shape
+        return separate_us, [
+            (dict(GEMV_TILES, BLOCK_K=32 * (i + 1)), us) for i, us in enumerate(epilogue_us)
+        ]
+
+    return timer
+
+
+def test_the_faster_epilogue_tiles_are_kept_and_each_shape_is_timed_once():
+    qkv, qkv_twin, gate_up = _qkv(epilogue=False), _qkv(epilogue=False), _gate_up(epilogue=False)
+    qkv_calls, gate_up_calls = [], []
+    _epilogues().choose_epilogues(
+        [qkv, qkv_twin, gate_up],
+        time_qkv=_timings(10.0, [11.0, 9.5], qkv_calls),
+        time_gate_up=_timings(20.0, [20.0], gate_up_calls),
+    )
+    assert [len(w) for w in qkv_calls] == [2] and [len(w) for w in gate_up_calls] == [1]
+    assert qkv.method.kernel.epilogue == dict(GEMV_TILES, BLOCK_K=64)  # the faster of the two
+    assert qkv_twin.method.kernel is qkv.method.kernel
+    assert gate_up.method.kernel.epilogue is None  # a tie keeps the separate launches
+
+
+def test_linears_sharing_a_gemv_kernel_keep_their_own_epilogue_choice():
+    from lmdeploy.adapters.engines.pytorch.layers.linear import ColumnParallelLinear
+
+    qkv = _qkv(epilogue=False)
+    same_shape = ColumnParallelLinear(HIDDEN, qkv.weight.shape[0], bias=True)  # not a q/k/v
+    same_shape.method.kernel = shared = qkv.method.kernel
+    _epilogues().choose_epilogues([qkv, same_shape], time_qkv=_timings(10.0, [5.0], []))
+    assert qkv.method.kernel.epilogue is not None
+    assert same_shape.method.kernel is shared and shared.epilogue is None
+
+
+def test_a_failed_timing_keeps_the_separate_launches(caplog):
+    qkv = _qkv(epilogue=False)
+
+    def failing(*args):
+        raise RuntimeError("capture failed")
+
+    _epilogues().choose_epilogues([qkv], time_qkv=failing)
+    assert qkv.method.kernel.epilogue is None
+    assert "separate launches" in caplog.text
+
+
+@cuda_only
+def test_the_timings_at_load_run_on_the_gpu():
+    qkv, gate_up = _qkv(), _gate_up()
+    for proj in (qkv, gate_up):
+        proj.to(torch.bfloat16)
+    gemv = GEMV_TILES
+    separate, timed = _epilogues().time_qkv_epilogue(HEADS, gemv, [(qkv.weight, qkv.bias)])
+    assert separate > 0 and timed and all(us > 0 for _, us in timed)
+    assert all(HEADS[2] // 2 % (c["BLOCK_N"] // 2) == 0 for c, _ in timed)
+    separate, timed = _epilogues().time_gate_up_epilogue(gemv, [(gate_up.weight, None)])
+    assert separate > 0 and timed and all(us > 0 for _, us in timed)

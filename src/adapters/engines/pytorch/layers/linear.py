@@ -320,8 +320,10 @@ def prepare_linears(
 
 
 def _choose_decode_gemvs(model: nn.Module) -> None:
-    """Give each dense linear the one-row kernel timed fastest for its shape."""
-    from ..backends.cuda.linear import choose_decode_gemvs  # Triton: only where it runs
+    """Give each dense linear the one-row kernel timed fastest for its shape, and the q/k/v
+    and gate/up projections that run the GEMV their one-launch epilogue where it times faster."""
+    from ..backends.cuda.gemv_epilogues import choose_epilogues  # Triton: only where it runs
+    from ..backends.cuda.linear import choose_decode_gemvs
 
     dense = [
         m
@@ -334,6 +336,7 @@ def _choose_decode_gemvs(model: nn.Module) -> None:
     for module, kernel in zip(dense, kernels, strict=True):
         if kernel is not None:
             module.method.kernel = kernel
+    choose_epilogues(dense)
 
 
 def fuse_input_quant(model: nn.Module, producers: Mapping[str, str]) -> list[str]:

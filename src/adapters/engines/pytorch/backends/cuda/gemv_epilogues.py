@@ -2,39 +2,55 @@
 runs the decode GEMV (`linear.DecodeGemv`): q/k/v with rotary and the K/V cache write
 (kernels/qkv_rotary_gemv.py), gate/up with SiLU-and-mul (kernels/gate_up_silu_gemv.py).
 
-Each function returns None where its launch does not apply, and the caller runs the separate
-kernels: where another kernel won the shape's timing at load (cuBLAS, or a K split, whose sums
-meet only in the last program), where the projection has hooks (LoRA adds its adapters' output
-to the projection's), or where the switch is off (`LMDEPLOY_FUSED_QKV_ROTARY=0`,
-`LMDEPLOY_FUSED_GATE_UP_SILU=0`). Imported only where CUDA runs.
+Whether the one launch is faster depends on the shape and the tiles (on an H200 it saved
+~2.4 us on Llama-3-8B's q/k/v and lost ~1.6 us on Qwen2.5-7B's with the tiles the plain GEMV
+had won: benchmark/NOTES.md, session 12), so at load each projection's epilogue kernel is timed
+over the GEMV's tile candidates against the GEMV with its own tiles and then the separate op,
+in a CUDA graph over cold weights, and kept only where faster (`choose_epilogues`).
+
+At run time each `project_*` returns None where its launch does not apply, and the caller runs
+the separate kernels: no faster epilogue was found, the projection has hooks (LoRA adds its
+adapters' output to the projection's), the step is not one row, or the switch is off
+(`LMDEPLOY_FUSED_QKV_ROTARY=0`, `LMDEPLOY_FUSED_GATE_UP_SILU=0`). Imported only where CUDA runs.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
+from ......kernels.dense_gemv import dense_gemv, gemv_candidates
 from ......kernels.gate_up_silu_gemv import gate_up_silu_gemv
 from ......kernels.qkv_rotary_gemv import qkv_rotary_gemv
-from .linear import DecodeGemv
+from ......kernels.rotary import rotary
+from ......kernels.silu_and_mul import silu_and_mul
+from .linear import Config, DecodeGemv, GemvShape, broadcast_choices, cold_weights, graph_us
+
+logger = logging.getLogger(__name__)
+
+QKV_SWITCH, GATE_UP_SWITCH = "LMDEPLOY_FUSED_QKV_ROTARY", "LMDEPLOY_FUSED_GATE_UP_SILU"
+# (separate launches' us, [(epilogue tiles, us), ...]) of one projection's shape.
+Timing = tuple[float, list[tuple[Config, float]]]
 
 
-def _unsplit_gemv(proj: nn.Module, x: torch.Tensor, switch: str) -> DecodeGemv | None:
-    """`proj`'s decode GEMV where it would run this call over all of K in one program a tile
-    and nothing else sees the call (no hooks), unless the environment turns `switch` off."""
+def _epilogue_tiles(proj: nn.Module, x: torch.Tensor, switch: str) -> Config | None:
+    """The tiles of `proj`'s epilogue kernel where this call may run it: timed faster at load,
+    one row of the shape it was timed on, nothing else sees the call (no hooks), switch on."""
     kernel = getattr(getattr(proj, "method", None), "kernel", None)
     if (
         not isinstance(kernel, DecodeGemv)
-        or kernel.config["SPLIT_K"] != 1
-        or not kernel.covers(x, proj.weight, proj.kernel_bias())
+        or kernel.epilogue is None
         or proj._forward_hooks
         or proj._forward_pre_hooks
         or os.environ.get(switch) == "0"
+        or not kernel.covers(x, proj.weight, proj.kernel_bias())
     ):
         return None
-    return kernel
+    return kernel.epilogue
 
 
 def project_rotate_write(
@@ -48,34 +64,139 @@ def project_rotate_write(
 ) -> torch.Tensor | None:
     """q [tokens, heads, dim] of `qkv_proj(x)`, q and k rotated with the tokens' cos/sin rows,
     k and v written to their slots of an unquantized cache; None where this does not apply."""
-    kernel = _unsplit_gemv(qkv_proj, x, "LMDEPLOY_FUSED_QKV_ROTARY")
-    if (
-        kernel is None
-        or heads[2] % kernel.config["BLOCK_N"]  # a tile would span two heads
-        or len(kv_cache) != 2  # a quantized cache: quantized on write by its own kernel
-        or kv_cache[0].dtype != x.dtype
-    ):
-        return None
+    tiles = _epilogue_tiles(qkv_proj, x, QKV_SWITCH)
+    if tiles is None or len(kv_cache) != 2 or kv_cache[0].dtype != x.dtype:
+        return None  # a quantized cache is quantized on write by its own kernel
     x2 = x.reshape(-1, x.shape[-1])
     weight, bias = qkv_proj.weight, qkv_proj.kernel_bias()
     return qkv_rotary_gemv(
-        x2, weight, bias, heads, cos, sin, kv_cache[0], kv_cache[1], slot_mapping, kernel.config
+        x2, weight, bias, heads, cos, sin, kv_cache[0], kv_cache[1], slot_mapping, tiles
     )
 
 
 def project_silu_and_mul(gate_up_proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """silu(gate) * up of `gate_up_proj(x)`, whose outputs are [gate; up] in two equal shards;
-    None where this does not apply."""
-    kernel = _unsplit_gemv(gate_up_proj, x, "LMDEPLOY_FUSED_GATE_UP_SILU")
-    shards = list(getattr(gate_up_proj, "shards", {}).values())
-    inter = gate_up_proj.weight.shape[0] // 2
-    if (
-        kernel is None
-        or shards != [(0, inter), (inter, inter)]
-        or inter % (kernel.config["BLOCK_N"] // 2)
-    ):
+    """silu(gate) * up of `gate_up_proj(x)` ([gate; up] in two equal shards); None where this
+    does not apply."""
+    tiles = _epilogue_tiles(gate_up_proj, x, GATE_UP_SWITCH)
+    if tiles is None:
         return None
-    out = gate_up_silu_gemv(
-        x.reshape(-1, x.shape[-1]), gate_up_proj.weight, gate_up_proj.kernel_bias(), kernel.config
-    )
-    return out.view(*x.shape[:-1], inter)
+    weight, bias = gate_up_proj.weight, gate_up_proj.kernel_bias()
+    out = gate_up_silu_gemv(x.reshape(-1, x.shape[-1]), weight, bias, tiles)
+    return out.view(*x.shape[:-1], weight.shape[0] // 2)
+
+
+# -- the choice at load ---------------------------------------------------------------------------
+def qkv_heads(proj: nn.Module) -> tuple[int, int, int] | None:
+    """(heads, kv_heads, dim) of this rank's q/k/v projection; None for any other linear."""
+    sizes, dim = getattr(proj, "local_sizes", None), getattr(proj, "head_dim", None)
+    if sizes is None or dim is None:
+        return None
+    return sizes[0] // dim, sizes[1] // dim, dim
+
+
+def gate_up_width(proj: nn.Module) -> int | None:
+    """inter, for a projection whose outputs are [gate; up] in two shards of that width."""
+    shards = list(getattr(proj, "shards", {}).values())
+    if len(shards) != 2 or shards[0][1] != shards[1][1] or shards[1][0] != shards[0][1]:
+        return None
+    return shards[0][1]
+
+
+def _candidates(n: int, k: int, pair_unit: int) -> list[Config]:
+    """The GEMV's one-row tiles without a K split whose row pairs do not straddle a unit."""
+    return [
+        c
+        for c in gemv_candidates(n, k)
+        if c["SPLIT_K"] == 1 and pair_unit % (c["BLOCK_N"] // 2) == 0
+    ]
+
+
+def time_qkv_epilogue(heads: tuple[int, int, int], gemv: Config, weights) -> Timing:
+    """The GEMV then rotary with the K/V write, against the one launch over its tiles."""
+    num_heads, num_kv_heads, dim = heads
+    w0 = weights[0][0]
+    x = torch.randn(1, w0.shape[1], dtype=w0.dtype, device=w0.device)
+    cos = torch.ones(1, dim, device=w0.device)
+    sin = torch.zeros(1, dim, device=w0.device)
+    caches = [torch.zeros(1, 16, num_kv_heads, dim, dtype=w0.dtype, device=w0.device)] * 2
+    slots = torch.zeros(1, dtype=torch.int64, device=w0.device)
+    sizes = [num_heads * dim, num_kv_heads * dim, num_kv_heads * dim]
+
+    def separate(w, b):
+        q, k, v = (t.view(1, -1, dim) for t in dense_gemv(x, w, b, gemv).split(sizes, -1))
+        rotary(q, k, cos, sin, inplace=True, kv_write=(v, *caches, slots))
+
+    def fused(w, b, tiles):
+        qkv_rotary_gemv(x, w, b, heads, cos, sin, *caches, slots, tiles)
+
+    cold = cold_weights(weights)
+    timed = [
+        (c, graph_us(lambda w, b, c=c: fused(w, b, c), cold))
+        for c in _candidates(w0.shape[0], w0.shape[1], dim // 2)
+    ]
+    return graph_us(separate, cold), timed
+
+
+def time_gate_up_epilogue(gemv: Config, weights) -> Timing:
+    """The GEMV then SiLU-and-mul, against the one launch over its tiles."""
+    w0 = weights[0][0]
+    x = torch.randn(1, w0.shape[1], dtype=w0.dtype, device=w0.device)
+    cold = cold_weights(weights)
+    timed = [
+        (c, graph_us(lambda w, b, c=c: gate_up_silu_gemv(x, w, b, c), cold))
+        for c in _candidates(w0.shape[0], w0.shape[1], w0.shape[0] // 2)
+    ]
+    return graph_us(lambda w, b: silu_and_mul(dense_gemv(x, w, b, gemv)), cold), timed
+
+
+@torch.inference_mode()
+def choose_epilogues(
+    projections: Sequence[nn.Module],
+    time_qkv: Callable[..., Timing] = time_qkv_epilogue,
+    time_gate_up: Callable[..., Timing] = time_gate_up_epilogue,
+) -> None:
+    """For each q/k/v and [gate; up] projection among `projections` whose one-row kernel is the
+    unsplit decode GEMV, the epilogue kernel's fastest tiles where they beat the two launches
+    (`DecodeGemv.epilogue`); each distinct shape timed once. Every tensor-parallel rank must
+    call this with the same projections (rank 0's choice is kept)."""
+    groups: dict[tuple, list[nn.Module]] = {}
+    for proj in projections:
+        kernel = getattr(getattr(proj, "method", None), "kernel", None)
+        if not isinstance(kernel, DecodeGemv) or kernel.config["SPLIT_K"] != 1:
+            continue
+        heads, inter = qkv_heads(proj), gate_up_width(proj)
+        if heads is None and inter is None:
+            continue
+        key = (GemvShape.of(proj.weight, proj.kernel_bias()), heads, tuple(kernel.config.items()))
+        groups.setdefault(key, []).append(proj)
+    keys = sorted(groups, key=repr)
+    options: list[list[Config]] = []
+    choices = [0] * len(keys)
+    try:
+        for i, key in enumerate(keys):
+            members = groups[key]
+            heads, gemv = key[1], members[0].method.kernel.config
+            weights = [(p.weight, p.kernel_bias()) for p in members]
+            if heads is not None:
+                separate_us, timed = time_qkv(heads, gemv, weights)
+            else:
+                separate_us, timed = time_gate_up(gemv, weights)
+            options.append([c for c, _ in timed])
+            best = min(range(len(timed)), key=lambda j: timed[j][1], default=None)
+            if best is not None and timed[best][1] < separate_us:
+                choices[i] = best + 1
+            logger.info(
+                "one-launch %s %s: separate %.1f us, one launch %s -> %s",
+                "q/k/v + rotary" if heads is not None else "gate/up + SiLU", key[0],
+                separate_us, ", ".join(f"{us:.1f}" for _, us in timed),
+                f"one launch {timed[best][0]}" if choices[i] else "separate",
+            )  # fmt: skip
+    except Exception:  # an optimisation only: a failed timing must not fail the engine
+        logger.warning("timing the one-launch epilogues failed: separate launches", exc_info=True)
+        choices = [0] * len(keys)
+    torch.cuda.empty_cache()
+    for key, choice, tiles in zip(keys, broadcast_choices(choices), options, strict=False):
+        if choice:  # its own kernel object: linears of one shape share theirs
+            kernel = groups[key][0].method.kernel.with_epilogue(tiles[choice - 1])
+            for proj in groups[key]:
+                proj.method.kernel = kernel

@@ -67,6 +67,15 @@ class DecodeGemv:
     def __init__(self, shape: GemvShape, config: Config, kernel: Kernel = dense_gemv) -> None:
         self.shape, self.config, self.kernel = shape, config, kernel
         self._dims = (shape.n, shape.k)
+        # The tiles of the one-launch kernel that also runs the op after this projection
+        # (gemv_epilogues.py), where timing at load found it faster than the two launches.
+        self.epilogue: Config | None = None
+
+    def with_epilogue(self, tiles: Config) -> DecodeGemv:
+        """This kernel, for a projection whose epilogue kernel runs with `tiles`."""
+        kernel = DecodeGemv(self.shape, self.config, self.kernel)
+        kernel.epilogue = tiles
+        return kernel
 
     def covers(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
         """Whether this call is the one-row product of the shape it was timed on."""
@@ -85,7 +94,7 @@ class DecodeGemv:
         return F.linear(x, weight, bias)
 
 
-def _graph_us(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], weights) -> float:
+def graph_us(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], weights) -> float:
     """Microseconds a call of `fn` over `weights` in turn, replayed from one CUDA graph."""
     for w, b in weights[:1]:
         fn(w, b)  # compiles and allocates the split-K counters outside the capture
@@ -108,7 +117,7 @@ def _graph_us(fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor], w
     return best
 
 
-def _cold_weights(weights: list[tuple[torch.Tensor, torch.Tensor | None]]):
+def cold_weights(weights: list[tuple[torch.Tensor, torch.Tensor | None]]):
     """The model's weights of one shape, plus copies until they span `COLD_L2_MULTIPLE` L2s."""
     w0, b0 = weights[0]
     l2 = torch.cuda.get_device_properties(w0.device).L2_cache_size
@@ -121,17 +130,17 @@ def time_shape(
     shape: GemvShape, weights: list[tuple[torch.Tensor, torch.Tensor | None]]
 ) -> tuple[float, list[tuple[Config, float]]]:
     """cuBLAS's microseconds and each candidate's, for one row of x."""
-    cold = _cold_weights(weights)
+    cold = cold_weights(weights)
     x = torch.randn(1, shape.k, dtype=cold[0][0].dtype, device=cold[0][0].device)
-    cublas = _graph_us(lambda w, b: F.linear(x, w, b), cold)
+    cublas = graph_us(lambda w, b: F.linear(x, w, b), cold)
     timed = [
-        (c, _graph_us(lambda w, b, c=c: dense_gemv(x, w, b, c), cold))
+        (c, graph_us(lambda w, b, c=c: dense_gemv(x, w, b, c), cold))
         for c in gemv_candidates(shape.n, shape.k)
     ]
     return cublas, timed
 
 
-def _broadcast_choices(choices: list[int]) -> list[int]:
+def broadcast_choices(choices: list[int]) -> list[int]:
     """Rank 0's choices on every rank (the others add zeros to them)."""
     if tp_size() == 1:
         return choices
@@ -176,7 +185,7 @@ def choose_decode_gemvs(
     torch.cuda.empty_cache()  # the copies and graphs: the KV cache is sized after this
     chosen = {
         shape: DecodeGemv(shape, configs[shape][choice - 1])
-        for shape, choice in zip(shapes, _broadcast_choices(choices), strict=True)
+        for shape, choice in zip(shapes, broadcast_choices(choices), strict=True)
         if choice
     }
     return [chosen.get(GemvShape.of(w, b)) for w, b in weights]
