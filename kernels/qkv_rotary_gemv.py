@@ -9,10 +9,9 @@ W that a [BLOCK_N]-row GEMV tile never holds together. So each program here take
 pairs, (j, j + dim/2) of one head for BLOCK_N/2 consecutive j, and rotates them in registers.
 The value heads are taken in the same pairs and stored unrotated.
 
-The projection's sums are rounded to the activations' dtype before rotating, as they would be
-stored by the GEMV and read back by the rotary kernel, so the fused and unfused paths agree but
-for the order of the GEMV's sums within a tile (its fp32 sums are reduced over the same K tiles
-in the same split).
+The projection's sums are rounded to the activations' dtype before rotating, as the GEMV
+stores them for the rotary kernel to read back, and the rotation is rotary.py's own (explicit
+FMAs), so with the same tiles the one launch gives the separate launches' bits.
 
 Bytes and FLOPs are the GEMV's (`dense_gemv.py`) plus, per token, the cos/sin rows (fp32) and
 the (heads + 2 kv_heads) x dim outputs written once.
@@ -121,7 +120,7 @@ def qkv_rotary_gemv(
     the q and k heads rotated with the token's cos/sin rows ([tokens, dim], rotate-half), k and v
     written to their slots of an unquantized paged cache [blocks, block_size, kv_heads, dim]
     (-1 skips a token). Returns q [tokens, heads, dim]. `config`: the GEMV's tiles (BLOCK_N,
-    BLOCK_K, num_warps; `dense_gemv.gemv_config` by default), without a K split."""
+    BLOCK_K, num_warps; `[4, 1024]`, 4 warps by default), without a K split."""
     num_heads, num_kv_heads, head_dim = heads
     tokens, k = x.shape
     n = (num_heads + 2 * num_kv_heads) * head_dim
