@@ -52,7 +52,8 @@ class SiluAndMul(GatedActivation):
     def from_hidden(self, x: torch.Tensor, gate_up_proj: nn.Module) -> torch.Tensor:
         """`forward(gate_up_proj(x))`; a one-row step on CUDA whose projection runs the decode
         GEMV may instead do both in one launch (`backends/cuda/gemv_epilogues.py`)."""
-        if x.is_cuda and self.quant_dtype is None:
+        # x may arrive quantized by the norm before a W8A8 gate/up: that linear's kernel runs it.
+        if isinstance(x, torch.Tensor) and x.is_cuda and self.quant_dtype is None:
             from ..backends.cuda.gemv_epilogues import project_silu_and_mul  # Triton
 
             out = project_silu_and_mul(gate_up_proj, x)

@@ -101,7 +101,8 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         """`forward(qkv_proj(x), ...)`; a one-row decode step on CUDA may instead project, rotate
         and write K/V in one launch (`backends/cuda/gemv_epilogues.py`)."""
-        if x.is_cuda and meta.is_decode and current_break() is None:
+        # x may arrive quantized by the norm before a W8A8 q/k/v: that linear's kernel runs it.
+        if isinstance(x, torch.Tensor) and x.is_cuda and meta.is_decode and current_break() is None:
             from ..backends.cuda.gemv_epilogues import project_rotate_write  # Triton: where it runs
 
             q = project_rotate_write(qkv_proj, x, cos, sin, kv_cache, meta.slot_mapping, self.heads)
