@@ -191,3 +191,90 @@ def test_the_timings_at_load_run_on_the_gpu():
     assert all(HEADS[2] // 2 % (c["BLOCK_N"] // 2) == 0 for c, _ in timed)
     separate, timed = _epilogues().time_gate_up_epilogue(gemv, [(gate_up.weight, None)])
     assert separate > 0 and timed and all(us > 0 for _, us in timed)
+
+
+# -- a decoder layer's one-row decode step, through the layers' dispatch ------------------------
+def _decoder_layer():
+    from lmdeploy.adapters.engines.pytorch.backends.cuda.linear import DecodeGemv, GemvShape
+    from lmdeploy.adapters.engines.pytorch.models.config import ModelConfig
+    from lmdeploy.adapters.engines.pytorch.models.llama import LlamaDecoderLayer
+
+    cfg = ModelConfig.from_hf(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": HIDDEN,
+            "intermediate_size": 48,
+            "num_hidden_layers": 1,
+            "num_attention_heads": HEADS[0],
+            "num_key_value_heads": HEADS[1],
+            "head_dim": HEADS[2],
+            "vocab_size": 128,
+            "rms_norm_eps": 1e-6,
+        }
+    )
+    torch.manual_seed(5)
+    layer = LlamaDecoderLayer(cfg, 0)
+    with torch.no_grad():
+        for param in layer.parameters():
+            param.normal_(0, HIDDEN**-0.5)
+    layer.to(DEVICE)
+    for proj in (
+        layer.self_attn.qkv_proj,
+        layer.mlp.gate_up_proj,
+    ):  # as the timing would leave them
+        gemv = DecodeGemv(GemvShape.of(proj.weight, proj.kernel_bias()), GEMV_TILES)
+        proj.method.kernel = gemv.with_epilogue(GEMV_TILES)
+    return layer
+
+
+def _decode_step_inputs():
+    from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
+    from lmdeploy.adapters.engines.pytorch.layers.attention import prepare_metadata
+
+    gen = torch.Generator().manual_seed(6)
+    block_size, context = 4, 10
+    h, residual = (torch.randn(1, HIDDEN, generator=gen).to(DEVICE) for _ in range(2))
+    angles = torch.rand(1, HEADS[2] // 2, generator=gen) * 6.3
+    cos, sin = (torch.cat([f(angles)] * 2, -1).to(DEVICE) for f in (torch.cos, torch.sin))
+    cache = torch.randn(4, block_size, HEADS[1], HEADS[2], generator=gen).to(DEVICE)
+    tables = torch.tensor([[2, 0, 3]], device=DEVICE)
+    slot = 3 * block_size + (context - 1) % block_size  # the new token's, in block 3
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor([slot], device=DEVICE),
+        block_tables=tables,
+        context_lens=torch.tensor([context], device=DEVICE),
+        query_lens=[1],
+        context_lens_list=[context],
+        is_decode=True,
+        num_cached_list=[context - 1],
+    )
+    prepare_metadata(meta, block_size)
+    return h, residual, cos, sin, (cache, cache + 1), meta
+
+
+def test_a_decoder_layers_one_row_step_takes_both_epilogues_and_gives_the_separate_result(
+    monkeypatch,
+):
+    epilogues = _epilogues()
+    calls = []
+    for name in ("qkv_rotary_gemv", "gate_up_silu_gemv"):
+        kernel = getattr(epilogues, name)
+        spy = lambda *a, kernel=kernel, name=name, **k: calls.append(name) or kernel(*a, **k)  # noqa: E731
+        monkeypatch.setattr(epilogues, name, spy)
+    layer = _decoder_layer()
+    h, residual, cos, sin, cache, meta = _decode_step_inputs()
+    runs = {}
+    for switch in ("1", "0"):
+        monkeypatch.setenv("LMDEPLOY_FUSED_QKV_ROTARY", switch)
+        monkeypatch.setenv("LMDEPLOY_FUSED_GATE_UP_SILU", switch)
+        kv = tuple(c.clone() for c in cache)
+        out, new_residual = layer(h.clone(), residual.clone(), cos, sin, kv, meta)
+        runs[switch] = (out, new_residual, kv)
+    assert calls == ["qkv_rotary_gemv", "gate_up_silu_gemv"]  # the "1" run only
+    (out, res, kv), (ref_out, ref_res, ref_kv) = runs["1"], runs["0"]
+    torch.testing.assert_close(out, ref_out, atol=1e-5, rtol=1e-5)
+    assert torch.equal(res, ref_res)
+    for got, expected in zip(kv, ref_kv, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-6)
+    assert not torch.equal(kv[0], cache[0])  # the step wrote its key

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..backends import triton_runs_on
 from ..backends.cpu import ops as cpu_ops
 from ..backends.torch_native import ops as torch_ops
 from .quantization.quantized_activation import QuantizedActivation
@@ -53,7 +54,7 @@ class SiluAndMul(GatedActivation):
         """`forward(gate_up_proj(x))`; a one-row step on CUDA whose projection runs the decode
         GEMV may instead do both in one launch (`backends/cuda/gemv_epilogues.py`)."""
         # x may arrive quantized by the norm before a W8A8 gate/up: that linear's kernel runs it.
-        if isinstance(x, torch.Tensor) and x.is_cuda and self.quant_dtype is None:
+        if isinstance(x, torch.Tensor) and triton_runs_on(x) and self.quant_dtype is None:
             from ..backends.cuda.gemv_epilogues import project_silu_and_mul  # Triton
 
             out = project_silu_and_mul(gate_up_proj, x)

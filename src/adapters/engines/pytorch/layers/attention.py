@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..backends import triton_runs_on
 from ..backends.attention_metadata import AttentionMetadata, PrefillPart
 from ..backends.cpu.attention import cpu_decode_kernel_available, paged_decode_attention_cpu
 from ..backends.torch_native.attention import (
@@ -102,7 +103,8 @@ class Attention(nn.Module):
         """`forward(qkv_proj(x), ...)`; a one-row decode step on CUDA may instead project, rotate
         and write K/V in one launch (`backends/cuda/gemv_epilogues.py`)."""
         # x may arrive quantized by the norm before a W8A8 q/k/v: that linear's kernel runs it.
-        if isinstance(x, torch.Tensor) and x.is_cuda and meta.is_decode and current_break() is None:
+        fusable = isinstance(x, torch.Tensor) and triton_runs_on(x)
+        if fusable and meta.is_decode and current_break() is None:
             from ..backends.cuda.gemv_epilogues import project_rotate_write  # Triton: where it runs
 
             q = project_rotate_write(qkv_proj, x, cos, sin, kv_cache, meta.slot_mapping, self.heads)
