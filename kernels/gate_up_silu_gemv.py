@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dense_gemv import MAX_ROWS, gemv_row_pairs
+from .dense_gemv import MAX_ROWS, gemv_row_pairs, rms_args
 from .pdl import pdl_enabled, pdl_launch_options
 
 
@@ -36,11 +36,13 @@ def _gate_up_silu_gemv_kernel(
     stride_wn,
     stride_wk,
     stride_om,
+    eps,
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    NORM: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Program i: outputs j = i * BLOCK_N / 2 + [0, BLOCK_N / 2), from gate rows j and up rows
@@ -49,7 +51,7 @@ def _gate_up_silu_gemv_kernel(
     j = tl.program_id(0) * PAIRS + tl.arange(0, PAIRS)
     gate, up = gemv_row_pairs(
         x_ptr, w_ptr, bias_ptr, j, inter, M, K, stride_xm, stride_xk, stride_wn, stride_wk,
-        HAS_BIAS, EVEN_K, BLOCK_M, BLOCK_K, PDL,
+        eps, HAS_BIAS, EVEN_K, BLOCK_M, BLOCK_K, NORM, PDL,
     )  # fmt: skip
     out = gate * tl.sigmoid(gate) * up  # silu_and_mul.py's expression
     offs_m = tl.arange(0, BLOCK_M)
@@ -63,10 +65,12 @@ def gate_up_silu_gemv(
     weight: torch.Tensor,
     bias: torch.Tensor | None = None,
     config: dict[str, int] | None = None,
+    rms_eps: float | None = None,
 ) -> torch.Tensor:
     """x [tokens, K] (tokens <= `MAX_ROWS`), weight [2 inter, K] = [gate; up] (+ bias [2 inter])
     -> silu(gate) * up [tokens, inter] in x's dtype. `config`: the GEMV's tiles (BLOCK_N,
-    BLOCK_K, num_warps; `[4, 1024]`, 4 warps by default), without a K split."""
+    BLOCK_K, num_warps; `[4, 1024]`, 4 warps by default), without a K split. `rms_eps`: of
+    x / rms(x), as `dense_gemv` takes it."""
     tokens, k = x.shape
     n = weight.shape[0]
     inter = n // 2
@@ -84,7 +88,8 @@ def gate_up_silu_gemv(
     pdl = pdl_enabled(x.device)
     _gate_up_silu_gemv_kernel[(2 * inter // cfg["BLOCK_N"],)](
         x, weight, bias if bias is not None else weight, out, tokens, k, inter, *x.stride(),
-        *weight.stride(), out.stride(0), HAS_BIAS=bias is not None,
+        *weight.stride(), out.stride(0), **rms_args(rms_eps),
+        HAS_BIAS=bias is not None,
         EVEN_K=k % cfg["BLOCK_K"] == 0, BLOCK_M=triton.next_power_of_2(tokens), PDL=pdl,
         **cfg, **pdl_launch_options(pdl),
     )  # fmt: skip

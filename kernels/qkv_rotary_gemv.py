@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .dense_gemv import MAX_ROWS, gemv_row_pairs
+from .dense_gemv import MAX_ROWS, gemv_row_pairs, rms_args
 from .pdl import pdl_enabled, pdl_launch_options
 from .rotary import rotate_half
 
@@ -58,12 +58,14 @@ def _qkv_rotary_gemv_kernel(
     stride_sin,
     stride_qm,
     stride_cache_slot,
+    eps,
     HEAD_DIM: tl.constexpr,
     HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    NORM: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """Program i: the BLOCK_N / 2 rotate-half pairs starting at pair i * BLOCK_N / 2 of the
@@ -75,7 +77,7 @@ def _qkv_rotary_gemv_kernel(
     j = pid * PAIRS % HALF + tl.arange(0, PAIRS)
     x1, x2 = gemv_row_pairs(
         x_ptr, w_ptr, bias_ptr, head * HEAD_DIM + j, HALF, M, K, stride_xm, stride_xk,
-        stride_wn, stride_wk, HAS_BIAS, EVEN_K, BLOCK_M, BLOCK_K, PDL,
+        stride_wn, stride_wk, eps, HAS_BIAS, EVEN_K, BLOCK_M, BLOCK_K, NORM, PDL,
     )  # fmt: skip
     offs_m = tl.arange(0, BLOCK_M)
     m_mask = offs_m < M
@@ -115,12 +117,14 @@ def qkv_rotary_gemv(
     v_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
     config: dict[str, int] | None = None,
+    rms_eps: float | None = None,
 ) -> torch.Tensor:
     """x [tokens, K] (tokens <= `MAX_ROWS`) through W [(heads + 2 kv_heads) x dim, K] (+ bias),
     the q and k heads rotated with the token's cos/sin rows ([tokens, dim], rotate-half), k and v
     written to their slots of an unquantized paged cache [blocks, block_size, kv_heads, dim]
     (-1 skips a token). Returns q [tokens, heads, dim]. `config`: the GEMV's tiles (BLOCK_N,
-    BLOCK_K, num_warps; `[4, 1024]`, 4 warps by default), without a K split."""
+    BLOCK_K, num_warps; `[4, 1024]`, 4 warps by default), without a K split. `rms_eps`: of
+    x / rms(x), as `dense_gemv` takes it."""
     num_heads, num_kv_heads, head_dim = heads
     tokens, k = x.shape
     n = (num_heads + 2 * num_kv_heads) * head_dim
@@ -147,7 +151,7 @@ def qkv_rotary_gemv(
         x, weight, bias if bias is not None else weight, cos, sin, slot_mapping, q,
         k_cache, v_cache, tokens, k, num_heads, num_kv_heads, *x.stride(), *weight.stride(),
         cos.stride(0), sin.stride(0), q.stride(0), k_cache.stride(1),
-        HEAD_DIM=head_dim, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0,
+        **rms_args(rms_eps), HEAD_DIM=head_dim, HAS_BIAS=bias is not None, EVEN_K=k % cfg["BLOCK_K"] == 0,
         BLOCK_M=triton.next_power_of_2(tokens), PDL=pdl, **cfg, **pdl_launch_options(pdl),
     )  # fmt: skip
     return q

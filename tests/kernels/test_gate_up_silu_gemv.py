@@ -34,13 +34,17 @@ def _inputs(tokens, inter, k, bias, dtype):
 
 
 @pytest.mark.parametrize(("tokens", "inter", "k", "bias", "config", "dtype"), CASES)
-def test_one_launch_equals_the_gemv_then_silu_and_mul(tokens, inter, k, bias, config, dtype):
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_one_launch_equals_the_gemv_then_silu_and_mul(
+    tokens, inter, k, bias, config, dtype, with_norm
+):
     x, w, b = _inputs(tokens, inter, k, bias, dtype)
-    out = gate_up_silu_gemv(x, w, b, config)
+    rms_eps = 1e-5 if with_norm else None
+    out = gate_up_silu_gemv(x, w, b, config, rms_eps)
     assert out.shape == (tokens, inter) and out.dtype == dtype
     # Same sums in the same order, rounded where the two launches store: equal bits.
     gemv_config = None if config is None else dict(config, SPLIT_K=1)
-    assert torch.equal(out, silu_and_mul(dense_gemv(x, w, b, gemv_config)))
+    assert torch.equal(out, silu_and_mul(dense_gemv(x, w, b, gemv_config, rms_eps=rms_eps)))
 
 
 @pytest.mark.parametrize(("tokens", "inter", "k", "bias", "config", "dtype"), CASES[:3])

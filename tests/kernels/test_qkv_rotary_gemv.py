@@ -49,14 +49,18 @@ def _inputs(tokens, heads, k, bias, dtype, seed):
 
 
 @pytest.mark.parametrize(("tokens", "heads", "k", "bias", "config", "dtype"), CASES)
-def test_one_launch_equals_the_gemv_then_the_rotary_kernel(tokens, heads, k, bias, config, dtype):
+@pytest.mark.parametrize("with_norm", [False, True])
+def test_one_launch_equals_the_gemv_then_the_rotary_kernel(
+    tokens, heads, k, bias, config, dtype, with_norm
+):
     x, w, b, cos, sin, (k_cache, v_cache), slots = _inputs(tokens, heads, k, bias, dtype, k)
     num_heads, num_kv_heads, dim = heads
+    rms_eps = 1e-6 if with_norm else None
     fused_k, fused_v = k_cache.clone(), v_cache.clone()
-    q = qkv_rotary_gemv(x, w, b, heads, cos, sin, fused_k, fused_v, slots, config)
+    q = qkv_rotary_gemv(x, w, b, heads, cos, sin, fused_k, fused_v, slots, config, rms_eps)
 
     gemv_config = None if config is None else dict(config, SPLIT_K=1)
-    qkv = dense_gemv(x, w, b, gemv_config)
+    qkv = dense_gemv(x, w, b, gemv_config, rms_eps=rms_eps)
     q_ref, k_new, v_new = (
         part.view(tokens, -1, dim)
         for part in qkv.split([num_heads * dim, num_kv_heads * dim, num_kv_heads * dim], -1)
