@@ -29,6 +29,7 @@ from .distributed.workers import (
     leave_group,
 )
 from .layers.linear import fuse_input_quant, prepare_linears
+from .layers.norm import link_norms
 from .models.base import CausalLM
 from .models.config import ModelConfig
 from .models.custom_map import load_custom_module_map
@@ -282,6 +283,8 @@ def _build_rank(
     lora = _adapter_pool(model, config, device, dtype, max_batch_size if use_graphs else 0)
     # After the adapters: a linear that LoRA hooks keeps its float input.
     fuse_input_quant(model, getattr(model, "quantized_input_producers", {}))
+    if device.type == "cuda":  # after the adapters and the 8-bit inputs: neither is linked
+        link_norms(model)
     num_blocks = _agree_on_blocks(_num_blocks(config, model_cfg, platform, dtype), device)
     logger.info(
         "kv cache: %d blocks of %d tokens (%d tokens at most in flight) on %s (%s, %s)",

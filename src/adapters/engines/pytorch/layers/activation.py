@@ -9,6 +9,7 @@ from torch import nn
 
 from ..backends import triton_runs_on
 from ..backends.cpu import ops as cpu_ops
+from ..backends.normed_input import NormedInput
 from ..backends.torch_native import ops as torch_ops
 from .quantization.quantized_activation import QuantizedActivation
 
@@ -50,11 +51,13 @@ class SiluAndMul(GatedActivation):
             return cpu_ops.silu_and_mul(gate_up)
         return torch_ops.silu_and_mul(gate_up)
 
-    def from_hidden(self, x: torch.Tensor, gate_up_proj: nn.Module) -> torch.Tensor:
+    def from_hidden(self, x: torch.Tensor | NormedInput, gate_up_proj: nn.Module) -> torch.Tensor:
         """`forward(gate_up_proj(x))`; a one-row step on CUDA whose projection runs the decode
-        GEMV may instead do both in one launch (`backends/cuda/gemv_epilogues.py`)."""
+        GEMV may instead do both in one launch (`backends/cuda/gemv_epilogues.py`), the input's
+        RMSNorm too where the norm is linked (x a `NormedInput`)."""
         # x may arrive quantized by the norm before a W8A8 gate/up: that linear's kernel runs it.
-        if isinstance(x, torch.Tensor) and triton_runs_on(x) and self.quant_dtype is None:
+        fusable = isinstance(x, NormedInput) or (isinstance(x, torch.Tensor) and triton_runs_on(x))
+        if fusable and self.quant_dtype is None:
             from ..backends.cuda.gemv_epilogues import project_silu_and_mul  # Triton
 
             out = project_silu_and_mul(gate_up_proj, x)

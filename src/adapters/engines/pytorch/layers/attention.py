@@ -20,6 +20,7 @@ from torch import nn
 from ..backends import triton_runs_on
 from ..backends.attention_metadata import AttentionMetadata, PrefillPart
 from ..backends.cpu.attention import cpu_decode_kernel_available, paged_decode_attention_cpu
+from ..backends.normed_input import NormedInput
 from ..backends.torch_native.attention import (
     ScaleZero,
     decode_attention_torch,
@@ -93,7 +94,7 @@ class Attention(nn.Module):
 
     def from_hidden(
         self,
-        x: torch.Tensor,
+        x: torch.Tensor | NormedInput,
         qkv_proj: nn.Module,
         cos: torch.Tensor,
         sin: torch.Tensor,
@@ -101,9 +102,10 @@ class Attention(nn.Module):
         meta: AttentionMetadata,
     ) -> torch.Tensor:
         """`forward(qkv_proj(x), ...)`; a one-row decode step on CUDA may instead project, rotate
-        and write K/V in one launch (`backends/cuda/gemv_epilogues.py`)."""
+        and write K/V in one launch (`backends/cuda/gemv_epilogues.py`), the input's RMSNorm
+        too where the norm is linked (x a `NormedInput`)."""
         # x may arrive quantized by the norm before a W8A8 q/k/v: that linear's kernel runs it.
-        fusable = isinstance(x, torch.Tensor) and triton_runs_on(x)
+        fusable = isinstance(x, NormedInput) or (isinstance(x, torch.Tensor) and triton_runs_on(x))
         if fusable and meta.is_decode and current_break() is None:
             from ..backends.cuda.gemv_epilogues import project_rotate_write  # Triton: where it runs
 

@@ -25,13 +25,16 @@ product is timed against cuBLAS there and takes the decode GEMV where it is fast
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ....loaders.gguf_file import QuantizedWeight
+from ..backends import triton_runs_on
 from ..backends.cpu import gguf_linear
 from ..backends.cpu.linear import PackedLinear, can_pack
+from ..backends.normed_input import NormedInput
 from ..distributed.parallel_state import (
     all_reduce,
     divide,
@@ -152,7 +155,11 @@ class LinearBase(nn.Module):
         """The bias the matmul itself adds."""
         return self.bias
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | NormedInput) -> torch.Tensor:
+        if isinstance(x, NormedInput):  # a linked norm's row: normalised in the GEMV's K loop
+            from ..backends.cuda.gemv_epilogues import project_normed  # Triton: where it runs
+
+            return project_normed(self, x)
         if self.packed is not None:
             # Its forward directly: hooks (LoRA's) sit on this module, not on the kernel's, and
             # nn.Module's call machinery is Python work on every linear of every step.
@@ -193,14 +200,35 @@ class ColumnParallelLinear(LinearBase):
     tp_dim = 0
 
 
+@dataclass(frozen=True)
+class PendingProjection:
+    """`linear(x)` of one row, not yet run, handed to the RMSNorm that adds it to the residual
+    stream: the norm runs it with the add in the GEMV's epilogue (`plus`), a launch less."""
+
+    linear: LinearBase
+    x: torch.Tensor
+
+    def plus(self, residual: torch.Tensor | None) -> torch.Tensor:
+        """linear(x) + residual (linear(x) alone without one)."""
+        if residual is None:
+            return self.linear.method.apply(self.linear, self.x)
+        from ..backends.cuda.gemv_epilogues import project_add_residual  # Triton: where it runs
+
+        return project_add_residual(self.linear, self.x, residual)
+
+
 class RowParallelLinear(LinearBase):
     """Inputs split across tensor-parallel ranks, partial sums all-reduced (whole at tp=1);
     the bias, whole on every rank, is added after the sum."""
 
     tp_dim = 1
+    # Set by `norm.link_norms` where only an RMSNorm's residual add reads the output at tp=1.
+    feeds_residual_add = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | PendingProjection:
         if tp_size() == 1:
+            if self.feeds_residual_add and self._defers(x):
+                return PendingProjection(self, x)
             return super().forward(x)
         if self.packed is not None:
             return all_reduce(self.packed.forward(x))
@@ -208,6 +236,14 @@ class RowParallelLinear(LinearBase):
         assert isinstance(method, UnquantizedLinearMethod), "quantized checkpoints run at tp=1"
         out = all_reduce(method.kernel(x, self.weight, None))
         return out if self.bias is None else out + self.bias
+
+    def _defers(self, x: torch.Tensor) -> bool:
+        """A one-row product for the Triton GEMV that nothing else sees (no hooks: LoRA's)."""
+        return (
+            x.numel() == x.shape[-1]
+            and triton_runs_on(x)
+            and not (self._forward_hooks or self._forward_pre_hooks)
+        )
 
     def kernel_bias(self) -> torch.Tensor | None:
         return None if tp_size() > 1 else self.bias  # at tp > 1, added after the all-reduce

@@ -9,6 +9,8 @@ fused into it, as in `llama.py`.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -54,6 +56,12 @@ class InternLM2FeedForward(nn.Module):
 
 
 class InternLM2DecoderLayer(nn.Module):
+    # As Llama's (`LlamaDecoderLayer.linked_norms`).
+    linked_norms: ClassVar[dict[str, tuple[str, str]]] = {
+        "attention_norm": ("attention.wqkv", "feed_forward.w2"),
+        "ffn_norm": ("feed_forward.w13", "attention.wo"),
+    }
+
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.attention_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)

@@ -7,6 +7,8 @@ norm is fused into it: a layer takes the previous layer's MLP output and the res
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -60,6 +62,14 @@ class LlamaDecoderLayer(nn.Module):
     attention_cls: type[nn.Module] = LlamaAttention
     # The checkpoint's name of the MLP module (Mixtral's: `block_sparse_moe`).
     mlp_name: str = "mlp"
+    # Each norm -> (the one linear reading it, the linear whose output its residual add takes;
+    # the input norm's is the previous layer's down projection, named by this layer's, of its
+    # shape): at one row a backend may run the norm inside the two (`link_norms`). Names a
+    # subclass lacks (a MoE block's) are skipped.
+    linked_norms: ClassVar[dict[str, tuple[str, str]]] = {
+        "input_layernorm": ("self_attn.qkv_proj", "mlp.down_proj"),
+        "post_attention_layernorm": ("mlp.gate_up_proj", "self_attn.o_proj"),
+    }
 
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()

@@ -11,7 +11,13 @@ in a CUDA graph over cold weights, and kept only where faster (`choose_epilogues
 At run time each `project_*` returns None where its launch does not apply, and the caller runs
 the separate kernels: no faster epilogue was found, the projection has hooks (LoRA adds its
 adapters' output to the projection's), the step is not one row, or the switch is off
-(`LMDEPLOY_FUSED_QKV_ROTARY=0`, `LMDEPLOY_FUSED_GATE_UP_SILU=0`). Imported only where CUDA runs.
+(`LMDEPLOY_FUSED_QKV_ROTARY=0`, `LMDEPLOY_FUSED_GATE_UP_SILU=0`).
+
+The RMSNorms between a layer's projections are links of that chain too: where a norm is linked
+(`layers/norm.py`'s `link_norms`), the linear before it adds the residual in its GEMV's
+epilogue (`project_add_residual`) and the projection after it, whose weight holds the norm's,
+divides its input by its rms in its K loop (every `project_*` here and `project_normed`).
+Imported only where CUDA runs.
 """
 
 from __future__ import annotations
@@ -26,13 +32,20 @@ from torch import nn
 from ......kernels.dense_gemv import dense_gemv, gemv_candidates
 from ......kernels.gate_up_silu_gemv import gate_up_silu_gemv
 from ......kernels.qkv_rotary_gemv import qkv_rotary_gemv
+from ......kernels.rms_norm import fused_add_rms_norm, rms_norm
 from ......kernels.rotary import rotary
 from ......kernels.silu_and_mul import silu_and_mul
+from ..normed_input import NormedInput
 from .linear import Config, DecodeGemv, GemvShape, broadcast_choices, cold_weights, graph_us
 
 logger = logging.getLogger(__name__)
 
 QKV_SWITCH, GATE_UP_SWITCH = "LMDEPLOY_FUSED_QKV_ROTARY", "LMDEPLOY_FUSED_GATE_UP_SILU"
+# A norm link is kept unless its chain times this much slower than the norm's own launch: on an
+# H200 the chains timed alone tied (+-0.5%) where linking both norms of Llama-3-8B's and
+# Mistral-7B's layers gained 0.7-1.2 points of the batch-1 floor in the engine, whose longer
+# chain the timing does not hold (benchmark/NOTES.md, session 13).
+LINK_TIE = 0.01
 # (separate launches' us, [(epilogue tiles, us), ...]) of one projection's shape.
 Timing = tuple[float, list[tuple[Config, float]]]
 
@@ -53,9 +66,58 @@ def _epilogue_tiles(proj: nn.Module, x: torch.Tensor, switch: str) -> Config | N
     return kernel.epilogue
 
 
+def unsplit_gemv(proj: nn.Module) -> Config | None:
+    """The tiles of `proj`'s one-row GEMV where it runs one without a K split (which a norm in
+    its K loop or a residual add in its epilogue needs); None for cuBLAS or a split."""
+    kernel = getattr(getattr(proj, "method", None), "kernel", None)
+    if not isinstance(kernel, DecodeGemv) or kernel.config["SPLIT_K"] != 1:
+        return None
+    return kernel.config
+
+
+def _input(x: torch.Tensor | NormedInput) -> tuple[torch.Tensor, float | None]:
+    """The tensor a GEMV reads, and the eps of the RMSNorm it applies in its K loop, if any
+    (the norm's weight is folded into the GEMV's)."""
+    if isinstance(x, NormedInput):
+        return x.x, x.eps
+    return x, None
+
+
+def _gemv_of_call(proj: nn.Module, x: torch.Tensor) -> Config | None:
+    """`unsplit_gemv`, where this call is its one-row shape and nothing hooks the projection."""
+    config = unsplit_gemv(proj)
+    if (
+        config is None
+        or proj._forward_hooks
+        or proj._forward_pre_hooks
+        or not proj.method.kernel.covers(x, proj.weight, proj.kernel_bias())
+    ):
+        return None
+    return config
+
+
+def project_add_residual(proj: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """`proj(x) + residual` rounded as the fused norm's add rounds, in the GEMV's launch where
+    it runs one without a split (else the product, then a torch add)."""
+    config = _gemv_of_call(proj, x)
+    if config is None:
+        out = proj.method.apply(proj, x)
+        return (out.float() + residual.float()).to(residual.dtype)
+    return dense_gemv(x, proj.weight, proj.kernel_bias(), config, residual=residual)
+
+
+def project_normed(proj: nn.Module, x: NormedInput) -> torch.Tensor:
+    """`proj(RMSNorm(x))`, the norm in the GEMV's K loop where the projection runs one without
+    a split (else the norm's own kernel first)."""
+    config = _gemv_of_call(proj, x.x)
+    if config is None:
+        return proj(rms_norm(x.x, x.weight, x.eps))
+    return dense_gemv(x.x, proj.weight, proj.kernel_bias(), config, rms_eps=x.eps)
+
+
 def project_rotate_write(
     qkv_proj: nn.Module,
-    x: torch.Tensor,
+    x: torch.Tensor | NormedInput,
     cos: torch.Tensor,
     sin: torch.Tensor,
     kv_cache: tuple[torch.Tensor, ...],
@@ -64,24 +126,38 @@ def project_rotate_write(
 ) -> torch.Tensor | None:
     """q [tokens, heads, dim] of `qkv_proj(x)`, q and k rotated with the tokens' cos/sin rows,
     k and v written to their slots of an unquantized cache; None where this does not apply."""
+    x, rms_eps = _input(x)
     tiles = _epilogue_tiles(qkv_proj, x, QKV_SWITCH)
     if tiles is None or len(kv_cache) != 2 or kv_cache[0].dtype != x.dtype:
         return None  # a quantized cache is quantized on write by its own kernel
     x2 = x.reshape(-1, x.shape[-1])
     weight, bias = qkv_proj.weight, qkv_proj.kernel_bias()
     return qkv_rotary_gemv(
-        x2, weight, bias, heads, cos, sin, kv_cache[0], kv_cache[1], slot_mapping, tiles
+        x2,
+        weight,
+        bias,
+        heads,
+        cos,
+        sin,
+        kv_cache[0],
+        kv_cache[1],
+        slot_mapping,
+        tiles,
+        rms_eps=rms_eps,
     )
 
 
-def project_silu_and_mul(gate_up_proj: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
+def project_silu_and_mul(
+    gate_up_proj: nn.Module, x: torch.Tensor | NormedInput
+) -> torch.Tensor | None:
     """silu(gate) * up of `gate_up_proj(x)` ([gate; up] in two equal shards); None where this
     does not apply."""
+    x, rms_eps = _input(x)
     tiles = _epilogue_tiles(gate_up_proj, x, GATE_UP_SWITCH)
     if tiles is None:
         return None
     weight, bias = gate_up_proj.weight, gate_up_proj.kernel_bias()
-    out = gate_up_silu_gemv(x.reshape(-1, x.shape[-1]), weight, bias, tiles)
+    out = gate_up_silu_gemv(x.reshape(-1, x.shape[-1]), weight, bias, tiles, rms_eps=rms_eps)
     return out.view(*x.shape[:-1], weight.shape[0] // 2)
 
 
@@ -200,3 +276,99 @@ def choose_epilogues(
             kernel = groups[key][0].method.kernel.with_epilogue(tiles[choice - 1])
             for proj in groups[key]:
                 proj.method.kernel = kernel
+
+
+# -- the norm links' choice at load -----------------------------------------------------------------
+def _one_row_call(proj: nn.Module) -> Callable[..., object]:
+    """`fn(x, w, b, rms_eps)`: the launch a one-row step makes for `proj` with weights (w, b):
+    its epilogue kernel where one was chosen (into scratch K/V caches), else its GEMV."""
+    kernel = proj.method.kernel
+    heads, tiles = qkv_heads(proj), kernel.epilogue
+    if tiles is not None and heads is not None:
+        _, num_kv_heads, dim = heads
+        w0 = proj.weight
+        cos = torch.ones(1, dim, device=w0.device)
+        sin = torch.zeros(1, dim, device=w0.device)
+        cache = torch.zeros(1, 16, num_kv_heads, dim, dtype=w0.dtype, device=w0.device)
+        slots = torch.zeros(1, dtype=torch.int64, device=w0.device)
+        return lambda x, w, b, eps: qkv_rotary_gemv(
+            x, w, b, heads, cos, sin, cache, cache, slots, tiles, rms_eps=eps
+        )
+    if tiles is not None:
+        return lambda x, w, b, eps: gate_up_silu_gemv(x, w, b, tiles, rms_eps=eps)
+    return lambda x, w, b, eps: dense_gemv(x, w, b, kernel.config, rms_eps=eps)
+
+
+def time_norm_link(
+    proj: nn.Module, eps: float, weights, producer: nn.Module | None = None
+) -> tuple[float, float]:
+    """Microseconds of the chain a one-row step runs for an RMSNorm between `producer` (None:
+    no linear before it) and `proj`: the producer's GEMV, the norm's launch with the residual
+    add, `proj`'s launch; against the producer's GEMV with the add in its epilogue, then `proj`'s
+    launch with the norm in its K loop. CUDA graphs with PDL, `proj`'s weights cold."""
+    w0 = weights[0][0]
+    hidden, dtype, device = w0.shape[1], w0.dtype, w0.device
+    x = torch.randn(1, hidden, dtype=dtype, device=device)
+    residual = torch.randn(1, hidden, dtype=dtype, device=device)
+    ones = torch.ones(hidden, dtype=dtype, device=device)
+    call = _one_row_call(proj)
+    if producer is None:
+        produced = lambda: x  # noqa: E731
+        produced_sum = lambda: x  # noqa: E731
+    else:
+        wp, bp, config = producer.weight, producer.kernel_bias(), producer.method.kernel.config
+        xp = torch.randn(1, wp.shape[1], dtype=dtype, device=device)
+        produced = lambda: dense_gemv(xp, wp, bp, config)  # noqa: E731
+        produced_sum = lambda: dense_gemv(xp, wp, bp, config, residual=residual)  # noqa: E731
+
+    def separate(w, b):
+        call(fused_add_rms_norm(produced(), residual, ones, eps)[0], w, b, None)
+
+    cold = cold_weights(weights)
+    return graph_us(separate, cold), graph_us(lambda w, b: call(produced_sum(), w, b, eps), cold)
+
+
+@torch.inference_mode()
+def choose_norm_links(
+    readers: Sequence[nn.Module],
+    eps: Sequence[float],
+    producers: Sequence[nn.Module | None],
+    time_link: Callable[..., tuple[float, float]] | None = None,
+) -> list[bool]:
+    """For each projection reading an RMSNorm (with that norm's `eps`, after `producers`' output)
+    and running the unsplit GEMV, whether the one-row chain with the norm in its K loop times
+    no slower than the norm's own launch (`time_norm_link`, within `LINK_TIE`); each distinct
+    chain timed once. tp=1 only (no
+    choice is broadcast)."""
+    time_link = time_link or time_norm_link
+    groups: dict[tuple, list[int]] = {}
+    for i, (proj, e, producer) in enumerate(zip(readers, eps, producers, strict=True)):
+        kernel = proj.method.kernel
+        before = None if producer is None else (
+            GemvShape.of(producer.weight, producer.kernel_bias()),
+            tuple(producer.method.kernel.config.items()),
+        )  # fmt: skip
+        key = (
+            GemvShape.of(proj.weight, proj.kernel_bias()), qkv_heads(proj), e,
+            tuple(kernel.config.items()), tuple((kernel.epilogue or {}).items()), before,
+        )  # fmt: skip
+        groups.setdefault(key, []).append(i)
+    linked = [False] * len(readers)
+    try:
+        for key, members in sorted(groups.items(), key=lambda item: repr(item[0])):
+            first = members[0]
+            weights = [(readers[i].weight, readers[i].kernel_bias()) for i in members]
+            separate_us, fused_us = time_link(readers[first], key[2], weights, producers[first])
+            link = fused_us <= separate_us * (1 + LINK_TIE)
+            for i in members:
+                linked[i] = link
+            logger.info(
+                "one-row norm in the GEMV %s after %s: norm launched %.1f us, in the K loop "
+                "%.1f -> %s", key[0], key[-1], separate_us, fused_us,
+                "linked" if link else "separate",
+            )  # fmt: skip
+    except Exception:  # an optimisation only: a failed timing must not fail the engine
+        logger.warning("timing the norm links failed: norms run alone", exc_info=True)
+        linked = [False] * len(readers)
+    torch.cuda.empty_cache()
+    return linked
