@@ -117,7 +117,7 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         if cuda:
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        pipe = pipeline(model, backend_config=config)
+        pipe = pipeline(model, backend_config=config, log_level=args.log_level)
         startup = time.perf_counter() - start
     runner = pipe.service.engine.runner
     trace = StepTrace()
@@ -134,6 +134,11 @@ def measure(name: str, args: argparse.Namespace) -> dict[str, Any]:
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "dtype": str(runner.dtype),
         "cuda_graphs": runner.graphs is not None,
+        # The one-row RMSNorms run inside the GEMVs around them (layers/norm.py's link_norms).
+        "norms_linked": sum(bool(getattr(m, "linked", False)) for m in runner.model.modules()),
+        "residual_adds_deferred": sum(
+            bool(getattr(m, "feeds_residual_add", False)) for m in runner.model.modules()
+        ),
         "startup_s": startup,
         "copy_bandwidth_GBps": bandwidth / 1e9,
         "weight_bytes": wbytes,
@@ -166,6 +171,7 @@ def run_shape(name: str, args: argparse.Namespace) -> dict[str, Any]:
     command += ["--input-len", str(args.input_len), "--output-len", str(args.output_len)]
     command += ["--tiny"] * args.tiny + ["--eager"] * args.eager
     command += ["--prefill-interval", str(args.prefill_interval)]
+    command += ["--log-level", args.log_level]
     proc = subprocess.run(command, capture_output=True, text=True)
     sys.stderr.write(proc.stderr)
     lines = proc.stdout.strip().splitlines()
@@ -203,6 +209,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     ap.add_argument("--tiny", action="store_true", help="shrunken shapes: a smoke run")
+    ap.add_argument("--log-level", default="WARNING", help="the engine's (INFO: load-time choices)")
     ap.add_argument("--eager", action="store_true", help="no CUDA graphs")
     ap.add_argument(
         "--prefill-interval", type=int, default=16, help="0: admit new prompts at once (A/B)"
