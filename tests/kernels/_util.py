@@ -59,3 +59,24 @@ def slots_of(block_tables: torch.Tensor, block_size: int, seq: int, positions) -
     """Flat cache slots of `positions` of sequence `seq`."""
     pos = torch.as_tensor(positions, device=block_tables.device)
     return block_tables[seq, pos // block_size].long() * block_size + pos % block_size
+
+
+def one_token_decode_meta(block_table: list[int], context: int, block_size: int):
+    """The attention metadata of one sequence's decode step (the layers' dispatch prepared),
+    its new token at position context - 1 of the blocks `block_table`."""
+    from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
+    from lmdeploy.adapters.engines.pytorch.layers.attention import prepare_metadata
+
+    last = context - 1
+    slot = block_table[last // block_size] * block_size + last % block_size
+    meta = AttentionMetadata(
+        slot_mapping=torch.tensor([slot], device=DEVICE),
+        block_tables=torch.tensor([block_table], device=DEVICE),
+        context_lens=torch.tensor([context], device=DEVICE),
+        query_lens=[1],
+        context_lens_list=[context],
+        is_decode=True,
+        num_cached_list=[last],
+    )
+    prepare_metadata(meta, block_size)
+    return meta

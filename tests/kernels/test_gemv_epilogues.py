@@ -9,7 +9,7 @@ import torch
 from lmdeploy.kernels.rotary import rotary
 from lmdeploy.kernels.silu_and_mul import silu_and_mul
 
-from ._util import DEVICE, cuda_only
+from ._util import DEVICE, cuda_only, one_token_decode_meta
 
 HEADS = (4, 2, 16)
 HIDDEN = 64
@@ -229,27 +229,13 @@ def _decoder_layer():
 
 
 def _decode_step_inputs():
-    from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
-    from lmdeploy.adapters.engines.pytorch.layers.attention import prepare_metadata
-
     gen = torch.Generator().manual_seed(6)
     block_size, context = 4, 10
     h, residual = (torch.randn(1, HIDDEN, generator=gen).to(DEVICE) for _ in range(2))
     angles = torch.rand(1, HEADS[2] // 2, generator=gen) * 6.3
     cos, sin = (torch.cat([f(angles)] * 2, -1).to(DEVICE) for f in (torch.cos, torch.sin))
     cache = torch.randn(4, block_size, HEADS[1], HEADS[2], generator=gen).to(DEVICE)
-    tables = torch.tensor([[2, 0, 3]], device=DEVICE)
-    slot = 3 * block_size + (context - 1) % block_size  # the new token's, in block 3
-    meta = AttentionMetadata(
-        slot_mapping=torch.tensor([slot], device=DEVICE),
-        block_tables=tables,
-        context_lens=torch.tensor([context], device=DEVICE),
-        query_lens=[1],
-        context_lens_list=[context],
-        is_decode=True,
-        num_cached_list=[context - 1],
-    )
-    prepare_metadata(meta, block_size)
+    meta = one_token_decode_meta([2, 0, 3], context, block_size)  # the new token in block 3
     return h, residual, cos, sin, (cache, cache + 1), meta
 
 

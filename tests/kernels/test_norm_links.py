@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ._util import DEVICE, cuda_only
+from ._util import DEVICE, cuda_only, one_token_decode_meta
 
 GEMV_TILES = dict(BLOCK_N=4, BLOCK_K=32, SPLIT_K=1, num_warps=4)
 SHAPE = dict(
@@ -82,9 +82,6 @@ def _model(arch: str, extra: dict, epilogues: bool = False):
 
 
 def _decode_step(cfg):
-    from lmdeploy.adapters.engines.pytorch.backends.attention_metadata import AttentionMetadata
-    from lmdeploy.adapters.engines.pytorch.layers.attention import prepare_metadata
-
     gen = torch.Generator().manual_seed(2)
     block_size, context = 4, 7
     dim = cfg.head_dim
@@ -97,16 +94,7 @@ def _decode_step(cfg):
             for _ in range(cfg.num_hidden_layers)
         )
     ]
-    meta = AttentionMetadata(
-        slot_mapping=torch.tensor([2 * block_size + (context - 1) % block_size], device=DEVICE),
-        block_tables=torch.tensor([[1, 2]], device=DEVICE),
-        context_lens=torch.tensor([context], device=DEVICE),
-        query_lens=[1],
-        context_lens_list=[context],
-        is_decode=True,
-        num_cached_list=[context - 1],
-    )
-    prepare_metadata(meta, block_size)
+    meta = one_token_decode_meta([1, 2], context, block_size)
     return torch.tensor([5], device=DEVICE), cos, sin, caches, meta
 
 
