@@ -115,8 +115,8 @@ def link_norms(model: nn.Module) -> list[str]:
     GEMV without a K split for one row defers its product to the norm, which runs it with the
     add in its epilogue (its hooks, LoRA's, are checked at each call). A norm is linked (its
     weight folded into its reader's: `fold_into`) where its reader runs such a GEMV, has no
-    hooks and, timed at load, runs the producer-norm-reader chain faster with the norm in its K
-    loop (`choose_norm_links`). `LMDEPLOY_FUSED_NORM=0` links none (A/B runs). Returns the names
+    hooks and, timed at load, runs the producer-norm-reader chain no slower with the norm in
+    its K loop (`choose_norm_links`: ties link, as the engine's longer chain gains from them). `LMDEPLOY_FUSED_NORM=0` links none (A/B runs). Returns the names
     of the modules changed."""
     if os.environ.get(NORM_LINK_SWITCH) == "0" or tp_size() > 1:
         return []

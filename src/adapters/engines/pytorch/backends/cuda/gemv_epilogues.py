@@ -338,8 +338,7 @@ def choose_norm_links(
     """For each projection reading an RMSNorm (with that norm's `eps`, after `producers`' output)
     and running the unsplit GEMV, whether the one-row chain with the norm in its K loop times
     no slower than the norm's own launch (`time_norm_link`, within `LINK_TIE`); each distinct
-    chain timed once. tp=1 only (no
-    choice is broadcast)."""
+    chain timed once. tp=1 only (no choice is broadcast)."""
     time_link = time_link or time_norm_link
     groups: dict[tuple, list[int]] = {}
     for i, (proj, e, producer) in enumerate(zip(readers, eps, producers, strict=True)):
