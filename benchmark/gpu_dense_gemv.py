@@ -10,6 +10,9 @@ as a model's layers do): cuBLAS (`F.linear`, the engine's path today), our defau
 the best of what the engine times at load (`gemv_candidates`). The byte floor is the bytes a GEMM
 must move (W, x, y) at `HBM_BYTES_PER_S`; `%floor` = floor / time. Each output is checked
 against `x.float() @ W.float().T` first. `--sweep` also times `SWEEP`'s tiles, splits and warps.
+`--variants` times each unsplit one-row tile also as the norm links run it (`rms_us`: x divided by
+its rms in the K loop, as a linked norm's reader; `residual_us`: the residual added in the
+epilogue, as a norm's producer), beside the plain GEMV (`us`).
 """
 
 from __future__ import annotations
@@ -30,7 +33,13 @@ sys.path[:0] = [str(HERE), str(HERE.parent)]  # gpu_w4a16_gemv's helpers; kernel
 
 from gpu_w4a16_gemv import HBM_BYTES_PER_S, copies_for, graph_us, max_error  # noqa: E402
 
-from kernels.dense_gemv import NUM_SMS, dense_gemv, gemv_candidates, gemv_config  # noqa: E402
+from kernels.dense_gemv import (  # noqa: E402
+    NUM_SMS,
+    dense_gemv,
+    dense_gemv_ref,
+    gemv_candidates,
+    gemv_config,
+)
 
 # (model, linear, K, N, bias), q/k/v and gate/up packed as the engine runs them.
 LINEARS = [
@@ -73,11 +82,26 @@ def sweep_config(m: int, k: int, n: int, block_n: int, block_k: int, warps: int,
     return dict(BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=split, num_warps=warps)
 
 
-def timed(x, weights, bias, ref, config) -> dict[str, Any]:
+def timed(x, weights, bias, ref, config, variants: bool = False) -> dict[str, Any]:
     def fn(w):
         return dense_gemv(x, w, bias, config)
 
-    return dict(config, error=max_error(fn(weights[0]), ref), us=graph_us(fn, weights))
+    row = dict(config, error=max_error(fn(weights[0]), ref), us=graph_us(fn, weights))
+    if variants and config["SPLIT_K"] == 1:
+        residual = torch.randn(x.shape[0], weights[0].shape[0], device=x.device, dtype=x.dtype)
+
+        def normed(w):
+            return dense_gemv(x, w, bias, config, rms_eps=1e-6)
+
+        def summed(w):
+            return dense_gemv(x, w, bias, config, residual=residual)
+
+        w0 = weights[0]
+        row["rms_error"] = max_error(normed(w0), dense_gemv_ref(x, w0, bias, rms_eps=1e-6))
+        row["rms_us"] = graph_us(normed, weights)
+        row["residual_error"] = max_error(summed(w0), ref + residual.float())
+        row["residual_us"] = graph_us(summed, weights)
+    return row
 
 
 def linear_rows(model: str, name: str, k: int, n: int, has_bias: bool, args) -> list[dict]:
@@ -96,7 +120,7 @@ def linear_rows(model: str, name: str, k: int, n: int, has_bias: bool, args) -> 
         row["default"] = timed(x, weights, bias, ref, gemv_config(m, n, k))
         if m == 1:  # what the engine times at load, and keeps where it beats cuBLAS
             row["load_candidates"] = [
-                timed(x, weights, bias, ref, c) for c in gemv_candidates(n, k)
+                timed(x, weights, bias, ref, c, args.variants) for c in gemv_candidates(n, k)
             ]
         if args.sweep:
             configs = [sweep_config(m, k, n, *p) for p in SWEEP]
@@ -134,6 +158,7 @@ def main() -> None:
     ap.add_argument("--output", type=Path, default=HERE / "results/gpu_dense_gemv.json")
     ap.add_argument("--sweep", action="store_true", help="other tiles, splits and warps too")
     ap.add_argument("--rows", type=int, nargs="+", default=[1, 2, 4])
+    ap.add_argument("--variants", action="store_true", help="the norm links' GEMVs too")
     args = ap.parse_args()
     torch.manual_seed(0)
     rows = [r for linear in LINEARS for r in linear_rows(*linear, args)]
