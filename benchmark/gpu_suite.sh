@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm|norm_links ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
@@ -57,6 +57,13 @@ for part in "$@"; do
     pipeline_profile) python3 benchmark/gpu_pipeline_profile.py --output "$OUT/pipeline_profile$TAG.json" 2>&1 | tee "$OUT/pipeline_profile$TAG.log" ;;
     decode_attention) python3 benchmark/gpu_decode_attention.py --output "$OUT/gpu_decode_attention$TAG.json" 2>&1 | tee "$OUT/gpu_decode_attention$TAG.log" ;;
     dense_gemv) python3 benchmark/gpu_dense_gemv.py --sweep --output "$OUT/gpu_dense_gemv$TAG.json" 2>&1 | tee "$OUT/gpu_dense_gemv$TAG.log" ;;
+    norm_links) python3 benchmark/gpu_dense_gemv.py --rows 1 --variants --output "$OUT/gpu_dense_gemv_variants$TAG.json" \
+        2>&1 | tee "$OUT/gpu_dense_gemv_variants$TAG.log"
+      for on in 0 1; do  # the batch-1 A/B of the one-row norm links (layers/norm.py's link_norms)
+        LMDEPLOY_FUSED_NORM=$on python3 benchmark/gpu_families.py ${FAMILIES:-llama-3-8b qwen2.5-7b mistral-7b} \
+          --batch-sizes 1 --log-level INFO --output "$OUT/gpu_families_b1_norm$on$TAG.json" 2>&1 \
+          | tee "$OUT/gpu_families_b1_norm$on$TAG.log" | grep -v "\[info"
+      done ;;
     quant) python3 benchmark/gpu_quant.py --batch-sizes ${BATCHES:-1 64} \
         --output "$OUT/gpu_quant$TAG.json" 2>&1 | tee "$OUT/gpu_quant$TAG.log" ;;
   esac
