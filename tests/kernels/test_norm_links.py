@@ -148,6 +148,35 @@ def test_a_one_row_step_with_linked_norms_gives_the_step_without(arch, epilogues
     assert len(fused) == fused_launches
 
 
+def test_with_a_quantized_kv_cache_q_k_v_takes_its_linked_norm_in_the_plain_gemv(monkeypatch):
+    """The q/k/v epilogue writes an unquantized cache only: with an int8 cache the reader's norm
+    runs in the plain GEMV's K loop, and the step is still the unlinked one."""
+    from lmdeploy.adapters.engines.pytorch.backends.cuda import gemv_epilogues
+    from lmdeploy.adapters.engines.pytorch.layers.norm import link_norms
+    from lmdeploy.adapters.engines.pytorch.runner.kv_cache import allocate_kv_caches
+
+    cfg, model = _model("LlamaForCausalLM", {}, epilogues=True)
+    ids, cos, sin, _, meta = _decode_step(cfg)
+    caches = allocate_kv_caches(
+        cfg.num_hidden_layers, 3, 4, cfg.num_key_value_heads, cfg.head_dim,
+        torch.float32, DEVICE, quant_policy=8,
+    )  # fmt: skip
+    step = (ids, cos, sin, caches, meta)
+    expected, _ = _run(model, step)
+    normed = []
+    gemv = gemv_epilogues.dense_gemv
+
+    def spy(*args, **kwargs):
+        normed.append(kwargs.get("rms_eps") is not None)
+        return gemv(*args, **kwargs)
+
+    monkeypatch.setattr(gemv_epilogues, "dense_gemv", spy)
+    link_norms(model)
+    got, _ = _run(model, step)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert sum(normed) == cfg.num_hidden_layers  # each layer's q/k/v, its norm in the K loop
+
+
 def test_nothing_is_linked_with_the_switch_off_or_where_lora_hooks_the_reader(monkeypatch):
     from lmdeploy.adapters.engines.pytorch.layers.norm import link_norms
 
