@@ -238,12 +238,13 @@ class RowParallelLinear(LinearBase):
         return out if self.bias is None else out + self.bias
 
     def _defers(self, x: torch.Tensor) -> bool:
-        """A one-row product for the Triton GEMV that nothing else sees (no hooks: LoRA's)."""
-        return (
-            x.numel() == x.shape[-1]
-            and triton_runs_on(x)
-            and not (self._forward_hooks or self._forward_pre_hooks)
-        )
+        """A one-row product for the unsplit Triton GEMV that nothing else sees (no hooks:
+        LoRA's)."""
+        if x.numel() != x.shape[-1] or not triton_runs_on(x):
+            return False
+        from ..backends.cuda.gemv_epilogues import gemv_of_call  # Triton: where it runs
+
+        return gemv_of_call(self, x) is not None
 
     def kernel_bias(self) -> torch.Tensor | None:
         return None if tp_size() > 1 else self.bias  # at tp > 1, added after the all-reduce

@@ -83,7 +83,7 @@ def _input(x: torch.Tensor | NormedInput) -> tuple[torch.Tensor, float | None]:
     return x, None
 
 
-def _gemv_of_call(proj: nn.Module, x: torch.Tensor) -> Config | None:
+def gemv_of_call(proj: nn.Module, x: torch.Tensor) -> Config | None:
     """`unsplit_gemv`, where this call is its one-row shape and nothing hooks the projection."""
     config = unsplit_gemv(proj)
     if (
@@ -97,19 +97,17 @@ def _gemv_of_call(proj: nn.Module, x: torch.Tensor) -> Config | None:
 
 
 def project_add_residual(proj: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """`proj(x) + residual` rounded as the fused norm's add rounds, in the GEMV's launch where
-    it runs one without a split (else the product, then a torch add)."""
-    config = _gemv_of_call(proj, x)
-    if config is None:
-        out = proj.method.apply(proj, x)
-        return (out.float() + residual.float()).to(residual.dtype)
+    """`proj(x) + residual` rounded as the fused norm's add rounds, in the GEMV's launch: for
+    a call `gemv_of_call` accepts (the only ones a producer defers)."""
+    config = gemv_of_call(proj, x)
+    assert config is not None, "a deferred product runs the unsplit GEMV"
     return dense_gemv(x, proj.weight, proj.kernel_bias(), config, residual=residual)
 
 
 def project_normed(proj: nn.Module, x: NormedInput) -> torch.Tensor:
     """`proj(RMSNorm(x))`, the norm in the GEMV's K loop where the projection runs one without
     a split (else the norm's own kernel first)."""
-    config = _gemv_of_call(proj, x.x)
+    config = gemv_of_call(proj, x.x)
     if config is None:
         return proj(rms_norm(x.x, x.weight, x.eps))
     return dense_gemv(x.x, proj.weight, proj.kernel_bias(), config, rms_eps=x.eps)
@@ -187,15 +185,22 @@ def _candidates(n: int, k: int, pair_unit: int) -> list[Config]:
     ]
 
 
+def _qkv_scratch(heads: tuple[int, int, int], w0: torch.Tensor):
+    """One token's cos and sin rows, a one-block K/V cache (k and v share it) and its slot: what
+    a timed q/k/v launch rotates and writes."""
+    _, num_kv_heads, dim = heads
+    cos = torch.ones(1, dim, device=w0.device)
+    sin = torch.zeros(1, dim, device=w0.device)
+    cache = torch.zeros(1, 16, num_kv_heads, dim, dtype=w0.dtype, device=w0.device)
+    return cos, sin, [cache, cache], torch.zeros(1, dtype=torch.int64, device=w0.device)
+
+
 def time_qkv_epilogue(heads: tuple[int, int, int], gemv: Config, weights) -> Timing:
     """The GEMV then rotary with the K/V write, against the one launch over its tiles."""
     num_heads, num_kv_heads, dim = heads
     w0 = weights[0][0]
     x = torch.randn(1, w0.shape[1], dtype=w0.dtype, device=w0.device)
-    cos = torch.ones(1, dim, device=w0.device)
-    sin = torch.zeros(1, dim, device=w0.device)
-    caches = [torch.zeros(1, 16, num_kv_heads, dim, dtype=w0.dtype, device=w0.device)] * 2
-    slots = torch.zeros(1, dtype=torch.int64, device=w0.device)
+    cos, sin, caches, slots = _qkv_scratch(heads, w0)
     sizes = [num_heads * dim, num_kv_heads * dim, num_kv_heads * dim]
 
     def separate(w, b):
@@ -237,9 +242,9 @@ def choose_epilogues(
     call this with the same projections (rank 0's choice is kept)."""
     groups: dict[tuple, list[nn.Module]] = {}
     for proj in projections:
-        kernel = getattr(getattr(proj, "method", None), "kernel", None)
-        if not isinstance(kernel, DecodeGemv) or kernel.config["SPLIT_K"] != 1:
+        if unsplit_gemv(proj) is None:
             continue
+        kernel = proj.method.kernel
         heads, inter = qkv_heads(proj), gate_up_width(proj)
         if heads is None and inter is None:
             continue
@@ -285,14 +290,9 @@ def _one_row_call(proj: nn.Module) -> Callable[..., object]:
     kernel = proj.method.kernel
     heads, tiles = qkv_heads(proj), kernel.epilogue
     if tiles is not None and heads is not None:
-        _, num_kv_heads, dim = heads
-        w0 = proj.weight
-        cos = torch.ones(1, dim, device=w0.device)
-        sin = torch.zeros(1, dim, device=w0.device)
-        cache = torch.zeros(1, 16, num_kv_heads, dim, dtype=w0.dtype, device=w0.device)
-        slots = torch.zeros(1, dtype=torch.int64, device=w0.device)
+        cos, sin, caches, slots = _qkv_scratch(heads, proj.weight)
         return lambda x, w, b, eps: qkv_rotary_gemv(
-            x, w, b, heads, cos, sin, cache, cache, slots, tiles, rms_eps=eps
+            x, w, b, heads, cos, sin, *caches, slots, tiles, rms_eps=eps
         )
     if tiles is not None:
         return lambda x, w, b, eps: gate_up_silu_gemv(x, w, b, tiles, rms_eps=eps)
