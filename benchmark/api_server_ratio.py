@@ -10,13 +10,16 @@ detokenization and SSE framing, and the event loop they share.
 The model is a shipped dummy shape (random weights) with the embedded default model's tokenizer
 (from its GGUF, or `LMDEPLOY_VLM_TOKENIZER=DIR` where it was saved; its vocabulary sets the
 embedding's rows), so both runs detokenize real text. The offline run goes first in this
-process and is closed before the server starts, each with the whole GPU.
+process (its steps traced: where its wall time went) and is closed before the server starts,
+each with the whole GPU. The load comes from `--client-processes` processes (one would measure
+itself); the server's CPU a streamed token is reported by thread, the main thread being its
+event loop. `--switch-interval-ms 5 0.5` runs the server once per GIL switch interval (A/B);
+`--offline-tok-s` reuses an offline figure measured earlier on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import subprocess
@@ -30,7 +33,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).parent))
 from gpu_families import tiny_config  # noqa: E402
 from gpu_vlm import base_tokenizer  # noqa: E402
-from profile_restful_api import make_workload, print_report, run  # noqa: E402
+from profile_restful_api import make_workload, measure, print_report  # noqa: E402
+from step_trace import StepTrace, breakdown  # noqa: E402
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
 from lmdeploy.adapters.engines.pytorch.distributed.workers import free_port  # noqa: E402
@@ -63,17 +67,31 @@ def offline(path: str, args: argparse.Namespace, workload: list[tuple[str, int]]
             GenerationConfig(max_new_tokens=n, ignore_eos=True, do_sample=False)
             for _, n in workload
         ]
+        trace = StepTrace()
+        trace.install(pipe.service.engine.runner)
         start = time.perf_counter()
         outs = pipe(prompts, gen_config=gens)
-        elapsed = time.perf_counter() - start
+        end = time.perf_counter()
     tokens = sum(o.generate_token_len for o in outs)
-    return {"elapsed_s": elapsed, "output_tokens": tokens, "output_tokens_per_s": tokens / elapsed}
+    return {
+        "elapsed_s": end - start,
+        "output_tokens": tokens,
+        "output_tokens_per_s": tokens / (end - start),
+        "prompt_tokens": sum(o.input_token_len for o in outs),
+        "time": breakdown(trace, start, end),
+    }
 
 
-def serve(path: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
+def serve(
+    path: str, args: argparse.Namespace, switch_interval_ms: float | None = None
+) -> tuple[subprocess.Popen, str]:
     port = free_port()
     # The console script's function: the GPU image imports the checkout without installing it.
     cli = "from lmdeploy.infrastructure.entrypoint import main; main()"
+    if switch_interval_ms is not None:  # overrides what the server sets for itself
+        cli = cli.replace(
+            "main()", f"import sys; sys.setswitchinterval({switch_interval_ms / 1e3}); main()"
+        )
     command = [sys.executable, "-c", cli, "serve", "api_server", path, "--backend", "pytorch"]
     command += ["--server-port", str(port), "--device", args.device, "--load-format", "dummy"]
     command += ["--session-len", str(args.session_len), "--max-batch-size", str(args.concurrency)]
@@ -94,6 +112,48 @@ def serve(path: str, args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     raise SystemExit(f"the api_server did not answer /health within {args.startup_timeout} s")
 
 
+def thread_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds each thread of a process has used (Linux /proc): the main thread (the event
+    loop) as "main", the others by thread id (torch's pool threads, the engine's thread)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except OSError:  # the thread ended
+            continue
+        name = "main" if task.name == str(pid) else f"thread {task.name}"
+        fields = stat[stat.rindex(")") + 2 :].split()
+        used[name] = used.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+def serve_once(path: str, args: argparse.Namespace, switch_interval_ms: float | None) -> dict:
+    server, url = serve(path, args, switch_interval_ms)
+    try:
+        client_args = argparse.Namespace(
+            url=url, api_key=None, model=None, timeout=1800, concurrency=args.concurrency,
+            num_prompts=args.num_prompts, seed=args.seed, min_input=args.min_input,
+            max_input=args.max_input, min_output=args.min_output, max_output=args.max_output,
+            processes=args.client_processes,
+        )  # fmt: skip
+        measure(argparse.Namespace(**{**vars(client_args), "num_prompts": 2, "processes": 1}))
+        before = thread_cpu_s(server.pid)
+        report = measure(client_args)
+        after = thread_cpu_s(server.pid)
+        # The server's threads' CPU a streamed token: the event loop's (the main thread) is what
+        # the HTTP path costs, and it shares the GIL with the engine thread.
+        tokens = report["output_tokens_per_s"] * report["elapsed_s"]
+        report["server_cpu_us_per_token"] = {
+            name: (after[name] - before.get(name, 0.0)) / tokens * 1e6
+            for name in sorted(after, key=lambda n: before.get(n, 0.0) - after[n])[:4]
+        }
+        return report
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="llama-3-8b", help="a shipped dummy shape")
@@ -108,30 +168,53 @@ def main() -> None:
     ap.add_argument("--session-len", type=int, default=4096)
     ap.add_argument("--startup-timeout", type=float, default=600)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--client-processes", type=int, default=4, help="load-generating processes (one saturates)"
+    )
+    ap.add_argument(
+        "--switch-interval-ms",
+        type=float,
+        nargs="+",
+        default=[None],
+        help="run the server once per value of the server process's GIL switch interval (A/B)",
+    )
+    ap.add_argument(
+        "--offline-tok-s",
+        type=float,
+        default=None,
+        help="skip the offline run and compare with this figure (measured earlier on this machine)",
+    )
     ap.add_argument("--output", default="benchmark/results/api_server_ratio.json")
     args = ap.parse_args()
     lengths = (args.min_input, args.max_input, args.min_output, args.max_output)
     workload = make_workload(args.num_prompts, args.seed, *lengths)
+    servers = []
     with tempfile.TemporaryDirectory() as tmp:
         write_model(args.model, Path(tmp), args.tiny)
-        ours = offline(tmp, args, workload)
+        if args.offline_tok_s is None:
+            ours = offline(tmp, args, workload)
+        else:
+            ours = {"output_tokens_per_s": args.offline_tok_s, "given": True}
         print(f"offline pipeline     {ours['output_tokens_per_s']:8.1f} tok/s", flush=True)
-        server, url = serve(tmp, args)
-        try:
-            client_args = argparse.Namespace(
-                url=url, api_key=None, model=None, timeout=1800, concurrency=args.concurrency,
-                num_prompts=args.num_prompts, seed=args.seed, min_input=args.min_input,
-                max_input=args.max_input, min_output=args.min_output, max_output=args.max_output,
-            )  # fmt: skip
-            asyncio.run(run(argparse.Namespace(**{**vars(client_args), "num_prompts": 2})))
-            served = asyncio.run(run(client_args))
-        finally:
-            server.terminate()
-            server.wait(timeout=60)
-    print_report(served)
-    ratio = served["output_tokens_per_s"] / ours["output_tokens_per_s"]
-    print(f"api_server / offline {ratio:8.3f} (target >= 0.85 at 256 streams on the H200)")
-    result = {"args": vars(args), "offline": ours, "api_server": served, "ratio": ratio}
+        for interval in args.switch_interval_ms:
+            served = serve_once(tmp, args, interval)
+            print(f"-- switch interval {interval} ms (None: the server's own)")
+            print_report(served)
+            print(
+                "server CPU us a token:",
+                {k: round(v, 1) for k, v in served["server_cpu_us_per_token"].items()},
+            )
+            ratio = served["output_tokens_per_s"] / ours["output_tokens_per_s"]
+            print(f"api_server / offline {ratio:8.3f} (target >= 0.85 at 256 streams on the H200)")
+            servers.append({"switch_interval_ms": interval, **served, "ratio": ratio})
+    result = {
+        "args": vars(args),
+        "offline": ours,
+        "api_server": servers[0],
+        "ratio": servers[0]["ratio"],
+    }
+    if len(servers) > 1:
+        result["api_servers"] = servers
     if os.path.dirname(args.output):
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))

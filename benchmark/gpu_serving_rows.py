@@ -36,6 +36,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_generation import copy_bandwidth, step_weight_bytes  # noqa: E402
+from step_trace import StepTrace, breakdown  # noqa: E402
 from workloads import random_prompt, sharegpt_like  # noqa: E402
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
@@ -153,6 +154,11 @@ def main() -> None:
         default=["prefill", "d256", "d512", "uniform", "lognormal", "b1"],
         help="rows to run, in this order (a row named twice runs twice)",
     )
+    ap.add_argument(
+        "--trace",
+        action="store_true",
+        help="record every forward pass; each row gets where its wall time went (steps by kind)",
+    )
     ap.add_argument("--output", type=Path, default=Path("benchmark/results/serving_rows_cuda.json"))
     args = ap.parse_args()
     bandwidth, tflops = copy_bandwidth(), gemm_tflops()
@@ -168,6 +174,9 @@ def main() -> None:
     vocab = model.config.vocab_size
     limits = Limits(model.config, step_weight_bytes(pipe), bandwidth, tflops)
     _run(pipe, [(64, 8)] * 8, vocab, seed=0)  # warm-up: kernels compiled, graphs captured
+    trace = StepTrace()
+    if args.trace:
+        trace.install(pipe.service.engine.runner)
     rows = []
 
     def row(name: str, unit: str, ours: float, limit: float, **extra) -> None:
@@ -225,7 +234,13 @@ def main() -> None:
         "b1": batch1,
     }
     for name in args.rows:  # in the order given; a row named twice runs twice
+        start, rows_before = time.perf_counter(), len(rows)
         runs[name]()
+        if args.trace and len(rows) > rows_before:
+            rows[-1]["time"] = breakdown(trace, start, time.perf_counter())
+            shown = {k: v for k, v in rows[-1]["time"].items() if not k.startswith("prompt_steps")}
+            print(json.dumps(shown, indent=1), flush=True)
+            trace.clear()
     pipe.close()
     print(f"\n{'row':<26} {'ours':>10} {'limit':>10} {'of limit':>9}  unit")
     for r in rows:

@@ -3,7 +3,9 @@
 Prompts and output lengths come from a seeded synthetic distribution; each client streams its
 chat completion with ignore_eos, so the output length is exactly what was drawn. Prints request
 throughput, output tokens/s, time to first token (TTFT) and inter-token latency (ITL)
-percentiles, and writes the figures as JSON.
+percentiles, and writes the figures as JSON. The streams are spread over `--processes` client
+processes: one Python process parsing the events of a few hundred streams saturates its core
+and would measure itself (its busiest process's CPU share is reported).
 
     lmdeploy serve api_server --server-port 23333 &
     python benchmark/profile_restful_api.py http://127.0.0.1:23333 --num-prompts 64 --concurrency 16
@@ -14,9 +16,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing as mp
 import random
 import statistics
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,35 +109,72 @@ def percentiles(values: list[float]) -> dict[str, float]:
     }
 
 
-async def run(args: argparse.Namespace) -> dict:
+async def _shard(
+    args: argparse.Namespace, workload: list[tuple[str, int]], concurrency: int, barrier=None
+) -> tuple[list[RequestResult], float, float, float, str]:
+    """One client process's share: its requests, at most `concurrency` in flight, started once
+    every process is ready (`barrier`): a process still importing would otherwise leave the
+    others running at a fraction of the concurrency."""
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(
-        base_url=args.url, headers=headers, timeout=args.timeout
+        base_url=args.url, headers=headers, timeout=args.timeout, limits=limits
     ) as client:
         model = args.model or (await client.get("/v1/models")).json()["data"][0]["id"]
-        workload = make_workload(
-            args.num_prompts,
-            args.seed,
-            args.min_input,
-            args.max_input,
-            args.min_output,
-            args.max_output,
-        )
-        gate = asyncio.Semaphore(args.concurrency)
+        gate = asyncio.Semaphore(concurrency)
 
         async def limited(prompt: str, n: int) -> RequestResult:
             async with gate:
                 return await one_request(client, model, prompt, n)
 
-        start = time.perf_counter()
+        if barrier is not None:
+            await asyncio.to_thread(barrier.wait)
+        start, cpu_start = time.monotonic(), time.process_time()
         results = await asyncio.gather(*(limited(p, n) for p, n in workload))
-        elapsed = time.perf_counter() - start
+        end, cpu = time.monotonic(), time.process_time() - cpu_start
+    return results, start, end, cpu, model
+
+
+def _run_shard(args: argparse.Namespace, workload, concurrency: int, barrier=None):
+    return asyncio.run(_shard(args, workload, concurrency, barrier))
+
+
+def measure(args: argparse.Namespace) -> dict:
+    """The whole workload at `args.concurrency` streams, spread over `args.processes` client
+    processes (requests dealt round-robin): one Python process parsing every event of 256
+    streams runs near a full core and would measure itself, not the server."""
+    workload = make_workload(
+        args.num_prompts,
+        args.seed,
+        args.min_input,
+        args.max_input,
+        args.min_output,
+        args.max_output,
+    )
+    processes = max(1, min(getattr(args, "processes", 1), args.concurrency, len(workload)))
+    shares = [
+        args.concurrency // processes + (i < args.concurrency % processes) for i in range(processes)
+    ]
+    if processes == 1:
+        parts = [_run_shard(args, workload, args.concurrency)]
+    else:
+        context = mp.get_context("spawn")
+        with context.Manager() as manager, ProcessPoolExecutor(processes, context) as pool:
+            barrier = manager.Barrier(processes)
+            futures = [
+                pool.submit(_run_shard, args, workload[i::processes], shares[i], barrier)
+                for i in range(processes)
+            ]
+            parts = [f.result() for f in futures]
+    results = [r for part in parts for r in part[0]]
+    elapsed = max(p[2] for p in parts) - min(p[1] for p in parts)
     done = [r for r in results if r.ok]
     output_tokens = sum(r.output_tokens for r in done)
     return {
-        "model": model,
+        "model": parts[0][4],
         "num_prompts": args.num_prompts,
         "concurrency": args.concurrency,
+        "client_processes": processes,
         "completed": len(done),
         "failed": len(results) - len(done),
         "elapsed_s": elapsed,
@@ -142,6 +183,9 @@ async def run(args: argparse.Namespace) -> dict:
         "ttft_s": percentiles([r.ttft for r in done]),
         "itl_s": percentiles([i for r in done for i in r.itls]),
         "latency_s": percentiles([r.latency for r in done]),
+        # Near 1.0 a client process, one Python thread parsing its streams' events, is what
+        # limits the run: add processes.
+        "client_cpu_share": max(p[3] / (p[2] - p[1]) for p in parts),
         "errors": sorted({r.error for r in results if not r.ok})[:5],
     }
 
@@ -153,6 +197,10 @@ def print_report(report: dict) -> None:
     )
     print(f"request throughput   {report['request_throughput']:8.2f} req/s")
     print(f"output tokens        {report['output_tokens_per_s']:8.1f} tok/s")
+    print(
+        f"client CPU / wall    {report['client_cpu_share']:8.2f}"
+        f" (the busiest of {report['client_processes']} client processes)"
+    )
     print(f"{'':20} {'p50':>9} {'p90':>9} {'p99':>9} {'mean':>9}")
     for key, label in (
         ("ttft_s", "TTFT (ms)"),
@@ -180,9 +228,12 @@ def main() -> None:
     parser.add_argument("--max-output", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=1800)
+    parser.add_argument(
+        "--processes", type=int, default=4, help="client processes the streams are spread over"
+    )
     parser.add_argument("--output", default="benchmark/results/profile_restful_api.json")
     args = parser.parse_args()
-    report = asyncio.run(run(args))
+    report = measure(args)
     print_report(report)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps({"args": vars(args), **report}, indent=2))
