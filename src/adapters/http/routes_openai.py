@@ -81,6 +81,13 @@ def _adapter_of(svc: ServerServices, model: str | None) -> str | None:
 
 async def _merge(streams: list[RequestStream]) -> AsyncIterator[tuple[int, GenOut]]:
     """Interleave several request streams, tagging each output with its index."""
+    if len(streams) == 1:  # the common case: no pump task and queue hop per output
+        try:
+            async for out in streams[0]:
+                yield 0, out
+        finally:
+            streams[0].cancel()
+        return
     queue: asyncio.Queue[tuple[int, GenOut | None]] = asyncio.Queue()
 
     async def pump(index: int, stream: RequestStream) -> None:
