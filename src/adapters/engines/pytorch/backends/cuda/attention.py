@@ -82,3 +82,55 @@ def paged_attention_cuda(
         **quant,
     )
     return out
+
+
+# Query lengths that pick each tile shape of the prefill kernel (`_prefill_config`: up to 32,
+# up to 1023, from 1024). Triton compiles a shape the first time a step needs it, ~1 s during
+# which every running request waits (a log-normal serving run's first long prompt: 1.36 s
+# against ~0.13 s for its peers, benchmark/NOTES.md session 14), so each is compiled at start.
+PREFILL_SHAPE_LENS = (16, 64, 1024)
+
+
+@torch.inference_mode()
+def compile_prefill_kernels(
+    model: torch.nn.Module,
+    kv_caches: list[tuple[torch.Tensor, ...]],
+    block_size: int,
+    dtype: torch.dtype,
+) -> int:
+    """Run the prefill kernel once per tile shape and per distinct attention of `model` (its
+    heads, scale, window, cap), as a step would call it: one sequence reading the cache's first
+    blocks (read only; nothing is written and the output is dropped); `dtype`: the model's.
+    Returns the launches."""
+    from ...layers.attention import Attention  # the layer imports this module
+
+    cache = kv_caches[0]
+    k_cache, v_cache = cache[0], cache[1]
+    scale_zero = (cache[2], cache[3]) if len(cache) == 4 else None
+    capacity = k_cache.shape[0] * block_size
+    kinds = {
+        (layer.heads, layer.options) for layer in model.modules() if isinstance(layer, Attention)
+    }
+    launches = 0
+    for (heads, _kv_heads, dim), opts in sorted(kinds, key=repr):
+        for length in (n for n in PREFILL_SHAPE_LENS if n <= capacity):
+            blocks = -(-length // block_size)
+            meta = AttentionMetadata(
+                slot_mapping=torch.full((length,), -1, dtype=torch.int64, device=k_cache.device),
+                block_tables=torch.arange(blocks, device=k_cache.device).view(1, blocks),
+                context_lens=torch.tensor([length], device=k_cache.device),
+                query_lens=[length],
+                context_lens_list=[length],
+                is_decode=False,
+                num_cached_list=[0],
+            )
+            # What prepare_metadata gives a one-sequence prefill step on CUDA.
+            meta.cu_seqlens_q = torch.tensor([0, length], device=k_cache.device)
+            meta.max_query_len = length
+            q = torch.zeros(length, heads, dim, dtype=dtype, device=k_cache.device)
+            window, cap = opts.sliding_window, opts.logit_softcap
+            paged_attention_cuda(
+                q, None, None, k_cache, v_cache, meta, opts.scale, window, cap, scale_zero, True
+            )
+            launches += 1
+    return launches
