@@ -40,8 +40,9 @@ def test_each_tile_shape_runs_once_per_kind_of_layer(monkeypatch, blocks):
         return real(q, k, v, tables, cu, lens, max_query_len, scale, **kw)
 
     monkeypatch.setattr(cuda_attention, "paged_prefill_attention", recording)
+    kinds = [(m.heads, m.options) for m in TwoKinds().modules() if isinstance(m, Attention)]
     launches = cuda_attention.compile_prefill_kernels(
-        TwoKinds(), [(k_cache, v_cache)], block_size, torch.float32
+        kinds, [(k_cache, v_cache)], block_size, torch.float32
     )
     lengths = [16, 64] + ([1024] if blocks * block_size >= 1024 else [])
     assert launches == len(calls) == 2 * len(lengths)

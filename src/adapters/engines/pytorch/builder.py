@@ -28,6 +28,7 @@ from .distributed.workers import (
     join_group,
     leave_group,
 )
+from .layers.attention import Attention
 from .layers.linear import fuse_input_quant, prepare_linears
 from .layers.norm import link_norms
 from .models.base import CausalLM
@@ -321,7 +322,8 @@ def _build_rank(
         from .backends.cuda.attention import compile_prefill_kernels  # Triton: where it runs
 
         try:
-            compile_prefill_kernels(model, runner.kv_caches, config.block_size, dtype)
+            kinds = [(m.heads, m.options) for m in model.modules() if isinstance(m, Attention)]
+            compile_prefill_kernels(kinds, runner.kv_caches, config.block_size, dtype)
         except Exception:  # a start-up saving only: a real prefill step shows any kernel fault
             logger.warning("compiling the prefill kernels at start failed", exc_info=True)
     return BuiltModel(runner, model_cfg)

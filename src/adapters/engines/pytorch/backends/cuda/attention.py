@@ -7,6 +7,9 @@ decode path can be captured in a CUDA graph.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import Any
+
 import torch
 
 from ......kernels.kv_cache_write import kv_cache_write
@@ -93,26 +96,21 @@ PREFILL_SHAPE_LENS = (16, 64, 1024)
 
 @torch.inference_mode()
 def compile_prefill_kernels(
-    model: torch.nn.Module,
+    kinds: Iterable[tuple[tuple[int, int, int], Any]],
     kv_caches: list[tuple[torch.Tensor, ...]],
     block_size: int,
     dtype: torch.dtype,
 ) -> int:
-    """Run the prefill kernel once per tile shape and per distinct attention of `model` (its
-    heads, scale, window, cap), as a step would call it: one sequence reading the cache's first
-    blocks (read only; nothing is written and the output is dropped); `dtype`: the model's.
-    Returns the launches."""
-    from ...layers.attention import Attention  # the layer imports this module
-
+    """Run the prefill kernel once per tile shape and per kind of attention layer (`kinds`:
+    each layer's (heads, kv heads, head dim) and its options: scale, window, cap), as a step
+    would call it: one sequence reading the cache's first blocks (read only; nothing is written
+    and the output is dropped); `dtype`: the model's. Returns the launches."""
     cache = kv_caches[0]
     k_cache, v_cache = cache[0], cache[1]
     scale_zero = (cache[2], cache[3]) if len(cache) == 4 else None
     capacity = k_cache.shape[0] * block_size
-    kinds = {
-        (layer.heads, layer.options) for layer in model.modules() if isinstance(layer, Attention)
-    }
     launches = 0
-    for (heads, _kv_heads, dim), opts in sorted(kinds, key=repr):
+    for (heads, _kv_heads, dim), opts in sorted(set(kinds), key=repr):
         for length in (n for n in PREFILL_SHAPE_LENS if n <= capacity):
             blocks = -(-length // block_size)
             meta = AttentionMetadata(
