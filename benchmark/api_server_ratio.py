@@ -143,9 +143,8 @@ def serve_once(path: str, args: argparse.Namespace, switch_interval_ms: float | 
         after = thread_cpu_s(server.pid)
         # The server's threads' CPU a streamed token: the event loop's (the main thread) is what
         # the HTTP path costs, and it shares the GIL with the engine thread.
-        tokens = report["output_tokens_per_s"] * report["elapsed_s"]
         report["server_cpu_us_per_token"] = {
-            name: (after[name] - before.get(name, 0.0)) / tokens * 1e6
+            name: (after[name] - before.get(name, 0.0)) / report["output_tokens"] * 1e6
             for name in sorted(after, key=lambda n: before.get(n, 0.0) - after[n])[:4]
         }
         return report

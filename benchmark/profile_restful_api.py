@@ -151,7 +151,7 @@ def measure(args: argparse.Namespace) -> dict:
         args.min_output,
         args.max_output,
     )
-    processes = max(1, min(getattr(args, "processes", 1), args.concurrency, len(workload)))
+    processes = max(1, min(args.processes, args.concurrency, len(workload)))
     shares = [
         args.concurrency // processes + (i < args.concurrency % processes) for i in range(processes)
     ]
@@ -177,6 +177,7 @@ def measure(args: argparse.Namespace) -> dict:
         "client_processes": processes,
         "completed": len(done),
         "failed": len(results) - len(done),
+        "output_tokens": output_tokens,
         "elapsed_s": elapsed,
         "request_throughput": len(done) / elapsed,
         "output_tokens_per_s": output_tokens / elapsed,

@@ -18,6 +18,16 @@ from ......kernels.paged_prefill_attention import paged_prefill_attention
 from ..attention_metadata import AttentionMetadata
 
 
+def _quant_args(
+    q: torch.Tensor, k_cache: torch.Tensor, scale_zero: tuple[torch.Tensor, torch.Tensor] | None
+) -> dict:
+    """The kernels' quantized-cache arguments: a uint8 cache's bits a value follow from its last
+    dim against the head dim (kernels/kv_quant.py)."""
+    bits = 0 if scale_zero is None else k_cache.shape[-1] * 8 // q.shape[-1]
+    k_sz, v_sz = scale_zero or (None, None)
+    return dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
+
+
 def paged_attention_cuda(
     q: torch.Tensor,
     k: torch.Tensor | None,
@@ -34,9 +44,7 @@ def paged_attention_cuda(
     """`scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache, whose bits a
     value follow from its last dim against the head dim (kernels/kv_quant.py); `kv_written`:
     the rotary kernel already wrote k and v to their slots (k and v may then be None)."""
-    bits = 0 if scale_zero is None else k_cache.shape[-1] * 8 // q.shape[-1]
-    k_sz, v_sz = scale_zero or (None, None)
-    quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
+    quant = _quant_args(q, k_cache, scale_zero)
     if not kv_written:
         assert k is not None and v is not None, "k and v to write"
         kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping, **quant)
@@ -102,33 +110,32 @@ def compile_prefill_kernels(
     dtype: torch.dtype,
 ) -> int:
     """Run the prefill kernel once per tile shape and per kind of attention layer (`kinds`:
-    each layer's (heads, kv heads, head dim) and its options: scale, window, cap), as a step
-    would call it: one sequence reading the cache's first blocks (read only; nothing is written
-    and the output is dropped); `dtype`: the model's. Returns the launches."""
+    each layer's (heads, kv heads, head dim) and its options: scale, window, cap), with the
+    arguments a step gives it: one sequence reading the cache's first blocks (read only; the
+    output is dropped); `dtype`: the model's. Returns the launches."""
     cache = kv_caches[0]
     k_cache, v_cache = cache[0], cache[1]
     scale_zero = (cache[2], cache[3]) if len(cache) == 4 else None
     capacity = k_cache.shape[0] * block_size
+    device = k_cache.device
     launches = 0
     for (heads, _kv_heads, dim), opts in sorted(set(kinds), key=repr):
         for length in (n for n in PREFILL_SHAPE_LENS if n <= capacity):
             blocks = -(-length // block_size)
-            meta = AttentionMetadata(
-                slot_mapping=torch.full((length,), -1, dtype=torch.int64, device=k_cache.device),
-                block_tables=torch.arange(blocks, device=k_cache.device).view(1, blocks),
-                context_lens=torch.tensor([length], device=k_cache.device),
-                query_lens=[length],
-                context_lens_list=[length],
-                is_decode=False,
-                num_cached_list=[0],
-            )
-            # What prepare_metadata gives a one-sequence prefill step on CUDA.
-            meta.cu_seqlens_q = torch.tensor([0, length], device=k_cache.device)
-            meta.max_query_len = length
-            q = torch.zeros(length, heads, dim, dtype=dtype, device=k_cache.device)
-            window, cap = opts.sliding_window, opts.logit_softcap
-            paged_attention_cuda(
-                q, None, None, k_cache, v_cache, meta, opts.scale, window, cap, scale_zero, True
+            q = torch.zeros(length, heads, dim, dtype=dtype, device=device)
+            # int64 tables and lengths, as the runner's steps pass them (a dtype is in the key).
+            paged_prefill_attention(
+                q,
+                k_cache,
+                v_cache,
+                torch.arange(blocks, device=device).view(1, blocks),
+                torch.tensor([0, length], device=device),
+                torch.tensor([length], device=device),
+                length,
+                opts.scale,
+                sliding_window=opts.sliding_window,
+                logit_softcap=opts.logit_softcap,
+                **_quant_args(q, k_cache, scale_zero),
             )
             launches += 1
     return launches
