@@ -14,12 +14,15 @@ process (its steps traced: where its wall time went) and is closed before the se
 each with the whole GPU. The load comes from `--client-processes` processes (one would measure
 itself); the server's CPU a streamed token is reported by thread, the main thread being its
 event loop. `--switch-interval-ms 5 0.5` runs the server once per GIL switch interval (A/B);
-`--offline-tok-s` reuses an offline figure measured earlier on the same machine.
+`--engine-process 1 0` runs the server with its engine in its own process (the default) and
+in the server's; `--offline-tok-s` reuses an offline figure measured earlier on the same machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import itertools
 import json
 import os
 import subprocess
@@ -83,7 +86,10 @@ def offline(path: str, args: argparse.Namespace, workload: list[tuple[str, int]]
 
 
 def serve(
-    path: str, args: argparse.Namespace, switch_interval_ms: float | None = None
+    path: str,
+    args: argparse.Namespace,
+    switch_interval_ms: float | None = None,
+    engine_process: bool = True,
 ) -> tuple[subprocess.Popen, str]:
     port = free_port()
     # The console script's function: the GPU image imports the checkout without installing it.
@@ -96,7 +102,8 @@ def serve(
     command += ["--server-port", str(port), "--device", args.device, "--load-format", "dummy"]
     command += ["--session-len", str(args.session_len), "--max-batch-size", str(args.concurrency)]
     command += ["--log-level", "WARNING"]
-    server = subprocess.Popen(command)
+    env = {**os.environ, "LMDEPLOY_ENGINE_PROCESS": "1" if engine_process else "0"}
+    server = subprocess.Popen(command, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + args.startup_timeout
     while time.monotonic() < deadline:
@@ -128,8 +135,30 @@ def thread_cpu_s(pid: int) -> dict[str, float]:
     return used
 
 
-def serve_once(path: str, args: argparse.Namespace, switch_interval_ms: float | None) -> dict:
-    server, url = serve(path, args, switch_interval_ms)
+def children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def engine_process_cpu_s(pid: int) -> dict[str, float]:
+    """CPU seconds of the server's engine process (its spawned child) by thread, prefixed
+    "engine": its main thread reads commands, another runs the engine loop."""
+    used: dict[str, float] = {}
+    for child in children(pid):
+        with contextlib.suppress(OSError):
+            if "spawn_main" in Path(f"/proc/{child}/cmdline").read_text():
+                for name, s in thread_cpu_s(child).items():
+                    used[f"engine {name}"] = s
+    return used
+
+
+def serve_once(
+    path: str, args: argparse.Namespace, switch_interval_ms: float | None, engine_process: bool
+) -> dict:
+    server, url = serve(path, args, switch_interval_ms, engine_process)
     try:
         client_args = argparse.Namespace(
             url=url, api_key=None, model=None, timeout=1800, concurrency=args.concurrency,
@@ -138,14 +167,14 @@ def serve_once(path: str, args: argparse.Namespace, switch_interval_ms: float | 
             processes=args.client_processes,
         )  # fmt: skip
         measure(argparse.Namespace(**{**vars(client_args), "num_prompts": 2, "processes": 1}))
-        before = thread_cpu_s(server.pid)
+        before = {**thread_cpu_s(server.pid), **engine_process_cpu_s(server.pid)}
         report = measure(client_args)
-        after = thread_cpu_s(server.pid)
+        after = {**thread_cpu_s(server.pid), **engine_process_cpu_s(server.pid)}
         # The server's threads' CPU a streamed token: the event loop's (the main thread) is what
-        # the HTTP path costs, and it shares the GIL with the engine thread.
+        # the HTTP path costs; in one process it shares the GIL with the engine thread.
         report["server_cpu_us_per_token"] = {
             name: (after[name] - before.get(name, 0.0)) / report["output_tokens"] * 1e6
-            for name in sorted(after, key=lambda n: before.get(n, 0.0) - after[n])[:4]
+            for name in sorted(after, key=lambda n: before.get(n, 0.0) - after[n])[:6]
         }
         return report
     finally:
@@ -178,6 +207,14 @@ def main() -> None:
         help="run the server once per value of the server process's GIL switch interval (A/B)",
     )
     ap.add_argument(
+        "--engine-process",
+        type=int,
+        nargs="+",
+        choices=[0, 1],
+        default=[1],
+        help="1: the server's engine in its own process (the default); 0: in the server's (A/B)",
+    )
+    ap.add_argument(
         "--offline-tok-s",
         type=float,
         default=None,
@@ -195,9 +232,12 @@ def main() -> None:
         else:
             ours = {"output_tokens_per_s": args.offline_tok_s, "given": True}
         print(f"offline pipeline     {ours['output_tokens_per_s']:8.1f} tok/s", flush=True)
-        for interval in args.switch_interval_ms:
-            served = serve_once(tmp, args, interval)
-            print(f"-- switch interval {interval} ms (None: the server's own)")
+        for engine_process, interval in itertools.product(
+            args.engine_process, args.switch_interval_ms
+        ):
+            served = serve_once(tmp, args, interval, bool(engine_process))
+            where = "its own process" if engine_process else "the server's process"
+            print(f"-- engine in {where}; switch interval {interval} ms (None: Python's)")
             print_report(served)
             print(
                 "server CPU us a token:",
@@ -205,7 +245,14 @@ def main() -> None:
             )
             ratio = served["output_tokens_per_s"] / ours["output_tokens_per_s"]
             print(f"api_server / offline {ratio:8.3f} (target >= 0.85 at 256 streams on the H200)")
-            servers.append({"switch_interval_ms": interval, **served, "ratio": ratio})
+            servers.append(
+                {
+                    "engine_process": bool(engine_process),
+                    "switch_interval_ms": interval,
+                    **served,
+                    "ratio": ratio,
+                }
+            )
     result = {
         "args": vars(args),
         "offline": ours,

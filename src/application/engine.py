@@ -14,12 +14,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from ..domain.errors import EngineFailed
 from ..domain.sampling_params import SamplingParams
 from ..domain.scheduler import Scheduler, StepPlan
 from ..domain.sequence import FinishReason, ImageSpan, Sequence
-from .latency import LatencyHistogram
+from .latency import HistogramSnapshot, LatencyHistogram
 from .ports import ModelRunner
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,37 @@ class EngineStats:
     num_step_failures: int = 0
 
 
+class Latencies(Protocol):
+    def snapshot(self) -> HistogramSnapshot: ...
+
+
+class Engine(Protocol):
+    """What the services ask of an engine: `EngineLoop` in this process, or a loop in a
+    process of its own behind a pipe (adapters/ipc). Sinks are called on a thread of the
+    engine's choosing, never the caller's event loop."""
+
+    # Why the engine cannot run anymore (None while it can): /health answers 503.
+    failure: str | None
+    ttft: Latencies  # seconds from admission to a turn's first token
+
+    def submit(self, seq: Sequence, sink: Sink) -> None: ...
+
+    def resume(
+        self,
+        seq: Sequence,
+        token_ids: list[int],
+        sampling: SamplingParams,
+        sink: Sink,
+        images: tuple[ImageSpan, ...] = (),
+    ) -> None: ...
+
+    def abort(self, seq: Sequence) -> None: ...
+
+    def release(self, seq: Sequence) -> None: ...
+
+    def stats(self) -> EngineStats: ...
+
+
 def _freeze_startup_objects() -> None:
     """Move every object alive now (the imported modules of torch, transformers and triton, the
     model, the tokenizer: millions of them) out of the collector's sight. A full collection
@@ -90,6 +122,9 @@ class EngineLoop:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.failure: str | None = None  # why the engine cannot run anymore, once it cannot
+        # Called on the engine thread after each pass over the inbox and the step: the moment
+        # a caller that batches the sinks' events (another process's front) sends them on.
+        self.after_iteration: Callable[[], None] | None = None
 
     # -- called from any thread ---------------------------------------------------------------
     def start(self) -> None:
@@ -181,7 +216,11 @@ class EngineLoop:
             if self.scheduler.has_work:
                 self._step()
                 stepped = True
+            if self.after_iteration is not None:
+                self.after_iteration()
         self._abort_everything("the engine was closed")
+        if self.after_iteration is not None:
+            self.after_iteration()
 
     def _drain_inbox(self, block: bool) -> None:
         try:

@@ -21,7 +21,7 @@ from ..domain.sequence import FinishReason, Sequence
 from .chat_template import ChatTemplate
 from .configs import GenerationConfig
 from .detokenizer import IncrementalDetokenizer
-from .engine import EngineLoop, TokenEvent
+from .engine import Engine, TokenEvent
 from .multimodal import expand, has_images, image_spans, is_image_tuple, split_images, to_messages
 from .output_rows import OutputRows
 from .ports import GrammarBackend, GrammarSpec, JoinRows, Tokenizer
@@ -70,7 +70,7 @@ class RequestStream:
 
     def __init__(
         self,
-        engine: EngineLoop,
+        engine: Engine,
         tokenizer: Tokenizer,
         seq: Sequence,
         request: PreparedRequest,
@@ -231,7 +231,7 @@ def _fail(seq: Sequence, stream: RequestStream, error: str) -> None:
 class GenerationService:
     def __init__(
         self,
-        engine: EngineLoop,
+        engine: Engine,
         tokenizer: Tokenizer,
         chat_template: ChatTemplate,
         session_len: int,

@@ -16,6 +16,9 @@ from ..domain.sampling_params import SamplingParams
 from .ports import GrammarBackend, GrammarSpec
 
 CONSTRAINT = "constraint"  # the SamplingParams.extra key of a request's TokenConstraint
+# ... and of what it was compiled from, (GrammarSpec, stop ids): an engine in another process
+# compiles its own constraint from it (a compiled grammar does not cross processes).
+GRAMMAR = "grammar"
 TYPES = ("text", "json_object", "json_schema", "regex_schema")
 
 
@@ -71,4 +74,6 @@ def constrain(
         )
     stop = frozenset(eos_token_ids) | frozenset(sampling.stop_token_ids)
     constraint = backend.constraint(spec, stop)
-    return replace(sampling, extra={**sampling.extra, CONSTRAINT: constraint})
+    return replace(
+        sampling, extra={**sampling.extra, CONSTRAINT: constraint, GRAMMAR: (spec, stop)}
+    )

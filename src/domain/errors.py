@@ -15,6 +15,18 @@ class InvalidArgument(LMDeployError, ValueError):
         self.argument = argument
         self.reason = message
 
+    def __reduce__(self):
+        # Subclasses take other arguments: rebuild from the fields, not from __init__, so the
+        # error crosses a process boundary (an engine process's start-up) with its type.
+        return (_rebuild_invalid_argument, (type(self), str(self), self.__dict__))
+
+
+def _rebuild_invalid_argument(cls: type, text: str, fields: dict) -> InvalidArgument:
+    error = cls.__new__(cls)
+    Exception.__init__(error, text)
+    error.__dict__.update(fields)
+    return error
+
 
 class InvalidConfig(InvalidArgument, AssertionError):
     """A config field out of range. LMDeploy 0.6.5 asserts its configs, so code written for it

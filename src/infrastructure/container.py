@@ -13,6 +13,7 @@ from ..adapters.engines.pytorch.runner.step_extras import join_rows
 from ..adapters.grammar.xgrammar_backend import XGrammarBackend
 from ..adapters.http import proxy_upstream
 from ..adapters.http.proxy_app import ProxyServices
+from ..adapters.ipc.wire import ModelFacts
 from ..adapters.loaders import model_source
 from ..adapters.loaders.checkpoint import open_checkpoint
 from ..adapters.tokenizers.hf_tokenizer import HFTokenizer
@@ -57,8 +58,13 @@ def engine_config(
     return backend_config or PytorchEngineConfig()
 
 
-def _session_len(config: PytorchEngineConfig, built: builder.BuiltModel) -> int:
-    return config.session_len or built.config.max_position_embeddings
+def _model_facts(built: builder.BuiltModel) -> ModelFacts:
+    c = built.config
+    return ModelFacts(c.vocab_size, frozenset(c.eos_token_ids), c.max_position_embeddings)
+
+
+def _session_len(config: PytorchEngineConfig, facts: ModelFacts) -> int:
+    return config.session_len or facts.max_position_embeddings
 
 
 def _max_batch_size(config: PytorchEngineConfig, built: builder.BuiltModel) -> int:
@@ -71,7 +77,7 @@ def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Schedu
         SchedulerConfig(
             max_batch_size=_max_batch_size(config, built),
             max_num_batched_tokens=config.max_prefill_token_num,
-            max_model_len=_session_len(config, built),
+            max_model_len=_session_len(config, _model_facts(built)),
             forecast_decodes=built.runner.decodes_ahead,
             max_adapters=built.runner.lora.num_slots if built.runner.lora else 0,
             prefill_interval=config.prefill_interval,
@@ -81,21 +87,19 @@ def _scheduler(config: PytorchEngineConfig, built: builder.BuiltModel) -> Schedu
     )
 
 
-def _tokenizer(
-    source: model_source.ModelSource, built: builder.BuiltModel
-) -> HFTokenizer | IdTokenizer:
+def _tokenizer(source: model_source.ModelSource, facts: ModelFacts) -> HFTokenizer | IdTokenizer:
     tokenizer_source = source
     if source.path is None:  # dummy weights of a shipped shape: borrow the default vocabulary
         try:
             tokenizer_source = model_source.resolve(None)
         except model_source.ModelNotFound:
             logger.warning("no tokenizer for %s: prompts must be token ids", source.name)
-            return IdTokenizer(built.config.vocab_size, built.config.eos_token_ids)
+            return IdTokenizer(facts.vocab_size, facts.eos_token_ids)
     elif source.kind == "dummy" and not _has_tokenizer_files(source.directory):
         # random weights of a config.json alone (a benchmark's shape): token ids only
         logger.warning("no tokenizer files in %s: prompts must be token ids", source.directory)
-        return IdTokenizer(built.config.vocab_size, built.config.eos_token_ids)
-    return HFTokenizer.from_source(tokenizer_source, built.config.eos_token_ids)
+        return IdTokenizer(facts.vocab_size, facts.eos_token_ids)
+    return HFTokenizer.from_source(tokenizer_source, facts.eos_token_ids)
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -105,11 +109,11 @@ def _has_tokenizer_files(directory: Path | None) -> bool:
     return directory is not None and any((directory / f).exists() for f in _TOKENIZER_FILES)
 
 
-def _grammar(tokenizer: HFTokenizer | IdTokenizer, built: builder.BuiltModel):
+def _grammar(tokenizer: HFTokenizer | IdTokenizer, facts: ModelFacts):
     """Constrained decoding compiles against the vocabulary's text: token-id-only models have none."""
     if not isinstance(tokenizer, HFTokenizer):
         return None
-    return XGrammarBackend(tokenizer.hf_tokenizer, built.config.vocab_size)
+    return XGrammarBackend(tokenizer.hf_tokenizer, facts.vocab_size)
 
 
 def _chat_template(
@@ -188,7 +192,10 @@ class Container(containers.DeclarativeContainer):
     built_model = providers.Singleton(
         builder.build, platform=platform, source=source, config=engine_config
     )
-    tokenizer = providers.Singleton(_tokenizer, source, built_model)
+    # What the front needs of the model; an api_server whose engine runs in its own process
+    # overrides it (and `engine`) with what that process reports, and loads no weights itself.
+    model_facts = providers.Singleton(_model_facts, built_model)
+    tokenizer = providers.Singleton(_tokenizer, source, model_facts)
     chat_template = providers.Singleton(
         _chat_template, tokenizer, config.chat_template_config, source
     )
@@ -197,8 +204,8 @@ class Container(containers.DeclarativeContainer):
     runner = providers.Callable(lambda b: b.runner, built_model)
     engine = providers.Resource(_engine_loop, runner, scheduler)
     vision = providers.Resource(_vision, source, built_model, config.vision_config)
-    session_len = providers.Callable(_session_len, engine_config, built_model)
-    grammar = providers.Singleton(_grammar, tokenizer, built_model)
+    session_len = providers.Callable(_session_len, engine_config, model_facts)
+    grammar = providers.Singleton(_grammar, tokenizer, model_facts)
     generation = providers.Singleton(
         GenerationService,
         engine,
@@ -208,7 +215,7 @@ class Container(containers.DeclarativeContainer):
         join_rows,
         grammar,
         config.max_log_len,
-        providers.Callable(lambda b: b.config.vocab_size, built_model),
+        providers.Callable(lambda facts: facts.vocab_size, model_facts),
         vision,
         providers.Callable(lambda cfg: tuple(cfg.adapters or ()), engine_config),
     )

@@ -11,6 +11,7 @@ from ..adapters.http.app import create_app
 from ..adapters.http.services import ServerServices
 from ..application.configs import ChatTemplateConfig, PytorchEngineConfig, TurbomindEngineConfig
 from ..application.sessions import SessionManager
+from . import engine_process
 from .factory import build_container
 from .logging import setup_logging
 
@@ -101,18 +102,31 @@ def run_api_server(
     ssl_kwargs = ssl_options(ssl)
     if isinstance(api_keys, str):
         api_keys = [api_keys]
-    container = build_container(
-        model_path, backend_config, chat_template_config, backend, model_name, max_log_len
+    container_args = dict(
+        model_path=model_path,
+        backend_config=backend_config,
+        chat_template_config=chat_template_config,
+        backend=backend,
+        model_name=model_name,
+        max_log_len=max_log_len,
     )
+    container = build_container(**container_args)
+    if engine_process.wanted(container):
+        engine_process.attach(
+            container, engine_process.EngineProcessArgs(container_args, log_level)
+        )
     container.init_resources()
     app = create_app(build_services(container, api_keys))
     node_url = f"{'https' if ssl else 'http'}://{server_name}:{server_port}"
     _proxy(proxy_url, "add", node_url, container.model_name(), api_keys)
-    # Leave the proxy from the app's shutdown: uvicorn re-raises SIGTERM once it has stopped,
-    # which ends the process before a `finally` after uvicorn.run would run.
-    _leave_on_shutdown(
-        app, lambda: _proxy(proxy_url, "remove", node_url, container.model_name(), api_keys)
-    )
+    # Leave the proxy and stop the engine (its process, when it has one) from the app's
+    # shutdown: uvicorn re-raises SIGTERM once it has stopped, which ends the process before
+    # a `finally` after uvicorn.run would run.
+    def leave() -> None:
+        _proxy(proxy_url, "remove", node_url, container.model_name(), api_keys)
+        container.shutdown_resources()
+
+    _leave_on_shutdown(app, leave)
     print(f"lmdeploy api_server: serving {container.model_name()} on {node_url}", flush=True)
     try:
         uvicorn.run(

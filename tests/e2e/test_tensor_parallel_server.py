@@ -64,13 +64,15 @@ def test_the_server_at_tp2_answers_tp1s_tokens_and_turns_unhealthy_when_a_rank_d
         assert [t.token for t in reply.choices[0].logprobs.content] == expected
         assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200
 
-        # The rank-1 worker: the server's spawned child (multiprocessing's resource tracker
-        # is a child too, but not a spawn_main one).
-        (rank1,) = [
+        # The rank-1 worker: the spawned process (multiprocessing's resource trackers are
+        # children too, but not spawn_main ones) that spawned none; the engine process, when
+        # the engine runs in its own, is its parent.
+        spawned = [
             child
-            for child in psutil.Process(server.process.pid).children()
+            for child in psutil.Process(server.process.pid).children(recursive=True)
             if "spawn_main" in " ".join(child.cmdline())
         ]
+        (rank1,) = [p for p in spawned if not any(c.ppid() == p.pid for c in spawned)]
         rank1.kill()
         deadline = time.monotonic() + 10
         while httpx.get(f"{server.url}/health", timeout=10).status_code != 503:

@@ -20,6 +20,11 @@ _ENCODERS: dict[str, tuple[str, str]] = {
 }
 
 
+def is_vision_model(hf_config: dict[str, Any]) -> bool:
+    """Whether the checkpoint's architecture is a vision-language family's."""
+    return any(arch in _ENCODERS for arch in hf_config.get("architectures") or ())
+
+
 def vision_encoder(
     directory: Path | None,
     hf_config: dict[str, Any],
