@@ -119,6 +119,7 @@ def run_api_server(
     app = create_app(build_services(container, api_keys))
     node_url = f"{'https' if ssl else 'http'}://{server_name}:{server_port}"
     _proxy(proxy_url, "add", node_url, container.model_name(), api_keys)
+
     # Leave the proxy and stop the engine (its process, when it has one) from the app's
     # shutdown: uvicorn re-raises SIGTERM once it has stopped, which ends the process before
     # a `finally` after uvicorn.run would run.
