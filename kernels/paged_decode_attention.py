@@ -385,15 +385,28 @@ _INT8_BLOCK_N = 128
 
 def _default_num_splits(num_seqs: int, kv_heads: int, max_context: int, device: torch.device):
     """One split once (seq, kv head) programs fill the SMs; below that, about 8 programs per SM
-    with chunks of at least 256 tokens (from a sweep on the H100). Uses only shapes, no host
-    sync on context_lens, so it is CUDA-graph friendly."""
+    with chunks of at least 256 tokens (from a sweep on the H100), rounded down to a power of
+    two: the count is a constexpr, so each distinct one is a compile (~1 s, during which an
+    eager step's requests all wait); powers of two keep them few enough to compile at start
+    (`SPLIT_COUNTS`). Uses only shapes, no host sync on context_lens, so it is CUDA-graph
+    friendly."""
     if device.type != "cuda":
         return 1 if max_context <= 256 else 2
     num_sms = _num_sms(device)
     programs = max(num_seqs * kv_heads, 1)
     if programs >= num_sms:
         return 1
-    return max(1, min(triton.cdiv(8 * num_sms, programs), triton.cdiv(max_context, 256), 64))
+    wanted = min(triton.cdiv(8 * num_sms, programs), triton.cdiv(max_context, 256), 64)
+    return 1 << (max(wanted, 1).bit_length() - 1)
+
+
+# Every count `_default_num_splits` may pick on CUDA.
+SPLIT_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def split_counts_up_to(max_context: int) -> tuple[int, ...]:
+    """The split counts a decode over contexts of at most `max_context` tokens may use."""
+    return tuple(n for n in SPLIT_COUNTS if n == 1 or n <= triton.cdiv(max_context, 256))
 
 
 def paged_decode_attention(

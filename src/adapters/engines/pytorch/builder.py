@@ -318,14 +318,18 @@ def _build_rank(
         # A/B runs: LMDEPLOY_CPU_REPACK=0 keeps the step on the GGUF blocks.
         cpu_repack=os.environ.get("LMDEPLOY_CPU_REPACK", "1") != "0",
     )
-    if device.type == "cuda":  # every prefill tile shape now, not in a serving step (~1 s each)
-        from .backends.cuda.attention import compile_prefill_kernels  # Triton: where it runs
+    if device.type == "cuda":  # every attention shape now, not in a serving step (~1 s each)
+        from .backends.cuda.attention import (  # Triton: where it runs
+            compile_decode_kernels,
+            compile_prefill_kernels,
+        )
 
         try:
             kinds = [(m.heads, m.options) for m in model.modules() if isinstance(m, Attention)]
             compile_prefill_kernels(kinds, runner.kv_caches, config.block_size, dtype)
-        except Exception:  # a start-up saving only: a real prefill step shows any kernel fault
-            logger.warning("compiling the prefill kernels at start failed", exc_info=True)
+            compile_decode_kernels(kinds, runner.kv_caches, config.block_size, dtype, max_model_len)
+        except Exception:  # a start-up saving only: a real step shows any kernel fault
+            logger.warning("compiling the attention kernels at start failed", exc_info=True)
     return BuiltModel(runner, model_cfg)
 
 

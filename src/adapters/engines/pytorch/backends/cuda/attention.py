@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ......kernels.kv_cache_write import kv_cache_write
-from ......kernels.paged_decode_attention import paged_decode_attention
+from ......kernels.paged_decode_attention import paged_decode_attention, split_counts_up_to
 from ......kernels.paged_prefill_attention import paged_prefill_attention
 from ..attention_metadata import AttentionMetadata
 
@@ -134,6 +134,46 @@ def compile_prefill_kernels(
                 length,
                 opts.scale,
                 sliding_window=opts.sliding_window,
+                logit_softcap=opts.logit_softcap,
+                **_quant_args(q, k_cache, scale_zero),
+            )
+            launches += 1
+    return launches
+
+
+@torch.inference_mode()
+def compile_decode_kernels(
+    kinds: Iterable[tuple[tuple[int, int, int], Any]],
+    kv_caches: list[tuple[torch.Tensor, ...]],
+    block_size: int,
+    dtype: torch.dtype,
+    max_context: int,
+) -> int:
+    """Run the decode kernel once per split count it may use on contexts of up to
+    `max_context` tokens and per kind of attention layer, as `compile_prefill_kernels` does for
+    prefill. The decode graphs compile the counts of their batch sizes at the full context; a
+    step outside the graphs (decodes beside a prompt) picks its count from its own contexts,
+    and the first step with a new one waited ~1 s (benchmark/NOTES.md, session 15). One
+    sequence of one token reads the cache's first block; the output is dropped."""
+    cache = kv_caches[0]
+    k_cache, v_cache = cache[0], cache[1]
+    scale_zero = (cache[2], cache[3]) if len(cache) == 4 else None
+    max_context = min(max_context, k_cache.shape[0] * block_size)
+    device = k_cache.device
+    launches = 0
+    for (heads, _kv_heads, dim), opts in sorted(set(kinds), key=repr):
+        q = torch.zeros(1, heads, dim, dtype=dtype, device=device)
+        window = opts.sliding_window
+        for splits in split_counts_up_to(min(max_context, window or max_context)):
+            paged_decode_attention(
+                q,
+                k_cache,
+                v_cache,
+                torch.zeros(1, 1, dtype=torch.int64, device=device),
+                torch.ones(1, dtype=torch.int64, device=device),
+                opts.scale,
+                num_splits=splits,
+                sliding_window=window,
                 logit_softcap=opts.logit_softcap,
                 **_quant_args(q, k_cache, scale_zero),
             )
