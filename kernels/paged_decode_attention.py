@@ -48,6 +48,14 @@ from .decode_split_combine import (
     combine_splits_of_heads,
     reduce_splits,
 )
+from .kv_code_dots import (
+    byte_codes,
+    byte_offset,
+    byte_operand,
+    nibble_offset,
+    nibbles,
+    quantized_scores,
+)
 from .kv_quant import (
     check_quantized_caches,
     dequantize_kv_ref,
@@ -56,94 +64,6 @@ from .kv_quant import (
 )
 from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 from .w4a16_gemm import MAX_COLUMN_TILES, _split_counters
-
-
-@triton.jit
-def _nibble_offset(DTYPE: tl.constexpr):
-    """What `_nibbles` adds to each code: its exponent bits' value (0 where it converts)."""
-    if DTYPE == tl.bfloat16:
-        return 128.0
-    elif DTYPE == tl.float16:
-        return 1024.0
-    else:
-        return 0.0
-
-
-@triton.jit
-def _fp16_1024_plus(codes):
-    """Codes c < 1024 as the fp16 bits 0x6400 | c, which read as 1024 + c: one logical op."""
-    return (codes.to(tl.uint16) | 0x6400).to(tl.float16, bitcast=True)
-
-
-@triton.jit
-def _nibbles(codes, HIGH: tl.constexpr, DTYPE: tl.constexpr):
-    """One nibble n of each uint8 code as DTYPE: for bf16 the bits 0x4300 | n, which read as
-    128 + n (fp16: 0x6400 | n, 1024 + n), a logical op where a conversion would go through the
-    quarter-rate I2F; the caller adds `_nibble_offset` to the zero. Float32 converts."""
-    nibble = (codes >> 4) if HIGH else (codes & 15)
-    if DTYPE == tl.bfloat16:
-        return (nibble.to(tl.uint16) | 0x4300).to(tl.bfloat16, bitcast=True)
-    elif DTYPE == tl.float16:
-        return _fp16_1024_plus(nibble)
-    else:
-        return nibble.to(DTYPE)
-
-
-@triton.jit
-def _bytes(codes, DTYPE: tl.constexpr):
-    """int8 codes c as a dot operand: for a 16-bit DTYPE the fp16 bits 0x6400 | c, which read as
-    1024 + c (exact: bf16 would hold 128 + c only for c < 128), a logical op where a conversion
-    goes through the quarter-rate I2F; the caller adds `_byte_offset` to the zero and gives the
-    dot's other operand as `_byte_operand`. Float32 converts."""
-    if DTYPE == tl.float32:
-        return codes.to(tl.float32)
-    else:
-        return _fp16_1024_plus(codes)
-
-
-@triton.jit
-def _byte_offset(DTYPE: tl.constexpr):
-    """What `_bytes` adds to each code."""
-    if DTYPE == tl.float32:
-        return 0.0
-    else:
-        return 1024.0
-
-
-@triton.jit
-def _byte_operand(x, DTYPE: tl.constexpr, NONNEGATIVE: tl.constexpr):
-    """The other operand of a dot with `_bytes`: fp16 for a 16-bit DTYPE (a bf16 value clamped to
-    fp16's range first, from above only where x >= 0; every bf16 value inside it converts
-    exactly), else x as it is."""
-    if DTYPE == tl.float32:
-        return x
-    else:
-        x = tl.minimum(x.to(tl.float32), 65504.0)
-        if not NONNEGATIVE:
-            x = tl.maximum(x, -65504.0)
-        return x.to(tl.float16)
-
-
-@triton.jit
-def _quantized_scores(
-    q, q_hi, q_sum, codes, scale, zero, DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    QUANT_BITS: tl.constexpr,
-):  # fmt: skip
-    """q . k of each head and token, k = (codes - zero) * scale, as s * (q . codes - z * sum q):
-    the codes go to the dot as they are, offset by a constant that `zero` takes too, so the
-    per-element work is a logical op (`_nibbles`, `_bytes`); int4 dots each nibble with its half
-    of q (the low nibble holds dim c, the high one dim c + half, kv_quant.py); int8's q comes
-    as `_byte_operand`."""
-    if QUANT_BITS == 4:
-        raw = tl.dot(q, tl.trans(_nibbles(codes, False, DTYPE)), input_precision=DOT_PRECISION)
-        raw = tl.dot(
-            q_hi, tl.trans(_nibbles(codes, True, DTYPE)), raw, input_precision=DOT_PRECISION
-        )
-        zero = zero + _nibble_offset(DTYPE)
-    else:
-        raw = tl.dot(q, tl.trans(_bytes(codes, DTYPE)), input_precision=DOT_PRECISION)
-        zero = zero + _byte_offset(DTYPE)
-    return (raw - q_sum[:, None] * zero[None, :]) * scale[None, :]
 
 
 @triton.jit
@@ -262,7 +182,7 @@ def _paged_decode_kernel(
         q_mask = h_mask[:, None] & d_mask[None, :]
         q = tl.load(q_row + offs_d[None, :] * stride_qd, mask=q_mask, other=0.0)
         if QUANT_BITS == 8:
-            q = _byte_operand(q, dtype, False)  # its sum below is of the values the dot multiplies
+            q = byte_operand(q, dtype, False)  # its sum below is of the values the dot multiplies
         q_hi = q  # int4 only
         q_sum = tl.sum(q.to(tl.float32), axis=1)  # the float cache never uses it: compiled out
         acc = tl.zeros([BLOCK_H, BLOCK_D], dtype=tl.float32)
@@ -293,7 +213,7 @@ def _paged_decode_kernel(
                 stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
                 stride_sh, stride_sd,
             )  # fmt: skip
-            qk = _quantized_scores(
+            qk = quantized_scores(
                 q, q_hi, q_sum, k_codes, k_scale * qk_scale, k_zero, dtype, DOT_PRECISION,
                 QUANT_BITS,
             )  # fmt: skip
@@ -321,20 +241,23 @@ def _paged_decode_kernel(
             )  # fmt: skip
             if QUANT_BITS == 4:
                 ps = (p * v_scale[None, :]).to(dtype)
-                v_zero = v_zero + _nibble_offset(dtype)
+                v_zero = v_zero + nibble_offset(dtype)
                 acc = tl.dot(
-                    ps, _nibbles(v_codes, False, dtype), acc * alpha[:, None],
+                    ps, nibbles(v_codes, False, dtype), acc * alpha[:, None],
                     input_precision=DOT_PRECISION,
                 )  # fmt: skip
                 acc_hi = tl.dot(
-                    ps, _nibbles(v_codes, True, dtype), acc_hi * alpha[:, None],
+                    ps, nibbles(v_codes, True, dtype), acc_hi * alpha[:, None],
                     input_precision=DOT_PRECISION,
                 )  # fmt: skip
             else:
-                ps = _byte_operand(p * v_scale[None, :], dtype, True)  # p, s >= 0
-                v_zero = v_zero + _byte_offset(dtype)
+                ps = byte_operand(p * v_scale[None, :], dtype, True)  # p, s >= 0
+                v_zero = v_zero + byte_offset(dtype)
                 acc = tl.dot(
-                    ps, _bytes(v_codes, dtype), acc * alpha[:, None], input_precision=DOT_PRECISION
+                    ps,
+                    byte_codes(v_codes, dtype),
+                    acc * alpha[:, None],
+                    input_precision=DOT_PRECISION,
                 )
             v_corr = v_corr * alpha + tl.sum(ps.to(tl.float32) * v_zero[None, :], axis=1)
         m_i = m_new
