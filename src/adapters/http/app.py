@@ -3,6 +3,7 @@ and docs."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from fastapi import FastAPI, Request
@@ -49,8 +50,9 @@ def create_app(svc: ServerServices) -> FastAPI:
 
     @app.get("/stats")
     async def stats() -> dict[str, int]:
-        """Engine counters: KV blocks free and total, running and waiting sequences."""
-        return dataclasses.asdict(svc.stats())
+        """Engine counters: KV blocks free and total, running and waiting sequences. Read off
+        the event loop: an engine in its own process answers through a pipe round trip."""
+        return dataclasses.asdict(await asyncio.to_thread(svc.stats))
 
     app.state.metrics = metrics.registry_for(svc.stats, svc.ttft)  # per app: no global registry
     app.include_router(metrics.router)

@@ -7,6 +7,7 @@ registry: several servers in one process (tests, the proxy beside a server) neve
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterator
 
 from fastapi import APIRouter, Request
@@ -136,4 +137,6 @@ def registry_for(
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
     """Prometheus scrape endpoint (text format 0.0.4)."""
-    return Response(generate_latest(request.app.state.metrics), media_type=CONTENT_TYPE_LATEST)
+    # Off the event loop: an engine in its own process answers through a pipe round trip.
+    body = await asyncio.to_thread(generate_latest, request.app.state.metrics)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
