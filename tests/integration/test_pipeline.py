@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from lmdeploy import GenerationConfig, TurbomindEngineConfig, pipeline
+from lmdeploy import GenerationConfig, PytorchEngineConfig, TurbomindEngineConfig, pipeline
 from lmdeploy.adapters.loaders.model_source import ModelNotFound
 from lmdeploy.domain.errors import InvalidArgument
 
@@ -81,6 +81,16 @@ def test_prompt_longer_than_session_len_ends_with_length(default_pipe):
     assert (
         out.finish_reason == "length" and out.generate_token_len == 0 and out.input_token_len > 2048
     )
+
+
+def test_a_session_len_far_beyond_the_kv_cache_costs_no_memory(default_pipe):
+    """session_len=2**40: the rotary table and the block tables are sized by the cache (no
+    sequence outgrows it), so the engine starts and answers as one with a sane session_len."""
+    greedy = GenerationConfig(max_new_tokens=8, do_sample=False)
+    config = PytorchEngineConfig(session_len=1 << 40, cache_max_entry_count=0.05)
+    with pipeline("SmolLM2-135M-Instruct", backend_config=config) as pipe:
+        huge = pipe("The capital of France is", gen_config=greedy)
+    assert huge.token_ids == default_pipe("The capital of France is", gen_config=greedy).token_ids
 
 
 def test_bad_inputs_raise_clear_errors(default_pipe):

@@ -83,7 +83,9 @@ class PytorchModelRunner:
             quant_policy,
         )
         self.swapper = CacheSwapper(self.kv_caches, num_cpu_blocks) if num_cpu_blocks else None
-        max_len = max_model_len or cfg.max_position_embeddings
+        # Positions and block-table columns past the cache are never used (no sequence outgrows
+        # it): a session_len beyond the cache costs no memory, and one of 2**40 tokens no crash.
+        max_len = min(max_model_len or cfg.max_position_embeddings, num_blocks * block_size)
         self.rope = RotaryTables(
             cfg.head_dim,
             max(max_len, cfg.max_position_embeddings),
