@@ -69,14 +69,7 @@ class RemoteEngine:
 
     # -- the Engine port ----------------------------------------------------------------------
     def submit(self, seq: Sequence, sink: Sink) -> None:
-        spec = wire.SequenceSpec.of(seq)
-        with self._lock:
-            if self.failure is None:
-                self._live[seq.seq_id] = (seq, sink)
-                self._write((wire.ADD, spec))
-                return
-        seq.finish(FinishReason.ERROR)
-        sink(TokenEvent(seq, None, finished=True, error=self.failure))
+        self._hand_over(seq, sink, (wire.ADD, wire.SequenceSpec.of(seq)))
 
     def resume(
         self,
@@ -94,13 +87,7 @@ class RemoteEngine:
         # it is taken before the mirror moves on to the turn, as the engine's own will.
         spec = wire.SequenceSpec.of(seq)
         seq.continue_with(token_ids, sampling)
-        with self._lock:
-            if self.failure is None:
-                self._live[seq.seq_id] = (seq, sink)
-                self._write((wire.RESUME, spec, list(token_ids), wire.portable(sampling)))
-                return
-        seq.finish(FinishReason.ERROR)
-        sink(TokenEvent(seq, None, finished=True, error=self.failure))
+        self._hand_over(seq, sink, (wire.RESUME, spec, list(token_ids), wire.portable(sampling)))
 
     def abort(self, seq: Sequence) -> None:
         with self._lock:
@@ -142,7 +129,18 @@ class RemoteEngine:
             self._process.join(5)
         self._commands.close()
 
-    # -- the receiver thread ------------------------------------------------------------------
+    # -- the pipe ---------------------------------------------------------------------------
+    def _hand_over(self, seq: Sequence, sink: Sink, command: tuple) -> None:
+        """Send `command` for `seq`, whose events then go to `sink`; once the engine has
+        failed, end `seq` at once with the failure instead (as the engine loop does)."""
+        with self._lock:
+            if self.failure is None:
+                self._live[seq.seq_id] = (seq, sink)
+                self._write(command)
+                return
+        seq.finish(FinishReason.ERROR)
+        sink(TokenEvent(seq, None, finished=True, error=self.failure))
+
     def _write(self, message: tuple) -> None:
         """Under `_lock`. A dead engine's pipe raises; the receiver reports it."""
         try:
@@ -150,6 +148,7 @@ class RemoteEngine:
         except OSError:
             pass
 
+    # -- the receiver thread ------------------------------------------------------------------
     def _receive(self) -> None:
         while True:
             try:

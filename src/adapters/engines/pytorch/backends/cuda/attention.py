@@ -95,6 +95,13 @@ def paged_attention_cuda(
     return out
 
 
+def _first_layer(kv_caches: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """(k cache, v cache, (k, v) scale/zero or None) of the first layer: every layer's cache
+    has the same shapes, so the kernels compiled over it serve them all."""
+    cache = kv_caches[0]
+    return cache[0], cache[1], ((cache[2], cache[3]) if len(cache) == 4 else None)
+
+
 # Query lengths that pick each tile shape of the prefill kernel (`_prefill_config`: up to 32,
 # up to 1023, from 1024). Triton compiles a shape the first time a step needs it, ~1 s during
 # which every running request waits (a log-normal serving run's first long prompt: 1.36 s
@@ -113,9 +120,7 @@ def compile_prefill_kernels(
     each layer's (heads, kv heads, head dim) and its options: scale, window, cap), with the
     arguments a step gives it: one sequence reading the cache's first blocks (read only; the
     output is dropped); `dtype`: the model's. Returns the launches."""
-    cache = kv_caches[0]
-    k_cache, v_cache = cache[0], cache[1]
-    scale_zero = (cache[2], cache[3]) if len(cache) == 4 else None
+    k_cache, v_cache, scale_zero = _first_layer(kv_caches)
     capacity = k_cache.shape[0] * block_size
     device = k_cache.device
     launches = 0
@@ -155,9 +160,7 @@ def compile_decode_kernels(
     step outside the graphs (decodes beside a prompt) picks its count from its own contexts,
     and the first step with a new one waited ~1 s (benchmark/NOTES.md, session 15). One
     sequence of one token reads the cache's first block; the output is dropped."""
-    cache = kv_caches[0]
-    k_cache, v_cache = cache[0], cache[1]
-    scale_zero = (cache[2], cache[3]) if len(cache) == 4 else None
+    k_cache, v_cache, scale_zero = _first_layer(kv_caches)
     max_context = min(max_context, k_cache.shape[0] * block_size)
     device = k_cache.device
     launches = 0
