@@ -26,7 +26,7 @@ from .multimodal import expand, has_images, image_spans, is_image_tuple, split_i
 from .output_rows import OutputRows
 from .ports import GrammarBackend, GrammarSpec, JoinRows, Tokenizer
 from .prompt_log import log_prompt
-from .response_format import constrain, parse_response_format
+from .response_format import constrain, parse_response_format, recompile
 from .stream_delivery import LoopMailbox
 from .text import check_text
 from .vision import PendingImage, VisionService
@@ -400,9 +400,12 @@ class GenerationService:
     def new_sequence(
         self, request: PreparedRequest, keep_cache: bool = False, choice: int = 0
     ) -> Sequence:
+        sampling = request.sampling.for_choice(choice)
+        if choice:  # the first choice keeps the constraint compiled when the request was checked
+            sampling = recompile(sampling, self.grammar)
         return Sequence(
             prompt_token_ids=request.input_ids,
-            sampling=request.sampling.for_choice(choice),
+            sampling=sampling,
             max_len=self.session_len,
             eos_token_ids=self.tokenizer.eos_token_ids,
             keep_cache=keep_cache,

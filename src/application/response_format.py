@@ -77,3 +77,15 @@ def constrain(
     return replace(
         sampling, extra={**sampling.extra, CONSTRAINT: constraint, GRAMMAR: (spec, stop)}
     )
+
+
+def recompile(sampling: SamplingParams, backend: GrammarBackend | None) -> SamplingParams:
+    """`sampling` with a constraint of its own, compiled again from its spec: a constraint holds
+    one sequence's state, so each choice of a request, and an engine in another process, needs
+    its own (the backend caches compiled grammars: this costs a matcher)."""
+    if GRAMMAR not in sampling.extra:
+        return sampling
+    if backend is None:
+        raise _bad("this engine has no grammar backend to compile the request's grammar")
+    spec, stop = sampling.extra[GRAMMAR]
+    return replace(sampling, extra={**sampling.extra, CONSTRAINT: backend.constraint(spec, stop)})

@@ -104,6 +104,27 @@ def test_json_object_outputs_are_objects(default_pipe):
             assert out.finish_reason == "length" and out.text.startswith("{")
 
 
+def test_each_of_n_sampled_choices_keeps_its_own_grammar_state(default_pipe):
+    """n choices of one request decode side by side, each with a constraint of its own (one
+    shared constraint took every choice's tokens and lost them all)."""
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 12}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    format_ = {"type": "json_schema", "json_schema": {"name": "person", "schema": schema}}
+    config = GenerationConfig(
+        n=3, max_new_tokens=80, do_sample=True, temperature=1.0, random_seed=1,
+        response_format=format_,
+    )  # fmt: skip
+    service = default_pipe.service
+    streams = service.submit_choices(service.prepare("Give me a person as JSON.", config))
+    texts = ["".join(out.text for out in stream) for stream in streams]
+    assert len(texts) == 3
+    for text in texts:
+        jsonschema.validate(json.loads(text), schema)
+
+
 @pytest.mark.parametrize(
     "pattern",
     [

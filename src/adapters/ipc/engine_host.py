@@ -15,6 +15,7 @@ from multiprocessing.connection import Connection
 
 from ...application.engine import EngineLoop, TokenEvent
 from ...application.ports import GrammarBackend
+from ...application.response_format import recompile
 from ...domain.sequence import FinishReason, Sequence
 from . import wire
 
@@ -75,7 +76,7 @@ class EngineHost:
         elif kind == wire.RESUME:
             _, spec, token_ids, sampling = command
             try:
-                sampling = wire.restore(sampling, self._grammar)
+                sampling = recompile(sampling, self._grammar)
                 seq = self._seqs.get(spec.seq_id) or spec.build(self._grammar, None)
             except Exception as exc:
                 self._fail(spec.seq_id, f"the engine could not take this request: {exc}")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from ...application.ports import GrammarBackend
-from ...application.response_format import CONSTRAINT, GRAMMAR
+from ...application.response_format import CONSTRAINT, recompile
 from ...domain.sampling_params import SamplingParams
 from ...domain.sequence import Sequence
 
@@ -79,7 +79,7 @@ class SequenceSpec:
     def build(self, grammar: GrammarBackend | None, fork_parent: Sequence | None) -> Sequence:
         return Sequence(
             prompt_token_ids=self.prompt_token_ids,
-            sampling=restore(self.sampling, grammar),
+            sampling=recompile(self.sampling, grammar),  # compiled here, in the engine's process
             max_len=self.max_len,
             eos_token_ids=self.eos_token_ids,
             seq_id=self.seq_id,
@@ -95,13 +95,3 @@ def portable(sampling: SamplingParams) -> SamplingParams:
         return sampling
     extra: dict[str, Any] = {k: v for k, v in sampling.extra.items() if k != CONSTRAINT}
     return replace(sampling, extra=extra)
-
-
-def restore(sampling: SamplingParams, grammar: GrammarBackend | None) -> SamplingParams:
-    """`sampling` with a constraint compiled here, in the engine's process, from its spec."""
-    if GRAMMAR not in sampling.extra:
-        return sampling
-    if grammar is None:
-        raise ValueError("the engine process has no grammar backend for a constrained request")
-    spec, stop = sampling.extra[GRAMMAR]
-    return replace(sampling, extra={**sampling.extra, CONSTRAINT: grammar.constraint(spec, stop)})
