@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import replace
 from multiprocessing.connection import Connection
 
 from ...application.engine import EngineLoop, TokenEvent
@@ -75,9 +76,14 @@ class EngineHost:
             self.engine.submit(seq, self._post)
         elif kind == wire.RESUME:
             _, spec, token_ids, sampling = command
+            seq = self._seqs.get(spec.seq_id)
             try:
-                sampling = recompile(sampling, self._grammar)
-                seq = self._seqs.get(spec.seq_id) or spec.build(self._grammar, None)
+                if seq is None:  # a session's first turn: built with the turn's sampling, so
+                    # its grammar compiles once
+                    seq = replace(spec, sampling=sampling).build(self._grammar, None)
+                    sampling = seq.sampling
+                else:
+                    sampling = recompile(sampling, self._grammar)
             except Exception as exc:
                 self._fail(spec.seq_id, f"the engine could not take this request: {exc}")
                 return
