@@ -157,7 +157,7 @@ def _vision(
     service.stop()
 
 
-def _engine_loop(runner, scheduler) -> EngineLoop:
+def _engine_loop(runner, scheduler, platform) -> EngineLoop:
     engine = EngineLoop(runner, scheduler)
     engine.start()
     # A tensor-parallel runner reports a rank that dies while no step runs.
@@ -166,11 +166,12 @@ def _engine_loop(runner, scheduler) -> EngineLoop:
         on_failure(engine.fail)
     yield engine
     engine.stop()
-    # After the loop: a tensor-parallel runner stops its worker processes. Tests may wrap the
-    # runner in a fake without it.
+    # After the loop: the runner stops its tensor-parallel workers and lets go of its weights,
+    # cache and graphs. Tests may wrap the runner in a fake without `close`.
     close = getattr(runner, "close", None)
     if close is not None:
         close()
+        platform.release_cached_memory()  # what the runner let go of, back to the device
 
 
 class Container(containers.DeclarativeContainer):
@@ -202,7 +203,7 @@ class Container(containers.DeclarativeContainer):
     scheduler = providers.Singleton(_scheduler, engine_config, built_model)
     # Its own provider so that tests can wrap the real runner (e.g. to inject a failing step).
     runner = providers.Callable(lambda b: b.runner, built_model)
-    engine = providers.Resource(_engine_loop, runner, scheduler)
+    engine = providers.Resource(_engine_loop, runner, scheduler, platform)
     vision = providers.Resource(_vision, source, built_model, config.vision_config)
     session_len = providers.Callable(_session_len, engine_config, model_facts)
     grammar = providers.Singleton(_grammar, tokenizer, model_facts)

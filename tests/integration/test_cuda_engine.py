@@ -7,6 +7,9 @@ import pytest
 import torch
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline
+from lmdeploy.adapters.engines.pytorch.runner.piecewise_graph import (
+    MAX_TOKENS as PIECEWISE_MAX_TOKENS,
+)
 from lmdeploy.kernels.pdl import pdl_enabled
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -207,6 +210,28 @@ def test_piecewise_graphs_change_no_greedy_output(tiny_llama, monkeypatch):
     pieces = engine.runner.piecewise
     assert plain.runner.piecewise is None and pieces is not None
     assert pieces.sizes[-1] == 128 + 3 and pieces.replays >= len(prompts) - 3, pieces.replays
+
+
+def test_a_closed_pipeline_hands_its_device_memory_back(tiny_llama, monkeypatch):
+    """Closed but still referenced, a pipeline that captured decode and piecewise graphs
+    keeps nothing of its KV cache, weights or graph pools reserved: a pipeline built next in
+    the process sizes its cache from the whole device."""
+    path, _ = tiny_llama
+    monkeypatch.delenv("LMDEPLOY_PIECEWISE_GRAPHS", raising=False)  # on by default
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_reserved()
+    pipe = pipeline(str(path), backend_config=_config())
+    pipe([_ids(20, 1), _ids(300, 2)], gen_config=GEN)
+    engine = pipe.service.engine
+    held = torch.cuda.memory_reserved() - before
+    pipe.close()
+    left = torch.cuda.memory_reserved() - before
+    assert held > 1 << 30, held  # a fifth of the free memory went to the cache
+    assert left < 256 << 20, f"{left / 2**20:.0f} MiB still reserved after close"
+    pieces = engine.runner.piecewise
+    assert engine.runner.graphs is not None and pieces.replays >= 1
+    assert pieces.sizes[-1] == PIECEWISE_MAX_TOKENS  # the step budget is larger: capped
 
 
 def test_pdl_changes_no_greedy_output(tiny_llama, monkeypatch):

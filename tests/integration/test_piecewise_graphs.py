@@ -255,9 +255,12 @@ def test_the_attention_hook_is_gone_outside_a_capture_even_a_failed_one(runner):
     torch.testing.assert_close(first, again, rtol=0, atol=0)
 
 
-def test_only_cuda_at_tp1_without_lora_and_with_the_flag_captures(monkeypatch):
+def test_only_cuda_at_tp1_without_lora_and_without_the_off_switch_captures(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")
-    assert not enabled(cuda, tensor_parallel=False, lora=False)  # off by default
+    monkeypatch.delenv("LMDEPLOY_PIECEWISE_GRAPHS", raising=False)
+    assert enabled(cuda, tensor_parallel=False, lora=False)  # on by default
+    monkeypatch.setenv("LMDEPLOY_PIECEWISE_GRAPHS", "0")
+    assert not enabled(cuda, tensor_parallel=False, lora=False)
     monkeypatch.setenv("LMDEPLOY_PIECEWISE_GRAPHS", "1")
     assert enabled(cuda, tensor_parallel=False, lora=False)
     assert not enabled(cpu, tensor_parallel=False, lora=False)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import subprocess
 import sys
+import weakref
 
 import pytest
 
@@ -100,6 +102,25 @@ def test_bad_inputs_raise_clear_errors(default_pipe):
         default_pipe("hi", gen_config=GenerationConfig(top_p=1.5))
     with pytest.raises(ModelNotFound, match="/nonexistent/model"):
         pipeline("/nonexistent/model")
+
+
+def test_a_closed_pipeline_lets_go_of_its_weights_and_kv_cache_while_still_referenced():
+    """The caller keeps the closed pipeline (a variable, a traceback): its model and KV cache
+    are freed anyway, so a pipeline built next in the process sizes its cache from the whole
+    device; what reports on the run stays readable."""
+    pipe = pipeline("SmolLM2-135M-Instruct", backend_config=PytorchEngineConfig(session_len=512))
+    assert pipe("Hello", gen_config=GenerationConfig(max_new_tokens=4)).generate_token_len == 4
+    runner = pipe.service.engine.runner
+    weight = weakref.ref(next(runner.model.parameters()))
+    cache = weakref.ref(runner.kv_caches[0][0])
+    counters = runner.ahead_counters
+    pipe.close()
+    gc.collect()
+    assert weight() is None, "the closed pipeline still holds its weights"
+    assert cache() is None, "the closed pipeline still holds its KV cache"
+    assert runner.ahead_counters is counters
+    with pytest.raises(RuntimeError, match="closed"):
+        pipe("Hello")
 
 
 def test_turbomind_config_falls_back_to_pytorch_with_a_log_line(caplog):

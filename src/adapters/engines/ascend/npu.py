@@ -55,6 +55,9 @@ class NpuPlatform(Platform):
     def default_max_batch_size(self) -> int:
         return _DEFAULT_MAX_BATCH_SIZE
 
+    def release_cached_memory(self) -> None:
+        _runtime().empty_cache()
+
 
 def load() -> NpuPlatform:
     """The NPU this process drives (torch_npu's current device), or an error saying what to

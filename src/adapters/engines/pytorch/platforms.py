@@ -49,6 +49,12 @@ class Platform(ABC):
     def default_max_batch_size(self) -> int:
         """max_batch_size when not given: 'set according to the device', as documented."""
 
+    def release_cached_memory(self) -> None:
+        """Hand the memory that freed tensors left in the runtime's cache back to the device
+        (an engine closed): another process, or the next engine's KV cache, may use it. The
+        CPU's allocator returns large blocks to the system by itself."""
+        return None
+
 
 class CpuPlatform(Platform):
     name = "cpu"
@@ -88,6 +94,9 @@ class CudaPlatform(Platform):
         torch.cuda.empty_cache()  # blocks the loader freed are free for the cache
         free, _ = torch.cuda.mem_get_info(self.device)
         return free
+
+    def release_cached_memory(self) -> None:
+        torch.cuda.empty_cache()
 
     def default_max_batch_size(self) -> int:
         """By the GPU's memory, as LMDeploy (256 on an A100, 512 on an H100) and SGLang do. On

@@ -127,3 +127,12 @@ class DecodeGraphs:
         """Replay bucket `size` over the inputs already staged; its logits [size, vocab]."""
         self.graphs[size].replay()
         return self.logits[size]
+
+    def release(self) -> None:
+        """Free the graphs, their memory pool and their static buffers (the engine closed);
+        `sizes` stays, for what reports on a closed engine."""
+        self.graphs.clear()
+        self.logits.clear()
+        self.pool = None
+        self.model, self.kv_caches, self.lora = None, [], None  # type: ignore[assignment]
+        self.inputs = None  # type: ignore[assignment]

@@ -1,7 +1,9 @@
 """Piecewise CUDA graphs for the steps that carry prompt tokens (prefill and mixed steps).
 
 A decode step replays one whole-model graph (cuda_graph.py); a step with prompt tokens ran
-eagerly, paying the host's launch cost of every layer (~9 ms for an 8B model's 32 layers).
+eagerly, paying the host's launch cost of every layer. On an H200 with an 8B model a mixed
+step of ~450 prompt tokens beside ~75 decodes took ~40 ms eagerly against ~20 ms replayed
+this way: its GPU work is shorter than the launches (benchmark/NOTES.md, session 16).
 Attention is what stops one graph from covering such a step: its kernels and their metadata
 depend on the step's mix of prefill and decode rows. Everything else is row by row and
 depends on the token count only. So, as vLLM v1 does, the model is cut at each attention:
@@ -30,7 +32,10 @@ Not taken (the eager path, as before): LoRA (its hooks read per-step rows this c
 not stage), image rows (embeddings spliced into the input), steps that want extras
 (output_logits, hidden states, ppl: they read every row's hidden state), tensor parallelism
 (rank 0 would have to stage each segment's inputs to the other ranks), the CPU (no graphs,
-and its C kernels are cheap to call), and steps of more tokens than the largest bucket.
+and its C kernels are cheap to call), and steps of more than `MAX_TOKENS` tokens: their
+kernels outlast their launches, so eager costs nothing there, while padding to a bucket does
+(4147 tokens replayed in the 4608 bucket: 111 ms against 101 eagerly). `LMDEPLOY_PIECEWISE_GRAPHS=0`
+turns the graphs off.
 
 The graphs come from a factory (`torch.cuda.CUDAGraph` on CUDA) so that the driver logic
 (segments, sites, padding, replay order) runs on the CPU under a fake that records ops.
@@ -69,10 +74,13 @@ class Graph(Protocol):
 GraphFactory = Callable[[], Graph]
 
 
+MAX_TOKENS = 2048  # the largest bucket: steps of more tokens run eagerly (module docstring)
+
+
 def enabled(device: torch.device, tensor_parallel: bool, lora: bool) -> bool:
-    """Whether a runner captures piecewise graphs: `LMDEPLOY_PIECEWISE_GRAPHS=1` (off by default
-    until measured on a GPU), on CUDA, at tp=1, without LoRA (see the module docstring)."""
-    if os.environ.get("LMDEPLOY_PIECEWISE_GRAPHS", "0") != "1":
+    """Whether a runner captures piecewise graphs: on CUDA, at tp=1, without LoRA (see the
+    module docstring), unless `LMDEPLOY_PIECEWISE_GRAPHS=0`."""
+    if os.environ.get("LMDEPLOY_PIECEWISE_GRAPHS", "1") == "0":
         return False
     return device.type == "cuda" and not tensor_parallel and not lora
 
@@ -256,3 +264,12 @@ class PiecewiseGraphs:
             segment.replay()
         self.replays += 1
         return bucket.hidden[:n]
+
+    def release(self) -> None:
+        """Free the segments, their memory pool and the static buffers (the engine closed);
+        `sizes` and `replays` stay, for what reports on a closed engine."""
+        self.buckets.clear()
+        self._shared.clear()
+        self.pool = None
+        self.model, self.kv_caches = None, []  # type: ignore[assignment]
+        self.input_ids = self.cos = self.sin = self.slot_mapping = None  # type: ignore[assignment]

@@ -31,6 +31,7 @@ from .image_rows import gather_image_rows, touches_images
 from .kv_cache import allocate_kv_caches
 from .lora_pool import AdapterPool
 from .mrope import has_grids, mrope_positions
+from .piecewise_graph import MAX_TOKENS as PIECEWISE_MAX_TOKENS
 from .piecewise_graph import PiecewiseGraphs, enabled
 from .step_extras import collect_extras, wants_extras
 
@@ -61,9 +62,8 @@ class PytorchModelRunner:
         (runner/kv_cache.py). `cpu_fused_decode`: one sequence's decode steps run the decoder
         layers in one C call where the model fits it (runner/cpu_decode_step.py), reading Q4
         weights from a repacked copy with `cpu_repack`. `max_step_tokens`: the most tokens a
-        step carries (the scheduler's budget plus one decode a sequence), the largest bucket
-        of the piecewise graphs (runner/piecewise_graph.py; `LMDEPLOY_PIECEWISE_GRAPHS=1`; None:
-        none are captured)."""
+        step carries (the scheduler's budget plus one decode a sequence), which bounds the
+        piecewise graphs' largest bucket (runner/piecewise_graph.py; None: none are captured)."""
         cfg = model.config
         self.lora = lora
         self.max_batch_size = max_batch_size
@@ -110,7 +110,7 @@ class PytorchModelRunner:
             and max_step_tokens
             and enabled(device, peers is not None, lora is not None)
         ):
-            self.piecewise = self.capture_piecewise(max_step_tokens)
+            self.piecewise = self.capture_piecewise(min(max_step_tokens, PIECEWISE_MAX_TOKENS))
         # Start each forecast decode step before the current step's tokens reach the host
         # (decode_ahead.py): on by default where it overlaps anything, i.e. under CUDA graphs;
         # LMDEPLOY_DECODE_AHEAD=0/1 forces it (A/B runs, tests of the path on the CPU).
@@ -297,9 +297,17 @@ class PytorchModelRunner:
             self.workers.on_failure(listener)
 
     def close(self) -> None:
-        """Stop the other tensor-parallel ranks and leave their group (nothing at tp=1)."""
-        if self.workers is None:
-            return
+        """Stop the other tensor-parallel ranks and leave their group (tp > 1), then let go of
+        this rank's weights, KV cache and graphs, so that an engine built next in this process
+        sizes its cache from the whole device even while the closed pipeline is still
+        referenced. What reports on the run stays: `ahead_counters`, the graphs' sizes and
+        replays."""
+        if self.workers is not None:
+            self._stop_workers()
+        self._release()
+
+    def _stop_workers(self) -> None:
+        assert self.workers is not None
         orderly = self.workers.failure is None
         if orderly and self.peers is not None:
             self.peers.stop()  # the workers release their graphs and leave the group now
@@ -307,6 +315,15 @@ class PytorchModelRunner:
         leave_group(orderly)  # beside the workers, before waiting for them to exit
         self.workers.close()
         self.workers = None
+
+    def _release(self) -> None:
+        self._ahead = None
+        for graphs in (self.graphs, self.piecewise):
+            if graphs is not None:
+                graphs.release()
+        self.model, self.peers = None, None  # type: ignore[assignment]
+        self.kv_caches = []
+        self.swapper, self.cpu_step, self.lora = None, None, None
 
     @torch.inference_mode()
     def _step(self, plan: StepPlan) -> StepOutput:
