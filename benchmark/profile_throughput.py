@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from step_trace import StepTrace  # noqa: E402
+from step_trace import StepTrace, breakdown  # noqa: E402
 from workloads import random_prompt, sharegpt_like  # noqa: E402
 
 from lmdeploy import GenerationConfig, PytorchEngineConfig, pipeline  # noqa: E402
@@ -61,6 +61,7 @@ def run_ours(args, requests, vocab):
             "ahead_started": runner.ahead_counters.started - ahead_before[0],
             "ahead_used": runner.ahead_counters.used - ahead_before[1],
         }
+        where = breakdown(trace, start, start + elapsed)
         print("steps:", json.dumps(steps))
     finally:
         pipe.close()
@@ -77,6 +78,7 @@ def run_ours(args, requests, vocab):
         "preemptions": stats.num_preemptions,
         "kv_blocks": stats.num_blocks,
         **steps,
+        "time": where,
     }, prompts
 
 
