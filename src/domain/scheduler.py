@@ -40,6 +40,11 @@ class SchedulerConfig:
     # 0 admits at once. Prompts that would fill a whole prefill step's token budget are
     # admitted at once whatever the interval: waiting cannot make that step any fuller.
     prefill_interval: int = 0
+    # A waiting prompt joins only if the blocks left free after it still hold each running
+    # sequence's next `admission_headroom` tokens (fewer where its length limit comes first).
+    # Without it, a full cache admits into the blocks a request freed and the running
+    # sequences' growth preempts the newcomer a few steps later, its prompt computed for nothing.
+    admission_headroom: int = 0
 
 
 @dataclass
@@ -301,6 +306,7 @@ class Scheduler:
     def _schedule_waiting(self, plan: StepPlan, budget: int) -> int:
         """Admit waiting sequences while the batch, the budget and the blocks allow; how many."""
         admitted = 0
+        reserve = self._growth_reserve()
         while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
             seq = self._next_admissible()
             if seq is None:
@@ -309,9 +315,9 @@ class Scheduler:
                 if not seq.fork_parent.is_finished:
                     break  # a sibling choice waits for the shared prompt to be computed
                 seq.fork_parent = None  # the parent ended before its prompt: compute alone
-            while not self.allocator.can_allocate(seq) and self._evict_parked():
+            while not self._can_admit(seq, reserve) and self._evict_parked():
                 pass
-            if not self.allocator.can_allocate(seq):
+            if not self._can_admit(seq, reserve):
                 break
             self.waiting.remove(seq)
             # Allocating reuses cached prefix blocks, which shortens what is left to compute.
@@ -323,6 +329,27 @@ class Scheduler:
             budget -= chunk
             admitted += 1
         return admitted
+
+    def _growth_reserve(self) -> int:
+        """Blocks the running sequences need for their next `admission_headroom` tokens."""
+        headroom = self.config.admission_headroom
+        if not headroom:
+            return 0
+        reserve = 0
+        for seq in self.running:
+            left = min(
+                headroom,
+                seq.sampling.max_new_tokens - seq.num_output_tokens,
+                seq.max_len - seq.num_tokens,
+            )
+            if left > 0 and not self.allocator.covers(seq, seq.num_tokens + left):
+                reserve += self.allocator.blocks_needed(seq, seq.num_tokens + left)
+        return reserve
+
+    def _can_admit(self, seq: Sequence, reserve: int) -> bool:
+        if not self.running:  # nothing grows: the reserve would only hold the cache idle
+            return self.allocator.can_allocate(seq)
+        return self.allocator.blocks_needed(seq) + reserve <= self.allocator.num_free_blocks
 
     def _next_admissible(self) -> Sequence | None:
         """The oldest waiting sequence whose LoRA adapter can be resident: a request for an

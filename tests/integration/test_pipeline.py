@@ -123,6 +123,12 @@ def test_a_closed_pipeline_lets_go_of_its_weights_and_kv_cache_while_still_refer
         pipe("Hello")
 
 
+def test_a_bad_admission_headroom_switch_is_an_error_naming_it(monkeypatch):
+    monkeypatch.setenv("LMDEPLOY_ADMISSION_HEADROOM", "lots")
+    with pytest.raises(InvalidArgument, match="LMDEPLOY_ADMISSION_HEADROOM"):
+        pipeline("SmolLM2-135M-Instruct", backend_config=PytorchEngineConfig(session_len=512))
+
+
 def test_turbomind_config_falls_back_to_pytorch_with_a_log_line(caplog):
     with caplog.at_level("WARNING", logger="lmdeploy"):
         pipe = pipeline(

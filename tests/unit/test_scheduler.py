@@ -91,6 +91,41 @@ def test_preempts_newest_when_decode_runs_out_of_blocks_and_frees_everything_at_
     assert sched.allocator.num_free_blocks == 3
 
 
+def _run_old_then_new(headroom):
+    """Three blocks of 4 tokens: `old` (4 prompt + 8 output tokens) ends up needing all three;
+    `new` (one block of prompt) arrives once `old` decodes."""
+    sched = build_scheduler(3, 4, admission_headroom=headroom)
+    old, new = make_seq(4, max_new_tokens=8), make_seq(4, max_new_tokens=2)
+    sched.add(old)
+    run_step(sched)
+    sched.add(new)
+    new_first_step = None
+    for step in range(1, 50):
+        if not sched.has_work:
+            break
+        plan, _ = run_step(sched)
+        if new in plan.seqs and new_first_step is None:
+            new_first_step = step, old.is_finished
+    assert old.num_output_tokens == 8 and new.num_output_tokens == 2
+    assert sched.allocator.num_free_blocks == 3
+    return sched.num_preemptions, new_first_step
+
+
+def test_admission_keeps_the_blocks_that_running_sequences_grow_into():
+    preemptions, _ = _run_old_then_new(headroom=0)
+    assert preemptions >= 1  # admitted into old's next block, then preempted by its growth
+    preemptions, (_, old_done) = _run_old_then_new(headroom=8)
+    assert preemptions == 0 and old_done  # waited for old's blocks instead
+
+
+def test_an_idle_batch_admits_whatever_the_headroom():
+    sched = build_scheduler(2, 4, admission_headroom=1000)
+    seq = make_seq(4, max_new_tokens=4)
+    sched.add(seq)
+    plan, _ = run_step(sched)
+    assert plan.seqs == [seq]
+
+
 def test_prompt_larger_than_the_whole_cache_is_refused():
     sched = make_scheduler(num_blocks=2, block_size=4)
     with pytest.raises(OutOfBlocks):
