@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm|norm_links ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm|norm_links|kv_headroom|engine_after_engine ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
+#   POLICIES="0 8"     quant_policy values of `kv_headroom` (default 0 8 4).
 #   BATCHES="1 16 64"  batch sizes of `generation` and `families` (default 1 16 64 256) and of
 #                      `quant` (default 1 64).
 #   FAMILIES="mixtral-8x7b qwen3-30b-a3b"  shapes of `families` (default: all of gpu_families.py's).
@@ -66,5 +67,14 @@ for part in "$@"; do
       done ;;
     quant) python3 benchmark/gpu_quant.py --batch-sizes ${BATCHES:-1 64} \
         --output "$OUT/gpu_quant$TAG.json" 2>&1 | tee "$OUT/gpu_quant$TAG.log" ;;
+    kv_headroom)  # KV rows with the admission headroom off, then at its default (twice each: ~15% spread)
+      for run in a b; do
+        for headroom in 0 16; do
+          LMDEPLOY_ADMISSION_HEADROOM=$headroom python3 benchmark/gpu_kv_quant.py --policies ${POLICIES:-0 8 4} \
+            --output "$OUT/gpu_kv_quant_headroom$headroom$run$TAG.json" 2>&1 | tail -n 5 | tee "$OUT/gpu_kv_quant_headroom$headroom$run$TAG.log"
+        done
+      done ;;
+    engine_after_engine) python3 benchmark/gpu_engine_after_engine.py --output "$OUT/gpu_engine_after_engine$TAG.json" \
+        2>&1 | tee "$OUT/gpu_engine_after_engine$TAG.log" ;;
   esac
 done
