@@ -306,7 +306,7 @@ class Scheduler:
     def _schedule_waiting(self, plan: StepPlan, budget: int) -> int:
         """Admit waiting sequences while the batch, the budget and the blocks allow; how many."""
         admitted = 0
-        reserve = self._growth_reserve()
+        reserve: int | None = None  # counted once a prompt is up for admission
         while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
             seq = self._next_admissible()
             if seq is None:
@@ -315,6 +315,8 @@ class Scheduler:
                 if not seq.fork_parent.is_finished:
                     break  # a sibling choice waits for the shared prompt to be computed
                 seq.fork_parent = None  # the parent ended before its prompt: compute alone
+            if reserve is None:
+                reserve = sum(self._growth_blocks(s) for s in self.running)
             while not self._can_admit(seq, reserve) and self._evict_parked():
                 pass
             if not self._can_admit(seq, reserve):
@@ -328,23 +330,22 @@ class Scheduler:
             plan.add(seq, chunk)
             budget -= chunk
             admitted += 1
+            reserve += self._growth_blocks(seq)
         return admitted
 
-    def _growth_reserve(self) -> int:
-        """Blocks the running sequences need for their next `admission_headroom` tokens."""
+    def _growth_blocks(self, seq: Sequence) -> int:
+        """Blocks a running sequence needs for its next `admission_headroom` tokens."""
         headroom = self.config.admission_headroom
         if not headroom:
             return 0
-        reserve = 0
-        for seq in self.running:
-            left = min(
-                headroom,
-                seq.sampling.max_new_tokens - seq.num_output_tokens,
-                seq.max_len - seq.num_tokens,
-            )
-            if left > 0 and not self.allocator.covers(seq, seq.num_tokens + left):
-                reserve += self.allocator.blocks_needed(seq, seq.num_tokens + left)
-        return reserve
+        left = min(
+            headroom,
+            seq.sampling.max_new_tokens - seq.num_output_tokens,
+            seq.max_len - seq.num_tokens,
+        )
+        if left <= 0 or self.allocator.covers(seq, seq.num_tokens + left):
+            return 0
+        return self.allocator.blocks_needed(seq, seq.num_tokens + left)
 
     def _can_admit(self, seq: Sequence, reserve: int) -> bool:
         if not self.running:  # nothing grows: the reserve would only hold the cache idle

@@ -75,7 +75,7 @@ def _max_batch_size(config: PytorchEngineConfig, built: builder.BuiltModel) -> i
 
 # Tokens of growth kept free for each running sequence when a prompt is admitted (see
 # SchedulerConfig): 16 removed ~99% of the preemptions of the 1000-request log-normal workload
-# on 512-1927 blocks in `benchmark/scheduler_sim.py` (485 -> 6 with 512). Overridable for A/B runs.
+# on 512-1927 blocks in `benchmark/scheduler_sim.py` (485 -> 4 with 512). Overridable for A/B runs.
 ADMISSION_HEADROOM_TOKENS = 16
 
 

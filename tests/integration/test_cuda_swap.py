@@ -14,8 +14,9 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 
 @pytest.mark.parametrize("eager", [True, False], ids=["eager", "cuda_graphs"])
-def test_swapping_on_cuda_leaves_every_output_unchanged(tiny_llama, eager):  # noqa: F811
+def test_swapping_on_cuda_leaves_every_output_unchanged(tiny_llama, eager, monkeypatch):  # noqa: F811
     path, _ = tiny_llama
+    monkeypatch.setenv("LMDEPLOY_ADMISSION_HEADROOM", "0")  # admit into the growth: preempt
     prompts = [_ids(20 + 3 * i, seed=i) for i in range(24)]
     gen = GenerationConfig(max_new_tokens=40, ignore_eos=True)
 

@@ -67,9 +67,11 @@ def test_int8_greedy_ids_follow_the_float_cache(int8_pipe, default_pipe):
     assert same >= 32, f"int8 KV diverged from the float cache at token {same}"
 
 
-def test_swap_and_prefix_reuse_over_int8_blocks_change_nothing(prompt_ids):
-    """Each prompt alone, then 60 requests over a cache for about 10: preempted sequences swap
-    their quantized blocks (scales with them) out and back, shared prefixes are reused."""
+def test_swap_and_prefix_reuse_over_int8_blocks_change_nothing(prompt_ids, monkeypatch):
+    """Each prompt alone, then 60 requests over a cache for about 10, admitted with no headroom
+    for growth: preempted sequences swap their quantized blocks (scales with them) out and
+    back, shared prefixes are reused."""
+    monkeypatch.setenv("LMDEPLOY_ADMISSION_HEADROOM", "0")
     base = prompt_ids[-1]
     prompts = [base[i * 7 : i * 7 + 20 + 2 * i] for i in range(8)]
     pipe = _quant_pipe(

@@ -24,6 +24,14 @@ def alone(default_pipe, prompts):
     return [default_pipe([p], gen_config=GEN)[0].token_ids for p in prompts]
 
 
+@pytest.fixture
+def no_headroom(monkeypatch):
+    """Admission without headroom for the running sequences' growth (the scheduler's default
+    keeps 16 tokens each), so that decodes run out of blocks and preempt: what these tests
+    exercise."""
+    monkeypatch.setenv("LMDEPLOY_ADMISSION_HEADROOM", "0")
+
+
 def test_200_requests_over_a_cache_for_about_10_complete_unchanged(prompts, alone):
     # 30 blocks of 16 tokens: each request needs 2-5 blocks, so about 10 fit at once.
     pipe = pipeline(
@@ -39,7 +47,9 @@ def test_200_requests_over_a_cache_for_about_10_complete_unchanged(prompts, alon
     assert stats.num_preemptions > 0, "the cache was meant to run short"
 
 
-def test_with_a_host_pool_preempted_requests_swap_out_and_back_unchanged(prompts, alone):
+def test_with_a_host_pool_preempted_requests_swap_out_and_back_unchanged(
+    prompts, alone, no_headroom
+):
     config = PytorchEngineConfig(
         block_size=16, num_gpu_blocks=30, num_cpu_blocks=256, session_len=1024
     )
@@ -61,7 +71,9 @@ def test_with_a_host_pool_preempted_requests_swap_out_and_back_unchanged(prompts
     assert stats.num_swapped == 0 and stats.num_finished_length == 60
 
 
-def test_a_host_pool_too_small_for_some_victims_falls_back_to_recompute(prompts, alone):
+def test_a_host_pool_too_small_for_some_victims_falls_back_to_recompute(
+    prompts, alone, no_headroom
+):
     # 3 host blocks hold a victim of up to 48 computed tokens; bigger ones are recomputed.
     config = PytorchEngineConfig(
         block_size=16, num_gpu_blocks=30, num_cpu_blocks=3, session_len=1024
