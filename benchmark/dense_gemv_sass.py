@@ -1,4 +1,4 @@
-"""Offline register and instruction counts of the dense decode GEMV (kernels/dense_gemv.py),
+"""Offline register and instruction counts of the dense decode GEMV (lmdeploy_kernels/dense_gemv.py),
 compiled for an H200 (sm_90a) by the installed Triton's ptxas, no GPU needed.
 
     python benchmark/dense_gemv_sass.py [--rows 1 2 4] [--block-n 8 16] [--block-k 256 512] [--warps 4]
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # w4a16_sass's helpers; kernels/
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # w4a16_sass's helpers; lmdeploy_kernels/
 
 from w4a16_sass import compile_sm90, loop_body, op_counts, resources  # noqa: E402
 
@@ -30,7 +30,7 @@ UNIT_STRIDES = ("stride_xk", "stride_wk", "stride_on")
 
 
 def compile_kernel(constants: dict[str, int], num_warps: int):
-    from kernels.dense_gemv import _dense_gemv_kernel as kernel
+    from lmdeploy_kernels.dense_gemv import _dense_gemv_kernel as kernel
 
     return compile_sm90(kernel, constants, num_warps, POINTERS, UNIT_STRIDES)
 

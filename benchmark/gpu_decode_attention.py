@@ -7,7 +7,7 @@ the cache) at batch sizes and contexts of the serving rows, for the launch the e
 today and for a sweep of (BLOCK_N, num_warps, num_stages, num_splits). Each case cycles over
 enough layer caches that every call reads its K/V from HBM; each timed inside a CUDA graph.
 Each case runs over a bf16 cache and over the int8 and int4 caches quantized from it
-(`--quant-bits`, kernels/kv_quant.py). The floor is the bytes a launch reads (the codes and each
+(`--quant-bits`, lmdeploy_kernels/kv_quant.py). The floor is the bytes a launch reads (the codes and each
 slot's [.., 2] scale_zero of a quantized cache; q and out) at the copy rate measured here. The
 engine's and the best launch are checked against the torch reference.
 
@@ -32,8 +32,8 @@ sys.path.insert(0, str(HERE.parent))
 from gpu_generation import copy_bandwidth  # noqa: E402
 from gpu_w4a16_gemv import L2_BYTES, graph_us, max_error  # noqa: E402
 
-from kernels.kv_quant import packed_dim, quantize_kv_ref  # noqa: E402
-from kernels.paged_decode_attention import (  # noqa: E402
+from lmdeploy_kernels.kv_quant import packed_dim, quantize_kv_ref  # noqa: E402
+from lmdeploy_kernels.paged_decode_attention import (  # noqa: E402
     paged_decode_attention,
     paged_decode_attention_ref,
 )

@@ -1,4 +1,4 @@
-"""The dense decode GEMV (kernels/dense_gemv.py) against cuBLAS on a GPU (issues 14/15): the
+"""The dense decode GEMV (lmdeploy_kernels/dense_gemv.py) against cuBLAS on a GPU (issues 14/15): the
 attention and MLP linears of Llama-3-8B, Qwen2.5-7B, Mistral-7B and Qwen3-30B-A3B at M = 1,
 2 and 4, bf16.
 
@@ -29,11 +29,11 @@ import torch.nn.functional as F
 import triton
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # gpu_w4a16_gemv's helpers; kernels/
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # gpu_w4a16_gemv's helpers; lmdeploy_kernels/
 
 from gpu_w4a16_gemv import HBM_BYTES_PER_S, copies_for, graph_us, max_error  # noqa: E402
 
-from kernels.dense_gemv import (  # noqa: E402
+from lmdeploy_kernels.dense_gemv import (  # noqa: E402
     NUM_SMS,
     dense_gemv,
     dense_gemv_ref,

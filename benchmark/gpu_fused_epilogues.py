@@ -98,12 +98,12 @@ def shape_chain_rows(model, heads, hidden, has_bias, inter) -> list[dict]:
     import torch
     from gpu_w4a16_gemv import copies_for, graph_us
 
-    from kernels.dense_gemv import dense_gemv, gemv_candidates
-    from kernels.gate_up_silu_gemv import gate_up_silu_gemv
-    from kernels.paged_decode_attention import paged_decode_attention
-    from kernels.qkv_rotary_gemv import qkv_rotary_gemv
-    from kernels.rotary import rotary
-    from kernels.silu_and_mul import silu_and_mul
+    from lmdeploy_kernels.dense_gemv import dense_gemv, gemv_candidates
+    from lmdeploy_kernels.gate_up_silu_gemv import gate_up_silu_gemv
+    from lmdeploy_kernels.paged_decode_attention import paged_decode_attention
+    from lmdeploy_kernels.qkv_rotary_gemv import qkv_rotary_gemv
+    from lmdeploy_kernels.rotary import rotary
+    from lmdeploy_kernels.silu_and_mul import silu_and_mul
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     bf16 = torch.bfloat16 if dev == "cuda" else torch.float32  # the interpreter: a smoke run

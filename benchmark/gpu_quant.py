@@ -9,7 +9,7 @@ Two parts:
 1. Decode tok/s through pipeline() with random weights (`load_format='dummy'`) of each format,
    each in its own process, timed per step as gpu_generation.py does. The issue's targets:
    4-bit batch-1 decode >= 3.0x bf16, batch-64 >= 1.5x.
-2. The W4A16 GEMM (`kernels/w4a16_gemm.py`) against torch's bf16 matmul on the 8B linears
+2. The W4A16 GEMM (`lmdeploy_kernels/w4a16_gemm.py`) against torch's bf16 matmul on the 8B linears
    (q/k/v, o, gate/up, down) at M = 1, 16, 64, 1024 rows, each replayed in a CUDA graph
    (`triton.testing.do_bench_cudagraph`: outside one, the host's launch time is what shows);
    the int4 kernel's achieved GB/s over the bytes it must read.

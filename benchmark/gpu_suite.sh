@@ -22,7 +22,7 @@ if [ -d .whl ] && [ ! -d /tmp/site ]; then  # the device image lacks a few pure-
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site .whl/*.whl
 fi
 # Import the checkout as `lmdeploy` without installing it (the device has no package index).
-mkdir -p /tmp/shim && ln -sfn "$ROOT/src" /tmp/shim/lmdeploy && ln -sfn ../kernels "$ROOT/src/kernels"
+mkdir -p /tmp/shim && ln -sfn "$ROOT/src" /tmp/shim/lmdeploy && ln -sfn ../lmdeploy_kernels "$ROOT/src/kernels"
 export PYTHONPATH=/tmp/shim:/tmp/site PYTHONUNBUFFERED=1
 if [ -f /root/g/part_aa ] && [ -f .gguf/part_ab ]; then  # the default model, carried in two parts
   cat /root/g/part_aa .gguf/part_ab > /tmp/smollm2.gguf && export LMDEPLOY_EMBEDDED_GGUF=/tmp/smollm2.gguf

@@ -4,7 +4,7 @@ at M = 1, group size 128, bf16 activations.
     python3 benchmark/gpu_w4a16_gemv.py --output FILE [--sweep]
 
 Per linear, microseconds per GEMM replayed in a CUDA graph (`triton.testing.do_bench_cudagraph`)
-for the old kernel (`w4a16_gemv_old.py`), the current one (`kernels/w4a16_gemm.py`) and bf16
+for the old kernel (`w4a16_gemv_old.py`), the current one (`lmdeploy_kernels/w4a16_gemm.py`) and bf16
 `x @ W`. `cold`: each replay cycles through copies of the weights spanning 4x the L2, as a
 model's 32 layers do (every weight read from HBM); `hot`: one copy, as `gpu_quant.py`'s table
 timed it (q/k/v and o then fit in the H200's 50 MiB L2). The byte floor is the bytes the GEMV
@@ -29,11 +29,11 @@ import torch
 from triton.testing import do_bench_cudagraph
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark-local old kernel; kernels/
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark-local old kernel; lmdeploy_kernels/
 
 from w4a16_gemv_old import w4a16_gemv_old  # noqa: E402
 
-from kernels.w4a16_gemm import (  # noqa: E402
+from lmdeploy_kernels.w4a16_gemm import (  # noqa: E402
     _config,
     _split_k,
     pack_int4_rows,

@@ -1,6 +1,6 @@
 """The W4A16 tensor-core GEMM at decode batches on a GPU (issue 16): Llama-3-8B's four linears
 at M = 2 .. 64, group size 128, bf16 activations, the old kernel (`w4a16_tc_old.py`) against
-the current one (`kernels/w4a16_gemm.py`) and bf16 `x @ W`.
+the current one (`lmdeploy_kernels/w4a16_gemm.py`) and bf16 `x @ W`.
 
     python3 benchmark/gpu_w4a16_tc.py --output FILE [--sweep] [--sweep-rows 16 64]
 
@@ -26,7 +26,7 @@ import torch
 import triton
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark-local old kernel; kernels/
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark-local old kernel; lmdeploy_kernels/
 
 from gpu_w4a16_gemv import (  # noqa: E402
     GROUP,
@@ -40,7 +40,7 @@ from gpu_w4a16_gemv import (  # noqa: E402
 )
 from w4a16_tc_old import w4a16_tc_old  # noqa: E402
 
-from kernels.w4a16_gemm import _config, _split_k, w4a16_gemm, w4a16_gemm_ref  # noqa: E402
+from lmdeploy_kernels.w4a16_gemm import _config, _split_k, w4a16_gemm, w4a16_gemm_ref  # noqa: E402
 
 ROWS = [2, 4, 8, 16, 32, 64]
 SWEEP_BLOCK_M = [16, 32, 64]

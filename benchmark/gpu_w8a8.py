@@ -4,7 +4,7 @@ One run (~6 minutes on an H200), every row measured beside bf16:
 - GEMM rows: the 8B model's four linears at M = 1..4096 rows, each with the op that produces
   its input as the engine runs it -- (residual add +) RMSNorm before qkv and gate_up,
   SiLU-and-mul before down, nothing before o (the attention output) -- so that the fused
-  producers (`kernels/rms_norm_quant.py`, `kernels/silu_and_mul_quant.py`: one launch writes
+  producers (`lmdeploy_kernels/rms_norm_quant.py`, `lmdeploy_kernels/silu_and_mul_quant.py`: one launch writes
   8-bit codes and scales) compare with the unfused chain (producer, then `per_token_quant`).
   Columns, in ms and as a speedup over bf16: `bf16` (producer + torch.mm), `int8`/`fp8`
   (producer + quant + GEMM, what o_proj does), `int8_fused`/`fp8_fused` (what the engine runs

@@ -1,5 +1,5 @@
 """Offline instruction counts of the paged decode attention's tile loop over a bf16, int8 and
-int4 KV cache (kernels/paged_decode_attention.py), compiled for an H200 (sm_90a) by the
+int4 KV cache (lmdeploy_kernels/paged_decode_attention.py), compiled for an H200 (sm_90a) by the
 installed Triton's ptxas, no GPU needed: does the quantized loop issue more than its bytes allow?
 
     python benchmark/kv_attention_sass.py [--bits 0 8 4] [--stages 2] [--repo PATH]
@@ -81,7 +81,7 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     sys.path.insert(0, str(args.repo.resolve()))
-    from kernels.paged_decode_attention import _paged_decode_kernel
+    from lmdeploy_kernels.paged_decode_attention import _paged_decode_kernel
 
     for stages in args.stages:
         for bits in args.bits:

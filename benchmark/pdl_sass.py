@@ -1,5 +1,5 @@
 """Offline check of programmatic dependent launch in the batch-1 decode chain's kernels
-(kernels/pdl.py), compiled with `PDL=True` for an H200 (sm_90a) by the installed Triton, no GPU
+(lmdeploy_kernels/pdl.py), compiled with `PDL=True` for an H200 (sm_90a) by the installed Triton, no GPU
 needed:
 
     python benchmark/pdl_sass.py
@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # w4a16_sass's helpers; kernels/
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # w4a16_sass's helpers; lmdeploy_kernels/
 
 from w4a16_sass import POINTERS as W4A16_POINTERS  # noqa: E402
 from w4a16_sass import UNIT_STRIDES as W4A16_UNIT_STRIDES  # noqa: E402
@@ -39,7 +39,7 @@ def _w4a16_gemv_variants() -> list[tuple[tuple, int]]:
     """The W4A16 GEMV as the engine launches it at one row on each of the 8B's linears, with
     the bytes of its first code tile a thread loads ([BLOCK_K / 8, BLOCK_N] int32 over the
     threads): what must be in flight before the wait, and nothing else."""
-    from kernels.w4a16_gemm import _config, _w4a16_gemv_kernel
+    from lmdeploy_kernels.w4a16_gemm import _config, _w4a16_gemv_kernel
 
     variants = []
     for name, (n, k) in LLAMA3_8B_LINEARS.items():
@@ -56,13 +56,13 @@ def _w4a16_gemv_variants() -> list[tuple[tuple, int]]:
 def _variants() -> list[tuple]:
     """(name, kernel, pointer and float types, constexprs, unit strides, warps[, stages]) a
     kernel."""
-    from kernels.decode_split_combine import _paged_decode_reduce_kernel
-    from kernels.dense_gemv import _dense_gemv_kernel
-    from kernels.paged_decode_attention import _paged_decode_kernel
-    from kernels.qkv_rotary_gemv import _qkv_rotary_gemv_kernel
-    from kernels.rms_norm import _rms_norm_kernel
-    from kernels.rotary import _rotary_kernel
-    from kernels.silu_and_mul import _silu_and_mul_kernel
+    from lmdeploy_kernels.decode_split_combine import _paged_decode_reduce_kernel
+    from lmdeploy_kernels.dense_gemv import _dense_gemv_kernel
+    from lmdeploy_kernels.paged_decode_attention import _paged_decode_kernel
+    from lmdeploy_kernels.qkv_rotary_gemv import _qkv_rotary_gemv_kernel
+    from lmdeploy_kernels.rms_norm import _rms_norm_kernel
+    from lmdeploy_kernels.rotary import _rotary_kernel
+    from lmdeploy_kernels.silu_and_mul import _silu_and_mul_kernel
 
     norm = dict.fromkeys(
         ["x_ptr", "residual_ptr", "weight_ptr", "out_ptr", "new_residual_ptr"], BF16
@@ -111,8 +111,8 @@ def _variants() -> list[tuple]:
 def _moe_variants() -> list[tuple]:
     """The MoE decode block's PDL kernels at Qwen3-30B-A3B's one token: 128 experts, top 8,
     hidden 2048, with `fused_moe_routed`'s launch sizes."""
-    from kernels.moe_routing import _route_align_kernel
-    from kernels.moe_sum import _moe_sum_kernel
+    from lmdeploy_kernels.moe_routing import _route_align_kernel
+    from lmdeploy_kernels.moe_sum import _moe_sum_kernel
 
     route = {"logits_ptr": BF16, "weights_ptr": "*fp32", "ids_ptr": "*i32"}
     route |= dict.fromkeys(["sorted_ids_ptr", "expert_ids_ptr", "num_padded_ptr"], "*i32")

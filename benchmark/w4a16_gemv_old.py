@@ -8,7 +8,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.w4a16_gemm import (
+from lmdeploy_kernels.w4a16_gemm import (
     _group_scales,
     _int4_as_float,
     _split_counters,

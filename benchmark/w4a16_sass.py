@@ -120,8 +120,11 @@ def main() -> None:
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     here = Path(__file__).resolve().parent
-    sys.path[:0] = [str(here), str(here.parent)]  # the benchmark-local old kernel; kernels/
-    from kernels.w4a16_gemm import _w4a16_gemv_kernel
+    sys.path[:0] = [
+        str(here),
+        str(here.parent),
+    ]  # the benchmark-local old kernel; lmdeploy_kernels/
+    from lmdeploy_kernels.w4a16_gemm import _w4a16_gemv_kernel
 
     kernels = {"new": _w4a16_gemv_kernel}
     if args.old:

@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.w4a16_gemm import (
+from lmdeploy_kernels.w4a16_gemm import (
     PACK,
     _codes_as_float,
     _group_scales,

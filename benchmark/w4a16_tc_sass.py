@@ -18,7 +18,7 @@ from pathlib import Path
 import triton
 
 HERE = Path(__file__).resolve().parent
-sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark-local old kernel; kernels/
+sys.path[:0] = [str(HERE), str(HERE.parent)]  # the benchmark-local old kernel; lmdeploy_kernels/
 
 from w4a16_sass import compile_sm90, loop_body, op_counts, resources  # noqa: E402
 
@@ -54,7 +54,7 @@ def main() -> None:
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     from w4a16_tc_old import _w4a16_gemm_kernel as old
 
-    from kernels.w4a16_gemm import _w4a16_gemm_kernel as new
+    from lmdeploy_kernels.w4a16_gemm import _w4a16_gemm_kernel as new
 
     print("triton", triton.__version__)
     for tile in args.tiles:

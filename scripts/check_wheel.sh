@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # What `pip install .` gives a user: builds the wheel from the working tree's files, checks that
-# it carries every module and data file of src/ and kernels/, installs it (not editable) into a
+# it carries every module and data file of src/ and lmdeploy_kernels/, installs it (not editable) into a
 # fresh virtual environment and, from outside the repository, runs the CLI and a short
 # generation on the default model. Dependencies come from .venv (scripts/setup.sh) through a
 # .pth line, so no heavy package is installed twice; the wheel's declared dependencies are
@@ -28,14 +28,14 @@ wheel, tree = sys.argv[1], Path(sys.argv[2])
 shipped = set(zipfile.ZipFile(wheel).namelist())
 expected = {
     f"{dest}/{path.relative_to(tree / src).as_posix()}"
-    for src, dest in (("src", "lmdeploy"), ("kernels", "lmdeploy/kernels"))
+    for src, dest in (("src", "lmdeploy"), ("lmdeploy_kernels", "lmdeploy/kernels"))
     for path in (tree / src).rglob("*")
     if path.suffix in (".py", ".json", ".c", ".h") and "__pycache__" not in path.parts
 }
 missing = sorted(expected - shipped)
 if missing:
     sys.exit(f"the wheel lacks {len(missing)} files of the tree, e.g. {missing[:8]}")
-print(f"wheel: {Path(wheel).name} carries all {len(expected)} files of src/ and kernels/")
+print(f"wheel: {Path(wheel).name} carries all {len(expected)} files of src/ and lmdeploy_kernels/")
 PY
 
 "$py" -m venv --without-pip "$work/venv"  # .venv's pip installs into it (seconds saved)

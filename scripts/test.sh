@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-ruff check src kernels tests features benchmark
-ruff format --check src kernels tests features benchmark
+ruff check src lmdeploy_kernels tests features benchmark
+ruff format --check src lmdeploy_kernels tests features benchmark
 lint-imports
 bash scripts/check_wheel.sh
 export TRITON_INTERPRET=1

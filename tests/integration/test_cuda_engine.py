@@ -236,7 +236,7 @@ def test_a_closed_pipeline_hands_its_device_memory_back(tiny_llama, monkeypatch)
 
 def test_pdl_changes_no_greedy_output(tiny_llama, monkeypatch):
     """The decode chain's kernels launched with programmatic dependent launch
-    (kernels/pdl.py, on by default on Hopper) under CUDA graphs give the ids of the launches
+    (lmdeploy_kernels/pdl.py, on by default on Hopper) under CUDA graphs give the ids of the launches
     without it (LMDEPLOY_PDL=0): one sequence alone (the batch-1 chain PDL is for), then several at once."""
     monkeypatch.setenv("LMDEPLOY_PDL", "1")
     if not pdl_enabled(torch.device("cuda")):

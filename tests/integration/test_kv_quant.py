@@ -42,7 +42,7 @@ def int8_pipe():
 
 # Measured on tests/data/kv_heldout.txt (1011 tokens): int8 +0.02%; int4 +4.7% with each head
 # rotated (layers/kv_rotation.py) and each token's range the best of seven shrinks
-# (kernels/kv_quant.py); +7.1% with min/max ranges, +12.9% with neither. The targets.
+# (lmdeploy_kernels/kv_quant.py); +7.1% with min/max ranges, +12.9% with neither. The targets.
 @pytest.mark.parametrize(("bits", "max_increase"), [(8, 0.01), (4, 0.06)])
 def test_perplexity_stays_close_to_the_float_cache(bits, max_increase, fp_loss, heldout_ids):
     pipe = _quant_pipe(bits)

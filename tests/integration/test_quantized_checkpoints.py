@@ -142,7 +142,7 @@ def test_on_cuda_the_packed_weights_and_kernel_give_the_dequantised_models_outpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the W4A16 kernel runs on CUDA")
 def test_on_cuda_pdl_changes_no_greedy_ids(quantized, hf_tokenizer, monkeypatch):
     """The batch-1 decode chain, the W4A16 GEMV included, launched with programmatic
-    dependent launch (LMDEPLOY_PDL=1, kernels/pdl.py) under CUDA graphs gives the ids of the
+    dependent launch (LMDEPLOY_PDL=1, lmdeploy_kernels/pdl.py) under CUDA graphs gives the ids of the
     launches without it."""
     monkeypatch.setenv("LMDEPLOY_PDL", "1")
     if not pdl_enabled(torch.device("cuda")):

@@ -1,4 +1,4 @@
-"""Programmatic dependent launch (kernels/pdl.py): when it is on, and on a Hopper GPU that a
+"""Programmatic dependent launch (lmdeploy_kernels/pdl.py): when it is on, and on a Hopper GPU that a
 decode-chain of PDL kernels replayed in a CUDA graph computes exactly what it computes without
 PDL (a load before its predecessor's writes, or a store over what the predecessor still reads,
 would show as a difference in some replay)."""

@@ -1,11 +1,11 @@
-"""kernels/ imports only torch, triton and the standard library (import-linter cannot see it:
+"""lmdeploy_kernels/ imports only torch, triton and the standard library (import-linter cannot see it:
 it lives outside src/, mapped to lmdeploy.kernels by pyproject)."""
 
 import ast
 import sys
 from pathlib import Path
 
-KERNELS = Path(__file__).resolve().parents[2] / "kernels"
+KERNELS = Path(__file__).resolve().parents[2] / "lmdeploy_kernels"
 ALLOWED = {"torch", "triton", "__future__"} | set(sys.stdlib_module_names)
 
 

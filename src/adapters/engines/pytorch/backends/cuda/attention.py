@@ -22,7 +22,7 @@ def _quant_args(
     q: torch.Tensor, k_cache: torch.Tensor, scale_zero: tuple[torch.Tensor, torch.Tensor] | None
 ) -> dict:
     """The kernels' quantized-cache arguments: a uint8 cache's bits a value follow from its last
-    dim against the head dim (kernels/kv_quant.py)."""
+    dim against the head dim (lmdeploy_kernels/kv_quant.py)."""
     bits = 0 if scale_zero is None else k_cache.shape[-1] * 8 // q.shape[-1]
     k_sz, v_sz = scale_zero or (None, None)
     return dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits)
@@ -42,7 +42,7 @@ def paged_attention_cuda(
     kv_written: bool = False,
 ) -> torch.Tensor:
     """`scale_zero`: the (k, v) scale/zero tensors of a quantized (uint8) cache, whose bits a
-    value follow from its last dim against the head dim (kernels/kv_quant.py); `kv_written`:
+    value follow from its last dim against the head dim (lmdeploy_kernels/kv_quant.py); `kv_written`:
     the rotary kernel already wrote k and v to their slots (k and v may then be None)."""
     quant = _quant_args(q, k_cache, scale_zero)
     if not kv_written:

@@ -1,6 +1,6 @@
 """A one-row decode step's projection and the op after it in one launch, where the projection
 runs the decode GEMV (`linear.DecodeGemv`): q/k/v with rotary and the K/V cache write
-(kernels/qkv_rotary_gemv.py), gate/up with SiLU-and-mul (kernels/gate_up_silu_gemv.py).
+(lmdeploy_kernels/qkv_rotary_gemv.py), gate/up with SiLU-and-mul (lmdeploy_kernels/gate_up_silu_gemv.py).
 
 Whether the one launch is faster depends on the shape and the tiles (on an H200 it saved
 ~2.4 us on Llama-3-8B's q/k/v and lost ~1.6 us on Qwen2.5-7B's with the tiles the plain GEMV

@@ -1,4 +1,4 @@
-"""Which dense linears multiply one row with the decode GEMV (kernels/dense_gemv.py) instead of
+"""Which dense linears multiply one row with the decode GEMV (lmdeploy_kernels/dense_gemv.py) instead of
 cuBLAS: chosen per shape by timing both at load, on this GPU, as the decode graphs run them.
 
 cuBLAS is at the byte floor on some shapes and well under it on others (benchmark/NOTES.md),
@@ -7,7 +7,7 @@ bias) of the model's dense linears is timed at M = 1 as a CUDA-graph replay over
 do not fit in L2 (the model's own of that shape, plus copies where they are fewer than
 `COLD_L2_MULTIPLE` L2s), cuBLAS against a few tile choices of the GEMV, and the fastest
 strictly faster than cuBLAS is kept; a tie keeps cuBLAS. Where the decode chain runs with
-programmatic dependent launch (kernels/pdl.py), a timing alone misses that cuBLAS breaks the
+programmatic dependent launch (lmdeploy_kernels/pdl.py), a timing alone misses that cuBLAS breaks the
 chain on both sides: the GEMV is credited the two overlaps it keeps (`PDL_PAIR_US` each, measured).
 Rank 0's choice is broadcast, so every tensor-parallel rank runs the same kernels. Imported only
 where CUDA runs.

@@ -22,7 +22,7 @@ The contract, for a new method (one file a method, registered in `config.py`'s `
     `apply` wants on `device`. It may replace the layer's parameters and its `method`; on a
     CPU the 4-bit methods dequantise to a dense `weight` and become `UnquantizedLinearMethod`,
     so the CPU's packed GEMMs (`prepare_linears`) take them as they take any dense linear.
-  - `apply(layer, x)` computes x W^T + b in x's dtype, through `kernels/` on CUDA.
+  - `apply(layer, x)` computes x W^T + b in x's dtype, through `lmdeploy_kernels/` on CUDA.
   - optionally `prequantized_input()`: the 8-bit dtype in which `apply` also takes its input
     already quantised per token (`QuantizedActivation`); `fuse_input_quant` then lets the norm
     or activation before the linear quantise as it writes (W8A8 on its 8-bit kernels).

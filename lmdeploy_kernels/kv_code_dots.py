@@ -1,5 +1,5 @@
 """q . k over a quantized KV cache's codes, without dequantizing them first (the decode kernel's
-inner loop, kernels/paged_decode_attention.py).
+inner loop, lmdeploy_kernels/paged_decode_attention.py).
 
 k = (codes - zero) * scale, so q . k = scale * (q . codes - zero * sum q): the codes go to the
 dot as they are, turned into floats by a logical op (the bits of 128 + n in bf16, 1024 + c in

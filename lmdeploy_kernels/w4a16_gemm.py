@@ -163,7 +163,7 @@ def _w4a16_gemv_kernel(
     `DOT_SHIFT`): a thread holds every row of its columns' code tile, so the sum over K stays in its
     registers, and a column's zero point comes off once a tile through the sum of x
     (sum x (q - z) s = s (sum x q - z sum x)). The next tile's codes are loaded before this
-    tile's arithmetic, so the memory latency hides behind it. With PDL (kernels/pdl.py) the
+    tile's arithmetic, so the memory latency hides behind it. With PDL (lmdeploy_kernels/pdl.py) the
     first tile of codes is in flight while the predecessor finishes; everything else (x, the
     scales, the partials, the split counters) is touched only after the wait. A bias is added
     in here, by the first split's partial sum: a torch add after the launch would break the
