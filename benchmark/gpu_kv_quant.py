@@ -60,6 +60,24 @@ def run_policy(args: argparse.Namespace, policy: int) -> dict:
     return run_ours(run_args, requests, vocab)[0]
 
 
+def print_table(rows: dict) -> None:
+    """Each policy's row against quant_policy 0's, with where its run lost time."""
+    base = rows.get(0)
+    print(
+        f"{'quant_policy':>12} {'kv blocks':>10} {'req/s':>9} {'tok/s':>10} {'vs 0':>6}"
+        f" {'steps':>6} {'preempt':>8} {'prompt steps s':>15}"
+    )
+    for policy, row in rows.items():
+        ratio = row["requests_per_s"] / base["requests_per_s"] if base else float("nan")
+        row["ratio_requests_per_s"] = ratio
+        prompt = row["time"]["groups"].get("with prompt tokens", {"seconds": 0.0})
+        print(
+            f"{policy:>12} {row['kv_blocks']:>10} {row['requests_per_s']:>9.2f} "
+            f"{row['output_tokens_per_s']:>10.1f} {ratio:>5.2f}x {row['steps']:>6}"
+            f" {row['preemptions']:>8} {prompt['seconds']:>15.2f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="llama-3-8b")
@@ -90,17 +108,10 @@ def main() -> None:
             cmd = [sys.executable, __file__, *sys.argv[1:], "--one", str(policy)]
             subprocess.run([*cmd, "--row-file", row_file.name], check=True)
             rows[policy] = json.loads(Path(row_file.name).read_text())
-        print(f"quant_policy={policy}: {json.dumps(rows[policy])}", flush=True)
-    base = rows.get(0)
+        headline = {k: v for k, v in rows[policy].items() if k != "time"}  # the step lists: JSON
+        print(f"quant_policy={policy}: {json.dumps(headline)}", flush=True)
     print(f"{args.num_requests} requests, KV cache {args.kv_gib} GiB, {args.model} ({args.dtype})")
-    print(f"{'quant_policy':>12} {'kv blocks':>10} {'req/s':>9} {'tok/s':>10} {'vs 0':>6}")
-    for policy, row in rows.items():
-        ratio = row["requests_per_s"] / base["requests_per_s"] if base else float("nan")
-        row["ratio_requests_per_s"] = ratio
-        print(
-            f"{policy:>12} {row['kv_blocks']:>10} {row['requests_per_s']:>9.2f} "
-            f"{row['output_tokens_per_s']:>10.1f} {ratio:>5.2f}x"
-        )
+    print_table(rows)
     report = {
         "args": vars(args),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu",
