@@ -1,3 +1,5 @@
+import random
+
 import pytest
 
 from lmdeploy.domain.errors import OutOfBlocks
@@ -171,3 +173,34 @@ def test_parked_sessions_are_evicted_before_new_requests_wait():
     sched.add(newcomer)
     assert sched.schedule().seqs == [newcomer]
     assert not sched.parked and parked.num_cached_tokens == 0
+
+
+def _drain_lognormal(headroom: int) -> tuple[int, int]:
+    """200 requests of log-normal prompt and output lengths over 64 blocks of 16 tokens (about
+    a tenth of them fit at once), run to the end: (preemptions, prompt tokens computed)."""
+    rng = random.Random(0)
+    sched = build_scheduler(
+        64, 16, max_batch_size=64, max_num_batched_tokens=256, admission_headroom=headroom
+    )
+    seqs = []
+    for _ in range(200):
+        n_in = min(400, max(4, int(rng.lognormvariate(4.0, 0.8))))
+        n_out = min(300, max(2, int(rng.lognormvariate(3.8, 0.8))))
+        seqs.append(make_seq(n_in, max_new_tokens=n_out))
+        sched.add(seqs[-1])
+    computed = 0
+    for _ in range(20000):
+        if not sched.has_work:
+            break
+        plan, _ = run_step(sched)
+        computed += sum(n for n in plan.num_scheduled if n > 1)  # prompt chunks (prompts >= 4)
+    assert all(s.num_output_tokens == s.sampling.max_new_tokens for s in seqs)
+    assert sched.allocator.num_free_blocks == 64
+    return sched.num_preemptions, computed
+
+
+def test_headroom_spares_most_recomputation_under_a_full_cache():
+    without, computed_without = _drain_lognormal(0)
+    with_, computed_with = _drain_lognormal(16)
+    assert without >= 20, without  # the cache is meant to run short
+    assert with_ <= without // 4 and computed_with < computed_without, (with_, without)
