@@ -122,6 +122,8 @@ class Scheduler:
         self.parked: dict[int, Sequence] = {}  # finished turns of live sessions, oldest first
         self.counters = SchedulerCounters()
         self._steps_without_admission = 0
+        # The step just forecast runs as forecast: waiting prompts join the step after it.
+        self._hold_admission = False
 
     @property
     def num_preemptions(self) -> int:
@@ -188,7 +190,8 @@ class Scheduler:
         if not plan.preempted:
             budget = self._schedule_swapped(plan, budget)
         admitted = 0
-        if not self.swapped and self._admission_due(len(self.running), budget):
+        hold, self._hold_admission = self._hold_admission, False
+        if not hold and not self.swapped and self._admission_due(len(self.running), budget):
             admitted = self._schedule_waiting(plan, budget)
         if admitted:
             self._steps_without_admission = 0
@@ -229,11 +232,12 @@ class Scheduler:
         ):
             return []
         nexts = [seq for seq in plan.seqs if not seq.ends_by_length_within(1)]
-        if (
-            self.waiting
+        could_join = (
+            bool(self.waiting)
             and len(nexts) < self.config.max_batch_size
             and self._admission_due(len(nexts), self.config.max_num_batched_tokens)
-        ):
+        )
+        if could_join and self._next_prompt_may_fit(plan.seqs, nexts):
             return []  # the next step admits a waiting request
         growing = [s for s in nexts if not self.allocator.covers(s, s.num_tokens + 1)]
         needed = sum(self.allocator.blocks_needed(seq, seq.num_tokens + 1) for seq in growing)
@@ -241,7 +245,27 @@ class Scheduler:
             return []
         for seq in growing:
             self.allocator.allocate(seq, seq.num_tokens + 1)
+        # A prompt that waits for blocks could still fit next step if this step's tokens end a
+        # request (a stop token frees its blocks): it joins the step after, so the forecast holds.
+        self._hold_admission = could_join
         return nexts
+
+    def _next_prompt_may_fit(self, seqs: list[Sequence], nexts: list[Sequence]) -> bool:
+        """Whether the oldest admissible waiting prompt may be admitted next step, counting as
+        free the blocks of this step's sequences that end by length and, with parked sessions
+        to evict, everything (an overestimate: in doubt, the next step stays free to admit)."""
+        if self.parked:
+            return True
+        head = self._next_admissible()
+        if head is None or (head.fork_parent is not None and not head.fork_parent.is_finished):
+            return False  # nothing the next step could admit
+        ending = [s for s in seqs if s.ends_by_length_within(1)]
+        free = self.allocator.num_free_blocks + sum(len(s.block_table) for s in ending)
+        reserve = sum(
+            max(self._growth_blocks(s), self.allocator.blocks_needed(s, s.num_tokens + 1))
+            for s in nexts
+        )
+        return self.allocator.blocks_needed(head) + reserve <= free
 
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         """Decodes first (one token each, whatever the budget), then unfinished prefills."""

@@ -110,3 +110,25 @@ def test_off_unless_configured():
     a = make_seq(3)
     sched = decoding(make_scheduler(forecast=False), a)
     assert sched.schedule().forecast == []
+
+
+def test_a_prompt_that_cannot_fit_does_not_stop_the_forecast_and_joins_one_step_later():
+    # 6 blocks of 4: a and b (prompts of 4) hold 2 blocks each once decoding; the waiting
+    # prompt of 12 tokens needs 3 of the 2 left. a then ends on its stop token (unforeseeable),
+    # freeing 2: the forecast step still runs as forecast and the prompt joins the next one.
+    a = Sequence(
+        [1, 2, 3, 4], SamplingParams(max_new_tokens=10), max_len=1000, eos_token_ids=frozenset({9})
+    )
+    b, waiting = make_seq(4), make_seq(12)
+    sched = decoding(make_scheduler(num_blocks=6), a, b)
+    step(sched)  # the prefill
+    sched.add(waiting)
+    plan = sched.schedule()
+    assert plan.seqs == [a, b] and plan.forecast == [a, b]
+    sched.postprocess(plan, [9, 5])  # a stops
+    assert a.is_finished and sched.allocator.num_free_blocks >= 3
+    held = sched.schedule()
+    assert held.seqs == [b]  # as forecast, though the prompt would fit now
+    sched.postprocess(held, [5])
+    assert waiting in sched.schedule().seqs
+    sched.allocator.check_invariants(sched.running)
