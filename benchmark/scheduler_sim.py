@@ -66,16 +66,12 @@ def simulate(args: argparse.Namespace, headroom: int) -> dict:
         plan = scheduler.schedule()
         if not plan:
             raise RuntimeError("the scheduler planned an empty step with work left")
-        decode_only = all(
-            n == 1 and s.num_output_tokens > 0
-            for s, n in zip(plan.seqs, plan.num_scheduled, strict=True)
-        )
         decodes = sum(
             n == 1 and s.num_output_tokens > 0
             for s, n in zip(plan.seqs, plan.num_scheduled, strict=True)
         )
         prompt_tokens += plan.num_tokens - decodes
-        ms += step_ms(len(plan.seqs), plan.num_tokens, decode_only)
+        ms += step_ms(len(plan.seqs), plan.num_tokens, decodes == len(plan.seqs))
         steps += 1
         done += len(scheduler.postprocess(plan, [7] * len(plan.seqs)))
     counters = scheduler.counters

@@ -261,11 +261,8 @@ class Scheduler:
             return False  # nothing the next step could admit
         ending = [s for s in seqs if s.ends_by_length_within(1)]
         free = self.allocator.num_free_blocks + sum(len(s.block_table) for s in ending)
-        reserve = sum(
-            max(self._growth_blocks(s), self.allocator.blocks_needed(s, s.num_tokens + 1))
-            for s in nexts
-        )
-        return self.allocator.blocks_needed(head) + reserve <= free
+        tokens = max(self.config.admission_headroom, 1)  # at least their next token's block
+        return self._fits_beside_growth(self.allocator.blocks_needed(head), nexts, tokens, free)
 
     def _schedule_running(self, plan: StepPlan, budget: int) -> int:
         """Decodes first (one token each, whatever the budget), then unfinished prefills."""
@@ -330,7 +327,6 @@ class Scheduler:
     def _schedule_waiting(self, plan: StepPlan, budget: int) -> int:
         """Admit waiting sequences while the batch, the budget and the blocks allow; how many."""
         admitted = 0
-        reserve: int | None = None  # counted once a prompt is up for admission
         while self.waiting and len(self.running) < self.config.max_batch_size and budget > 0:
             seq = self._next_admissible()
             if seq is None:
@@ -339,11 +335,9 @@ class Scheduler:
                 if not seq.fork_parent.is_finished:
                     break  # a sibling choice waits for the shared prompt to be computed
                 seq.fork_parent = None  # the parent ended before its prompt: compute alone
-            if reserve is None:
-                reserve = sum(self._growth_blocks(s) for s in self.running)
-            while not self._can_admit(seq, reserve) and self._evict_parked():
+            while not self._can_admit(seq) and self._evict_parked():
                 pass
-            if not self._can_admit(seq, reserve):
+            if not self._can_admit(seq):
                 break
             self.waiting.remove(seq)
             # Allocating reuses cached prefix blocks, which shortens what is left to compute.
@@ -354,16 +348,13 @@ class Scheduler:
             plan.add(seq, chunk)
             budget -= chunk
             admitted += 1
-            reserve += self._growth_blocks(seq)
         return admitted
 
-    def _growth_blocks(self, seq: Sequence) -> int:
-        """Blocks a running sequence needs for its next `admission_headroom` tokens."""
-        headroom = self.config.admission_headroom
-        if not headroom:
-            return 0
+    def _growth_blocks(self, seq: Sequence, tokens: int) -> int:
+        """Blocks a running sequence needs for its next `tokens` tokens (fewer where its length
+        limit comes first)."""
         left = min(
-            headroom,
+            tokens,
             seq.sampling.max_new_tokens - seq.num_output_tokens,
             seq.max_len - seq.num_tokens,
         )
@@ -371,10 +362,26 @@ class Scheduler:
             return 0
         return self.allocator.blocks_needed(seq, seq.num_tokens + left)
 
-    def _can_admit(self, seq: Sequence, reserve: int) -> bool:
+    def _fits_beside_growth(
+        self, blocks: int, seqs: list[Sequence], tokens: int, free: int
+    ) -> bool:
+        """Whether `blocks` fit in `free` beside the next `tokens` tokens of each of `seqs`:
+        against a bound first (ceil(tokens / block_size) + 1 blocks a sequence), so that a
+        cache with room never walks the batch on the step's path, then exactly."""
+        bound = len(seqs) * (-(-tokens // self.allocator.block_size) + 1) if tokens else 0
+        if blocks + bound <= free:
+            return True
+        return blocks + sum(self._growth_blocks(s, tokens) for s in seqs) <= free
+
+    def _can_admit(self, seq: Sequence) -> bool:
         if not self.running:  # nothing grows: the reserve would only hold the cache idle
             return self.allocator.can_allocate(seq)
-        return self.allocator.blocks_needed(seq) + reserve <= self.allocator.num_free_blocks
+        return self._fits_beside_growth(
+            self.allocator.blocks_needed(seq),
+            self.running,
+            self.config.admission_headroom,
+            self.allocator.num_free_blocks,
+        )
 
     def _next_admissible(self) -> Sequence | None:
         """The oldest waiting sequence whose LoRA adapter can be resident: a request for an
