@@ -85,14 +85,8 @@ def layer_caches(
 
 
 def case_rows(
-    batch: int,
-    context: int,
-    bits: int,
-    bandwidth: float,
-    sweep_launches: bool = True,
-    fixed: dict[str, Any] | None = None,
+    batch: int, context: int, bits: int, bandwidth: float, sweep_launches: bool = True
 ) -> dict[str, Any]:
-    """`fixed`: launch options every call of the case takes (the sweep varies the others)."""
     kv_bytes = kv_read_bytes(batch, context, bits)
     copies = max(2, math.ceil(4 * L2_BYTES / kv_bytes))
     caches = layer_caches(batch, context, copies, seed=batch * 7919 + context, bits=bits)
@@ -109,7 +103,7 @@ def case_rows(
     def timed(**launch) -> float:
         return graph_us(
             lambda c: paged_decode_attention(
-                q, c["k"], c["v"], c["table"], lens, scale, **quant(c), **(fixed or {}), **launch
+                q, c["k"], c["v"], c["table"], lens, scale, **quant(c), **launch
             ),
             caches,
         )
@@ -117,11 +111,10 @@ def case_rows(
     def error(**launch) -> float:
         c = caches[0]
         args = (q, c["k"], c["v"], c["table"], lens, scale)
-        got = paged_decode_attention(*args, **quant(c), **(fixed or {}), **launch)
+        got = paged_decode_attention(*args, **quant(c), **launch)
         return max_error(got, paged_decode_attention_ref(*args, **quant(c)))
 
     row: dict[str, Any] = {"bits": bits, "batch": batch, "context": context, "floor_us": floor_us}
-    row |= fixed or {}
     row["engine_us"] = timed()
     row["engine_error"] = error()
     splits = [None, 1, 2, 4] if batch * KV_HEADS < 1024 else [None, 2]
@@ -160,19 +153,12 @@ def main() -> None:
         help="the (batch, context) cases (default: the serving rows')",
     )  # fmt: skip
     ap.add_argument("--no-sweep", action="store_true", help="the engine's launch only")
-    ap.add_argument(
-        "--code-words", choices=["auto", "on", "off"], default="auto",
-        help="int8 codes loaded four to a word (paged_decode_attention's code_words)",
-    )  # fmt: skip
     args = ap.parse_args()
-    words = {"auto": None, "on": True, "off": False}[args.code_words]
     cases = [tuple(int(x) for x in case.split(":")) for case in args.cases]
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     rows = [
-        case_rows(
-            b, c, bits, bandwidth, not args.no_sweep, {"code_words": words} if bits == 8 else {}
-        )
+        case_rows(b, c, bits, bandwidth, sweep_launches=not args.no_sweep)
         for b, c in cases
         for bits in args.quant_bits
     ]

@@ -45,38 +45,13 @@ def nibbles(codes, HIGH: tl.constexpr, DTYPE: tl.constexpr):
 
 
 @triton.jit
-def words_to_fp16_1024_plus(words):
-    """[rows, BLOCK_W] int32 words of four uint8 codes each -> [rows, 4 BLOCK_W] fp16 1024 + c
-    (the `fp16_1024_plus` bits) by byte permutes, two codes an instruction; the codes in memory
-    order. Compiled code only: the interpreter runs no PTX."""
-    c0, c1, c2, c3 = tl.inline_asm_elementwise(
-        "{\n\t.reg .b32 t0, t1;\n\t"
-        "prmt.b32 t0, $4, 0x64646464, 0x4140;\n\t"
-        "prmt.b32 t1, $4, 0x64646464, 0x4342;\n\t"
-        "mov.b32 {$0, $1}, t0;\n\t"
-        "mov.b32 {$2, $3}, t1;\n\t}",
-        "=h,=h,=h,=h,r",
-        [words],
-        dtype=(tl.float16, tl.float16, tl.float16, tl.float16),
-        is_pure=True,
-        pack=1,
-    )
-    # [.., w, k, j] holds code 4 w + 2 k + j.
-    codes = tl.join(tl.join(c0, c2), tl.join(c1, c3))
-    return tl.reshape(codes, (words.shape[0], 4 * words.shape[1]))
-
-
-@triton.jit
-def byte_codes(codes, DTYPE: tl.constexpr, WORDS: tl.constexpr = False):
+def byte_codes(codes, DTYPE: tl.constexpr):
     """int8 codes c as a dot operand: for a 16-bit DTYPE the fp16 bits 0x6400 | c, which read as
     1024 + c (exact: bf16 would hold 128 + c only for c < 128), a logical op where a conversion
     goes through the quarter-rate I2F; the caller adds `byte_offset` to the zero and gives the
-    dot's other operand as `byte_operand`. WORDS: the codes come four to an int32 word
-    (`words_to_fp16_1024_plus`). Float32 converts."""
+    dot's other operand as `byte_operand`. Float32 converts."""
     if DTYPE == tl.float32:
         return codes.to(tl.float32)
-    elif WORDS:
-        return words_to_fp16_1024_plus(codes)
     else:
         return fp16_1024_plus(codes)
 
@@ -107,7 +82,7 @@ def byte_operand(x, DTYPE: tl.constexpr, NONNEGATIVE: tl.constexpr):
 @triton.jit
 def quantized_scores(
     q, q_hi, q_sum, codes, scale, zero, DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    QUANT_BITS: tl.constexpr, WORDS: tl.constexpr = False,
+    QUANT_BITS: tl.constexpr,
 ):  # fmt: skip
     """q . k of each head and token, k = (codes - zero) * scale, as s * (q . codes - z * sum q):
     the codes go to the dot as they are, offset by a constant that `zero` takes too, so the
@@ -121,6 +96,6 @@ def quantized_scores(
         )
         zero = zero + nibble_offset(DTYPE)
     else:
-        raw = tl.dot(q, tl.trans(byte_codes(codes, DTYPE, WORDS)), input_precision=DOT_PRECISION)
+        raw = tl.dot(q, tl.trans(byte_codes(codes, DTYPE)), input_precision=DOT_PRECISION)
         zero = zero + byte_offset(DTYPE)
     return (raw - q_sum[:, None] * zero[None, :]) * scale[None, :]

@@ -150,22 +150,6 @@ def load_codes(
     return codes, scale, zero
 
 
-@triton.jit
-def load_code_words(
-    cache_ptr, sz_ptr, block, slot, head, offs_w, n_mask, mask, stride_b, stride_t, stride_h,
-    stride_sb, stride_st, stride_sh, stride_sd,
-):  # fmt: skip
-    """`load_codes` of an int8 cache whose heads' bytes are contiguous and 4-byte aligned, four
-    codes to an int32 word: [BLOCK_N, len(offs_w)]."""
-    row = (block[:, None] * stride_b + slot[:, None] * stride_t + head * stride_h) // 4
-    words = cache_ptr.to(tl.pointer_type(tl.int32)) + row + offs_w[None, :]
-    words = tl.load(words, mask=mask, other=0)
-    scale, zero = load_scale_zero(
-        sz_ptr, block, slot, head, n_mask, stride_sb, stride_st, stride_sh, stride_sd
-    )
-    return words, scale, zero
-
-
 def check_quantized_caches(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,

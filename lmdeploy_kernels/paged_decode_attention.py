@@ -59,7 +59,6 @@ from .kv_code_dots import (
 from .kv_quant import (
     check_quantized_caches,
     dequantize_kv_ref,
-    load_code_words,
     load_codes,
     load_kv_tile,
 )
@@ -142,7 +141,6 @@ def _paged_decode_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_S: tl.constexpr,
     PDL: tl.constexpr,
-    WORDS: tl.constexpr = False,
 ):
     # q, the caches (the rotary kernel writes this step's key and value), the block tables and
     # the lengths may all be written in the step: nothing is worth loading before the wait.
@@ -154,7 +152,6 @@ def _paged_decode_kernel(
     offs_h = kv_head * GROUP + tl.arange(0, BLOCK_H)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_w = tl.arange(0, BLOCK_D // 4)  # WORDS: int8 codes four to a word
     h_mask = tl.arange(0, BLOCK_H) < GROUP
     d_mask = offs_d < head_dim
     dtype = q_ptr.dtype.element_ty
@@ -203,8 +200,6 @@ def _paged_decode_kernel(
         block = block.to(tl.int64)
         slot_in_block = pos % BLOCK_SIZE
         kv_mask = n_mask[:, None] & d_mask[None, :]
-        if WORDS:
-            word_mask = n_mask[:, None] & (offs_w < BLOCK_D // 4)[None, :]  # BLOCK_D == head_dim
         if QUANT_BITS == 0:
             k = load_kv_tile(
                 k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
@@ -213,21 +208,14 @@ def _paged_decode_kernel(
             )  # fmt: skip
             qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
         else:
-            if WORDS:
-                k_codes, k_scale, k_zero = load_code_words(
-                    k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_w, n_mask,
-                    word_mask, stride_kb, stride_kt, stride_kh, stride_sb, stride_st, stride_sh,
-                    stride_sd,
-                )  # fmt: skip
-            else:
-                k_codes, k_scale, k_zero = load_codes(
-                    k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask,
-                    kv_mask, stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
-                    stride_sh, stride_sd,
-                )  # fmt: skip
+            k_codes, k_scale, k_zero = load_codes(
+                k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
+                stride_sh, stride_sd,
+            )  # fmt: skip
             qk = quantized_scores(
                 q, q_hi, q_sum, k_codes, k_scale * qk_scale, k_zero, dtype, DOT_PRECISION,
-                QUANT_BITS, WORDS,
+                QUANT_BITS,
             )  # fmt: skip
         if SOFTCAP:
             qk = soft_cap(qk, softcap_log2)
@@ -246,18 +234,11 @@ def _paged_decode_kernel(
         else:
             # sum_n p_n (v_n - z_n) s_n = (p s) . codes - sum_n p_n s_n z_n, with p s rounded
             # to the dot's dtype once and that same value in both terms.
-            if WORDS:
-                v_codes, v_scale, v_zero = load_code_words(
-                    v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_w, n_mask,
-                    word_mask, stride_vb, stride_vt, stride_vh, stride_sb, stride_st, stride_sh,
-                    stride_sd,
-                )  # fmt: skip
-            else:
-                v_codes, v_scale, v_zero = load_codes(
-                    v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask,
-                    kv_mask, stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
-                    stride_sh, stride_sd,
-                )  # fmt: skip
+            v_codes, v_scale, v_zero = load_codes(
+                v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
+                stride_sh, stride_sd,
+            )  # fmt: skip
             if QUANT_BITS == 4:
                 ps = (p * v_scale[None, :]).to(dtype)
                 v_zero = v_zero + nibble_offset(dtype)
@@ -274,7 +255,7 @@ def _paged_decode_kernel(
                 v_zero = v_zero + byte_offset(dtype)
                 acc = tl.dot(
                     ps,
-                    byte_codes(v_codes, dtype, WORDS),
+                    byte_codes(v_codes, dtype),
                     acc * alpha[:, None],
                     input_precision=DOT_PRECISION,
                 )
@@ -368,7 +349,6 @@ def paged_decode_attention(
     num_warps: int = 4,
     num_stages: int | None = None,
     combine_splits: bool | None = None,
-    code_words: bool | None = None,
 ) -> torch.Tensor:
     """q: [num_seqs, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks] int32/int64; context_lens: [num_seqs].
@@ -380,9 +360,6 @@ def paged_decode_attention(
     combine_splits: the last split of each (seq, kv head) combines the splits' partials in the
     same launch instead of a second one (None: `LMDEPLOY_ATTN_COMBINE=1`; off by default until
     measured, benchmark/NOTES.md session 9).
-    code_words: an int8 cache's codes loaded four to a word and turned into fp16 by byte
-    permutes in the load's layout (None: where the kernel is compiled for a GPU and the heads'
-    bytes are contiguous).
     Returns [num_seqs, heads, dim] in q's dtype."""
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
@@ -409,16 +386,6 @@ def paged_decode_attention(
     block_d = max(16, triton.next_power_of_2(head_dim))
     block_h = max(16, triton.next_power_of_2(group))  # tl.dot needs M >= 16
     int8_half = quant_bits == 8 and q.dtype.itemsize == 2 and q.device.type == "cuda"
-    if code_words is None:
-        code_words = (
-            int8_half
-            and os.environ.get("TRITON_INTERPRET") != "1"  # inline PTX
-            and k_cache.stride(3) == v_cache.stride(3) == 1
-            and head_dim == block_d
-            and k_cache.data_ptr() % 16 == v_cache.data_ptr() % 16 == 0
-        )
-    elif code_words and not int8_half:
-        raise ValueError("code_words needs an int8 cache (quant_bits=8) of a 16-bit model on CUDA")
     if num_splits is None:
         num_splits = _default_num_splits(num_seqs, kv_heads, max_context, q.device)
         if int8_half and num_splits == 1 and max_context >= 2 * _INT8_BLOCK_N:
@@ -489,7 +456,6 @@ def paged_decode_attention(
         BLOCK_G=block_g,
         BLOCK_S=block_s,
         PDL=pdl,
-        WORDS=code_words,
         num_warps=num_warps,
         num_stages=num_stages,
         **pdl_launch_options(pdl),

@@ -280,24 +280,3 @@ def test_splits_combined_in_kernel_match_the_second_launch(
         got = paged_decode_attention(*args, num_splits=splits, combine_splits=True, **quant)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert not pda._split_counters(q.device, "decode_splits").any()
-
-
-@cuda_only
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize(("window", "splits"), [(None, 1), (None, 2), (40, 3)])
-def test_int8_codes_as_words_match_byte_loads(dtype, window, splits):
-    """The int8 codes loaded four to a word and turned into fp16 by byte permutes (compiled
-    kernels only: inline PTX) give the byte loads' result, at the Llama-3 head shape."""
-    from lmdeploy.kernels.kv_quant import quantize_kv_ref
-
-    torch.manual_seed(8)
-    q, k_cache, v_cache, tables, context_lens = _inputs(
-        32, 8, 128, 64, [1, 63, 64, 200, 600], dtype, torch.int32
-    )
-    (k_q, k_sz), (v_q, v_sz) = quantize_kv_ref(k_cache, 8), quantize_kv_ref(v_cache, 8)
-    quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=8, sliding_window=window)
-    args = (q, k_q, v_q, tables, context_lens, 128**-0.5)
-    words = paged_decode_attention(*args, num_splits=splits, code_words=True, **quant)
-    single = paged_decode_attention(*args, num_splits=splits, code_words=False, **quant)
-    torch.testing.assert_close(words, single, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(words, paged_decode_attention_ref(*args, **quant), **TOL[dtype])
