@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -47,9 +48,12 @@ def pointers(bits: int) -> dict[str, str]:
     return types | dict.fromkeys(["qk_scale", "softcap_log2"], "fp32")
 
 
-def count(kernel, bits: int, stages: int, combine_splits: int = 0) -> dict:
+def count(kernel, bits: int, stages: int, combine_splits: int = 0, block_n: int = BLOCK_N) -> dict:
     # An older kernel may lack a constexpr (BLOCK_C): give it only those it declares.
-    consts = {k: v for k, v in CONSTANTS.items() if k in kernel.arg_names} | {"QUANT_BITS": bits}
+    consts = {k: v for k, v in CONSTANTS.items() if k in kernel.arg_names}
+    consts |= {"QUANT_BITS": bits, "BLOCK_N": block_n}
+    if "WORDS" in kernel.arg_names:  # as the launcher on a GPU: int8 codes loaded as words
+        consts["WORDS"] = bits == 8
     if combine_splits:  # a batch-1 launch: its splits combined by the last one's program
         consts |= dict(NUM_SPLITS=combine_splits, BLOCK_S=combine_splits, COMBINE=True)
     compiled = compile_sm90(
@@ -58,11 +62,11 @@ def count(kernel, bits: int, stages: int, combine_splits: int = 0) -> dict:
     regs, stack = resources(compiled.asm["cubin"])
     body = loop_body(compiled.asm["sass"])
     ops = op_counts(body)
-    elements = 2 * BLOCK_N * HEAD_DIM / (32 * WARPS)  # K and V values a thread reads a tile
+    elements = 2 * block_n * HEAD_DIM / (32 * WARPS)  # K and V values a thread reads a tile
     element_bytes = {0: 2, 8: 1, 4: 0.5}[bits]
     opcodes = " ".join(x.split()[1] if x.startswith("@") else x.split()[0] for x in body)
     return {
-        "bits": bits, "stages": stages, "combine_splits": combine_splits, "registers": regs, "stack_bytes": stack, "loop_instructions": len(body),
+        "bits": bits, "block_n": block_n, "stages": stages, "combine_splits": combine_splits, "registers": regs, "stack_bytes": stack, "loop_instructions": len(body),
         "elements_per_thread": elements, "per_element": round(len(body) / elements, 2),
         "per_byte": round(len(body) / (elements * element_bytes), 2),
         "loop_digest": hashlib.sha1(opcodes.encode()).hexdigest()[:12],
@@ -78,14 +82,16 @@ def main() -> None:
     ap.add_argument(
         "--combine-splits", type=int, default=0, help="count the in-kernel combine of N splits"
     )
+    ap.add_argument(
+        "--block-n", type=int, nargs="+", default=[BLOCK_N], help="BLOCK_N (keys a tile) to count"
+    )
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     sys.path.insert(0, str(args.repo.resolve()))
     from lmdeploy_kernels.paged_decode_attention import _paged_decode_kernel
 
-    for stages in args.stages:
-        for bits in args.bits:
-            print(count(_paged_decode_kernel, bits, stages, args.combine_splits), flush=True)
+    for stages, block_n, bits in itertools.product(args.stages, args.block_n, args.bits):
+        print(count(_paged_decode_kernel, bits, stages, args.combine_splits, block_n), flush=True)
 
 
 if __name__ == "__main__":
