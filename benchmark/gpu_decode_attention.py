@@ -85,8 +85,15 @@ def layer_caches(
 
 
 def case_rows(
-    batch: int, context: int, bits: int, bandwidth: float, sweep_launches: bool = True
+    batch: int,
+    context: int,
+    bits: int,
+    bandwidth: float,
+    sweep_launches: bool = True,
+    fixed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """`fixed`: options every launch of the case takes (the sweep varies the others)."""
+    fixed = fixed or {}
     kv_bytes = kv_read_bytes(batch, context, bits)
     copies = max(2, math.ceil(4 * L2_BYTES / kv_bytes))
     caches = layer_caches(batch, context, copies, seed=batch * 7919 + context, bits=bits)
@@ -103,7 +110,7 @@ def case_rows(
     def timed(**launch) -> float:
         return graph_us(
             lambda c: paged_decode_attention(
-                q, c["k"], c["v"], c["table"], lens, scale, **quant(c), **launch
+                q, c["k"], c["v"], c["table"], lens, scale, **quant(c), **fixed, **launch
             ),
             caches,
         )
@@ -111,10 +118,11 @@ def case_rows(
     def error(**launch) -> float:
         c = caches[0]
         args = (q, c["k"], c["v"], c["table"], lens, scale)
-        got = paged_decode_attention(*args, **quant(c), **launch)
+        got = paged_decode_attention(*args, **quant(c), **fixed, **launch)
         return max_error(got, paged_decode_attention_ref(*args, **quant(c)))
 
     row: dict[str, Any] = {"bits": bits, "batch": batch, "context": context, "floor_us": floor_us}
+    row |= fixed
     row["engine_us"] = timed()
     row["engine_error"] = error()
     splits = [None, 1, 2, 4] if batch * KV_HEADS < 1024 else [None, 2]
@@ -153,12 +161,23 @@ def main() -> None:
         help="the (batch, context) cases (default: the serving rows')",
     )  # fmt: skip
     ap.add_argument("--no-sweep", action="store_true", help="the engine's launch only")
+    ap.add_argument(
+        "--transposed", action="store_true",
+        help="quantized caches through the transposed tile loop (paged_decode_attention's option)",
+    )  # fmt: skip
     args = ap.parse_args()
     cases = [tuple(int(x) for x in case.split(":")) for case in args.cases]
     bandwidth = copy_bandwidth()
     print(f"copy bandwidth {bandwidth / 1e12:.2f} TB/s")
     rows = [
-        case_rows(b, c, bits, bandwidth, sweep_launches=not args.no_sweep)
+        case_rows(
+            b,
+            c,
+            bits,
+            bandwidth,
+            not args.no_sweep,
+            {"transposed": True} if args.transposed and bits else {},
+        )
         for b, c in cases
         for bits in args.quant_bits
     ]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The GPU check-and-benchmark, for one device call (see benchmark/NOTES.md). On the device:
-#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm|norm_links|kv_headroom|engine_after_engine ...
+#   bash benchmark/gpu_suite.sh tests|kernels|generation|grammar|sampling|moe|profile|throughput|families|w8a8|lora|lora_hook|quant|w4gemv|w4tc|dense_gemv|gemm_rows|pipeline_profile|decode_attention|tp|tp_profile|vlm|norm_links|kv_headroom|kv_transposed|engine_after_engine ...
 # Results (JSON and logs) go to $OUT, else benchmark/results.
 #   LMDEPLOY_ROOT=DIR  import the checkout in DIR as `lmdeploy` (e.g. a baseline tree) while
 #                      the benchmark scripts come from this one; TAG=_x suffixes the outputs.
@@ -74,6 +74,17 @@ for part in "$@"; do
             --output "$OUT/gpu_kv_quant_headroom$headroom$run$TAG.json" 2>&1 | tail -n 5 | tee "$OUT/gpu_kv_quant_headroom$headroom$run$TAG.log"
         done
       done ;;
+    kv_transposed)  # the quantized caches' transposed tile loop against the engine's (issue 16)
+      for c in 160:600 256:1024; do
+        python3 benchmark/gpu_decode_attention.py --no-sweep --cases $c --quant-bits 8 4 \
+          --output "$OUT/attn_loop_${c/:/x}$TAG.json" 2>&1 | grep -v '^{'
+        python3 benchmark/gpu_decode_attention.py --no-sweep --cases $c --quant-bits 8 4 --transposed \
+          --output "$OUT/attn_transposed_${c/:/x}$TAG.json" 2>&1 | grep -v '^{'
+      done
+      python3 benchmark/gpu_decode_attention.py --cases 160:600 --quant-bits 8 4 --transposed \
+        --output "$OUT/attn_transposed_sweep$TAG.json" 2>&1 | grep -v '^{' | tee "$OUT/attn_transposed_sweep$TAG.log"
+      LMDEPLOY_KV_ATTN_TRANSPOSED=1 python3 benchmark/gpu_kv_quant.py --policies ${POLICIES:-0 8 4} \
+        --output "$OUT/gpu_kv_quant_transposed$TAG.json" 2>&1 | tail -n 5 | tee "$OUT/gpu_kv_quant_transposed$TAG.log" ;;
     engine_after_engine) python3 benchmark/gpu_engine_after_engine.py --output "$OUT/gpu_engine_after_engine$TAG.json" \
         2>&1 | tee "$OUT/gpu_engine_after_engine$TAG.log" ;;
   esac

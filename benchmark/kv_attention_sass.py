@@ -48,10 +48,19 @@ def pointers(bits: int) -> dict[str, str]:
     return types | dict.fromkeys(["qk_scale", "softcap_log2"], "fp32")
 
 
-def count(kernel, bits: int, stages: int, combine_splits: int = 0, block_n: int = BLOCK_N) -> dict:
+def count(
+    kernel,
+    bits: int,
+    stages: int,
+    combine_splits: int = 0,
+    block_n: int = BLOCK_N,
+    transposed: bool = False,
+) -> dict:
     # An older kernel may lack a constexpr (BLOCK_C): give it only those it declares.
     consts = {k: v for k, v in CONSTANTS.items() if k in kernel.arg_names}
     consts |= {"QUANT_BITS": bits, "BLOCK_N": block_n}
+    if "TRANSPOSED" in kernel.arg_names:  # the heads as the dots' N: 8 wide
+        consts |= {"TRANSPOSED": transposed, "BLOCK_H": 8 if transposed else 16}
     if "WORDS" in kernel.arg_names:  # as the launcher on a GPU: int8 codes loaded as words
         consts["WORDS"] = bits == 8
     if combine_splits:  # a batch-1 launch: its splits combined by the last one's program
@@ -66,7 +75,7 @@ def count(kernel, bits: int, stages: int, combine_splits: int = 0, block_n: int 
     element_bytes = {0: 2, 8: 1, 4: 0.5}[bits]
     opcodes = " ".join(x.split()[1] if x.startswith("@") else x.split()[0] for x in body)
     return {
-        "bits": bits, "block_n": block_n, "stages": stages, "combine_splits": combine_splits, "registers": regs, "stack_bytes": stack, "loop_instructions": len(body),
+        "bits": bits, "transposed": transposed, "block_n": block_n, "stages": stages, "combine_splits": combine_splits, "registers": regs, "stack_bytes": stack, "loop_instructions": len(body),
         "elements_per_thread": elements, "per_element": round(len(body) / elements, 2),
         "per_byte": round(len(body) / (elements * element_bytes), 2),
         "loop_digest": hashlib.sha1(opcodes.encode()).hexdigest()[:12],
@@ -85,13 +94,18 @@ def main() -> None:
     ap.add_argument(
         "--block-n", type=int, nargs="+", default=[BLOCK_N], help="BLOCK_N (keys a tile) to count"
     )
+    ap.add_argument(
+        "--transposed", action="store_true", help="the quantized caches' transposed tile loop"
+    )
     args = ap.parse_args()
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     sys.path.insert(0, str(args.repo.resolve()))
     from lmdeploy_kernels.paged_decode_attention import _paged_decode_kernel
 
     for stages, block_n, bits in itertools.product(args.stages, args.block_n, args.bits):
-        print(count(_paged_decode_kernel, bits, stages, args.combine_splits, block_n), flush=True)
+        transposed = args.transposed and bits != 0
+        row = count(_paged_decode_kernel, bits, stages, args.combine_splits, block_n, transposed)
+        print(row, flush=True)
 
 
 if __name__ == "__main__":

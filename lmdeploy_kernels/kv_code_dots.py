@@ -99,3 +99,21 @@ def quantized_scores(
         raw = tl.dot(q, tl.trans(byte_codes(codes, DTYPE)), input_precision=DOT_PRECISION)
         zero = zero + byte_offset(DTYPE)
     return (raw - q_sum[:, None] * zero[None, :]) * scale[None, :]
+
+
+@triton.jit
+def quantized_scores_transposed(
+    q_t, q_hi_t, q_sum, codes, scale, zero, DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    QUANT_BITS: tl.constexpr,
+):  # fmt: skip
+    """`quantized_scores` transposed: [BLOCK_N, BLOCK_H] scores from the codes [BLOCK_N, ..] as
+    the dot's first operand and q^T [.., BLOCK_H] as its second, so the group's few heads are the
+    dot's narrow N instead of rows padded to 16."""
+    if QUANT_BITS == 4:
+        raw = tl.dot(nibbles(codes, False, DTYPE), q_t, input_precision=DOT_PRECISION)
+        raw = tl.dot(nibbles(codes, True, DTYPE), q_hi_t, raw, input_precision=DOT_PRECISION)
+        zero = zero + nibble_offset(DTYPE)
+    else:
+        raw = tl.dot(byte_codes(codes, DTYPE), q_t, input_precision=DOT_PRECISION)
+        zero = zero + byte_offset(DTYPE)
+    return (raw - zero[:, None] * q_sum[None, :]) * scale[:, None]

@@ -84,6 +84,17 @@ def dequantize_kv_ref(
 
 
 @triton.jit
+def tile_slots(bt_row, tile, offs_n, end, d_mask, stride_btb, BLOCK_SIZE: tl.constexpr):
+    """Where the keys at positions tile + offs_n (those before `end`) of one sequence sit in the
+    paged cache: (the positions, n_mask, block [int64], slot in the block, the [BLOCK_N, BLOCK_D]
+    load mask), each position's block looked up in the sequence's block-table row `bt_row`."""
+    pos = tile + offs_n
+    n_mask = pos < end
+    block = tl.load(bt_row + (pos // BLOCK_SIZE) * stride_btb, mask=n_mask, other=0)
+    return pos, n_mask, block.to(tl.int64), pos % BLOCK_SIZE, n_mask[:, None] & d_mask[None, :]
+
+
+@triton.jit
 def load_kv_tile(
     cache_ptr,
     sz_ptr,

@@ -30,7 +30,10 @@ and the bytes of K and V above shrink to bits / 8 a value plus 2 * e a token and
 are never dequantised element by element (that made the loop issue-bound, benchmark/NOTES.md):
 with k = (c - z) s and v likewise, q . k = s (q . c - z sum q) and sum_n p_n v_n =
 (p s) . c - sum_n p_n s_n z_n, so the codes go to the dots as they are and each token's
-(scale, zero) corrects the scores and the output after.
+(scale, zero) corrects the scores and the output after. `transposed` runs those two products
+as scores^T = codes q^T and out^T = codes^T (p s)^T, the group's heads the dots' narrow N (8)
+instead of M rows padded to 16: 96 registers a thread where the plain loop holds 142-182
+(kv_attention_sass.py), untimed so far, so off by default.
 """
 
 from __future__ import annotations
@@ -55,12 +58,14 @@ from .kv_code_dots import (
     nibble_offset,
     nibbles,
     quantized_scores,
+    quantized_scores_transposed,
 )
 from .kv_quant import (
     check_quantized_caches,
     dequantize_kv_ref,
     load_codes,
     load_kv_tile,
+    tile_slots,
 )
 from .pdl import pdl_enabled, pdl_launch_options, pdl_wait_then_release
 from .w4a16_gemm import MAX_COLUMN_TILES, _split_counters
@@ -83,6 +88,73 @@ def _write_out(
         # Partials are contiguous [num_seqs, num_heads, NUM_SPLITS, BLOCK_D] and [.., NUM_SPLITS].
         row = (seq * num_heads + offs_h) * NUM_SPLITS + split
         tl.store(part_out_ptr + row[:, None] * BLOCK_D + offs_d[None, :], out, mask=store_mask)
+
+
+@triton.jit
+def _quantized_tiles_transposed(
+    q, q_hi, q_sum, k_cache_ptr, v_cache_ptr, k_sz_ptr, v_sz_ptr, bt_row, start, end, kv_head,
+    offs_d, d_mask, qk_scale, softcap_log2, stride_kb, stride_kt, stride_kh, stride_kd,
+    stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st, stride_sh, stride_sd,
+    stride_btb, DTYPE: tl.constexpr, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_H: tl.constexpr, DOT_PRECISION: tl.constexpr, SOFTCAP: tl.constexpr,
+    QUANT_BITS: tl.constexpr,
+):  # fmt: skip
+    """The kernel's tile loop over a quantized cache with both products transposed: scores^T
+    [BLOCK_N, BLOCK_H] = codes q^T and out^T += codes^T (p s)^T, so the group's heads are the
+    dots' narrow N (8 wide) rather than rows of M padded to 16, and the softmax runs down the
+    columns. Returns (acc, acc_hi, v_corr, m_i, l_i) as the kernel's own loop leaves them."""
+    offs_n = tl.arange(0, BLOCK_N)
+    q_t = tl.trans(q)
+    q_hi_t = tl.trans(q_hi)
+    acc_t = tl.zeros([q.shape[1], BLOCK_H], dtype=tl.float32)
+    acc_hi_t = tl.zeros([q.shape[1], BLOCK_H], dtype=tl.float32)  # int4 only
+    v_corr = tl.zeros([BLOCK_H], dtype=tl.float32)
+    m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for tile in range(start, end, BLOCK_N):
+        _, n_mask, block, slot_in_block, kv_mask = tile_slots(
+            bt_row, tile, offs_n, end, d_mask, stride_btb, BLOCK_SIZE
+        )
+        k_codes, k_scale, k_zero = load_codes(
+            k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+            stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st, stride_sh, stride_sd,
+        )  # fmt: skip
+        qk_t = quantized_scores_transposed(
+            q_t, q_hi_t, q_sum, k_codes, k_scale * qk_scale, k_zero, DTYPE, DOT_PRECISION,
+            QUANT_BITS,
+        )  # fmt: skip
+        if SOFTCAP:
+            qk_t = soft_cap(qk_t, softcap_log2)
+        qk_t = tl.where(n_mask[:, None], qk_t, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk_t, axis=0))
+        alpha = tl.exp2(m_i - m_new)
+        p_t = tl.exp2(qk_t - m_new[None, :])
+        l_i = l_i * alpha + tl.sum(p_t, axis=0)
+        v_codes, v_scale, v_zero = load_codes(
+            v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+            stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st, stride_sh, stride_sd,
+        )  # fmt: skip
+        if QUANT_BITS == 4:
+            ps_t = (p_t * v_scale[:, None]).to(DTYPE)
+            v_zero = v_zero + nibble_offset(DTYPE)
+            acc_t = tl.dot(
+                tl.trans(nibbles(v_codes, False, DTYPE)), ps_t, acc_t * alpha[None, :],
+                input_precision=DOT_PRECISION,
+            )  # fmt: skip
+            acc_hi_t = tl.dot(
+                tl.trans(nibbles(v_codes, True, DTYPE)), ps_t, acc_hi_t * alpha[None, :],
+                input_precision=DOT_PRECISION,
+            )  # fmt: skip
+        else:
+            ps_t = byte_operand(p_t * v_scale[:, None], DTYPE, True)  # p, s >= 0
+            v_zero = v_zero + byte_offset(DTYPE)
+            acc_t = tl.dot(
+                tl.trans(byte_codes(v_codes, DTYPE)), ps_t, acc_t * alpha[None, :],
+                input_precision=DOT_PRECISION,
+            )  # fmt: skip
+        v_corr = v_corr * alpha + tl.sum(ps_t.to(tl.float32) * v_zero[:, None], axis=0)
+        m_i = m_new
+    return tl.trans(acc_t), tl.trans(acc_hi_t), v_corr, m_i, l_i
 
 
 # stride_bts changes from step to step: specialising on it (== 1, divisible by 16) would
@@ -141,6 +213,7 @@ def _paged_decode_kernel(
     BLOCK_G: tl.constexpr,
     BLOCK_S: tl.constexpr,
     PDL: tl.constexpr,
+    TRANSPOSED: tl.constexpr,
 ):
     # q, the caches (the rotary kernel writes this step's key and value), the block tables and
     # the lengths may all be written in the step: nothing is worth loading before the wait.
@@ -193,74 +266,80 @@ def _paged_decode_kernel(
     m_i = tl.full([BLOCK_H], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bts
-    for tile in range(start, end, BLOCK_N):
-        pos = tile + offs_n
-        n_mask = pos < end
-        block = tl.load(bt_row + (pos // BLOCK_SIZE) * stride_btb, mask=n_mask, other=0)
-        block = block.to(tl.int64)
-        slot_in_block = pos % BLOCK_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
-        if QUANT_BITS == 0:
-            k = load_kv_tile(
-                k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
-                half, stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
-                stride_sh, stride_sd, dtype, QUANT_BITS,
-            )  # fmt: skip
-            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
-        else:
-            k_codes, k_scale, k_zero = load_codes(
-                k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
-                stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
-                stride_sh, stride_sd,
-            )  # fmt: skip
-            qk = quantized_scores(
-                q, q_hi, q_sum, k_codes, k_scale * qk_scale, k_zero, dtype, DOT_PRECISION,
-                QUANT_BITS,
-            )  # fmt: skip
-        if SOFTCAP:
-            qk = soft_cap(qk, softcap_log2)
-        qk = tl.where(n_mask[None, :], qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(qk - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        if QUANT_BITS == 0:
-            v = load_kv_tile(
-                v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
-                half, stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
-                stride_sh, stride_sd, dtype, QUANT_BITS,
-            )  # fmt: skip
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        else:
-            # sum_n p_n (v_n - z_n) s_n = (p s) . codes - sum_n p_n s_n z_n, with p s rounded
-            # to the dot's dtype once and that same value in both terms.
-            v_codes, v_scale, v_zero = load_codes(
-                v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
-                stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
-                stride_sh, stride_sd,
-            )  # fmt: skip
-            if QUANT_BITS == 4:
-                ps = (p * v_scale[None, :]).to(dtype)
-                v_zero = v_zero + nibble_offset(dtype)
-                acc = tl.dot(
-                    ps, nibbles(v_codes, False, dtype), acc * alpha[:, None],
-                    input_precision=DOT_PRECISION,
+    if TRANSPOSED:  # a quantized cache only
+        acc, acc_hi, v_corr, m_i, l_i = _quantized_tiles_transposed(
+            q, q_hi, q_sum, k_cache_ptr, v_cache_ptr, k_sz_ptr, v_sz_ptr, bt_row, start, end,
+            kv_head, offs_d, d_mask, qk_scale, softcap_log2, stride_kb, stride_kt, stride_kh,
+            stride_kd, stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
+            stride_sh, stride_sd, stride_btb, dtype, BLOCK_SIZE, BLOCK_N, BLOCK_H,
+            DOT_PRECISION, SOFTCAP, QUANT_BITS,
+        )  # fmt: skip
+    else:
+        for tile in range(start, end, BLOCK_N):
+            _, n_mask, block, slot_in_block, kv_mask = tile_slots(
+                bt_row, tile, offs_n, end, d_mask, stride_btb, BLOCK_SIZE
+            )
+            if QUANT_BITS == 0:
+                k = load_kv_tile(
+                    k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                    half, stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
+                    stride_sh, stride_sd, dtype, QUANT_BITS,
                 )  # fmt: skip
-                acc_hi = tl.dot(
-                    ps, nibbles(v_codes, True, dtype), acc_hi * alpha[:, None],
-                    input_precision=DOT_PRECISION,
-                )  # fmt: skip
+                qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale  # log2 domain
             else:
-                ps = byte_operand(p * v_scale[None, :], dtype, True)  # p, s >= 0
-                v_zero = v_zero + byte_offset(dtype)
-                acc = tl.dot(
-                    ps,
-                    byte_codes(v_codes, dtype),
-                    acc * alpha[:, None],
-                    input_precision=DOT_PRECISION,
-                )
-            v_corr = v_corr * alpha + tl.sum(ps.to(tl.float32) * v_zero[None, :], axis=1)
-        m_i = m_new
+                k_codes, k_scale, k_zero = load_codes(
+                    k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                    stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st,
+                    stride_sh, stride_sd,
+                )  # fmt: skip
+                qk = quantized_scores(
+                    q, q_hi, q_sum, k_codes, k_scale * qk_scale, k_zero, dtype, DOT_PRECISION,
+                    QUANT_BITS,
+                )  # fmt: skip
+            if SOFTCAP:
+                qk = soft_cap(qk, softcap_log2)
+            qk = tl.where(n_mask[None, :], qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(qk - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, axis=1)
+            if QUANT_BITS == 0:
+                v = load_kv_tile(
+                    v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                    half, stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
+                    stride_sh, stride_sd, dtype, QUANT_BITS,
+                )  # fmt: skip
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            else:
+                # sum_n p_n (v_n - z_n) s_n = (p s) . codes - sum_n p_n s_n z_n, with p s rounded
+                # to the dot's dtype once and that same value in both terms.
+                v_codes, v_scale, v_zero = load_codes(
+                    v_cache_ptr, v_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask,
+                    stride_vb, stride_vt, stride_vh, stride_vd, stride_sb, stride_st,
+                    stride_sh, stride_sd,
+                )  # fmt: skip
+                if QUANT_BITS == 4:
+                    ps = (p * v_scale[None, :]).to(dtype)
+                    v_zero = v_zero + nibble_offset(dtype)
+                    acc = tl.dot(
+                        ps, nibbles(v_codes, False, dtype), acc * alpha[:, None],
+                        input_precision=DOT_PRECISION,
+                    )  # fmt: skip
+                    acc_hi = tl.dot(
+                        ps, nibbles(v_codes, True, dtype), acc_hi * alpha[:, None],
+                        input_precision=DOT_PRECISION,
+                    )  # fmt: skip
+                else:
+                    ps = byte_operand(p * v_scale[None, :], dtype, True)  # p, s >= 0
+                    v_zero = v_zero + byte_offset(dtype)
+                    acc = tl.dot(
+                        ps,
+                        byte_codes(v_codes, dtype),
+                        acc * alpha[:, None],
+                        input_precision=DOT_PRECISION,
+                    )
+                v_corr = v_corr * alpha + tl.sum(ps.to(tl.float32) * v_zero[None, :], axis=1)
+            m_i = m_new
 
     # An empty chunk keeps l_i == 0: write zeros and lse = -inf so stage 2 gives it no weight.
     has_keys = l_i > 0
@@ -349,6 +428,7 @@ def paged_decode_attention(
     num_warps: int = 4,
     num_stages: int | None = None,
     combine_splits: bool | None = None,
+    transposed: bool | None = None,
 ) -> torch.Tensor:
     """q: [num_seqs, heads, dim]; caches: [num_blocks, block_size, kv_heads, dim];
     block_tables: [num_seqs, max_blocks] int32/int64; context_lens: [num_seqs].
@@ -360,6 +440,9 @@ def paged_decode_attention(
     combine_splits: the last split of each (seq, kv head) combines the splits' partials in the
     same launch instead of a second one (None: `LMDEPLOY_ATTN_COMBINE=1`; off by default until
     measured, benchmark/NOTES.md session 9).
+    transposed: a quantized cache's products computed transposed (`_quantized_tiles_transposed`;
+    None: `LMDEPLOY_KV_ATTN_TRANSPOSED=1`, off by default until timed, benchmark/NOTES.md
+    session 17).
     Returns [num_seqs, heads, dim] in q's dtype."""
     num_seqs, num_heads, head_dim = q.shape
     num_blocks, block_size, kv_heads, cache_dim = k_cache.shape
@@ -384,7 +467,11 @@ def paged_decode_attention(
     if sliding_window is not None:
         max_context = min(max_context, sliding_window)
     block_d = max(16, triton.next_power_of_2(head_dim))
-    block_h = max(16, triton.next_power_of_2(group))  # tl.dot needs M >= 16
+    if transposed is None:
+        transposed = os.environ.get("LMDEPLOY_KV_ATTN_TRANSPOSED") == "1"
+    transposed = transposed and quant_bits != 0
+    # tl.dot needs M >= 16; transposed, the heads are its N, which may be 8.
+    block_h = max(8 if transposed else 16, triton.next_power_of_2(group))
     int8_half = quant_bits == 8 and q.dtype.itemsize == 2 and q.device.type == "cuda"
     if num_splits is None:
         num_splits = _default_num_splits(num_seqs, kv_heads, max_context, q.device)
@@ -456,6 +543,7 @@ def paged_decode_attention(
         BLOCK_G=block_g,
         BLOCK_S=block_s,
         PDL=pdl,
+        TRANSPOSED=transposed,
         num_warps=num_warps,
         num_stages=num_stages,
         **pdl_launch_options(pdl),

@@ -35,7 +35,7 @@ import triton
 import triton.language as tl
 
 from .attention_scores import check_window, score_scales, soft_cap
-from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile
+from .kv_quant import check_quantized_caches, dequantize_kv_ref, load_kv_tile, tile_slots
 
 
 @triton.jit
@@ -85,12 +85,9 @@ def _attend_tiles(
     """Online softmax over keys [lo, hi); with CAUSAL_MASK, also hide keys past the diagonal
     and, with SLIDING, keys that fell out of a query's window."""
     for tile in range(lo, hi, BLOCK_N):
-        pos = tile + offs_n
-        n_mask = pos < hi
-        block = tl.load(bt_row + (pos // BLOCK_SIZE) * stride_btb, mask=n_mask, other=0)
-        block = block.to(tl.int64)
-        slot_in_block = pos % BLOCK_SIZE
-        kv_mask = n_mask[:, None] & d_mask[None, :]
+        pos, n_mask, block, slot_in_block, kv_mask = tile_slots(
+            bt_row, tile, offs_n, hi, d_mask, stride_btb, BLOCK_SIZE
+        )
         k = load_kv_tile(
             k_cache_ptr, k_sz_ptr, block, slot_in_block, kv_head, offs_d, n_mask, kv_mask, half,
             stride_kb, stride_kt, stride_kh, stride_kd, stride_sb, stride_st, stride_sh, stride_sd,

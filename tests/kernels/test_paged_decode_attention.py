@@ -280,3 +280,35 @@ def test_splits_combined_in_kernel_match_the_second_launch(
         got = paged_decode_attention(*args, num_splits=splits, combine_splits=True, **quant)
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
     assert not pda._split_counters(q.device, "decode_splits").any()
+
+
+@pytest.mark.parametrize("dtype", QUANT_DTYPES)
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize(
+    ("heads", "kv_heads", "head_dim", "window", "softcap", "splits"),
+    [
+        (8, 2, 64, None, None, 1),  # GQA 4: the heads fill half of the 8-wide N
+        (8, 1, 64, None, 2.0, 3),  # GQA 8, softcap on the corrected scores, splits
+        (6, 2, 48, 9, None, 2),  # head_dim not a power of two, a window
+        (32, 2, 16, None, None, 1),  # GQA 16: N of 16
+    ],
+)
+def test_transposed_quantized_products_match_reference(
+    bits, heads, kv_heads, head_dim, window, softcap, splits, dtype
+):
+    """The transposed tile loop (scores^T = codes q^T, out^T += codes^T (p s)^T) gives the
+    reference's output over every option the kernel's own loop takes."""
+    from lmdeploy.kernels.kv_quant import quantize_kv_ref
+
+    torch.manual_seed(9)
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        heads, kv_heads, head_dim, 16, [3, 40, 77], dtype, torch.int32
+    )
+    (k_q, k_sz), (v_q, v_sz) = quantize_kv_ref(k_cache, bits), quantize_kv_ref(v_cache, bits)
+    quant = dict(
+        k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=bits, logit_softcap=softcap,
+        sliding_window=window,
+    )  # fmt: skip
+    args = (q, k_q, v_q, tables, context_lens, head_dim**-0.5)
+    out = paged_decode_attention(*args, num_splits=splits, transposed=True, **quant)
+    torch.testing.assert_close(out, paged_decode_attention_ref(*args, **quant), **TOL[dtype])
