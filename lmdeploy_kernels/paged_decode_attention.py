@@ -32,7 +32,7 @@ with k = (c - z) s and v likewise, q . k = s (q . c - z sum q) and sum_n p_n v_n
 (p s) . c - sum_n p_n s_n z_n, so the codes go to the dots as they are and each token's
 (scale, zero) corrects the scores and the output after. `transposed` runs those two products
 as scores^T = codes q^T and out^T = codes^T (p s)^T, the group's heads the dots' narrow N (8)
-instead of M rows padded to 16: 96 registers a thread where the plain loop holds 142-182
+instead of M rows padded to 16: 96 registers a thread where the plain loop holds 121-182
 (kv_attention_sass.py), untimed so far, so off by default.
 """
 
