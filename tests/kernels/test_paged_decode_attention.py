@@ -312,3 +312,26 @@ def test_transposed_quantized_products_match_reference(
     args = (q, k_q, v_q, tables, context_lens, head_dim**-0.5)
     out = paged_decode_attention(*args, num_splits=splits, transposed=True, **quant)
     torch.testing.assert_close(out, paged_decode_attention_ref(*args, **quant), **TOL[dtype])
+
+
+def test_transposed_loop_switch_reads_the_environment(monkeypatch):
+    """`transposed=None` takes `LMDEPLOY_KV_ATTN_TRANSPOSED`: with it set to 1 the launch equals
+    an explicit transposed=True one, bit for bit; a float cache ignores it."""
+    from lmdeploy.kernels.kv_quant import quantize_kv_ref
+
+    torch.manual_seed(10)
+    q, k_cache, v_cache, tables, context_lens = _inputs(
+        8, 2, 32, 16, [5, 40], torch.float32, torch.int32
+    )
+    (k_q, k_sz), (v_q, v_sz) = quantize_kv_ref(k_cache, 8), quantize_kv_ref(v_cache, 8)
+    args = (q, k_q, v_q, tables, context_lens, 0.2)
+    quant = dict(k_scale_zero=k_sz, v_scale_zero=v_sz, quant_bits=8)
+    explicit = paged_decode_attention(*args, transposed=True, **quant)
+    plain = paged_decode_attention(*args, transposed=False, **quant)
+    monkeypatch.setenv("LMDEPLOY_KV_ATTN_TRANSPOSED", "1")
+    assert torch.equal(paged_decode_attention(*args, **quant), explicit)
+    assert not torch.equal(explicit, plain)  # the two loops round differently: the switch is seen
+    floats = (q, k_cache, v_cache, tables, context_lens, 0.2)
+    assert torch.equal(
+        paged_decode_attention(*floats), paged_decode_attention(*floats, transposed=False)
+    )
