@@ -106,6 +106,11 @@ def _is_decoding(seq: Sequence) -> bool:
     return seq.num_output_tokens > 0 and seq.num_new_tokens == 1
 
 
+def _waits_for_fork_parent(seq: Sequence) -> bool:
+    """A sibling choice whose shared prompt is still being computed by its parent."""
+    return seq.fork_parent is not None and not seq.fork_parent.is_finished
+
+
 class Scheduler:
     def __init__(
         self,
@@ -257,7 +262,7 @@ class Scheduler:
         if self.parked:
             return True
         head = self._next_admissible()
-        if head is None or (head.fork_parent is not None and not head.fork_parent.is_finished):
+        if head is None or _waits_for_fork_parent(head):
             return False  # nothing the next step could admit
         ending = [s for s in seqs if s.ends_by_length_within(1)]
         free = self.allocator.num_free_blocks + sum(len(s.block_table) for s in ending)
@@ -331,10 +336,9 @@ class Scheduler:
             seq = self._next_admissible()
             if seq is None:
                 break  # back-pressure: every adapter slot is in use by running requests
-            if seq.fork_parent is not None:
-                if not seq.fork_parent.is_finished:
-                    break  # a sibling choice waits for the shared prompt to be computed
-                seq.fork_parent = None  # the parent ended before its prompt: compute alone
+            if _waits_for_fork_parent(seq):
+                break  # a sibling choice waits for the shared prompt to be computed
+            seq.fork_parent = None  # none, or it ended before its prompt: compute alone
             while not self._can_admit(seq) and self._evict_parked():
                 pass
             if not self._can_admit(seq):
